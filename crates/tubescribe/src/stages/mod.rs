@@ -1,0 +1,309 @@
+//! The pipeline's stages: a closed set ([`Stage`]), one module each, and what they share —
+//! the per-process context ([`StageCtx`]), the per-job context ([`JobCtx`]) and the error
+//! type that says whether a failure is worth retrying ([`StageError`]).
+//!
+//! A stage reads its inputs from the task directory and from its child job's return value,
+//! writes its outputs under temp names and renames them, and returns a small JSON value that
+//! its parent job reads with `get_children_values`.
+
+pub mod download;
+pub mod summarize;
+pub mod transcribe;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+use crate::asr::AsrModel;
+use crate::config::Config;
+use crate::manifest::OutputFile;
+use crate::process::ProcessError;
+use crate::taskdir::{DataDir, StoreError, TaskDir};
+
+/// The stages of a task, in the order they run. Each is one BullMQ queue of the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Fetch the media (yt-dlp, or a local file copy) and check it has an audio stream.
+    Download,
+    /// Decode to 16 kHz mono WAV (ffmpeg) and transcribe it (whisper.cpp).
+    Transcribe,
+    /// Summarize the transcript (extractive offline, or an OpenAI-compatible LLM).
+    Summarize,
+}
+
+impl Stage {
+    /// All stages in run order.
+    pub const ALL: [Stage; 3] = [Stage::Download, Stage::Transcribe, Stage::Summarize];
+    /// The last stage: the root job of each task's flow.
+    pub const LAST: Stage = Stage::Summarize;
+
+    /// The BullMQ queue name (`download`, `transcribe`, `summarize`).
+    pub fn queue_name(self) -> &'static str {
+        match self {
+            Stage::Download => "download",
+            Stage::Transcribe => "transcribe",
+            Stage::Summarize => "summarize",
+        }
+    }
+
+    /// Parses a queue name.
+    pub fn from_queue_name(s: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|st| st.queue_name() == s)
+    }
+
+    /// The deterministic job id of this stage for `task_id` (`dl-…`, `tr-…`, `sum-…`), so a
+    /// re-added flow is a no-op.
+    pub fn job_id(self, task_id: &str) -> String {
+        let p = match self {
+            Stage::Download => "dl",
+            Stage::Transcribe => "tr",
+            Stage::Summarize => "sum",
+        };
+        format!("{p}-{task_id}")
+    }
+
+    /// The task id encoded in one of our job ids.
+    pub fn task_id_of(job_id: &str) -> Option<&str> {
+        ["dl-", "tr-", "sum-"]
+            .iter()
+            .find_map(|p| job_id.strip_prefix(p))
+    }
+
+    /// The stages after this one.
+    pub fn later(self) -> impl Iterator<Item = Stage> {
+        Stage::ALL.into_iter().filter(move |s| *s > self)
+    }
+
+    /// The stage before this one (its child in the flow).
+    pub fn child(self) -> Option<Stage> {
+        match self {
+            Stage::Download => None,
+            Stage::Transcribe => Some(Stage::Download),
+            Stage::Summarize => Some(Stage::Transcribe),
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.queue_name())
+    }
+}
+
+/// How a failure should be handled by the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// Retrying cannot help (private video, no audio stream, bad model): fail now.
+    Permanent,
+    /// Transient (network, 5xx, timeout): retry with exponential backoff.
+    Retryable,
+    /// The service asked us to slow down (bot check, HTTP 429): retry much later.
+    CoolDown,
+}
+
+/// A stage failure: a class for the queue and a human message for the manifest and the API.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct StageError {
+    /// What the queue should do.
+    pub class: FailureClass,
+    /// Human-readable reason, e.g. "video is private".
+    pub message: String,
+}
+
+impl StageError {
+    /// A failure that retrying cannot fix.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            class: FailureClass::Permanent,
+            message: message.into(),
+        }
+    }
+
+    /// A transient failure.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self {
+            class: FailureClass::Retryable,
+            message: message.into(),
+        }
+    }
+
+    /// A rate-limit failure that needs a long pause.
+    pub fn cool_down(message: impl Into<String>) -> Self {
+        Self {
+            class: FailureClass::CoolDown,
+            message: message.into(),
+        }
+    }
+
+    /// Whether another attempt may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.class != FailureClass::Permanent
+    }
+}
+
+impl From<StoreError> for StageError {
+    fn from(e: StoreError) -> Self {
+        if e.is_disk_full() {
+            StageError::retryable(format!("disk full: {e}"))
+        } else {
+            StageError::retryable(e.to_string())
+        }
+    }
+}
+
+impl From<ProcessError> for StageError {
+    fn from(e: ProcessError) -> Self {
+        match e {
+            ProcessError::Cancelled { .. } => StageError::permanent("cancelled"),
+            e if e.is_retryable() => StageError::retryable(e.to_string()),
+            e => StageError::permanent(e.to_string()),
+        }
+    }
+}
+
+/// Progress of a running job, reported by the stage and forwarded to BullMQ (job progress)
+/// and to the manifest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Percent done, 0–100.
+    pub percent: f64,
+    /// Download only: bytes received so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Download only: total bytes, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_bytes: Option<u64>,
+    /// Download only: bytes per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speed_bps: Option<f64>,
+    /// Download only: estimated seconds left.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eta_s: Option<f64>,
+    /// What the stage is doing, e.g. "decoding audio".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+}
+
+/// What every job of this process shares: configuration, the data directory and the lazily
+/// loaded Whisper model (one per process, shared by concurrent transcribe jobs).
+pub struct StageCtx {
+    /// Resolved configuration.
+    pub cfg: Config,
+    /// The data directory.
+    pub data: DataDir,
+    asr: OnceCell<Arc<AsrModel>>,
+}
+
+impl StageCtx {
+    /// A context over `cfg` and `data`; the model loads on the first transcribe job.
+    pub fn new(cfg: Config, data: DataDir) -> Self {
+        Self {
+            cfg,
+            data,
+            asr: OnceCell::new(),
+        }
+    }
+
+    /// The Whisper model, loaded once. Errors are permanent (a missing or bad model file needs
+    /// the user: `tubescribe model install`).
+    pub async fn asr(&self) -> Result<Arc<AsrModel>, StageError> {
+        self.asr
+            .get_or_try_init(|| async {
+                let path = self.cfg.model.clone();
+                if !path.is_file() {
+                    return Err(StageError::permanent(format!(
+                        "Whisper model not found at {}: run `tubescribe model install tiny.en` or set --model / TUBESCRIBE_MODEL",
+                        path.display()
+                    )));
+                }
+                tokio::task::spawn_blocking(move || AsrModel::load(&path))
+                    .await
+                    .map_err(|e| StageError::permanent(format!("model loading panicked: {e}")))?
+                    .map(Arc::new)
+                    .map_err(|e| StageError::permanent(format!("cannot load Whisper model: {e}")))
+            })
+            .await
+            .cloned()
+    }
+}
+
+/// One job's view: its task, attempt, cancel token, progress sink and its child's result.
+pub struct JobCtx {
+    /// The task id.
+    pub task_id: String,
+    /// The task directory.
+    pub task: TaskDir,
+    /// 1-based attempt number.
+    pub attempt: u32,
+    /// Cancelled when the job must stop (user cancel, shutdown).
+    pub cancel: CancellationToken,
+    /// Where the stage reports progress.
+    pub progress: tokio::sync::watch::Sender<Progress>,
+    /// Return values of child jobs, keyed by BullMQ's child key.
+    pub children: HashMap<String, serde_json::Value>,
+}
+
+impl JobCtx {
+    /// Reports `percent` (0–100) with an optional phase text.
+    pub fn report(&self, percent: f64, phase: Option<&str>) {
+        self.progress.send_modify(|p| {
+            p.percent = percent.clamp(0.0, 100.0);
+            p.phase = phase.map(str::to_string);
+        });
+    }
+
+    /// The child's return value parsed as `T` (the previous stage's result).
+    pub fn child_result<T: serde::de::DeserializeOwned>(&self) -> Result<T, StageError> {
+        let v = self.children.values().next().ok_or_else(|| {
+            StageError::permanent("the previous stage's result is missing (child job not found)")
+        })?;
+        serde_json::from_value(v.clone()).map_err(|e| {
+            StageError::permanent(format!("the previous stage's result is malformed: {e}"))
+        })
+    }
+}
+
+/// What a stage hands back: its JSON result for the parent job and its output files for the
+/// manifest.
+pub struct StageOutput {
+    /// Return value stored in BullMQ (read by the parent with `get_children_values`).
+    pub result: serde_json::Value,
+    /// Files written, for the manifest.
+    pub outputs: Vec<OutputFile>,
+}
+
+/// Runs `stage` for one job.
+pub async fn run(stage: Stage, ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError> {
+    match stage {
+        Stage::Download => download::run(ctx, job).await,
+        Stage::Transcribe => transcribe::run(ctx, job).await,
+        Stage::Summarize => summarize::run(ctx, job).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_round_trip() {
+        for s in Stage::ALL {
+            let id = s.job_id("yt--abc_DEF12");
+            assert_eq!(Stage::task_id_of(&id), Some("yt--abc_DEF12"));
+            assert_eq!(Stage::from_queue_name(s.queue_name()), Some(s));
+        }
+        assert_eq!(Stage::Download.job_id("t"), "dl-t");
+        assert_eq!(Stage::Summarize.job_id("t"), "sum-t");
+        assert_eq!(
+            Stage::Download.later().collect::<Vec<_>>(),
+            vec![Stage::Transcribe, Stage::Summarize]
+        );
+        assert_eq!(Stage::Summarize.child(), Some(Stage::Transcribe));
+    }
+}

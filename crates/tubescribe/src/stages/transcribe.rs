@@ -1,0 +1,216 @@
+//! The transcribe stage: media → 16 kHz mono WAV (ffmpeg) → segments (whisper.cpp) →
+//! `transcript.{json,txt,srt,vtt}`.
+//!
+//! whisper.cpp runs on a blocking thread (never on the async runtime, so job-lock renewal
+//! keeps going); its progress callback feeds the job's progress and a cancel flips its abort
+//! flag. Decoding takes the first 10 % of the stage's progress, recognition the rest.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::download::DownloadResult;
+use super::{JobCtx, StageCtx, StageError, StageOutput};
+use crate::asr::{self, TranscribeOptions};
+use crate::media;
+use crate::process::{self, Cmd};
+use crate::taskdir::names;
+use crate::transcript::{Segment, Transcript};
+
+/// Share of the stage's progress spent decoding audio, in percent.
+const DECODE_SHARE: f64 = 10.0;
+
+/// The transcribe stage's result, read by the summarize job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TranscribeResult {
+    /// `transcript.json` inside the task directory.
+    pub transcript: String,
+    /// Audio duration in seconds (decoded WAV).
+    pub duration_s: f64,
+    /// Spoken language code.
+    pub language: String,
+    /// Number of segments.
+    pub segments: usize,
+    /// Real-time factor of recognition: whisper wall seconds ÷ audio seconds.
+    pub rtf: f64,
+}
+
+/// Runs the transcribe stage for one job.
+pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError> {
+    let dl: DownloadResult = job.child_result()?;
+    let media_path = job.task.file(&dl.media);
+    if !media_path.is_file() {
+        return Err(StageError::permanent(format!(
+            "downloaded media {} is missing from the task directory",
+            dl.media
+        )));
+    }
+    // Load the model first: a missing model must fail before any work is done.
+    let model = ctx.asr().await?;
+
+    let (wav_out, duration_s) = decode(ctx, job, &media_path, dl.duration_s).await?;
+
+    job.report(DECODE_SHARE, Some("transcribing"));
+    let wav_path = job.task.file(names::AUDIO_WAV);
+    let pcm = tokio::task::spawn_blocking(move || asr::read_wav_16k_mono(&wav_path))
+        .await
+        .map_err(|e| StageError::permanent(format!("wav reader panicked: {e}")))?
+        .map_err(|e| StageError::permanent(format!("cannot read audio.wav: {e}")))?;
+
+    let opts = TranscribeOptions {
+        threads: ctx.cfg.threads,
+        language: ctx.cfg.language.clone(),
+        initial_prompt: None,
+    };
+    let pct = Arc::new(AtomicU8::new(0));
+    let abort = Arc::new(AtomicBool::new(false));
+    let (p2, a2, m2) = (pct.clone(), abort.clone(), model.clone());
+    let started = Instant::now();
+    let mut handle = tokio::task::spawn_blocking(move || m2.transcribe(&pcm, &opts, p2, a2));
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let out = loop {
+        tokio::select! {
+            r = &mut handle => break r,
+            _ = tick.tick() => {
+                let p = pct.load(Ordering::Relaxed) as f64;
+                job.report(DECODE_SHARE + p * (100.0 - DECODE_SHARE) / 100.0, Some("transcribing"));
+            }
+            _ = job.cancel.cancelled(), if !abort.load(Ordering::Relaxed) => {
+                abort.store(true, Ordering::Relaxed);
+            }
+        }
+    };
+    let asr_wall = started.elapsed().as_secs_f64();
+    let out = out
+        .map_err(|e| StageError::permanent(format!("whisper panicked: {e}")))?
+        .map_err(|e| match e {
+            asr::AsrError::Aborted => StageError::permanent("cancelled"),
+            e if e.is_retryable() => StageError::retryable(format!("whisper failed: {e}")),
+            e => StageError::permanent(format!("whisper failed: {e}")),
+        })?;
+
+    let mut transcript = Transcript {
+        language: out.language.clone(),
+        model: model.name().to_string(),
+        duration_ms: (duration_s * 1000.0).round() as u64,
+        segments: out
+            .segments
+            .into_iter()
+            .map(|s| Segment {
+                start_ms: s.start_ms,
+                end_ms: s.end_ms,
+                text: s.text,
+            })
+            .collect(),
+    };
+    transcript.normalize();
+    let mut outputs = vec![wav_out];
+    for (name, body) in [
+        (names::TRANSCRIPT_JSON, transcript.to_json()),
+        (names::TRANSCRIPT_TXT, transcript.to_txt()),
+        (names::TRANSCRIPT_SRT, transcript.to_srt()),
+        (names::TRANSCRIPT_VTT, transcript.to_vtt()),
+    ] {
+        outputs.push(job.task.write_atomic(name, body.as_bytes())?);
+    }
+    let rtf = if duration_s > 0.0 {
+        asr_wall / duration_s
+    } else {
+        0.0
+    };
+    let result = TranscribeResult {
+        transcript: names::TRANSCRIPT_JSON.to_string(),
+        duration_s,
+        language: transcript.language.clone(),
+        segments: transcript.segments.len(),
+        rtf,
+    };
+    let detail = serde_json::json!({
+        "language": result.language,
+        "segments": result.segments,
+        "audio_s": duration_s,
+        "asr_wall_s": asr_wall,
+        "rtf": rtf,
+        "threads": ctx.cfg.threads,
+        "model": transcript.model,
+    });
+    job.task.update_manifest(|m| {
+        if let serde_json::Value::Object(o) = detail {
+            m.stage_mut(super::Stage::Transcribe).detail.extend(o);
+        }
+    })?;
+    Ok(StageOutput {
+        result: serde_json::to_value(&result).expect("serializable"),
+        outputs,
+    })
+}
+
+/// Decodes `media` to `audio.wav` (16 kHz mono s16) and checks its length against the
+/// expected duration. Returns the output record and the decoded duration in seconds.
+async fn decode(
+    ctx: &StageCtx,
+    job: &JobCtx,
+    media_path: &std::path::Path,
+    expected_s: Option<f64>,
+) -> Result<(crate::manifest::OutputFile, f64), StageError> {
+    job.report(0.0, Some("decoding audio"));
+    let tmp = job.task.tmp_file(names::AUDIO_WAV)?;
+    let limit = Duration::from_secs(600 + expected_s.unwrap_or(3600.0) as u64);
+    let cmd = Cmd::new(&ctx.cfg.programs.ffmpeg)
+        .args(media::ffmpeg_to_wav_args(media_path, &tmp))
+        .timeout(limit);
+    let progress = job.progress.clone();
+    let res = process::run(&cmd, &job.cancel, &mut |line: &str| {
+        if let (Some(p), Some(total)) = (media::parse_ffmpeg_progress_line(line), expected_s) {
+            if let Some(t) = p.out_time_s {
+                if total > 0.0 {
+                    let pct = (t / total).clamp(0.0, 1.0) * DECODE_SHARE;
+                    progress.send_modify(|cur| cur.percent = pct);
+                }
+            }
+        }
+    })
+    .await;
+    let fail = |e: StageError| {
+        let _ = std::fs::remove_file(&tmp);
+        e
+    };
+    let out = res.map_err(|e| fail(e.into()))?;
+    if !out.success() {
+        let line = out.last_stderr_line().to_string();
+        let msg = if line.contains("matches no streams")
+            || line.contains("does not contain any stream")
+        {
+            media::MediaError::NoAudioStream.to_string()
+        } else {
+            format!("ffmpeg could not decode the audio: {line}")
+        };
+        return Err(fail(StageError::permanent(msg)));
+    }
+    let decoded_s = {
+        let t = tmp.clone();
+        tokio::task::spawn_blocking(move || {
+            hound::WavReader::open(&t).map(|r| r.duration() as f64 / r.spec().sample_rate as f64)
+        })
+        .await
+        .map_err(|e| fail(StageError::permanent(format!("wav reader panicked: {e}"))))?
+        .map_err(|e| {
+            fail(StageError::permanent(format!(
+                "ffmpeg wrote an unreadable WAV: {e}"
+            )))
+        })?
+    };
+    if let Some(expected) = expected_s {
+        media::check_decoded_length(expected, decoded_s)
+            .map_err(|e| fail(StageError::permanent(e.to_string())))?;
+    }
+    if decoded_s <= 0.0 {
+        return Err(fail(StageError::permanent(
+            "the audio stream is empty (0 s decoded)",
+        )));
+    }
+    let rec = job.task.commit(&tmp, names::AUDIO_WAV)?;
+    Ok((rec, decoded_s))
+}

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Sets up the test prerequisites and runs every check CI runs: fmt, clippy, the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --test
+export PATH="$PWD/.venv/bin:$PATH" TUBESCRIBE_PYTHON="$PWD/.venv/bin/python"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo test --workspace -- --test-threads 2
