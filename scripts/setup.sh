@@ -57,8 +57,8 @@ fi
 
 # --- Model ------------------------------------------------------------------------------------
 if [[ $MODE == --test ]]; then
-  TUBESCRIBE_PYTHON=.venv/bin/python "$BIN" model install tiny.en --dir "$ROOT/models" >/dev/null
+  TUBESCRIBE_PYTHON="$ROOT/.venv/bin/python" "$BIN" model install tiny.en --dir "$ROOT/models" >/dev/null
 else
-  TUBESCRIBE_PYTHON=.venv/bin/python "$BIN" model install tiny.en >/dev/null
+  TUBESCRIBE_PYTHON="$ROOT/.venv/bin/python" "$BIN" model install tiny.en >/dev/null
 fi
 log "ready"

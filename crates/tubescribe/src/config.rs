@@ -334,10 +334,17 @@ impl Config {
             }),
             _ => None,
         };
+        // A bare name is looked up on PATH; a relative path with a separator is made absolute
+        // now, because programs may run in other working directories.
         let prog = |env: &str, f: &Option<PathBuf>, d: &str| {
-            env_path(env)
+            let p = env_path(env)
                 .or_else(|| f.clone())
-                .unwrap_or_else(|| PathBuf::from(d))
+                .unwrap_or_else(|| PathBuf::from(d));
+            if p.components().count() > 1 {
+                absolute(&p)
+            } else {
+                p
+            }
         };
         let programs = Programs {
             ytdlp: prog("TUBESCRIBE_YTDLP", &file.programs.ytdlp, "yt-dlp"),

@@ -12,8 +12,23 @@ async fn main() {
     match tubescribe::cli::main(cli).await {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain_message(&e));
             std::process::exit(1);
         }
     }
+}
+
+/// The error and its causes joined with ": ", skipping a cause whose text the message already
+/// contains (our error types embed their cause's text so that `to_string()` alone is complete
+/// for manifests and API answers).
+fn chain_message(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
 }

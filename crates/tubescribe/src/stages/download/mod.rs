@@ -29,7 +29,16 @@ pub struct DownloadResult {
 pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError> {
     let manifest = job.task.read_manifest()?;
     let (tmp_media, mut video) = match &manifest.source {
-        Source::File { path } => (copy_local(job, path).await?, VideoInfo::default()),
+        Source::File { path } => (
+            copy_local(job, path).await?,
+            VideoInfo {
+                // A local file's name stands in for a title (kept only in the manifest).
+                title: std::path::Path::new(path)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned()),
+                ..VideoInfo::default()
+            },
+        ),
         Source::Youtube { video_id, url } => fetch(ctx, job, url, video_id).await?,
         Source::Url { url } => fetch(ctx, job, url, "media").await?,
     };
@@ -89,17 +98,22 @@ async fn copy_local(job: &JobCtx, path: &str) -> Result<std::path::PathBuf, Stag
     let tmp = job.task.tmp_file(&format!("media.{ext}"))?;
     job.report(0.0, Some("copying local file"));
     let t2 = tmp.clone();
-    tokio::task::spawn_blocking(move || std::fs::copy(&src, &t2))
-        .await
-        .map_err(|e| StageError::permanent(format!("copy panicked: {e}")))?
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            if e.raw_os_error() == Some(libc::ENOSPC) {
-                StageError::retryable(format!("disk full while copying {path}"))
-            } else {
-                StageError::permanent(format!("cannot copy {path}: {e}"))
-            }
-        })?;
+    tokio::task::spawn_blocking(move || {
+        std::fs::copy(&src, &t2)?;
+        // The copy is ours: make it writable whatever the original's mode was.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&t2, std::fs::Permissions::from_mode(0o644))
+    })
+    .await
+    .map_err(|e| StageError::permanent(format!("copy panicked: {e}")))?
+    .map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        if e.raw_os_error() == Some(libc::ENOSPC) {
+            StageError::retryable(format!("disk full while copying {path}"))
+        } else {
+            StageError::permanent(format!("cannot copy {path}: {e}"))
+        }
+    })?;
     Ok(tmp)
 }
 
