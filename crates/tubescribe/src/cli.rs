@@ -1,5 +1,6 @@
 //! The command line: flags, subcommands and everything printed to the terminal.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Overrides};
 use crate::input::InputPolicy;
@@ -92,12 +94,87 @@ enum Command {
             default_value = "download,transcribe,summarize"
         )]
         stages: Vec<String>,
+        /// Emit an `alert` event when this process uses more memory (RSS) than this.
+        #[arg(long, env = "TUBESCRIBE_MEMORY_BUDGET_MB")]
+        memory_budget_mb: Option<u64>,
+    },
+    /// Run the HTTP API, the SSE event streams and the web page, plus (unless --no-workers)
+    /// the stage workers, until interrupted (SIGINT/SIGTERM: graceful shutdown).
+    Serve(ServeArgs),
+    /// Submit URLs to a running server (`tubescribe serve`).
+    Submit {
+        /// YouTube URLs (or direct media URLs on hosts the server allows).
+        #[arg(required = true)]
+        urls: Vec<String>,
+        /// Run again even if the video was processed before.
+        #[arg(long)]
+        fresh: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a task's status (or the newest tasks) from a running server.
+    Status {
+        /// Task id; without it, the newest tasks are listed.
+        id: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a queued or running task on a running server.
+    Cancel {
+        /// Task id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Run a failed or cancelled task again on a running server.
+    Retry {
+        /// Task id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Manage Whisper models.
     Model {
         #[command(subcommand)]
         command: ModelCommand,
     },
+}
+
+/// Flags of `serve`.
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the address is printed).
+    #[arg(long, env = "TUBESCRIBE_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Run only the API; workers run elsewhere (`tubescribe worker`) on the same Redis.
+    #[arg(long)]
+    no_workers: bool,
+    /// Bearer token required on every POST (submit, cancel, retry). Default: none.
+    #[arg(long, env = "TUBESCRIBE_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// Largest request body in KiB.
+    #[arg(long, env = "TUBESCRIBE_MAX_BODY_KB", default_value_t = 64)]
+    max_body_kb: usize,
+    /// Emit an `alert` event when this process uses more memory (RSS) than this.
+    #[arg(long, env = "TUBESCRIBE_MEMORY_BUDGET_MB")]
+    memory_budget_mb: Option<u64>,
+    /// Seconds between SSE keep-alive comments.
+    #[arg(long, default_value_t = 15, hide = true)]
+    keep_alive_s: u64,
+}
+
+/// Flags of the client subcommands.
+#[derive(Debug, Args)]
+struct ClientArgs {
+    /// The server's base URL.
+    #[arg(long, env = "TUBESCRIBE_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// Bearer token for submit, cancel and retry.
+    #[arg(long, env = "TUBESCRIBE_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// Print JSON (one object per line) for scripts.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -131,6 +208,24 @@ impl GlobalArgs {
 
 /// Runs the CLI; returns the process exit code.
 pub async fn main(cli: Cli) -> Result<i32> {
+    // Client commands need no local configuration.
+    match cli.command {
+        Command::Submit {
+            urls,
+            fresh,
+            client,
+        } => return client_submit(&client_of(&client), &urls, fresh, client.json).await,
+        Command::Status { id, client } => {
+            return client_status(&client_of(&client), id.as_deref(), client.json).await
+        }
+        Command::Cancel { id, client } => {
+            return client_cancel(&client_of(&client), &id, client.json).await
+        }
+        Command::Retry { id, client } => {
+            return client_retry(&client_of(&client), &id, client.json).await
+        }
+        _ => {}
+    }
     let cfg = Config::resolve(&cli.global.overrides())?;
     match cli.command {
         Command::Process {
@@ -139,7 +234,15 @@ pub async fn main(cli: Cli) -> Result<i32> {
             no_workers,
             json,
         } => process(cfg, inputs, fresh, no_workers, json).await,
-        Command::Worker { stages } => worker(cfg, stages).await,
+        Command::Worker {
+            stages,
+            memory_budget_mb,
+        } => worker(cfg, stages, memory_budget_mb).await,
+        Command::Serve(args) => serve(cfg, args).await,
+        Command::Submit { .. }
+        | Command::Status { .. }
+        | Command::Cancel { .. }
+        | Command::Retry { .. } => unreachable!("handled above"),
         Command::Model { command } => match command {
             ModelCommand::Install { name, dir } => {
                 let model = crate::model::ModelName::parse(&name)
@@ -179,7 +282,69 @@ fn worker_stages(cfg: &Config, stages: &[Stage]) -> Vec<(Stage, WorkerSettings)>
         .collect()
 }
 
-async fn worker(cfg: Config, stages: Vec<String>) -> Result<i32> {
+fn client_of(a: &ClientArgs) -> crate::client::Client {
+    crate::client::Client::new(&a.server, a.api_token.clone())
+}
+
+/// Starts the memory watch when a budget is set.
+async fn memory_watch(url: &str, budget_mb: Option<u64>, stop: &CancellationToken) -> Result<()> {
+    if let Some(mb) = budget_mb {
+        let log = crate::events::EventLog::connect(url).await?;
+        crate::events::spawn_memory_watch(log, mb << 20, Duration::from_secs(5), stop.clone());
+    }
+    Ok(())
+}
+
+async fn serve(cfg: Config, args: ServeArgs) -> Result<i32> {
+    let data = DataDir::open(&cfg.data_dir)?;
+    let (url, mut redis) = redis(&cfg, &data).await?;
+    let stop = CancellationToken::new();
+    let workers = if args.no_workers {
+        None
+    } else {
+        let ctx = Arc::new(StageCtx::new(cfg.clone(), data.clone()));
+        let w = Workers::start(&url, ctx, &worker_stages(&cfg, &Stage::ALL)).await?;
+        crate::cancel::spawn_watcher(&url, w.canceller(), stop.clone());
+        Some(w)
+    };
+    memory_watch(&url, args.memory_budget_mb, &stop).await?;
+    let mut opts = crate::server::ServeOptions::new(args.listen);
+    opts.api_token = args.api_token.filter(|t| !t.is_empty());
+    opts.body_limit = args.max_body_kb.max(1) * 1024;
+    opts.keep_alive = Duration::from_secs(args.keep_alive_s.max(1));
+    let policy = InputPolicy {
+        allow_hosts: cfg.allow_hosts.clone(),
+    };
+    let stop2 = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop2.cancel();
+    });
+    let with_workers = workers.is_some();
+    let r = crate::server::run(data, &url, policy, opts, stop.clone(), |addr| {
+        eprintln!(
+            "tubescribe serve: listening on http://{addr} ({}); Ctrl-C to stop",
+            if with_workers {
+                "with workers"
+            } else {
+                "API only"
+            }
+        );
+    })
+    .await;
+    stop.cancel();
+    if let Some(w) = workers {
+        eprintln!("stopping: waiting up to 30 s for active jobs");
+        w.close(Duration::from_secs(30)).await;
+    }
+    if let Some(r) = redis.as_mut() {
+        r.stop();
+    }
+    r?;
+    Ok(0)
+}
+
+async fn worker(cfg: Config, stages: Vec<String>, memory_budget_mb: Option<u64>) -> Result<i32> {
     let stages: Vec<Stage> = stages
         .iter()
         .map(|s| Stage::from_queue_name(s.trim()).with_context(|| format!("unknown stage {s:?}")))
@@ -188,6 +353,9 @@ async fn worker(cfg: Config, stages: Vec<String>) -> Result<i32> {
     let (url, _redis) = redis(&cfg, &data).await?;
     let ctx = Arc::new(StageCtx::new(cfg.clone(), data));
     let workers = Workers::start(&url, ctx, &worker_stages(&cfg, &stages)).await?;
+    let stop = CancellationToken::new();
+    crate::cancel::spawn_watcher(&url, workers.canceller(), stop.clone());
+    memory_watch(&url, memory_budget_mb, &stop).await?;
     eprintln!(
         "tubescribe worker: {} on {url}; Ctrl-C to stop",
         stages
@@ -197,6 +365,7 @@ async fn worker(cfg: Config, stages: Vec<String>) -> Result<i32> {
             .join(", ")
     );
     shutdown_signal().await;
+    stop.cancel();
     eprintln!("stopping: waiting up to 30 s for active jobs");
     workers.close(Duration::from_secs(30)).await;
     Ok(0)
@@ -388,4 +557,131 @@ async fn watch(data: &DataDir, tasks: &[String], quiet: bool) -> Result<bool> {
 /// Parses arguments from the process's command line.
 pub fn parse() -> Cli {
     Cli::parse()
+}
+
+/// Prints a client error and returns the exit code: 2 for a refused input (HTTP 400),
+/// 1 otherwise.
+fn client_failed(what: &str, e: &crate::client::ClientError) -> i32 {
+    eprintln!("error: {what}: {e}");
+    match e {
+        crate::client::ClientError::Api { status: 400, .. } => 2,
+        _ => 1,
+    }
+}
+
+fn status_str(v: &serde_json::Value) -> &str {
+    v.as_str().unwrap_or("?")
+}
+
+async fn client_submit(
+    c: &crate::client::Client,
+    urls: &[String],
+    fresh: bool,
+    json: bool,
+) -> Result<i32> {
+    let mut code = 0;
+    for u in urls {
+        match c.submit(u, fresh).await {
+            Ok(v) if json => println!("{v}"),
+            Ok(v) => println!(
+                "{}  {}{}",
+                status_str(&v["taskId"]),
+                status_str(&v["status"]),
+                if v["existing"] == true {
+                    "  (existing task)"
+                } else {
+                    ""
+                }
+            ),
+            Err(e) => code = code.max(client_failed(u, &e)),
+        }
+    }
+    Ok(code)
+}
+
+fn print_manifest(m: &serde_json::Value) {
+    let title = m["video"]["title"].as_str().unwrap_or("");
+    println!(
+        "{}  {}  {}",
+        status_str(&m["task_id"]),
+        status_str(&m["status"]),
+        title
+    );
+    for s in Stage::ALL {
+        let r = &m["stages"][s.queue_name()];
+        let err = r["error"]
+            .as_str()
+            .map(|e| format!("  {e}"))
+            .unwrap_or_default();
+        println!(
+            "    {:<10} {:<9} {:>3.0}%{err}",
+            s.queue_name(),
+            status_str(&r["state"]),
+            r["progress"].as_f64().unwrap_or(0.0)
+        );
+    }
+    if let Some(e) = m["error"]["message"].as_str() {
+        println!("    failed in {}: {e}", status_str(&m["error"]["stage"]));
+    }
+}
+
+async fn client_status(c: &crate::client::Client, id: Option<&str>, json: bool) -> Result<i32> {
+    let r = match id {
+        Some(id) => c.get(id).await,
+        None => c.list(50).await,
+    };
+    match r {
+        Ok(v) if json => {
+            match id {
+                Some(_) => println!("{v}"),
+                None => {
+                    for t in v["tasks"].as_array().into_iter().flatten() {
+                        println!("{t}");
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Ok(v) => {
+            match id {
+                Some(_) => print_manifest(&v),
+                None => {
+                    for t in v["tasks"].as_array().into_iter().flatten() {
+                        print_manifest(t);
+                    }
+                    println!("{} task(s)", v["total"].as_u64().unwrap_or(0));
+                }
+            }
+            Ok(0)
+        }
+        Err(e) => Ok(client_failed(id.unwrap_or("status"), &e)),
+    }
+}
+
+async fn client_cancel(c: &crate::client::Client, id: &str, json: bool) -> Result<i32> {
+    match c.cancel(id).await {
+        Ok(v) if json => {
+            println!("{v}");
+            Ok(0)
+        }
+        Ok(v) => {
+            println!("{}  {}", status_str(&v["taskId"]), status_str(&v["status"]));
+            Ok(0)
+        }
+        Err(e) => Ok(client_failed(id, &e)),
+    }
+}
+
+async fn client_retry(c: &crate::client::Client, id: &str, json: bool) -> Result<i32> {
+    match c.retry(id).await {
+        Ok(v) if json => {
+            println!("{v}");
+            Ok(0)
+        }
+        Ok(v) => {
+            println!("{}  {}", status_str(&v["taskId"]), status_str(&v["status"]));
+            Ok(0)
+        }
+        Err(e) => Ok(client_failed(id, &e)),
+    }
 }

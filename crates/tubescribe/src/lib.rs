@@ -4,8 +4,11 @@
 //! See ARCHITECTURE.md for the bird's-eye view, the code map and the invariants.
 
 pub mod asr;
+pub mod cancel;
 pub mod cli;
+pub mod client;
 pub mod config;
+pub mod events;
 pub mod input;
 pub mod manifest;
 pub mod media;
@@ -13,6 +16,7 @@ pub mod model;
 pub mod process;
 pub mod queue;
 pub mod redis_embed;
+pub mod server;
 pub mod stages;
 pub mod taskdir;
 pub mod tasks;

@@ -276,6 +276,13 @@ impl Workers {
         Ok(Self { workers, drains })
     }
 
+    /// A handle that cancels this process's active jobs of a task (see `cancel.rs`).
+    pub fn canceller(&self) -> Canceller {
+        Canceller {
+            workers: self.workers.clone(),
+        }
+    }
+
     /// Stops taking jobs and waits up to `grace` for active ones to finish.
     pub async fn close(self, grace: Duration) {
         for (_, w) in &self.workers {
@@ -284,6 +291,26 @@ impl Workers {
         for d in self.drains {
             d.abort();
         }
+    }
+}
+
+/// Cancels the active jobs of a task held by this process's workers (cloneable).
+#[derive(Clone)]
+pub struct Canceller {
+    workers: Vec<(Stage, Arc<Worker>)>,
+}
+
+impl Canceller {
+    /// Cancels `task_id`'s active job in each stage worker here; returns how many were found.
+    /// The job's cancel token stops the stage (child process group killed, whisper aborted).
+    pub async fn cancel_task(&self, task_id: &str) -> usize {
+        let mut n = 0;
+        for (stage, w) in &self.workers {
+            if w.cancel_job(&stage.job_id(task_id)).await {
+                n += 1;
+            }
+        }
+        n
     }
 }
 
@@ -314,6 +341,10 @@ async fn process_job(
             data.task_id,
             ctx.data.root().display()
         )));
+    }
+    // Cancel hook: a job picked up after its task was cancelled does not run.
+    if task.read_manifest().map(|m| m.status) .ok() == Some(crate::manifest::TaskStatus::Cancelled) {
+        return Err(bullmq::Error::Unrecoverable("cancelled".into()));
     }
     let attempt = job.attempts_started().max(job.attempts_made() + 1);
     let max_attempts = job.opts().attempts.unwrap_or(1).max(1);

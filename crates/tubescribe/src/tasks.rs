@@ -107,3 +107,130 @@ pub async fn submit(
         existing: false,
     })
 }
+
+/// True for a syntactically valid task id (`[A-Za-z0-9_-]`, 1–100 characters): what
+/// [`submit`] produces. Anything else (e.g. `..`) never reaches the data directory.
+pub fn valid_task_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 100
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Why a task operation (get, retry, cancel) was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskOpError {
+    /// No task with this id (not retryable).
+    #[error("task {0} not found")]
+    NotFound(String),
+    /// The task is not in a state that allows the operation (not retryable as is).
+    #[error("{0}")]
+    Conflict(String),
+    /// The task directory could not be read or written (retryable).
+    #[error(transparent)]
+    Store(StoreError),
+    /// Redis/BullMQ failed (retryable).
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+impl From<StoreError> for TaskOpError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(id) => TaskOpError::NotFound(id),
+            e => TaskOpError::Store(e),
+        }
+    }
+}
+
+/// The manifest of `task_id`. Errors: `NotFound` for unknown or malformed ids.
+pub fn get(data: &DataDir, task_id: &str) -> Result<Manifest, TaskOpError> {
+    if !valid_task_id(task_id) {
+        return Err(TaskOpError::NotFound(task_id.to_string()));
+    }
+    Ok(data.task(task_id).read_manifest()?)
+}
+
+/// One page of tasks.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TaskPage {
+    /// The manifests on this page, newest first.
+    pub tasks: Vec<Manifest>,
+    /// Number of tasks matching the filter (all pages).
+    pub total: usize,
+    /// Offset of the first task on this page.
+    pub offset: usize,
+    /// Page size asked for.
+    pub limit: usize,
+}
+
+/// Tasks newest first (by creation time), optionally only those with `status`, paged by
+/// `offset`/`limit` (limit capped at 500). Unreadable manifests are skipped.
+pub fn list(
+    data: &DataDir,
+    status: Option<TaskStatus>,
+    offset: usize,
+    limit: usize,
+) -> Result<TaskPage, TaskOpError> {
+    let limit = limit.min(500);
+    let mut all: Vec<Manifest> = data
+        .task_ids()?
+        .iter()
+        .filter_map(|id| data.task(id).read_manifest().ok())
+        .filter(|m| status.is_none_or(|s| m.status == s))
+        .collect();
+    all.sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then(a.task_id.cmp(&b.task_id))
+    });
+    let total = all.len();
+    let tasks = all.into_iter().skip(offset).take(limit).collect();
+    Ok(TaskPage {
+        tasks,
+        total,
+        offset,
+        limit,
+    })
+}
+
+/// Runs a failed or cancelled task again under the same id: its jobs are removed, its
+/// directory is cleared and a new manifest and flow are created from the original input.
+///
+/// Errors: `NotFound`; `Conflict` when the task is queued, running or completed, or when one
+/// of its jobs is still active (a cancel that has not reached the worker yet).
+pub async fn retry(
+    data: &DataDir,
+    producer: &Producer,
+    task_id: &str,
+) -> Result<Submitted, TaskOpError> {
+    let old = get(data, task_id)?;
+    if !matches!(old.status, TaskStatus::Failed | TaskStatus::Cancelled) {
+        return Err(TaskOpError::Conflict(format!(
+            "task {task_id} is {}; only failed or cancelled tasks can be retried",
+            serde_json::to_value(old.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        )));
+    }
+    if !producer.remove_task_jobs(task_id).await? {
+        return Err(TaskOpError::Conflict(format!(
+            "task {task_id} still has a running job; try again in a moment"
+        )));
+    }
+    let task = data.task(task_id);
+    task.remove()?;
+    let video_id = match &old.source {
+        Source::Youtube { video_id, .. } => Some(video_id.clone()),
+        _ => None,
+    };
+    task.create(&Manifest::new(task_id, &old.input, old.source.clone()))?;
+    producer.add_task(task_id).await?;
+    Ok(Submitted {
+        task_id: task_id.to_string(),
+        video_id,
+        existing: false,
+    })
+}

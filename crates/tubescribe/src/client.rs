@@ -1,0 +1,128 @@
+//! The HTTP client behind `tubescribe submit|status|cancel|retry`: talks to a running
+//! `tubescribe serve` over its REST API (`/api/tasks…`, see `server/`).
+
+use serde_json::Value;
+
+/// Errors of an API call. Transport errors are retryable; API errors carry the server's
+/// problem details (4xx are not retryable, 5xx are).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server could not be reached or the connection broke (retryable).
+    #[error("cannot reach the tubescribe server at {url}: {source}")]
+    Transport {
+        /// The server URL.
+        url: String,
+        /// The HTTP client's error.
+        source: reqwest::Error,
+    },
+    /// The server answered with an error (problem+json `detail`).
+    #[error("{message} (HTTP {status})")]
+    Api {
+        /// HTTP status code.
+        status: u16,
+        /// tRPC-style code name, e.g. `NOT_FOUND`.
+        code: String,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The answer was not the JSON we expect.
+    #[error("unexpected answer from the server: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Transport { .. } => true,
+            ClientError::Api { status, .. } => *status >= 500,
+            ClientError::Decode(_) => false,
+        }
+    }
+}
+
+/// A client for one server.
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client for the server at `base` (e.g. `http://127.0.0.1:8080`), sending `token` as a
+    /// bearer token on mutating calls when given.
+    pub fn new(base: &str, token: Option<String>) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .expect("HTTP client builds"),
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let resp = req.send().await.map_err(|source| ClientError::Transport {
+            url: self.base.clone(),
+            source,
+        })?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(|source| ClientError::Transport {
+            url: self.base.clone(),
+            source,
+        })?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| ClientError::Decode(format!("{e}: {}", text.chars().take(200).collect::<String>())))?;
+        if status >= 400 {
+            return Err(ClientError::Api {
+                status,
+                code: v["code"].as_str().unwrap_or("").to_string(),
+                message: v["detail"].as_str().unwrap_or(&text).to_string(),
+            });
+        }
+        Ok(v)
+    }
+
+    /// Submits `url`; answers `{taskId, videoId, existing, status}`.
+    pub async fn submit(&self, url: &str, fresh: bool) -> Result<Value, ClientError> {
+        self.send(
+            self.http
+                .post(format!("{}/api/tasks", self.base))
+                .json(&serde_json::json!({"link": url, "fresh": fresh})),
+        )
+        .await
+    }
+
+    /// The manifest of `id`.
+    pub async fn get(&self, id: &str) -> Result<Value, ClientError> {
+        self.send(self.http.get(format!("{}/api/tasks/{id}", self.base)))
+            .await
+    }
+
+    /// The newest tasks: `{tasks: [manifest…], total, offset, limit}`.
+    pub async fn list(&self, limit: usize) -> Result<Value, ClientError> {
+        self.send(
+            self.http
+                .get(format!("{}/api/tasks", self.base))
+                .query(&[("limit", limit)]),
+        )
+        .await
+    }
+
+    /// Cancels `id`: `{taskId, status, removedFromQueue}`.
+    pub async fn cancel(&self, id: &str) -> Result<Value, ClientError> {
+        self.send(self.http.post(format!("{}/api/tasks/{id}/cancel", self.base)))
+            .await
+    }
+
+    /// Retries `id`: `{taskId, videoId, existing, status}`.
+    pub async fn retry(&self, id: &str) -> Result<Value, ClientError> {
+        self.send(self.http.post(format!("{}/api/tasks/{id}/retry", self.base)))
+            .await
+    }
+}

@@ -1,0 +1,283 @@
+//! The task operations behind both wire formats, their inputs and outputs, and the one error
+//! type ([`ApiError`]) that the tRPC and REST layers render in their own formats.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::Shared;
+use crate::cancel::{self, Cancelled};
+use crate::input::{self, Input};
+use crate::manifest::{Manifest, TaskStatus};
+use crate::tasks::{self, SubmitError, TaskOpError, TaskPage};
+
+/// An API error: HTTP status, tRPC error code name and a message for humans.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// tRPC code name (`BAD_REQUEST`, `NOT_FOUND`, `CONFLICT`, …).
+    pub code: &'static str,
+    /// What went wrong, e.g. "Invalid YouTube URL: …".
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    /// 400 BAD_REQUEST.
+    pub fn bad_request(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", m)
+    }
+    /// 404 NOT_FOUND.
+    pub fn not_found(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", m)
+    }
+    /// 409 CONFLICT.
+    pub fn conflict(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "CONFLICT", m)
+    }
+    /// 401 UNAUTHORIZED.
+    pub fn unauthorized(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", m)
+    }
+    /// 413 PAYLOAD_TOO_LARGE.
+    pub fn too_large(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", m)
+    }
+    /// 405 METHOD_NOT_SUPPORTED.
+    pub fn method(m: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_SUPPORTED",
+            m,
+        )
+    }
+    /// 503 SERVICE_UNAVAILABLE (Redis or the disk failed; retrying may help).
+    pub fn unavailable(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE", m)
+    }
+
+    /// The JSON-RPC error number tRPC uses for `code` (tRPC's `TRPC_ERROR_CODES_BY_KEY`).
+    pub fn rpc_number(&self) -> i32 {
+        match self.code {
+            "PARSE_ERROR" => -32700,
+            "BAD_REQUEST" => -32600,
+            "UNAUTHORIZED" => -32001,
+            "NOT_FOUND" => -32004,
+            "METHOD_NOT_SUPPORTED" => -32005,
+            "CONFLICT" => -32009,
+            "PAYLOAD_TOO_LARGE" => -32013,
+            _ => -32603,
+        }
+    }
+}
+
+/// REST rendering: RFC 9457 `application/problem+json`.
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "type": "about:blank",
+            "title": self.status.canonical_reason().unwrap_or("Error"),
+            "status": self.status.as_u16(),
+            "detail": self.message,
+            "code": self.code,
+        });
+        (
+            self.status,
+            [(axum::http::header::CONTENT_TYPE, "application/problem+json")],
+            body.to_string(),
+        )
+            .into_response()
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Input(e) => ApiError::bad_request(e.to_string()),
+            SubmitError::Busy(_) => ApiError::conflict(e.to_string()),
+            SubmitError::Store(_) | SubmitError::Queue(_) => ApiError::unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<TaskOpError> for ApiError {
+    fn from(e: TaskOpError) -> Self {
+        match e {
+            TaskOpError::NotFound(_) => ApiError::not_found(e.to_string()),
+            TaskOpError::Conflict(_) => ApiError::conflict(e.to_string()),
+            TaskOpError::Store(_) | TaskOpError::Queue(_) => ApiError::unavailable(e.to_string()),
+        }
+    }
+}
+
+/// Parses a JSON request body (or tRPC input), mapping errors to 400 / 413.
+pub fn parse_json<T: serde::de::DeserializeOwned>(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<T, ApiError> {
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large("request body is too large")
+        } else {
+            ApiError::bad_request(e.body_text())
+        }
+    })?;
+    let bytes: &[u8] = if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        b"null"
+    } else {
+        &bytes
+    };
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("invalid input: {e}")))
+}
+
+/// `tasks.create` / `POST /api/tasks` input. `link` is the old system's name; `url` is
+/// accepted too.
+#[derive(Debug, Deserialize)]
+pub struct CreateInput {
+    /// The YouTube URL (or a direct media URL on an allowed host).
+    #[serde(alias = "url")]
+    pub link: String,
+    /// Options; unknown keys are ignored for compatibility.
+    #[serde(default)]
+    pub options: CreateOptions,
+    /// Same as `options.fresh`.
+    #[serde(default)]
+    pub fresh: bool,
+}
+
+/// Options of [`CreateInput`].
+#[derive(Debug, Default, Deserialize)]
+pub struct CreateOptions {
+    /// Run again even when a task for the same video exists.
+    #[serde(default)]
+    pub fresh: bool,
+}
+
+/// The answer to a create.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateOutput {
+    /// The task id.
+    pub task_id: String,
+    /// The YouTube video id, when the input was a YouTube URL.
+    pub video_id: Option<String>,
+    /// True when the video was already queued, running or done and that task is returned.
+    pub existing: bool,
+    /// The task's status now.
+    pub status: TaskStatus,
+}
+
+/// Input naming one task (`tasks.get`, `tasks.cancel`, `tasks.retry`).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskIdInput {
+    /// The task id.
+    #[serde(alias = "id")]
+    pub task_id: String,
+}
+
+/// `tasks.list` / `GET /api/tasks` input.
+#[derive(Debug, Default, Deserialize)]
+pub struct ListInput {
+    /// Only tasks with this status (`queued`, `running`, `completed`, `failed`, `cancelled`).
+    pub status: Option<String>,
+    /// Page size (default 50, at most 500).
+    pub limit: Option<usize>,
+    /// Tasks to skip (default 0).
+    pub offset: Option<usize>,
+}
+
+/// Creates (or joins) the task for `input.link`.
+pub async fn create(st: &Shared, input: CreateInput) -> Result<CreateOutput, ApiError> {
+    let parsed = input::parse_input(&input.link, &st.policy)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if matches!(parsed, Input::LocalFile { .. }) && !st.opts.allow_local_files {
+        return Err(ApiError::bad_request(
+            "local files cannot be submitted over HTTP; submit a YouTube URL (or use `tubescribe process FILE`)",
+        ));
+    }
+    let fresh = input.fresh || input.options.fresh;
+    let s = tasks::submit(
+        &st.data,
+        &st.producer,
+        &st.policy,
+        &input.link,
+        fresh,
+    )
+    .await?;
+    if !s.existing {
+        if let Err(e) = st
+            .log
+            .task_created(&s.task_id, s.video_id.as_deref(), input.link.trim())
+            .await
+        {
+            tracing::warn!(task = %s.task_id, error = %e, "cannot record task.created");
+        }
+    }
+    let status = tasks::get(&st.data, &s.task_id)?.status;
+    Ok(CreateOutput {
+        task_id: s.task_id,
+        video_id: s.video_id,
+        existing: s.existing,
+        status,
+    })
+}
+
+/// The manifest of a task.
+pub fn get(st: &Shared, id: &str) -> Result<Manifest, ApiError> {
+    Ok(tasks::get(&st.data, id)?)
+}
+
+/// A page of tasks.
+pub fn list(st: &Shared, input: ListInput) -> Result<TaskPage, ApiError> {
+    let status = match input.status.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(
+            serde_json::from_value::<TaskStatus>(serde_json::json!(s)).map_err(|_| {
+                ApiError::bad_request(format!(
+                    "unknown status {s:?}; use queued, running, completed, failed or cancelled"
+                ))
+            })?,
+        ),
+    };
+    let limit = input.limit.unwrap_or(50);
+    if limit == 0 || limit > 500 {
+        return Err(ApiError::bad_request("limit must be between 1 and 500"));
+    }
+    Ok(tasks::list(
+        &st.data,
+        status,
+        input.offset.unwrap_or(0),
+        limit,
+    )?)
+}
+
+/// Cancels a task.
+pub async fn cancel(st: &Shared, id: &str) -> Result<Cancelled, ApiError> {
+    Ok(cancel::cancel_task(&st.data, &st.producer, &st.log, id).await?)
+}
+
+/// Retries a failed or cancelled task.
+pub async fn retry(st: &Shared, id: &str) -> Result<CreateOutput, ApiError> {
+    let s = tasks::retry(&st.data, &st.producer, id).await?;
+    let m = tasks::get(&st.data, id)?;
+    if let Err(e) = st
+        .log
+        .task_created(&s.task_id, s.video_id.as_deref(), &m.input)
+        .await
+    {
+        tracing::warn!(task = %s.task_id, error = %e, "cannot record task.created");
+    }
+    Ok(CreateOutput {
+        task_id: s.task_id,
+        video_id: s.video_id,
+        existing: false,
+        status: m.status,
+    })
+}

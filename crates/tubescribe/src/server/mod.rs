@@ -1,0 +1,238 @@
+//! The HTTP server (`tubescribe serve`): the task API in two wire formats (tRPC-compatible
+//! under `/trpc`, REST with `application/problem+json` errors under `/api`), Server-Sent
+//! Events, the OpenAPI document and the web page, all served from the binary.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /` | the web page (`web/index.html`, embedded) |
+//! | `POST /trpc/tasks.create`, `tasks.cancel`, `tasks.retry` | tRPC mutations (JSON body) |
+//! | `GET /trpc/tasks.get`, `tasks.list` `?input=<json>` | tRPC queries |
+//! | `POST /api/tasks`, `GET /api/tasks`, `GET /api/tasks/{id}` | REST |
+//! | `POST /api/tasks/{id}/cancel`, `POST /api/tasks/{id}/retry` | REST |
+//! | `GET /api/tasks/{id}/transcript.{txt,srt,vtt,json}`, `summary.{md,json}` | outputs |
+//! | `GET /api/events/stream`, `GET /api/tasks/{id}/events` | SSE (see `events.rs`) |
+//! | `GET /api/openapi.json` | OpenAPI 3.1 document |
+//!
+//! Every `POST` needs `Authorization: Bearer <token>` when a token is configured. Request
+//! bodies are limited (64 KiB by default).
+
+mod api;
+mod rest;
+mod sse;
+mod trpc;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::{EventError, EventHub, EventLog};
+use crate::input::InputPolicy;
+use crate::queue::{Producer, QueueError};
+use crate::taskdir::DataDir;
+
+pub use api::ApiError;
+
+/// The web page, embedded at build time.
+const INDEX_HTML: &str = include_str!("web/index.html");
+/// The OpenAPI document, embedded at build time.
+const OPENAPI_JSON: &str = include_str!("openapi.json");
+
+/// Errors starting the server. Binding errors need the user (address in use); Redis errors
+/// are retryable.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The queue connection failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// The event streams could not be read.
+    #[error(transparent)]
+    Events(#[from] EventError),
+    /// The server stopped with an IO error.
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Address to listen on (port 0 = any free port; the bound address is reported).
+    pub listen: SocketAddr,
+    /// Bearer token required on every `POST`; `None` = open.
+    pub api_token: Option<String>,
+    /// Interval of SSE keep-alive comments.
+    pub keep_alive: Duration,
+    /// Largest accepted request body in bytes.
+    pub body_limit: usize,
+    /// Whether local file paths may be submitted over HTTP (off: a remote user must not make
+    /// the server read its files).
+    pub allow_local_files: bool,
+}
+
+impl ServeOptions {
+    /// Defaults for `listen`: no token, keep-alive every 15 s, 64 KiB bodies, no local files.
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            api_token: None,
+            keep_alive: Duration::from_secs(15),
+            body_limit: 64 * 1024,
+            allow_local_files: false,
+        }
+    }
+}
+
+/// What every handler shares.
+pub(crate) struct AppState {
+    pub data: DataDir,
+    pub producer: Producer,
+    pub log: EventLog,
+    pub hub: EventHub,
+    pub policy: InputPolicy,
+    pub opts: ServeOptions,
+    pub shutdown: CancellationToken,
+}
+
+pub(crate) type Shared = Arc<AppState>;
+
+/// Runs the server on Redis at `redis_url` until `shutdown` fires, then finishes open
+/// requests (SSE streams end at once). `on_bound` receives the bound address.
+pub async fn run(
+    data: DataDir,
+    redis_url: &str,
+    policy: InputPolicy,
+    opts: ServeOptions,
+    shutdown: CancellationToken,
+    on_bound: impl FnOnce(SocketAddr),
+) -> Result<(), ServerError> {
+    let producer = Producer::connect(redis_url).await?;
+    let log = EventLog::connect(redis_url).await?;
+    let hub = EventHub::start(redis_url, data.clone(), shutdown.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: opts.listen,
+            source,
+        })?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(AppState {
+        data,
+        producer,
+        log,
+        hub,
+        policy,
+        opts,
+        shutdown: shutdown.clone(),
+    });
+    let app = router(state.clone());
+    on_bound(addr);
+    let r = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    state.producer.close().await;
+    r.map_err(ServerError::Io)
+}
+
+fn router(state: Shared) -> Router {
+    let limit = state.opts.body_limit;
+    Router::new()
+        .route("/", get(index))
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/tasks", post(rest::create).get(rest::list))
+        .route("/api/tasks/{id}", get(rest::get))
+        .route("/api/tasks/{id}/cancel", post(rest::cancel))
+        .route("/api/tasks/{id}/retry", post(rest::retry))
+        .route("/api/tasks/{id}/events", get(sse::task_events))
+        .route("/api/tasks/{id}/{file}", get(rest::file))
+        .route("/api/events/stream", get(sse::all_events))
+        .route("/trpc/{procedure}", get(trpc::query).post(trpc::mutation))
+        .fallback(rest::not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(tower_http::set_header::SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .with_state(state)
+}
+
+async fn index() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        INDEX_HTML,
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+}
+
+/// Rejects `POST`s without the configured bearer token (401 in the route's error format).
+async fn auth(State(st): State<Shared>, req: Request, next: Next) -> Response {
+    if let (Some(token), &Method::POST) = (&st.opts.api_token, req.method()) {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            let e = ApiError::unauthorized("missing or wrong bearer token");
+            return if req.uri().path().starts_with("/trpc/") {
+                let path = req.uri().path().trim_start_matches("/trpc/").to_string();
+                trpc::error_response(&e, &path)
+            } else {
+                e.into_response()
+            };
+        }
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_documents_are_valid() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        for p in [
+            "/api/tasks",
+            "/api/tasks/{id}",
+            "/api/tasks/{id}/cancel",
+            "/api/tasks/{id}/retry",
+            "/api/tasks/{id}/events",
+            "/api/events/stream",
+        ] {
+            assert!(doc["paths"].get(p).is_some(), "{p} missing");
+        }
+        assert!(INDEX_HTML.contains("<form"));
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}

@@ -1,0 +1,120 @@
+//! The REST routes under `/api`: the same operations as the tRPC procedures, JSON answers,
+//! errors as `application/problem+json`, and the task's output files.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::api::{self, ApiError, CreateInput, ListInput};
+use super::Shared;
+use crate::manifest::TaskStatus;
+use crate::taskdir::names;
+
+/// `POST /api/tasks` → 201 with `{taskId, videoId, existing, status}` and a `Location`
+/// header for a new task, 200 when an existing task was joined.
+pub async fn create(
+    State(st): State<Shared>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let input: CreateInput = api::parse_json(body)?;
+    let out = api::create(&st, input).await?;
+    let status = if out.existing {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let location = format!("/api/tasks/{}", out.task_id);
+    Ok((status, [(header::LOCATION, location)], Json(out)).into_response())
+}
+
+/// `GET /api/tasks?status=&limit=&offset=` → `{tasks, total, offset, limit}`.
+pub async fn list(
+    State(st): State<Shared>,
+    Query(q): Query<ListInput>,
+) -> Result<Response, ApiError> {
+    Ok(Json(api::list(&st, q)?).into_response())
+}
+
+/// `GET /api/tasks/{id}` → the manifest.
+pub async fn get(State(st): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(api::get(&st, &id)?).into_response())
+}
+
+/// `POST /api/tasks/{id}/cancel` → `{taskId, status: "cancelled", removedFromQueue}`.
+pub async fn cancel(
+    State(st): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(api::cancel(&st, &id).await?).into_response())
+}
+
+/// `POST /api/tasks/{id}/retry` → 202 with `{taskId, videoId, existing: false, status}`.
+pub async fn retry(
+    State(st): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok((StatusCode::ACCEPTED, Json(api::retry(&st, &id).await?)).into_response())
+}
+
+/// Output files served by `GET /api/tasks/{id}/{file}` and their content types.
+pub const FILES: [(&str, &str); 6] = [
+    (names::TRANSCRIPT_TXT, "text/plain; charset=utf-8"),
+    (names::TRANSCRIPT_SRT, "application/x-subrip; charset=utf-8"),
+    (names::TRANSCRIPT_VTT, "text/vtt; charset=utf-8"),
+    (names::TRANSCRIPT_JSON, "application/json"),
+    (names::SUMMARY_MD, "text/markdown; charset=utf-8"),
+    (names::SUMMARY_JSON, "application/json"),
+];
+
+/// `GET /api/tasks/{id}/transcript.{txt,srt,vtt,json}` and `summary.{md,json}`; 404 while
+/// the file does not exist yet (the detail says the task's status).
+pub async fn file(
+    State(st): State<Shared>,
+    Path((id, file)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let Some((name, ctype)) = FILES.iter().find(|(n, _)| *n == file) else {
+        return Err(ApiError::not_found(format!(
+            "no such output {file:?}; outputs are {}",
+            FILES.map(|(n, _)| n).join(", ")
+        )));
+    };
+    let m = api::get(&st, &id)?;
+    let path = st.data.task(&id).file(name);
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => Ok((
+            [
+                (header::CONTENT_TYPE, ctype.to_string()),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!("inline; filename=\"{id}.{name}\""),
+                ),
+            ],
+            bytes,
+        )
+            .into_response()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let why = match m.status {
+                TaskStatus::Completed => "it was not produced".to_string(),
+                s => format!(
+                    "the task is {}",
+                    serde_json::to_value(s)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                ),
+            };
+            Err(ApiError::not_found(format!(
+                "{name} of task {id} is not available: {why}"
+            )))
+        }
+        Err(e) => Err(ApiError::unavailable(format!("cannot read {name}: {e}"))),
+    }
+}
+
+/// Any other path: 404 problem.
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {}", uri.path()))
+}
