@@ -5,10 +5,10 @@
 //!
 //! | # | Redis stream | written by | gives |
 //! |---|---|---|---|
-//! | 0 | `bull:download:events` | BullMQ's Lua scripts | `active`, `progress`, `delayed` (retry), `completed`, `failed` |
-//! | 1 | `bull:transcribe:events` | same | same |
-//! | 2 | `bull:summarize:events` | same | same |
-//! | 3 | `tubescribe:events` | [`EventLog`] (submit, cancel, alerts) | `task.created`, `task.cancelled`, `alert` |
+//! | 0 | `bull:download:events` | BullMQ's Lua scripts | `added` (a new flow: `task.created`), `active`, `progress`, `delayed` (a retry), `completed`, `failed` |
+//! | 1 | `bull:transcribe:events` | same | `active`, `progress`, `delayed`, `completed`, `failed` |
+//! | 2 | `bull:summarize:events` | same | same (`completed`/`failed` also end the task) |
+//! | 3 | `tubescribe:events` | [`EventLog`] (cancel, memory watch) | `task.cancelled`, `alert` |
 //!
 //! BullMQ's events carry only a job id; our job ids are `dl-/tr-/sum-<task id>`, so each maps
 //! to a task and a stage. Details BullMQ does not carry (whether a failure is retryable, the
@@ -221,21 +221,6 @@ impl EventLog {
         Ok(id)
     }
 
-    /// `task.created` for a new task (`existing` answers are not events).
-    pub async fn task_created(
-        &self,
-        task_id: &str,
-        video_id: Option<&str>,
-        input: &str,
-    ) -> Result<(), EventError> {
-        self.emit(
-            "task.created",
-            &serde_json::json!({"taskId": task_id, "videoId": video_id, "input": input}),
-        )
-        .await
-        .map(|_| ())
-    }
-
     /// `task.cancelled`.
     pub async fn task_cancelled(&self, task_id: &str) -> Result<(), EventError> {
         self.emit("task.cancelled", &serde_json::json!({"taskId": task_id}))
@@ -309,18 +294,33 @@ pub fn map_entry(
     let one = |name: &str, d: serde_json::Value| vec![(name.to_string(), Some(task.clone()), d)];
     let stage_state = |m: &Manifest| m.stage(stage).map(|r| r.state);
     match kind {
+        // BullMQ adds a flow's leaf (the download job) with an `added` event; a duplicate add
+        // (the same video submitted again) emits `duplicated` instead, so this is a new task.
+        "added" if stage == Stage::ALL[0] => {
+            let m = manifest(&task);
+            let (input, video_id) = match m.as_ref() {
+                Some(m) => (
+                    Some(m.input.clone()),
+                    match &m.source {
+                        crate::manifest::Source::Youtube { video_id, .. } => Some(video_id.clone()),
+                        _ => None,
+                    },
+                ),
+                None => (None, None),
+            };
+            vec![(
+                "task.created".into(),
+                Some(task.clone()),
+                serde_json::json!({"taskId": task, "videoId": video_id, "input": input, "at": at_ms}),
+            )]
+        }
         "active" => {
             // A parent whose child failed is moved to active only to be failed (deferred
             // failure); the manifest marks such a stage skipped.
-            let m = manifest(&task);
-            if m.as_ref().and_then(stage_state) == Some(StageState::Skipped) {
+            if manifest(&task).as_ref().and_then(stage_state) == Some(StageState::Skipped) {
                 return vec![];
             }
-            let attempt = m
-                .as_ref()
-                .and_then(|m| m.stage(stage).map(|r| r.attempts))
-                .filter(|a| *a > 0);
-            one("stage.started", base(serde_json::json!({"attempt": attempt})))
+            one("stage.started", base(serde_json::json!({})))
         }
         "progress" => {
             let raw: serde_json::Value = f

@@ -211,15 +211,6 @@ pub async fn create(st: &Shared, input: CreateInput) -> Result<CreateOutput, Api
         fresh,
     )
     .await?;
-    if !s.existing {
-        if let Err(e) = st
-            .log
-            .task_created(&s.task_id, s.video_id.as_deref(), input.link.trim())
-            .await
-        {
-            tracing::warn!(task = %s.task_id, error = %e, "cannot record task.created");
-        }
-    }
     let status = tasks::get(&st.data, &s.task_id)?.status;
     Ok(CreateOutput {
         task_id: s.task_id,
@@ -267,13 +258,6 @@ pub async fn cancel(st: &Shared, id: &str) -> Result<Cancelled, ApiError> {
 pub async fn retry(st: &Shared, id: &str) -> Result<CreateOutput, ApiError> {
     let s = tasks::retry(&st.data, &st.producer, id).await?;
     let m = tasks::get(&st.data, id)?;
-    if let Err(e) = st
-        .log
-        .task_created(&s.task_id, s.video_id.as_deref(), &m.input)
-        .await
-    {
-        tracing::warn!(task = %s.task_id, error = %e, "cannot record task.created");
-    }
     Ok(CreateOutput {
         task_id: s.task_id,
         video_id: s.video_id,
