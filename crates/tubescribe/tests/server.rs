@@ -534,7 +534,10 @@ async fn worker_in_another_process_and_cancel_during_transcribe() {
     assert_eq!(failed.data["reason"], "cancelled");
     assert_eq!(failed.data["retryable"], false);
     let stopped_after = t_cancel.elapsed();
-    assert!(stopped_after < Duration::from_secs(10), "stage stopped {stopped_after:?} after cancel");
+    // whisper.cpp polls its abort flag after each encoder pass: ≈3 s in a debug build on an
+    // idle machine, 12 s measured on a 2-core box at load 16. The whole transcription would
+    // take minutes, so stopping within 30 s shows the abort worked.
+    assert!(stopped_after < Duration::from_secs(30), "stage stopped {stopped_after:?} after cancel");
     let names: Vec<&str> = all.iter().filter(|e| e.data["taskId"] == id.as_str()).map(|e| e.name.as_str()).collect();
     for n in ["task.created", "stage.started", "stage.completed", "task.cancelled", "stage.failed"] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
