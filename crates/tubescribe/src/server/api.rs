@@ -52,11 +52,7 @@ impl ApiError {
     }
     /// 405 METHOD_NOT_SUPPORTED.
     pub fn method(m: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "METHOD_NOT_SUPPORTED",
-            m,
-        )
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_SUPPORTED", m)
     }
     /// 503 SERVICE_UNAVAILABLE (Redis or the disk failed; retrying may help).
     pub fn unavailable(m: impl Into<String>) -> Self {
@@ -203,14 +199,7 @@ pub async fn create(st: &Shared, input: CreateInput) -> Result<CreateOutput, Api
         ));
     }
     let fresh = input.fresh || input.options.fresh;
-    let s = tasks::submit(
-        &st.data,
-        &st.producer,
-        &st.policy,
-        &input.link,
-        fresh,
-    )
-    .await?;
+    let s = tasks::submit(&st.data, &st.producer, &st.policy, &input.link, fresh).await?;
     let status = tasks::get(&st.data, &s.task_id)?.status;
     Ok(CreateOutput {
         task_id: s.task_id,

@@ -52,10 +52,7 @@ pub async fn cancel(
 }
 
 /// `POST /api/tasks/{id}/retry` → 202 with `{taskId, videoId, existing: false, status}`.
-pub async fn retry(
-    State(st): State<Shared>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn retry(State(st): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
     Ok((StatusCode::ACCEPTED, Json(api::retry(&st, &id).await?)).into_response())
 }
 

@@ -40,7 +40,11 @@ fn input_of<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, A
     serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("invalid input: {e}")))
 }
 
-async fn call(st: &Shared, path: &str, input: serde_json::Value) -> Result<serde_json::Value, ApiError> {
+async fn call(
+    st: &Shared,
+    path: &str,
+    input: serde_json::Value,
+) -> Result<serde_json::Value, ApiError> {
     let to_json = |v: Result<serde_json::Value, serde_json::Error>| {
         v.map_err(|e| ApiError::unavailable(format!("cannot encode the answer: {e}")))
     };
@@ -69,7 +73,9 @@ async fn call(st: &Shared, path: &str, input: serde_json::Value) -> Result<serde
             let i: TaskIdInput = input_of(input)?;
             to_json(serde_json::to_value(api::retry(st, &i.task_id).await?))
         }
-        _ => Err(ApiError::not_found(format!("No procedure on path \"{path}\""))),
+        _ => Err(ApiError::not_found(format!(
+            "No procedure on path \"{path}\""
+        ))),
     }
 }
 
@@ -81,8 +87,16 @@ async fn respond(
     kind: &str,
     input: Result<serde_json::Value, ApiError>,
 ) -> Response {
-    let allowed: &[&str] = if kind == "query" { &QUERIES } else { &MUTATIONS };
-    let other: &[&str] = if kind == "query" { &MUTATIONS } else { &QUERIES };
+    let allowed: &[&str] = if kind == "query" {
+        &QUERIES
+    } else {
+        &MUTATIONS
+    };
+    let other: &[&str] = if kind == "query" {
+        &MUTATIONS
+    } else {
+        &QUERIES
+    };
     let paths: Vec<&str> = if batch {
         procedure.split(',').collect()
     } else {
@@ -102,7 +116,9 @@ async fn respond(
             ))),
             Ok(v) => {
                 let one = if batch {
-                    v.get(n.to_string()).cloned().unwrap_or(serde_json::Value::Null)
+                    v.get(n.to_string())
+                        .cloned()
+                        .unwrap_or(serde_json::Value::Null)
                 } else {
                     v.clone()
                 };
@@ -129,7 +145,12 @@ async fn respond(
     let status = if all_ok {
         StatusCode::OK
     } else if results.len() == 1 {
-        results[0].1.as_ref().err().map(|e| e.status).unwrap_or(StatusCode::OK)
+        results[0]
+            .1
+            .as_ref()
+            .err()
+            .map(|e| e.status)
+            .unwrap_or(StatusCode::OK)
     } else {
         StatusCode::MULTI_STATUS
     };
@@ -142,7 +163,10 @@ pub async fn query(
     Path(procedure): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let batch = q.get("batch").map(|b| b == "1" || b == "true").unwrap_or(false);
+    let batch = q
+        .get("batch")
+        .map(|b| b == "1" || b == "true")
+        .unwrap_or(false);
     let input = match q.get("input") {
         None => Ok(serde_json::Value::Null),
         Some(s) => serde_json::from_str(s)
@@ -158,7 +182,10 @@ pub async fn mutation(
     Query(q): Query<HashMap<String, String>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let batch = q.get("batch").map(|b| b == "1" || b == "true").unwrap_or(false);
+    let batch = q
+        .get("batch")
+        .map(|b| b == "1" || b == "true")
+        .unwrap_or(false);
     let input = api::parse_json::<serde_json::Value>(body);
     respond(&st, &procedure, batch, "mutation", input).await
 }
