@@ -775,7 +775,17 @@ mod tests {
         );
         let names: Vec<_> = done.iter().map(|e| e.0.as_str()).collect();
         assert_eq!(names, vec!["stage.completed", "task.completed"]);
-        assert!(map_entry(0, 1, &kv(&[("event", "added"), ("jobId", "dl-t1")]), &none).is_empty());
+        let created = map_entry(0, 5, &kv(&[("event", "added"), ("jobId", "dl-t1")]), &none);
+        assert_eq!(
+            created,
+            vec![(
+                "task.created".to_string(),
+                Some("t1".to_string()),
+                serde_json::json!({"taskId": "t1", "videoId": null, "input": null, "at": 5})
+            )]
+        );
+        // Only the flow's leaf (download) announces a task; other queues' `added` do not.
+        assert!(map_entry(1, 1, &kv(&[("event", "added"), ("jobId", "tr-t1")]), &none).is_empty());
         assert!(map_entry(0, 1, &kv(&[("event", "active"), ("jobId", "other")]), &none).is_empty());
     }
 
