@@ -686,10 +686,10 @@ async fn worker_in_another_process_and_cancel_during_transcribe() {
     let busy0 = cpu_ticks(worker.pid());
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let busy = cpu_ticks(worker.pid()) - busy0;
-    // Clock ticks are 1/100 s: 30 in 2 s is 15 % of a core (whisper uses ~2 cores when the
-    // machine is idle; other builds on a shared CI box may take most of them).
+    // Clock ticks are 1/100 s. whisper uses ~2 cores on an idle machine, but on a shared CI box
+    // it may get little (19 ticks in 2 s measured at load 16); an idle worker uses ~0.
     assert!(
-        busy >= 30,
+        busy >= 5,
         "whisper should be busy in the worker: {busy} ticks in 2 s"
     );
 
