@@ -78,7 +78,8 @@ async function startServer(mediaPort) {
     let buf = "";
     child.stderr.on("data", (d) => {
       buf += d; process.stderr.write(`[tubescribe] ${d}`);
-      const m = buf.match(/listening on (http:\/\/[0-9.:]+)/);
+      // The whole address: stderr may arrive in pieces ("http://127.0.0" then "1:8080 …").
+      const m = buf.match(/listening on (http:\/\/[0-9.]+:\d+) /);
       if (m) ok(m[1]);
     });
     child.on("exit", (c) => fail(new Error(`tubescribe serve exited ${c}: ${buf}`)));
