@@ -233,9 +233,21 @@ impl TaskDir {
     fn write_manifest(&self, m: &Manifest) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec_pretty(m).expect("manifest serializes");
         // The manifest's temp file sits beside it (not in `.tmp/`, which stages own and clear).
+        let prefix = format!(".{}.", names::MANIFEST);
         let tmp = self
             .root
-            .join(format!(".{}.{}.tmp", names::MANIFEST, std::process::id()));
+            .join(format!("{prefix}{}.tmp", std::process::id()));
+        // We hold the manifest lock, so any other manifest temp file was left by a process
+        // that died mid-write (kill -9): remove it.
+        if let Ok(entries) = fs::read_dir(&self.root) {
+            for e in entries.flatten() {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                if n.starts_with(&prefix) && n.ends_with(".tmp") && e.path() != tmp {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
         let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
         if let Err(e) = f.write_all(&bytes).and_then(|_| f.sync_all()) {
             let _ = fs::remove_file(&tmp);
@@ -280,6 +292,18 @@ impl TaskDir {
     pub fn existing_output(&self, name: &str) -> Option<OutputFile> {
         let p = self.file(name);
         p.is_file().then(|| output_record(&p, name).ok()).flatten()
+    }
+
+    /// True when the output `rec` is at its place with the recorded size and SHA-256 (a
+    /// checkpoint or a completed stage's output that a re-run may reuse).
+    pub fn verify_output(&self, rec: &OutputFile) -> bool {
+        let p = self.file(&rec.name);
+        match fs::metadata(&p) {
+            Ok(md) if md.is_file() && md.len() == rec.bytes => {
+                output_record(&p, &rec.name).is_ok_and(|r| r.sha256 == rec.sha256)
+            }
+            _ => false,
+        }
     }
 
     /// Deletes the task directory and everything in it.

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::asr::AsrModel;
 use crate::config::Config;
-use crate::manifest::OutputFile;
+use crate::manifest::{Manifest, OutputFile};
 use crate::process::ProcessError;
 use crate::taskdir::{DataDir, StoreError, TaskDir};
 
@@ -278,8 +278,27 @@ pub struct StageOutput {
     pub outputs: Vec<OutputFile>,
 }
 
+/// The result recorded by an earlier run that completed `stage`, when every output it
+/// recorded is still in place with the same size and SHA-256; `None` means the stage must run.
+///
+/// This is what makes a re-run after a crash cheap and exactly-once: a worker killed between
+/// writing the manifest's completion and telling BullMQ leaves a job that runs again, finds
+/// its outputs complete and hands back the result without redoing (or rewriting) anything.
+pub fn completed_earlier(stage: Stage, task: &TaskDir, m: &Manifest) -> Option<serde_json::Value> {
+    let r = m.stage(stage)?;
+    let result = r.result.clone()?;
+    (r.completions > 0 && !r.outputs.is_empty() && r.outputs.iter().all(|o| task.verify_output(o)))
+        .then_some(result)
+}
+
 /// Runs `stage` for one job.
 pub async fn run(stage: Stage, ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError> {
+    #[cfg(debug_assertions)]
+    if let Ok(m) = job.task.read_manifest() {
+        if crate::config::test_hooks::panic_requested(stage, &m.input) {
+            panic!("test hook: injected panic in the {stage} stage");
+        }
+    }
     match stage {
         Stage::Download => download::run(ctx, job).await,
         Stage::Transcribe => transcribe::run(ctx, job).await,
