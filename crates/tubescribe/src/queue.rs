@@ -267,6 +267,8 @@ pub struct Workers {
     drains: Vec<tokio::task::JoinHandle<()>>,
     /// Cancelled at shutdown after the grace period: active jobs stop and go back to `wait`.
     release: CancellationToken,
+    /// Jobs whose processor is running in this process.
+    running: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Workers {
@@ -281,6 +283,7 @@ impl Workers {
         let mut workers = Vec::new();
         let mut drains = Vec::new();
         let release = CancellationToken::new();
+        let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for (stage, ws) in stages {
             let stage = *stage;
             if let Some(n) = ws.global_concurrency {
@@ -302,10 +305,15 @@ impl Workers {
             }
             let ctx2 = ctx.clone();
             let release2 = release.clone();
+            let running2 = running.clone();
             let processor = move |job: Job, token: BullToken| {
                 let ctx = ctx2.clone();
                 let release = release2.clone();
-                async move { process_job(stage, ctx, job, token, release).await }
+                let running = running2.clone();
+                async move {
+                    let _count = RunningGuard::enter(running);
+                    process_job(stage, ctx, job, token, release).await
+                }
             };
             let backoff_cfg = ctx.cfg.clone();
             let opts = WorkerOptions::new()
@@ -349,6 +357,7 @@ impl Workers {
             workers,
             drains,
             release,
+            running,
         })
     }
 
@@ -380,11 +389,7 @@ impl Workers {
 
     /// Number of jobs running in this process.
     pub async fn active_count(&self) -> usize {
-        let mut n = 0;
-        for (_, w) in &self.workers {
-            n += w.active_count().await;
-        }
-        n
+        self.running.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Graceful shutdown: stops taking jobs, waits up to `grace` for active ones to finish,
@@ -399,24 +404,47 @@ impl Workers {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let left = self.active_count().await;
+        // Close the workers first: a paused worker still parks a blocking BZPOPMIN on the
+        // queue's marker and would swallow the wake-up meant for other workers when our jobs
+        // go back to `wait`. Closing and dropping them closes those connections; the running
+        // jobs keep their own handles and can still move themselves back.
+        futures::future::join_all(self.workers.iter().map(|(_, w)| w.close(0))).await;
+        for d in self.drains {
+            d.abort();
+            let _ = d.await;
+        }
+        drop(self.workers);
         if left > 0 {
             tracing::warn!(
                 jobs = left,
                 "grace period over: putting active jobs back in the queue"
             );
             self.release.cancel();
-            // Cancelled stages end within moments (process groups killed, whisper aborted).
-            let until = tokio::time::Instant::now() + Duration::from_secs(30);
-            while self.active_count().await > 0 && tokio::time::Instant::now() < until {
+            // Cancelled stages end within moments (process groups killed, whisper aborted
+            // after at most one encoder pass); each then moves its job back to `wait`.
+            let until = tokio::time::Instant::now() + WIND_DOWN;
+            while self.running.load(std::sync::atomic::Ordering::SeqCst) > 0
+                && tokio::time::Instant::now() < until
+            {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        for (_, w) in &self.workers {
-            let _ = w.close(1_000).await;
-        }
-        for d in self.drains {
-            d.abort();
-        }
+    }
+}
+
+/// Counts a running processor until dropped (also when the processor panics or is dropped).
+struct RunningGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl RunningGuard {
+    fn enter(n: Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        RunningGuard(n)
+    }
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
