@@ -300,6 +300,16 @@ impl Manifest {
         });
     }
 
+    /// True while `attempt` is the latest attempt of `stage` and has not ended. An attempt
+    /// stops being current when another worker starts the job again (its lock lapsed, e.g.
+    /// while Redis was unreachable): the stale run must then neither commit outputs nor record
+    /// anything (fencing).
+    pub fn is_current_attempt(&self, stage: Stage, attempt: u32) -> bool {
+        self.stage(stage)
+            .and_then(|r| r.attempt_log.last())
+            .is_some_and(|a| a.attempt == attempt && a.outcome.is_none())
+    }
+
     /// Records how attempt `attempt` of `stage` ended (a no-op if it was not logged).
     pub fn end_attempt(
         &mut self,

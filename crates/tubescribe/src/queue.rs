@@ -479,6 +479,9 @@ enum Stop {
     TimedOut,
     /// The worker is shutting down and its grace period is over.
     Released,
+    /// Another worker started the job again (this attempt's lock lapsed, e.g. while Redis was
+    /// unreachable); this run is stale.
+    Superseded,
 }
 
 /// Seconds a cancelled stage gets to wind down before its job is given up on anyway.
@@ -540,6 +543,7 @@ async fn process_job(
     let cancel = CancellationToken::new();
     let (ptx, mut prx) = tokio::sync::watch::channel(Progress::default());
     let jctx = JobCtx {
+        stage,
         task_id: data.task_id.clone(),
         task: task.clone(),
         attempt,
@@ -565,9 +569,19 @@ async fn process_job(
     let wind_down = tokio::time::sleep(Duration::MAX / 4);
     tokio::pin!(wind_down);
     let mut last_sent = std::time::Instant::now() - Duration::from_secs(1);
+    // Fencing watchdog: notices when another worker took the job over.
+    let mut fence = tokio::time::interval(Duration::from_secs(1));
     let outcome = loop {
         tokio::select! {
             r = &mut run => break Some(r),
+            _ = fence.tick(), if stopped.is_none() => {
+                if task.read_manifest().is_ok_and(|m| !m.is_current_attempt(stage, attempt)) {
+                    tracing::warn!(%stage, task = %data.task_id, attempt, "another worker took this job over; stopping the stale run");
+                    stopped = Some(Stop::Superseded);
+                    cancel.cancel();
+                    wind_down.as_mut().reset(tokio::time::Instant::now() + WIND_DOWN);
+                }
+            }
             _ = &mut deadline, if stopped.is_none() => {
                 tracing::warn!(%stage, task = %data.task_id, ?limit, "time limit passed; cancelling the stage");
                 stopped = Some(Stop::TimedOut);
@@ -608,6 +622,12 @@ async fn process_job(
         }
     };
     bridge.abort();
+    let current = |m: &crate::manifest::Manifest| m.is_current_attempt(stage, attempt);
+    if stopped == Some(Stop::Superseded) || task.read_manifest().is_ok_and(|m| !current(&m)) {
+        // Stale: the current attempt owns the manifest record and the temp directory.
+        tracing::warn!(%stage, task = %data.task_id, attempt, "stale attempt ended; leaving the job to the current one");
+        return Err(bullmq::Error::Delayed);
+    }
     task.clear_tmp();
     let outcome: Result<stages::StageOutput, StageError> = match outcome {
         Some(Ok(Ok(out))) => Ok(out),
@@ -635,11 +655,18 @@ async fn process_job(
     };
     match outcome {
         Ok(out) => {
-            task.update_manifest(|m| {
-                m.record_completion(stage, out.outputs, out.result.clone());
-                m.end_attempt(stage, attempt, AttemptOutcome::Completed, None);
-            })
-            .map_err(|e| bullmq::Error::ProcessingError(e.to_string()))?;
+            let recorded = task
+                .modify_manifest(|m| {
+                    current(m) && {
+                        m.record_completion(stage, out.outputs, out.result.clone());
+                        m.end_attempt(stage, attempt, AttemptOutcome::Completed, None);
+                        true
+                    }
+                })
+                .map_err(|e| bullmq::Error::ProcessingError(e.to_string()))?;
+            if !recorded {
+                return Err(bullmq::Error::Delayed);
+            }
             let _ = job
                 .update_progress(JobProgress::Object(serde_json::json!({"percent": 100.0})))
                 .await;
@@ -650,15 +677,21 @@ async fn process_job(
             // BullMQ retries while attemptsMade (failures so far, not stalls) + 1 < attempts.
             let final_attempt = !e.is_retryable() || job.attempts_made() + 1 >= max_attempts;
             tracing::warn!(%stage, task = %data.task_id, attempt, final_attempt, error = %e.message, "stage failed");
-            let _ = task.update_manifest(|m| {
-                let r = m.stage_mut(stage);
-                r.detail.insert(
-                    format!("attempt_{attempt}_error"),
-                    serde_json::json!(e.message),
-                );
-                m.end_attempt(stage, attempt, AttemptOutcome::Failed, Some(&e.message));
-                m.fail_stage(stage, &e.message, e.is_retryable(), final_attempt)
+            let recorded = task.modify_manifest(|m| {
+                current(m) && {
+                    let r = m.stage_mut(stage);
+                    r.detail.insert(
+                        format!("attempt_{attempt}_error"),
+                        serde_json::json!(e.message),
+                    );
+                    m.end_attempt(stage, attempt, AttemptOutcome::Failed, Some(&e.message));
+                    m.fail_stage(stage, &e.message, e.is_retryable(), final_attempt);
+                    true
+                }
             });
+            if matches!(recorded, Ok(false)) {
+                return Err(bullmq::Error::Delayed);
+            }
             Err(match e.class {
                 FailureClass::Permanent => bullmq::Error::Unrecoverable(e.message),
                 FailureClass::Retryable => bullmq::Error::ProcessingError(e.message),

@@ -260,17 +260,52 @@ impl TaskDir {
     /// Read-modify-write of the manifest under an exclusive file lock, so concurrent updates
     /// from several processes never lose fields. Returns the updated manifest.
     pub fn update_manifest(&self, f: impl FnOnce(&mut Manifest)) -> Result<Manifest, StoreError> {
-        let _lock = self.lock()?;
-        let mut m = self.read_manifest()?;
-        f(&mut m);
-        m.updated_at = crate::manifest::now_ms();
-        self.write_manifest(&m)?;
-        Ok(m)
+        self.modify_manifest(|m| {
+            f(m);
+            m.clone()
+        })
     }
 
-    /// Writes `bytes` to `name` atomically (temp file in `.tmp/`, fsync, rename) and returns
-    /// its [`OutputFile`] record (size and SHA-256).
-    pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<OutputFile, StoreError> {
+    /// Like [`TaskDir::update_manifest`], returning what `f` returns.
+    pub fn modify_manifest<R>(&self, f: impl FnOnce(&mut Manifest) -> R) -> Result<R, StoreError> {
+        let _lock = self.lock()?;
+        let mut m = self.read_manifest()?;
+        let r = f(&mut m);
+        m.updated_at = crate::manifest::now_ms();
+        self.write_manifest(&m)?;
+        Ok(r)
+    }
+
+    /// Moves a finished temp file to `name` like [`TaskDir::commit`], but only when
+    /// `allowed(manifest)` holds, checked under the manifest lock (so a stale attempt of a job
+    /// that another worker runs now cannot overwrite that worker's outputs). Returns `None`
+    /// (and removes the temp file) when not allowed.
+    pub fn commit_if(
+        &self,
+        tmp: &Path,
+        name: &str,
+        allowed: impl FnOnce(&Manifest) -> bool,
+    ) -> Result<Option<OutputFile>, StoreError> {
+        let _lock = self.lock()?;
+        if !allowed(&self.read_manifest()?) {
+            let _ = fs::remove_file(tmp);
+            return Ok(None);
+        }
+        self.commit(tmp, name).map(Some)
+    }
+
+    /// Writes `bytes` to a temp file and commits it with [`TaskDir::commit_if`].
+    pub fn write_atomic_if(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        allowed: impl FnOnce(&Manifest) -> bool,
+    ) -> Result<Option<OutputFile>, StoreError> {
+        let tmp = self.write_tmp(name, bytes)?;
+        self.commit_if(&tmp, name, allowed)
+    }
+
+    fn write_tmp(&self, name: &str, bytes: &[u8]) -> Result<PathBuf, StoreError> {
         let tmp = self.tmp_file(name)?;
         let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
         let res = f.write_all(bytes).and_then(|_| f.sync_all());
@@ -278,6 +313,13 @@ impl TaskDir {
             let _ = fs::remove_file(&tmp);
             return Err(io("write", &tmp)(e));
         }
+        Ok(tmp)
+    }
+
+    /// Writes `bytes` to `name` atomically (temp file in `.tmp/`, fsync, rename) and returns
+    /// its [`OutputFile`] record (size and SHA-256).
+    pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<OutputFile, StoreError> {
+        let tmp = self.write_tmp(name, bytes)?;
         self.commit(&tmp, name)
     }
 

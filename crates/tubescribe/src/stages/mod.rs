@@ -141,6 +141,12 @@ impl StageError {
         }
     }
 
+    /// This attempt is stale: another worker took the job over (its lock lapsed). Its
+    /// processor records nothing and leaves the job to the current attempt.
+    pub fn superseded() -> Self {
+        Self::retryable("superseded: another worker runs this job now")
+    }
+
     /// Whether another attempt may succeed.
     pub fn is_retryable(&self) -> bool {
         self.class != FailureClass::Permanent
@@ -235,6 +241,8 @@ impl StageCtx {
 
 /// One job's view: its task, attempt, cancel token, progress sink and its child's result.
 pub struct JobCtx {
+    /// The stage this job runs.
+    pub stage: Stage,
     /// The task id.
     pub task_id: String,
     /// The task directory.
@@ -256,6 +264,26 @@ impl JobCtx {
             p.percent = percent.clamp(0.0, 100.0);
             p.phase = phase.map(str::to_string);
         });
+    }
+
+    /// Commits a finished temp file as output `name` — only while this attempt is still the
+    /// job's current one (see [`Manifest::is_current_attempt`]); a stale attempt gets
+    /// [`StageError::superseded`] and its file is dropped.
+    pub fn commit(&self, tmp: &std::path::Path, name: &str) -> Result<OutputFile, StageError> {
+        self.task
+            .commit_if(tmp, name, |m| {
+                m.is_current_attempt(self.stage, self.attempt)
+            })?
+            .ok_or_else(StageError::superseded)
+    }
+
+    /// Writes output `name` atomically, fenced like [`JobCtx::commit`].
+    pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<OutputFile, StageError> {
+        self.task
+            .write_atomic_if(name, bytes, |m| {
+                m.is_current_attempt(self.stage, self.attempt)
+            })?
+            .ok_or_else(StageError::superseded)
     }
 
     /// The child's return value parsed as `T` (the previous stage's result).

@@ -126,7 +126,7 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
         (names::TRANSCRIPT_SRT, transcript.to_srt()),
         (names::TRANSCRIPT_VTT, transcript.to_vtt()),
     ] {
-        outputs.push(job.task.write_atomic(name, body.as_bytes())?);
+        outputs.push(job.write_atomic(name, body.as_bytes())?);
     }
     let rtf = if duration_s > 0.0 {
         asr_wall / duration_s
@@ -249,6 +249,6 @@ async fn decode(
             "the audio stream is empty (0 s decoded)",
         )));
     }
-    let rec = job.task.commit(&tmp, names::AUDIO_WAV)?;
+    let rec = job.commit(&tmp, names::AUDIO_WAV)?;
     Ok((rec, decoded_s))
 }
