@@ -649,6 +649,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../../../tubescribe.example.toml");
+        let f: FileConfig = toml::from_str(text).unwrap();
+        let t = StagePolicy::resolve(Stage::Transcribe, &f.stages.transcribe).unwrap();
+        assert_eq!(t, StagePolicy::default_for(Stage::Transcribe));
+        assert!(f.worker.shutdown_grace_s.is_none());
+    }
+
+    #[test]
     fn stage_policies_and_worker_settings() {
         let dir = std::env::temp_dir().join(format!("ts-cfg3-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -462,6 +462,37 @@ mod tests {
     }
 
     #[test]
+    fn attempts_are_logged_and_only_the_latest_is_current() {
+        let mut m = m();
+        m.start_attempt(Stage::Transcribe, 1, "h:1");
+        assert!(m.is_current_attempt(Stage::Transcribe, 1));
+        // The worker died; another one starts attempt 2.
+        m.start_attempt(Stage::Transcribe, 2, "h:2");
+        assert!(!m.is_current_attempt(Stage::Transcribe, 1));
+        assert!(m.is_current_attempt(Stage::Transcribe, 2));
+        m.record_completion(Stage::Transcribe, vec![], serde_json::json!({"x": 1}));
+        m.end_attempt(Stage::Transcribe, 2, AttemptOutcome::Completed, None);
+        // A late end of the stale attempt changes nothing.
+        m.end_attempt(Stage::Transcribe, 1, AttemptOutcome::Failed, Some("late"));
+        let r = m.stage(Stage::Transcribe).unwrap();
+        let outcomes: Vec<_> = r
+            .attempt_log
+            .iter()
+            .map(|a| (a.attempt, a.outcome))
+            .collect();
+        assert_eq!(
+            outcomes,
+            vec![
+                (1, Some(AttemptOutcome::Interrupted)),
+                (2, Some(AttemptOutcome::Completed))
+            ]
+        );
+        assert_eq!((r.completions, r.attempts), (1, 2));
+        assert_eq!(r.result, Some(serde_json::json!({"x": 1})));
+        assert!(!m.is_current_attempt(Stage::Transcribe, 2), "ended");
+    }
+
+    #[test]
     fn json_round_trip_uses_stage_names() {
         let m = m();
         let j = serde_json::to_value(&m).unwrap();

@@ -461,6 +461,41 @@ mod tests {
     }
 
     #[test]
+    fn fenced_commits_and_output_checks() {
+        let root = tmp_root("fence");
+        let dd = DataDir::open(&root).unwrap();
+        let t = dd.task("t3");
+        t.create(&Manifest::new(
+            "t3",
+            "x",
+            Source::Url {
+                url: "http://h/x".into(),
+            },
+        ))
+        .unwrap();
+        let rec = t
+            .write_atomic_if(names::SUMMARY_MD, b"one", |_| true)
+            .unwrap()
+            .unwrap();
+        assert!(t.verify_output(&rec));
+        assert!(t
+            .write_atomic_if(names::SUMMARY_MD, b"two", |_| false)
+            .unwrap()
+            .is_none());
+        assert_eq!(fs::read(t.file(names::SUMMARY_MD)).unwrap(), b"one");
+        fs::write(t.file(names::SUMMARY_MD), b"on3").unwrap();
+        assert!(!t.verify_output(&rec), "same size, other content");
+        // A manifest temp file left by a process killed mid-write is removed.
+        let stray = t.path().join(".manifest.json.999999.tmp");
+        fs::write(&stray, b"{").unwrap();
+        t.update_manifest(|_| {}).unwrap();
+        assert!(!stray.exists());
+        let left: Vec<_> = fs::read_dir(t.tmp_dir().unwrap()).unwrap().collect();
+        assert!(left.is_empty(), "refused commit left its temp file");
+        fs::remove_dir_all(&root).ok();
+    }
+
+    #[test]
     fn unknown_task_is_not_found() {
         let root = tmp_root("nf");
         let dd = DataDir::open(&root).unwrap();
