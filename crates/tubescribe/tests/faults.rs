@@ -875,3 +875,60 @@ fn graceful_shutdown_finishes_or_hands_over_active_jobs() {
     }
     c.stop_all();
 }
+
+#[test]
+fn workers_apply_the_cluster_wide_cap_from_the_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let redis = Redis::start(&tmp.path().join("redis"));
+    let config = tmp.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "[stages.transcribe]\nglobal_concurrency = 2\n[stages.summarize]\nglobal_concurrency = 0\n",
+    )
+    .unwrap();
+    let cfg = tubescribe::config::Config::resolve(&tubescribe::config::Overrides {
+        config: Some(config),
+        data_dir: Some(tmp.path().join("data")),
+        ..Default::default()
+    })
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let p = Producer::connect(&redis.url()).await.unwrap();
+        p.queue(Stage::Summarize)
+            .set_global_concurrency(7)
+            .await
+            .unwrap();
+        p.queue(Stage::Download)
+            .set_global_concurrency(5)
+            .await
+            .unwrap();
+        let data = tubescribe::taskdir::DataDir::open(&cfg.data_dir).unwrap();
+        let ctx = std::sync::Arc::new(tubescribe::stages::StageCtx::new(cfg.clone(), data));
+        let stages: Vec<_> = Stage::ALL
+            .iter()
+            .map(|s| {
+                (
+                    *s,
+                    tubescribe::queue::WorkerSettings::from_policy(1, cfg.policy(*s)),
+                )
+            })
+            .collect();
+        let w = tubescribe::queue::Workers::start(&redis.url(), ctx, &stages)
+            .await
+            .unwrap();
+        let cap = |s: Stage| {
+            let q = p.queue(s);
+            async move { q.get_global_concurrency().await.unwrap() }
+        };
+        assert_eq!(cap(Stage::Transcribe).await, Some(2), "set from the config");
+        assert_eq!(cap(Stage::Summarize).await, None, "0 removes the cap");
+        assert_eq!(
+            cap(Stage::Download).await,
+            Some(5),
+            "unset leaves Redis alone"
+        );
+        w.close(Duration::from_secs(1)).await;
+        p.close().await;
+    });
+}
