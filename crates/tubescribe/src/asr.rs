@@ -552,8 +552,10 @@ mod tests {
         // to one encoder pass (≈1.5 s measured, release, 1 thread; ≈3 s in a debug build).
         let lag = returned.saturating_duration_since(set_at);
         eprintln!("abort returned {lag:?} after the flag was set");
-        let limit = if cfg!(debug_assertions) { 20 } else { 8 };
-        assert!(lag < Duration::from_secs(limit), "abort took {lag:?}");
+        // The proof is `is_aborted` above (a finished run returns Ok); the bound only catches
+        // an abort that is ignored until the end. It is generous because CI machines may be
+        // loaded (20 s was seen with 4 builds running on 2 cores).
+        assert!(lag < Duration::from_secs(120), "abort took {lag:?}");
     }
 
     #[test]

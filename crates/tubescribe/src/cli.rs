@@ -66,6 +66,15 @@ struct GlobalArgs {
     /// whisper.cpp threads per transcribe job (default: cores / transcribe concurrency).
     #[arg(long, global = true, env = "TUBESCRIBE_THREADS")]
     threads: Option<usize>,
+    /// Seconds a stopping worker lets active jobs finish before putting them back in the
+    /// queue for another worker (default 30).
+    #[arg(
+        long = "shutdown-grace",
+        global = true,
+        env = "TUBESCRIBE_SHUTDOWN_GRACE_S",
+        value_name = "SECONDS"
+    )]
+    shutdown_grace_s: Option<f64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,9 +94,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run stage workers until interrupted (SIGINT/SIGTERM).
+    /// Run stage workers until SIGINT/SIGTERM; then stop taking jobs, let active ones finish
+    /// within the shutdown grace period and put the rest back in the queue.
     Worker {
-        /// Stages to work on (comma-separated).
+        /// Stages to work on (comma-separated). Per-process concurrency comes from
+        /// --download-concurrency etc.; cluster-wide caps and retry/stall/timeout policy from
+        /// the config file's [stages.*] tables.
         #[arg(
             long,
             value_delimiter = ',',
@@ -206,6 +218,7 @@ impl GlobalArgs {
             transcribe_concurrency: self.transcribe_concurrency,
             summarize_concurrency: self.summarize_concurrency,
             threads: self.threads,
+            shutdown_grace_s: self.shutdown_grace_s,
         }
     }
 }
@@ -281,7 +294,7 @@ fn worker_stages(cfg: &Config, stages: &[Stage]) -> Vec<(Stage, WorkerSettings)>
                 Stage::Transcribe => cfg.transcribe_concurrency,
                 Stage::Summarize => cfg.summarize_concurrency,
             };
-            (*s, WorkerSettings::with_concurrency(c))
+            (*s, WorkerSettings::from_policy(c, cfg.policy(*s)))
         })
         .collect()
 }
@@ -338,8 +351,11 @@ async fn serve(cfg: Config, args: ServeArgs) -> Result<i32> {
     .await;
     stop.cancel();
     if let Some(w) = workers {
-        eprintln!("stopping: waiting up to 30 s for active jobs");
-        w.close(Duration::from_secs(30)).await;
+        eprintln!(
+            "stopping: active jobs get {:.0} s to finish, then go back to the queue",
+            cfg.shutdown_grace.as_secs_f64()
+        );
+        w.close(cfg.shutdown_grace).await;
     }
     if let Some(r) = redis.as_mut() {
         r.stop();
@@ -349,29 +365,48 @@ async fn serve(cfg: Config, args: ServeArgs) -> Result<i32> {
 }
 
 async fn worker(cfg: Config, stages: Vec<String>, memory_budget_mb: Option<u64>) -> Result<i32> {
-    let stages: Vec<Stage> = stages
+    let mut stages: Vec<Stage> = stages
         .iter()
         .map(|s| Stage::from_queue_name(s.trim()).with_context(|| format!("unknown stage {s:?}")))
         .collect::<Result<_>>()?;
+    stages.sort();
+    stages.dedup();
     let data = DataDir::open(&cfg.data_dir)?;
     let (url, _redis) = redis(&cfg, &data).await?;
     let ctx = Arc::new(StageCtx::new(cfg.clone(), data));
-    let workers = Workers::start(&url, ctx, &worker_stages(&cfg, &stages)).await?;
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let Some(workers) = Workers::start_when_reachable(
+        &url,
+        ctx,
+        &worker_stages(&cfg, &stages),
+        cfg.redis_retry,
+        &mut signal,
+    )
+    .await
+    else {
+        eprintln!("stopped before Redis at {url} could be reached");
+        return Ok(0);
+    };
     let stop = CancellationToken::new();
     crate::cancel::spawn_watcher(&url, workers.canceller(), stop.clone());
     memory_watch(&url, memory_budget_mb, &stop).await?;
     eprintln!(
-        "tubescribe worker: {} on {url}; Ctrl-C to stop",
+        "tubescribe worker {}: {} on {url}; Ctrl-C to stop",
+        std::process::id(),
         stages
             .iter()
             .map(|s| s.to_string())
             .collect::<Vec<_>>()
             .join(", ")
     );
-    shutdown_signal().await;
+    signal.await;
     stop.cancel();
-    eprintln!("stopping: waiting up to 30 s for active jobs");
-    workers.close(Duration::from_secs(30)).await;
+    eprintln!(
+        "stopping: active jobs get {:.0} s to finish, then go back to the queue",
+        cfg.shutdown_grace.as_secs_f64()
+    );
+    workers.close(cfg.shutdown_grace).await;
     Ok(0)
 }
 
@@ -409,7 +444,7 @@ async fn process(
     }
     let data = DataDir::open(&cfg.data_dir)?;
     let (url, mut redis) = redis(&cfg, &data).await?;
-    let producer = Producer::connect(&url).await?;
+    let producer = Producer::connect(&url).await?.with_config(&cfg);
     let mut tasks = Vec::new();
     for i in &inputs {
         let s = crate::tasks::submit(&data, &producer, &policy, i, fresh).await?;
@@ -429,8 +464,12 @@ async fn process(
 
     let interrupted = watch(&data, &tasks, json).await?;
     if let Some(w) = workers {
-        w.close(Duration::from_secs(if interrupted { 5 } else { 30 }))
-            .await;
+        w.close(if interrupted {
+            cfg.shutdown_grace.min(Duration::from_secs(5))
+        } else {
+            cfg.shutdown_grace
+        })
+        .await;
     }
     producer.close().await;
     if let Some(r) = redis.as_mut() {

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::stages::Stage;
+
 /// Errors while loading configuration. None is retryable: the user must fix the setting.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -63,6 +65,165 @@ pub struct FileConfig {
     /// Program paths.
     #[serde(default)]
     pub programs: ProgramsFile,
+    /// Queue and run policy per stage (`[stages.download]`, `[stages.transcribe]`,
+    /// `[stages.summarize]`).
+    #[serde(default)]
+    pub stages: StagesFile,
+    /// Worker process settings.
+    #[serde(default)]
+    pub worker: WorkerFile,
+}
+
+/// `[stages.*]` in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StagesFile {
+    /// `[stages.download]`.
+    #[serde(default)]
+    pub download: StagePolicyFile,
+    /// `[stages.transcribe]`.
+    #[serde(default)]
+    pub transcribe: StagePolicyFile,
+    /// `[stages.summarize]`.
+    #[serde(default)]
+    pub summarize: StagePolicyFile,
+}
+
+/// One `[stages.<stage>]` table; every key is optional (defaults in [`StagePolicy::default_for`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StagePolicyFile {
+    /// Attempts in total (1 = no retry).
+    pub attempts: Option<u32>,
+    /// Delay before the first retry, seconds; doubles with each retry.
+    pub backoff_s: Option<f64>,
+    /// Delay before the first retry after a cool-down failure (bot check, HTTP 429), seconds.
+    pub cool_down_s: Option<f64>,
+    /// Job lock duration, seconds (renewed every half of it while the job runs).
+    pub lock_duration_s: Option<f64>,
+    /// Interval of the stalled-job check, seconds.
+    pub stalled_interval_s: Option<f64>,
+    /// How many times a job may stall (its worker died) before it fails.
+    pub max_stalled_count: Option<u32>,
+    /// Cluster-wide cap on active jobs of this queue (BullMQ global concurrency); 0 removes it.
+    pub global_concurrency: Option<u64>,
+    /// Fixed part of the stage's time limit, seconds.
+    pub timeout_base_s: Option<f64>,
+    /// Seconds of time limit added per second of media.
+    pub timeout_per_media_s: Option<f64>,
+}
+
+/// `[worker]` in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerFile {
+    /// Seconds a stopping worker lets active jobs finish before putting them back in the
+    /// queue (default 30).
+    pub shutdown_grace_s: Option<f64>,
+    /// Seconds between attempts to reach Redis while it is unreachable (default 2).
+    pub redis_retry_s: Option<f64>,
+}
+
+/// A stage's queue and run policy after resolution: retries, stalled-job recovery, the
+/// cluster-wide concurrency cap and the time limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StagePolicy {
+    /// Attempts in total (≥ 1; 1 = no retry). Stalls (a worker died) do not count.
+    pub attempts: u32,
+    /// Delay before the first retry; retry `n` waits `backoff × 2^(n−1)`.
+    pub backoff: Duration,
+    /// Delay before the first retry after a cool-down failure; doubles likewise.
+    pub cool_down: Duration,
+    /// Job lock duration; a job whose worker died is detected between `lock_duration +
+    /// stalled_interval` and `lock_duration + 3 × stalled_interval` later (design notes, §3).
+    pub lock_duration: Duration,
+    /// Interval of the stalled-job check.
+    pub stalled_interval: Duration,
+    /// Stalls a job survives before it fails ("job stalled more than allowable limit").
+    pub max_stalled_count: u32,
+    /// Cluster-wide cap on active jobs of the queue, applied by workers of this stage when
+    /// they start: `Some(n ≥ 1)` sets it, `Some(0)` removes it, `None` leaves Redis as is.
+    pub global_concurrency: Option<u64>,
+    /// Fixed part of the time limit of one attempt.
+    pub timeout_base: Duration,
+    /// Seconds of time limit per second of media (the media duration is known once the
+    /// download has probed it; before that only the base applies).
+    pub timeout_per_media_s: f64,
+}
+
+impl StagePolicy {
+    /// Built-in defaults. Downloads meet flaky networks (3 attempts), transcription rarely
+    /// fails twice (2), summaries may meet a busy LLM (3). A job may stall 5 times, so a long
+    /// transcription survives several worker restarts. Time limits: download 1 h + 1 × media,
+    /// transcribe 10 min + 4 × media (tiny.en runs at RTF ≈ 0.1 on 2 cores; larger models on
+    /// CPU approach RTF 1), summarize 5 min + 0.5 × media (LLM calls).
+    pub fn default_for(stage: Stage) -> StagePolicy {
+        let (attempts, backoff_s, base_s, per_media) = match stage {
+            Stage::Download => (3, 2, 3600, 1.0),
+            Stage::Transcribe => (2, 2, 600, 4.0),
+            Stage::Summarize => (3, 5, 300, 0.5),
+        };
+        StagePolicy {
+            attempts,
+            backoff: Duration::from_secs(backoff_s),
+            cool_down: Duration::from_secs(300),
+            lock_duration: Duration::from_secs(30),
+            stalled_interval: Duration::from_secs(15),
+            max_stalled_count: 5,
+            global_concurrency: None,
+            timeout_base: Duration::from_secs(base_s),
+            timeout_per_media_s: per_media,
+        }
+    }
+
+    /// The time limit of one attempt on `media_s` seconds of media (unknown: the base only).
+    pub fn time_limit(&self, media_s: Option<f64>) -> Duration {
+        let extra = media_s.unwrap_or(0.0).max(0.0) * self.timeout_per_media_s.max(0.0);
+        self.timeout_base + Duration::from_secs_f64(extra.min(1e9))
+    }
+
+    fn resolve(stage: Stage, f: &StagePolicyFile) -> Result<StagePolicy, ConfigError> {
+        let d = StagePolicy::default_for(stage);
+        let key = |k: &str| format!("stages.{stage}.{k}");
+        let secs = |k: &str, v: Option<f64>, d: Duration, min: f64| match v {
+            None => Ok(d),
+            Some(v) if v.is_finite() && v >= min && v < 1e9 => Ok(Duration::from_secs_f64(v)),
+            Some(v) => Err(ConfigError::Invalid {
+                key: key(k),
+                message: format!("{v} is out of range (at least {min} seconds)"),
+            }),
+        };
+        let attempts = f.attempts.unwrap_or(d.attempts);
+        if attempts == 0 {
+            return Err(ConfigError::Invalid {
+                key: key("attempts"),
+                message: "must be at least 1".into(),
+            });
+        }
+        let per_media = f.timeout_per_media_s.unwrap_or(d.timeout_per_media_s);
+        if !(per_media.is_finite() && per_media >= 0.0) {
+            return Err(ConfigError::Invalid {
+                key: key("timeout_per_media_s"),
+                message: format!("{per_media} must be a number ≥ 0"),
+            });
+        }
+        Ok(StagePolicy {
+            attempts,
+            backoff: secs("backoff_s", f.backoff_s, d.backoff, 0.0)?,
+            cool_down: secs("cool_down_s", f.cool_down_s, d.cool_down, 0.0)?,
+            lock_duration: secs("lock_duration_s", f.lock_duration_s, d.lock_duration, 0.5)?,
+            stalled_interval: secs(
+                "stalled_interval_s",
+                f.stalled_interval_s,
+                d.stalled_interval,
+                0.1,
+            )?,
+            max_stalled_count: f.max_stalled_count.unwrap_or(d.max_stalled_count),
+            global_concurrency: f.global_concurrency.or(d.global_concurrency),
+            timeout_base: secs("timeout_base_s", f.timeout_base_s, d.timeout_base, 0.1)?,
+            timeout_per_media_s: per_media,
+        })
+    }
 }
 
 /// `[concurrency]` in the TOML file.
@@ -143,6 +304,8 @@ pub struct Overrides {
     pub summarize_concurrency: Option<usize>,
     /// `--threads` / `TUBESCRIBE_THREADS`.
     pub threads: Option<usize>,
+    /// `--shutdown-grace` / `TUBESCRIBE_SHUTDOWN_GRACE_S` (seconds).
+    pub shutdown_grace_s: Option<f64>,
 }
 
 /// LLM settings after resolution.
@@ -202,6 +365,13 @@ pub struct Config {
     pub llm: Option<LlmSettings>,
     /// External program paths.
     pub programs: Programs,
+    /// Queue and run policy of each stage (all three, in [`Stage::ALL`] order).
+    pub stage_policies: Vec<(Stage, StagePolicy)>,
+    /// How long a stopping worker lets active jobs finish before putting them back in the
+    /// queue for another worker.
+    pub shutdown_grace: Duration,
+    /// Pause between attempts to reach Redis while it is unreachable.
+    pub redis_retry: Duration,
 }
 
 fn env_path(name: &str) -> Option<PathBuf> {
@@ -357,7 +527,33 @@ impl Config {
             ),
             python: prog("TUBESCRIBE_PYTHON", &file.programs.python, "python3"),
         };
+        let mut stage_policies = Vec::new();
+        for stage in Stage::ALL {
+            let f = match stage {
+                Stage::Download => &file.stages.download,
+                Stage::Transcribe => &file.stages.transcribe,
+                Stage::Summarize => &file.stages.summarize,
+            };
+            stage_policies.push((stage, StagePolicy::resolve(stage, f)?));
+        }
+        let seconds = |key: &str, v: Option<f64>, d: f64| match v.unwrap_or(d) {
+            v if v.is_finite() && (0.0..1e9).contains(&v) => Ok(Duration::from_secs_f64(v)),
+            v => Err(ConfigError::Invalid {
+                key: key.into(),
+                message: format!("{v} is not a number of seconds ≥ 0"),
+            }),
+        };
+        let shutdown_grace = seconds(
+            "worker.shutdown_grace_s",
+            o.shutdown_grace_s.or(file.worker.shutdown_grace_s),
+            30.0,
+        )?;
+        let redis_retry = seconds("worker.redis_retry_s", file.worker.redis_retry_s, 2.0)?
+            .max(Duration::from_millis(100));
         Ok(Config {
+            stage_policies,
+            shutdown_grace,
+            redis_retry,
             data_dir,
             redis_url: o
                 .redis_url
@@ -380,6 +576,35 @@ impl Config {
             language: file.transcribe.language,
             llm,
             programs,
+        })
+    }
+}
+
+impl Config {
+    /// The resolved policy of `stage`.
+    pub fn policy(&self, stage: Stage) -> &StagePolicy {
+        &self
+            .stage_policies
+            .iter()
+            .find(|(s, _)| *s == stage)
+            .expect("resolve fills every stage")
+            .1
+    }
+}
+
+/// Hooks for the fault tests, compiled into debug builds only (`cfg(debug_assertions)`), so a
+/// release binary never reads them. `scripts/test.sh` and `cargo test` use debug builds.
+#[cfg(debug_assertions)]
+pub mod test_hooks {
+    use crate::stages::Stage;
+
+    /// `TUBESCRIBE_TEST_PANIC=<stage>:<text>`: the stage panics for every task whose input
+    /// contains `<text>` (e.g. `summarize:panic-me`).
+    pub fn panic_requested(stage: Stage, input: &str) -> bool {
+        std::env::var("TUBESCRIBE_TEST_PANIC").is_ok_and(|v| {
+            v.split_once(':').is_some_and(|(s, text)| {
+                s == stage.queue_name() && !text.is_empty() && input.contains(text)
+            })
         })
     }
 }
@@ -420,6 +645,75 @@ mod tests {
         let c2 = Config::resolve(&o2).unwrap();
         assert_eq!(c2.data_dir, PathBuf::from("/tmp/other"));
         assert_eq!(c2.allow_hosts, vec!["a.test", "b.test"]);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../../../tubescribe.example.toml");
+        let f: FileConfig = toml::from_str(text).unwrap();
+        let t = StagePolicy::resolve(Stage::Transcribe, &f.stages.transcribe).unwrap();
+        assert_eq!(t, StagePolicy::default_for(Stage::Transcribe));
+        assert!(f.worker.shutdown_grace_s.is_none());
+    }
+
+    #[test]
+    fn stage_policies_and_worker_settings() {
+        let dir = std::env::temp_dir().join(format!("ts-cfg3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(
+            &f,
+            "[stages.transcribe]\nattempts = 4\nlock_duration_s = 2.5\nglobal_concurrency = 2\n\
+             timeout_base_s = 10\ntimeout_per_media_s = 2\n[worker]\nshutdown_grace_s = 7\n",
+        )
+        .unwrap();
+        let c = Config::resolve(&Overrides {
+            config: Some(f.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        let t = c.policy(Stage::Transcribe);
+        assert_eq!(t.attempts, 4);
+        assert_eq!(t.lock_duration, Duration::from_millis(2500));
+        assert_eq!(t.stalled_interval, Duration::from_secs(15));
+        assert_eq!(t.global_concurrency, Some(2));
+        assert_eq!(t.time_limit(Some(30.0)), Duration::from_secs(70));
+        assert_eq!(t.time_limit(None), Duration::from_secs(10));
+        assert_eq!(
+            c.policy(Stage::Download),
+            &StagePolicy::default_for(Stage::Download)
+        );
+        assert_eq!(c.shutdown_grace, Duration::from_secs(7));
+        assert_eq!(c.redis_retry, Duration::from_secs(2));
+        // The flag (or its variable) beats the file.
+        let c = Config::resolve(&Overrides {
+            config: Some(f.clone()),
+            shutdown_grace_s: Some(1.5),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.shutdown_grace, Duration::from_millis(1500));
+        std::fs::write(&f, "[stages.summarize]\nattempts = 0\n").unwrap();
+        let e = Config::resolve(&Overrides {
+            config: Some(f.clone()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid setting stages.summarize.attempts: must be at least 1"
+        );
+        std::fs::write(&f, "[stages.download]\nlock_duration_s = 0\n").unwrap();
+        let e = Config::resolve(&Overrides {
+            config: Some(f.clone()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("stages.download.lock_duration_s"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 

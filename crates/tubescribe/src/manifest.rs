@@ -116,6 +116,44 @@ pub struct ErrorInfo {
     pub retryable: bool,
 }
 
+/// How one attempt (one run of a stage's job by one worker) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// The stage ran and wrote its outputs.
+    Completed,
+    /// The stage's outputs were already complete and verified (size + SHA-256), so nothing
+    /// ran: a re-run after a crash between the outputs' commit and the job's completion.
+    Reused,
+    /// The stage failed (see the attempt's `error`); BullMQ retries it or fails the task.
+    Failed,
+    /// The worker shut down before the stage ended and put the job back in the queue.
+    Released,
+    /// The attempt never reported an end: its worker died (kill -9, OOM, power) or lost
+    /// Redis. Set when the next attempt of the same stage starts.
+    Interrupted,
+}
+
+/// One attempt of a stage, as recorded in the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// BullMQ's `attemptsStarted` for this run (1-based; a stalled re-run counts too).
+    pub attempt: u32,
+    /// The worker that ran it: `<hostname>:<pid>`.
+    pub worker: String,
+    /// Start, ms since the epoch.
+    pub started_at: u64,
+    /// End, ms since the epoch (absent while running or when interrupted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<u64>,
+    /// How it ended (absent while running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<AttemptOutcome>,
+    /// The failure message, for failed attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// One stage's record in the manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StageRecord {
@@ -134,6 +172,21 @@ pub struct StageRecord {
     /// Files the stage wrote.
     #[serde(default)]
     pub outputs: Vec<OutputFile>,
+    /// The stage's job result (what the parent job reads), kept so that a re-run that finds
+    /// the outputs complete can hand it back without running the stage again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// How many times the stage ran to completion and wrote its outputs (1 when all is well;
+    /// re-runs that reuse complete outputs do not count).
+    #[serde(default)]
+    pub completions: u32,
+    /// Intermediate files committed by a running stage (e.g. `audio.wav` before whisper), so a
+    /// re-run after a crash resumes from them once their size and SHA-256 check out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checkpoints: Vec<OutputFile>,
+    /// Every attempt, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempt_log: Vec<AttemptRecord>,
     /// Stage-specific details (download: bytes, speed; transcribe: RTF, language…).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub detail: serde_json::Map<String, serde_json::Value>,
@@ -149,6 +202,10 @@ impl Default for StageRecord {
             finished_at: None,
             error: None,
             outputs: Vec::new(),
+            result: None,
+            completions: 0,
+            checkpoints: Vec::new(),
+            attempt_log: Vec::new(),
             detail: serde_json::Map::new(),
         }
     }
@@ -222,6 +279,71 @@ impl Manifest {
         r.finished_at = None;
         r.error = None;
         r.progress = 0.0;
+    }
+
+    /// Starts attempt `attempt` of `stage` on `worker`: like [`Manifest::start_stage`], and
+    /// logs the attempt; an earlier attempt that never reported an end is marked
+    /// [`AttemptOutcome::Interrupted`].
+    pub fn start_attempt(&mut self, stage: Stage, attempt: u32, worker: &str) {
+        self.start_stage(stage, attempt);
+        let r = self.stage_mut(stage);
+        for a in r.attempt_log.iter_mut().filter(|a| a.outcome.is_none()) {
+            a.outcome = Some(AttemptOutcome::Interrupted);
+        }
+        r.attempt_log.push(AttemptRecord {
+            attempt,
+            worker: worker.to_string(),
+            started_at: now_ms(),
+            finished_at: None,
+            outcome: None,
+            error: None,
+        });
+    }
+
+    /// True while `attempt` is the latest attempt of `stage` and has not ended. An attempt
+    /// stops being current when another worker starts the job again (its lock lapsed, e.g.
+    /// while Redis was unreachable): the stale run must then neither commit outputs nor record
+    /// anything (fencing).
+    pub fn is_current_attempt(&self, stage: Stage, attempt: u32) -> bool {
+        self.stage(stage)
+            .and_then(|r| r.attempt_log.last())
+            .is_some_and(|a| a.attempt == attempt && a.outcome.is_none())
+    }
+
+    /// Records how attempt `attempt` of `stage` ended (a no-op if it was not logged).
+    pub fn end_attempt(
+        &mut self,
+        stage: Stage,
+        attempt: u32,
+        outcome: AttemptOutcome,
+        error: Option<&str>,
+    ) {
+        let r = self.stage_mut(stage);
+        if let Some(a) = r
+            .attempt_log
+            .iter_mut()
+            .rev()
+            .find(|a| a.attempt == attempt && a.outcome.is_none())
+        {
+            a.outcome = Some(outcome);
+            a.finished_at = Some(now_ms());
+            a.error = error.map(str::to_string);
+        }
+    }
+
+    /// Marks `stage` completed after it ran and wrote `outputs`: counts the completion and
+    /// keeps `result` for re-runs (see [`StageRecord::result`]).
+    pub fn record_completion(
+        &mut self,
+        stage: Stage,
+        outputs: Vec<OutputFile>,
+        result: serde_json::Value,
+    ) {
+        self.complete_stage(stage, outputs);
+        let r = self.stage_mut(stage);
+        r.completions += 1;
+        r.result = Some(result);
+        r.checkpoints.clear();
     }
 
     /// Marks `stage` completed with its outputs; the task completes with its last stage.
@@ -337,6 +459,37 @@ mod tests {
             (e.stage, e.message.as_str(), e.retryable),
             (Stage::Download, "video is private", false)
         );
+    }
+
+    #[test]
+    fn attempts_are_logged_and_only_the_latest_is_current() {
+        let mut m = m();
+        m.start_attempt(Stage::Transcribe, 1, "h:1");
+        assert!(m.is_current_attempt(Stage::Transcribe, 1));
+        // The worker died; another one starts attempt 2.
+        m.start_attempt(Stage::Transcribe, 2, "h:2");
+        assert!(!m.is_current_attempt(Stage::Transcribe, 1));
+        assert!(m.is_current_attempt(Stage::Transcribe, 2));
+        m.record_completion(Stage::Transcribe, vec![], serde_json::json!({"x": 1}));
+        m.end_attempt(Stage::Transcribe, 2, AttemptOutcome::Completed, None);
+        // A late end of the stale attempt changes nothing.
+        m.end_attempt(Stage::Transcribe, 1, AttemptOutcome::Failed, Some("late"));
+        let r = m.stage(Stage::Transcribe).unwrap();
+        let outcomes: Vec<_> = r
+            .attempt_log
+            .iter()
+            .map(|a| (a.attempt, a.outcome))
+            .collect();
+        assert_eq!(
+            outcomes,
+            vec![
+                (1, Some(AttemptOutcome::Interrupted)),
+                (2, Some(AttemptOutcome::Completed))
+            ]
+        );
+        assert_eq!((r.completions, r.attempts), (1, 2));
+        assert_eq!(r.result, Some(serde_json::json!({"x": 1})));
+        assert!(!m.is_current_attempt(Stage::Transcribe, 2), "ended");
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! never through a shell, in its own process group so that a timeout or a cancel kills the
 //! whole tree (ffmpeg and yt-dlp may fork). Standard output is streamed line by line to a
 //! callback; standard error is kept as a bounded tail for error messages and classification.
+//! On Linux each job child also gets `PR_SET_PDEATHSIG = SIGKILL`, so a worker killed with
+//! SIGKILL takes its programs with it.
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
@@ -103,6 +105,29 @@ impl Cmd {
         }
         for (k, v) in &self.env {
             c.env(k, v);
+        }
+        // A child outlives a worker killed with SIGKILL (no destructor runs), and an orphaned
+        // ffmpeg or yt-dlp would keep writing into the task's temp directory while another
+        // worker re-runs the job. Ask the kernel to SIGKILL it when we die. (The signal follows
+        // the spawning thread; runtime worker threads live as long as the process.)
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: getpid(2) is async-signal-safe and touches no memory.
+            let parent = unsafe { libc::getpid() };
+            // SAFETY: the closure runs in the forked child before exec and only calls the
+            // async-signal-safe prctl(2), getppid(2) and _exit(2).
+            unsafe {
+                c.pre_exec(move || {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // The parent may have died before prctl took effect.
+                    if libc::getppid() != parent {
+                        libc::_exit(137);
+                    }
+                    Ok(())
+                });
+            }
         }
         c
     }

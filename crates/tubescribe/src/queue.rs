@@ -11,6 +11,15 @@
 //! Guard rails for the crate's known pitfalls (see the design notes on the queue engine):
 //! every processor runs under `catch_unwind` (a panicking handler would otherwise leave its
 //! job active forever) and every worker's event channel is drained (it is unbounded).
+//!
+//! Crash safety: stalled-job recovery is tuned per stage ([`StagePolicy`]); every attempt is
+//! logged in the manifest; a re-run whose outputs are already complete (size + SHA-256 match
+//! the manifest) hands back the recorded result without running the stage again; each attempt
+//! has a time limit scaled by the media duration (BullMQ has no job timeout), after which the
+//! stage is cancelled (its programs' process groups are killed, whisper is aborted) and the
+//! attempt fails as retryable `timeout`. On shutdown, [`Workers::close`] stops fetching, lets
+//! active jobs finish within a grace period, then cancels the rest and moves them back to
+//! `wait` (`moveJobFromActiveToWait`) so another worker takes them at once.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -27,7 +36,8 @@ use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::manifest::StageState;
+use crate::config::{Config, StagePolicy};
+use crate::manifest::{AttemptOutcome, StageState};
 use crate::stages::{self, FailureClass, JobCtx, Progress, Stage, StageCtx, StageError};
 
 /// BullMQ key prefix (BullMQ's default, so Bull Board finds the queues).
@@ -53,32 +63,17 @@ pub struct JobData {
     pub task_id: String,
 }
 
-/// Retry policy per stage: attempts and the base of the exponential backoff.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    /// Attempts in total (1 = no retry).
-    pub attempts: u32,
-}
-
-/// Attempts per stage: downloads meet flaky networks; transcription rarely fails twice;
-/// summaries may meet a busy LLM.
-pub fn retry_policy(stage: Stage) -> RetryPolicy {
-    match stage {
-        Stage::Download => RetryPolicy { attempts: 3 },
-        Stage::Transcribe => RetryPolicy { attempts: 2 },
-        Stage::Summarize => RetryPolicy { attempts: 3 },
-    }
-}
-
-/// Backoff before retry number `attempt` (1-based): 2 s × 2^(attempt−1), or for cool-down
-/// failures (bot checks, HTTP 429) 5 min × 2^(attempt−1).
-pub fn backoff_delay_ms(attempt: u32, error_message: &str) -> i64 {
-    let base: i64 = if error_message.starts_with(COOL_DOWN_MARK) {
-        300_000
+/// Backoff before retry number `attempt` (1-based): `base_ms × 2^(attempt−1)`, or for
+/// cool-down failures (bot checks, HTTP 429; marked by the processor) `cool_down_ms ×
+/// 2^(attempt−1)`. The defaults are 2 s (5 s for summaries) and 5 min per stage
+/// ([`StagePolicy`]).
+pub fn backoff_delay_ms(attempt: u32, error_message: &str, base_ms: i64, cool_down_ms: i64) -> i64 {
+    let base = if error_message.starts_with(COOL_DOWN_MARK) {
+        cool_down_ms
     } else {
-        2_000
+        base_ms
     };
-    base * 2i64.pow(attempt.saturating_sub(1).min(10))
+    base.saturating_mul(2i64.pow(attempt.saturating_sub(1).min(10)))
 }
 
 /// Connection options for a Redis URL (`redis://`, `rediss://`, `redis+unix://`).
@@ -86,11 +81,10 @@ pub fn connection(url: &str) -> RedisConnectionOptions {
     RedisConnectionOptions::new().url(url)
 }
 
-fn job_options(stage: Stage, task_id: &str) -> JobOptions {
-    let p = retry_policy(stage);
+fn job_options(stage: Stage, task_id: &str, attempts: u32) -> JobOptions {
     let mut o = JobOptions::new()
         .job_id(stage.job_id(task_id))
-        .attempts(p.attempts)
+        .attempts(attempts)
         .backoff(BackoffStrategy::Custom(BACKOFF_NAME.into()));
     if stage != Stage::LAST {
         o = o.fail_parent_on_failure();
@@ -98,15 +92,24 @@ fn job_options(stage: Stage, task_id: &str) -> JobOptions {
     o
 }
 
-/// The flow of one task: summarize ← transcribe ← download.
+/// The flow of one task: summarize ← transcribe ← download, with each stage's default
+/// attempts ([`StagePolicy::default_for`]).
 pub fn task_flow(task_id: &str) -> Result<FlowJob, QueueError> {
+    task_flow_with(task_id, &|s| StagePolicy::default_for(s).attempts)
+}
+
+/// The flow of one task with `attempts(stage)` attempts per stage job.
+pub fn task_flow_with(
+    task_id: &str,
+    attempts: &dyn Fn(Stage) -> u32,
+) -> Result<FlowJob, QueueError> {
     let data = serde_json::json!(JobData {
         task_id: task_id.to_string()
     });
     let mut node: Option<FlowJob> = None;
     for stage in Stage::ALL {
         let mut j = FlowJob::new(stage.queue_name(), stage.queue_name(), data.clone())?
-            .options(job_options(stage, task_id));
+            .options(job_options(stage, task_id, attempts(stage)));
         if let Some(child) = node.take() {
             j = j.add_child(child);
         }
@@ -119,6 +122,7 @@ pub fn task_flow(task_id: &str) -> Result<FlowJob, QueueError> {
 pub struct Producer {
     flows: FlowProducer,
     queues: Vec<(Stage, Queue)>,
+    attempts: Vec<(Stage, u32)>,
 }
 
 impl Producer {
@@ -143,7 +147,25 @@ impl Producer {
             .await?;
             queues.push((s, q));
         }
-        Ok(Self { flows, queues })
+        let attempts = Stage::ALL
+            .iter()
+            .map(|s| (*s, StagePolicy::default_for(*s).attempts))
+            .collect();
+        Ok(Self {
+            flows,
+            queues,
+            attempts,
+        })
+    }
+
+    /// Uses the attempts configured per stage in `cfg` for the flows it adds.
+    pub fn with_config(mut self, cfg: &Config) -> Self {
+        self.attempts = cfg
+            .stage_policies
+            .iter()
+            .map(|(s, p)| (*s, p.attempts))
+            .collect();
+        self
     }
 
     /// The queue of `stage`.
@@ -158,7 +180,13 @@ impl Producer {
 
     /// Adds the flow of `task_id` (a no-op if its jobs exist already).
     pub async fn add_task(&self, task_id: &str) -> Result<(), QueueError> {
-        self.flows.add(task_flow(task_id)?).await?;
+        let attempts = |s: Stage| {
+            self.attempts
+                .iter()
+                .find(|(st, _)| *st == s)
+                .map_or(1, |(_, a)| *a)
+        };
+        self.flows.add(task_flow_with(task_id, &attempts)?).await?;
         Ok(())
     }
 
@@ -199,7 +227,7 @@ impl Producer {
     }
 }
 
-/// Worker settings for one stage.
+/// Worker settings for one stage in this process.
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerSettings {
     /// Concurrent jobs in this process.
@@ -210,16 +238,25 @@ pub struct WorkerSettings {
     pub stalled_interval: Duration,
     /// How many times a job may stall before it fails.
     pub max_stalled_count: u32,
+    /// Cluster-wide cap on active jobs of the queue, set in Redis when the worker starts
+    /// (`Some(0)` removes it, `None` leaves it alone).
+    pub global_concurrency: Option<u64>,
 }
 
 impl WorkerSettings {
-    /// Defaults: lock 30 s, stalled check every 15 s, a job may stall twice.
+    /// Defaults: lock 30 s, stalled check every 15 s, a job may stall 5 times, no global cap.
     pub fn with_concurrency(concurrency: usize) -> Self {
+        Self::from_policy(concurrency, &StagePolicy::default_for(Stage::Transcribe))
+    }
+
+    /// `concurrency` jobs in this process with the lock, stall and cap settings of `policy`.
+    pub fn from_policy(concurrency: usize, policy: &StagePolicy) -> Self {
         Self {
             concurrency,
-            lock_duration: Duration::from_secs(30),
-            stalled_interval: Duration::from_secs(15),
-            max_stalled_count: 2,
+            lock_duration: policy.lock_duration,
+            stalled_interval: policy.stalled_interval,
+            max_stalled_count: policy.max_stalled_count,
+            global_concurrency: policy.global_concurrency,
         }
     }
 }
@@ -228,10 +265,16 @@ impl WorkerSettings {
 pub struct Workers {
     workers: Vec<(Stage, Arc<Worker>)>,
     drains: Vec<tokio::task::JoinHandle<()>>,
+    /// Cancelled at shutdown after the grace period: active jobs stop and go back to `wait`.
+    release: CancellationToken,
+    /// Jobs whose processor is running in this process.
+    running: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Workers {
-    /// Starts one worker per `(stage, settings)` on Redis at `url`.
+    /// Starts one worker per `(stage, settings)` on Redis at `url`, and applies each stage's
+    /// global concurrency setting. Errors when Redis is unreachable (see
+    /// [`Workers::start_when_reachable`]).
     pub async fn start(
         url: &str,
         ctx: Arc<StageCtx>,
@@ -239,13 +282,40 @@ impl Workers {
     ) -> Result<Self, QueueError> {
         let mut workers = Vec::new();
         let mut drains = Vec::new();
+        let release = CancellationToken::new();
+        let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for (stage, ws) in stages {
             let stage = *stage;
+            if let Some(n) = ws.global_concurrency {
+                let q = Queue::with_options(
+                    stage.queue_name(),
+                    QueueOptions {
+                        connection: connection(url),
+                        prefix: PREFIX.into(),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                if n == 0 {
+                    q.remove_global_concurrency().await?;
+                } else {
+                    q.set_global_concurrency(n).await?;
+                }
+                q.close().await;
+            }
             let ctx2 = ctx.clone();
+            let release2 = release.clone();
+            let running2 = running.clone();
             let processor = move |job: Job, token: BullToken| {
                 let ctx = ctx2.clone();
-                async move { process_job(stage, ctx, job, token).await }
+                let release = release2.clone();
+                let running = running2.clone();
+                async move {
+                    let _count = RunningGuard::enter(running);
+                    process_job(stage, ctx, job, token, release).await
+                }
             };
+            let backoff_cfg = ctx.cfg.clone();
             let opts = WorkerOptions::new()
                 .connection(connection(url))
                 .prefix(PREFIX)
@@ -253,10 +323,20 @@ impl Workers {
                 .lock_duration(ws.lock_duration)
                 .stalled_interval(ws.stalled_interval)
                 .max_stalled_count(ws.max_stalled_count)
-                .backoff_strategy(Arc::new(|attempt, _name, msg, _data| {
-                    let d = backoff_delay_ms(attempt, msg);
+                .backoff_strategy(Arc::new(move |attempt, name, msg, _data| {
+                    // The job name is the queue name, i.e. the stage.
+                    let p = backoff_cfg.policy(Stage::from_queue_name(name).unwrap_or(stage));
+                    let d = backoff_delay_ms(
+                        attempt,
+                        msg,
+                        p.backoff.as_millis() as i64,
+                        p.cool_down.as_millis() as i64,
+                    );
                     Box::pin(async move { d })
                 }));
+            let mut opts = opts;
+            // After a Redis error the fetch loop waits this long before trying again.
+            opts.run_retry_delay = ctx.cfg.redis_retry.as_millis() as u64;
             let w = Arc::new(Worker::with_options(stage.queue_name(), processor, opts).await?);
             let w2 = w.clone();
             drains.push(tokio::spawn(async move {
@@ -273,7 +353,12 @@ impl Workers {
             }));
             workers.push((stage, w));
         }
-        Ok(Self { workers, drains })
+        Ok(Self {
+            workers,
+            drains,
+            release,
+            running,
+        })
     }
 
     /// A handle that cancels this process's active jobs of a task (see `cancel.rs`).
@@ -283,19 +368,105 @@ impl Workers {
         }
     }
 
-    /// Stops taking jobs and waits up to `grace` for active ones to finish.
-    pub async fn close(self, grace: Duration) {
-        // Concurrently: each close waits for its blocked fetch (seconds), so one by one adds up.
-        futures::future::join_all(
-            self.workers
-                .iter()
-                .map(|(_, w)| w.close(grace.as_millis() as u64)),
-        )
-        .await;
-        for d in self.drains {
-            d.abort();
+    /// [`Workers::start`], retried while Redis is unreachable: waits `first_retry`, doubling up
+    /// to 30 s between attempts, until it succeeds or `stop` completes (then `None`).
+    pub async fn start_when_reachable(
+        url: &str,
+        ctx: Arc<StageCtx>,
+        stages: &[(Stage, WorkerSettings)],
+        first_retry: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Option<Self> {
+        tokio::pin!(stop);
+        let mut wait = first_retry;
+        loop {
+            match Workers::start(url, ctx.clone(), stages).await {
+                Ok(w) => return Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?wait, "cannot start workers; is Redis reachable?");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = &mut stop => return None,
+            }
+            wait = (wait * 2).min(Duration::from_secs(30));
         }
     }
+
+    /// Number of jobs running in this process.
+    pub async fn active_count(&self) -> usize {
+        self.running.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Graceful shutdown: stops taking jobs, waits up to `grace` for active ones to finish,
+    /// then cancels the rest (their programs are killed) and moves them back to `wait` so
+    /// another worker takes them at once; finally closes the workers.
+    pub async fn close(self, grace: Duration) {
+        for (_, w) in &self.workers {
+            w.pause();
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.active_count().await > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let left = self.active_count().await;
+        // Close the workers first: a paused worker still parks a blocking BZPOPMIN on the
+        // queue's marker and would swallow the wake-up meant for other workers when our jobs
+        // go back to `wait`. Closing and dropping them closes those connections; the running
+        // jobs keep their own handles and can still move themselves back.
+        futures::future::join_all(self.workers.iter().map(|(_, w)| w.close(0))).await;
+        for d in self.drains {
+            d.abort();
+            let _ = d.await;
+        }
+        drop(self.workers);
+        if left > 0 {
+            tracing::warn!(
+                jobs = left,
+                "grace period over: putting active jobs back in the queue"
+            );
+            self.release.cancel();
+            // Cancelled stages end within moments (process groups killed, whisper aborted
+            // after at most one encoder pass); each then moves its job back to `wait`.
+            let until = tokio::time::Instant::now() + WIND_DOWN;
+            while self.running.load(std::sync::atomic::Ordering::SeqCst) > 0
+                && tokio::time::Instant::now() < until
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Counts a running processor until dropped (also when the processor panics or is dropped).
+struct RunningGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl RunningGuard {
+    fn enter(n: Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        RunningGuard(n)
+    }
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// This worker's name in attempt records: `<hostname>:<pid>`.
+fn worker_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname(2) writes at most `buf.len()` bytes into our buffer.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let host = if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "localhost".into()
+    };
+    format!("{host}:{}", std::process::id())
 }
 
 /// Cancels the active jobs of a task held by this process's workers (cloneable).
@@ -328,13 +499,32 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Runs one job of `stage`: records the attempt in the manifest, forwards progress, runs the
-/// stage under `catch_unwind`, records the outcome, and maps it onto BullMQ's retry rules.
+/// Why a running stage was stopped from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Its time limit passed.
+    TimedOut,
+    /// The worker is shutting down and its grace period is over.
+    Released,
+    /// Another worker started the job again (this attempt's lock lapsed, e.g. while Redis was
+    /// unreachable); this run is stale.
+    Superseded,
+}
+
+/// Seconds a cancelled stage gets to wind down before its job is given up on anyway.
+const WIND_DOWN: Duration = Duration::from_secs(30);
+
+/// Runs one job of `stage`: records the attempt in the manifest, hands back the recorded
+/// result when the outputs are already complete, forwards progress, runs the stage under
+/// `catch_unwind` and its time limit, records the outcome, and maps it onto BullMQ's retry
+/// rules. When `release` fires (shutdown), an unfinished stage is cancelled and its job moved
+/// back to `wait`.
 async fn process_job(
     stage: Stage,
     ctx: Arc<StageCtx>,
     mut job: Job,
     token: BullToken,
+    release: CancellationToken,
 ) -> Result<serde_json::Value, bullmq::Error> {
     let data: JobData = serde_json::from_value(job.data().clone())
         .map_err(|e| bullmq::Error::Unrecoverable(format!("malformed job data: {e}")))?;
@@ -350,11 +540,31 @@ async fn process_job(
     if task.read_manifest().map(|m| m.status).ok() == Some(crate::manifest::TaskStatus::Cancelled) {
         return Err(bullmq::Error::Unrecoverable("cancelled".into()));
     }
+    // attemptsStarted counts every pickup (stalled re-runs too); attemptsMade counts failures.
     let attempt = job.attempts_started().max(job.attempts_made() + 1);
     let max_attempts = job.opts().attempts.unwrap_or(1).max(1);
-    task.update_manifest(|m| m.start_stage(stage, attempt))
+    let worker = worker_name();
+    let manifest = task
+        .update_manifest(|m| m.start_attempt(stage, attempt, &worker))
         .map_err(|e| bullmq::Error::ProcessingError(e.to_string()))?;
     tracing::info!(%stage, task = %data.task_id, attempt, "stage started");
+
+    // Checkpoint: a previous run completed the stage (its outputs are in place and match the
+    // manifest) but died before BullMQ heard of it. Hand back its result.
+    if let Some(result) = stages::completed_earlier(stage, &task, &manifest) {
+        task.clear_tmp();
+        task.update_manifest(|m| {
+            let outputs = m.stage_mut(stage).outputs.clone();
+            m.complete_stage(stage, outputs);
+            m.end_attempt(stage, attempt, AttemptOutcome::Reused, None);
+        })
+        .map_err(|e| bullmq::Error::ProcessingError(e.to_string()))?;
+        tracing::info!(%stage, task = %data.task_id, attempt, "outputs already complete; stage not run again");
+        return Ok(result);
+    }
+    let policy = ctx.cfg.policy(stage);
+    let media_s = manifest.video.as_ref().and_then(|v| v.duration_s);
+    let limit = policy.time_limit(media_s);
 
     let children = if stage.child().is_some() {
         job.get_children_values().await?
@@ -364,6 +574,7 @@ async fn process_job(
     let cancel = CancellationToken::new();
     let (ptx, mut prx) = tokio::sync::watch::channel(Progress::default());
     let jctx = JobCtx {
+        stage,
         task_id: data.task_id.clone(),
         task: task.clone(),
         attempt,
@@ -383,10 +594,40 @@ async fn process_job(
 
     let run = AssertUnwindSafe(stages::run(stage, &ctx, &jctx)).catch_unwind();
     tokio::pin!(run);
+    let deadline = tokio::time::sleep(limit);
+    tokio::pin!(deadline);
+    let mut stopped: Option<Stop> = None;
+    let wind_down = tokio::time::sleep(Duration::MAX / 4);
+    tokio::pin!(wind_down);
     let mut last_sent = std::time::Instant::now() - Duration::from_secs(1);
+    // Fencing watchdog: notices when another worker took the job over.
+    let mut fence = tokio::time::interval(Duration::from_secs(1));
     let outcome = loop {
         tokio::select! {
-            r = &mut run => break r,
+            r = &mut run => break Some(r),
+            _ = fence.tick(), if stopped.is_none() => {
+                if task.read_manifest().is_ok_and(|m| !m.is_current_attempt(stage, attempt)) {
+                    tracing::warn!(%stage, task = %data.task_id, attempt, "another worker took this job over; stopping the stale run");
+                    stopped = Some(Stop::Superseded);
+                    cancel.cancel();
+                    wind_down.as_mut().reset(tokio::time::Instant::now() + WIND_DOWN);
+                }
+            }
+            _ = &mut deadline, if stopped.is_none() => {
+                tracing::warn!(%stage, task = %data.task_id, ?limit, "time limit passed; cancelling the stage");
+                stopped = Some(Stop::TimedOut);
+                cancel.cancel();
+                wind_down.as_mut().reset(tokio::time::Instant::now() + WIND_DOWN);
+            }
+            _ = release.cancelled(), if stopped.is_none() => {
+                stopped = Some(Stop::Released);
+                cancel.cancel();
+                wind_down.as_mut().reset(tokio::time::Instant::now() + WIND_DOWN);
+            }
+            _ = &mut wind_down => {
+                tracing::error!(%stage, task = %data.task_id, "the cancelled stage did not end; giving up on it");
+                break None;
+            }
             changed = prx.changed() => {
                 if changed.is_err() { continue; }
                 // Throttle: at most ~4 progress writes per second.
@@ -412,18 +653,51 @@ async fn process_job(
         }
     };
     bridge.abort();
+    let current = |m: &crate::manifest::Manifest| m.is_current_attempt(stage, attempt);
+    if stopped == Some(Stop::Superseded) || task.read_manifest().is_ok_and(|m| !current(&m)) {
+        // Stale: the current attempt owns the manifest record and the temp directory.
+        tracing::warn!(%stage, task = %data.task_id, attempt, "stale attempt ended; leaving the job to the current one");
+        return Err(bullmq::Error::Delayed);
+    }
     task.clear_tmp();
     let outcome: Result<stages::StageOutput, StageError> = match outcome {
-        Ok(r) => r,
-        Err(panic) => Err(StageError::permanent(format!(
+        Some(Ok(Ok(out))) => Ok(out),
+        // Stopped from outside: the stage's own error (usually "cancelled") is not the reason.
+        Some(Ok(Err(_))) | None if stopped == Some(Stop::Released) => {
+            return release_job(stage, &task, attempt, &job).await;
+        }
+        Some(Ok(Err(_))) | None if stopped == Some(Stop::TimedOut) => {
+            Err(StageError::retryable(format!(
+                "timeout: the {stage} stage ran longer than its limit of {:.0} s ({:.0} s + {} s per second of media × {:.0} s) and was stopped; its programs were killed",
+                limit.as_secs_f64(),
+                policy.timeout_base.as_secs_f64(),
+                policy.timeout_per_media_s,
+                media_s.unwrap_or(0.0),
+            )))
+        }
+        Some(Ok(Err(e))) => Err(e),
+        None => Err(StageError::retryable(format!(
+            "internal error: the {stage} stage did not stop when cancelled"
+        ))),
+        Some(Err(panic)) => Err(StageError::permanent(format!(
             "internal error: the {stage} stage panicked: {}",
             panic_message(panic.as_ref())
         ))),
     };
     match outcome {
         Ok(out) => {
-            task.update_manifest(|m| m.complete_stage(stage, out.outputs))
+            let recorded = task
+                .modify_manifest(|m| {
+                    current(m) && {
+                        m.record_completion(stage, out.outputs, out.result.clone());
+                        m.end_attempt(stage, attempt, AttemptOutcome::Completed, None);
+                        true
+                    }
+                })
                 .map_err(|e| bullmq::Error::ProcessingError(e.to_string()))?;
+            if !recorded {
+                return Err(bullmq::Error::Delayed);
+            }
             let _ = job
                 .update_progress(JobProgress::Object(serde_json::json!({"percent": 100.0})))
                 .await;
@@ -431,16 +705,24 @@ async fn process_job(
             Ok(out.result)
         }
         Err(e) => {
-            let final_attempt = !e.is_retryable() || attempt >= max_attempts;
+            // BullMQ retries while attemptsMade (failures so far, not stalls) + 1 < attempts.
+            let final_attempt = !e.is_retryable() || job.attempts_made() + 1 >= max_attempts;
             tracing::warn!(%stage, task = %data.task_id, attempt, final_attempt, error = %e.message, "stage failed");
-            let _ = task.update_manifest(|m| {
-                let r = m.stage_mut(stage);
-                r.detail.insert(
-                    format!("attempt_{attempt}_error"),
-                    serde_json::json!(e.message),
-                );
-                m.fail_stage(stage, &e.message, e.is_retryable(), final_attempt)
+            let recorded = task.modify_manifest(|m| {
+                current(m) && {
+                    let r = m.stage_mut(stage);
+                    r.detail.insert(
+                        format!("attempt_{attempt}_error"),
+                        serde_json::json!(e.message),
+                    );
+                    m.end_attempt(stage, attempt, AttemptOutcome::Failed, Some(&e.message));
+                    m.fail_stage(stage, &e.message, e.is_retryable(), final_attempt);
+                    true
+                }
             });
+            if matches!(recorded, Ok(false)) {
+                return Err(bullmq::Error::Delayed);
+            }
             Err(match e.class {
                 FailureClass::Permanent => bullmq::Error::Unrecoverable(e.message),
                 FailureClass::Retryable => bullmq::Error::ProcessingError(e.message),
@@ -452,16 +734,50 @@ async fn process_job(
     }
 }
 
+/// Puts a job whose stage was stopped at shutdown back in `wait` (its lock released), records
+/// the attempt as released, and tells BullMQ the job was moved (`Error::Delayed`), so it is
+/// neither completed nor failed. If Redis cannot be reached the job stays active and is
+/// recovered as stalled once its lock lapses.
+async fn release_job(
+    stage: Stage,
+    task: &crate::taskdir::TaskDir,
+    attempt: u32,
+    job: &Job,
+) -> Result<serde_json::Value, bullmq::Error> {
+    let _ = task.update_manifest(|m| {
+        m.end_attempt(stage, attempt, AttemptOutcome::Released, None);
+        let r = m.stage_mut(stage);
+        if r.state == StageState::Active {
+            r.state = StageState::Waiting;
+            r.progress = 0.0;
+        }
+    });
+    match job.move_to_wait(None).await {
+        Ok(_) => tracing::info!(%stage, job = %job.id(), "shutdown: job put back in the queue"),
+        Err(e) => {
+            tracing::warn!(%stage, job = %job.id(), error = %e, "shutdown: could not put the job back; it will be recovered as stalled")
+        }
+    }
+    Err(bullmq::Error::Delayed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn backoff_grows_and_cool_down_waits_long() {
-        assert_eq!(backoff_delay_ms(1, "HTTP 503"), 2_000);
-        assert_eq!(backoff_delay_ms(3, "HTTP 503"), 8_000);
-        assert_eq!(backoff_delay_ms(1, "cool-down: HTTP 429"), 300_000);
-        assert_eq!(backoff_delay_ms(2, "cool-down: bot check"), 600_000);
+        assert_eq!(backoff_delay_ms(1, "HTTP 503", 2_000, 300_000), 2_000);
+        assert_eq!(backoff_delay_ms(3, "HTTP 503", 2_000, 300_000), 8_000);
+        assert_eq!(
+            backoff_delay_ms(1, "cool-down: HTTP 429", 2_000, 300_000),
+            300_000
+        );
+        assert_eq!(
+            backoff_delay_ms(2, "cool-down: bot check", 2_000, 300_000),
+            600_000
+        );
+        assert_eq!(backoff_delay_ms(40, "x", i64::MAX / 2, 1), i64::MAX);
     }
 
     #[test]

@@ -233,9 +233,21 @@ impl TaskDir {
     fn write_manifest(&self, m: &Manifest) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec_pretty(m).expect("manifest serializes");
         // The manifest's temp file sits beside it (not in `.tmp/`, which stages own and clear).
+        let prefix = format!(".{}.", names::MANIFEST);
         let tmp = self
             .root
-            .join(format!(".{}.{}.tmp", names::MANIFEST, std::process::id()));
+            .join(format!("{prefix}{}.tmp", std::process::id()));
+        // We hold the manifest lock, so any other manifest temp file was left by a process
+        // that died mid-write (kill -9): remove it.
+        if let Ok(entries) = fs::read_dir(&self.root) {
+            for e in entries.flatten() {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                if n.starts_with(&prefix) && n.ends_with(".tmp") && e.path() != tmp {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
         let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
         if let Err(e) = f.write_all(&bytes).and_then(|_| f.sync_all()) {
             let _ = fs::remove_file(&tmp);
@@ -248,17 +260,52 @@ impl TaskDir {
     /// Read-modify-write of the manifest under an exclusive file lock, so concurrent updates
     /// from several processes never lose fields. Returns the updated manifest.
     pub fn update_manifest(&self, f: impl FnOnce(&mut Manifest)) -> Result<Manifest, StoreError> {
-        let _lock = self.lock()?;
-        let mut m = self.read_manifest()?;
-        f(&mut m);
-        m.updated_at = crate::manifest::now_ms();
-        self.write_manifest(&m)?;
-        Ok(m)
+        self.modify_manifest(|m| {
+            f(m);
+            m.clone()
+        })
     }
 
-    /// Writes `bytes` to `name` atomically (temp file in `.tmp/`, fsync, rename) and returns
-    /// its [`OutputFile`] record (size and SHA-256).
-    pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<OutputFile, StoreError> {
+    /// Like [`TaskDir::update_manifest`], returning what `f` returns.
+    pub fn modify_manifest<R>(&self, f: impl FnOnce(&mut Manifest) -> R) -> Result<R, StoreError> {
+        let _lock = self.lock()?;
+        let mut m = self.read_manifest()?;
+        let r = f(&mut m);
+        m.updated_at = crate::manifest::now_ms();
+        self.write_manifest(&m)?;
+        Ok(r)
+    }
+
+    /// Moves a finished temp file to `name` like [`TaskDir::commit`], but only when
+    /// `allowed(manifest)` holds, checked under the manifest lock (so a stale attempt of a job
+    /// that another worker runs now cannot overwrite that worker's outputs). Returns `None`
+    /// (and removes the temp file) when not allowed.
+    pub fn commit_if(
+        &self,
+        tmp: &Path,
+        name: &str,
+        allowed: impl FnOnce(&Manifest) -> bool,
+    ) -> Result<Option<OutputFile>, StoreError> {
+        let _lock = self.lock()?;
+        if !allowed(&self.read_manifest()?) {
+            let _ = fs::remove_file(tmp);
+            return Ok(None);
+        }
+        self.commit(tmp, name).map(Some)
+    }
+
+    /// Writes `bytes` to a temp file and commits it with [`TaskDir::commit_if`].
+    pub fn write_atomic_if(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        allowed: impl FnOnce(&Manifest) -> bool,
+    ) -> Result<Option<OutputFile>, StoreError> {
+        let tmp = self.write_tmp(name, bytes)?;
+        self.commit_if(&tmp, name, allowed)
+    }
+
+    fn write_tmp(&self, name: &str, bytes: &[u8]) -> Result<PathBuf, StoreError> {
         let tmp = self.tmp_file(name)?;
         let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
         let res = f.write_all(bytes).and_then(|_| f.sync_all());
@@ -266,6 +313,13 @@ impl TaskDir {
             let _ = fs::remove_file(&tmp);
             return Err(io("write", &tmp)(e));
         }
+        Ok(tmp)
+    }
+
+    /// Writes `bytes` to `name` atomically (temp file in `.tmp/`, fsync, rename) and returns
+    /// its [`OutputFile`] record (size and SHA-256).
+    pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<OutputFile, StoreError> {
+        let tmp = self.write_tmp(name, bytes)?;
         self.commit(&tmp, name)
     }
 
@@ -280,6 +334,18 @@ impl TaskDir {
     pub fn existing_output(&self, name: &str) -> Option<OutputFile> {
         let p = self.file(name);
         p.is_file().then(|| output_record(&p, name).ok()).flatten()
+    }
+
+    /// True when the output `rec` is at its place with the recorded size and SHA-256 (a
+    /// checkpoint or a completed stage's output that a re-run may reuse).
+    pub fn verify_output(&self, rec: &OutputFile) -> bool {
+        let p = self.file(&rec.name);
+        match fs::metadata(&p) {
+            Ok(md) if md.is_file() && md.len() == rec.bytes => {
+                output_record(&p, &rec.name).is_ok_and(|r| r.sha256 == rec.sha256)
+            }
+            _ => false,
+        }
     }
 
     /// Deletes the task directory and everything in it.
@@ -391,6 +457,41 @@ mod tests {
         let m = t.read_manifest().unwrap();
         assert_eq!(m.stage(Stage::Download).unwrap().detail.len(), 160);
         assert_eq!(m.status, TaskStatus::Queued);
+        fs::remove_dir_all(&root).ok();
+    }
+
+    #[test]
+    fn fenced_commits_and_output_checks() {
+        let root = tmp_root("fence");
+        let dd = DataDir::open(&root).unwrap();
+        let t = dd.task("t3");
+        t.create(&Manifest::new(
+            "t3",
+            "x",
+            Source::Url {
+                url: "http://h/x".into(),
+            },
+        ))
+        .unwrap();
+        let rec = t
+            .write_atomic_if(names::SUMMARY_MD, b"one", |_| true)
+            .unwrap()
+            .unwrap();
+        assert!(t.verify_output(&rec));
+        assert!(t
+            .write_atomic_if(names::SUMMARY_MD, b"two", |_| false)
+            .unwrap()
+            .is_none());
+        assert_eq!(fs::read(t.file(names::SUMMARY_MD)).unwrap(), b"one");
+        fs::write(t.file(names::SUMMARY_MD), b"on3").unwrap();
+        assert!(!t.verify_output(&rec), "same size, other content");
+        // A manifest temp file left by a process killed mid-write is removed.
+        let stray = t.path().join(".manifest.json.999999.tmp");
+        fs::write(&stray, b"{").unwrap();
+        t.update_manifest(|_| {}).unwrap();
+        assert!(!stray.exists());
+        let left: Vec<_> = fs::read_dir(t.tmp_dir().unwrap()).unwrap().collect();
+        assert!(left.is_empty(), "refused commit left its temp file");
         fs::remove_dir_all(&root).ok();
     }
 

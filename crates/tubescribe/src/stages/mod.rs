@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::asr::AsrModel;
 use crate::config::Config;
-use crate::manifest::OutputFile;
+use crate::manifest::{Manifest, OutputFile};
 use crate::process::ProcessError;
 use crate::taskdir::{DataDir, StoreError, TaskDir};
 
@@ -141,6 +141,12 @@ impl StageError {
         }
     }
 
+    /// This attempt is stale: another worker took the job over (its lock lapsed). Its
+    /// processor records nothing and leaves the job to the current attempt.
+    pub fn superseded() -> Self {
+        Self::retryable("superseded: another worker runs this job now")
+    }
+
     /// Whether another attempt may succeed.
     pub fn is_retryable(&self) -> bool {
         self.class != FailureClass::Permanent
@@ -235,6 +241,8 @@ impl StageCtx {
 
 /// One job's view: its task, attempt, cancel token, progress sink and its child's result.
 pub struct JobCtx {
+    /// The stage this job runs.
+    pub stage: Stage,
     /// The task id.
     pub task_id: String,
     /// The task directory.
@@ -258,6 +266,26 @@ impl JobCtx {
         });
     }
 
+    /// Commits a finished temp file as output `name` — only while this attempt is still the
+    /// job's current one (see [`Manifest::is_current_attempt`]); a stale attempt gets
+    /// [`StageError::superseded`] and its file is dropped.
+    pub fn commit(&self, tmp: &std::path::Path, name: &str) -> Result<OutputFile, StageError> {
+        self.task
+            .commit_if(tmp, name, |m| {
+                m.is_current_attempt(self.stage, self.attempt)
+            })?
+            .ok_or_else(StageError::superseded)
+    }
+
+    /// Writes output `name` atomically, fenced like [`JobCtx::commit`].
+    pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<OutputFile, StageError> {
+        self.task
+            .write_atomic_if(name, bytes, |m| {
+                m.is_current_attempt(self.stage, self.attempt)
+            })?
+            .ok_or_else(StageError::superseded)
+    }
+
     /// The child's return value parsed as `T` (the previous stage's result).
     pub fn child_result<T: serde::de::DeserializeOwned>(&self) -> Result<T, StageError> {
         let v = self.children.values().next().ok_or_else(|| {
@@ -278,8 +306,27 @@ pub struct StageOutput {
     pub outputs: Vec<OutputFile>,
 }
 
+/// The result recorded by an earlier run that completed `stage`, when every output it
+/// recorded is still in place with the same size and SHA-256; `None` means the stage must run.
+///
+/// This is what makes a re-run after a crash cheap and exactly-once: a worker killed between
+/// writing the manifest's completion and telling BullMQ leaves a job that runs again, finds
+/// its outputs complete and hands back the result without redoing (or rewriting) anything.
+pub fn completed_earlier(stage: Stage, task: &TaskDir, m: &Manifest) -> Option<serde_json::Value> {
+    let r = m.stage(stage)?;
+    let result = r.result.clone()?;
+    (r.completions > 0 && !r.outputs.is_empty() && r.outputs.iter().all(|o| task.verify_output(o)))
+        .then_some(result)
+}
+
 /// Runs `stage` for one job.
 pub async fn run(stage: Stage, ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError> {
+    #[cfg(debug_assertions)]
+    if let Ok(m) = job.task.read_manifest() {
+        if crate::config::test_hooks::panic_requested(stage, &m.input) {
+            panic!("test hook: injected panic in the {stage} stage");
+        }
+    }
     match stage {
         Stage::Download => download::run(ctx, job).await,
         Stage::Transcribe => transcribe::run(ctx, job).await,

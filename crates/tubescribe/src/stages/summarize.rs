@@ -72,9 +72,8 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
     let json = serde_json::to_string_pretty(&summary).expect("summary serializes");
     check_stamps(&summary, &transcript)?;
     let outputs = vec![
-        job.task
-            .write_atomic(names::SUMMARY_JSON, json.as_bytes())?,
-        job.task.write_atomic(names::SUMMARY_MD, md.as_bytes())?,
+        job.write_atomic(names::SUMMARY_JSON, json.as_bytes())?,
+        job.write_atomic(names::SUMMARY_MD, md.as_bytes())?,
     ];
     let kind = serde_json::to_value(&summary.kind).unwrap_or_default();
     job.task.update_manifest(|m| {

@@ -50,7 +50,20 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
     // Load the model first: a missing model must fail before any work is done.
     let model = ctx.asr().await?;
 
-    let (wav_out, duration_s) = decode(ctx, job, &media_path, dl.duration_s).await?;
+    let (wav_out, duration_s) = match resume_decoded(job).await {
+        Some(done) => done,
+        None => {
+            let done = decode(ctx, job, &media_path, dl.duration_s).await?;
+            // Checkpoint: a re-run after a crash starts from this WAV.
+            let rec = done.0.clone();
+            job.task.update_manifest(move |m| {
+                let r = m.stage_mut(super::Stage::Transcribe);
+                r.checkpoints.retain(|c| c.name != rec.name);
+                r.checkpoints.push(rec);
+            })?;
+            done
+        }
+    };
 
     job.report(DECODE_SHARE, Some("transcribing"));
     let wav_path = job.task.file(names::AUDIO_WAV);
@@ -113,7 +126,7 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
         (names::TRANSCRIPT_SRT, transcript.to_srt()),
         (names::TRANSCRIPT_VTT, transcript.to_vtt()),
     ] {
-        outputs.push(job.task.write_atomic(name, body.as_bytes())?);
+        outputs.push(job.write_atomic(name, body.as_bytes())?);
     }
     let rtf = if duration_s > 0.0 {
         asr_wall / duration_s
@@ -145,6 +158,31 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
         result: serde_json::to_value(&result).expect("serializable"),
         outputs,
     })
+}
+
+/// The `audio.wav` checkpoint of an earlier attempt and its duration in seconds, when the
+/// manifest records it and the file still has the recorded size and SHA-256.
+async fn resume_decoded(job: &JobCtx) -> Option<(crate::manifest::OutputFile, f64)> {
+    let m = job.task.read_manifest().ok()?;
+    let rec = m
+        .stage(super::Stage::Transcribe)?
+        .checkpoints
+        .iter()
+        .find(|c| c.name == names::AUDIO_WAV)?
+        .clone();
+    let task = job.task.clone();
+    tokio::task::spawn_blocking(move || {
+        if !task.verify_output(&rec) {
+            return None;
+        }
+        let r = hound::WavReader::open(task.file(names::AUDIO_WAV)).ok()?;
+        let secs = r.duration() as f64 / r.spec().sample_rate as f64;
+        tracing::info!(task = %task.path().display(), "resuming from the decoded audio.wav checkpoint");
+        (secs > 0.0).then_some((rec, secs))
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 /// Decodes `media` to `audio.wav` (16 kHz mono s16) and checks its length against the
@@ -211,6 +249,6 @@ async fn decode(
             "the audio stream is empty (0 s decoded)",
         )));
     }
-    let rec = job.task.commit(&tmp, names::AUDIO_WAV)?;
+    let rec = job.commit(&tmp, names::AUDIO_WAV)?;
     Ok((rec, decoded_s))
 }

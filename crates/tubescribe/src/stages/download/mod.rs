@@ -67,7 +67,7 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
         _ => "media",
     };
     let name = format!("{stem}.{ext}");
-    let out = job.task.commit(&tmp_media, &name)?;
+    let out = job.commit(&tmp_media, &name)?;
     let duration_s = info.duration_s.or(video.duration_s);
     video.duration_s = duration_s;
     let v2 = video.clone();
