@@ -45,7 +45,7 @@ impl Proc {
         std::thread::spawn(move || {
             for l in BufReader::new(err).lines().map_while(Result::ok) {
                 eprintln!("[tubescribe] {l}");
-                l2.lock().unwrap().push(l);
+                l2.lock().unwrap_or_else(|e| e.into_inner()).push(l);
             }
         });
         Proc {
@@ -58,25 +58,16 @@ impl Proc {
     fn wait_line(&mut self, needle: &str) -> String {
         let t0 = Instant::now();
         loop {
-            if let Some(l) = self
-                .stderr
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-            {
+            let lines = self.stderr.lock().unwrap().clone();
+            if let Some(l) = lines.iter().find(|l| l.contains(needle)) {
                 return l.clone();
             }
             if let Ok(Some(st)) = self.child.try_wait() {
-                panic!(
-                    "tubescribe exited ({st}) before printing {needle:?}: {:?}",
-                    self.stderr.lock().unwrap()
-                );
+                panic!("tubescribe exited ({st}) before printing {needle:?}: {lines:?}");
             }
             assert!(
                 t0.elapsed() < Duration::from_secs(60),
-                "no {needle:?} within 60 s: {:?}",
-                self.stderr.lock().unwrap()
+                "no {needle:?} within 60 s: {lines:?}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -650,7 +641,7 @@ async fn worker_in_another_process_and_cancel_during_transcribe() {
     let (srv, base) = serve(&data, &["--no-workers", "--allow-host", &maddr.to_string()]);
     // The worker reuses the server's embedded Redis (same data dir).
     let mut worker = Proc::start(&data, &["worker", "--transcribe-concurrency", "1"]);
-    worker.wait_line("tubescribe worker:");
+    worker.wait_line("; Ctrl-C to stop");
     assert!(
         children(srv.pid()).iter().all(|(_, c)| c == "redis-server"),
         "the API-only server runs no stage programs"
