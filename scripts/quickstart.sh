@@ -11,4 +11,4 @@ for a in "$@"; do
   # Relative file paths are relative to where the user ran the script.
   if [[ -e "$OLDPWD/$a" && $a != /* ]]; then args+=("$OLDPWD/$a"); else args+=("$a"); fi
 done
-exec target/release/tubescribe process "${args[@]}"
+exec "${CARGO_TARGET_DIR:-target}/release/tubescribe" process "${args[@]}"

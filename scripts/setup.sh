@@ -64,11 +64,11 @@ fi
 if [[ $MODE == --test ]]; then
   log "cargo build (debug)"
   cargo build --workspace --all-targets --quiet
-  BIN=target/debug/tubescribe
+  BIN="${CARGO_TARGET_DIR:-target}/debug/tubescribe"
 else
   log "cargo build --release"
   cargo build --release --quiet -p tubescribe
-  BIN=target/release/tubescribe
+  BIN="${CARGO_TARGET_DIR:-target}/release/tubescribe"
 fi
 
 # --- Model ------------------------------------------------------------------------------------

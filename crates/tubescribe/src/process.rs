@@ -459,6 +459,11 @@ impl Daemon {
             .map(|s| s.code().unwrap_or(-1))
     }
 
+    /// Lets the program run on after this handle (and this process) is gone.
+    pub fn detach(mut self) {
+        self.child.take();
+    }
+
     /// Stops the program: SIGTERM, then up to 10 s for it to exit, then SIGKILL.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

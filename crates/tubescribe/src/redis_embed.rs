@@ -30,27 +30,90 @@ pub enum RedisError {
     Io(#[from] std::io::Error),
 }
 
-/// A Redis the process can use: its URL and, if this process started it, the server.
+/// A Redis the process can use: its URL, this process's lease on it and, if this process
+/// started it, the server.
+///
+/// Every process that uses the embedded server holds a shared `flock` on `redis/users.lock`
+/// for as long as it uses it (the kernel drops it if the process dies). When a process is done
+/// ([`EmbeddedRedis::stop`], also on drop), it gives up its lease and stops the server only if
+/// it can then take the lock exclusively, i.e. no other process still uses it ("last one out").
+/// A server left behind by a killed process is thereby stopped by the next process to use it.
 pub struct EmbeddedRedis {
     /// URL for BullMQ, e.g. `redis+unix:///data/redis/redis.sock`.
     pub url: String,
     /// The socket path.
     pub socket: PathBuf,
+    lease_path: PathBuf,
+    lease: Option<std::fs::File>,
     server: Option<Daemon>,
 }
 
 impl EmbeddedRedis {
-    /// Whether this process started the server (and will stop it on drop).
+    /// Whether this process started the server.
     pub fn owned(&self) -> bool {
         self.server.is_some()
     }
 
-    /// Stops the server if this process started it.
+    /// Ends this process's use of the server, and stops the server when no other process
+    /// uses it (SIGTERM if we started it, else a `SHUTDOWN` command; both flush the AOF).
     pub fn stop(&mut self) {
-        if let Some(mut d) = self.server.take() {
-            d.stop();
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        drop(lease);
+        let last = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.lease_path)
+            .ok()
+            .filter(|f| matches!(fs4::fs_std::FileExt::try_lock_exclusive(f), Ok(true)));
+        match (last, self.server.take()) {
+            (Some(_exclusive), Some(mut d)) => d.stop(),
+            (Some(_exclusive), None) => shutdown_via_socket(&self.socket),
+            (None, Some(d)) => {
+                tracing::info!(
+                    "other processes still use the embedded redis-server; leaving it running"
+                );
+                d.detach();
+            }
+            (None, None) => {}
         }
     }
+}
+
+impl Drop for EmbeddedRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Sends `SHUTDOWN` over the unix socket and waits up to 10 s for the server to go away.
+fn shutdown_via_socket(socket: &Path) {
+    use std::io::Write;
+    if let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) {
+        let _ = s.write_all(b"SHUTDOWN\r\n");
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < Duration::from_secs(10)
+            && std::os::unix::net::UnixStream::connect(socket).is_ok()
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Takes this process's shared lease (blocks while another process is shutting the server
+/// down under the exclusive lock).
+async fn take_lease(path: &Path) -> Result<std::fs::File, RedisError> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    tokio::task::spawn_blocking(move || fs4::fs_std::FileExt::lock_shared(&f).map(|_| f))
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+        .map_err(RedisError::Io)
 }
 
 /// The socket path for `dir`, falling back to a short path in the temp directory when the
@@ -89,10 +152,14 @@ pub async fn ensure(dir: &Path, redis_server: &Path) -> Result<EmbeddedRedis, Re
     std::fs::create_dir_all(dir)?;
     let socket = socket_path(dir);
     let url = format!("redis+unix://{}", socket.display());
+    let lease_path = dir.join("users.lock");
+    let lease = Some(take_lease(&lease_path).await?);
     if ping(&socket).await {
         return Ok(EmbeddedRedis {
             url,
             socket,
+            lease_path,
+            lease,
             server: None,
         });
     }
@@ -113,6 +180,8 @@ pub async fn ensure(dir: &Path, redis_server: &Path) -> Result<EmbeddedRedis, Re
         return Ok(EmbeddedRedis {
             url,
             socket,
+            lease_path,
+            lease,
             server: None,
         });
     }
@@ -151,6 +220,8 @@ pub async fn ensure(dir: &Path, redis_server: &Path) -> Result<EmbeddedRedis, Re
             return Ok(EmbeddedRedis {
                 url,
                 socket,
+                lease_path,
+                lease,
                 server: Some(server),
             });
         }
@@ -180,11 +251,18 @@ mod tests {
         let mut a = ensure(&dir, Path::new("redis-server")).await.unwrap();
         assert!(a.owned());
         assert!(a.url.starts_with("redis+unix://"));
-        let b = ensure(&dir, Path::new("redis-server")).await.unwrap();
+        let mut b = ensure(&dir, Path::new("redis-server")).await.unwrap();
         assert!(!b.owned(), "a running server must be reused");
         assert_eq!(a.socket, b.socket);
+        // The starter finishes first: the other user keeps its server.
         a.stop();
-        assert!(!ping(&a.socket).await);
+        assert!(
+            ping(&b.socket).await,
+            "stopped while another user needed it"
+        );
+        // The last user out stops it, although it did not start it.
+        b.stop();
+        assert!(!ping(&b.socket).await);
         assert!(dir.join("appendonlydir").exists(), "AOF must be on");
         std::fs::remove_dir_all(&dir).ok();
     }
