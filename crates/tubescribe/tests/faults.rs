@@ -804,7 +804,8 @@ fn graceful_shutdown_finishes_or_hands_over_active_jobs() {
         &[
             ("TUBESCRIBE_FFMPEG", slow_s.as_str()),
             ("SLOW", "1"),
-            ("TUBESCRIBE_SHUTDOWN_GRACE_S", "60"),
+            // Generous: on a loaded 2-core box this short job once took 60 s in a debug build.
+            ("TUBESCRIBE_SHUTDOWN_GRACE_S", "150"),
         ],
     );
     let mut sub = c.submit(&c.urls[..1]);
@@ -816,9 +817,9 @@ fn graceful_shutdown_finishes_or_hands_over_active_jobs() {
         assert!(t0.elapsed() < Duration::from_secs(30));
         std::thread::sleep(Duration::from_millis(20));
     };
-    let took = c.term(a, Duration::from_secs(70));
+    let took = c.term(a, Duration::from_secs(160));
     eprintln!(
-        "worker with a short job exited {:.1}s after SIGTERM (grace 60 s)",
+        "worker with a short job exited {:.1}s after SIGTERM (grace 150 s)",
         took.as_secs_f64()
     );
     let m = manifest(&c.data, &task);
@@ -828,7 +829,7 @@ fn graceful_shutdown_finishes_or_hands_over_active_jobs() {
         .clone();
     assert_eq!(log.len(), 1, "{log:#?}");
     assert_eq!(log[0]["outcome"], "completed");
-    assert!(took < Duration::from_secs(60), "{took:?}");
+    assert!(took < Duration::from_secs(150), "{took:?}");
     // Summarize was not taken by the stopping worker; a fresh worker ends the task.
     c.spawn_worker("download,transcribe,summarize", &[]);
     assert_eq!(wait_submitter(&mut sub, Duration::from_secs(30)), 0);
