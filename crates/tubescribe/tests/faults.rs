@@ -517,10 +517,17 @@ fn kill_run(root: &Path, n: usize, workers: usize, kills: usize, every: Duration
                     }
                 }
             }
+            // The last kill waits for a transcription if none has been hit yet, so the run
+            // always includes a kill during transcribe whatever the timing.
+            let must_hit = in_transcribe == 0 && made + 1 >= kills;
+            if must_hit && transcribing.is_empty() {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
-            let victim = if !transcribing.is_empty() && made % 2 == 0 {
+            let victim = if !transcribing.is_empty() && (made % 2 == 0 || must_hit) {
                 in_transcribe += 1;
                 transcribing[rng as usize % transcribing.len()]
             } else {
