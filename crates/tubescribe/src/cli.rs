@@ -236,10 +236,18 @@ pub async fn main(cli: Cli) -> Result<i32> {
             return client_status(&client_of(&client), id.as_deref(), client.json).await
         }
         Command::Cancel { id, client } => {
-            return client_cancel(&client_of(&client), &id, client.json).await
+            return Ok(client_task_action(
+                &id,
+                client_of(&client).cancel(&id).await,
+                client.json,
+            ))
         }
         Command::Retry { id, client } => {
-            return client_retry(&client_of(&client), &id, client.json).await
+            return Ok(client_task_action(
+                &id,
+                client_of(&client).retry(&id).await,
+                client.json,
+            ))
         }
         _ => {}
     }
@@ -701,30 +709,21 @@ async fn client_status(c: &crate::client::Client, id: Option<&str>, json: bool) 
     }
 }
 
-async fn client_cancel(c: &crate::client::Client, id: &str, json: bool) -> Result<i32> {
-    match c.cancel(id).await {
+/// Prints the answer of a cancel or retry request (`{taskId, status}`) and returns the exit code.
+fn client_task_action(
+    id: &str,
+    answer: std::result::Result<serde_json::Value, crate::client::ClientError>,
+    json: bool,
+) -> i32 {
+    match answer {
         Ok(v) if json => {
             println!("{v}");
-            Ok(0)
+            0
         }
         Ok(v) => {
             println!("{}  {}", status_str(&v["taskId"]), status_str(&v["status"]));
-            Ok(0)
+            0
         }
-        Err(e) => Ok(client_failed(id, &e)),
-    }
-}
-
-async fn client_retry(c: &crate::client::Client, id: &str, json: bool) -> Result<i32> {
-    match c.retry(id).await {
-        Ok(v) if json => {
-            println!("{v}");
-            Ok(0)
-        }
-        Ok(v) => {
-            println!("{}  {}", status_str(&v["taskId"]), status_str(&v["status"]));
-            Ok(0)
-        }
-        Err(e) => Ok(client_failed(id, &e)),
+        Err(e) => client_failed(id, &e),
     }
 }
