@@ -145,6 +145,24 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Run the benchmark (P1–P5, see the README) and print its table.
+    Bench {
+        /// Smaller batch: ≈20 s shorts, a 2 min long task (a few minutes in all).
+        #[arg(long)]
+        quick: bool,
+        /// Also write the figures as JSON to FILE.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Directory of speech clips (<name>.wav + <name>.txt); default ../shared/samples.
+        #[arg(long, value_name = "DIR")]
+        samples: Option<PathBuf>,
+        /// Directory of the Node BullMQ anchor (default bench/node).
+        #[arg(long, value_name = "DIR")]
+        node_dir: Option<PathBuf>,
+    },
+    /// Per-stage figures: queue counts from Redis and, from the task manifests, runs, mean
+    /// wall time, real-time factor and peak RSS (the same figures `/metrics` exports).
+    Stats,
     /// Manage Whisper models.
     Model {
         #[command(subcommand)]
@@ -264,6 +282,13 @@ pub async fn main(cli: Cli) -> Result<i32> {
             memory_budget_mb,
         } => worker(cfg, stages, memory_budget_mb).await,
         Command::Serve(args) => serve(cfg, args).await,
+        Command::Bench {
+            quick,
+            json,
+            samples,
+            node_dir,
+        } => bench(cfg, quick, json, samples, node_dir).await,
+        Command::Stats => stats(cfg).await,
         Command::Submit { .. }
         | Command::Status { .. }
         | Command::Cancel { .. }
@@ -311,6 +336,15 @@ fn client_of(a: &ClientArgs) -> crate::client::Client {
     crate::client::Client::new(&a.server, a.api_token.clone())
 }
 
+/// `--memory-budget-mb` (clap also reads `TUBESCRIBE_MEMORY_BUDGET_MB`, the variable
+/// `config.rs` reads for `[schedule] memory_budget_mb`) is one budget: the RSS alert watch
+/// and the transcribe memory plan (`budget.rs`) both use it.
+fn apply_memory_budget(cfg: &mut Config, budget_mb: Option<u64>) {
+    if let Some(mb) = budget_mb.filter(|mb| *mb > 0) {
+        cfg.schedule.memory_budget_bytes = mb << 20;
+    }
+}
+
 /// Starts the memory watch when a budget is set.
 async fn memory_watch(url: &str, budget_mb: Option<u64>, stop: &CancellationToken) -> Result<()> {
     if let Some(mb) = budget_mb {
@@ -320,7 +354,8 @@ async fn memory_watch(url: &str, budget_mb: Option<u64>, stop: &CancellationToke
     Ok(())
 }
 
-async fn serve(cfg: Config, args: ServeArgs) -> Result<i32> {
+async fn serve(mut cfg: Config, args: ServeArgs) -> Result<i32> {
+    apply_memory_budget(&mut cfg, args.memory_budget_mb);
     let data = DataDir::open(&cfg.data_dir)?;
     let (url, mut redis) = redis(&cfg, &data).await?;
     let stop = CancellationToken::new();
@@ -372,7 +407,12 @@ async fn serve(cfg: Config, args: ServeArgs) -> Result<i32> {
     Ok(0)
 }
 
-async fn worker(cfg: Config, stages: Vec<String>, memory_budget_mb: Option<u64>) -> Result<i32> {
+async fn worker(
+    mut cfg: Config,
+    stages: Vec<String>,
+    memory_budget_mb: Option<u64>,
+) -> Result<i32> {
+    apply_memory_budget(&mut cfg, memory_budget_mb);
     let mut stages: Vec<Stage> = stages
         .iter()
         .map(|s| Stage::from_queue_name(s.trim()).with_context(|| format!("unknown stage {s:?}")))
@@ -603,6 +643,93 @@ async fn watch(data: &DataDir, tasks: &[String], quiet: bool) -> Result<bool> {
         b.finish();
     }
     Ok(false)
+}
+
+async fn bench(
+    cfg: Config,
+    quick: bool,
+    json: Option<PathBuf>,
+    samples: Option<PathBuf>,
+    node_dir: Option<PathBuf>,
+) -> Result<i32> {
+    let opts = crate::bench::BenchOptions {
+        quick,
+        samples,
+        node_dir,
+    };
+    let report = crate::bench::run(&cfg, &opts, &|p: &str| eprintln!("bench: {p}")).await?;
+    print!("{}", report.table());
+    if let Some(f) = json {
+        std::fs::write(&f, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", f.display()))?;
+        eprintln!("bench: figures written to {}", f.display());
+    }
+    Ok(0)
+}
+
+async fn stats(cfg: Config) -> Result<i32> {
+    let data = DataDir::open(&cfg.data_dir)?;
+    let (url, _redis) = redis(&cfg, &data).await?;
+    let producer = Producer::connect(&url).await?;
+    let mut counts = Vec::new();
+    for s in Stage::ALL {
+        counts.push(producer.queue(s).get_job_counts().await?);
+    }
+    producer.close().await;
+    let mut runs = [0usize; 3];
+    let mut wall = [0f64; 3];
+    let (mut rtf, mut rtf_n, mut peak) = (0f64, 0usize, 0f64);
+    for id in data.task_ids()? {
+        let Ok(m) = data.task(&id).read_manifest() else {
+            continue;
+        };
+        for (i, s) in Stage::ALL.iter().enumerate() {
+            if let Some(r) = m.stage(*s).filter(|r| r.state == StageState::Completed) {
+                if let (Some(a), Some(b)) = (r.started_at, r.finished_at) {
+                    runs[i] += 1;
+                    wall[i] += b.saturating_sub(a) as f64 / 1000.0;
+                }
+                if *s == Stage::Transcribe {
+                    if let Some(x) = r.detail.get("rtf").and_then(|v| v.as_f64()) {
+                        rtf += x;
+                        rtf_n += 1;
+                    }
+                    if let Some(x) = r.detail.get("peak_rss_mb").and_then(|v| v.as_f64()) {
+                        peak = peak.max(x);
+                    }
+                }
+            }
+        }
+    }
+    println!(
+        "{:<11} {:>7} {:>7} {:>9} {:>7} {:>7} {:>6} {:>10}",
+        "stage", "waiting", "active", "completed", "failed", "runs", "mean s", "extra"
+    );
+    for (i, s) in Stage::ALL.iter().enumerate() {
+        let c = &counts[i];
+        let extra = match s {
+            Stage::Transcribe if rtf_n > 0 => {
+                format!("RTF {:.3}, peak RSS {peak:.0} MB", rtf / rtf_n as f64)
+            }
+            _ => String::new(),
+        };
+        println!(
+            "{:<11} {:>7} {:>7} {:>9} {:>7} {:>7} {:>6.1} {}",
+            s.queue_name(),
+            c.waiting + c.prioritized + c.paused + c.waiting_children,
+            c.active,
+            c.completed,
+            c.failed,
+            runs[i],
+            if runs[i] > 0 {
+                wall[i] / runs[i] as f64
+            } else {
+                0.0
+            },
+            extra
+        );
+    }
+    Ok(0)
 }
 
 /// Parses arguments from the process's command line.

@@ -62,6 +62,9 @@ pub struct FileConfig {
     pub transcribe: TranscribeFile,
     /// OpenAI-compatible LLM settings; absent = extractive summaries.
     pub llm: Option<LlmFile>,
+    /// Scheduling, long-audio segments and the transcription memory budget.
+    #[serde(default)]
+    pub schedule: ScheduleFile,
     /// Program paths.
     #[serde(default)]
     pub programs: ProgramsFile,
@@ -248,6 +251,22 @@ pub struct TranscribeFile {
     pub language: Option<String>,
 }
 
+/// `[schedule]` in the TOML file (see `schedule.rs`, `segments.rs`, `budget.rs`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleFile {
+    /// Audio longer than this many seconds is cut into segment jobs of about this length
+    /// (default 600).
+    pub segment_s: Option<f64>,
+    /// Priority aging: seconds of audio credited per second a transcribe job has waited
+    /// (default 1.0; 0 = pure shortest-job-first).
+    pub aging_rate: Option<f64>,
+    /// Memory for transcription per worker process, in MB (default: half the machine's RAM).
+    pub memory_budget_mb: Option<u64>,
+    /// CPU cores given to transcription per worker process (default: all cores).
+    pub cores: Option<usize>,
+}
+
 /// `[llm]` in the TOML file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -308,6 +327,28 @@ pub struct Overrides {
     pub shutdown_grace_s: Option<f64>,
 }
 
+/// Scheduling settings after resolution (`[schedule]`, `TUBESCRIBE_SEGMENT_S`,
+/// `TUBESCRIBE_AGING_RATE`, `TUBESCRIBE_MEMORY_BUDGET_MB`, `TUBESCRIBE_TRANSCRIBE_CORES`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleSettings {
+    /// Segment length in seconds; longer audio is split into segment jobs (≥ 60).
+    pub segment_s: f64,
+    /// Audio seconds of priority credit per second waited (≥ 0).
+    pub aging_rate: f64,
+    /// Transcription memory budget per worker process, in bytes.
+    pub memory_budget_bytes: u64,
+    /// Cores given to transcription per worker process (≥ 1).
+    pub cores: usize,
+}
+
+/// Total RAM from `/proc/meminfo` (`MemTotal`, kB), in bytes; `None` when unreadable.
+pub fn machine_ram_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// LLM settings after resolution.
 #[derive(Debug, Clone)]
 pub struct LlmSettings {
@@ -359,6 +400,11 @@ pub struct Config {
     pub summarize_concurrency: usize,
     /// whisper.cpp threads per transcribe job.
     pub threads: usize,
+    /// True when `threads` was set by a flag, variable or the file (not the default), so the
+    /// memory budget does not recompute it.
+    pub threads_explicit: bool,
+    /// Scheduling, segment and memory-budget settings.
+    pub schedule: ScheduleSettings,
     /// Spoken language, if fixed.
     pub language: Option<String>,
     /// LLM settings; `None` = offline extractive summaries.
@@ -482,6 +528,8 @@ impl Config {
             file.transcribe.threads,
             (cores / transcribe_concurrency).max(1),
         )?;
+        let threads_explicit = o.threads.or(file.transcribe.threads).is_some();
+        let schedule = resolve_schedule(&file.schedule, cores)?;
         let llm = match (&file.llm, std::env::var("TUBESCRIBE_LLM_BASE_URL").ok()) {
             (_, Some(base)) if !base.is_empty() => Some(LlmSettings {
                 base_url: base,
@@ -573,11 +621,67 @@ impl Config {
             transcribe_concurrency,
             summarize_concurrency,
             threads,
+            threads_explicit,
+            schedule,
             language: file.transcribe.language,
             llm,
             programs,
         })
     }
+}
+
+fn env_parse<T: std::str::FromStr>(name: &str, key: &str) -> Result<Option<T>, ConfigError> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => {
+            v.trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| ConfigError::Invalid {
+                    key: key.into(),
+                    message: format!("{name}={v:?} is not a number"),
+                })
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Resolves `[schedule]` with its `TUBESCRIBE_*` variables (variable > file > default).
+fn resolve_schedule(f: &ScheduleFile, cores: usize) -> Result<ScheduleSettings, ConfigError> {
+    let invalid = |key: &str, message: &str| ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    };
+    let segment_s = env_parse::<f64>("TUBESCRIBE_SEGMENT_S", "schedule.segment_s")?
+        .or(f.segment_s)
+        .unwrap_or(600.0);
+    if segment_s.is_nan() || segment_s < 60.0 {
+        return Err(invalid("schedule.segment_s", "must be at least 60 seconds"));
+    }
+    let aging_rate = env_parse::<f64>("TUBESCRIBE_AGING_RATE", "schedule.aging_rate")?
+        .or(f.aging_rate)
+        .unwrap_or(1.0);
+    if aging_rate.is_nan() || aging_rate < 0.0 {
+        return Err(invalid("schedule.aging_rate", "must be 0 or more"));
+    }
+    let budget_mb = env_parse::<u64>("TUBESCRIBE_MEMORY_BUDGET_MB", "schedule.memory_budget_mb")?
+        .or(f.memory_budget_mb);
+    let memory_budget_bytes = match budget_mb {
+        Some(0) => return Err(invalid("schedule.memory_budget_mb", "must be at least 1")),
+        Some(mb) => mb * 1024 * 1024,
+        None => machine_ram_bytes().unwrap_or(2 << 30) / 2,
+    };
+    let cores = env_parse::<usize>("TUBESCRIBE_TRANSCRIBE_CORES", "schedule.cores")?
+        .or(f.cores)
+        .unwrap_or(cores);
+    if cores == 0 {
+        return Err(invalid("schedule.cores", "must be at least 1"));
+    }
+    Ok(ScheduleSettings {
+        segment_s,
+        aging_rate,
+        memory_budget_bytes,
+        cores,
+    })
 }
 
 impl Config {

@@ -11,7 +11,8 @@
 //! | 3 | `tubescribe:events` | [`EventLog`] (cancel, memory watch) | `task.cancelled`, `alert` |
 //!
 //! BullMQ's events carry only a job id; our job ids are `dl-/tr-/sum-<task id>`, so each maps
-//! to a task and a stage. Details BullMQ does not carry (whether a failure is retryable, the
+//! to a task and a stage (long audio's segment jobs `seg<i>-<task id>` map to their task's
+//! transcribe stage, see `map_segment_entry`). Details BullMQ does not carry (whether a failure is retryable, the
 //! task-level reason) come from the task's manifest in the shared data directory. BullMQ
 //! emits `failed` only for a job's final failure and `delayed` when a failed attempt waits for
 //! its retry (see `moveToFinished-14.lua` and `moveToDelayed-11.lua` in bullmq-official 1.4.4).
@@ -279,6 +280,9 @@ pub fn map_entry(
         return vec![];
     };
     let Some(task) = Stage::task_id_of(job_id).map(str::to_string) else {
+        if let Some(task) = crate::segments::task_of_segment_job(job_id) {
+            return map_segment_entry(stage, kind, job_id, task, at_ms, manifest);
+        }
         return vec![];
     };
     let base = |extra: serde_json::Value| {
@@ -399,6 +403,47 @@ pub fn map_entry(
             }
             v
         }
+        _ => vec![],
+    }
+}
+
+/// Maps an event of a long-audio segment job (`seg<i>-<task>` in the transcribe queue, see
+/// `segments.rs`) onto its task's transcribe stage. The stage itself starts, completes and
+/// fails with the task's `tr-` job, so segment jobs only add progress: `active` and
+/// `completed` become `stage.progress` (the task's duration-weighted percent and phase from
+/// the manifest, plus `segment`), and `delayed` (a segment attempt failed and will retry)
+/// becomes `stage.failed` with `willRetry`. A segment's final failure fails the `tr-` job
+/// (`failParentOnFailure`), whose own `failed` event reports it, so it maps to nothing.
+fn map_segment_entry(
+    stage: Stage,
+    kind: &str,
+    job_id: &str,
+    task: &str,
+    at_ms: u64,
+    manifest: &dyn Fn(&str) -> Option<Manifest>,
+) -> Vec<(String, Option<String>, serde_json::Value)> {
+    let index: Option<u64> = job_id
+        .strip_prefix("seg")
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(i, _)| i.parse().ok());
+    let m = manifest(task);
+    let rec = m.as_ref().and_then(|m| m.stage(stage));
+    match kind {
+        "active" | "completed" => {
+            let percent = rec.map(|r| r.progress).unwrap_or(0.0);
+            let mut d = serde_json::json!({"taskId": task, "stage": stage, "at": at_ms, "percent": percent, "segment": index});
+            if let Some(ph) = rec.and_then(|r| r.detail.get("phase")) {
+                d["phase"] = ph.clone();
+            }
+            vec![("stage.progress".into(), Some(task.to_string()), d)]
+        }
+        "delayed" => vec![(
+            "stage.failed".into(),
+            Some(task.to_string()),
+            serde_json::json!({"taskId": task, "stage": stage, "at": at_ms, "segment": index,
+                "reason": format!("segment {} attempt failed", index.map(|i| i + 1).unwrap_or(0)),
+                "retryable": true, "willRetry": true}),
+        )],
         _ => vec![],
     }
 }
@@ -838,6 +883,36 @@ mod tests {
             sum[0].2,
             serde_json::json!({"taskId":"t1","stage":"download","reason":"HTTP 404","retryable":false,"at":3})
         );
+    }
+
+    #[test]
+    fn segment_jobs_map_to_their_task() {
+        let none = |_: &str| None;
+        let ev = map_entry(
+            1,
+            5,
+            &kv(&[("event", "completed"), ("jobId", "seg2-yt-abc")]),
+            &none,
+        );
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].0, "stage.progress");
+        assert_eq!(ev[0].1.as_deref(), Some("yt-abc"));
+        assert_eq!(ev[0].2["segment"], 2);
+        let ev = map_entry(
+            1,
+            5,
+            &kv(&[("event", "failed"), ("jobId", "seg0-yt-abc")]),
+            &none,
+        );
+        assert!(ev.is_empty());
+        let ev = map_entry(
+            1,
+            5,
+            &kv(&[("event", "delayed"), ("jobId", "seg0-yt-abc")]),
+            &none,
+        );
+        assert_eq!(ev[0].0, "stage.failed");
+        assert_eq!(ev[0].2["willRetry"], true);
     }
 
     #[test]

@@ -129,6 +129,9 @@ pub enum AttemptOutcome {
     Failed,
     /// The worker shut down before the stage ended and put the job back in the queue.
     Released,
+    /// Long audio (transcribe only): the audio was split and handed to segment jobs
+    /// (`segments.rs`); the job's next attempt merges their results.
+    Split,
     /// The attempt never reported an end: its worker died (kill -9, OOM, power) or lost
     /// Redis. Set when the next attempt of the same stage starts.
     Interrupted,

@@ -89,6 +89,10 @@ fn job_options(stage: Stage, task_id: &str, attempts: u32) -> JobOptions {
     if stage != Stage::LAST {
         o = o.fail_parent_on_failure();
     }
+    if stage == Stage::Transcribe {
+        // Until the download knows the duration (schedule.rs sets the real priority).
+        o = o.priority(crate::schedule::UNKNOWN_PRIORITY);
+    }
     o
 }
 
@@ -265,6 +269,7 @@ impl WorkerSettings {
 pub struct Workers {
     workers: Vec<(Stage, Arc<Worker>)>,
     drains: Vec<tokio::task::JoinHandle<()>>,
+    sched: Arc<crate::schedule::Scheduler>,
     /// Cancelled at shutdown after the grace period: active jobs stop and go back to `wait`.
     release: CancellationToken,
     /// Jobs whose processor is running in this process.
@@ -282,6 +287,10 @@ impl Workers {
     ) -> Result<Self, QueueError> {
         let mut workers = Vec::new();
         let mut drains = Vec::new();
+        // Priorities, aging and segment flows (schedule.rs, segments.rs); alerts (alerts.rs).
+        let sched =
+            Arc::new(crate::schedule::Scheduler::connect(url, ctx.cfg.schedule.aging_rate).await?);
+        crate::alerts::set_connection(sched.transcribe_queue().connection().connection());
         let release = CancellationToken::new();
         let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for (stage, ws) in stages {
@@ -304,22 +313,36 @@ impl Workers {
                 q.close().await;
             }
             let ctx2 = ctx.clone();
+            let sched2 = sched.clone();
             let release2 = release.clone();
             let running2 = running.clone();
             let processor = move |job: Job, token: BullToken| {
                 let ctx = ctx2.clone();
                 let release = release2.clone();
                 let running = running2.clone();
+                let sched = sched2.clone();
                 async move {
                     let _count = RunningGuard::enter(running);
-                    process_job(stage, ctx, job, token, release).await
+                    process_job(stage, ctx, sched, job, token, release).await
                 }
+            };
+            let concurrency = if stage == Stage::Transcribe {
+                let measured =
+                    crate::budget::read_model_stats(&ctx.data.model_stats_file(&ctx.cfg.model))
+                        .map(|s| s.per_job_peak_bytes);
+                let plan = crate::budget::plan(&ctx.cfg, ws.concurrency, measured);
+                crate::budget::install(plan);
+                drains.push(sched.clone().spawn_ager());
+                tracing::info!(?plan, "transcribe memory plan");
+                plan.slots
+            } else {
+                ws.concurrency
             };
             let backoff_cfg = ctx.cfg.clone();
             let opts = WorkerOptions::new()
                 .connection(connection(url))
                 .prefix(PREFIX)
-                .concurrency(ws.concurrency)
+                .concurrency(concurrency)
                 .lock_duration(ws.lock_duration)
                 .stalled_interval(ws.stalled_interval)
                 .max_stalled_count(ws.max_stalled_count)
@@ -356,6 +379,7 @@ impl Workers {
         Ok(Self {
             workers,
             drains,
+            sched,
             release,
             running,
         })
@@ -436,6 +460,8 @@ impl Workers {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+        // After the wind-down: a released long-audio job may still have used the scheduler.
+        self.sched.close().await;
     }
 }
 
@@ -522,10 +548,15 @@ const WIND_DOWN: Duration = Duration::from_secs(30);
 async fn process_job(
     stage: Stage,
     ctx: Arc<StageCtx>,
+    sched: Arc<crate::schedule::Scheduler>,
     mut job: Job,
     token: BullToken,
     release: CancellationToken,
 ) -> Result<serde_json::Value, bullmq::Error> {
+    if job.name() == crate::segments::SEGMENT_JOB {
+        return crate::segments::process_segment_job(ctx, job, token, release).await;
+    }
+    let run_started = std::time::Instant::now();
     let data: JobData = serde_json::from_value(job.data().clone())
         .map_err(|e| bullmq::Error::Unrecoverable(format!("malformed job data: {e}")))?;
     let task = ctx.data.task(&data.task_id);
@@ -560,6 +591,10 @@ async fn process_job(
         })
         .map_err(|e| bullmq::Error::ProcessingError(e.to_string()))?;
         tracing::info!(%stage, task = %data.task_id, attempt, "outputs already complete; stage not run again");
+        if stage == Stage::Download {
+            // The transcribe priority is set before the download job completes, reused or not.
+            set_transcribe_priority(&sched, &data.task_id, &result).await;
+        }
         return Ok(result);
     }
     let policy = ctx.cfg.policy(stage);
@@ -592,7 +627,17 @@ async fn process_job(
         })
     };
 
-    let run = AssertUnwindSafe(stages::run(stage, &ctx, &jctx)).catch_unwind();
+    // Long audio goes through segment jobs (segments.rs); `Ok(None)` = waiting for them.
+    let long = stage == Stage::Transcribe && crate::segments::is_long(&ctx, &job, &jctx);
+    let job_handle = job.clone();
+    let run = AssertUnwindSafe(async {
+        if long {
+            crate::segments::run_long(&ctx, &jctx, &job_handle, &sched).await
+        } else {
+            stages::run(stage, &ctx, &jctx).await.map(Some)
+        }
+    })
+    .catch_unwind();
     tokio::pin!(run);
     let deadline = tokio::time::sleep(limit);
     tokio::pin!(deadline);
@@ -654,6 +699,18 @@ async fn process_job(
     };
     bridge.abort();
     let current = |m: &crate::manifest::Manifest| m.is_current_attempt(stage, attempt);
+    if matches!(outcome, Some(Ok(Ok(None)))) {
+        // Long audio: the job moved to `waiting-children` while its segment jobs run
+        // (segments.rs). The split attempt ends here; the merge is the job's next attempt.
+        let _ = task.modify_manifest(|m| {
+            current(m) && {
+                m.end_attempt(stage, attempt, AttemptOutcome::Split, None);
+                true
+            }
+        });
+        task.clear_tmp();
+        return Err(bullmq::Error::WaitingChildren);
+    }
     if stopped == Some(Stop::Superseded) || task.read_manifest().is_ok_and(|m| !current(&m)) {
         // Stale: the current attempt owns the manifest record and the temp directory.
         tracing::warn!(%stage, task = %data.task_id, attempt, "stale attempt ended; leaving the job to the current one");
@@ -661,7 +718,8 @@ async fn process_job(
     }
     task.clear_tmp();
     let outcome: Result<stages::StageOutput, StageError> = match outcome {
-        Some(Ok(Ok(out))) => Ok(out),
+        Some(Ok(Ok(None))) => return Err(bullmq::Error::WaitingChildren), // handled above
+        Some(Ok(Ok(Some(out)))) => Ok(out),
         // Stopped from outside: the stage's own error (usually "cancelled") is not the reason.
         Some(Ok(Err(_))) | None if stopped == Some(Stop::Released) => {
             return release_job(stage, &task, attempt, &job).await;
@@ -686,6 +744,9 @@ async fn process_job(
     };
     match outcome {
         Ok(out) => {
+            if stage == Stage::Download {
+                set_transcribe_priority(&sched, &data.task_id, &out.result).await;
+            }
             let recorded = task
                 .modify_manifest(|m| {
                     current(m) && {
@@ -698,6 +759,11 @@ async fn process_job(
             if !recorded {
                 return Err(bullmq::Error::Delayed);
             }
+            crate::metrics::observe_stage(
+                stage,
+                run_started.elapsed().as_secs_f64(),
+                crate::metrics::Outcome::Completed,
+            );
             let _ = job
                 .update_progress(JobProgress::Object(serde_json::json!({"percent": 100.0})))
                 .await;
@@ -707,6 +773,15 @@ async fn process_job(
         Err(e) => {
             // BullMQ retries while attemptsMade (failures so far, not stalls) + 1 < attempts.
             let final_attempt = !e.is_retryable() || job.attempts_made() + 1 >= max_attempts;
+            crate::metrics::observe_stage(
+                stage,
+                run_started.elapsed().as_secs_f64(),
+                if final_attempt {
+                    crate::metrics::Outcome::Failed
+                } else {
+                    crate::metrics::Outcome::Retry
+                },
+            );
             tracing::warn!(%stage, task = %data.task_id, attempt, final_attempt, error = %e.message, "stage failed");
             let recorded = task.modify_manifest(|m| {
                 current(m) && {
@@ -730,6 +805,24 @@ async fn process_job(
                     bullmq::Error::ProcessingError(format!("{COOL_DOWN_MARK}{}", e.message))
                 }
             })
+        }
+    }
+}
+
+/// Sets the task's transcribe priority from the download result's `duration_s` (schedule.rs).
+async fn set_transcribe_priority(
+    sched: &crate::schedule::Scheduler,
+    task_id: &str,
+    result: &serde_json::Value,
+) {
+    if let Some(d) = result.get("duration_s").and_then(|v| v.as_f64()) {
+        match sched.on_download_done(task_id, d).await {
+            Ok(p) => {
+                tracing::debug!(task = %task_id, audio_s = d, priority = ?p, "transcribe priority set")
+            }
+            Err(e) => {
+                tracing::warn!(task = %task_id, error = %e, "cannot set the transcribe priority")
+            }
         }
     }
 }

@@ -96,6 +96,24 @@ impl DataDir {
         self.root.join("models")
     }
 
+    /// Scratch directory of one `tubescribe bench` run (`<data>/bench/<run>`; the caller
+    /// removes it).
+    pub fn bench_dir(&self, run: &str) -> PathBuf {
+        self.root.join("bench").join(run)
+    }
+
+    /// The measured per-job memory of the model at `model` (`budget.rs`), kept in the models
+    /// directory as `<model file name>.rss.json` (the directory is created on demand).
+    pub fn model_stats_file(&self, model: &Path) -> PathBuf {
+        let d = self.models_dir();
+        let _ = fs::create_dir_all(&d);
+        let name = model
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        d.join(format!("{name}.rss.json"))
+    }
+
     /// The task directory of `task_id` (not created; see [`TaskDir::create`]).
     pub fn task(&self, task_id: &str) -> TaskDir {
         TaskDir {

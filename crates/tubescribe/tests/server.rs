@@ -846,6 +846,23 @@ async fn token_body_limit_alerts_and_keep_alive() {
             .status(),
         200
     );
+    // Issue 5's monitoring routes: no token needed, Prometheus text with Redis queue counts.
+    for (path, want) in [("/healthz", "ok"), ("/readyz", "ready")] {
+        let r = reqwest::get(format!("{base}{path}")).await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.text().await.unwrap().trim(), want, "{path}");
+    }
+    let r = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("tubescribe_queue_jobs{queue=\"download\",state=\"waiting\"}"),
+        "{text}"
+    );
     // Bodies over the limit: 413.
     let big = "x".repeat(4096);
     let r = c

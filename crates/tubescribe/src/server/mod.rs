@@ -12,6 +12,8 @@
 //! | `GET /api/tasks/{id}/transcript.{txt,srt,vtt,json}`, `summary.{md,json}` | outputs |
 //! | `GET /api/events/stream`, `GET /api/tasks/{id}/events` | SSE (see `events.rs`) |
 //! | `GET /api/openapi.json` | OpenAPI 3.1 document |
+//! | `GET /metrics` | Prometheus text (`metrics.rs`; queue counts refreshed from Redis) |
+//! | `GET /healthz`, `GET /readyz` | liveness; readiness (Redis answers) |
 //!
 //! Every `POST` needs `Authorization: Bearer <token>` when a token is configured. Request
 //! bodies are limited (64 KiB by default).
@@ -161,6 +163,9 @@ fn router(state: Shared) -> Router {
         .route("/api/tasks/{id}/{file}", get(rest::file))
         .route("/api/events/stream", get(sse::all_events))
         .route("/trpc/{procedure}", get(trpc::query).post(trpc::mutation))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .fallback(rest::not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
         .layer(DefaultBodyLimit::max(limit))
@@ -186,6 +191,35 @@ async fn index() -> Response {
 
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+}
+
+/// `GET /metrics`: Prometheus text; queue counts are read from Redis first (a Redis error
+/// leaves the previous counts and is logged), the other figures are this process's.
+async fn metrics(State(st): State<Shared>) -> Response {
+    if let Err(e) = crate::metrics::refresh_queue_counts(&st.producer).await {
+        tracing::warn!(error = %e, "metrics: cannot read queue counts");
+    }
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::render(),
+    )
+        .into_response()
+}
+
+/// `GET /healthz`: 200 while the process answers.
+async fn healthz() -> Response {
+    match crate::metrics::healthz() {
+        Ok(()) => "ok\n".into_response(),
+        Err(e) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+    }
+}
+
+/// `GET /readyz`: 200 when Redis answers, else 503 with the reason.
+async fn readyz(State(st): State<Shared>) -> Response {
+    match crate::metrics::readyz(&st.producer, None).await {
+        Ok(()) => "ready\n".into_response(),
+        Err(e) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+    }
 }
 
 /// Rejects `POST`s without the configured bearer token (401 in the route's error format).

@@ -66,6 +66,7 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
     };
 
     job.report(DECODE_SHARE, Some("transcribing"));
+    let probe = crate::budget::RssProbe::start();
     let wav_path = job.task.file(names::AUDIO_WAV);
     let pcm = tokio::task::spawn_blocking(move || asr::read_wav_16k_mono(&wav_path))
         .await
@@ -73,7 +74,7 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
         .map_err(|e| StageError::permanent(format!("cannot read audio.wav: {e}")))?;
 
     let opts = TranscribeOptions {
-        threads: ctx.cfg.threads,
+        threads: crate::budget::job_threads(&ctx.cfg),
         language: ctx.cfg.language.clone(),
         initial_prompt: None,
     };
@@ -96,6 +97,7 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
         }
     };
     let asr_wall = started.elapsed().as_secs_f64();
+    let rss = probe.finish();
     let out = out
         .map_err(|e| StageError::permanent(format!("whisper panicked: {e}")))?
         .map_err(|e| match e {
@@ -140,13 +142,22 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
         segments: transcript.segments.len(),
         rtf,
     };
+    crate::budget::after_job(
+        ctx,
+        &job.task,
+        &job.task_id,
+        &super::Stage::Transcribe.job_id(&job.task_id),
+        rtf,
+        &rss,
+    )
+    .await;
     let detail = serde_json::json!({
         "language": result.language,
         "segments": result.segments,
         "audio_s": duration_s,
         "asr_wall_s": asr_wall,
         "rtf": rtf,
-        "threads": ctx.cfg.threads,
+        "threads": crate::budget::job_threads(&ctx.cfg),
         "model": transcript.model,
     });
     job.task.update_manifest(|m| {
@@ -187,7 +198,7 @@ async fn resume_decoded(job: &JobCtx) -> Option<(crate::manifest::OutputFile, f6
 
 /// Decodes `media` to `audio.wav` (16 kHz mono s16) and checks its length against the
 /// expected duration. Returns the output record and the decoded duration in seconds.
-async fn decode(
+pub(crate) async fn decode(
     ctx: &StageCtx,
     job: &JobCtx,
     media_path: &std::path::Path,

@@ -1,0 +1,172 @@
+//! The memory budget and the metrics, in one run of real tasks in this process: three short
+//! real-speech files through download → transcribe → summarize with transcribe concurrency
+//! 2 but a memory budget that fits one job. No two transcriptions may overlap, the plan must
+//! say one slot, each job's peak RSS lands in its manifest, and `metrics::render()` must
+//! parse as Prometheus text with counters equal to the tasks run.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tubescribe::config::{Config, Overrides};
+use tubescribe::input::InputPolicy;
+use tubescribe::queue::{Producer, WorkerSettings, Workers};
+use tubescribe::stages::{Stage, StageCtx};
+use tubescribe::taskdir::DataDir;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_of_one_job_serializes_transcription_and_metrics_count_tasks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let data = DataDir::open(&data_dir).unwrap();
+    let mut cfg = Config::resolve(&Overrides {
+        data_dir: Some(data_dir.clone()),
+        model: Some(model()),
+        transcribe_concurrency: Some(2),
+        ..Default::default()
+    })
+    .unwrap();
+    let weights = std::fs::metadata(&cfg.model).unwrap().len();
+    let per_job = tubescribe::budget::estimate_per_job_bytes(cfg.schedule.segment_s * 1.25);
+    cfg.schedule.memory_budget_bytes = weights + per_job * 3 / 2;
+
+    let mut redis = tubescribe::redis_embed::ensure(&data.redis_dir(), &cfg.programs.redis_server)
+        .await
+        .unwrap();
+    let url = redis.url.clone();
+    let producer = Producer::connect(&url).await.unwrap();
+    let clips = [
+        ("jfk", "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."),
+        ("librispeech-1272-128104-0000", "Mister Quilter is the apostle of the middle classes, and we are glad to welcome his gospel."),
+        ("librispeech-1995-1837-0001", "He knew that the time had come when the question could no longer be avoided."),
+    ];
+    let mut ids = Vec::new();
+    for (name, fallback) in clips {
+        let (wav, _) = speech(tmp.path(), name, fallback);
+        let s = tubescribe::tasks::submit(
+            &data,
+            &producer,
+            &InputPolicy::default(),
+            wav.to_str().unwrap(),
+            false,
+        )
+        .await
+        .unwrap();
+        ids.push(s.task_id);
+    }
+    let ctx = Arc::new(StageCtx::new(cfg.clone(), data.clone()));
+    let stages: Vec<(Stage, WorkerSettings)> = [
+        (Stage::Download, 3),
+        (Stage::Transcribe, 2),
+        (Stage::Summarize, 1),
+    ]
+    .into_iter()
+    .map(|(s, c)| (s, WorkerSettings::with_concurrency(c)))
+    .collect();
+    let workers = Workers::start(&url, ctx, &stages).await.unwrap();
+    let plan = tubescribe::budget::current().expect("transcribe plan installed");
+    assert_eq!(plan.slots, 1, "{plan:?}");
+    assert_eq!(
+        plan.threads, cfg.schedule.cores,
+        "one slot gets every core: {plan:?}"
+    );
+
+    let t0 = Instant::now();
+    let manifests = loop {
+        let ms: Vec<serde_json::Value> = ids.iter().map(|id| manifest(&data_dir, id)).collect();
+        if ms
+            .iter()
+            .all(|m| m["status"] == "completed" || m["status"] == "failed")
+        {
+            break ms;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "tasks did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tubescribe::metrics::refresh_queue_counts(&producer)
+        .await
+        .unwrap();
+    let text = tubescribe::metrics::render();
+    workers.close(Duration::from_secs(10)).await;
+    producer.close().await;
+    redis.stop();
+
+    for m in &manifests {
+        let t = |st: &str, k: &str| {
+            m["stages"][st][k].as_u64().unwrap_or(0) as i64 - m["created_at"].as_i64().unwrap()
+        };
+        eprintln!(
+            "{}: download {}..{} transcribe {}..{} summarize {}..{} ms",
+            m["task_id"],
+            t("download", "started_at"),
+            t("download", "finished_at"),
+            t("transcribe", "started_at"),
+            t("transcribe", "finished_at"),
+            t("summarize", "started_at"),
+            t("summarize", "finished_at")
+        );
+        assert_eq!(m["status"], "completed", "{m:#}");
+        let d = &m["stages"]["transcribe"]["detail"];
+        let peak = d["peak_rss_mb"].as_f64().expect("peak RSS in the manifest");
+        assert!((50.0..4000.0).contains(&peak), "peak {peak} MB");
+        assert!(d["rss_delta_mb"].as_f64().is_some(), "{d:#}");
+    }
+    assert_eq!(max_overlap(&manifests, "transcribe"), 1);
+
+    let lines: Vec<std::io::Result<String>> = text.lines().map(|l| Ok(l.to_string())).collect();
+    let scrape = prometheus_parse::Scrape::parse(lines.into_iter()).expect("Prometheus text");
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        let want: HashMap<&str, &str> = labels.iter().copied().collect();
+        let s = scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == name
+                    && want
+                        .iter()
+                        .all(|(k, v)| s.labels.get(k).map(|x| x == *v).unwrap_or(false))
+            })
+            .unwrap_or_else(|| panic!("{name} {labels:?} missing in:\n{text}"));
+        match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{name}: unexpected {other:?}"),
+        }
+    };
+    assert_eq!(
+        value("tubescribe_tasks_total", &[("status", "completed")]),
+        3.0
+    );
+    for st in ["download", "transcribe", "summarize"] {
+        assert_eq!(
+            value(
+                "tubescribe_stage_runs_total",
+                &[("stage", st), ("outcome", "completed")]
+            ),
+            3.0,
+            "{st}"
+        );
+        assert_eq!(
+            value(
+                "tubescribe_queue_jobs",
+                &[("queue", st), ("state", "completed")]
+            ),
+            3.0,
+            "{st}"
+        );
+    }
+    assert_eq!(value("tubescribe_transcribe_slots", &[]), 1.0);
+    assert!(value("tubescribe_job_peak_rss_bytes", &[]) > 50.0 * 1048576.0);
+    assert!(scrape
+        .samples
+        .iter()
+        .any(|s| s.metric == "tubescribe_stage_duration_seconds_count"
+            || s.metric == "tubescribe_stage_duration_seconds"));
+}

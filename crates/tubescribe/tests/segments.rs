@@ -1,0 +1,169 @@
+//! Long audio through segment jobs: 12+ minutes of real speech (the shared English clips,
+//! repeated, joined with 1.5 s pauses) is processed by `tubescribe process` with the default
+//! 10-minute segment length. It must be split into at least two segment jobs with every cut
+//! inside a pause, the merged transcript must be monotonic, and its WER must be within 2
+//! points of one unsplit whisper run over the same audio with the same model.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU8};
+use std::sync::Arc;
+
+use common::*;
+use tubescribe::asr::{self, AsrModel, TranscribeOptions};
+use tubescribe::transcript::{word_error_rate, Transcript};
+
+const CLIPS: [(&str, &str); 5] = [
+    ("jfk", "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."),
+    ("librispeech-1272-128104-0000", "Mister Quilter is the apostle of the middle classes, and we are glad to welcome his gospel."),
+    ("librispeech-1995-1837-0001", "He knew that the time had come when the question could no longer be avoided."),
+    ("ljspeech-LJ001-0001", "Printing, in the only sense with which we are at present concerned, differs from most if not from all the arts and crafts represented in the Exhibition."),
+    ("ljspeech-LJ001-0007", "The earliest book printed with movable types, the Gutenberg, or forty-two line Bible of about fourteen fifty-five."),
+];
+const PAUSE_S: f64 = 1.5;
+const MIN_TOTAL_S: f64 = 12.0 * 60.0 + 10.0;
+
+/// Reads `path` as 16 kHz mono s16 (converted with ffmpeg into `tmp`).
+fn pcm16k(path: &std::path::Path, tmp: &std::path::Path) -> Vec<i16> {
+    let out = tmp.join(format!(
+        "{}.16k.wav",
+        path.file_stem().unwrap().to_string_lossy()
+    ));
+    let st = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-y", "-i"])
+        .arg(path)
+        .args(["-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le"])
+        .arg(&out)
+        .status()
+        .expect("ffmpeg is required (scripts/setup.sh --test)");
+    assert!(st.success());
+    hound::WavReader::open(&out)
+        .unwrap()
+        .into_samples::<i16>()
+        .map(|s| s.unwrap())
+        .collect()
+}
+
+#[test]
+fn long_audio_is_split_in_pauses_and_merged_like_one_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clips: Vec<(Vec<i16>, String)> = CLIPS
+        .iter()
+        .map(|(name, fallback)| {
+            let (wav, text) = speech(tmp.path(), name, fallback);
+            (pcm16k(&wav, tmp.path()), text)
+        })
+        .collect();
+    let pause = vec![0i16; (PAUSE_S * 16_000.0) as usize];
+    let (mut samples, mut reference, mut gaps) = (Vec::new(), Vec::new(), Vec::new());
+    while (samples.len() as f64) / 16_000.0 < MIN_TOTAL_S {
+        for (pcm, text) in &clips {
+            samples.extend_from_slice(pcm);
+            reference.push(text.clone());
+            let a = samples.len() as u64 * 1000 / 16_000;
+            samples.extend_from_slice(&pause);
+            gaps.push((a, a + (PAUSE_S * 1000.0) as u64));
+        }
+    }
+    let total_s = samples.len() as f64 / 16_000.0;
+    let reference = reference.join(" ");
+    let long = tmp.path().join("long-talk.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&long, spec).unwrap();
+    for s in &samples {
+        w.write_sample(*s).unwrap();
+    }
+    w.finalize().unwrap();
+
+    // Split run: the real pipeline.
+    let data = tmp.path().join("data");
+    let run = tubescribe(&data, &["process", long.to_str().unwrap()]);
+    assert_eq!(
+        run.code, 0,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    let id = &task_ids(&data)[0];
+    let m = manifest(&data, id);
+    let d = &m["stages"]["transcribe"]["detail"];
+    let bounds: Vec<u64> = serde_json::from_value(d["segment_bounds_ms"].clone()).unwrap();
+    eprintln!("{total_s:.1} s split at {bounds:?}");
+    assert!(bounds.len() >= 3, "at least two segments: {bounds:?}");
+    assert_eq!(d["segments_merged"].as_u64(), Some(bounds.len() as u64 - 1));
+    // Issue 4's attempt log: the split attempt hands over to the segment jobs, the merge is the
+    // next attempt; every segment job recorded its (fencing) attempt.
+    let outcomes: Vec<&str> = m["stages"]["transcribe"]["attempt_log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["split", "completed"],
+        "attempt log: {outcomes:?}"
+    );
+    assert_eq!(
+        d["segment_attempts"].as_object().map(|o| o.len()),
+        Some(bounds.len() - 1),
+        "{d}"
+    );
+    for cut in &bounds[1..bounds.len() - 1] {
+        assert!(
+            gaps.iter().any(|(a, b)| cut >= a && cut <= b),
+            "cut at {cut} ms is not in a pause"
+        );
+    }
+    let dir = data.join("tasks").join(id);
+    let t: Transcript =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("transcript.json")).unwrap())
+            .unwrap();
+    for w in t.segments.windows(2) {
+        assert!(
+            w[0].start_ms <= w[1].start_ms && w[0].end_ms <= w[1].start_ms,
+            "not monotonic: {:?} then {:?}",
+            w[0],
+            w[1]
+        );
+    }
+    assert!(t.segments.last().unwrap().end_ms <= (total_s * 1000.0) as u64 + 1000);
+    let split_text = std::fs::read_to_string(dir.join("transcript.txt")).unwrap();
+
+    // Unsplit run: one whisper call over the whole audio.
+    let model = AsrModel::load(&model()).unwrap();
+    let pcm = asr::read_wav_16k_mono(&long).unwrap();
+    // Same threads as the pipeline's segment jobs (busy-waiting whisper threads beyond the
+    // free cores would only slow the comparison down).
+    let threads = d["threads"].as_u64().unwrap_or(1) as usize;
+    let out = model
+        .transcribe(
+            &pcm,
+            &TranscribeOptions {
+                threads,
+                ..Default::default()
+            },
+            Arc::new(AtomicU8::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        )
+        .unwrap();
+    let unsplit_text = out
+        .segments
+        .iter()
+        .map(|s| s.text.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let (ws, wu) = (
+        word_error_rate(&reference, &split_text),
+        word_error_rate(&reference, &unsplit_text),
+    );
+    eprintln!("WER split {:.2}% unsplit {:.2}%", ws * 100.0, wu * 100.0);
+    assert!(
+        (ws - wu).abs() <= 0.02,
+        "WER split {ws:.4} vs unsplit {wu:.4} differ by more than 2 points"
+    );
+}
