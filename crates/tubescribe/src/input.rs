@@ -10,7 +10,25 @@
 //!
 //! Rules follow `design/download.md` §4.3 (host allow-list, exactly 11 chars
 //! of `[A-Za-z0-9_-]`, yt-dlp's `(?P<id>[0-9A-Za-z_-]{11})`).
+//!
+//! **SSRF.** Nothing outside YouTube is fetched unless the operator allowed the
+//! host (`--allow-host`). On top of that:
+//! - a URL whose host is an IP literal in a loopback, private, link-local,
+//!   carrier-grade-NAT, unique-local, multicast or unspecified range, or the
+//!   name `localhost` (and `*.localhost`), is refused with
+//!   [`InputError::PrivateAddress`] unless that exact host is allow-listed;
+//! - yt-dlp only ever receives canonical `https://www.youtube.com/watch?v=ID`
+//!   URLs (whose redirects stay within YouTube's own infrastructure); direct
+//!   URLs are fetched by our own HTTP client
+//!   (`stages::download::direct`), which checks **every redirect target**
+//!   with [`InputPolicy::check_fetch_url`] and every DNS answer with
+//!   [`InputPolicy::check_resolved`] (a public-looking allowed name that
+//!   resolves to a non-public address is refused unless the entry for it is
+//!   itself explicit; see there). We chose this over handing yt-dlp a direct
+//!   URL because yt-dlp follows redirects to any host and has no option to
+//!   restrict them.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -98,6 +116,90 @@ impl InputPolicy {
         Self { allow_hosts }
     }
 
+    /// Checks a URL we are about to fetch directly (the submitted URL on the
+    /// worker, and every redirect target): `http`/`https`, no credentials, a
+    /// host on the allow-list. YouTube hosts are not fetched directly and are
+    /// refused here too unless allow-listed.
+    ///
+    /// # Errors
+    /// [`InputError::UnsupportedScheme`], [`InputError::InvalidUrl`]
+    /// (credentials, no host), [`InputError::PrivateAddress`] (a non-public
+    /// IP literal or `localhost` that is not allowed) or
+    /// [`InputError::HostNotAllowed`].
+    pub fn check_fetch_url(&self, url: &Url) -> Result<(), InputError> {
+        match url.scheme() {
+            "http" | "https" => {}
+            other => {
+                return Err(InputError::UnsupportedScheme {
+                    scheme: other.to_owned(),
+                })
+            }
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(InputError::InvalidUrl(
+                "URLs with embedded credentials are not accepted".into(),
+            ));
+        }
+        let host = normalize_host(url.host_str().unwrap_or_default());
+        if host.is_empty() {
+            return Err(InputError::InvalidUrl(format!(
+                "{:?} has no host",
+                echo(url.as_str())
+            )));
+        }
+        if self.allows(url) {
+            return Ok(());
+        }
+        if let Some(class) = non_public_host(&host) {
+            return Err(InputError::PrivateAddress {
+                host: host_for_message(url),
+                class,
+            });
+        }
+        Err(InputError::HostNotAllowed {
+            host: host_for_message(url),
+        })
+    }
+
+    /// Checks one DNS answer for a connection to the allowed host name `host`
+    /// (lowercase, no port): a non-public address ([`ip_class`]) is accepted
+    /// only when `host` is `localhost`/`*.localhost` or the allow-list entry
+    /// names the address itself; every public address passes. Defence in
+    /// depth against DNS rebinding: an allowed public name whose DNS answer
+    /// suddenly points at `127.0.0.1` or `169.254.169.254` is refused.
+    /// A name that really lives on a private network (`media.lan`) is
+    /// therefore allowed by listing its address (`--allow-host 10.0.0.5`) as
+    /// well as its name.
+    ///
+    /// # Errors
+    /// [`InputError::PrivateAddress`] naming the host and the address class.
+    pub fn check_resolved(&self, host: &str, addr: IpAddr) -> Result<(), InputError> {
+        let Some(class) = ip_class(addr) else {
+            return Ok(());
+        };
+        let host = normalize_host(host);
+        if host == "localhost" || host.ends_with(".localhost") {
+            return Ok(());
+        }
+        let literal = match addr {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("[{v6}]"),
+        };
+        let listed = self
+            .allow_hosts
+            .iter()
+            .filter_map(|e| parse_host_entry(e))
+            .any(|(h, _)| h == literal);
+        if listed {
+            Ok(())
+        } else {
+            Err(InputError::PrivateAddress {
+                host: format!("{host} ({addr})"),
+                class,
+            })
+        }
+    }
+
     /// True when `url`'s host (and port) is on the allow-list.
     fn allows(&self, url: &Url) -> bool {
         let Some(host) = url.host_str() else {
@@ -139,6 +241,22 @@ pub enum InputError {
     HostNotAllowed {
         /// The refused host, with `:port` when the URL had an explicit port.
         host: String,
+    },
+
+    /// An `http`/`https` URL whose host is an IP literal in a non-public
+    /// range (loopback, private, link-local, …; see [`ip_class`]) or the name
+    /// `localhost`, and is not on the allow-list; or an allowed name whose
+    /// DNS answer is such an address (see [`InputPolicy::check_resolved`]).
+    /// Server-side request forgery protection.
+    #[error(
+        "Invalid YouTube URL: host {host} is a {class} address; private, loopback and \
+         link-local addresses are refused unless allowed explicitly with `--allow-host`"
+    )]
+    PrivateAddress {
+        /// The refused host (with `:port`, or with the resolved address).
+        host: String,
+        /// The address class, e.g. `loopback`, `private`, `link-local`.
+        class: &'static str,
     },
 
     /// A URL with a scheme other than `http`, `https` or `file`
@@ -207,6 +325,82 @@ fn echo(s: &str) -> String {
 fn normalize_host(host: &str) -> String {
     let h = host.to_ascii_lowercase();
     h.strip_suffix('.').map(str::to_owned).unwrap_or(h)
+}
+
+/// The class of a non-public IP address, or `None` for a public (globally
+/// routable unicast) one. IPv4-mapped/compatible IPv6 addresses are judged by
+/// their IPv4 part. Ranges: RFC 1122 (`0.0.0.0/8`, loopback `127/8`), RFC 1918
+/// (`10/8`, `172.16/12`, `192.168/16`), RFC 3927 link-local `169.254/16`
+/// (cloud metadata services live at `169.254.169.254`), RFC 6598 CGNAT
+/// `100.64/10`, RFC 5737/3849 documentation, multicast, broadcast, reserved
+/// `240/4`; IPv6 `::1`, `::`, `fc00::/7` (unique local), `fe80::/10`
+/// (link-local), `ff00::/8`.
+pub fn ip_class(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            if v4.is_loopback() {
+                Some("loopback")
+            } else if v4.is_unspecified() || o[0] == 0 {
+                Some("unspecified")
+            } else if v4.is_private() {
+                Some("private")
+            } else if v4.is_link_local() {
+                Some("link-local")
+            } else if o[0] == 100 && (o[1] & 0xc0) == 64 {
+                Some("carrier-grade NAT")
+            } else if v4.is_multicast() || v4.is_broadcast() || o[0] >= 240 {
+                Some("multicast/reserved")
+            } else if v4.is_documentation() || (o[0] == 192 && o[1] == 0 && o[2] == 0) {
+                Some("reserved")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return ip_class(IpAddr::V4(v4));
+            }
+            let seg = v6.segments();
+            if v6.is_loopback() {
+                Some("loopback")
+            } else if v6.is_unspecified() {
+                Some("unspecified")
+            } else if (seg[0] & 0xfe00) == 0xfc00 {
+                Some("unique-local (private)")
+            } else if (seg[0] & 0xffc0) == 0xfe80 {
+                Some("link-local")
+            } else if v6.is_multicast() {
+                Some("multicast/reserved")
+            } else if seg[0] == 0 && seg[1] == 0 && seg[2] == 0 && seg[3] == 0 && seg[4] == 0 {
+                // ::a.b.c.d (deprecated IPv4-compatible) and other ::/80 forms
+                let v4 = std::net::Ipv4Addr::new(
+                    (seg[6] >> 8) as u8,
+                    seg[6] as u8,
+                    (seg[7] >> 8) as u8,
+                    seg[7] as u8,
+                );
+                ip_class(IpAddr::V4(v4)).or(Some("reserved"))
+            } else if seg[0] == 0x2001 && seg[1] == 0x0db8 {
+                Some("reserved")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// The non-public class of a normalized URL host (`127.0.0.1`, `[::1]`,
+/// `localhost`, `foo.localhost`), or `None`.
+fn non_public_host(host: &str) -> Option<&'static str> {
+    if host == "localhost" || host.ends_with(".localhost") {
+        return Some("loopback");
+    }
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    bare.parse::<IpAddr>().ok().and_then(ip_class)
 }
 
 /// Parses an allow-list entry into (normalized host, optional port).
@@ -572,15 +766,17 @@ pub fn parse_input(s: &str, policy: &InputPolicy) -> Result<Input, InputError> {
                     return Err(InputError::InvalidUrl(format!("{:?} has no host", echo(s))));
                 }
                 if !policy.allows(&url) {
+                    if let Some(class) = non_public_host(&host) {
+                        return Err(InputError::PrivateAddress {
+                            host: host_for_message(&url),
+                            class,
+                        });
+                    }
                     return Err(InputError::HostNotAllowed {
                         host: host_for_message(&url),
                     });
                 }
-                if !url.username().is_empty() || url.password().is_some() {
-                    return Err(InputError::InvalidUrl(
-                        "URLs with embedded credentials are not accepted".into(),
-                    ));
-                }
+                policy.check_fetch_url(&url)?;
                 Ok(Input::DirectUrl { url })
             }
             _ => Err(InputError::UnsupportedScheme { scheme }),
@@ -594,8 +790,14 @@ pub fn parse_input(s: &str, policy: &InputPolicy) -> Result<Input, InputError> {
     if looks_like_host_url(s) {
         let guess = Url::parse(&format!("http://{s}"))
             .map_err(|e| InputError::InvalidUrl(format!("cannot parse {:?}: {e}", echo(s))))?;
+        let host = normalize_host(guess.host_str().unwrap_or_default());
         return if policy.allows(&guess) {
             Err(InputError::MissingScheme { input: echo(s) })
+        } else if let Some(class) = non_public_host(&host) {
+            Err(InputError::PrivateAddress {
+                host: host_for_message(&guess),
+                class,
+            })
         } else {
             Err(InputError::HostNotAllowed {
                 host: host_for_message(&guess),
@@ -666,7 +868,8 @@ impl Input {
     ///
     /// - YouTube: `yt-<video_id>`.
     /// - Local file: `file-<first 16 hex chars of SHA-256 of the canonical
-    ///   path's bytes>`.
+    ///   path's bytes>`, followed by `\0<size in bytes>\0<mtime in ns>` when the
+    ///   file can be stat'ed, so a file changed in place is a new task.
     /// - Direct URL: `url-<first 16 hex chars of SHA-256 of the normalized
     ///   URL string>`.
     ///
@@ -679,7 +882,16 @@ impl Input {
         match self {
             Input::YouTube { video_id, .. } => format!("yt-{video_id}"),
             Input::LocalFile { path } => {
-                format!("file-{}", sha256_16(path.as_os_str().as_encoded_bytes()))
+                let mut bytes = path.as_os_str().as_encoded_bytes().to_vec();
+                if let Ok(md) = std::fs::metadata(path) {
+                    let mtime_ns = md
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_nanos());
+                    bytes.extend_from_slice(format!("\0{}\0{mtime_ns}", md.len()).as_bytes());
+                }
+                format!("file-{}", sha256_16(&bytes))
             }
             Input::DirectUrl { url } => format!("url-{}", sha256_16(url.as_str().as_bytes())),
         }
@@ -762,6 +974,7 @@ mod tests {
         Host,
         Scheme,
         NotFound,
+        Private,
     }
 
     fn kind(e: &InputError) -> Kind {
@@ -770,6 +983,7 @@ mod tests {
             InputError::HostNotAllowed { .. } => Kind::Host,
             InputError::UnsupportedScheme { .. } => Kind::Scheme,
             InputError::FileNotFound { .. } => Kind::NotFound,
+            InputError::PrivateAddress { .. } => Kind::Private,
             other => panic!("unexpected error kind {other:?}"),
         }
     }
@@ -818,9 +1032,12 @@ mod tests {
             ("ftp://example.com/a.mp3", Kind::Scheme, "Invalid YouTube URL: scheme `ftp:` is not supported"),
             ("javascript:alert(1)", Kind::Scheme, "Invalid YouTube URL: scheme `javascript:` is not supported"),
             ("data:text/plain,hello", Kind::Scheme, "Invalid YouTube URL: scheme `data:` is not supported"),
-            ("http://localhost:8080/a.mp3", Kind::Host,
-             "Invalid YouTube URL: host localhost:8080 is not a YouTube host and is not allowed for direct media URLs; \
-              to fetch it anyway, allow it with `--allow-host localhost:8080` or TUBESCRIBE_ALLOW_HOSTS=localhost:8080"),
+            ("http://media.example.org:8080/a.mp3", Kind::Host,
+             "Invalid YouTube URL: host media.example.org:8080 is not a YouTube host and is not allowed for direct media URLs; \
+              to fetch it anyway, allow it with `--allow-host media.example.org:8080` or TUBESCRIBE_ALLOW_HOSTS=media.example.org:8080"),
+            ("http://localhost:8080/a.mp3", Kind::Private,
+             "Invalid YouTube URL: host localhost:8080 is a loopback address; private, loopback and link-local addresses \
+              are refused unless allowed explicitly with `--allow-host`"),
             ("/definitely/not/here/talk.mp3", Kind::NotFound, "file not found: /definitely/not/here/talk.mp3"),
             ("talk-that-does-not-exist.mp3", Kind::NotFound, "file not found: talk-that-does-not-exist.mp3"),
         ];
@@ -896,7 +1113,7 @@ mod tests {
             assert!(
                 matches!(
                     parse_input(refused, &policy),
-                    Err(InputError::HostNotAllowed { .. })
+                    Err(InputError::HostNotAllowed { .. } | InputError::PrivateAddress { .. })
                 ),
                 "{refused}"
             );
@@ -941,8 +1158,179 @@ mod tests {
         // Empty policy refuses everything direct.
         assert!(matches!(
             parse_input("http://localhost:8080/a.mp3", &InputPolicy::default()),
+            Err(InputError::PrivateAddress { .. })
+        ));
+        assert!(matches!(
+            parse_input("http://media.example.org/a.mp3", &InputPolicy::default()),
             Err(InputError::HostNotAllowed { .. })
         ));
+    }
+
+    /// Class 1 (SSRF): non-public IP literals and `localhost` are refused
+    /// with a reason unless allow-listed exactly; redirect targets and DNS
+    /// answers are checked against the same policy.
+    #[test]
+    fn ssrf_private_literals_redirects_and_dns() {
+        let none = InputPolicy::default();
+        let cases: &[(&str, &str)] = &[
+            ("http://127.0.0.1/a.mp3", "127.0.0.1 is a loopback address"),
+            (
+                "http://127.1.2.3:8080/a.mp3",
+                "127.1.2.3:8080 is a loopback address",
+            ),
+            ("http://10.0.0.5/a.mp3", "10.0.0.5 is a private address"),
+            ("http://172.16.3.4/a.mp3", "172.16.3.4 is a private address"),
+            (
+                "http://192.168.1.1/a.mp3",
+                "192.168.1.1 is a private address",
+            ),
+            (
+                "http://169.254.169.254/latest/meta-data/",
+                "169.254.169.254 is a link-local address",
+            ),
+            (
+                "http://100.64.0.1/a.mp3",
+                "100.64.0.1 is a carrier-grade NAT address",
+            ),
+            (
+                "http://0.0.0.0:80/a.mp3",
+                "0.0.0.0 is a unspecified address",
+            ),
+            ("http://[::1]/a.mp3", "[::1] is a loopback address"),
+            (
+                "http://[fe80::1]/a.mp3",
+                "[fe80::1] is a link-local address",
+            ),
+            (
+                "http://[fd00::1]/a.mp3",
+                "[fd00::1] is a unique-local (private) address",
+            ),
+            (
+                "http://[::ffff:127.0.0.1]/a.mp3",
+                "[::ffff:7f00:1] is a loopback address",
+            ),
+            ("http://localhost/a.mp3", "localhost is a loopback address"),
+            (
+                "http://api.localhost/a.mp3",
+                "api.localhost is a loopback address",
+            ),
+            // Alternative spellings the URL parser normalizes to 127.0.0.1 / 10.0.0.1.
+            ("http://2130706433/a.mp3", "127.0.0.1 is a loopback address"),
+            ("http://0x7f.1/a.mp3", "127.0.0.1 is a loopback address"),
+            ("http://012.0.0.1/a.mp3", "10.0.0.1 is a private address"),
+            ("127.0.0.1/a.mp3", "127.0.0.1 is a loopback address"),
+        ];
+        for (input, want) in cases {
+            let err = parse_input(input, &none).unwrap_err();
+            assert_eq!(kind(&err), Kind::Private, "{input}: {err}");
+            let msg = err.to_string();
+            assert!(msg.contains(want), "{input}: {msg}");
+            assert!(msg.starts_with("Invalid YouTube URL: host "), "{msg}");
+        }
+        // Public hosts not on the list stay HostNotAllowed.
+        for input in ["http://8.8.8.8/a.mp3", "https://[2606:4700::1]/a.mp3"] {
+            assert_eq!(
+                kind(&parse_input(input, &none).unwrap_err()),
+                Kind::Host,
+                "{input}"
+            );
+        }
+        // Explicitly allowed private hosts are accepted.
+        let lan = InputPolicy::from_list("127.0.0.1:8080, 10.0.0.5, [::1]");
+        for ok in [
+            "http://127.0.0.1:8080/a.mp3",
+            "http://10.0.0.5/a.mp3",
+            "http://[::1]:1234/a.mp3",
+        ] {
+            assert!(
+                matches!(parse_input(ok, &lan), Ok(Input::DirectUrl { .. })),
+                "{ok}"
+            );
+        }
+        // Redirect targets: only allowed hosts, only http(s), no credentials.
+        let u = |s: &str| Url::parse(s).unwrap();
+        assert!(lan
+            .check_fetch_url(&u("http://127.0.0.1:8080/b.mp3"))
+            .is_ok());
+        for (target, k) in [
+            ("http://169.254.169.254/latest/meta-data/", Kind::Private),
+            ("http://127.0.0.1:9999/x", Kind::Private),
+            ("http://localhost:8080/x", Kind::Private),
+            ("https://evil.example/x.mp3", Kind::Host),
+            ("https://www.youtube.com/watch?v=dQw4w9WgXcQ", Kind::Host),
+            ("ftp://127.0.0.1:8080/x", Kind::Scheme),
+        ] {
+            let e = lan.check_fetch_url(&u(target)).unwrap_err();
+            assert_eq!(kind(&e), k, "{target}: {e}");
+        }
+        assert!(matches!(
+            lan.check_fetch_url(&u("http://a:b@127.0.0.1:8080/x")),
+            Err(InputError::InvalidUrl(_))
+        ));
+        // DNS answers: a public name resolving to a non-public address is refused
+        // unless the address itself is listed; public answers pass.
+        let named = InputPolicy::from_list("media.example.org, 10.0.0.5");
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(named
+            .check_resolved("media.example.org", ip("93.184.216.34"))
+            .is_ok());
+        assert!(named
+            .check_resolved("media.example.org", ip("10.0.0.5"))
+            .is_ok());
+        let e = named
+            .check_resolved("media.example.org", ip("169.254.169.254"))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Invalid YouTube URL: host media.example.org (169.254.169.254) is a link-local address; \
+             private, loopback and link-local addresses are refused unless allowed explicitly with `--allow-host`"
+        );
+        assert!(named
+            .check_resolved("media.example.org", ip("127.0.0.1"))
+            .is_err());
+        assert!(named
+            .check_resolved("media.example.org", ip("::1"))
+            .is_err());
+        assert!(named.check_resolved("localhost", ip("127.0.0.1")).is_ok());
+        // ip_class on the edges of each range.
+        for (a, want) in [
+            ("172.15.255.255", None),
+            ("172.32.0.0", None),
+            ("100.63.255.255", None),
+            ("100.128.0.0", None),
+            ("169.253.255.255", None),
+            ("1.1.1.1", None),
+            ("2a00:1450::1", None),
+            ("224.0.0.1", Some("multicast/reserved")),
+            ("255.255.255.255", Some("multicast/reserved")),
+            ("fe80::abcd", Some("link-local")),
+            ("::", Some("unspecified")),
+        ] {
+            assert_eq!(ip_class(ip(a)), want, "{a}");
+        }
+    }
+
+    /// Class 1 (URL forms): `&list=` on a watch URL keeps only that video;
+    /// an id starting with `-` is accepted inside a URL and normalized into
+    /// the canonical URL (never a bare argument).
+    #[test]
+    fn watch_with_list_and_dash_ids() {
+        let pol = InputPolicy::default();
+        for (input, id) in [
+            ("https://www.youtube.com/watch?v=dQw4w9WgXcQ&list=PLx0sYbCqOb8TBPRdmBHs5Iftvv9TPboYG&index=3", "dQw4w9WgXcQ"),
+            ("https://www.youtube.com/watch?list=PL1&v=dQw4w9WgXcQ", "dQw4w9WgXcQ"),
+            ("https://youtu.be/-bcdefghij0?list=PL1", "-bcdefghij0"),
+            ("https://www.youtube.com/watch?v=--exec_rm_x", "--exec_rm_x"),
+        ] {
+            match parse_input(input, &pol) {
+                Ok(Input::YouTube { video_id, url }) => {
+                    assert_eq!(video_id, id);
+                    assert_eq!(url, format!("https://www.youtube.com/watch?v={id}"));
+                }
+                other => panic!("{input}: {other:?}"),
+            }
+        }
+        assert!(parse_input("--exec_rm_x", &pol).is_err());
     }
 
     fn temp_file(name: &str) -> PathBuf {
@@ -1066,6 +1454,13 @@ mod tests {
         .unwrap();
         assert_eq!(f1.source_key(), f2.source_key());
         assert!(f1.source_key().starts_with("file-") && f1.source_key().len() == 5 + 16);
+        // The same path with other contents (size or mtime changed) is another source.
+        let before = f1.source_key();
+        std::fs::write(&p, b"RIFF changed contents").unwrap();
+        assert_ne!(
+            parse_input(p.to_str().unwrap(), &pol).unwrap().source_key(),
+            before
+        );
         for key in [a.source_key(), k, f1.source_key()] {
             assert!(valid_job_fragment(&key), "{key}");
         }

@@ -11,6 +11,28 @@ use crate::stages::Stage;
 /// Manifest format version, bumped on incompatible changes.
 pub const MANIFEST_VERSION: u32 = 1;
 
+/// A title made safe for a terminal or a log line, for display only (the manifest keeps the
+/// title exactly as published): control characters (NUL, C0, DEL, C1) and the Unicode
+/// bidirectional controls that can reorder the rest of a line (U+200E/F, U+202A–U+202E,
+/// U+2066–U+2069) are shown as `\u{…}` escapes; right-to-left letters, emoji and everything
+/// else are kept; longer than 120 characters is cut with `…`.
+pub fn display_title(title: &str) -> String {
+    let mut out = String::new();
+    for (n, c) in title.chars().enumerate() {
+        if n == 120 {
+            out.push('…');
+            break;
+        }
+        let bidi = matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || bidi {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Milliseconds since the Unix epoch (UTC).
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -503,5 +525,15 @@ mod tests {
         assert_eq!(j["source"]["kind"], "youtube");
         let back: Manifest = serde_json::from_value(j).unwrap();
         assert_eq!(back, m);
+    }
+
+    #[test]
+    fn display_title_escapes_controls_and_keeps_text() {
+        assert_eq!(display_title("a\0b/../c"), "a\\u{0}b/../c");
+        assert_eq!(display_title("שלום 🎵 مرحبا"), "שלום 🎵 مرحبا");
+        assert_eq!(display_title("x\u{202E}gpj.exe"), "x\\u{202e}gpj.exe");
+        assert_eq!(display_title("line\nbreak\t"), "line\\u{a}break\\u{9}");
+        let long = "é".repeat(300);
+        assert_eq!(display_title(&long).chars().count(), 121);
     }
 }

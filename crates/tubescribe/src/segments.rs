@@ -98,6 +98,12 @@ pub struct SegmentResult {
     pub rtf: f64,
     /// Peak process RSS during the job, bytes.
     pub peak_rss_bytes: u64,
+    /// Repeated-phrase loops cut from this segment (`asr::cut_repetition_loops`).
+    #[serde(default)]
+    pub loops_cut: usize,
+    /// Milliseconds of this segment judged to be speech and handed to whisper.
+    #[serde(default)]
+    pub speech_ms: u64,
 }
 
 /// The job id of segment `index` of `task_id`: `seg<index>-<task_id>`.
@@ -412,6 +418,8 @@ async fn merge_step(
     let mut language = String::from("en");
     let mut rtf_num = 0.0;
     let mut peak = 0u64;
+    let mut loops_cut = 0usize;
+    let mut speech_ms = 0u64;
     for i in 0..bounds.len() - 1 {
         let id = segment_job_id(&jctx.task_id, i);
         let job = q
@@ -425,6 +433,8 @@ async fn merge_step(
         language = r.language.clone();
         rtf_num += r.rtf * (bounds[i + 1] - bounds[i]) as f64;
         peak = peak.max(r.peak_rss_bytes);
+        loops_cut += r.loops_cut;
+        speech_ms += r.speech_ms;
         parts.push((bounds[i + 1], r.segments));
     }
     let total_ms = *bounds.last().unwrap_or(&0);
@@ -493,6 +503,12 @@ async fn merge_step(
         );
         d.insert("rtf".into(), serde_json::json!(rtf));
         d.insert(
+            "speech_s".into(),
+            serde_json::json!(speech_ms as f64 / 1000.0),
+        );
+        d.insert("repetition_loops_cut".into(), serde_json::json!(loops_cut));
+        d.insert("repetition_cut".into(), serde_json::json!(loops_cut > 0));
+        d.insert(
             "peak_rss_mb".into(),
             serde_json::json!(peak as f64 / 1048576.0),
         );
@@ -501,22 +517,6 @@ async fn merge_step(
         result: serde_json::to_value(&result).expect("serializable"),
         outputs,
     })
-}
-
-/// Reads samples `[start_ms, end_ms)` of a 16 kHz mono s16 WAV as f32.
-fn read_slice(path: &std::path::Path, start_ms: u64, end_ms: u64) -> Result<Vec<f32>, String> {
-    let mut r = hound::WavReader::open(path).map_err(|e| e.to_string())?;
-    let spec = r.spec();
-    if spec.sample_rate != SAMPLE_RATE || spec.channels != 1 || spec.bits_per_sample != 16 {
-        return Err(format!("{} is not 16 kHz mono s16", path.display()));
-    }
-    let start = (start_ms * SAMPLE_RATE as u64 / 1000) as u32;
-    let n = ((end_ms - start_ms) * SAMPLE_RATE as u64 / 1000) as usize;
-    r.seek(start.min(r.duration())).map_err(|e| e.to_string())?;
-    r.samples::<i16>()
-        .take(n)
-        .map(|s| s.map(|v| v as f32 / 32768.0).map_err(|e| e.to_string()))
-        .collect()
 }
 
 /// Why a running segment job was stopped from outside (mirrors `queue.rs`'s stage stops).
@@ -695,11 +695,7 @@ async fn segment_run(
     let model = ctx.asr().await?;
     let probe = crate::budget::RssProbe::start();
     let wav = task.file(names::AUDIO_WAV);
-    let (s, e) = (d.start_ms, d.end_ms);
-    let pcm = tokio::task::spawn_blocking(move || read_slice(&wav, s, e))
-        .await
-        .map_err(|e| StageError::permanent(format!("wav reader panicked: {e}")))?
-        .map_err(|e| StageError::permanent(format!("cannot read audio.wav: {e}")))?;
+    let range = Some((d.start_ms, d.end_ms));
     let threads = crate::budget::job_threads(&ctx.cfg);
     let opts = TranscribeOptions {
         threads,
@@ -710,7 +706,10 @@ async fn segment_run(
     let abort = Arc::new(AtomicBool::new(false));
     let (p2, a2, m2) = (pct.clone(), abort.clone(), model.clone());
     let started = Instant::now();
-    let mut handle = tokio::task::spawn_blocking(move || m2.transcribe(&pcm, &opts, p2, a2));
+    // Same speech gate, loop cutting and language check as a whole short file; timestamps
+    // come back on audio.wav's timeline.
+    let mut handle =
+        tokio::task::spawn_blocking(move || m2.transcribe_wav_range(&wav, range, &opts, p2, a2));
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let report = |p: f64| {
         let done = d.start_ms as f64 + p / 100.0 * (d.end_ms - d.start_ms) as f64;
@@ -777,6 +776,7 @@ async fn segment_run(
         .map_err(|e| StageError::permanent(format!("whisper panicked: {e}")))?
         .map_err(|e| match e {
             asr::AsrError::Aborted => StageError::permanent("cancelled"),
+            e @ asr::AsrError::UnsupportedLanguage { .. } => StageError::permanent(e.to_string()),
             e if e.is_retryable() => StageError::retryable(format!("whisper failed: {e}")),
             e => StageError::permanent(format!("whisper failed: {e}")),
         })?;
@@ -788,8 +788,8 @@ async fn segment_run(
         .segments
         .into_iter()
         .map(|s| Segment {
-            start_ms: s.start_ms + d.start_ms,
-            end_ms: s.end_ms + d.start_ms,
+            start_ms: s.start_ms,
+            end_ms: s.end_ms,
             text: s.text,
         })
         .collect();
@@ -818,6 +818,8 @@ async fn segment_run(
         language: out.language,
         rtf,
         peak_rss_bytes: rss.peak_bytes,
+        loops_cut: out.loops_cut,
+        speech_ms: out.speech_ms,
     };
     Ok(serde_json::to_value(&result).expect("serializable"))
 }

@@ -50,10 +50,16 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// True when the underlying error is ENOSPC ("disk full").
+    /// True when the underlying error is ENOSPC or EDQUOT ("disk full").
     pub fn is_disk_full(&self) -> bool {
-        matches!(self, StoreError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
+        matches!(self, StoreError::Io { source, .. } if is_disk_full_io(source))
     }
+}
+
+/// True when `e` is ENOSPC ("No space left on device") or EDQUOT (quota exceeded), which
+/// stages report as `disk full`.
+pub fn is_disk_full_io(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
@@ -191,6 +197,12 @@ impl TaskDir {
         Ok(self
             .tmp_dir()?
             .join(format!("{}.{}.{}", std::process::id(), n, name)))
+    }
+
+    /// Bytes available to us on the filesystem holding this task directory (statvfs
+    /// `f_bavail × f_frsize`, via `fs4::available_space`). The directory must exist.
+    pub fn free_bytes(&self) -> Result<u64, StoreError> {
+        fs4::available_space(&self.root).map_err(io("statvfs", &self.root))
     }
 
     /// Removes the temp directory and everything in it (after a stage ends, either way).

@@ -913,3 +913,272 @@ async fn read_for(url: &str, d: Duration) -> String {
     }
     out
 }
+
+/// Issue 6, class 9 (API): malformed JSON, wrong types, bad query strings, unknown routes,
+/// wrong methods and oversized bodies get a 4xx with a message in the route's own error
+/// format (problem+json for REST, the tRPC error envelope for `/trpc`); with a token
+/// configured, every mutating route refuses a request without it — before looking at the
+/// body or the task id — and nothing is queued by any refused request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn class9_api_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (_srv, base) = serve(
+        &data,
+        &["--no-workers", "--api-token", "t0k3n", "--max-body-kb", "2"],
+    );
+    let c = reqwest::Client::new();
+    // (method, path, body, content-type) → (status, expected words in the message).
+    async fn send(
+        c: &reqwest::Client,
+        method: reqwest::Method,
+        url: String,
+        body: &str,
+        token: bool,
+    ) -> (u16, String, Value) {
+        let mut rq = c
+            .request(method, url)
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if token {
+            rq = rq.bearer_auth("t0k3n");
+        }
+        let r = rq.send().await.unwrap();
+        let s = r.status().as_u16();
+        let ct = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let text = r.text().await.unwrap();
+        (
+            s,
+            ct,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+    /// The message of an error answer in either format.
+    fn message(v: &Value) -> String {
+        v["detail"]
+            .as_str()
+            .or(v["error"]["message"].as_str())
+            .or(v[0]["error"]["message"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    }
+    fn trpc_code(v: &Value) -> Option<&str> {
+        v["error"]["data"]["code"].as_str()
+    }
+    let big = format!("{{\"link\": \"{}\"}}", "x".repeat(4096));
+    let video = "https://www.youtube.com/watch?v=dQw4w9WgXcQ";
+    let post = reqwest::Method::POST;
+    let cases: Vec<(reqwest::Method, String, String, u16, &str)> = vec![
+        // Malformed JSON.
+        (
+            post.clone(),
+            "/api/tasks".into(),
+            "{\"link\": ".into(),
+            400,
+            "invalid input",
+        ),
+        (
+            post.clone(),
+            "/trpc/tasks.create".into(),
+            "{\"link\": ".into(),
+            400,
+            "invalid input",
+        ),
+        (
+            post.clone(),
+            "/api/tasks".into(),
+            "[1, 2".into(),
+            400,
+            "invalid input",
+        ),
+        // Wrong types and missing fields.
+        (
+            post.clone(),
+            "/api/tasks".into(),
+            "{\"link\": 42}".into(),
+            400,
+            "invalid type",
+        ),
+        (
+            post.clone(),
+            "/trpc/tasks.create".into(),
+            "{\"link\": [\"a\"]}".into(),
+            400,
+            "invalid type",
+        ),
+        (
+            post.clone(),
+            "/api/tasks".into(),
+            format!("{{\"link\": \"{video}\", \"fresh\": \"yes\"}}"),
+            400,
+            "invalid type",
+        ),
+        (
+            post.clone(),
+            "/api/tasks".into(),
+            "{}".into(),
+            400,
+            "missing field",
+        ),
+        (
+            post.clone(),
+            "/api/tasks".into(),
+            "null".into(),
+            400,
+            "invalid",
+        ),
+        (
+            post.clone(),
+            "/trpc/tasks.cancel".into(),
+            "{\"taskId\": 7}".into(),
+            400,
+            "invalid type",
+        ),
+        // Oversized bodies (limit 2 KiB).
+        (
+            post.clone(),
+            "/api/tasks".into(),
+            big.clone(),
+            413,
+            "too large",
+        ),
+        (
+            post.clone(),
+            "/trpc/tasks.create".into(),
+            big.clone(),
+            413,
+            "too large",
+        ),
+        // Unknown routes and procedures.
+        (
+            post.clone(),
+            "/api/nope".into(),
+            "{}".into(),
+            404,
+            "no route",
+        ),
+        (
+            post.clone(),
+            "/trpc/tasks.nope".into(),
+            "{}".into(),
+            404,
+            "tasks.nope",
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/tasks/x/y/z".into(),
+            String::new(),
+            404,
+            "no route",
+        ),
+        (
+            reqwest::Method::GET,
+            "/nope".into(),
+            String::new(),
+            404,
+            "no route",
+        ),
+        // Wrong methods.
+        (
+            reqwest::Method::DELETE,
+            "/api/tasks".into(),
+            String::new(),
+            405,
+            "DELETE is not allowed",
+        ),
+        (
+            reqwest::Method::PUT,
+            "/api/tasks/abc/cancel".into(),
+            "{}".into(),
+            405,
+            "PUT is not allowed",
+        ),
+        // Bad query strings.
+        (
+            reqwest::Method::GET,
+            "/api/tasks?limit=many".into(),
+            String::new(),
+            400,
+            "invalid query",
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/trpc/tasks.get?input={}", "%7Bbroken"),
+            String::new(),
+            400,
+            "input",
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/trpc/tasks.get?input={}", "%7B%22taskId%22%3A5%7D"),
+            String::new(),
+            400,
+            "invalid type",
+        ),
+    ];
+    for (method, path, body, want, words) in &cases {
+        let (s, ct, v) = send(&c, method.clone(), format!("{base}{path}"), body, true).await;
+        let what = format!("{method} {path} {}", &body[..body.len().min(40)]);
+        assert_eq!(s, *want, "{what}: {v}");
+        let msg = message(&v);
+        assert!(
+            msg.contains(words),
+            "{what}: message {msg:?} lacks {words:?} ({v})"
+        );
+        if path.starts_with("/trpc/") {
+            assert!(
+                trpc_code(&v).is_some(),
+                "{what}: not a tRPC error envelope: {v}"
+            );
+            assert_eq!(
+                v["error"]["data"]["httpStatus"].as_u64(),
+                Some(*want as u64),
+                "{what}"
+            );
+        } else {
+            assert_eq!(ct, "application/problem+json", "{what}");
+            assert_eq!(v["status"].as_u64(), Some(*want as u64), "{what}");
+        }
+    }
+    // Every mutating route refuses a request without the token (and with a wrong one),
+    // whatever the body and even for task ids that do not exist.
+    let good = format!("{{\"link\": \"{video}\"}}");
+    let mutating = [
+        ("/api/tasks", good.clone()),
+        ("/api/tasks/abc123/cancel", String::new()),
+        ("/api/tasks/abc123/retry", String::new()),
+        ("/trpc/tasks.create", good.clone()),
+        ("/trpc/tasks.cancel", "{\"taskId\": \"abc123\"}".into()),
+        ("/trpc/tasks.retry", "{\"taskId\": \"abc123\"}".into()),
+        (
+            "/trpc/tasks.create,tasks.cancel?batch=1",
+            format!("{{\"0\": {good}, \"1\": {{\"taskId\": \"abc123\"}}}}"),
+        ),
+        ("/api/tasks", "{\"link\": ".into()),
+        ("/api/nope", String::new()),
+    ];
+    for (path, body) in &mutating {
+        let (s, _, v) = send(&c, post.clone(), format!("{base}{path}"), body, false).await;
+        assert_eq!(s, 401, "POST {path} without a token: {v}");
+        assert!(message(&v).contains("bearer token"), "POST {path}: {v}");
+        let r = c
+            .post(format!("{base}{path}"))
+            .bearer_auth("t0k3")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "POST {path} with a wrong token");
+    }
+    // Nothing above created a task.
+    let (s, v) = get_json(&format!("{base}/api/tasks")).await;
+    assert_eq!((s, v["total"].as_u64()), (200, Some(0)), "{v}");
+    // The same create with the token is accepted.
+    let (s, _, v) = send(&c, post, format!("{base}/api/tasks"), &good, true).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["videoId"], "dQw4w9WgXcQ");
+}

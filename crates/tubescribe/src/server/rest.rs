@@ -33,8 +33,10 @@ pub async fn create(
 /// `GET /api/tasks?status=&limit=&offset=` → `{tasks, total, offset, limit}`.
 pub async fn list(
     State(st): State<Shared>,
-    Query(q): Query<ListInput>,
+    q: Result<Query<ListInput>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(q) =
+        q.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
     Ok(Json(api::list(&st, q)?).into_response())
 }
 
@@ -114,4 +116,9 @@ pub async fn file(
 /// Any other path: 404 problem.
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!("no route for {}", uri.path()))
+}
+
+/// 405 (problem+json) for a known path with a method it does not have.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::method(format!("{method} is not allowed on {}", uri.path()))
 }

@@ -306,6 +306,54 @@ pub struct StageOutput {
     pub outputs: Vec<OutputFile>,
 }
 
+/// How often a job paused for disk space looks again.
+const SPACE_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a job waits for disk space before it fails with `disk full`.
+pub const MAX_SPACE_WAIT: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+/// Waits until the task directory's filesystem has at least `need` bytes free. While it has
+/// not, the job is *paused* (phase `paused: waiting for free disk space …` in the manifest),
+/// so a full disk makes new work wait instead of failing in a loop; it resumes by itself once
+/// space is freed. Cancel-aware.
+///
+/// # Errors
+/// `cancelled`; `disk full: …` (retryable) after [`MAX_SPACE_WAIT`]; the statvfs error.
+pub async fn wait_for_free_space(job: &JobCtx, need: u64, what: &str) -> Result<(), StageError> {
+    let started = std::time::Instant::now();
+    let mut warned = false;
+    loop {
+        let free = job.task.free_bytes()?;
+        if free >= need {
+            if warned {
+                tracing::info!(task = %job.task_id, free, "disk space available again; resuming");
+            }
+            return Ok(());
+        }
+        let mib = |b: u64| b as f64 / 1_048_576.0;
+        let msg = format!(
+            "paused: waiting for free disk space before the {what} ({:.1} MiB free, {:.1} MiB needed)",
+            mib(free),
+            mib(need)
+        );
+        if !warned {
+            tracing::warn!(task = %job.task_id, free, need, "{msg}");
+            warned = true;
+        }
+        if started.elapsed() >= MAX_SPACE_WAIT {
+            return Err(StageError::retryable(format!(
+                "disk full: only {:.1} MiB free, {:.1} MiB needed before the {what}",
+                mib(free),
+                mib(need)
+            )));
+        }
+        job.report(0.0, Some(&msg));
+        tokio::select! {
+            _ = tokio::time::sleep(SPACE_POLL) => {}
+            _ = job.cancel.cancelled() => return Err(StageError::permanent("cancelled")),
+        }
+    }
+}
+
 /// The result recorded by an earlier run that completed `stage`, when every output it
 /// recorded is still in place with the same size and SHA-256; `None` means the stage must run.
 ///

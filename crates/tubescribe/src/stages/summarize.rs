@@ -55,7 +55,8 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
                     tracing::warn!(task = %job.task_id, error = %e, "LLM failed; using the extractive summary");
                     let mut s = extractive::summarize(&segments, &extractive::Options::default());
                     s.notes.push(format!(
-                        "fell back to the extractive summary: LLM failed: {e}"
+                        "{}: LLM failed: {e}",
+                        summarizer::FALLBACK_NOTE_PREFIX
                     ));
                     s
                 }

@@ -68,10 +68,6 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
     job.report(DECODE_SHARE, Some("transcribing"));
     let probe = crate::budget::RssProbe::start();
     let wav_path = job.task.file(names::AUDIO_WAV);
-    let pcm = tokio::task::spawn_blocking(move || asr::read_wav_16k_mono(&wav_path))
-        .await
-        .map_err(|e| StageError::permanent(format!("wav reader panicked: {e}")))?
-        .map_err(|e| StageError::permanent(format!("cannot read audio.wav: {e}")))?;
 
     let opts = TranscribeOptions {
         threads: crate::budget::job_threads(&ctx.cfg),
@@ -82,7 +78,8 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
     let abort = Arc::new(AtomicBool::new(false));
     let (p2, a2, m2) = (pct.clone(), abort.clone(), model.clone());
     let started = Instant::now();
-    let mut handle = tokio::task::spawn_blocking(move || m2.transcribe(&pcm, &opts, p2, a2));
+    let mut handle =
+        tokio::task::spawn_blocking(move || m2.transcribe_wav(&wav_path, &opts, p2, a2));
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let out = loop {
         tokio::select! {
@@ -102,10 +99,15 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
         .map_err(|e| StageError::permanent(format!("whisper panicked: {e}")))?
         .map_err(|e| match e {
             asr::AsrError::Aborted => StageError::permanent("cancelled"),
+            e @ asr::AsrError::UnsupportedLanguage { .. } => StageError::permanent(e.to_string()),
             e if e.is_retryable() => StageError::retryable(format!("whisper failed: {e}")),
             e => StageError::permanent(format!("whisper failed: {e}")),
         })?;
 
+    let out_stats = asr::WavTranscription {
+        segments: Vec::new(),
+        ..out.clone()
+    };
     let mut transcript = Transcript {
         language: out.language.clone(),
         model: model.name().to_string(),
@@ -159,6 +161,13 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
         "rtf": rtf,
         "threads": crate::budget::job_threads(&ctx.cfg),
         "model": transcript.model,
+        "speech_s": out_stats.speech_ms as f64 / 1000.0,
+        "asr_chunks": out_stats.chunks,
+        "mean_token_p": out_stats.mean_token_p,
+        "repetition_loops_cut": out_stats.loops_cut,
+        "repetition_cut": out_stats.loops_cut > 0,
+        "dropped_tags": out_stats.dropped_tags,
+        "dropped_stock_phrases": out_stats.dropped_stock,
     });
     job.task.update_manifest(|m| {
         if let serde_json::Value::Object(o) = detail {
@@ -204,6 +213,15 @@ pub(crate) async fn decode(
     media_path: &std::path::Path,
     expected_s: Option<f64>,
 ) -> Result<(crate::manifest::OutputFile, f64), StageError> {
+    // audio.wav needs 32 kB per second of audio on top of the minimum free space.
+    let wav_bytes =
+        (expected_s.unwrap_or(0.0).max(0.0) * media::WAV_BYTES_PER_SECOND as f64) as u64;
+    super::wait_for_free_space(
+        job,
+        ctx.cfg.min_free_bytes.saturating_add(wav_bytes),
+        "decode",
+    )
+    .await?;
     job.report(0.0, Some("decoding audio"));
     let tmp = job.task.tmp_file(names::AUDIO_WAV)?;
     let limit = Duration::from_secs(600 + expected_s.unwrap_or(3600.0) as u64);
@@ -229,6 +247,11 @@ pub(crate) async fn decode(
     let out = res.map_err(|e| fail(e.into()))?;
     if !out.success() {
         let line = out.last_stderr_line().to_string();
+        if out.stderr_tail.contains("No space left on device") {
+            return Err(fail(StageError::retryable(
+                "disk full: no space left while writing audio.wav; the partial file was removed",
+            )));
+        }
         let msg = if line.contains("matches no streams")
             || line.contains("does not contain any stream")
         {

@@ -1,10 +1,14 @@
 //! The download stage: gets the task's media into its directory and proves it holds audio.
 //!
-//! YouTube videos and allowed direct URLs go through yt-dlp (one subprocess per job, arguments
-//! built in [`ytdlp`]); local files are copied. Success means: the program exited 0, the file
+//! YouTube videos go through yt-dlp (one subprocess per job, arguments built in [`ytdlp`]),
+//! always as the canonical watch URL; allowed direct URLs are fetched by our own client
+//! ([`direct`]), which keeps every redirect and DNS answer inside the allow-list; local files
+//! are copied. Before any of this the filesystem must have the configured minimum free space,
+//! otherwise the job pauses ([`super::wait_for_free_space`]). Success means: the program exited 0, the file
 //! exists, and ffprobe finds an audio stream in it. The media lands in `.tmp/` first and is
 //! renamed into the task directory as `<video id or "media">.<ext>`.
 
+pub mod direct;
 pub mod ytdlp;
 
 use serde::{Deserialize, Serialize};
@@ -28,6 +32,7 @@ pub struct DownloadResult {
 /// Runs the download stage for one job.
 pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError> {
     let manifest = job.task.read_manifest()?;
+    super::wait_for_free_space(job, ctx.cfg.min_free_bytes, "download").await?;
     let (tmp_media, mut video) = match &manifest.source {
         Source::File { path } => (
             copy_local(job, path).await?,
@@ -40,7 +45,26 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
             },
         ),
         Source::Youtube { video_id, url } => fetch(ctx, job, url, video_id).await?,
-        Source::Url { url } => fetch(ctx, job, url, "media").await?,
+        Source::Url { url } => {
+            let url = url::Url::parse(url)
+                .map_err(|e| StageError::permanent(format!("invalid URL {url}: {e}")))?;
+            // The submitter validated this URL against its allow-list; this worker may run
+            // elsewhere with its own. Allowed here: the submitted host:port, plus this worker's
+            // list (for redirects to other hosts).
+            let mut allow_hosts = ctx.cfg.allow_hosts.clone();
+            if let (Some(h), Some(port)) = (url.host_str(), url.port_or_known_default()) {
+                allow_hosts.push(format!("{h}:{port}"));
+            }
+            let policy = crate::input::InputPolicy { allow_hosts };
+            let f = direct::fetch(job, &policy, &url).await?;
+            (
+                f.path,
+                VideoInfo {
+                    title: f.title,
+                    ..VideoInfo::default()
+                },
+            )
+        }
     };
     job.report(100.0, Some("checking media"));
     let info = probe(ctx, job, &tmp_media).await;
@@ -108,8 +132,10 @@ async fn copy_local(job: &JobCtx, path: &str) -> Result<std::path::PathBuf, Stag
     .map_err(|e| StageError::permanent(format!("copy panicked: {e}")))?
     .map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        if e.raw_os_error() == Some(libc::ENOSPC) {
-            StageError::retryable(format!("disk full while copying {path}"))
+        if crate::taskdir::is_disk_full_io(&e) {
+            StageError::retryable(format!(
+                "disk full: no space left while copying {path}; the partial copy was removed"
+            ))
         } else {
             StageError::permanent(format!("cannot copy {path}: {e}"))
         }
@@ -201,13 +227,14 @@ async fn fetch(
         if f.ops_alert {
             tracing::error!(task = %job.task_id, code = %f.code, error = %f.reason, "yt-dlp failed because of our setup");
         }
+        let message = f.user_message();
         return Err(StageError {
             class: match f.class {
                 ytdlp::FailureClass::Permanent => FailureClass::Permanent,
                 ytdlp::FailureClass::Retryable => FailureClass::Retryable,
                 ytdlp::FailureClass::CoolDown => FailureClass::CoolDown,
             },
-            message: f.reason,
+            message,
         });
     }
     let Some(path) = file.filter(|p| p.is_file()) else {

@@ -456,6 +456,22 @@ pub struct DownloadFailure {
     pub last_error_line: Option<String>,
 }
 
+impl DownloadFailure {
+    /// The message for the manifest and the API: the human reason, and for transient classes
+    /// (which cover many causes, e.g. "network error") also yt-dlp's own words, at most 300
+    /// characters, so the user sees which host, status or socket error it was.
+    pub fn user_message(&self) -> String {
+        match (&self.class, &self.message) {
+            (FailureClass::Permanent, _) | (_, None) => self.reason.clone(),
+            (_, Some(m)) if m.is_empty() || self.reason.contains(m.as_str()) => self.reason.clone(),
+            (_, Some(m)) => {
+                let m: String = m.chars().take(300).collect();
+                format!("{} (yt-dlp: {m})", self.reason)
+            }
+        }
+    }
+}
+
 /// Classifies a finished yt-dlp run from its exit code and full stderr.
 /// Same as [`classify_failure_with_meta`] without metadata: an exit 101 is
 /// reported as "refused by the download policy (live, upcoming or too
@@ -620,7 +636,21 @@ fn match_rules(primary: &str, all: &str) -> Option<Hit> {
     if primary.trim().is_empty() {
         return None;
     }
-    // Cool-down first: these texts also contain "sign in" / "unavailable".
+    // Our own disk first: yt-dlp reports ENOSPC as `unable to write data: [Errno 28] No
+    // space left on device` (Python's OSError text).
+    if has(&[
+        "no space left on device",
+        "[errno 28]",
+        "disk quota exceeded",
+    ]) {
+        return hit(
+            Retryable,
+            "disk_full",
+            "disk full: no space left on the data directory's filesystem",
+            true,
+        );
+    }
+    // Cool-down next: these texts also contain "sign in" / "unavailable".
     if has(&["confirm you're not a bot", "confirm you are not a bot"]) {
         return hit(
             CoolDown,
@@ -1305,6 +1335,7 @@ total_bytes_estimate,eta,speed,elapsed,fragment_index,fragment_count})j"
         let stderr = "WARNING: [youtube] something\nERROR: [youtube] AbCdEfGhI-_: Private video. Sign in if you've been granted access to this video\n";
         let f = classify_failure(1, stderr);
         assert_eq!(f.reason, "video is private");
+        assert_eq!(f.user_message(), "video is private");
         assert_eq!(
             f.message.as_deref(),
             Some("Private video. Sign in if you've been granted access to this video")
@@ -1329,6 +1360,22 @@ total_bytes_estimate,eta,speed,elapsed,fragment_index,fragment_count})j"
         let f = classify_failure(1, "");
         assert_eq!(f.reason, "yt-dlp failed with exit code 1");
         assert_eq!(f.last_error_line, None);
+        // A transient class keeps yt-dlp's words (which host, which socket error).
+        let f = classify_failure(
+            1,
+            "ERROR: [youtube] dQw4w9WgXcQ: Unable to download webpage: <urlopen error [Errno -3] Temporary failure in name resolution> (caused by TransportError('<urlopen error [Errno -3] Temporary failure in name resolution>'))",
+        );
+        assert_eq!(f.class, FailureClass::Retryable);
+        assert_eq!(
+            f.user_message(),
+            format!("{} (yt-dlp: {})", f.reason, f.message.clone().unwrap())
+        );
+        assert!(
+            f.user_message()
+                .contains("Temporary failure in name resolution"),
+            "{}",
+            f.user_message()
+        );
     }
 
     #[test]
