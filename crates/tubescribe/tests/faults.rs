@@ -950,3 +950,109 @@ fn workers_apply_the_cluster_wide_cap_from_the_config() {
         p.close().await;
     });
 }
+
+/// Long audio under kill -9: a 3-segment task (segment length 60 s) whose workers are all
+/// killed while its second segment job runs. A new worker recovers the stalled segment job,
+/// the chain goes on and the merge writes the transcript once: the task completes, segment 2
+/// ran twice (its fencing record says attempt 2), the others once, the merged transcript is
+/// monotonic and has every clip's words, and nothing is left active or half-written.
+#[test]
+fn kill9_during_a_segment_job_loses_no_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(tmp.path(), 0, &[]);
+    let mut cfg = std::fs::read_to_string(&c.config).unwrap();
+    cfg.push_str("[schedule]\nsegment_s = 60\n");
+    std::fs::write(&c.config, cfg).unwrap();
+    // ≈ 150 s of speech: the clips in turn with 1.5 s pauses.
+    let mut pcm: Vec<i16> = Vec::new();
+    let mut words = Vec::new();
+    let clips: Vec<(Vec<i16>, String)> = CLIPS
+        .iter()
+        .map(|(name, text)| {
+            let (wav, reference) = speech(tmp.path(), name, text);
+            let out = tmp.path().join(format!("{name}.16k.wav"));
+            let st = Command::new("ffmpeg")
+                .args(["-nostdin", "-loglevel", "error", "-y", "-i"])
+                .arg(&wav)
+                .args(["-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le"])
+                .arg(&out)
+                .status()
+                .unwrap();
+            assert!(st.success());
+            let samples = hound::WavReader::open(&out)
+                .unwrap()
+                .into_samples::<i16>()
+                .map(|s| s.unwrap())
+                .collect();
+            (samples, reference)
+        })
+        .collect();
+    while pcm.len() < 150 * 16_000 {
+        for (samples, reference) in &clips {
+            pcm.extend_from_slice(samples);
+            pcm.extend(std::iter::repeat_n(0i16, 24_000));
+            words.push(reference.clone());
+        }
+    }
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(c.root.join("media/long.wav"), spec).unwrap();
+    for s in &pcm {
+        w.write_sample(*s).unwrap();
+    }
+    w.finalize().unwrap();
+    let url = format!("http://{}/long.wav", c.host);
+
+    c.spawn_worker("download,transcribe,summarize", &[]);
+    c.spawn_worker("transcribe", &[]);
+    let mut sub = c.submit(std::slice::from_ref(&url));
+    // Wait until the second segment job is running, then kill every worker.
+    let t0 = Instant::now();
+    loop {
+        let phase = c
+            .manifests()
+            .values()
+            .next()
+            .map(|m| m["stages"]["transcribe"]["detail"]["phase"].to_string())
+            .unwrap_or_default();
+        if phase.contains("transcribing segment 2/3") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(180),
+            "segment 2 never started (phase {phase})"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for pid in c.worker_pids() {
+        c.kill9(pid);
+    }
+    c.spawn_worker("download,transcribe,summarize", &[]);
+    assert_eq!(wait_submitter(&mut sub, Duration::from_secs(240)), 0);
+
+    let ms = assert_all_completed_once(&c, 1);
+    let m = ms.values().next().unwrap();
+    let d = &m["stages"]["transcribe"]["detail"];
+    assert_eq!(d["segments_merged"], 3, "{d}");
+    assert_eq!(d["segment_attempts"]["0"], 1, "{d}");
+    assert_eq!(d["segment_attempts"]["1"], 2, "segment 2 re-ran once: {d}");
+    assert_eq!(d["segment_attempts"]["2"], 1, "{d}");
+    let dir = c.data.join("tasks").join(m["task_id"].as_str().unwrap());
+    let t: tubescribe::transcript::Transcript =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("transcript.json")).unwrap())
+            .unwrap();
+    for w in t.segments.windows(2) {
+        assert!(w[0].end_ms <= w[1].start_ms, "{:?} then {:?}", w[0], w[1]);
+    }
+    let wer = tubescribe::transcript::word_error_rate(
+        &words.join(" "),
+        &std::fs::read_to_string(dir.join("transcript.txt")).unwrap(),
+    );
+    assert!(wer < 0.25, "WER {wer:.3} after the kill");
+    c.stop_all();
+}
