@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `p1_short_latency_ratio_max` | 5 short tasks submitted right after 1 long one: max over shorts of latency in the batch ÷ its solo latency (goal ≤ 1.25). The "seed baseline" (one queue, concurrency 1 for the whole pipeline = tasks one after another in submission order) is computed from the same solo runs: short *i* finishes after the long task and shorts 1..i. Also printed: the **P1 floor** `(Σ CPU seconds of the 5 solo short runs ÷ cores) ÷ longest solo latency`, below which no scheduler can go on this machine (the shorts arrive together and share the cores even with no long task). |
 //! | `p2_makespan_ratio` | batch makespan ÷ max(batch CPU seconds ÷ cores, longest chain = the long task's solo latency) (goal ≤ 1.10). CPU = this process + its reaped children (ffmpeg, ffprobe; not Redis). |
-//! | `p3_transcribe_overhead_ratio` | the long solo task's transcribe stage wall (ffmpeg decode + whisper + files) ÷ whisper-rs called directly on its `audio.wav` with the same model and threads (goal ≤ 1.05) |
+//! | `p3_transcribe_overhead_ratio` | the long solo task's transcribe stage wall (ffmpeg decode + whisper + files) ÷ whisper-rs called directly on its `audio.wav` with the same model and threads (goal ≤ 1.05); each side is the faster of two runs |
 //! | `p3_hop_ms_p50`, `p3_hop_ms_p99` | job completed → next stage's job active, from BullMQ's `finishedOn`/`processedOn` (ms) of no-op flows run one at a time through the engine (goal ≤ 5 / 50 ms) |
 //! | `p4_job_peak_rss_mb` | peak process RSS during one transcription job (solo runs, model included; see `budget.rs` for the method); the worker with 2 jobs is reported as `p4_worker_2jobs_peak_rss_mb` |
 //! | `p5_throughput_ratio_vs_node` | no-op 3-stage flows, jobs/s through bullmq-official ÷ the Node `bullmq` package (bench/node) on the same Redis, each run twice alternately, mean of each (goal ≥ 1.5) |
@@ -623,8 +623,18 @@ async fn run_inner(
         solo_short.push(r[0].clone());
         short_cpu += cpu;
     }
+    // The long task runs solo twice (as a fresh task each time) and P3 compares the faster
+    // run with the faster of two direct whisper runs: a single 20 s measurement on a shared
+    // 2-core machine varies by ±10 %, min-of-two on both sides keeps the ratio honest.
     let (r, _, _) = run_tasks(cfg, data, url, std::slice::from_ref(&long)).await?;
-    let solo_long = r[0].clone();
+    let mut solo_long = r[0].clone();
+    let long2 = work.join("long-again.wav");
+    std::fs::copy(&long, &long2).map_err(setup("copy long talk"))?;
+    let (r, _, _) = run_tasks(cfg, data, url, std::slice::from_ref(&long2)).await?;
+    let p3_stage_runs = [solo_long.stage_wall_s[1], r[0].stage_wall_s[1]];
+    if r[0].stage_wall_s[1] < solo_long.stage_wall_s[1] {
+        solo_long = r[0].clone();
+    }
 
     progress("P1/P2: batch of 1 long + 5 short");
     let mut batch_files = vec![long.clone()];
@@ -658,25 +668,30 @@ async fn run_inner(
     let wav = data.task(&solo_long.task_id).file(names::AUDIO_WAV);
     let threads = solo_long.threads as usize;
     let model_path = cfg.model.clone();
-    let direct_s = tokio::task::spawn_blocking(move || -> Result<f64, String> {
+    let direct_runs = tokio::task::spawn_blocking(move || -> Result<Vec<f64>, String> {
         let m = AsrModel::load(&model_path).map_err(|e| e.to_string())?;
         let pcm = asr::read_wav_16k_mono(&wav).map_err(|e| e.to_string())?;
-        let t = Instant::now();
-        m.transcribe(
-            &pcm,
-            &TranscribeOptions {
-                threads,
-                ..Default::default()
-            },
-            Arc::new(AtomicU8::new(0)),
-            Arc::new(AtomicBool::new(false)),
-        )
-        .map_err(|e| e.to_string())?;
-        Ok(t.elapsed().as_secs_f64())
+        let mut runs = Vec::new();
+        for _ in 0..2 {
+            let t = Instant::now();
+            m.transcribe(
+                &pcm,
+                &TranscribeOptions {
+                    threads,
+                    ..Default::default()
+                },
+                Arc::new(AtomicU8::new(0)),
+                Arc::new(AtomicBool::new(false)),
+            )
+            .map_err(|e| e.to_string())?;
+            runs.push(t.elapsed().as_secs_f64());
+        }
+        Ok(runs)
     })
     .await
     .map_err(run_err("direct whisper"))?
     .map_err(BenchError::Run)?;
+    let direct_s = direct_runs.iter().copied().fold(f64::INFINITY, f64::min);
     let p3 = solo_long.stage_wall_s[1] / direct_s;
 
     progress("P3: stage hops (no-op flows)");
@@ -731,6 +746,8 @@ async fn run_inner(
         "p2_lower_bound_s": lower_bound,
         "p3_stage_wall_s": solo_long.stage_wall_s[1],
         "p3_direct_whisper_s": direct_s,
+        "p3_stage_runs_s": p3_stage_runs,
+        "p3_direct_runs_s": direct_runs,
         "p3_hop_samples": hop.len(),
         "p5_flows": p5_flows,
         "p5_rust_jobs_per_s": rust_rates,
