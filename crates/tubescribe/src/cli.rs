@@ -51,7 +51,8 @@ struct GlobalArgs {
         value_delimiter = ','
     )]
     allow_hosts: Option<Vec<String>>,
-    /// ggml Whisper model file (default: <data-dir>/models/ggml-tiny.en.bin).
+    /// ggml Whisper model: a file, or the name of an installed model (`base`, `tiny.en`: the
+    /// file `model install NAME` wrote). Default: <data-dir>/models/ggml-tiny.en.bin.
     #[arg(long, global = true, env = "TUBESCRIBE_MODEL")]
     model: Option<PathBuf>,
     /// Concurrent download jobs in this process (default 3).
@@ -241,9 +242,30 @@ impl GlobalArgs {
     }
 }
 
+/// Lets a closed stdout end the process the way it ends other command-line tools (default
+/// SIGPIPE action) instead of a "failed printing to stdout" panic. Called only once no Redis
+/// connection is left open: a Redis unix socket closed by the server would otherwise kill
+/// the process instead of returning an error to retry on.
+fn stdout_may_close() {
+    // SAFETY: signal(2) with SIG_DFL on SIGPIPE only changes this process's disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Runs the CLI; returns the process exit code.
 pub async fn main(cli: Cli) -> Result<i32> {
-    // Client commands need no local configuration.
+    // Client commands need no local configuration. They talk HTTP over TCP (no SIGPIPE from
+    // sockets) and print at the end, so a closed stdout (`| head`) may end them quietly.
+    if matches!(
+        cli.command,
+        Command::Submit { .. }
+            | Command::Status { .. }
+            | Command::Cancel { .. }
+            | Command::Retry { .. }
+    ) {
+        stdout_may_close();
+    }
     match cli.command {
         Command::Submit {
             urls,
@@ -493,6 +515,17 @@ async fn process(
         }
         return Ok(2);
     }
+    // With local transcribe workers, a missing model is refused before any task is created.
+    if !no_workers && !cfg.model.is_file() {
+        anyhow::bail!(
+            "Whisper model not found at {}: run `tubescribe model install {}` or set --model / TUBESCRIBE_MODEL",
+            cfg.model.display(),
+            cfg.model
+                .file_name()
+                .and_then(|n| crate::model::ModelName::parse(&n.to_string_lossy()))
+                .map_or("tiny.en", |m| m.as_str())
+        );
+    }
     let data = DataDir::open(&cfg.data_dir)?;
     let (url, mut redis) = redis(&cfg, &data).await?;
     let producer = Producer::connect(&url).await?.with_config(&cfg);
@@ -514,6 +547,12 @@ async fn process(
     };
 
     let interrupted = watch(&data, &tasks, json).await?;
+    if interrupted && workers.is_some() {
+        eprintln!(
+            "interrupted: running stages get up to {} s to finish, then go back to the queue",
+            cfg.shutdown_grace.min(Duration::from_secs(5)).as_secs()
+        );
+    }
     if let Some(w) = workers {
         w.close(if interrupted {
             cfg.shutdown_grace.min(Duration::from_secs(5))
@@ -530,6 +569,7 @@ async fn process(
         eprintln!("interrupted; unfinished tasks continue the next time workers run");
         return Ok(130);
     }
+    stdout_may_close();
     let mut failed = 0;
     for id in &tasks {
         let t = data.task(id);
@@ -567,7 +607,7 @@ async fn process(
                     .map(|e| format!("{} stage: {}", e.stage, e.message))
                     .unwrap_or_else(|| format!("{:?}", m.status));
                 if !json {
-                    println!("✘ {id}  failed: {why}");
+                    println!("✘ {id}  {}  failed: {why}", task_label(&m));
                 }
             }
         }
@@ -586,13 +626,24 @@ async fn watch(data: &DataDir, tasks: &[String], quiet: bool) -> Result<bool> {
     let style = ProgressStyle::with_template("{prefix:.bold} [{bar:28.cyan/blue}] {pos:>3}% {msg}")
         .expect("valid template")
         .progress_chars("=> ");
-    let width = tasks.iter().map(|t| t.len()).max().unwrap_or(0);
+    // Bars are labelled by what the user submitted (title, else file or URL name), not by id.
+    let labels: Vec<String> = tasks
+        .iter()
+        .map(|t| {
+            data.task(t)
+                .read_manifest()
+                .map(|m| task_label(&m))
+                .unwrap_or_else(|_| t.clone())
+        })
+        .collect();
+    let width = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0);
     let mut bars = Vec::new();
-    for t in tasks {
+    for (t, label) in tasks.iter().zip(&labels) {
+        let pad = width - label.chars().count();
         for s in Stage::ALL {
             let b = mp.add(ProgressBar::new(100));
             b.set_style(style.clone());
-            b.set_prefix(format!("{t:width$} {s:<10}"));
+            b.set_prefix(format!("{label}{:pad$} {s:<10}", ""));
             bars.push((t.clone(), s, b));
         }
     }
@@ -643,10 +694,31 @@ async fn watch(data: &DataDir, tasks: &[String], quiet: bool) -> Result<bool> {
             _ = &mut signal => { mp.clear().ok(); return Ok(true); }
         }
     }
+    // Leave each bar where its stage ended (a failed or skipped stage does not show 100 %).
     for (_, _, b) in &bars {
-        b.finish();
+        b.abandon();
     }
     Ok(false)
+}
+
+/// A short human label for a task: its title, else the last part of its input (file name or
+/// URL path), at most 32 characters, control and bidi characters escaped.
+fn task_label(m: &crate::manifest::Manifest) -> String {
+    let raw = m
+        .video
+        .as_ref()
+        .and_then(|v| v.title.clone())
+        .filter(|t| !t.trim().is_empty())
+        .unwrap_or_else(|| {
+            let i = m.input.trim_end_matches('/');
+            i.rsplit('/').next().unwrap_or(i).to_string()
+        });
+    let shown = crate::manifest::display_title(&raw);
+    if shown.chars().count() > 32 {
+        format!("{}…", shown.chars().take(31).collect::<String>())
+    } else {
+        shown
+    }
 }
 
 async fn bench(

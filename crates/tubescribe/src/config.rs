@@ -327,6 +327,23 @@ pub struct Overrides {
     pub shutdown_grace_s: Option<f64>,
 }
 
+/// The model file for a `--model` value: a path as given, or — for a bare model name such as
+/// `base` or `tiny.en` that is not a file in the working directory — the file `tubescribe
+/// model install NAME` writes (`<data_dir>/models/ggml-NAME.bin`). `None` means tiny.en.
+fn model_path(given: Option<PathBuf>, data_dir: &Path) -> PathBuf {
+    let models = data_dir.join("models");
+    match given {
+        None => models.join(crate::model::ModelName::TinyEn.file_name()),
+        Some(p) if p.components().count() == 1 && !p.exists() => {
+            match crate::model::ModelName::parse(&p.to_string_lossy()) {
+                Some(name) => models.join(name.file_name()),
+                None => p,
+            }
+        }
+        Some(p) => p,
+    }
+}
+
 /// Scheduling settings after resolution (`[schedule]`, `TUBESCRIBE_SEGMENT_S`,
 /// `TUBESCRIBE_AGING_RATE`, `TUBESCRIBE_MEMORY_BUDGET_MB`, `TUBESCRIBE_TRANSCRIBE_CORES`).
 #[derive(Debug, Clone, PartialEq)]
@@ -492,12 +509,10 @@ impl Config {
                 .or(file.data_dir.clone())
                 .unwrap_or_else(default_data_dir),
         );
-        let model = absolute(
-            &o.model
-                .clone()
-                .or(file.model.clone())
-                .unwrap_or_else(|| data_dir.join("models").join("ggml-tiny.en.bin")),
-        );
+        let model = absolute(&model_path(
+            o.model.clone().or(file.model.clone()),
+            &data_dir,
+        ));
         let pick = |key: &str, flag: Option<usize>, f: Option<usize>, d: usize| {
             let v = flag.or(f).unwrap_or(d);
             if v == 0 {
@@ -757,6 +772,24 @@ mod tests {
         assert_eq!(c.summarize_concurrency, 1);
         assert_eq!(c.allow_hosts, vec!["media.example:8080".to_string()]);
         assert_eq!(c.model, PathBuf::from("/srv/ts/models/ggml-tiny.en.bin"));
+        // A bare model name means the installed file of that name.
+        let d = Path::new("/srv/ts");
+        assert_eq!(
+            model_path(Some("base".into()), d),
+            PathBuf::from("/srv/ts/models/ggml-base.bin")
+        );
+        assert_eq!(
+            model_path(Some("ggml-tiny.en.bin".into()), d),
+            PathBuf::from("/srv/ts/models/ggml-tiny.en.bin")
+        );
+        assert_eq!(
+            model_path(Some("/m/x.bin".into()), d),
+            PathBuf::from("/m/x.bin")
+        );
+        assert_eq!(
+            model_path(Some("custom.bin".into()), d),
+            PathBuf::from("custom.bin")
+        );
         assert!(c.threads >= 1);
         let o2 = Overrides {
             config: Some(f.clone()),

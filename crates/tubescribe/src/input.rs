@@ -261,7 +261,7 @@ pub enum InputError {
 
     /// A URL with a scheme other than `http`, `https` or `file`
     /// (`ftp:`, `javascript:`, `data:`, …).
-    #[error("Invalid YouTube URL: scheme `{scheme}:` is not supported; use an https:// URL")]
+    #[error("Invalid YouTube URL: scheme `{scheme}:` is not supported; use a YouTube URL, or an http(s):// URL on a host allowed with `--allow-host`")]
     UnsupportedScheme {
         /// The refused scheme, lowercased, without `:`.
         scheme: String,

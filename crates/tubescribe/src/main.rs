@@ -2,8 +2,14 @@
 
 #[tokio::main]
 async fn main() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TUBESCRIBE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("TUBESCRIBE_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(
+                // bullmq's worker warns when `close` finds a fetcher parked in its blocking pop, which is
+                // how we always close (the jobs were handed back first): noise for users.
+                "warn,bullmq::worker=error",
+            )
+        });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -378,6 +378,33 @@ fn value_u32(v: &serde_json::Value) -> Option<u32> {
         .map(|x| x.round() as u32)
 }
 
+/// For a RIFF/WAVE file: the `data` chunk's declared size and the bytes the file actually
+/// holds after the chunk header, given the file's first bytes (`head`, enough to reach the
+/// `data` chunk header, e.g. 64 KiB) and its length `file_len` in bytes. `None` for other
+/// files, or when the `data` chunk is not within `head`. A declared size above what is present
+/// means the file was cut short (layout: RIFF header, then `id:[u8;4] size:u32le` chunks,
+/// padded to even sizes; <https://www.mmsp.ece.mcgill.ca/Documents/AudioFormats/WAVE/WAVE.html>).
+pub fn wav_data_sizes(head: &[u8], file_len: u64) -> Option<(u64, u64)> {
+    if head.len() < 12 || &head[0..4] != b"RIFF" || &head[8..12] != b"WAVE" {
+        return None;
+    }
+    let mut at = 12usize;
+    while at + 8 <= head.len() {
+        let id = &head[at..at + 4];
+        let size = u64::from(u32::from_le_bytes(head[at + 4..at + 8].try_into().ok()?));
+        if id == b"data" {
+            // 0 and 0xFFFFFFFF are "unknown size" (streamed WAV): nothing to compare.
+            if size == 0 || size == u64::from(u32::MAX) {
+                return None;
+            }
+            let present = file_len.saturating_sub(at as u64 + 8);
+            return Some((size, present));
+        }
+        at = at.checked_add(8 + size as usize + (size as usize & 1))?;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -632,5 +659,25 @@ progress=end\n";
             .expect_err("truncated")
             .to_string();
         assert!(msg.contains("7.95 s") && msg.contains("21.85 s"), "{msg}");
+    }
+
+    #[test]
+    fn wav_data_sizes_find_truncation() {
+        // 44-byte header: RIFF, fmt (16 bytes), data of 32000 bytes.
+        let mut h = Vec::new();
+        h.extend_from_slice(b"RIFF");
+        h.extend_from_slice(&(36u32 + 32_000).to_le_bytes());
+        h.extend_from_slice(b"WAVEfmt ");
+        h.extend_from_slice(&16u32.to_le_bytes());
+        h.extend_from_slice(&[1, 0, 1, 0, 0x80, 0x3e, 0, 0, 0, 0x7d, 0, 0, 2, 0, 16, 0]);
+        h.extend_from_slice(b"data");
+        h.extend_from_slice(&32_000u32.to_le_bytes());
+        assert_eq!(wav_data_sizes(&h, 44 + 32_000), Some((32_000, 32_000)));
+        assert_eq!(wav_data_sizes(&h, 44 + 10_000), Some((32_000, 10_000)));
+        assert_eq!(wav_data_sizes(b"ID3\x04 not a wav file", 100), None);
+        // Streamed WAV (size unknown) is not judged.
+        let n = h.len();
+        h[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(wav_data_sizes(&h, 1000), None);
     }
 }

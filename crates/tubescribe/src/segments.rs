@@ -640,6 +640,10 @@ async fn segment_job(
             *slot = serde_json::json!({});
         }
         slot[index.to_string()] = serde_json::json!(attempt);
+        // A segment picked up again after a shutdown makes the stage active again.
+        if r.state == StageState::Waiting {
+            r.state = StageState::Active;
+        }
     }) {
         return SegEnd::Failed(StageError::retryable(format!(
             "cannot record the segment attempt: {e}"
@@ -654,6 +658,20 @@ async fn segment_job(
                 SegEnd::Delayed
             }
             Some(SegStop::Released) => {
+                // The manifest says the stage waits again (it resumes at this segment), as a
+                // released stage job does in `queue.rs`.
+                let phase = format!(
+                    "waiting: segment {}/{} goes back to the queue",
+                    d.index + 1,
+                    d.count
+                );
+                let _ = task.update_manifest(|m| {
+                    let r = m.stage_mut(Stage::Transcribe);
+                    if r.state == StageState::Active {
+                        r.state = StageState::Waiting;
+                        r.detail.insert("phase".into(), serde_json::json!(phase));
+                    }
+                });
                 match job.move_to_wait(None).await {
                     Ok(_) => tracing::info!(job = %job.id(), "shutdown: segment job put back in the queue"),
                     Err(e) => tracing::warn!(job = %job.id(), error = %e, "shutdown: could not put the segment job back; it will be recovered as stalled"),

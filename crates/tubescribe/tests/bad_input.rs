@@ -563,6 +563,19 @@ fn class4_media() {
     ]);
     let full = std::fs::read(d.join("long.mp4")).unwrap();
     std::fs::write(d.join("truncated.mp4"), &full[..full.len() / 3]).unwrap();
+    // A WAV cut short: its header still declares the whole length.
+    let sine_wav = d.join("sine.wav");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=300:sample_rate=16000",
+        "-t",
+        "10",
+        p(&sine_wav),
+    ]);
+    let full = std::fs::read(&sine_wav).unwrap();
+    std::fs::write(d.join("truncated.wav"), &full[..full.len() / 4]).unwrap();
     // Odd formats of the same speech.
     let s = p(&speech);
     ffmpeg(&["-i", s, "-ar", "8000", p(&d.join("s8k.wav"))]);
@@ -604,6 +617,7 @@ fn class4_media() {
         "video-only.mp4",
         "empty.mp4",
         "truncated.mp4",
+        "truncated.wav",
         "s8k.wav",
         "s48k-stereo.flac",
         "s51.m4a",
@@ -630,7 +644,15 @@ fn class4_media() {
         &data,
         &manifest_for(&data, "/empty.mp4"),
         "download",
-        "the media file is unreadable (ffprobe: ",
+        "the media file is empty (0 bytes)",
+        false,
+        1,
+    );
+    assert_failed(
+        &data,
+        &manifest_for(&data, "/truncated.wav"),
+        "download",
+        "the WAV file is truncated: its header declares 320000 bytes of audio but it holds ",
         false,
         1,
     );

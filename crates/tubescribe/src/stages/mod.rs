@@ -224,8 +224,11 @@ impl StageCtx {
                 let path = self.cfg.model.clone();
                 if !path.is_file() {
                     return Err(StageError::permanent(format!(
-                        "Whisper model not found at {}: run `tubescribe model install tiny.en` or set --model / TUBESCRIBE_MODEL",
-                        path.display()
+                        "Whisper model not found at {}: run `tubescribe model install {}` or set --model / TUBESCRIBE_MODEL",
+                        path.display(),
+                        path.file_name()
+                            .and_then(|n| crate::model::ModelName::parse(&n.to_string_lossy()))
+                            .map_or("tiny.en", |m| m.as_str())
                     )));
                 }
                 tokio::task::spawn_blocking(move || AsrModel::load(&path))

@@ -274,12 +274,36 @@ pub(crate) async fn probe(
     let cmd = Cmd::new(&ctx.cfg.programs.ffprobe)
         .args(media::ffprobe_args(path))
         .timeout(std::time::Duration::from_secs(120));
+    if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+        return Err(StageError::permanent("the media file is empty (0 bytes)"));
+    }
     let (out, stdout) = process::run_collect(&cmd, &job.cancel).await?;
     if !out.success() {
+        // ffprobe names our temp path first; the user knows the file by its input.
+        let line = out.last_stderr_line();
+        let shown = path.display().to_string();
+        let line = line
+            .strip_prefix(shown.as_str())
+            .map(|l| l.trim_start_matches(':').trim_start())
+            .unwrap_or(line);
         return Err(StageError::permanent(format!(
-            "the media file is unreadable (ffprobe: {})",
-            out.last_stderr_line()
+            "the media file is unreadable (ffprobe: {line})"
         )));
     }
-    media::parse_ffprobe(&stdout).map_err(|e| StageError::permanent(e.to_string()))
+    let info = media::parse_ffprobe(&stdout).map_err(|e| StageError::permanent(e.to_string()))?;
+    // A WAV cut short still probes and decodes (ffmpeg reads what is there), so compare the
+    // header's declared data size with what the file holds.
+    let mut head = vec![0u8; 64 * 1024];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .unwrap_or(0);
+    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if let Some((declared, present)) = media::wav_data_sizes(&head[..n], len) {
+        if present + present / 100 < declared {
+            return Err(StageError::permanent(format!(
+                "the WAV file is truncated: its header declares {declared} bytes of audio but it holds {present}"
+            )));
+        }
+    }
+    Ok(info)
 }
