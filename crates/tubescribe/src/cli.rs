@@ -753,6 +753,7 @@ async fn stats(cfg: Config) -> Result<i32> {
     }
     producer.close().await;
     let mut runs = [0usize; 3];
+    let mut skipped = [0usize; 3];
     let mut wall = [0f64; 3];
     let (mut rtf, mut rtf_n, mut peak) = (0f64, 0usize, 0f64);
     for id in data.task_ids()? {
@@ -760,6 +761,9 @@ async fn stats(cfg: Config) -> Result<i32> {
             continue;
         };
         for (i, s) in Stage::ALL.iter().enumerate() {
+            if m.stage(*s).is_some_and(|r| r.state == StageState::Skipped) {
+                skipped[i] += 1;
+            }
             if let Some(r) = m.stage(*s).filter(|r| r.state == StageState::Completed) {
                 if let (Some(a), Some(b)) = (r.started_at, r.finished_at) {
                     runs[i] += 1;
@@ -778,8 +782,18 @@ async fn stats(cfg: Config) -> Result<i32> {
         }
     }
     println!(
-        "{:<11} {:>7} {:>7} {:>9} {:>7} {:>7} {:>6} {:>10}",
-        "stage", "waiting", "active", "completed", "failed", "runs", "mean s", "extra"
+        "{:<11} {:>7} {:>8} {:>7} {:>6} {:>9} {:>7} {:>7} {:>5} {:>6} {:>10}",
+        "stage",
+        "waiting",
+        "children",
+        "delayed",
+        "active",
+        "completed",
+        "failed*",
+        "skipped",
+        "runs",
+        "mean s",
+        "extra"
     );
     for (i, s) in Stage::ALL.iter().enumerate() {
         let c = &counts[i];
@@ -790,12 +804,15 @@ async fn stats(cfg: Config) -> Result<i32> {
             _ => String::new(),
         };
         println!(
-            "{:<11} {:>7} {:>7} {:>9} {:>7} {:>7} {:>6.1} {}",
+            "{:<11} {:>7} {:>8} {:>7} {:>6} {:>9} {:>7} {:>7} {:>5} {:>6.1} {}",
             s.queue_name(),
-            c.waiting + c.prioritized + c.paused + c.waiting_children,
+            c.waiting + c.prioritized + c.paused,
+            c.waiting_children,
+            c.delayed,
             c.active,
             c.completed,
             c.failed,
+            skipped[i],
             runs[i],
             if runs[i] > 0 {
                 wall[i] / runs[i] as f64
@@ -805,6 +822,9 @@ async fn stats(cfg: Config) -> Result<i32> {
             extra
         );
     }
+    println!(
+        "* BullMQ's count of failed jobs: a stage whose earlier stage failed fails too (skipped counts those tasks from the manifests); children = waiting for an earlier stage"
+    );
     Ok(0)
 }
 

@@ -512,9 +512,14 @@ fn class3_video_states() {
         assert_failed(&data, &m, "download", reason, false, 1);
         assert_eq!(m["error"]["message"], *reason);
         assert_eq!(m["stages"]["transcribe"]["state"], "skipped");
-        assert!(run
-            .stdout
-            .contains(&format!("✘ yt-{id}  failed: download stage: {reason}")));
+        assert!(
+            run.stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("✘ yt-{id}  "))
+                    && l.ends_with(&format!("  failed: download stage: {reason}"))),
+            "{}",
+            run.stdout
+        );
     }
     let calls = std::fs::read_to_string(fake.join("calls.log")).unwrap();
     assert_eq!(
