@@ -287,6 +287,29 @@ impl Manifest {
         self.stages.entry(stage).or_default()
     }
 
+    /// Prepares a failed or cancelled task to run again: the task is `queued` without an error;
+    /// the stages in `keep` (complete, outputs verified) stay as they are and are reused; every
+    /// other stage waits again with no progress, error, result or outputs. Attempt logs and
+    /// completion counts are kept, so the manifest still tells the whole history.
+    pub fn reset_for_retry(&mut self, keep: &[Stage]) {
+        self.status = TaskStatus::Queued;
+        self.error = None;
+        for s in Stage::ALL {
+            if keep.contains(&s) {
+                continue;
+            }
+            let r = self.stage_mut(s);
+            r.state = StageState::Waiting;
+            r.progress = 0.0;
+            r.error = None;
+            r.started_at = None;
+            r.finished_at = None;
+            r.result = None;
+            r.outputs.clear();
+            r.detail.remove("phase");
+        }
+    }
+
     /// The record of `stage`, if present.
     pub fn stage(&self, stage: Stage) -> Option<&StageRecord> {
         self.stages.get(&stage)

@@ -7,6 +7,7 @@
 use crate::input::{self, Input, InputPolicy};
 use crate::manifest::{Manifest, Source, TaskStatus};
 use crate::queue::{Producer, QueueError};
+use crate::stages::Stage;
 use crate::taskdir::{DataDir, StoreError};
 
 /// Why a submission was refused or failed.
@@ -195,8 +196,10 @@ pub fn list(
     })
 }
 
-/// Runs a failed or cancelled task again under the same id: its jobs are removed, its
-/// directory is cleared and a new manifest and flow are created from the original input.
+/// Runs a failed or cancelled task again under the same id: its jobs are removed, stages
+/// whose outputs are complete and intact are kept (their jobs reuse them), the others are
+/// reset ([`Manifest::reset_for_retry`]; attempt history kept), temp files are removed and a
+/// new flow is added.
 ///
 /// Errors: `NotFound`; `Conflict` when the task is queued, running or completed, or when one
 /// of its jobs is still active (a cancel that has not reached the worker yet).
@@ -221,12 +224,18 @@ pub async fn retry(
         )));
     }
     let task = data.task(task_id);
-    task.remove()?;
+    // Stages whose outputs are complete and intact are reused, not run again (a failed summary
+    // never re-downloads); the attempt history stays in the manifest.
+    let keep: Vec<Stage> = Stage::ALL
+        .into_iter()
+        .filter(|s| crate::stages::completed_earlier(*s, &task, &old).is_some())
+        .collect();
+    task.clear_tmp();
+    task.update_manifest(|m| m.reset_for_retry(&keep))?;
     let video_id = match &old.source {
         Source::Youtube { video_id, .. } => Some(video_id.clone()),
         _ => None,
     };
-    task.create(&Manifest::new(task_id, &old.input, old.source.clone()))?;
     producer.add_task(task_id).await?;
     Ok(Submitted {
         task_id: task_id.to_string(),

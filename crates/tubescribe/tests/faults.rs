@@ -725,6 +725,48 @@ fn a_panicking_stage_fails_its_task_and_the_queue_keeps_flowing() {
         ms.values().filter(|m| m["status"] == "completed").count(),
         1
     );
+
+    // Retry (what `tubescribe retry` / `POST /api/tasks/{id}/retry` do) with a worker without
+    // the hook: the complete download is reused, not run again; transcribe and summarize run;
+    // the manifest keeps the failed attempt in its history.
+    c.term(pid, Duration::from_secs(40));
+    c.spawn_worker("download,transcribe,summarize", &[]);
+    let id = id.to_string();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let p = Producer::connect(&c.redis.url()).await.unwrap();
+        let data = tubescribe::taskdir::DataDir::open(&c.data).unwrap();
+        tubescribe::tasks::retry(&data, &p, &id).await.unwrap();
+        p.close().await;
+    });
+    let t0 = Instant::now();
+    let m = loop {
+        let m = manifest(&c.data, &id);
+        if m["status"] == "completed" {
+            break m;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "retry did not complete: {m:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let outcomes = |s: &str| -> Vec<String> {
+        m["stages"][s]["attempt_log"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["outcome"].as_str().unwrap_or("-").to_string())
+            .collect()
+    };
+    assert_eq!(outcomes("download"), ["completed", "reused"], "{m:#}");
+    assert_eq!(outcomes("transcribe"), ["failed", "completed"], "{m:#}");
+    assert_eq!(outcomes("summarize"), ["completed"], "{m:#}");
+    assert_eq!(m["stages"]["download"]["completions"], 1);
+    assert!(m["error"].is_null(), "{m:#}");
     c.stop_all();
 }
 
