@@ -92,10 +92,17 @@ pub async fn submit(
                 });
             }
             TaskStatus::Failed | TaskStatus::Cancelled => {
+                // The same input again after a failure: run it again like `retry` does.
                 if !producer.remove_task_jobs(&task_id).await? {
                     return Err(SubmitError::Busy(task_id));
                 }
-                task.remove()?;
+                restart(&task, &m)?;
+                producer.add_task(&task_id).await?;
+                return Ok(Submitted {
+                    task_id,
+                    video_id,
+                    existing: false,
+                });
             }
         }
     }
@@ -107,6 +114,19 @@ pub async fn submit(
         video_id,
         existing: false,
     })
+}
+
+/// Resets a failed or cancelled task (manifest `old`) to run again: stages whose outputs are
+/// complete and intact are kept and will be reused, not run again (a failed summary never
+/// re-downloads); the others wait again; the attempt history stays; temp files are removed.
+fn restart(task: &crate::taskdir::TaskDir, old: &Manifest) -> Result<(), StoreError> {
+    let keep: Vec<Stage> = Stage::ALL
+        .into_iter()
+        .filter(|s| crate::stages::completed_earlier(*s, task, old).is_some())
+        .collect();
+    task.clear_tmp();
+    task.update_manifest(|m| m.reset_for_retry(&keep))?;
+    Ok(())
 }
 
 /// True for a syntactically valid task id (`[A-Za-z0-9_-]`, 1–100 characters): what
@@ -223,15 +243,7 @@ pub async fn retry(
             "task {task_id} still has a running job; try again in a moment"
         )));
     }
-    let task = data.task(task_id);
-    // Stages whose outputs are complete and intact are reused, not run again (a failed summary
-    // never re-downloads); the attempt history stays in the manifest.
-    let keep: Vec<Stage> = Stage::ALL
-        .into_iter()
-        .filter(|s| crate::stages::completed_earlier(*s, &task, &old).is_some())
-        .collect();
-    task.clear_tmp();
-    task.update_manifest(|m| m.reset_for_retry(&keep))?;
+    restart(&data.task(task_id), &old)?;
     let video_id = match &old.source {
         Source::Youtube { video_id, .. } => Some(video_id.clone()),
         _ => None,

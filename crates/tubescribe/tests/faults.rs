@@ -770,6 +770,42 @@ fn a_panicking_stage_fails_its_task_and_the_queue_keeps_flowing() {
     c.stop_all();
 }
 
+/// Submitting the same input again after its task failed runs it again like `retry`: the
+/// complete download and transcription are reused, only the failed summary runs, and the
+/// manifest keeps the failed attempt.
+#[test]
+fn resubmitting_a_failed_task_reuses_its_complete_stages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(tmp.path(), 1, &[]);
+    let hook = format!("summarize:{}", c.urls[0].rsplit('/').next().unwrap());
+    let pid = c.spawn_worker(
+        "download,transcribe,summarize",
+        &[("TUBESCRIBE_TEST_PANIC", &hook)],
+    );
+    let mut first = c.submit(&c.urls[..1]);
+    assert_eq!(wait_submitter(&mut first, Duration::from_secs(60)), 1);
+    c.term(pid, Duration::from_secs(40));
+    c.spawn_worker("download,transcribe,summarize", &[]);
+    let mut again = c.submit(&c.urls[..1]);
+    assert_eq!(wait_submitter(&mut again, Duration::from_secs(60)), 0);
+    let ms = c.manifests();
+    assert_eq!(ms.len(), 1, "the same task, not a new one");
+    let m = ms.values().next().unwrap();
+    assert_eq!(m["status"], "completed", "{m:#}");
+    let outcomes = |s: &str| -> Vec<String> {
+        m["stages"][s]["attempt_log"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["outcome"].as_str().unwrap_or("-").to_string())
+            .collect()
+    };
+    assert_eq!(outcomes("download"), ["completed", "reused"], "{m:#}");
+    assert_eq!(outcomes("transcribe"), ["completed", "reused"], "{m:#}");
+    assert_eq!(outcomes("summarize"), ["failed", "completed"], "{m:#}");
+    c.stop_all();
+}
+
 #[test]
 fn a_stage_over_its_time_limit_is_killed_retried_and_fails_with_timeout() {
     let tmp = tempfile::tempdir().unwrap();

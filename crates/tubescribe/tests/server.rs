@@ -1029,7 +1029,14 @@ async fn class9_api_errors() {
             "/api/tasks".into(),
             "null".into(),
             400,
-            "invalid",
+            "expected a JSON object like {\"link\"",
+        ),
+        (
+            post.clone(),
+            "/api/tasks".into(),
+            "[]".into(),
+            400,
+            "expected a JSON object like {\"link\"",
         ),
         (
             post.clone(),
@@ -1128,6 +1135,10 @@ async fn class9_api_errors() {
         assert!(
             msg.contains(words),
             "{what}: message {msg:?} lacks {words:?} ({v})"
+        );
+        assert!(
+            !msg.contains("struct "),
+            "{what}: Rust type names in {msg:?}"
         );
         if path.starts_with("/trpc/") {
             assert!(

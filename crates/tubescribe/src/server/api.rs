@@ -129,7 +129,36 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(
     } else {
         &bytes
     };
-    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("invalid input: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| invalid_input(&e))
+}
+
+/// 400 for a body or tRPC input that does not deserialize: serde's message (what, where) with
+/// our Rust type names replaced by what the client sends, e.g. "invalid input: invalid type:
+/// integer `42`, expected a string at line 1 column 11" or "invalid input: invalid type: null,
+/// expected a JSON object like {\"link\": \"https://youtu.be/…\"}".
+pub fn invalid_input(e: &serde_json::Error) -> ApiError {
+    let mut msg = e.to_string();
+    for (ty, shown) in [
+        (
+            "struct CreateInput",
+            "a JSON object like {\"link\": \"https://youtu.be/…\"}",
+        ),
+        (
+            "struct CreateOptions",
+            "a JSON object like {\"fresh\": true}",
+        ),
+        (
+            "struct TaskIdInput",
+            "a JSON object like {\"taskId\": \"…\"}",
+        ),
+        (
+            "struct ListInput",
+            "a JSON object like {\"status\": \"failed\", \"limit\": 50}",
+        ),
+    ] {
+        msg = msg.replace(ty, shown);
+    }
+    ApiError::bad_request(format!("invalid input: {msg}"))
 }
 
 /// `tasks.create` / `POST /api/tasks` input. `link` is the old system's name; `url` is

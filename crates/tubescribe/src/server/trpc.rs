@@ -37,7 +37,7 @@ pub fn error_response(e: &ApiError, path: &str) -> Response {
 }
 
 fn input_of<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, ApiError> {
-    serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("invalid input: {e}")))
+    serde_json::from_value(v).map_err(|e| api::invalid_input(&e))
 }
 
 async fn call(
