@@ -825,7 +825,7 @@ pub fn is_stock_phrase(text: &str) -> bool {
 }
 
 /// Lowercased words without punctuation, for comparing phrases.
-fn norm_words(text: &str) -> Vec<String> {
+pub(crate) fn norm_words(text: &str) -> Vec<String> {
     text.split_whitespace()
         .map(|w| {
             w.chars()

@@ -517,14 +517,7 @@ async fn process(
     }
     // With local transcribe workers, a missing model is refused before any task is created.
     if !no_workers && !cfg.model.is_file() {
-        anyhow::bail!(
-            "Whisper model not found at {}: run `tubescribe model install {}` or set --model / TUBESCRIBE_MODEL",
-            cfg.model.display(),
-            cfg.model
-                .file_name()
-                .and_then(|n| crate::model::ModelName::parse(&n.to_string_lossy()))
-                .map_or("tiny.en", |m| m.as_str())
-        );
+        anyhow::bail!(crate::model::missing_message(&cfg.model));
     }
     let data = DataDir::open(&cfg.data_dir)?;
     let (url, mut redis) = redis(&cfg, &data).await?;

@@ -193,6 +193,19 @@ fn file_sha256(path: &Path) -> std::io::Result<(String, u64)> {
     Ok((hex::encode(h.finalize()), n_total))
 }
 
+/// What to tell the user when the model file `path` is missing: where it was looked for and the
+/// `model install` command that writes it (`tiny.en` unless the file name is another model's).
+pub fn missing_message(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .and_then(|n| ModelName::parse(&n.to_string_lossy()))
+        .map_or("tiny.en", ModelName::as_str);
+    format!(
+        "Whisper model not found at {}: run `tubescribe model install {name}` or set --model / TUBESCRIBE_MODEL",
+        path.display()
+    )
+}
+
 /// True if `path` exists with `name`'s pinned size and SHA-256.
 pub async fn is_installed(name: ModelName, path: &Path) -> bool {
     match tokio::fs::metadata(path).await {

@@ -198,16 +198,6 @@ pub fn find_cuts(pcm: &[f32], segment_s: f64) -> Vec<usize> {
     cuts
 }
 
-fn norm_words(s: &str) -> String {
-    s.to_lowercase()
-        .chars()
-        .map(|c| if c.is_alphanumeric() { c } else { ' ' })
-        .collect::<String>()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Joins per-segment transcripts (timestamps already absolute) into one sequence: starts are
 /// non-decreasing and never before the previous end (times are clamped forward), ends are
 /// clamped to their segment's end, and a segment whose first text repeats the previous
@@ -221,7 +211,9 @@ pub fn merge(parts: &[(u64, Vec<Segment>)]) -> Vec<Segment> {
             if first {
                 first = false;
                 if let Some(prev) = out.last() {
-                    if !s.text.trim().is_empty() && norm_words(&prev.text) == norm_words(&s.text) {
+                    if !s.text.trim().is_empty()
+                        && asr::norm_words(&prev.text) == asr::norm_words(&s.text)
+                    {
                         continue;
                     }
                 }
@@ -461,15 +453,10 @@ async fn merge_step(
         .existing_output(names::AUDIO_WAV)
         .into_iter()
         .collect();
-    for (name, body) in [
-        (names::TRANSCRIPT_JSON, transcript.to_json()),
-        (names::TRANSCRIPT_TXT, transcript.to_txt()),
-        (names::TRANSCRIPT_SRT, transcript.to_srt()),
-        (names::TRANSCRIPT_VTT, transcript.to_vtt()),
-    ] {
-        // Fenced like every stage output: a stale merge run writes nothing.
-        outputs.push(jctx.write_atomic(name, body.as_bytes())?);
-    }
+    outputs.extend(crate::stages::transcribe::write_transcript(
+        jctx,
+        &transcript,
+    )?);
     let rtf = if total_ms > 0 {
         rtf_num / total_ms as f64
     } else {

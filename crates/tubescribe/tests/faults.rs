@@ -444,6 +444,16 @@ fn assert_all_completed_once(c: &Cluster, n: usize) -> BTreeMap<String, Value> {
     ms
 }
 
+/// The outcomes in `stage`'s attempt log of manifest `m`, in order.
+fn outcomes(m: &Value, stage: &str) -> Vec<String> {
+    m["stages"][stage]["attempt_log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap_or("-").to_string())
+        .collect()
+}
+
 /// Attempt records of all tasks: (task, stage, attempt json).
 fn attempts(ms: &BTreeMap<String, Value>) -> Vec<(String, &'static str, Value)> {
     let mut v = Vec::new();
@@ -754,17 +764,9 @@ fn a_panicking_stage_fails_its_task_and_the_queue_keeps_flowing() {
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    let outcomes = |s: &str| -> Vec<String> {
-        m["stages"][s]["attempt_log"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a["outcome"].as_str().unwrap_or("-").to_string())
-            .collect()
-    };
-    assert_eq!(outcomes("download"), ["completed", "reused"], "{m:#}");
-    assert_eq!(outcomes("transcribe"), ["failed", "completed"], "{m:#}");
-    assert_eq!(outcomes("summarize"), ["completed"], "{m:#}");
+    assert_eq!(outcomes(&m, "download"), ["completed", "reused"], "{m:#}");
+    assert_eq!(outcomes(&m, "transcribe"), ["failed", "completed"], "{m:#}");
+    assert_eq!(outcomes(&m, "summarize"), ["completed"], "{m:#}");
     assert_eq!(m["stages"]["download"]["completions"], 1);
     assert!(m["error"].is_null(), "{m:#}");
     c.stop_all();
@@ -792,17 +794,9 @@ fn resubmitting_a_failed_task_reuses_its_complete_stages() {
     assert_eq!(ms.len(), 1, "the same task, not a new one");
     let m = ms.values().next().unwrap();
     assert_eq!(m["status"], "completed", "{m:#}");
-    let outcomes = |s: &str| -> Vec<String> {
-        m["stages"][s]["attempt_log"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a["outcome"].as_str().unwrap_or("-").to_string())
-            .collect()
-    };
-    assert_eq!(outcomes("download"), ["completed", "reused"], "{m:#}");
-    assert_eq!(outcomes("transcribe"), ["completed", "reused"], "{m:#}");
-    assert_eq!(outcomes("summarize"), ["failed", "completed"], "{m:#}");
+    assert_eq!(outcomes(m, "download"), ["completed", "reused"], "{m:#}");
+    assert_eq!(outcomes(m, "transcribe"), ["completed", "reused"], "{m:#}");
+    assert_eq!(outcomes(m, "summarize"), ["failed", "completed"], "{m:#}");
     c.stop_all();
 }
 

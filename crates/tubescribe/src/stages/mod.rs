@@ -223,13 +223,7 @@ impl StageCtx {
             .get_or_try_init(|| async {
                 let path = self.cfg.model.clone();
                 if !path.is_file() {
-                    return Err(StageError::permanent(format!(
-                        "Whisper model not found at {}: run `tubescribe model install {}` or set --model / TUBESCRIBE_MODEL",
-                        path.display(),
-                        path.file_name()
-                            .and_then(|n| crate::model::ModelName::parse(&n.to_string_lossy()))
-                            .map_or("tiny.en", |m| m.as_str())
-                    )));
+                    return Err(StageError::permanent(crate::model::missing_message(&path)));
                 }
                 tokio::task::spawn_blocking(move || AsrModel::load(&path))
                     .await

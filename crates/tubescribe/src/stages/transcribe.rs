@@ -124,14 +124,7 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
     };
     transcript.normalize();
     let mut outputs = vec![wav_out];
-    for (name, body) in [
-        (names::TRANSCRIPT_JSON, transcript.to_json()),
-        (names::TRANSCRIPT_TXT, transcript.to_txt()),
-        (names::TRANSCRIPT_SRT, transcript.to_srt()),
-        (names::TRANSCRIPT_VTT, transcript.to_vtt()),
-    ] {
-        outputs.push(job.write_atomic(name, body.as_bytes())?);
-    }
+    outputs.extend(write_transcript(job, &transcript)?);
     let rtf = if duration_s > 0.0 {
         asr_wall / duration_s
     } else {
@@ -203,6 +196,23 @@ async fn resume_decoded(job: &JobCtx) -> Option<(crate::manifest::OutputFile, f6
     .await
     .ok()
     .flatten()
+}
+
+/// Writes `transcript` as `transcript.{json,txt,srt,vtt}` (atomic and fenced like every stage
+/// output: a stale run writes nothing); returns their records.
+pub(crate) fn write_transcript(
+    job: &JobCtx,
+    transcript: &Transcript,
+) -> Result<Vec<crate::manifest::OutputFile>, StageError> {
+    [
+        (names::TRANSCRIPT_JSON, transcript.to_json()),
+        (names::TRANSCRIPT_TXT, transcript.to_txt()),
+        (names::TRANSCRIPT_SRT, transcript.to_srt()),
+        (names::TRANSCRIPT_VTT, transcript.to_vtt()),
+    ]
+    .into_iter()
+    .map(|(name, body)| job.write_atomic(name, body.as_bytes()))
+    .collect()
 }
 
 /// Decodes `media` to `audio.wav` (16 kHz mono s16) and checks its length against the

@@ -274,7 +274,8 @@ pub(crate) async fn probe(
     let cmd = Cmd::new(&ctx.cfg.programs.ffprobe)
         .args(media::ffprobe_args(path))
         .timeout(std::time::Duration::from_secs(120));
-    if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if len == 0 {
         return Err(StageError::permanent("the media file is empty (0 bytes)"));
     }
     let (out, stdout) = process::run_collect(&cmd, &job.cancel).await?;
@@ -297,7 +298,6 @@ pub(crate) async fn probe(
     let n = std::fs::File::open(path)
         .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
         .unwrap_or(0);
-    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     if let Some((declared, present)) = media::wav_data_sizes(&head[..n], len) {
         if present + present / 100 < declared {
             return Err(StageError::permanent(format!(
