@@ -1,8 +1,11 @@
 //! Long audio through segment jobs: 12+ minutes of real speech (the shared English clips,
 //! repeated, joined with 1.5 s pauses) is processed by `tubescribe process` with the default
 //! 10-minute segment length. It must be split into at least two segment jobs with every cut
-//! inside a pause, the merged transcript must be monotonic, and its WER must be within 2
-//! points of one unsplit whisper run over the same audio with the same model.
+//! inside a pause, the merged transcript must be monotonic, and its WER must be no more than
+//! 2 points worse than one unsplit whisper run over the same audio with the same model (and
+//! under 15 % outright). Splitting may also come out *better*: a single 12-minute decode drifts
+//! (CI measured unsplit 13.45 % vs split 10.20 % on one run, 10.2 % vs 10.5 % on another with
+//! a different thread count), and avoiding that drift is part of why segments exist.
 
 mod common;
 
@@ -163,7 +166,8 @@ fn long_audio_is_split_in_pauses_and_merged_like_one_run() {
     );
     eprintln!("WER split {:.2}% unsplit {:.2}%", ws * 100.0, wu * 100.0);
     assert!(
-        (ws - wu).abs() <= 0.02,
-        "WER split {ws:.4} vs unsplit {wu:.4} differ by more than 2 points"
+        ws <= wu + 0.02,
+        "splitting cost accuracy: WER split {ws:.4} vs unsplit {wu:.4} (more than 2 points worse)"
     );
+    assert!(ws < 0.15, "split WER {ws:.4} is not a usable transcript");
 }
