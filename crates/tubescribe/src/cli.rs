@@ -399,6 +399,7 @@ async fn serve(mut cfg: Config, args: ServeArgs) -> Result<i32> {
     opts.keep_alive = Duration::from_secs(args.keep_alive_s.max(1));
     let policy = InputPolicy {
         allow_hosts: cfg.allow_hosts.clone(),
+        ..Default::default()
     };
     let stop2 = stop.clone();
     tokio::spawn(async move {
@@ -501,6 +502,7 @@ async fn process(
 ) -> Result<i32> {
     let policy = InputPolicy {
         allow_hosts: cfg.allow_hosts.clone(),
+        ..Default::default()
     };
     // Refuse bad inputs before anything is created.
     let mut bad = Vec::new();
@@ -826,13 +828,23 @@ pub fn parse() -> Cli {
     Cli::parse()
 }
 
-/// Prints a client error and returns the exit code: 2 for a refused input (HTTP 400),
-/// 1 otherwise.
+/// Prints a client error and returns the exit code: 2 for a refused input (HTTP 400, or a
+/// task id refused before sending), 1 otherwise.
 fn client_failed(what: &str, e: &crate::client::ClientError) -> i32 {
-    eprintln!("error: {what}: {e}");
+    use crate::client::ClientError;
     match e {
-        crate::client::ClientError::Api { status: 400, .. } => 2,
-        _ => 1,
+        ClientError::InvalidId(_) => {
+            eprintln!("error: {e}");
+            2
+        }
+        ClientError::Api { status: 400, .. } => {
+            eprintln!("error: {what}: {e}");
+            2
+        }
+        _ => {
+            eprintln!("error: {what}: {e}");
+            1
+        }
     }
 }
 

@@ -28,6 +28,10 @@ pub enum ClientError {
     /// The answer was not the JSON we expect.
     #[error("unexpected answer from the server: {0}")]
     Decode(String),
+    /// A task id that no task can have (see [`crate::tasks::valid_task_id`]); refused before
+    /// any request, so it never becomes part of a URL path.
+    #[error("invalid task id {0:?}: task ids are 1–100 characters of A–Z, a–z, 0–9, '-' and '_'")]
+    InvalidId(String),
 }
 
 impl ClientError {
@@ -36,7 +40,7 @@ impl ClientError {
         match self {
             ClientError::Transport { .. } => true,
             ClientError::Api { status, .. } => *status >= 500,
-            ClientError::Decode(_) => false,
+            ClientError::Decode(_) | ClientError::InvalidId(_) => false,
         }
     }
 }
@@ -60,6 +64,14 @@ impl Client {
                 .build()
                 .expect("HTTP client builds"),
         }
+    }
+
+    /// `{base}/api/tasks/{id}{rest}`, for a valid id only.
+    fn task_url(&self, id: &str, rest: &str) -> Result<String, ClientError> {
+        if !crate::tasks::valid_task_id(id) {
+            return Err(ClientError::InvalidId(id.to_string()));
+        }
+        Ok(format!("{}/api/tasks/{id}{rest}", self.base))
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, ClientError> {
@@ -104,8 +116,7 @@ impl Client {
 
     /// The manifest of `id`.
     pub async fn get(&self, id: &str) -> Result<Value, ClientError> {
-        self.send(self.http.get(format!("{}/api/tasks/{id}", self.base)))
-            .await
+        self.send(self.http.get(self.task_url(id, "")?)).await
     }
 
     /// The newest tasks: `{tasks: [manifest…], total, offset, limit}`.
@@ -120,19 +131,13 @@ impl Client {
 
     /// Cancels `id`: `{taskId, status, removedFromQueue}`.
     pub async fn cancel(&self, id: &str) -> Result<Value, ClientError> {
-        self.send(
-            self.http
-                .post(format!("{}/api/tasks/{id}/cancel", self.base)),
-        )
-        .await
+        self.send(self.http.post(self.task_url(id, "/cancel")?))
+            .await
     }
 
     /// Retries `id`: `{taskId, videoId, existing, status}`.
     pub async fn retry(&self, id: &str) -> Result<Value, ClientError> {
-        self.send(
-            self.http
-                .post(format!("{}/api/tasks/{id}/retry", self.base)),
-        )
-        .await
+        self.send(self.http.post(self.task_url(id, "/retry")?))
+            .await
     }
 }

@@ -445,6 +445,11 @@ pub struct Config {
 /// decode starts.
 pub const DEFAULT_MIN_FREE_MB: u64 = 1024;
 
+/// Largest accepted `transcribe.threads`: far above any useful value (whisper.cpp scales to
+/// the physical cores), low enough that a typo cannot make the OS refuse thread creation,
+/// which aborts the process mid-job.
+pub const MAX_THREADS: usize = 256;
+
 fn env_path(name: &str) -> Option<PathBuf> {
     std::env::var_os(name)
         .filter(|v| !v.is_empty())
@@ -551,6 +556,15 @@ impl Config {
             file.transcribe.threads,
             (cores / transcribe_concurrency).max(1),
         )?;
+        if threads > MAX_THREADS {
+            return Err(ConfigError::Invalid {
+                key: "transcribe.threads".into(),
+                message: format!(
+                    "{threads} is more than {MAX_THREADS}; whisper.cpp gains nothing beyond the \
+                     machine's cores ({cores} here)"
+                ),
+            });
+        }
         let threads_explicit = o.threads.or(file.transcribe.threads).is_some();
         let schedule = resolve_schedule(&file.schedule, cores)?;
         let llm = match (&file.llm, std::env::var("TUBESCRIBE_LLM_BASE_URL").ok()) {
@@ -621,6 +635,26 @@ impl Config {
         )?;
         let redis_retry = seconds("worker.redis_retry_s", file.worker.redis_retry_s, 2.0)?
             .max(Duration::from_millis(100));
+        let allow_hosts: Vec<String> = o
+            .allow_hosts
+            .clone()
+            .or(file.allow_hosts)
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|h| split_hosts(h))
+            .collect();
+        if let Some(bad) = allow_hosts
+            .iter()
+            .find(|h| !crate::input::valid_host_entry(h))
+        {
+            return Err(ConfigError::Invalid {
+                key: "allow_hosts".into(),
+                message: format!(
+                    "{bad:?} is not a host or host:port (write e.g. media.example.org, \
+                     localhost:8080 or [::1]:9000; no scheme, path or wildcard)"
+                ),
+            });
+        }
         Ok(Config {
             stage_policies,
             shutdown_grace,
@@ -631,14 +665,7 @@ impl Config {
                 .clone()
                 .or(file.redis_url)
                 .filter(|s| !s.is_empty()),
-            allow_hosts: o
-                .allow_hosts
-                .clone()
-                .or(file.allow_hosts)
-                .unwrap_or_default()
-                .iter()
-                .flat_map(|h| split_hosts(h))
-                .collect(),
+            allow_hosts,
             model,
             download_concurrency,
             transcribe_concurrency,
@@ -801,6 +828,53 @@ mod tests {
         assert_eq!(c2.data_dir, PathBuf::from("/tmp/other"));
         assert_eq!(c2.allow_hosts, vec!["a.test", "b.test"]);
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn malformed_hosts_and_threads_are_refused() {
+        for bad in [
+            "host/evil",
+            "http://host:80",
+            "*",
+            "*.example.org",
+            "host:99999",
+        ] {
+            let o = Overrides {
+                config: Some("/dev/null".into()),
+                allow_hosts: Some(vec![format!("ok.example, {bad}")]),
+                ..Default::default()
+            };
+            match Config::resolve(&o) {
+                Err(ConfigError::Invalid { key, message }) => {
+                    assert_eq!(key, "allow_hosts");
+                    assert!(
+                        message.starts_with(&format!("{bad:?} is not a host")),
+                        "{message}"
+                    );
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        let ok = Overrides {
+            config: Some("/dev/null".into()),
+            allow_hosts: Some(vec![
+                "localhost:8080, [::1]:9000, 10.0.0.5, media.lan".into()
+            ]),
+            threads: Some(MAX_THREADS),
+            ..Default::default()
+        };
+        let c = Config::resolve(&ok).unwrap();
+        assert_eq!(c.allow_hosts.len(), 4);
+        assert_eq!(c.threads, MAX_THREADS);
+        let o = Overrides {
+            config: Some("/dev/null".into()),
+            threads: Some(100_000),
+            ..Default::default()
+        };
+        match Config::resolve(&o) {
+            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "transcribe.threads"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

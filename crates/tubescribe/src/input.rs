@@ -101,6 +101,12 @@ pub struct InputPolicy {
     ///
     /// Empty (the default) means no direct URLs are accepted.
     pub allow_hosts: Vec<String>,
+    /// Submissions arrive over the network (the HTTP API): the local filesystem is never
+    /// consulted, so a remote user can neither make the server read its files nor learn which
+    /// paths exist. Path-like input and `file:` URLs get one uniform
+    /// [`InputError::LocalFileRefused`]; a bare 11-character id is always a YouTube id.
+    /// `false` (the default) is the CLI on the machine that holds the files.
+    pub remote: bool,
 }
 
 impl InputPolicy {
@@ -113,7 +119,10 @@ impl InputPolicy {
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
             .collect();
-        Self { allow_hosts }
+        Self {
+            allow_hosts,
+            remote: false,
+        }
     }
 
     /// Checks a URL we are about to fetch directly (the submitted URL on the
@@ -282,6 +291,14 @@ pub enum InputError {
     #[error("Invalid YouTube URL: {0}")]
     InvalidUrl(String),
 
+    /// A local path or `file:` URL submitted over the network (see [`InputPolicy::remote`]);
+    /// the same message whether or not the path exists.
+    #[error(
+        "local files cannot be submitted over HTTP; submit a YouTube URL (or run \
+         `tubescribe process FILE` on the machine that holds the file)"
+    )]
+    LocalFileRefused,
+
     /// A local path (or `file://` URL) that does not exist.
     #[error("file not found: {}", path.display())]
     FileNotFound {
@@ -428,7 +445,20 @@ fn parse_host_entry(entry: &str) -> Option<(String, Option<u16>)> {
     // Let the url crate normalize the host exactly like it does for inputs
     // (IDNA, IPv4/IPv6 canonical forms).
     let parsed = Url::parse(&format!("http://{host}/")).ok()?;
-    Some((normalize_host(parsed.host_str()?), port))
+    let host = normalize_host(parsed.host_str()?);
+    // Names are letters, digits, `-`, `_` and dots after IDNA; no wildcards (`*` would parse).
+    let name_ok = |h: &str| {
+        !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    (host.starts_with('[') || name_ok(&host)).then_some((host, port))
+}
+
+/// True when `entry` is a usable [`InputPolicy::allow_hosts`] entry: `host`, `host:port`,
+/// an IP literal or `[v6]:port`; false for URLs (`http://…`), paths, wildcards and bad ports.
+pub fn valid_host_entry(entry: &str) -> bool {
+    parse_host_entry(entry).is_some()
 }
 
 /// `host` or `host:port` as written in the URL, for messages.
@@ -700,7 +730,9 @@ fn parse_youtube_inner(s: &str, allow_attribution: bool) -> Result<(String, Stri
 /// 2. Input without `://` that names an **existing** path → local file
 ///    ([`Input::LocalFile`], canonicalized; an existing file wins over a
 ///    same-named bare id). Existing non-regular files (directories…) →
-///    [`InputError::NotAFile`]. `~` is not expanded.
+///    [`InputError::NotAFile`]. `~` is not expanded. Skipped for a
+///    [`InputPolicy::remote`] policy, which answers every path form (and
+///    `file:` URLs) with [`InputError::LocalFileRefused`] without touching the disk.
 /// 3. Input with a scheme: `file:` → local file (must exist, local host
 ///    only); `http`/`https` on a YouTube host → [`parse_youtube_url`];
 ///    `http`/`https` elsewhere → [`Input::DirectUrl`] if the host is in
@@ -727,7 +759,7 @@ pub fn parse_input(s: &str, policy: &InputPolicy) -> Result<Input, InputError> {
         return Err(invalid("empty input; submit a YouTube video URL"));
     }
 
-    if !s.contains("://") {
+    if !s.contains("://") && !policy.remote {
         let path = Path::new(s);
         match std::fs::metadata(path) {
             Ok(meta) => return local_file(path, &meta),
@@ -753,6 +785,7 @@ pub fn parse_input(s: &str, policy: &InputPolicy) -> Result<Input, InputError> {
     if let Some(scheme) = scheme_of(s) {
         let scheme = scheme.to_ascii_lowercase();
         return match scheme.as_str() {
+            "file" if policy.remote => Err(InputError::LocalFileRefused),
             "file" => file_url(s),
             "http" | "https" => {
                 let url = Url::parse(s).map_err(|e| {
@@ -815,6 +848,9 @@ pub fn parse_input(s: &str, policy: &InputPolicy) -> Result<Input, InputError> {
         });
     }
 
+    if policy.remote {
+        return Err(InputError::LocalFileRefused);
+    }
     Err(InputError::FileNotFound {
         path: PathBuf::from(s),
     })
@@ -1090,6 +1126,7 @@ mod tests {
                 "Media.Example.org".into(),
                 "[::1]:9000".into(),
             ],
+            ..Default::default()
         };
         let ok = |s: &str| match parse_input(s, &policy) {
             Ok(Input::DirectUrl { url }) => url,
@@ -1121,6 +1158,7 @@ mod tests {
         // Default port counts when the entry has a port.
         let p443 = InputPolicy {
             allow_hosts: vec!["example.org:443".into()],
+            ..Default::default()
         };
         assert!(matches!(
             parse_input("https://example.org/a.mp3", &p443),
@@ -1376,6 +1414,31 @@ mod tests {
         ));
         assert!(parse_youtube_url(&name).is_ok());
         let dir = p.parent().unwrap().to_owned();
+        // Remote submissions never look at the disk: the same name is a YouTube id, and every
+        // path form (existing, missing, directory, file: URL) gets the same refusal.
+        let remote = InputPolicy {
+            remote: true,
+            ..Default::default()
+        };
+        match parse_input(&name, &remote).unwrap() {
+            Input::YouTube { video_id, .. } => assert_eq!(video_id, name),
+            other => panic!("{other:?}"),
+        }
+        for path in [
+            p.to_str().unwrap(),
+            dir.to_str().unwrap(),
+            "/definitely/not/here.wav",
+            "nope.wav",
+            furl.as_str(),
+        ] {
+            assert!(
+                matches!(
+                    parse_input(path, &remote),
+                    Err(InputError::LocalFileRefused)
+                ),
+                "{path}"
+            );
+        }
         // Missing file and missing file:// URL
         let missing = dir.join("nope.wav");
         let err = parse_input(missing.to_str().unwrap(), &pol).unwrap_err();
@@ -1410,6 +1473,7 @@ mod tests {
     fn source_keys() {
         let pol = InputPolicy {
             allow_hosts: vec!["localhost:8080".into()],
+            ..Default::default()
         };
         let a = parse_input("https://youtu.be/dQw4w9WgXcQ?t=3", &pol).unwrap();
         let b = parse_input("youtube.com/watch?list=PL1&v=dQw4w9WgXcQ", &pol).unwrap();

@@ -402,6 +402,8 @@ impl Manifest {
         r.finished_at = Some(now_ms());
         r.error = None;
         r.outputs = outputs;
+        // A phase describes a running attempt; none is left once the stage ends.
+        r.detail.remove("phase");
         if stage == Stage::LAST && self.status != TaskStatus::Cancelled {
             self.status = TaskStatus::Completed;
             self.error = None;
@@ -420,6 +422,7 @@ impl Manifest {
         let r = self.stage_mut(stage);
         r.error = Some(message.to_string());
         r.finished_at = Some(now_ms());
+        r.detail.remove("phase");
         if !final_attempt {
             r.state = StageState::Waiting;
             return;
@@ -475,7 +478,14 @@ mod tests {
         assert_eq!(m.status, TaskStatus::Running);
         m.complete_stage(Stage::Download, vec![]);
         m.start_stage(Stage::Transcribe, 1);
+        m.stage_mut(Stage::Transcribe)
+            .detail
+            .insert("phase".into(), serde_json::json!("transcribing"));
         m.complete_stage(Stage::Transcribe, vec![]);
+        assert_eq!(
+            m.stage(Stage::Transcribe).unwrap().detail.get("phase"),
+            None
+        );
         assert_eq!(m.status, TaskStatus::Running);
         m.start_stage(Stage::Summarize, 1);
         m.complete_stage(Stage::Summarize, vec![]);
@@ -487,7 +497,11 @@ mod tests {
     fn final_failure_skips_later_stages_and_says_why() {
         let mut m = m();
         m.start_stage(Stage::Download, 1);
+        m.stage_mut(Stage::Download)
+            .detail
+            .insert("phase".into(), serde_json::json!("downloading"));
         m.fail_stage(Stage::Download, "network is unreachable", true, false);
+        assert_eq!(m.stage(Stage::Download).unwrap().detail.get("phase"), None);
         assert_eq!(m.stage(Stage::Download).unwrap().state, StageState::Waiting);
         assert_eq!(m.status, TaskStatus::Running);
         m.start_stage(Stage::Download, 2);

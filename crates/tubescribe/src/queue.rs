@@ -47,6 +47,8 @@ pub const PREFIX: &str = "bull";
 const BACKOFF_NAME: &str = "tubescribe";
 /// Marker at the start of a failure message that asks for a cool-down backoff.
 const COOL_DOWN_MARK: &str = "cool-down: ";
+/// Marker of a cool-down with the service's own wait: `cool-down <ms> ms: <message>`.
+const WAIT_MARK: &str = "cool-down ";
 
 /// Errors talking to the queue. Redis errors are retryable (the server may come back).
 #[derive(Debug, thiserror::Error)]
@@ -66,8 +68,16 @@ pub struct JobData {
 /// Backoff before retry number `attempt` (1-based): `base_ms × 2^(attempt−1)`, or for
 /// cool-down failures (bot checks, HTTP 429; marked by the processor) `cool_down_ms ×
 /// 2^(attempt−1)`. The defaults are 2 s (5 s for summaries) and 5 min per stage
-/// ([`StagePolicy`]).
+/// ([`StagePolicy`]). A cool-down whose service named its wait (`Retry-After`, marked
+/// `cool-down <ms> ms: `) waits exactly that, but at least `base_ms`.
 pub fn backoff_delay_ms(attempt: u32, error_message: &str, base_ms: i64, cool_down_ms: i64) -> i64 {
+    if let Some(wait_ms) = error_message
+        .strip_prefix(WAIT_MARK)
+        .and_then(|rest| rest.split_once(" ms: "))
+        .and_then(|(n, _)| n.parse::<i64>().ok())
+    {
+        return wait_ms.max(base_ms);
+    }
     let base = if error_message.starts_with(COOL_DOWN_MARK) {
         cool_down_ms
     } else {
@@ -801,9 +811,10 @@ async fn process_job(
             Err(match e.class {
                 FailureClass::Permanent => bullmq::Error::Unrecoverable(e.message),
                 FailureClass::Retryable => bullmq::Error::ProcessingError(e.message),
-                FailureClass::CoolDown => {
-                    bullmq::Error::ProcessingError(format!("{COOL_DOWN_MARK}{}", e.message))
-                }
+                FailureClass::CoolDown => bullmq::Error::ProcessingError(match e.retry_after {
+                    Some(w) => format!("{WAIT_MARK}{} ms: {}", w.as_millis(), e.message),
+                    None => format!("{COOL_DOWN_MARK}{}", e.message),
+                }),
             })
         }
     }
@@ -871,6 +882,20 @@ mod tests {
             600_000
         );
         assert_eq!(backoff_delay_ms(40, "x", i64::MAX / 2, 1), i64::MAX);
+        // The service's own wait (Retry-After) wins over the configured cool-down.
+        assert_eq!(
+            backoff_delay_ms(
+                1,
+                "cool-down 3600000 ms: LLM API rate limit",
+                5_000,
+                300_000
+            ),
+            3_600_000
+        );
+        assert_eq!(
+            backoff_delay_ms(2, "cool-down 10 ms: too short", 5_000, 300_000),
+            5_000
+        );
     }
 
     #[test]

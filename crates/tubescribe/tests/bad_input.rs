@@ -137,7 +137,8 @@ fn assert_failed(
 
 /// A stand-in for yt-dlp: for the video id at the end of the canonical URL it reads
 /// `<dir>/<id>.json` (`meta`: the META object to print, `stderr`, `exit`, `media`: a file to
-/// "download"), logs the full command line to `<dir>/calls.log` and behaves like yt-dlp with
+/// "download"; hostile: `report`, a path to print as the result without writing anything, or
+/// `link_to`, a target for a symlink it leaves as the result), logs the full command line to `<dir>/calls.log` and behaves like yt-dlp with
 /// our `--print` templates.
 fn fake_ytdlp(dir: &Path) -> PathBuf {
     let script = dir.join("fake-yt-dlp");
@@ -162,9 +163,15 @@ if sc.get("exit", 0) != 0:
     sys.exit(sc["exit"])
 out_dir = args[args.index("-P") + 1]
 tmpl = args[args.index("-o") + 1]
-ext = sc["media"].rsplit(".", 1)[1]
-dst = os.path.join(out_dir, tmpl.replace("%(ext)s", ext))
-shutil.copy(sc["media"], dst)
+if "link_to" in sc:
+    dst = os.path.join(out_dir, tmpl.replace("%(ext)s", "m4a"))
+    os.symlink(sc["link_to"], dst)
+elif "report" in sc:
+    dst = sc["report"]
+else:
+    ext = sc["media"].rsplit(".", 1)[1]
+    dst = os.path.join(out_dir, tmpl.replace("%(ext)s", ext))
+    shutil.copy(sc["media"], dst)
 print("FILE " + dst, flush=True)
 "#
         ),
@@ -326,6 +333,40 @@ fn class1_urls_and_ssrf() {
         0,
         "the refused target was contacted"
     );
+
+    // yt-dlp naming a file outside its output directory (directly or through a symlink):
+    // the task fails permanently and the named file is neither moved nor deleted.
+    let victim = tmp.path().join("victim.m4a");
+    std::fs::write(&victim, b"not ours").unwrap();
+    scenario(
+        &fake,
+        "outsidePath",
+        serde_json::json!({"report": p(&victim)}),
+    );
+    scenario(
+        &fake,
+        "symlinkPath",
+        serde_json::json!({"link_to": p(&victim)}),
+    );
+    let data3 = tmp.path().join("data3");
+    let run = run_with(
+        &data3,
+        &["process", "outsidePath", "symlinkPath"],
+        &[("TUBESCRIBE_YTDLP", p(&script))],
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    for id in ["yt-outsidePath", "yt-symlinkPath"] {
+        let m = manifest(&data3, id);
+        assert_failed(
+            &data3,
+            &m,
+            "download",
+            "yt-dlp reported an unexpected file path",
+            false,
+            1,
+        );
+    }
+    assert_eq!(std::fs::read(&victim).unwrap(), b"not ours");
 }
 
 /// Serves `router` on 127.0.0.1 (random port) for the rest of the test process.
@@ -1186,7 +1227,8 @@ fn chat_reply(content: &str) -> String {
 }
 
 /// Class 8: the LLM API through the whole pipeline. 401 fails the task at once with a clear
-/// message; 429 with `Retry-After: 2` is waited out and the LLM summary is used; a reply that
+/// message; 429 with `Retry-After: 2` is waited out in the call and `Retry-After: 61` by a
+/// queue retry, and the LLM summary is used; a reply that
 /// obeys an injected instruction is rejected and the extractive summary is used instead, with
 /// a note, so the output format holds. (Retries of 5xx/timeouts, map-reduce of long
 /// transcripts and prompt structure are covered in `crates/summarizer/tests/llm_fake.rs`.)
@@ -1257,6 +1299,41 @@ fn class8_llm_api() {
     assert!(
         times[1] - times[0] >= std::time::Duration::from_millis(1900),
         "Retry-After not honoured: {:?}",
+        times[1] - times[0]
+    );
+
+    // A Retry-After longer than the client's 60 s cap: the summarize job is retried by the
+    // queue no sooner than the server asked, and the second attempt gets the LLM summary.
+    let (url, seen) = fake_llm(vec![
+        (
+            429,
+            vec![("retry-after", "61".to_string())],
+            r#"{"error":{"message":"Rate limit reached"}}"#.into(),
+        ),
+        (200, vec![], good.clone()),
+    ]);
+    let data = d.join("d429long");
+    let env = [
+        ("TUBESCRIBE_LLM_BASE_URL", url.as_str()),
+        ("TUBESCRIBE_LLM_MODEL", "fake"),
+    ];
+    let run = run_with(&data, &["process", input], &env);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let m = manifest_for(&data, "/talk.wav");
+    assert_eq!(m["status"], "completed");
+    assert_eq!(m["stages"]["summarize"]["detail"]["kind"]["method"], "llm");
+    assert_eq!(m["stages"]["summarize"]["attempts"], 2, "{m:#}");
+    assert!(
+        m["stages"]["summarize"]["detail"]["attempt_1_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("server asks to wait 61 s")),
+        "{m:#}"
+    );
+    let times = seen.lock().unwrap().clone();
+    assert_eq!(times.len(), 2);
+    assert!(
+        times[1] - times[0] >= std::time::Duration::from_secs(61),
+        "long Retry-After not honoured: {:?}",
         times[1] - times[0]
     );
 

@@ -312,15 +312,25 @@ async fn api_contract_sse_order_and_resume() {
             .contains("host example.com is not a YouTube host"),
         "{e}"
     );
-    let (s, _, e) = post(&format!("{base}/api/tasks"), json!({"link": "/etc/passwd"})).await;
-    assert_eq!(s, 400);
+    // Local paths: one message whether the path is a file, a directory or missing, so the API
+    // tells nothing about this machine's disk.
+    let mut details = Vec::new();
+    for link in [
+        "/etc/passwd",
+        "/etc",
+        "/definitely/not/here.mp3",
+        "file:///etc/passwd",
+        "talk.mp3",
+    ] {
+        let (s, _, e) = post(&format!("{base}/api/tasks"), json!({ "link": link })).await;
+        assert_eq!(s, 400, "{link}: {e}");
+        details.push(e["detail"].as_str().unwrap().to_string());
+    }
     assert!(
-        e["detail"]
-            .as_str()
-            .unwrap()
-            .contains("local files cannot be submitted"),
-        "{e}"
+        details[0].starts_with("local files cannot be submitted over HTTP"),
+        "{details:?}"
     );
+    assert!(details.iter().all(|d| d == &details[0]), "{details:?}");
     let (s, _, e) = post(&format!("{base}/api/tasks"), json!({"nolink": 1})).await;
     assert_eq!(s, 400);
     assert!(
@@ -777,6 +787,21 @@ async fn worker_in_another_process_and_cancel_during_transcribe() {
     );
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("Invalid YouTube URL"), "{}", run.stderr);
+    // An id that no task can have never becomes part of a request path.
+    for (cmd, bad) in [
+        ("status", "../../etc"),
+        ("cancel", "a/b"),
+        ("retry", "x?y=1"),
+    ] {
+        let run = cli(&data, &[cmd, "--server", &base, bad]);
+        assert_eq!(run.code, 2, "{cmd} {bad}: {}", run.stderr);
+        assert!(
+            run.stderr
+                .starts_with(&format!("error: invalid task id {bad:?}")),
+            "{}",
+            run.stderr
+        );
+    }
     drop(worker);
     drop(srv);
     eprintln!(

@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 
 use super::Shared;
 use crate::cancel::{self, Cancelled};
-use crate::input::{self, Input};
 use crate::manifest::{Manifest, TaskStatus};
 use crate::tasks::{self, SubmitError, TaskOpError, TaskPage};
 
@@ -220,13 +219,8 @@ pub struct ListInput {
 
 /// Creates (or joins) the task for `input.link`.
 pub async fn create(st: &Shared, input: CreateInput) -> Result<CreateOutput, ApiError> {
-    let parsed = input::parse_input(&input.link, &st.policy)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    if matches!(parsed, Input::LocalFile { .. }) && !st.opts.allow_local_files {
-        return Err(ApiError::bad_request(
-            "local files cannot be submitted over HTTP; submit a YouTube URL (or use `tubescribe process FILE`)",
-        ));
-    }
+    // Input errors become 400s; with `allow_local_files` off the policy is `remote`, so
+    // parsing never looks at this machine's disk.
     let fresh = input.fresh || input.options.fresh;
     let s = tasks::submit(&st.data, &st.producer, &st.policy, &input.link, fresh).await?;
     let status = tasks::get(&st.data, &s.task_id)?.status;

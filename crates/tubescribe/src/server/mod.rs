@@ -117,11 +117,12 @@ pub(crate) type Shared = Arc<AppState>;
 pub async fn run(
     data: DataDir,
     redis_url: &str,
-    policy: InputPolicy,
+    mut policy: InputPolicy,
     opts: ServeOptions,
     shutdown: CancellationToken,
     on_bound: impl FnOnce(SocketAddr),
 ) -> Result<(), ServerError> {
+    policy.remote = !opts.allow_local_files;
     let producer = Producer::connect(redis_url).await?;
     let log = EventLog::connect(redis_url).await?;
     let hub = EventHub::start(redis_url, data.clone(), shutdown.clone()).await?;
@@ -230,7 +231,7 @@ async fn auth(State(st): State<Shared>, req: Request, next: Next) -> Response {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_credentials)
             .unwrap_or("");
         if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
             let e = ApiError::unauthorized("missing or wrong bearer token");
@@ -243,6 +244,15 @@ async fn auth(State(st): State<Shared>, req: Request, next: Next) -> Response {
         }
     }
     next.run(req).await
+}
+
+/// The credentials of an `Authorization: Bearer <token>` value; the scheme name is
+/// case-insensitive (RFC 7235 §2.1), surrounding spaces are ignored.
+fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(rest.trim_start())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -271,5 +281,15 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for v in ["Bearer t0k", "bearer t0k", "BEARER  t0k", " Bearer t0k "] {
+            assert_eq!(bearer_credentials(v), Some("t0k"), "{v:?}");
+        }
+        for v in ["Basic dTpw", "Bearert0k", "t0k", ""] {
+            assert_eq!(bearer_credentials(v), None, "{v:?}");
+        }
     }
 }

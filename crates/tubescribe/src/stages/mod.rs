@@ -114,6 +114,10 @@ pub struct StageError {
     pub class: FailureClass,
     /// Human-readable reason, e.g. "video is private".
     pub message: String,
+    /// For cool-down failures: the wait the service asked for (HTTP `Retry-After`); the next
+    /// attempt starts no sooner (see [`crate::queue::backoff_delay_ms`]). `None` = the stage's
+    /// configured cool-down.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl StageError {
@@ -122,6 +126,7 @@ impl StageError {
         Self {
             class: FailureClass::Permanent,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -130,6 +135,7 @@ impl StageError {
         Self {
             class: FailureClass::Retryable,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -138,6 +144,15 @@ impl StageError {
         Self {
             class: FailureClass::CoolDown,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A rate-limit failure whose service said how long to wait (`Retry-After`).
+    pub fn cool_down_for(message: impl Into<String>, wait: std::time::Duration) -> Self {
+        Self {
+            retry_after: Some(wait),
+            ..Self::cool_down(message)
         }
     }
 

@@ -1,10 +1,11 @@
 //! The summarize stage: `transcript.json` → `summary.{md,json}`.
 //!
 //! Without an LLM configured it runs the offline extractive summarizer. With one, it asks the
-//! OpenAI-compatible API; a key the API rejects fails the task with that message, while any
-//! other LLM failure (server down after retries, unusable output) falls back to the
-//! extractive summary and says so in the summary's notes. Every timestamp in the summary is
-//! the start of a real transcript segment.
+//! OpenAI-compatible API; a key the API rejects fails the task with that message, a long rate
+//! limit (`Retry-After`) retries the job no sooner than the server asked, and any other LLM
+//! failure (server down after retries, unusable output, rate-limited on the last attempt)
+//! falls back to the extractive summary and says so in the summary's notes. Every timestamp
+//! in the summary is the start of a real transcript segment.
 
 use summarizer::{extractive, llm, Summary};
 
@@ -46,20 +47,22 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
                 r = client.summarize(&segments) => r,
                 _ = job.cancel.cancelled() => return Err(StageError::permanent("cancelled")),
             };
+            let attempts = ctx.cfg.policy(super::Stage::Summarize).attempts;
             match res {
                 Ok(s) => s,
-                Err(e) if is_auth_error(&e) => {
-                    return Err(StageError::permanent(e.to_string()));
-                }
-                Err(e) => {
-                    tracing::warn!(task = %job.task_id, error = %e, "LLM failed; using the extractive summary");
-                    let mut s = extractive::summarize(&segments, &extractive::Options::default());
-                    s.notes.push(format!(
-                        "{}: LLM failed: {e}",
-                        summarizer::FALLBACK_NOTE_PREFIX
-                    ));
-                    s
-                }
+                Err(e) => match stage_error_for(&e, job.attempt, attempts) {
+                    Some(err) => return Err(err),
+                    None => {
+                        tracing::warn!(task = %job.task_id, error = %e, "LLM failed; using the extractive summary");
+                        let mut s =
+                            extractive::summarize(&segments, &extractive::Options::default());
+                        s.notes.push(format!(
+                            "{}: LLM failed: {e}",
+                            summarizer::FALLBACK_NOTE_PREFIX
+                        ));
+                        s
+                    }
+                },
             }
         }
     };
@@ -92,16 +95,29 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
     })
 }
 
-/// True when the LLM API refused our credentials or the model (401/403/404): a setting the
-/// user must fix, so the task fails instead of falling back silently.
-fn is_auth_error(e: &llm::LlmError) -> bool {
-    matches!(
-        e,
+/// What an LLM failure on attempt `attempt` of `attempts` does to the job; `None` = fall back
+/// to the extractive summary (with a note).
+///
+/// * Refused credentials, model or quota (401/403/404, `insufficient_quota`), bad settings:
+///   a permanent failure — the user must fix a setting, so no silent fallback.
+/// * A rate limit the client could not wait out (`Retry-After` longer than its 60 s cap, or
+///   429 on every try): a cool-down retry that starts no sooner than the server asked, while
+///   attempts remain; on the last attempt, the fallback.
+/// * Anything else (server down after retries, unusable output): the fallback.
+fn stage_error_for(e: &llm::LlmError, attempt: u32, attempts: u32) -> Option<StageError> {
+    match e {
         llm::LlmError::Auth { .. }
-            | llm::LlmError::NotFound { .. }
-            | llm::LlmError::QuotaExceeded { .. }
-            | llm::LlmError::Config(_)
-    )
+        | llm::LlmError::NotFound { .. }
+        | llm::LlmError::QuotaExceeded { .. }
+        | llm::LlmError::Config(_) => Some(StageError::permanent(e.to_string())),
+        llm::LlmError::RateLimited { retry_after, .. } if attempt < attempts => {
+            Some(match retry_after {
+                Some(w) => StageError::cool_down_for(e.to_string(), *w),
+                None => StageError::cool_down(e.to_string()),
+            })
+        }
+        _ => None,
+    }
 }
 
 /// Guards the invariant that every key-point stamp is a real segment start.
@@ -115,4 +131,56 @@ fn check_stamps(summary: &Summary, t: &Transcript) -> Result<(), StageError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::FailureClass;
+    use std::time::Duration;
+
+    fn limited(retry_after: Option<Duration>) -> llm::LlmError {
+        llm::LlmError::RateLimited {
+            attempts: 1,
+            retry_after,
+            message: "Rate limit reached".into(),
+        }
+    }
+
+    #[test]
+    fn rate_limits_wait_as_asked_then_fall_back() {
+        let hour = Duration::from_secs(3600);
+        let e = stage_error_for(&limited(Some(hour)), 1, 3).expect("a retry");
+        assert_eq!(e.class, FailureClass::CoolDown);
+        assert_eq!(e.retry_after, Some(hour));
+        assert!(
+            e.message.contains("server asks to wait 3600 s"),
+            "{}",
+            e.message
+        );
+        let e = stage_error_for(&limited(None), 2, 3).expect("a retry");
+        assert_eq!((e.class, e.retry_after), (FailureClass::CoolDown, None));
+        // The last attempt uses the extractive summary instead of failing the task.
+        assert!(stage_error_for(&limited(Some(hour)), 3, 3).is_none());
+    }
+
+    #[test]
+    fn settings_errors_fail_and_outages_fall_back() {
+        let auth = llm::LlmError::Auth {
+            status: 401,
+            message: "Incorrect API key provided".into(),
+        };
+        let e = stage_error_for(&auth, 1, 3).expect("a failure");
+        assert_eq!(e.class, FailureClass::Permanent);
+        assert_eq!(
+            e.message,
+            "LLM API rejected the key (401): Incorrect API key provided — check the configured API key"
+        );
+        let down = llm::LlmError::Server {
+            status: 503,
+            attempts: 5,
+            message: "overloaded".into(),
+        };
+        assert!(stage_error_for(&down, 1, 3).is_none());
+    }
 }

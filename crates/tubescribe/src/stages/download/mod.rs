@@ -55,7 +55,10 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
             if let (Some(h), Some(port)) = (url.host_str(), url.port_or_known_default()) {
                 allow_hosts.push(format!("{h}:{port}"));
             }
-            let policy = crate::input::InputPolicy { allow_hosts };
+            let policy = crate::input::InputPolicy {
+                allow_hosts,
+                remote: false,
+            };
             let f = direct::fetch(job, &policy, &url).await?;
             (
                 f.path,
@@ -235,13 +238,24 @@ async fn fetch(
                 ytdlp::FailureClass::CoolDown => FailureClass::CoolDown,
             },
             message,
+            retry_after: None,
         });
     }
-    let Some(path) = file.filter(|p| p.is_file()) else {
+    let Some(path) = file else {
         cleanup(None);
         return Err(StageError::permanent(
             "yt-dlp exited 0 but produced no media file (nothing downloadable at this URL)",
         ));
+    };
+    // yt-dlp's output is not trusted with paths: only a regular file inside this run's `-P`
+    // directory is moved (and so ever deleted); anything else is left where it is.
+    let Some(path) = file_inside(&out_dir, &path) else {
+        cleanup(None);
+        tracing::error!(task = %job.task_id, path = %path.display(), "yt-dlp reported a file outside its output directory");
+        return Err(StageError::permanent(format!(
+            "yt-dlp reported an unexpected file path ({}); expected a regular file inside its output directory",
+            path.display()
+        )));
     };
     // Move the file out of the per-run directory so the directory can go.
     let ext = path
@@ -263,6 +277,18 @@ async fn fetch(
         })
         .unwrap_or_default();
     Ok((tmp, video))
+}
+
+/// Returns `path` when it names a regular file (not a symlink) inside `dir`, compared after
+/// resolving both (so `..` and symlinked parents cannot escape); `None` otherwise.
+fn file_inside(dir: &std::path::Path, path: &std::path::Path) -> Option<std::path::PathBuf> {
+    let dir = dir.canonicalize().ok()?;
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.file_type().is_file() {
+        return None;
+    }
+    let real = path.canonicalize().ok()?;
+    (real.parent() == Some(dir.as_path())).then_some(real)
 }
 
 /// Runs ffprobe on `path`.
