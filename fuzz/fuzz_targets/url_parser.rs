@@ -1,7 +1,7 @@
 //! Fuzzes the input parser: never panics; an accepted YouTube input is always an 11-character
 //! id of `[A-Za-z0-9_-]` and the canonical watch URL; an accepted direct URL always passes the
 //! fetch policy (so it is on the allow-list and never a non-public address that was not
-//! allowed).
+//! allowed); with a `remote` (HTTP) policy nothing is ever a local file.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -36,4 +36,13 @@ fuzz_target!(|data: &[u8]| {
         }
         Ok(Input::LocalFile { .. }) | Err(_) => {}
     }
+    // Over HTTP (`remote`) no input ever becomes a local file.
+    let remote = InputPolicy {
+        remote: true,
+        ..policy
+    };
+    assert!(
+        !matches!(parse_input(s, &remote), Ok(Input::LocalFile { .. })),
+        "{s:?} became a local file over HTTP"
+    );
 });

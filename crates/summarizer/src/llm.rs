@@ -713,15 +713,17 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
+    // Too large for a Duration (e.g. `1e20`) saturates instead of panicking.
+    let secs = |s: f64| Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX);
     if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
         if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_secs_f64(ms / 1000.0));
+            return Some(secs(ms / 1000.0));
         }
     }
     let v = get("retry-after")?;
-    if let Ok(secs) = v.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Some(Duration::from_secs_f64(secs));
+    if let Ok(s) = v.parse::<f64>() {
+        if s.is_finite() && s >= 0.0 {
+            return Some(secs(s));
         }
         return None;
     }
@@ -1126,6 +1128,11 @@ mod tests {
         assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
         h.insert("retry-after-ms", "1500".parse().unwrap());
         assert_eq!(retry_after(&h), Some(Duration::from_millis(1500)));
+        let mut huge = HeaderMap::new();
+        huge.insert("retry-after", "1e20".parse().unwrap());
+        assert_eq!(retry_after(&huge), Some(Duration::MAX));
+        huge.insert("retry-after-ms", "1e25".parse().unwrap());
+        assert_eq!(retry_after(&huge), Some(Duration::MAX));
         let mut h = HeaderMap::new();
         let future = SystemTime::now() + Duration::from_secs(30);
         h.insert(

@@ -57,9 +57,10 @@ pub fn slots(concurrency: usize, budget: u64, weights: u64, per_job: u64) -> usi
     fit.clamp(1, concurrency.max(1))
 }
 
-/// whisper threads per job so that `slots × threads ≤ cores` (at least 1).
+/// whisper threads per job so that `slots × threads ≤ cores` (at least 1, at most
+/// [`crate::config::MAX_THREADS`]).
 pub fn threads_per_job(cores: usize, slots: usize) -> usize {
-    (cores / slots.max(1)).max(1)
+    (cores / slots.max(1)).clamp(1, crate::config::MAX_THREADS)
 }
 
 /// The resolved plan of a transcribe worker process.
@@ -360,13 +361,16 @@ mod tests {
 
     #[test]
     fn probe_sees_an_allocation() {
+        // RSS is the whole test process's: other tests may free memory meanwhile, so the
+        // allocation is large and the bound leaves 64 MB for that.
         let p = RssProbe::start();
-        let v = vec![1u8; 64 * MB as usize];
+        let v = vec![1u8; 256 * MB as usize];
         std::thread::sleep(Duration::from_millis(80));
         let r = p.finish();
-        assert_eq!(v.iter().map(|&b| b as u64).sum::<u64>(), 64 * MB);
-        assert!(r.peak_bytes >= r.baseline_bytes + 60 * MB, "{r:?}");
-        assert!(r.delta_bytes >= 60 * MB, "{r:?}");
+        assert_eq!(v.iter().map(|&b| b as u64).sum::<u64>(), 256 * MB);
+        assert!(r.peak_bytes >= r.baseline_bytes + 192 * MB, "{r:?}");
+        assert!(r.delta_bytes >= 192 * MB, "{r:?}");
+        assert!(r.delta_bytes < 1024 * MB, "{r:?}");
     }
 
     #[test]

@@ -180,7 +180,8 @@ struct ServeArgs {
     /// Run only the API; workers run elsewhere (`tubescribe worker`) on the same Redis.
     #[arg(long)]
     no_workers: bool,
-    /// Bearer token required on every POST (submit, cancel, retry). Default: none.
+    /// Bearer token required on every POST (submit, cancel, retry). Default: none (an empty
+    /// value counts as none).
     #[arg(long, env = "TUBESCRIBE_API_TOKEN", hide_env_values = true)]
     api_token: Option<String>,
     /// Largest request body in KiB.

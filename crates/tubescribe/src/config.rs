@@ -554,7 +554,7 @@ impl Config {
             "transcribe.threads",
             o.threads,
             file.transcribe.threads,
-            (cores / transcribe_concurrency).max(1),
+            (cores / transcribe_concurrency).clamp(1, MAX_THREADS),
         )?;
         if threads > MAX_THREADS {
             return Err(ConfigError::Invalid {
@@ -730,11 +730,18 @@ fn resolve_schedule(f: &ScheduleFile, cores: usize) -> Result<ScheduleSettings, 
         Some(mb) => mb * 1024 * 1024,
         None => machine_ram_bytes().unwrap_or(2 << 30) / 2,
     };
+    let machine_cores = cores;
     let cores = env_parse::<usize>("TUBESCRIBE_TRANSCRIBE_CORES", "schedule.cores")?
         .or(f.cores)
         .unwrap_or(cores);
     if cores == 0 {
         return Err(invalid("schedule.cores", "must be at least 1"));
+    }
+    if cores > machine_cores {
+        return Err(invalid(
+            "schedule.cores",
+            &format!("{cores} is more than this machine's {machine_cores} cores"),
+        ));
     }
     Ok(ScheduleSettings {
         segment_s,
@@ -838,6 +845,13 @@ mod tests {
             "*",
             "*.example.org",
             "host:99999",
+            "127.0.0.1\\evil:8080",
+            "127.0.0\t.1:8080",
+            "..",
+            "a..b",
+            "example.org:0",
+            "example.org:+80",
+            "%65xample.org",
         ] {
             let o = Overrides {
                 config: Some("/dev/null".into()),
@@ -875,6 +889,27 @@ mod tests {
             Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "transcribe.threads"),
             other => panic!("{other:?}"),
         }
+        // The scheduler's per-job threads come from the cores given to transcription: never
+        // more than the machine has, never more than MAX_THREADS per job.
+        let many = std::env::temp_dir().join(format!("ts-cores-{}.toml", std::process::id()));
+        std::fs::write(&many, "[schedule]\ncores = 100000\n").unwrap();
+        let o = Overrides {
+            config: Some(many.clone()),
+            ..Default::default()
+        };
+        match Config::resolve(&o) {
+            Err(ConfigError::Invalid { key, message }) => {
+                assert_eq!(key, "schedule.cores");
+                assert!(
+                    message.starts_with("100000 is more than this machine's"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::remove_file(&many).ok();
+        assert_eq!(crate::budget::threads_per_job(100_000, 1), MAX_THREADS);
+        assert_eq!(crate::budget::threads_per_job(3, 2), 1);
     }
 
     #[test]

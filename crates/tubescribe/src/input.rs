@@ -423,22 +423,34 @@ fn non_public_host(host: &str) -> Option<&'static str> {
 /// Parses an allow-list entry into (normalized host, optional port).
 fn parse_host_entry(entry: &str) -> Option<(String, Option<u16>)> {
     let entry = entry.trim();
-    if entry.is_empty() || entry.contains(['/', '?', '#', '@']) {
+    // Only host characters: the URL parser would quietly drop tabs and read `\` as `/`.
+    if entry.is_empty()
+        || !entry
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']'))
+    {
         return None;
     }
+    let port_of = |p: &str| {
+        p.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| p.parse::<u16>().ok())
+            .flatten()
+            .filter(|&p| p != 0)
+    };
     let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
         // [v6] or [v6]:port
         let (inside, after) = rest.split_once(']')?;
         let port = match after {
             "" => None,
-            p => Some(p.strip_prefix(':')?.parse::<u16>().ok()?),
+            p => Some(port_of(p.strip_prefix(':')?)?),
         };
         (format!("[{inside}]"), port)
     } else if entry.matches(':').count() > 1 {
         // bare IPv6 literal without brackets, no port possible
         (format!("[{entry}]"), None)
     } else if let Some((h, p)) = entry.split_once(':') {
-        (h.to_owned(), Some(p.parse::<u16>().ok()?))
+        (h.to_owned(), Some(port_of(p)?))
     } else {
         (entry.to_owned(), None)
     };
@@ -446,11 +458,16 @@ fn parse_host_entry(entry: &str) -> Option<(String, Option<u16>)> {
     // (IDNA, IPv4/IPv6 canonical forms).
     let parsed = Url::parse(&format!("http://{host}/")).ok()?;
     let host = normalize_host(parsed.host_str()?);
-    // Names are letters, digits, `-`, `_` and dots after IDNA; no wildcards (`*` would parse).
+    // Names are labels of letters, digits, `-` and `_` after IDNA, joined by single dots (one
+    // trailing dot allowed); no wildcards (`*` would parse), no empty labels.
     let name_ok = |h: &str| {
+        let h = h.strip_suffix('.').unwrap_or(h);
         !h.is_empty()
-            && h.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && h.split('.').all(|l| {
+                !l.is_empty()
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+            })
     };
     (host.starts_with('[') || name_ok(&host)).then_some((host, port))
 }

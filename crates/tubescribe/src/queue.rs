@@ -896,6 +896,9 @@ mod tests {
             backoff_delay_ms(2, "cool-down 10 ms: too short", 5_000, 300_000),
             5_000
         );
+        // What the processor writes for a direct URL's absurd Retry-After: capped at an hour.
+        let e = StageError::cool_down_for("HTTP 429", Duration::from_secs(u64::MAX));
+        assert_eq!(e.retry_after, Some(stages::MAX_RETRY_AFTER));
     }
 
     #[test]

@@ -137,8 +137,10 @@ fn assert_failed(
 
 /// A stand-in for yt-dlp: for the video id at the end of the canonical URL it reads
 /// `<dir>/<id>.json` (`meta`: the META object to print, `stderr`, `exit`, `media`: a file to
-/// "download"; hostile: `report`, a path to print as the result without writing anything, or
-/// `link_to`, a target for a symlink it leaves as the result), logs the full command line to `<dir>/calls.log` and behaves like yt-dlp with
+/// "download"; hostile: `report`, a path to print as the result without writing anything;
+/// `link_to` / `hardlink_to`, a target for a symlink / hard link it leaves as the result;
+/// `swap_dir_to` + `name`, a directory it puts in place of its `-P` directory as a symlink
+/// before naming `name` inside), logs the full command line to `<dir>/calls.log` and behaves like yt-dlp with
 /// our `--print` templates.
 fn fake_ytdlp(dir: &Path) -> PathBuf {
     let script = dir.join("fake-yt-dlp");
@@ -166,6 +168,13 @@ tmpl = args[args.index("-o") + 1]
 if "link_to" in sc:
     dst = os.path.join(out_dir, tmpl.replace("%(ext)s", "m4a"))
     os.symlink(sc["link_to"], dst)
+elif "hardlink_to" in sc:
+    dst = os.path.join(out_dir, tmpl.replace("%(ext)s", "m4a"))
+    os.link(sc["hardlink_to"], dst)
+elif "swap_dir_to" in sc:
+    os.rename(out_dir, out_dir + ".orig")
+    os.symlink(sc["swap_dir_to"], out_dir)
+    dst = os.path.join(out_dir, sc["name"])
 elif "report" in sc:
     dst = sc["report"]
 else:
@@ -334,9 +343,12 @@ fn class1_urls_and_ssrf() {
         "the refused target was contacted"
     );
 
-    // yt-dlp naming a file outside its output directory (directly or through a symlink):
-    // the task fails permanently and the named file is neither moved nor deleted.
-    let victim = tmp.path().join("victim.m4a");
+    // yt-dlp naming a file outside its output directory (directly, through a symlink or a
+    // hard link, or after swapping its output directory for a symlink): the task fails
+    // permanently and the named file is neither moved nor deleted.
+    let victim_dir = tmp.path().join("victims");
+    std::fs::create_dir_all(&victim_dir).unwrap();
+    let victim = victim_dir.join("victim.m4a");
     std::fs::write(&victim, b"not ours").unwrap();
     scenario(
         &fake,
@@ -348,15 +360,24 @@ fn class1_urls_and_ssrf() {
         "symlinkPath",
         serde_json::json!({"link_to": p(&victim)}),
     );
-    let data3 = tmp.path().join("data3");
-    let run = run_with(
-        &data3,
-        &["process", "outsidePath", "symlinkPath"],
-        &[("TUBESCRIBE_YTDLP", p(&script))],
+    scenario(
+        &fake,
+        "hardlinkPth",
+        serde_json::json!({"hardlink_to": p(&victim)}),
     );
+    scenario(
+        &fake,
+        "swappedDirP",
+        serde_json::json!({"swap_dir_to": p(&victim_dir), "name": "victim.m4a"}),
+    );
+    let data3 = tmp.path().join("data3");
+    let ids = ["outsidePath", "symlinkPath", "hardlinkPth", "swappedDirP"];
+    let mut args = vec!["process"];
+    args.extend(ids);
+    let run = run_with(&data3, &args, &[("TUBESCRIBE_YTDLP", p(&script))]);
     assert_eq!(run.code, 1, "{}", run.stderr);
-    for id in ["yt-outsidePath", "yt-symlinkPath"] {
-        let m = manifest(&data3, id);
+    for id in ids {
+        let m = manifest(&data3, &format!("yt-{id}"));
         assert_failed(
             &data3,
             &m,
@@ -367,6 +388,11 @@ fn class1_urls_and_ssrf() {
         );
     }
     assert_eq!(std::fs::read(&victim).unwrap(), b"not ours");
+    assert_eq!(
+        std::fs::read_dir(&victim_dir).unwrap().count(),
+        1,
+        "the victim directory changed"
+    );
 }
 
 /// Serves `router` on 127.0.0.1 (random port) for the rest of the test process.

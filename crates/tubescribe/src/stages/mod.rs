@@ -94,6 +94,11 @@ impl std::fmt::Display for Stage {
     }
 }
 
+/// The longest service-requested wait (`Retry-After`) a job is parked for: 1 hour. A task
+/// should not sit for days on one header; a summary falls back instead, a download asks
+/// again after this long.
+pub const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// How a failure should be handled by the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -148,10 +153,11 @@ impl StageError {
         }
     }
 
-    /// A rate-limit failure whose service said how long to wait (`Retry-After`).
+    /// A rate-limit failure whose service said how long to wait (`Retry-After`); waits
+    /// beyond [`MAX_RETRY_AFTER`] are shortened to it (the next attempt asks again).
     pub fn cool_down_for(message: impl Into<String>, wait: std::time::Duration) -> Self {
         Self {
-            retry_after: Some(wait),
+            retry_after: Some(wait.min(MAX_RETRY_AFTER)),
             ..Self::cool_down(message)
         }
     }

@@ -102,7 +102,8 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
 ///   a permanent failure — the user must fix a setting, so no silent fallback.
 /// * A rate limit the client could not wait out (`Retry-After` longer than its 60 s cap, or
 ///   429 on every try): a cool-down retry that starts no sooner than the server asked, while
-///   attempts remain; on the last attempt, the fallback.
+///   attempts remain; on the last attempt, or when the server asks for more than
+///   [`super::MAX_RETRY_AFTER`] (a quota, not a burst), the fallback.
 /// * Anything else (server down after retries, unusable output): the fallback.
 fn stage_error_for(e: &llm::LlmError, attempt: u32, attempts: u32) -> Option<StageError> {
     match e {
@@ -110,7 +111,9 @@ fn stage_error_for(e: &llm::LlmError, attempt: u32, attempts: u32) -> Option<Sta
         | llm::LlmError::NotFound { .. }
         | llm::LlmError::QuotaExceeded { .. }
         | llm::LlmError::Config(_) => Some(StageError::permanent(e.to_string())),
-        llm::LlmError::RateLimited { retry_after, .. } if attempt < attempts => {
+        llm::LlmError::RateLimited { retry_after, .. }
+            if attempt < attempts && retry_after.is_none_or(|w| w <= super::MAX_RETRY_AFTER) =>
+        {
             Some(match retry_after {
                 Some(w) => StageError::cool_down_for(e.to_string(), *w),
                 None => StageError::cool_down(e.to_string()),
@@ -160,8 +163,11 @@ mod tests {
         );
         let e = stage_error_for(&limited(None), 2, 3).expect("a retry");
         assert_eq!((e.class, e.retry_after), (FailureClass::CoolDown, None));
-        // The last attempt uses the extractive summary instead of failing the task.
+        // The last attempt uses the extractive summary instead of failing the task, and so
+        // does a wait longer than an hour (even an absurd one).
         assert!(stage_error_for(&limited(Some(hour)), 3, 3).is_none());
+        assert!(stage_error_for(&limited(Some(hour + Duration::from_secs(1))), 1, 3).is_none());
+        assert!(stage_error_for(&limited(Some(Duration::MAX)), 1, 3).is_none());
     }
 
     #[test]

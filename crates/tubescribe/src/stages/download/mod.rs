@@ -160,6 +160,10 @@ async fn fetch(
         .join(format!("dl-{}", std::process::id()));
     std::fs::create_dir_all(&out_dir)
         .map_err(|e| StageError::retryable(format!("cannot create {}: {e}", out_dir.display())))?;
+    // Resolved now, before yt-dlp runs: what it may do to the directory cannot move the target.
+    let out_dir_real = out_dir
+        .canonicalize()
+        .map_err(|e| StageError::retryable(format!("cannot resolve {}: {e}", out_dir.display())))?;
     let args = ytdlp::YtdlpArgs {
         url: url.to_string(),
         out_dir: out_dir.clone(),
@@ -206,21 +210,19 @@ async fn fetch(
         },
     )
     .await;
-    let cleanup = |file: Option<&std::path::PathBuf>| {
+    // Removes the run's directory and what is in it (`remove_dir_all` follows no symlinks).
+    let cleanup = || {
         let _ = std::fs::remove_dir_all(&out_dir);
-        if let Some(f) = file {
-            let _ = std::fs::remove_file(f);
-        }
     };
     let out = match res {
         Ok(o) => o,
         Err(e) => {
-            cleanup(None);
+            cleanup();
             return Err(e.into());
         }
     };
     if !out.success() {
-        cleanup(None);
+        cleanup();
         let f = ytdlp::classify_failure_with_meta(
             out.code,
             &out.stderr_tail,
@@ -242,19 +244,19 @@ async fn fetch(
         });
     }
     let Some(path) = file else {
-        cleanup(None);
+        cleanup();
         return Err(StageError::permanent(
             "yt-dlp exited 0 but produced no media file (nothing downloadable at this URL)",
         ));
     };
     // yt-dlp's output is not trusted with paths: only a regular file inside this run's `-P`
     // directory is moved (and so ever deleted); anything else is left where it is.
-    let Some(path) = file_inside(&out_dir, &path) else {
-        cleanup(None);
-        tracing::error!(task = %job.task_id, path = %path.display(), "yt-dlp reported a file outside its output directory");
+    let Some(path) = file_inside(&out_dir, &out_dir_real, &path) else {
+        cleanup();
+        tracing::error!(task = %job.task_id, path = ?path, "yt-dlp reported a file outside its output directory");
         return Err(StageError::permanent(format!(
-            "yt-dlp reported an unexpected file path ({}); expected a regular file inside its output directory",
-            path.display()
+            "yt-dlp reported an unexpected file path ({:?}); expected a regular file inside its output directory",
+            path
         )));
     };
     // Move the file out of the per-run directory so the directory can go.
@@ -264,7 +266,8 @@ async fn fetch(
         .unwrap_or_else(|| "bin".into());
     let tmp = job.task.tmp_file(&format!("media.{ext}"))?;
     if let Err(e) = std::fs::rename(&path, &tmp) {
-        cleanup(Some(&path));
+        // Only the run's directory goes (not following symlinks), never a named file.
+        cleanup();
         return Err(StageError::retryable(format!("cannot move download: {e}")));
     }
     let _ = std::fs::remove_dir_all(&out_dir);
@@ -279,16 +282,26 @@ async fn fetch(
     Ok((tmp, video))
 }
 
-/// Returns `path` when it names a regular file (not a symlink) inside `dir`, compared after
-/// resolving both (so `..` and symlinked parents cannot escape); `None` otherwise.
-fn file_inside(dir: &std::path::Path, path: &std::path::Path) -> Option<std::path::PathBuf> {
-    let dir = dir.canonicalize().ok()?;
+/// Returns `path` resolved when it names a regular file (not a symlink, no other hard link)
+/// directly inside `dir`, and `dir` is still the real directory `dir_real` (resolved before
+/// the program ran, so replacing `dir` or a parent with a symlink cannot widen the check; `..`
+/// is resolved too); `None` otherwise.
+fn file_inside(
+    dir: &std::path::Path,
+    dir_real: &std::path::Path,
+    path: &std::path::Path,
+) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let dir_meta = std::fs::symlink_metadata(dir).ok()?;
+    if !dir_meta.file_type().is_dir() || dir.canonicalize().ok()? != dir_real {
+        return None;
+    }
     let meta = std::fs::symlink_metadata(path).ok()?;
-    if !meta.file_type().is_file() {
+    if !meta.file_type().is_file() || meta.nlink() != 1 {
         return None;
     }
     let real = path.canonicalize().ok()?;
-    (real.parent() == Some(dir.as_path())).then_some(real)
+    (real.parent() == Some(dir_real)).then_some(real)
 }
 
 /// Runs ffprobe on `path`.
