@@ -705,8 +705,9 @@ fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
 }
 
 /// Reads `retry-after-ms` (milliseconds, OpenAI) or `Retry-After` (delay-seconds or
-/// HTTP-date, RFC 9110 §10.2.3).
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+/// HTTP-date, RFC 9110 §10.2.3) from any HTTP response; a value too large for a `Duration`
+/// saturates to `Duration::MAX`, a date in the past is zero. `None` when absent or malformed.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let get = |name: &str| {
         headers
             .get(name)

@@ -834,18 +834,13 @@ pub fn parse() -> Cli {
 fn client_failed(what: &str, e: &crate::client::ClientError) -> i32 {
     use crate::client::ClientError;
     match e {
-        ClientError::InvalidId(_) => {
-            eprintln!("error: {e}");
-            2
-        }
-        ClientError::Api { status: 400, .. } => {
-            eprintln!("error: {what}: {e}");
-            2
-        }
-        _ => {
-            eprintln!("error: {what}: {e}");
-            1
-        }
+        // The message already quotes the id.
+        ClientError::InvalidId(_) => eprintln!("error: {e}"),
+        _ => eprintln!("error: {what}: {e}"),
+    }
+    match e {
+        ClientError::InvalidId(_) | ClientError::Api { status: 400, .. } => 2,
+        _ => 1,
     }
 }
 

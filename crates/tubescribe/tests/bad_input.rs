@@ -1301,53 +1301,40 @@ fn class8_llm_api() {
         "{files:?}"
     );
 
-    // 429 with Retry-After, then success
-    let (url, seen) = fake_llm(vec![
-        (
-            429,
-            vec![("retry-after", "2".to_string())],
-            r#"{"error":{"message":"Rate limit reached"}}"#.into(),
-        ),
-        (200, vec![], good.clone()),
-    ]);
-    let data = d.join("d429");
-    let env = [
-        ("TUBESCRIBE_LLM_BASE_URL", url.as_str()),
-        ("TUBESCRIBE_LLM_MODEL", "fake"),
-    ];
-    let run = run_with(&data, &["process", input], &env);
-    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
-    let m = manifest_for(&data, "/talk.wav");
-    assert_eq!(m["status"], "completed");
-    assert_eq!(m["stages"]["summarize"]["detail"]["kind"]["method"], "llm");
-    let times = seen.lock().unwrap().clone();
-    assert_eq!(times.len(), 2);
+    // 429 with Retry-After, then success: returns the manifest and the gap between the two
+    // requests.
+    let rate_limited = |retry_after: &str, name: &str| {
+        let (url, seen) = fake_llm(vec![
+            (
+                429,
+                vec![("retry-after", retry_after.to_string())],
+                r#"{"error":{"message":"Rate limit reached"}}"#.into(),
+            ),
+            (200, vec![], good.clone()),
+        ]);
+        let data = d.join(name);
+        let env = [
+            ("TUBESCRIBE_LLM_BASE_URL", url.as_str()),
+            ("TUBESCRIBE_LLM_MODEL", "fake"),
+        ];
+        let run = run_with(&data, &["process", input], &env);
+        assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+        let m = manifest_for(&data, "/talk.wav");
+        assert_eq!(m["status"], "completed");
+        assert_eq!(m["stages"]["summarize"]["detail"]["kind"]["method"], "llm");
+        let times = seen.lock().unwrap().clone();
+        assert_eq!(times.len(), 2);
+        (m, times[1] - times[0])
+    };
+    // Waited out inside the call.
+    let (_, gap) = rate_limited("2", "d429");
     assert!(
-        times[1] - times[0] >= std::time::Duration::from_millis(1900),
-        "Retry-After not honoured: {:?}",
-        times[1] - times[0]
+        gap >= std::time::Duration::from_millis(1900),
+        "Retry-After not honoured: {gap:?}"
     );
-
-    // A Retry-After longer than the client's 60 s cap: the summarize job is retried by the
-    // queue no sooner than the server asked, and the second attempt gets the LLM summary.
-    let (url, seen) = fake_llm(vec![
-        (
-            429,
-            vec![("retry-after", "61".to_string())],
-            r#"{"error":{"message":"Rate limit reached"}}"#.into(),
-        ),
-        (200, vec![], good.clone()),
-    ]);
-    let data = d.join("d429long");
-    let env = [
-        ("TUBESCRIBE_LLM_BASE_URL", url.as_str()),
-        ("TUBESCRIBE_LLM_MODEL", "fake"),
-    ];
-    let run = run_with(&data, &["process", input], &env);
-    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
-    let m = manifest_for(&data, "/talk.wav");
-    assert_eq!(m["status"], "completed");
-    assert_eq!(m["stages"]["summarize"]["detail"]["kind"]["method"], "llm");
+    // Longer than the client's 60 s cap: the summarize job is retried by the queue no sooner
+    // than the server asked, and the second attempt gets the LLM summary.
+    let (m, gap) = rate_limited("61", "d429long");
     assert_eq!(m["stages"]["summarize"]["attempts"], 2, "{m:#}");
     assert!(
         m["stages"]["summarize"]["detail"]["attempt_1_error"]
@@ -1355,12 +1342,9 @@ fn class8_llm_api() {
             .is_some_and(|e| e.contains("server asks to wait 61 s")),
         "{m:#}"
     );
-    let times = seen.lock().unwrap().clone();
-    assert_eq!(times.len(), 2);
     assert!(
-        times[1] - times[0] >= std::time::Duration::from_secs(61),
-        "long Retry-After not honoured: {:?}",
-        times[1] - times[0]
+        gap >= std::time::Duration::from_secs(61),
+        "long Retry-After not honoured: {gap:?}"
     );
 
     // A hijacked reply (the model obeyed the transcript)

@@ -50,19 +50,18 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
             let attempts = ctx.cfg.policy(super::Stage::Summarize).attempts;
             match res {
                 Ok(s) => s,
-                Err(e) => match stage_error_for(&e, job.attempt, attempts) {
-                    Some(err) => return Err(err),
-                    None => {
-                        tracing::warn!(task = %job.task_id, error = %e, "LLM failed; using the extractive summary");
-                        let mut s =
-                            extractive::summarize(&segments, &extractive::Options::default());
-                        s.notes.push(format!(
-                            "{}: LLM failed: {e}",
-                            summarizer::FALLBACK_NOTE_PREFIX
-                        ));
-                        s
+                Err(e) => {
+                    if let Some(err) = stage_error_for(&e, job.attempt, attempts) {
+                        return Err(err);
                     }
-                },
+                    tracing::warn!(task = %job.task_id, error = %e, "LLM failed; using the extractive summary");
+                    let mut s = extractive::summarize(&segments, &extractive::Options::default());
+                    s.notes.push(format!(
+                        "{}: LLM failed: {e}",
+                        summarizer::FALLBACK_NOTE_PREFIX
+                    ));
+                    s
+                }
             }
         }
     };

@@ -107,15 +107,8 @@ pub async fn fetch(job: &JobCtx, policy: &InputPolicy, url: &Url) -> Result<Fetc
         let reason = status.canonical_reason().unwrap_or("");
         let msg = format!("the media server answered HTTP {code} {reason} for {url}");
         return Err(match code {
-            // Retry-After as delay-seconds (RFC 9110 §10.2.3); an HTTP-date gets the
-            // configured cool-down.
-            429 => match resp
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-            {
-                Some(s) => StageError::cool_down_for(msg, std::time::Duration::from_secs(s)),
+            429 => match summarizer::llm::retry_after(resp.headers()) {
+                Some(wait) => StageError::cool_down_for(msg, wait),
                 None => StageError::cool_down(msg),
             },
             408 | 500..=599 => StageError::retryable(msg),
