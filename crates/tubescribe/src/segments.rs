@@ -796,6 +796,7 @@ async fn segment_run(
             start_ms: s.start_ms,
             end_ms: s.end_ms,
             text: s.text,
+            words: Vec::new(),
         })
         .collect();
     let model_name = model.name().to_string();
@@ -838,6 +839,7 @@ mod tests {
             start_ms: a,
             end_ms: b,
             text: t.into(),
+            words: Vec::new(),
         }
     }
 

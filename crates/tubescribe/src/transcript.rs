@@ -8,8 +8,24 @@
 
 use serde::{Deserialize, Serialize};
 
-/// One timed piece of transcript text.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One recognised word with its time and confidence (from whisper.cpp's token timestamps).
+///
+/// `text` is the word as spoken, with the punctuation whisper attached to it (`"country."`),
+/// without leading whitespace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Word {
+    /// Start time in milliseconds from the start of the audio.
+    pub start_ms: u64,
+    /// End time in milliseconds from the start of the audio (`>= start_ms`).
+    pub end_ms: u64,
+    /// The word, trimmed, punctuation attached.
+    pub text: String,
+    /// Mean probability of the word's tokens, 0–1 (whisper.cpp `whisper_token_data::p`).
+    pub p: f32,
+}
+
+/// One timed piece of transcript text (a whisper segment on the audio's own timeline).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Segment {
     /// Start time in milliseconds from the start of the audio.
     pub start_ms: u64,
@@ -19,10 +35,14 @@ pub struct Segment {
     /// The spoken text. May contain single line breaks; writers never emit a
     /// blank line inside a cue (see [`Transcript::to_srt`]).
     pub text: String,
+    /// The segment's words in time order, each inside `[start_ms, end_ms]`; empty when the
+    /// source had no word times (older `transcript.json`, parsed subtitles).
+    #[serde(default)]
+    pub words: Vec<Word>,
 }
 
 /// A full transcript; its serde form is the `transcript.json` artifact.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Transcript {
     /// Language code reported by the ASR model (e.g. `"en"`).
     pub language: String,
@@ -419,6 +439,7 @@ pub fn parse_srt(s: &str) -> Result<Vec<Segment>, FormatError> {
             start_ms,
             end_ms,
             text,
+            words: Vec::new(),
         });
     }
     Ok(out)
@@ -476,6 +497,7 @@ pub fn parse_vtt(s: &str) -> Result<Vec<Segment>, FormatError> {
             start_ms,
             end_ms,
             text,
+            words: Vec::new(),
         });
     }
     Ok(out)
@@ -550,6 +572,7 @@ mod tests {
             start_ms,
             end_ms,
             text: text.to_owned(),
+            words: Vec::new(),
         }
     }
 

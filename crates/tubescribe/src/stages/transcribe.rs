@@ -119,6 +119,7 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
                 start_ms: s.start_ms,
                 end_ms: s.end_ms,
                 text: s.text,
+                words: Vec::new(),
             })
             .collect(),
     };
