@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Once};
 
+use crate::transcript::{Segment, Word};
 use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters};
 
 /// Sample rate whisper.cpp expects, in Hz (`WHISPER_SAMPLE_RATE`).
@@ -137,22 +138,11 @@ impl Default for TranscribeOptions {
     }
 }
 
-/// One timed piece of transcript.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AsrSegment {
-    /// Start, in milliseconds from the start of the PCM buffer (10 ms resolution).
-    pub start_ms: u64,
-    /// End, in milliseconds from the start of the PCM buffer (10 ms resolution).
-    pub end_ms: u64,
-    /// Trimmed text, never empty and never a bare `[tag]` / `(tag)`.
-    pub text: String,
-}
-
 /// Result of [`AsrModel::transcribe`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct AsrOutput {
     /// Segments in time order.
-    pub segments: Vec<AsrSegment>,
+    pub segments: Vec<Segment>,
     /// Language whisper.cpp decoded in (ISO 639-1, e.g. `"en"`): the requested one, or the
     /// detected one for multilingual models with auto-detection.
     pub language: String,
@@ -171,7 +161,7 @@ pub struct AsrOutput {
 #[derive(Debug, Clone, PartialEq)]
 pub struct WavTranscription {
     /// Segments (times in ms from the start of the file), loops cut.
-    pub segments: Vec<AsrSegment>,
+    pub segments: Vec<Segment>,
     /// Detected (or fixed) language; for several chunks the one covering most speech.
     pub language: String,
     /// Audio duration in milliseconds.
@@ -190,6 +180,16 @@ pub struct WavTranscription {
     /// Stock phrases dropped because they were a chunk's whole output ([`is_stock_phrase`]),
     /// in order.
     pub dropped_stock: Vec<String>,
+    /// Share of the speech the gate found that transcript words cover, 0–1 (1 without
+    /// speech).
+    pub coverage: f32,
+    /// Stretches of speech (ms from the start of the file, `[start, end)`) that still have no
+    /// text after being decoded again on their own.
+    pub uncovered_ms: Vec<(u64, u64)>,
+    /// Uncovered stretches decoded again on their own.
+    pub retried: usize,
+    /// Of those, how many gave text.
+    pub recovered: usize,
 }
 
 /// A loaded whisper.cpp model, shared between jobs. Cloning is cheap.
@@ -332,6 +332,7 @@ impl AsrModel {
         params.set_language(Some(&language));
         params.set_translate(false);
         params.set_n_max_text_ctx(PAST_TEXT_TOKENS);
+        params.set_token_timestamps(true);
         params.set_print_special(false);
         params.set_print_progress(false);
         params.set_print_realtime(false);
@@ -378,20 +379,28 @@ impl AsrModel {
                 dropped_tags.push(text.to_string());
                 continue;
             }
-            for i in 0..seg.n_tokens() {
-                if let Some(tok) = seg.get_token(i) {
-                    if tok.token_id() < eot {
-                        text_tokens += 1;
-                        sum_p += f64::from(tok.token_probability());
-                    }
-                }
-            }
             let start_ms = seg.start_timestamp().max(0) as u64 * 10;
             let end_ms = (seg.end_timestamp().max(0) as u64 * 10).max(start_ms);
-            segments.push(AsrSegment {
+            let mut words = WordBuilder::default();
+            for i in 0..seg.n_tokens() {
+                let Some(tok) = seg.get_token(i) else {
+                    continue;
+                };
+                if tok.token_id() >= eot {
+                    continue;
+                }
+                text_tokens += 1;
+                sum_p += f64::from(tok.token_probability());
+                let data = tok.token_data();
+                let bytes = tok.to_bytes().unwrap_or_default();
+                words.push(bytes, data.t0 * 10, data.t1 * 10, data.p);
+            }
+            let words = words.finish(start_ms, end_ms);
+            segments.push(Segment {
                 start_ms,
                 end_ms,
                 text: text.to_string(),
+                words,
             });
         }
         Ok(AsrOutput {
@@ -440,38 +449,16 @@ impl AsrModel {
         progress: Arc<AtomicU8>,
         abort: Arc<AtomicBool>,
     ) -> Result<WavTranscription, AsrError> {
-        let wav_err = |source| AsrError::Wav {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut reader = open_wav_16k_mono(path)?;
-        let file_len = reader.duration() as usize;
+        let mut wav = WavSource::open(path)?;
+        let file_len = wav.len;
         let to_sample = |ms: u64| ((ms * u64::from(SAMPLE_RATE) / 1000) as usize).min(file_len);
         let (first, last) = match range_ms {
             Some((a, b)) => (to_sample(a), to_sample(b).max(to_sample(a))),
             None => (0, file_len),
         };
         let total = last - first;
-        reader
-            .seek(first as u32)
-            .map_err(|e| wav_err(hound::Error::IoError(e)))?;
-        // Pass 1: frame energies, streaming.
-        let mut rms = Vec::with_capacity(total / FRAME + 1);
-        let (mut acc, mut n) = (0f64, 0usize);
-        for s in reader.samples::<i16>().take(total) {
-            let x = f64::from(s.map_err(wav_err)?) / 32768.0;
-            acc += x * x;
-            n += 1;
-            if n == FRAME {
-                rms.push((acc / n as f64).sqrt() as f32);
-                acc = 0.0;
-                n = 0;
-            }
-        }
-        if n > 0 {
-            rms.push((acc / n as f64).sqrt() as f32);
-        }
-        // Spans on the file's timeline.
+        // Pass 1: frame energies, streaming; spans on the file's timeline.
+        let rms = wav.frame_rms(first, total)?;
         let spans: Vec<(usize, usize)> = speech_spans(&rms, total)
             .into_iter()
             .map(|(a, b)| (a + first, b + first))
@@ -481,46 +468,33 @@ impl AsrModel {
         let mut out = WavTranscription {
             segments: Vec::new(),
             language: opts.language.clone().unwrap_or_else(|| "en".into()),
-            duration_ms: (total as u64) * 1000 / u64::from(SAMPLE_RATE),
-            speech_ms: (speech_samples as u64) * 1000 / u64::from(SAMPLE_RATE),
+            duration_ms: samples_to_ms(total),
+            speech_ms: samples_to_ms(speech_samples),
             chunks: chunks.len(),
             loops_cut: 0,
             mean_token_p: None,
             dropped_tags: Vec::new(),
             dropped_stock: Vec::new(),
+            coverage: 1.0,
+            uncovered_ms: Vec::new(),
+            retried: 0,
+            recovered: 0,
         };
         // Pass 2: one whisper run per chunk.
         let mut done = 0usize;
         let mut lang_weight: Vec<(String, usize)> = Vec::new();
         let (mut tokens, mut sum_p) = (0usize, 0f64);
+        let mut segments: Vec<Segment> = Vec::new();
         for chunk in &chunks {
-            let mut pcm: Vec<f32> = Vec::new();
-            let mut map: Vec<(usize, usize, usize)> = Vec::new(); // (chunk_off, orig_start, orig_end)
-            for (i, &(a, b)) in chunk.iter().enumerate() {
-                if i > 0 {
-                    pcm.extend(std::iter::repeat_n(0.0, JOIN_SILENCE));
-                }
-                map.push((pcm.len(), a, b));
-                reader
-                    .seek(a as u32)
-                    .map_err(|e| wav_err(hound::Error::IoError(e)))?;
-                for s in reader.samples::<i16>().take(b - a) {
-                    pcm.push(f32::from(s.map_err(wav_err)?) / 32768.0);
-                }
-            }
-            let min = (MIN_CHUNK_S * SAMPLE_RATE as f32) as usize;
-            if pcm.len() < min {
-                pcm.resize(min, 0.0);
-            }
+            let (pcm, pieces) = assemble_chunk(&mut wav, chunk, &spans)?;
             let len: usize = chunk.iter().map(|s| s.1 - s.0).sum();
             let base = done as f64 / speech_samples.max(1) as f64 * 100.0;
             let span = len as f64 / speech_samples.max(1) as f64 * 100.0;
-            let part =
+            let mut part =
                 self.transcribe_part(&pcm, opts, progress.clone(), abort.clone(), (base, span))?;
             done += len;
-            out.dropped_tags.extend(part.dropped_tags.iter().cloned());
+            out.dropped_tags.append(&mut part.dropped_tags);
             // A chunk whose whole output is YouTube boilerplate was not heard, it was invented.
-            let mut part = part;
             if !part.segments.is_empty() && part.segments.iter().all(|s| is_stock_phrase(&s.text)) {
                 out.dropped_stock
                     .extend(part.segments.drain(..).map(|s| s.text));
@@ -533,70 +507,504 @@ impl AsrModel {
                 Some((_, w)) => *w += len,
                 None => lang_weight.push((part.language.clone(), len)),
             }
-            // Chunk time → file time. A start that falls in (or within the padding before) a
-            // joined silence belongs to the next span; an end there belongs to the span before,
-            // so no segment stretches over a cut-out gap.
-            let to_orig = |ms: u64, is_start: bool| -> u64 {
-                let t = (ms as usize) * SAMPLE_RATE as usize / 1000;
-                let i = map.iter().rposition(|(off, _, _)| *off <= t).unwrap_or(0);
-                let (off, a, b) = map[i];
-                let slack = PAD_FRAMES * FRAME;
-                let orig = if is_start && i + 1 < map.len() && t + slack >= off + (b - a) {
-                    map[i + 1].1
-                } else {
-                    a + (t - off).min(b - a)
-                };
-                orig as u64 * 1000 / u64::from(SAMPLE_RATE)
-            };
-            for seg in part.segments {
-                let start_ms = to_orig(seg.start_ms, true);
-                let end_ms = to_orig(seg.end_ms, false).max(start_ms);
-                out.segments.push(AsrSegment {
-                    start_ms,
-                    end_ms,
-                    text: seg.text,
-                });
-            }
+            segments.extend(place_segments(part.segments, &pieces, &spans));
         }
         if let Some((l, _)) = lang_weight.iter().max_by_key(|(_, w)| *w) {
             out.language = l.clone();
         }
         out.mean_token_p = (tokens > 0).then(|| (sum_p / tokens as f64) as f32);
         if !self.multilingual && opts.language.is_none() {
-            let words: usize = out
-                .segments
-                .iter()
-                .map(|s| {
-                    s.text
-                        .split(|c: char| c.is_whitespace() || c == '-')
-                        .filter(|w| w.chars().any(char::is_alphanumeric))
-                        .count()
-                })
-                .sum();
-            let all_text = out
-                .segments
-                .iter()
-                .map(|s| s.text.as_str())
-                .collect::<Vec<_>>()
-                .join(" ");
-            if let Some(reason) = foreign_speech(
-                &out.dropped_tags,
-                &out.dropped_stock,
-                function_word_ratio(&all_text),
-                words,
-                out.speech_ms,
-                tokens,
-                out.mean_token_p,
-            ) {
-                return Err(AsrError::UnsupportedLanguage {
-                    model: self.name.clone(),
-                    reason,
-                });
+            self.check_english(&out, &segments, tokens)?;
+        }
+        out.loops_cut = cut_repetition_loops(&mut segments);
+        // Coverage: speech the gate found but no word covers is decoded again, once, as its
+        // own window without context (a skipped window, a cut loop, a decode that stopped
+        // early). What still has no text is reported.
+        let holes = uncovered(&spans, &segments);
+        let retry_opts = TranscribeOptions {
+            initial_prompt: None,
+            language: Some(out.language.clone()),
+            ..opts.clone()
+        };
+        for &(a, b) in &holes {
+            let span_id = span_of(&spans, a);
+            let (sa, sb) = spans[span_id];
+            let (wa, wb) = (
+                a.saturating_sub(RETRY_MARGIN).max(sa),
+                (b + RETRY_MARGIN).min(sb),
+            );
+            let pcm = wav.read(wa, wb)?;
+            let part = self.transcribe_part(
+                &pcm,
+                &retry_opts,
+                Arc::new(AtomicU8::new(0)),
+                abort.clone(),
+                (0.0, 0.0),
+            )?;
+            out.retried += 1;
+            if part.segments.iter().all(|s| is_stock_phrase(&s.text)) {
+                continue;
+            }
+            let found = retried_segments(part.segments, wa, (a, b), span_id);
+            if !found.is_empty() {
+                out.recovered += 1;
+                segments.extend(found);
             }
         }
-        out.loops_cut = cut_repetition_loops(&mut out.segments);
+        if !holes.is_empty() {
+            segments.sort_by_key(|s| (s.start_ms, s.end_ms));
+            // A run that came back from independent decodes of its own audio is real speech
+            // ("thank you" said again and again), not a decoder loop.
+            out.loops_cut = out.loops_cut.saturating_sub(repeated_runs(&segments));
+        }
+        let holes = uncovered(&spans, &segments);
+        let missing: usize = holes.iter().map(|h| h.1 - h.0).sum();
+        out.coverage = if speech_samples == 0 {
+            1.0
+        } else {
+            1.0 - missing as f32 / speech_samples as f32
+        };
+        out.uncovered_ms = holes
+            .iter()
+            .map(|&(a, b)| (samples_to_ms(a), samples_to_ms(b)))
+            .collect();
+        out.segments = segments;
         progress.store(100, Ordering::Relaxed);
         Ok(out)
+    }
+
+    /// Refuses non-English speech on an English-only model ([`foreign_speech`]).
+    fn check_english(
+        &self,
+        out: &WavTranscription,
+        segments: &[Segment],
+        tokens: usize,
+    ) -> Result<(), AsrError> {
+        let all_text = segments
+            .iter()
+            .map(|s| s.text.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let words = all_text
+            .split(|c: char| c.is_whitespace() || c == '-')
+            .filter(|w| w.chars().any(char::is_alphanumeric))
+            .count();
+        match foreign_speech(
+            &out.dropped_tags,
+            &out.dropped_stock,
+            function_word_ratio(&all_text),
+            words,
+            out.speech_ms,
+            tokens,
+            out.mean_token_p,
+        ) {
+            Some(reason) => Err(AsrError::UnsupportedLanguage {
+                model: self.name.clone(),
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Milliseconds of `n` samples at [`SAMPLE_RATE`].
+fn samples_to_ms(n: usize) -> u64 {
+    n as u64 * 1000 / u64::from(SAMPLE_RATE)
+}
+
+/// Samples of `ms` milliseconds at [`SAMPLE_RATE`].
+fn ms_to_samples(ms: u64) -> usize {
+    (ms * u64::from(SAMPLE_RATE) / 1000) as usize
+}
+
+/// A 16 kHz mono WAV file read by sample ranges.
+struct WavSource {
+    path: PathBuf,
+    reader: hound::WavReader<std::io::BufReader<std::fs::File>>,
+    /// Length in samples.
+    len: usize,
+}
+
+impl WavSource {
+    fn open(path: &Path) -> Result<WavSource, AsrError> {
+        let reader = open_wav_16k_mono(path)?;
+        Ok(WavSource {
+            path: path.to_path_buf(),
+            len: reader.duration() as usize,
+            reader,
+        })
+    }
+
+    fn err(&self, source: hound::Error) -> AsrError {
+        AsrError::Wav {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn seek(&mut self, at: usize) -> Result<(), AsrError> {
+        let r = self.reader.seek(at.min(self.len) as u32);
+        r.map_err(|e| self.err(hound::Error::IoError(e)))
+    }
+
+    /// Samples `[a, b)` as f32 in [-1, 1).
+    fn read(&mut self, a: usize, b: usize) -> Result<Vec<f32>, AsrError> {
+        self.seek(a)?;
+        let mut pcm = Vec::with_capacity(b.saturating_sub(a));
+        for s in self.reader.samples::<i16>().take(b.saturating_sub(a)) {
+            match s {
+                Ok(v) => pcm.push(f32::from(v) / 32768.0),
+                Err(e) => return Err(self.err(e)),
+            }
+        }
+        Ok(pcm)
+    }
+
+    /// RMS of each [`FRAME`] of the `total` samples from `first` (the last frame may be
+    /// shorter), streamed.
+    fn frame_rms(&mut self, first: usize, total: usize) -> Result<Vec<f32>, AsrError> {
+        self.seek(first)?;
+        let mut rms = Vec::with_capacity(total / FRAME + 1);
+        let (mut acc, mut n) = (0f64, 0usize);
+        for s in self.reader.samples::<i16>().take(total) {
+            let x = match s {
+                Ok(v) => f64::from(v) / 32768.0,
+                Err(e) => return Err(self.err(e)),
+            };
+            acc += x * x;
+            n += 1;
+            if n == FRAME {
+                rms.push((acc / n as f64).sqrt() as f32);
+                (acc, n) = (0.0, 0);
+            }
+        }
+        if n > 0 {
+            rms.push((acc / n as f64).sqrt() as f32);
+        }
+        Ok(rms)
+    }
+}
+
+/// A stretch of a chunk's PCM and where it comes from in the file.
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    /// Offset in the chunk, samples.
+    off: usize,
+    /// Start in the file, samples.
+    orig: usize,
+    /// Length, samples.
+    len: usize,
+    /// Index of the gate span it belongs to; for a join, the span after it.
+    span: usize,
+    /// True for the pause audio placed between two spans.
+    join: bool,
+}
+
+/// Index of the span containing sample `at` (the last span starting at or before it).
+fn span_of(spans: &[(usize, usize)], at: usize) -> usize {
+    spans.partition_point(|s| s.0 <= at).saturating_sub(1)
+}
+
+/// Builds one chunk's PCM from its speech ranges. Two ranges with a removed gap between them
+/// are joined by the first `min(JOIN_SILENCE, gap)` samples of the real pause: exact zeros
+/// there look like whisper's end-of-audio padding and make it drop punctuation
+/// (`shared/design/asr-audit.md`). Chunks under [`MIN_CHUNK_S`] are padded with the audio that
+/// follows them (zeros past the end of the file).
+fn assemble_chunk(
+    wav: &mut WavSource,
+    chunk: &[(usize, usize)],
+    spans: &[(usize, usize)],
+) -> Result<(Vec<f32>, Vec<Piece>), AsrError> {
+    let mut pcm: Vec<f32> = Vec::new();
+    let mut pieces: Vec<Piece> = Vec::new();
+    let mut prev_end: Option<usize> = None;
+    for &(a, b) in chunk {
+        let span = span_of(spans, a);
+        if let Some(pe) = prev_end.filter(|&pe| pe < a) {
+            let join = wav.read(pe, pe + JOIN_SILENCE.min(a - pe))?;
+            pieces.push(Piece {
+                off: pcm.len(),
+                orig: pe,
+                len: join.len(),
+                span,
+                join: true,
+            });
+            pcm.extend(join);
+        }
+        let speech = wav.read(a, b)?;
+        pieces.push(Piece {
+            off: pcm.len(),
+            orig: a,
+            len: speech.len(),
+            span,
+            join: false,
+        });
+        pcm.extend(speech);
+        prev_end = Some(b);
+    }
+    let min = (MIN_CHUNK_S * SAMPLE_RATE as f32) as usize;
+    if pcm.len() < min {
+        let end = prev_end.unwrap_or(0);
+        let tail = wav.read(end, end + (min - pcm.len()))?;
+        pcm.extend(tail);
+        pcm.resize(min, 0.0);
+    }
+    Ok((pcm, pieces))
+}
+
+/// Maps a chunk time (ms) to the file (ms) and the span it belongs to. A start inside a join
+/// (pause audio) belongs to the next span and starts there; an end inside a join keeps its
+/// real time in the pause and belongs to the span before. Times past the chunk's speech are
+/// clamped to its end.
+fn to_file(ms: u64, is_start: bool, pieces: &[Piece], spans: &[(usize, usize)]) -> (u64, usize) {
+    let t = ms_to_samples(ms);
+    let i = pieces.iter().rposition(|p| p.off <= t).unwrap_or(0);
+    let p = pieces[i];
+    if p.join && is_start {
+        return (samples_to_ms(spans[p.span].0), p.span);
+    }
+    let span = if p.join {
+        p.span.saturating_sub(1)
+    } else {
+        p.span
+    };
+    (samples_to_ms(p.orig + (t - p.off).min(p.len)), span)
+}
+
+/// Longest pause between two words that a segment may keep inside it across a removed gap
+/// (2 s, ms): a sentence with a breath in it stays one segment, two utterances separated by
+/// a longer pause become two.
+const MAX_PAUSE_IN_SEGMENT_MS: u64 = 2000;
+
+/// Puts a chunk's segments on the file's timeline using their words' times, splitting a
+/// segment wherever its words fall on two sides of a removed gap longer than
+/// [`MAX_PAUSE_IN_SEGMENT_MS`], so that no segment spans cut-out silence. A segment's start is its first word's start, its end its last word's end.
+fn place_segments(segs: Vec<Segment>, pieces: &[Piece], spans: &[(usize, usize)]) -> Vec<Segment> {
+    let mut out: Vec<Segment> = Vec::new();
+    for seg in segs {
+        if seg.words.is_empty() {
+            let (start_ms, span) = to_file(seg.start_ms, true, pieces, spans);
+            let (end_ms, _) = to_file(seg.end_ms, false, pieces, spans);
+            let _ = span;
+            out.push(Segment {
+                start_ms,
+                end_ms: end_ms.max(start_ms),
+                ..seg
+            });
+            continue;
+        }
+        let n_words = seg.words.len();
+        let mut groups: Vec<(usize, Vec<Word>)> = Vec::new();
+        for w in seg.words {
+            let (mut start_ms, mut span) = to_file(w.start_ms, true, pieces, spans);
+            let (end_ms, end_span) = to_file(w.end_ms, false, pieces, spans);
+            if end_span > span {
+                // No word straddles a removed gap (there is a pause there): whisper's token
+                // start is the unreliable end (it often repeats the previous segment's end),
+                // so the word begins where the span of its end begins.
+                span = end_span;
+                start_ms = samples_to_ms(spans[span].0).min(end_ms);
+            }
+            let word = Word {
+                start_ms,
+                end_ms: end_ms.max(start_ms),
+                ..w
+            };
+            match groups.last_mut() {
+                Some((s, ws))
+                    if *s == span
+                        || ws.last().is_some_and(|p| {
+                            word.start_ms.saturating_sub(p.end_ms) <= MAX_PAUSE_IN_SEGMENT_MS
+                        }) =>
+                {
+                    *s = span;
+                    ws.push(word)
+                }
+                _ => groups.push((span, vec![word])),
+            }
+        }
+        let whole = groups.len() == 1;
+        for (_, words) in groups {
+            let text = if whole {
+                seg.text.clone()
+            } else {
+                words_text(&words)
+            };
+            out.push(segment_of(text, words));
+        }
+        debug_assert!(n_words > 0);
+    }
+    out
+}
+
+/// A segment made of `words` (not empty) with `text`; times from the first and last word.
+fn segment_of(text: String, mut words: Vec<Word>) -> Segment {
+    // Monotonic words.
+    let mut floor = 0;
+    for w in &mut words {
+        w.start_ms = w.start_ms.max(floor);
+        w.end_ms = w.end_ms.max(w.start_ms);
+        floor = w.start_ms;
+    }
+    let start_ms = words.first().map_or(0, |w| w.start_ms);
+    let end_ms = words.iter().map(|w| w.end_ms).max().unwrap_or(start_ms);
+    Segment {
+        start_ms,
+        end_ms,
+        text,
+        words,
+    }
+}
+
+/// The words joined by single spaces.
+fn words_text(words: &[Word]) -> String {
+    words
+        .iter()
+        .map(|w| w.text.as_str())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Padding kept around a hole when it is decoded again (0.3 s, samples).
+const RETRY_MARGIN: usize = 4800;
+/// A word covers its own time and this much on either side (1 s, ms): pauses inside a gate
+/// span (bridged gaps under 1 s, 0.3 s padding) are not holes.
+const COVER_SLACK_MS: u64 = 1000;
+/// Uncovered stretches shorter than this (samples, 1 s) do not count as missing speech.
+const MIN_HOLE: usize = 16_000;
+
+/// Sample ranges inside the gate's `spans` that no word of `segments` covers
+/// ([`COVER_SLACK_MS`]), at least [`MIN_HOLE`] long, in time order.
+fn uncovered(spans: &[(usize, usize)], segments: &[Segment]) -> Vec<(usize, usize)> {
+    let mut covered: Vec<(usize, usize)> = segments
+        .iter()
+        .flat_map(|s| {
+            let words: Vec<(u64, u64)> = if s.words.is_empty() {
+                vec![(s.start_ms, s.end_ms)]
+            } else {
+                s.words.iter().map(|w| (w.start_ms, w.end_ms)).collect()
+            };
+            words.into_iter().map(|(a, b)| {
+                (
+                    ms_to_samples(a.saturating_sub(COVER_SLACK_MS)),
+                    ms_to_samples(b + COVER_SLACK_MS),
+                )
+            })
+        })
+        .collect();
+    covered.sort_unstable();
+    let mut holes = Vec::new();
+    for &(a, b) in spans {
+        let mut at = a;
+        for &(ca, cb) in &covered {
+            if cb <= at || ca >= b {
+                continue;
+            }
+            if ca > at && ca - at >= MIN_HOLE {
+                holes.push((at, ca));
+            }
+            at = at.max(cb);
+            if at >= b {
+                break;
+            }
+        }
+        if at < b && b - at >= MIN_HOLE {
+            holes.push((at, b));
+        }
+    }
+    holes
+}
+
+/// Segments from decoding a hole again on its own: times offset from the window start `wa`
+/// (samples), words kept only where their middle lies in the hole `[a, b)` (the window's
+/// margins were already covered).
+fn retried_segments(
+    segs: Vec<Segment>,
+    wa: usize,
+    (a, b): (usize, usize),
+    _span: usize,
+) -> Vec<Segment> {
+    let off = samples_to_ms(wa);
+    let (a_ms, b_ms) = (samples_to_ms(a), samples_to_ms(b));
+    let mut out = Vec::new();
+    for seg in segs {
+        let words: Vec<Word> = seg
+            .words
+            .into_iter()
+            .map(|w| Word {
+                start_ms: w.start_ms + off,
+                end_ms: w.end_ms + off,
+                ..w
+            })
+            .filter(|w| (a_ms..b_ms).contains(&((w.start_ms + w.end_ms) / 2)))
+            .collect();
+        if !words.is_empty() {
+            let text = words_text(&words);
+            out.push(segment_of(text, words));
+        }
+    }
+    out
+}
+
+/// Number of runs of three or more consecutive segments with the same words.
+fn repeated_runs(segments: &[Segment]) -> usize {
+    let mut runs = 0;
+    let mut i = 0;
+    while i < segments.len() {
+        let w = norm_words(&segments[i].text);
+        let mut j = i + 1;
+        while j < segments.len() && !w.is_empty() && norm_words(&segments[j].text) == w {
+            j += 1;
+        }
+        if j - i >= 3 {
+            runs += 1;
+        }
+        i = j;
+    }
+    runs
+}
+
+/// Collects a segment's tokens into words: a token that starts with a space starts a new
+/// word; others (punctuation, word pieces) extend the current one. Times are whisper.cpp
+/// token timestamps (`t0`/`t1`, converted to ms).
+#[derive(Default)]
+struct WordBuilder {
+    words: Vec<(Vec<u8>, i64, i64, f32, usize)>,
+}
+
+impl WordBuilder {
+    fn push(&mut self, bytes: &[u8], t0_ms: i64, t1_ms: i64, p: f32) {
+        match self.words.last_mut() {
+            Some((b, _, t1, sum_p, n)) if !bytes.starts_with(b" ") => {
+                b.extend_from_slice(bytes);
+                *t1 = (*t1).max(t1_ms);
+                *sum_p += p;
+                *n += 1;
+            }
+            _ => self.words.push((bytes.to_vec(), t0_ms, t1_ms, p, 1)),
+        }
+    }
+
+    /// The words, trimmed, empty ones dropped, times clamped to `[start_ms, end_ms]` and
+    /// made monotonic.
+    fn finish(self, start_ms: u64, end_ms: u64) -> Vec<Word> {
+        let mut out: Vec<Word> = Vec::new();
+        for (bytes, t0, t1, sum_p, n) in self.words {
+            let text = String::from_utf8_lossy(&bytes).trim().to_string();
+            if text.is_empty() {
+                continue;
+            }
+            let floor = out.last().map_or(start_ms, |w: &Word| w.start_ms);
+            let s = (t0.max(0) as u64).clamp(floor, end_ms.max(floor));
+            let e = (t1.max(0) as u64).clamp(s, end_ms.max(s));
+            out.push(Word {
+                start_ms: s,
+                end_ms: e,
+                text,
+                p: sum_p / n as f32,
+            });
+        }
+        out
     }
 }
 
@@ -842,7 +1250,7 @@ pub(crate) fn norm_words(text: &str) -> Vec<String> {
 /// * inside one segment, a phrase of 2–12 words repeated back to back four or more times,
 ///   or a single word six or more times, is kept once (the segment's text is rebuilt from
 ///   its words, keeping the original spelling of the first occurrence).
-pub fn cut_repetition_loops(segments: &mut Vec<AsrSegment>) -> usize {
+pub fn cut_repetition_loops(segments: &mut Vec<Segment>) -> usize {
     let mut cut = 0;
     // Within segments.
     for seg in segments.iter_mut() {
@@ -890,7 +1298,7 @@ pub fn cut_repetition_loops(segments: &mut Vec<AsrSegment>) -> usize {
         }
     }
     // Across segments.
-    let mut out: Vec<AsrSegment> = Vec::with_capacity(segments.len());
+    let mut out: Vec<Segment> = Vec::with_capacity(segments.len());
     let mut i = 0;
     while i < segments.len() {
         let w = norm_words(&segments[i].text);
@@ -1007,18 +1415,19 @@ mod tests {
             .join(" ")
     }
 
-    fn seg(start_ms: u64, text: &str) -> AsrSegment {
-        AsrSegment {
+    fn seg(start_ms: u64, text: &str) -> Segment {
+        Segment {
             start_ms,
             end_ms: start_ms + 1000,
             text: text.into(),
+            words: Vec::new(),
         }
     }
 
     #[test]
     fn repetition_loops_are_cut() {
         // Whisper's loop as separate segments (asr.md §4.3: base on noise, ×14).
-        let mut v: Vec<AsrSegment> = (0..14)
+        let mut v: Vec<Segment> = (0..14)
             .map(|i| seg(i * 1000, "I'm going to start with the second one."))
             .collect();
         v.insert(0, seg(0, "Welcome."));
