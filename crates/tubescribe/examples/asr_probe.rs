@@ -13,7 +13,10 @@ use tubescribe::transcript::word_error_rate;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    anyhow::ensure!(args.len() >= 2, "usage: asr_probe MODEL WAV [REFERENCE.txt]");
+    anyhow::ensure!(
+        args.len() >= 2,
+        "usage: asr_probe MODEL WAV [REFERENCE.txt]"
+    );
     let model = AsrModel::load(args[0].as_ref())?;
     let reference = args.get(2).map(std::fs::read_to_string).transpose()?;
     let opts = TranscribeOptions {
