@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::stages::Stage;
+use crate::subtitles::CueRules;
 
 /// Errors while loading configuration. None is retryable: the user must fix the setting.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +76,81 @@ pub struct FileConfig {
     /// Worker process settings.
     #[serde(default)]
     pub worker: WorkerFile,
+    /// Subtitle cue limits (`transcript.srt`, `transcript.vtt`).
+    #[serde(default)]
+    pub subtitles: SubtitlesFile,
+}
+
+/// `[subtitles]` in the TOML file; every key is optional (defaults in [`CueRules::default`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubtitlesFile {
+    /// Characters per cue line (default 42).
+    pub max_line_chars: Option<usize>,
+    /// Lines per cue (default 2).
+    pub max_lines: Option<usize>,
+    /// Longest time a cue is shown, milliseconds (default 7000).
+    pub max_cue_ms: Option<u64>,
+    /// Shortest time a cue is shown when the next one leaves room, milliseconds (default 1000).
+    pub min_cue_ms: Option<u64>,
+    /// Reading speed a cue is held for when silence follows, characters per second (default 20).
+    pub max_cps: Option<f64>,
+}
+
+/// Resolves `[subtitles]`: file > default, each value range-checked.
+fn resolve_subtitles(f: &SubtitlesFile) -> Result<CueRules, ConfigError> {
+    let d = CueRules::default();
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        key: format!("subtitles.{key}"),
+        message,
+    };
+    let r = CueRules {
+        max_line_chars: f.max_line_chars.unwrap_or(d.max_line_chars),
+        max_lines: f.max_lines.unwrap_or(d.max_lines),
+        max_cue_ms: f.max_cue_ms.unwrap_or(d.max_cue_ms),
+        min_cue_ms: f.min_cue_ms.unwrap_or(d.min_cue_ms),
+        max_cps: f.max_cps.unwrap_or(d.max_cps),
+    };
+    if !(10..=1000).contains(&r.max_line_chars) {
+        return Err(invalid(
+            "max_line_chars",
+            format!(
+                "{} is out of range (10 to 1000 characters)",
+                r.max_line_chars
+            ),
+        ));
+    }
+    if !(1..=10).contains(&r.max_lines) {
+        return Err(invalid(
+            "max_lines",
+            format!("{} is out of range (1 to 10 lines)", r.max_lines),
+        ));
+    }
+    if !(1000..=600_000).contains(&r.max_cue_ms) {
+        return Err(invalid(
+            "max_cue_ms",
+            format!("{} is out of range (1000 to 600000 ms)", r.max_cue_ms),
+        ));
+    }
+    if r.min_cue_ms > r.max_cue_ms {
+        return Err(invalid(
+            "min_cue_ms",
+            format!(
+                "{} is more than subtitles.max_cue_ms ({})",
+                r.min_cue_ms, r.max_cue_ms
+            ),
+        ));
+    }
+    if !(r.max_cps.is_finite() && r.max_cps >= 1.0) {
+        return Err(invalid(
+            "max_cps",
+            format!(
+                "{} must be a number of characters per second ≥ 1",
+                r.max_cps
+            ),
+        ));
+    }
+    Ok(r)
 }
 
 /// `[stages.*]` in the TOML file.
@@ -439,6 +515,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Pause between attempts to reach Redis while it is unreachable.
     pub redis_retry: Duration,
+    /// Subtitle cue limits (`[subtitles]`).
+    pub subtitles: CueRules,
 }
 
 /// Default of `TUBESCRIBE_MIN_FREE_MB`: free space, in MiB, required before a download or
@@ -567,6 +645,7 @@ impl Config {
         }
         let threads_explicit = o.threads.or(file.transcribe.threads).is_some();
         let schedule = resolve_schedule(&file.schedule, cores)?;
+        let subtitles = resolve_subtitles(&file.subtitles)?;
         let llm = match (&file.llm, std::env::var("TUBESCRIBE_LLM_BASE_URL").ok()) {
             (_, Some(base)) if !base.is_empty() => Some(LlmSettings {
                 base_url: base,
@@ -656,6 +735,7 @@ impl Config {
             });
         }
         Ok(Config {
+            subtitles,
             stage_policies,
             shutdown_grace,
             redis_retry,
@@ -919,6 +999,69 @@ mod tests {
         let t = StagePolicy::resolve(Stage::Transcribe, &f.stages.transcribe).unwrap();
         assert_eq!(t, StagePolicy::default_for(Stage::Transcribe));
         assert!(f.worker.shutdown_grace_s.is_none());
+        assert_eq!(
+            resolve_subtitles(&f.subtitles).unwrap(),
+            CueRules::default()
+        );
+    }
+
+    #[test]
+    fn subtitle_settings() {
+        let dir = std::env::temp_dir().join(format!("ts-cfg-subs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        let resolve = |toml: &str| {
+            std::fs::write(&f, toml).unwrap();
+            Config::resolve(&Overrides {
+                config: Some(f.clone()),
+                ..Default::default()
+            })
+        };
+        let c = resolve("").unwrap();
+        assert_eq!(c.subtitles, CueRules::default());
+        let c =
+            resolve("[subtitles]\nmax_line_chars = 37\nmax_lines = 1\nmax_cps = 17.5\n").unwrap();
+        assert_eq!(
+            c.subtitles,
+            CueRules {
+                max_line_chars: 37,
+                max_lines: 1,
+                max_cps: 17.5,
+                ..CueRules::default()
+            }
+        );
+        for (toml, msg) in [
+            (
+                "max_line_chars = 5",
+                "invalid setting subtitles.max_line_chars: 5 is out of range (10 to 1000 characters)",
+            ),
+            (
+                "max_lines = 0",
+                "invalid setting subtitles.max_lines: 0 is out of range (1 to 10 lines)",
+            ),
+            (
+                "max_cue_ms = 500",
+                "invalid setting subtitles.max_cue_ms: 500 is out of range (1000 to 600000 ms)",
+            ),
+            (
+                "min_cue_ms = 8000",
+                "invalid setting subtitles.min_cue_ms: 8000 is more than subtitles.max_cue_ms (7000)",
+            ),
+            (
+                "max_cps = 0",
+                "invalid setting subtitles.max_cps: 0 must be a number of characters per second ≥ 1",
+            ),
+            (
+                "max_cps = nan",
+                "invalid setting subtitles.max_cps: NaN must be a number of characters per second ≥ 1",
+            ),
+        ] {
+            let e = resolve(&format!("[subtitles]\n{toml}\n")).unwrap_err();
+            assert_eq!(e.to_string(), msg);
+        }
+        let e = resolve("[subtitles]\nmax_chars = 40\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod schedule;
 pub mod segments;
 pub mod server;
 pub mod stages;
+pub mod subtitles;
 pub mod taskdir;
 pub mod tasks;
 pub mod transcript;

@@ -349,7 +349,9 @@ pub async fn run_long(
     if waiting {
         return Ok(None);
     }
-    merge_step(jctx, &bounds, sched).await.map(Some)
+    merge_step(jctx, &bounds, sched, &ctx.cfg.subtitles)
+        .await
+        .map(Some)
 }
 
 /// Split step: decode, find cuts, record them in the manifest. Returns the boundaries in ms
@@ -404,6 +406,7 @@ async fn merge_step(
     jctx: &JobCtx,
     bounds: &[u64],
     sched: &Scheduler,
+    rules: &crate::subtitles::CueRules,
 ) -> Result<StageOutput, StageError> {
     let q = sched.transcribe_queue();
     let mut parts = Vec::new();
@@ -456,6 +459,7 @@ async fn merge_step(
     outputs.extend(crate::stages::transcribe::write_transcript(
         jctx,
         &transcript,
+        rules,
     )?);
     let rtf = if total_ms > 0 {
         rtf_num / total_ms as f64

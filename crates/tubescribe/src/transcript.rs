@@ -1,5 +1,6 @@
 //! The transcript model (`transcript.json`) and its text renderings: plain
-//! text, SubRip (`.srt`) and WebVTT (`.vtt`), plus strict SRT/VTT parsers
+//! text in paragraphs, SubRip (`.srt`) and WebVTT (`.vtt`) of the cues built by
+//! `subtitles.rs`, plus strict SRT/VTT parsers
 //! (used to check that the writers round-trip), the `mm:ss` / `h:mm:ss`
 //! clock used for summary stamps, and word error rate for tests and the
 //! benchmark.
@@ -7,6 +8,8 @@
 //! All times are integer **milliseconds** from the start of the audio.
 
 use serde::{Deserialize, Serialize};
+
+use crate::subtitles::{self, Cue, CueRules};
 
 /// One recognised word with its time and confidence (from whisper.cpp's token timestamps).
 ///
@@ -32,8 +35,8 @@ pub struct Segment {
     /// End time in milliseconds from the start of the audio (`>= start_ms`
     /// after [`Transcript::normalize`]).
     pub end_ms: u64,
-    /// The spoken text. May contain single line breaks; writers never emit a
-    /// blank line inside a cue (see [`Transcript::to_srt`]).
+    /// The spoken text. May contain line breaks; subtitle cues are built from its words
+    /// (see [`subtitles::cues`]).
     pub text: String,
     /// The segment's words in time order, each inside `[start_ms, end_ms]`; empty when the
     /// source had no word times (older `transcript.json`, parsed subtitles).
@@ -84,8 +87,9 @@ pub enum FormatError {
 impl Transcript {
     /// Renders `transcript.json`: pretty-printed JSON with the fields
     /// `language`, `model`, `duration_ms` (ms) and `segments`
-    /// (`[{start_ms, end_ms, text}]`); deserializes back into an equal
-    /// [`Transcript`] with `serde_json::from_str`. Object keys are sorted.
+    /// (`[{start_ms, end_ms, text, words: [{start_ms, end_ms, text, p}]}]`, whisper's
+    /// segments with their words, times in ms, `p` a probability 0–1); deserializes back
+    /// into an equal [`Transcript`] with `serde_json::from_str`. Object keys are sorted.
     pub fn to_json(&self) -> String {
         // Built from `serde_json::Value`, whose `Display` is infallible,
         // instead of `to_string_pretty` (which returns a `Result` that cannot
@@ -94,10 +98,23 @@ impl Transcript {
             .segments
             .iter()
             .map(|s| {
+                let words: Vec<serde_json::Value> = s
+                    .words
+                    .iter()
+                    .map(|w| {
+                        serde_json::json!({
+                            "start_ms": w.start_ms,
+                            "end_ms": w.end_ms,
+                            "text": w.text,
+                            "p": json_f32(w.p),
+                        })
+                    })
+                    .collect();
                 serde_json::json!({
                     "start_ms": s.start_ms,
                     "end_ms": s.end_ms,
                     "text": s.text,
+                    "words": words,
                 })
             })
             .collect();
@@ -110,77 +127,57 @@ impl Transcript {
         format!("{value:#}\n")
     }
 
-    /// Plain text: one segment per line (internal line breaks become
-    /// spaces), no timestamps, each line terminated by `\n`. Segments whose
-    /// text is blank are skipped.
+    /// Plain text in paragraphs: the segments' words flow as running text (joined with single
+    /// spaces, no timestamps); a blank line starts a new paragraph at a pause of at least
+    /// [`PARAGRAPH_PAUSE_MS`] between segments, or at the first sentence end after
+    /// [`PARAGRAPH_SENTENCES`] sentences or [`PARAGRAPH_CHARS`] characters. Each paragraph
+    /// ends with `\n`; an empty transcript gives `""`.
     pub fn to_txt(&self) -> String {
         let mut out = String::new();
+        let (mut chars, mut sentences) = (0usize, 0usize);
+        let mut prev_end: Option<u64> = None;
+        let mut new_paragraph = false;
         for seg in &self.segments {
-            let line = cue_lines(&seg.text).join(" ");
-            if !line.is_empty() {
-                out.push_str(&line);
-                out.push('\n');
+            let mut words = seg.text.split_whitespace().peekable();
+            if words.peek().is_none() {
+                continue;
+            }
+            if prev_end.is_some_and(|e| seg.start_ms.saturating_sub(e) >= PARAGRAPH_PAUSE_MS) {
+                new_paragraph = true;
+            }
+            prev_end = Some(prev_end.map_or(seg.end_ms, |e| e.max(seg.end_ms)));
+            for w in words {
+                if new_paragraph {
+                    out.push_str("\n\n");
+                    (chars, sentences, new_paragraph) = (0, 0, false);
+                } else if chars > 0 {
+                    out.push(' ');
+                    chars += 1;
+                }
+                out.push_str(w);
+                chars += w.chars().count();
+                if crate::subtitles::ends_sentence(w) {
+                    sentences += 1;
+                    new_paragraph = sentences >= PARAGRAPH_SENTENCES || chars >= PARAGRAPH_CHARS;
+                }
             }
         }
-        out
-    }
-
-    /// SubRip. Each cue is a 1-based number line, a timing line
-    /// `HH:MM:SS,mmm --> HH:MM:SS,mmm` (hours zero-padded to at least two
-    /// digits, so 100 h and more work), the text lines, and a blank line.
-    ///
-    /// Text is written as its lines with surrounding whitespace trimmed and
-    /// blank lines removed (a blank line would end the cue), so a segment
-    /// survives a [`parse_srt`] round trip when its text is already in that
-    /// form. An `end_ms < start_ms` is written as `start_ms`. SRT has no
-    /// escaping; `<`, `&` and `-->` are written verbatim (players treat `<b>`
-    /// as markup). There is no formal SRT spec; layout per
-    /// <https://en.wikipedia.org/wiki/SubRip#Format>. Empty transcript → `""`.
-    pub fn to_srt(&self) -> String {
-        let mut out = String::new();
-        for (i, seg) in self.segments.iter().enumerate() {
-            out.push_str(&format!(
-                "{}\n{} --> {}\n",
-                i + 1,
-                stamp(seg.start_ms, ','),
-                stamp(seg.end_ms.max(seg.start_ms), ',')
-            ));
-            for line in cue_lines(&seg.text) {
-                out.push_str(&line);
-                out.push('\n');
-            }
+        if !out.is_empty() {
             out.push('\n');
         }
         out
     }
 
-    /// WebVTT: a `WEBVTT` line, then for each segment a blank line, a timing
-    /// line `HH:MM:SS.mmm --> HH:MM:SS.mmm` and the text lines; no cue
-    /// identifiers or settings. Ends with `\n`.
-    ///
-    /// Text lines are trimmed with blank lines removed (as in
-    /// [`Transcript::to_srt`]) and escaped: `&` → `&amp;`, `<` → `&lt;`,
-    /// `>` → `&gt;`. Per the WebVTT spec (W3C, <https://www.w3.org/TR/webvtt1/>,
-    /// "WebVTT caption or subtitle cue text": cue text may not contain `&` or
-    /// `<` except as escapes/tags, and "WebVTT cue text escapes" defines
-    /// `&amp;` `&lt;` `&gt;`), and a cue payload must not contain `-->`;
-    /// escaping `>` turns any `-->` into `--&gt;`. Hours are two or more
-    /// digits as the spec's "WebVTT timestamp" allows. An `end_ms < start_ms`
-    /// is written as `start_ms`.
-    pub fn to_vtt(&self) -> String {
-        let mut out = String::from("WEBVTT\n");
-        for seg in &self.segments {
-            out.push_str(&format!(
-                "\n{} --> {}\n",
-                stamp(seg.start_ms, '.'),
-                stamp(seg.end_ms.max(seg.start_ms), '.')
-            ));
-            for line in cue_lines(&seg.text) {
-                out.push_str(&vtt_escape(&line));
-                out.push('\n');
-            }
-        }
-        out
+    /// SubRip of the cues [`subtitles::cues`] builds from the segments under `rules`; see
+    /// [`write_srt`].
+    pub fn to_srt(&self, rules: &CueRules) -> String {
+        write_srt(&subtitles::cues(&self.segments, rules))
+    }
+
+    /// WebVTT of the cues [`subtitles::cues`] builds from the segments under `rules`; see
+    /// [`write_vtt`].
+    pub fn to_vtt(&self, rules: &CueRules) -> String {
+        write_vtt(&subtitles::cues(&self.segments, rules))
     }
 
     /// Cleans segments in place:
@@ -202,6 +199,77 @@ impl Transcript {
         self.segments.retain(|s| !s.text.is_empty());
         self.segments.sort_by_key(|s| (s.start_ms, s.end_ms));
     }
+}
+
+/// A new TXT paragraph starts at a pause of at least this many milliseconds between segments.
+pub const PARAGRAPH_PAUSE_MS: u64 = 2000;
+/// A new TXT paragraph starts at the first sentence end after this many sentences.
+pub const PARAGRAPH_SENTENCES: usize = 6;
+/// A new TXT paragraph starts at the first sentence end after this many characters.
+pub const PARAGRAPH_CHARS: usize = 600;
+
+/// `f32` as the JSON number of its shortest decimal form (`0.9`, not `0.899999976…`), which
+/// reads back as the same `f32`; non-finite values become 0.
+fn json_f32(v: f32) -> serde_json::Value {
+    let v = if v.is_finite() { v } else { 0.0 };
+    let shortest = v.to_string().parse::<f64>().unwrap_or(f64::from(v));
+    serde_json::Number::from_f64(shortest).map_or(serde_json::Value::Null, Into::into)
+}
+
+/// SubRip. Each cue is a 1-based number line, a timing line
+/// `HH:MM:SS,mmm --> HH:MM:SS,mmm` (hours zero-padded to at least two
+/// digits, so 100 h and more work), the text lines, and a blank line.
+///
+/// Each line is written trimmed, with blank lines removed and inner line breaks made into
+/// lines (a blank line would end the cue), so cues from [`subtitles::cues`] survive a
+/// [`parse_srt`] round trip unchanged. An `end_ms < start_ms` is written as `start_ms`. SRT
+/// has no escaping; `<`, `&` and `-->` are written verbatim (players treat `<b>` as markup).
+/// There is no formal SRT spec; layout per <https://en.wikipedia.org/wiki/SubRip#Format>.
+/// No cues → `""`.
+pub fn write_srt(cues: &[Cue]) -> String {
+    let mut out = String::new();
+    for (i, cue) in cues.iter().enumerate() {
+        out.push_str(&format!(
+            "{}\n{} --> {}\n",
+            i + 1,
+            stamp(cue.start_ms, ','),
+            stamp(cue.end_ms.max(cue.start_ms), ',')
+        ));
+        for line in cue.lines.iter().flat_map(|l| cue_lines(l)) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// WebVTT: a `WEBVTT` line, then for each cue a blank line, a timing
+/// line `HH:MM:SS.mmm --> HH:MM:SS.mmm` and the text lines; no cue
+/// identifiers or settings. Ends with `\n`.
+///
+/// Text lines are cleaned as in [`write_srt`] and escaped: `&` → `&amp;`, `<` → `&lt;`,
+/// `>` → `&gt;`. Per the WebVTT spec (W3C, <https://www.w3.org/TR/webvtt1/>,
+/// "WebVTT caption or subtitle cue text": cue text may not contain `&` or
+/// `<` except as escapes/tags, and "WebVTT cue text escapes" defines
+/// `&amp;` `&lt;` `&gt;`), and a cue payload must not contain `-->`;
+/// escaping `>` turns any `-->` into `--&gt;`. Hours are two or more
+/// digits as the spec's "WebVTT timestamp" allows. An `end_ms < start_ms`
+/// is written as `start_ms`. [`parse_vtt`] reads the cues back unchanged.
+pub fn write_vtt(cues: &[Cue]) -> String {
+    let mut out = String::from("WEBVTT\n");
+    for cue in cues {
+        out.push_str(&format!(
+            "\n{} --> {}\n",
+            stamp(cue.start_ms, '.'),
+            stamp(cue.end_ms.max(cue.start_ms), '.')
+        ));
+        for line in cue.lines.iter().flat_map(|l| cue_lines(l)) {
+            out.push_str(&vtt_escape(&line));
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// Splits text into trimmed, non-blank lines (any of `\r\n`, `\r`, `\n`).
@@ -396,7 +464,7 @@ fn parse_timing(
     Ok((start, end))
 }
 
-/// Parses SubRip text into segments, strictly.
+/// Parses SubRip text into cues, strictly.
 ///
 /// Each cue must be: a line holding only a decimal cue number (values are
 /// not required to be sequential), a timing line
@@ -404,13 +472,13 @@ fn parse_timing(
 /// < 60, exactly 3 millisecond digits, comma separator, end ≥ start, nothing
 /// after the end time), then zero or more text lines. Cues are separated by
 /// blank lines. A UTF-8 BOM and CRLF line endings are accepted. Text lines
-/// are trimmed and joined with `\n`; SRT has no escapes, so text (including
+/// are returned trimmed as the cue's lines; SRT has no escapes, so text (including
 /// `<b>` or `-->`) is returned verbatim.
 ///
 /// # Errors
 /// [`FormatError::BadCueNumber`] or [`FormatError::BadTiming`] with the
 /// 1-based line number.
-pub fn parse_srt(s: &str) -> Result<Vec<Segment>, FormatError> {
+pub fn parse_srt(s: &str) -> Result<Vec<Cue>, FormatError> {
     let lines = numbered_lines(s);
     let mut out = Vec::new();
     for block in blocks(&lines) {
@@ -430,22 +498,20 @@ pub fn parse_srt(s: &str) -> Result<Vec<Segment>, FormatError> {
             });
         };
         let (start_ms, end_ms) = parse_timing(tn, timing, ',', false, false)?;
-        let text = block[2..]
+        let lines = block[2..]
             .iter()
-            .map(|(_, l)| l.trim())
-            .collect::<Vec<_>>()
-            .join("\n");
-        out.push(Segment {
+            .map(|(_, l)| l.trim().to_owned())
+            .collect();
+        out.push(Cue {
             start_ms,
             end_ms,
-            text,
-            words: Vec::new(),
+            lines,
         });
     }
     Ok(out)
 }
 
-/// Parses WebVTT text into segments.
+/// Parses WebVTT text into cues.
 ///
 /// The first line must be `WEBVTT`, alone or followed by a space or tab and
 /// free text (UTF-8 BOM allowed). Header lines up to the first blank line are
@@ -456,13 +522,13 @@ pub fn parse_srt(s: &str) -> Result<Vec<Segment>, FormatError> {
 /// digits; end ≥ start), then text lines. Text is returned with markup tags
 /// (`<b>`, `<c.x>`, `<v Name>`, `<00:00:01.000>`) removed and character
 /// references decoded (`&amp;` `&lt;` `&gt;` `&nbsp;` `&lrm;` `&rlm;`,
-/// numeric), lines trimmed and joined with `\n`.
+/// numeric), lines trimmed; lines left empty by that are dropped.
 /// Spec: <https://www.w3.org/TR/webvtt1/>.
 ///
 /// # Errors
 /// [`FormatError::MissingHeader`]; [`FormatError::BadTiming`] for a block
 /// whose first or second line is not a valid timing line.
-pub fn parse_vtt(s: &str) -> Result<Vec<Segment>, FormatError> {
+pub fn parse_vtt(s: &str) -> Result<Vec<Cue>, FormatError> {
     let lines = numbered_lines(s);
     let header_ok = lines.first().is_some_and(|(_, l)| {
         l.strip_prefix("WEBVTT")
@@ -488,16 +554,15 @@ pub fn parse_vtt(s: &str) -> Result<Vec<Segment>, FormatError> {
             });
         };
         let (start_ms, end_ms) = parse_timing(tn, timing, '.', true, true)?;
-        let text = block[timing_idx + 1..]
+        let lines = block[timing_idx + 1..]
             .iter()
             .map(|(_, l)| vtt_unescape(l).trim().to_owned())
-            .collect::<Vec<_>>()
-            .join("\n");
-        out.push(Segment {
+            .filter(|l| !l.is_empty())
+            .collect();
+        out.push(Cue {
             start_ms,
             end_ms,
-            text,
-            words: Vec::new(),
+            lines,
         });
     }
     Ok(out)
@@ -604,68 +669,119 @@ mod tests {
         ]
     }
 
+    fn cue(start_ms: u64, end_ms: u64, lines: &[&str]) -> Cue {
+        Cue {
+            start_ms,
+            end_ms,
+            lines: lines.iter().map(|l| l.to_string()).collect(),
+        }
+    }
+
     #[test]
     fn srt_round_trip() {
+        let r = CueRules::default();
         let t = tr(tricky());
-        let back = parse_srt(&t.to_srt()).unwrap();
-        assert_eq!(back, t.segments);
-        assert_eq!(tr(vec![]).to_srt(), "");
+        let want = subtitles::cues(&t.segments, &r);
+        let back = parse_srt(&t.to_srt(&r)).unwrap();
+        assert_eq!(back, want);
+        // Every word survives, in order.
+        let words = |it: &mut dyn Iterator<Item = String>| -> Vec<String> {
+            it.flat_map(|s| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+                .collect()
+        };
+        assert_eq!(
+            words(&mut back.iter().map(Cue::text)),
+            words(&mut t.segments.iter().map(|s| s.text.clone()))
+        );
+        assert_eq!(tr(vec![]).to_srt(&r), "");
         assert_eq!(parse_srt("").unwrap(), vec![]);
     }
 
     #[test]
     fn vtt_round_trip() {
+        let r = CueRules::default();
         let t = tr(tricky());
-        let vtt = t.to_vtt();
+        let vtt = t.to_vtt(&r);
         assert!(
             !vtt.lines()
                 .any(|l| !l.contains(" --> ") && l.contains("-->")),
             "{vtt}"
         );
-        assert!(
-            vtt.contains("&lt;b&gt;bold&lt;/b&gt; &amp; &lt;i&gt;"),
-            "{vtt}"
-        );
+        assert!(vtt.contains("&lt;b&gt;bold&lt;/b&gt; &amp;"), "{vtt}");
+        assert!(vtt.contains("&lt;i&gt;not&lt;/i&gt;"), "{vtt}");
+        assert!(vtt.contains("fish &amp;amp; chips &amp;lt; 3"), "{vtt}");
         let back = parse_vtt(&vtt).unwrap();
-        assert_eq!(back, t.segments);
-        assert_eq!(tr(vec![]).to_vtt(), "WEBVTT\n");
+        assert_eq!(back, subtitles::cues(&t.segments, &r));
+        assert_eq!(tr(vec![]).to_vtt(&r), "WEBVTT\n");
         assert_eq!(parse_vtt("WEBVTT\n").unwrap(), vec![]);
     }
 
     #[test]
-    fn writers_collapse_blank_lines() {
+    fn hours_beyond_99() {
+        let r = CueRules::default();
+        let t = tr(vec![
+            seg(359_999_999, 360_000_000, "hour 99 → 100"),
+            seg(3_600_000_000, 3_600_000_001, "1000 hours"),
+        ]);
+        assert_eq!(
+            t.to_srt(&r),
+            "1\n99:59:59,999 --> 100:00:00,999\nhour 99 → 100\n\n\
+             2\n1000:00:00,000 --> 1000:00:01,000\n1000 hours\n\n"
+        );
+        assert_eq!(
+            parse_vtt(&t.to_vtt(&r)).unwrap(),
+            vec![
+                cue(359_999_999, 360_000_999, &["hour 99 → 100"]),
+                cue(3_600_000_000, 3_600_001_000, &["1000 hours"]),
+            ]
+        );
+    }
+
+    #[test]
+    fn writers_clean_lines() {
+        let r = CueRules::default();
         let t = tr(vec![
             seg(0, 1000, "  a\n\n\n b \r\n\r\nc  "),
             seg(1000, 2000, " \n "),
         ]);
-        let srt = t.to_srt();
+        let srt = t.to_srt(&r);
+        assert_eq!(srt, "1\n00:00:00,000 --> 00:00:01,000\na b c\n\n");
+        assert_eq!(parse_srt(&srt).unwrap(), vec![cue(0, 1000, &["a b c"])]);
         assert_eq!(
-            srt,
-            "1\n00:00:00,000 --> 00:00:01,000\na\nb\nc\n\n2\n00:00:01,000 --> 00:00:02,000\n\n"
+            parse_vtt(&t.to_vtt(&r)).unwrap(),
+            vec![cue(0, 1000, &["a b c"])]
         );
-        let back = parse_srt(&srt).unwrap();
-        assert_eq!(back, vec![seg(0, 1000, "a\nb\nc"), seg(1000, 2000, "")]);
-        assert_eq!(parse_vtt(&t.to_vtt()).unwrap(), back);
         assert_eq!(t.to_txt(), "a b c\n");
+        // Hand-made cues with line breaks or blank lines are cleaned, never a blank line.
+        let odd = [cue(0, 5, &[" x \n\n y", "", "z"])];
+        assert_eq!(
+            write_srt(&odd),
+            "1\n00:00:00,000 --> 00:00:00,005\nx\ny\nz\n\n"
+        );
+        assert_eq!(
+            parse_vtt(&write_vtt(&odd)).unwrap(),
+            vec![cue(0, 5, &["x", "y", "z"])]
+        );
     }
 
     #[test]
     fn exact_output_two_segments() {
+        let r = CueRules::default();
         let t = tr(vec![
             seg(0, 2_500, "Hello there."),
-            seg(2_500, 3_723_004, "General <Kenobi> & co."),
+            seg(2_500, 6_004, "General <Kenobi> & co."),
         ]);
         assert_eq!(
-            t.to_srt(),
+            t.to_srt(&r),
             "1\n00:00:00,000 --> 00:00:02,500\nHello there.\n\n\
-             2\n00:00:02,500 --> 01:02:03,004\nGeneral <Kenobi> & co.\n\n"
+             2\n00:00:02,500 --> 00:00:06,004\nGeneral <Kenobi> & co.\n\n"
         );
         assert_eq!(
-            t.to_vtt(),
+            t.to_vtt(&r),
             "WEBVTT\n\n00:00:00.000 --> 00:00:02.500\nHello there.\n\n\
-             00:00:02.500 --> 01:02:03.004\nGeneral &lt;Kenobi&gt; &amp; co.\n"
+             00:00:02.500 --> 00:00:06.004\nGeneral &lt;Kenobi&gt; &amp; co.\n"
         );
-        assert_eq!(t.to_txt(), "Hello there.\nGeneral <Kenobi> & co.\n");
+        assert_eq!(t.to_txt(), "Hello there. General <Kenobi> & co.\n");
         let json = t.to_json();
         let back: Transcript = serde_json::from_str(&json).unwrap();
         assert_eq!(back, t);
@@ -673,12 +789,67 @@ mod tests {
     }
 
     #[test]
+    fn json_keeps_words() {
+        let mut t = tr(vec![seg(0, 900, "Ask not.")]);
+        t.segments[0].words = vec![
+            Word {
+                start_ms: 0,
+                end_ms: 400,
+                text: "Ask".into(),
+                p: 0.9,
+            },
+            Word {
+                start_ms: 420,
+                end_ms: 900,
+                text: "not.".into(),
+                p: 0.123_456_7,
+            },
+        ];
+        let json = t.to_json();
+        assert!(
+            json.contains("\"end_ms\": 400,\n          \"p\": 0.9,\n          \"start_ms\": 0,\n          \"text\": \"Ask\""),
+            "{json}"
+        );
+        let back: Transcript = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, t);
+        t.segments[0].words[0].p = f32::NAN;
+        let back: Transcript = serde_json::from_str(&t.to_json()).unwrap();
+        assert_eq!(back.segments[0].words[0].p, 0.0);
+    }
+
+    #[test]
+    fn txt_paragraphs() {
+        // Sentences flow; a pause of 2 s starts a paragraph, 1.9 s does not.
+        let t = tr(vec![
+            seg(0, 1_000, "One."),
+            seg(1_000, 2_000, "Two\nthree."),
+            seg(3_900, 4_000, "Four."),
+            seg(6_000, 7_000, "Five."),
+        ]);
+        assert_eq!(t.to_txt(), "One. Two three. Four.\n\nFive.\n");
+        // Six sentences end a paragraph, also inside one segment.
+        let t = tr(vec![seg(0, 9_000, "A. B. C. D. E. F. G. H.")]);
+        assert_eq!(t.to_txt(), "A. B. C. D. E. F.\n\nG. H.\n");
+        // About 600 characters end a paragraph at the next sentence end, not mid-sentence.
+        let long = format!("{}end.", "word ".repeat(130));
+        let t = tr(vec![seg(0, 1_000, &long), seg(1_000, 2_000, "Next one.")]);
+        let txt = t.to_txt();
+        assert_eq!(txt, format!("{long}\n\nNext one.\n"));
+        assert_eq!(tr(vec![seg(0, 1, " ")]).to_txt(), "");
+    }
+
+    #[test]
     fn writers_clamp_end_before_start() {
+        let r = CueRules::default();
         let t = tr(vec![seg(5_000, 1_000, "x")]);
-        assert!(t.to_srt().contains("00:00:05,000 --> 00:00:05,000"));
+        assert!(t.to_srt(&r).contains("00:00:05,000 --> 00:00:06,000"));
         assert_eq!(
-            parse_vtt(&t.to_vtt()).unwrap(),
-            vec![seg(5_000, 5_000, "x")]
+            parse_vtt(&t.to_vtt(&r)).unwrap(),
+            vec![cue(5_000, 6_000, &["x"])]
+        );
+        assert_eq!(
+            write_srt(&[cue(5_000, 1_000, &["x"])]),
+            "1\n00:00:05,000 --> 00:00:05,000\nx\n\n"
         );
     }
 
@@ -729,7 +900,7 @@ mod tests {
         }
         assert_eq!(
             parse_srt("\u{feff}1\r\n00:00:01,000 --> 00:00:02,000\r\nhi\r\n\r\n").unwrap(),
-            vec![seg(1_000, 2_000, "hi")]
+            vec![cue(1_000, 2_000, &["hi"])]
         );
         assert_eq!(parse_vtt("hello\n"), Err(FormatError::MissingHeader));
         assert_eq!(parse_vtt("WEBVTTX\n"), Err(FormatError::MissingHeader));
@@ -744,8 +915,8 @@ mod tests {
         assert_eq!(
             parse_vtt(vtt).unwrap(),
             vec![
-                seg(1_000, 4_000, "We are here & now\u{a0}ok"),
-                seg(5_000, 6_500, "<3 AB &bogus; a&b"),
+                cue(1_000, 4_000, &["We are here & now\u{a0}ok"]),
+                cue(5_000, 6_500, &["<3 AB &bogus; a&b"]),
             ]
         );
     }

@@ -72,8 +72,25 @@ fn whole_flow_on_real_speech() {
 
     let srt = parse_srt(&std::fs::read_to_string(dir.join("transcript.srt")).unwrap()).unwrap();
     let vtt = parse_vtt(&std::fs::read_to_string(dir.join("transcript.vtt")).unwrap()).unwrap();
-    assert_eq!(srt.len(), t.segments.len());
-    assert_eq!(vtt.len(), t.segments.len());
+    // The files hold the cues built from the transcript with the default rules.
+    let rules = tubescribe::subtitles::CueRules::default();
+    let cues = tubescribe::subtitles::cues(&t.segments, &rules);
+    assert_eq!(srt, cues);
+    assert_eq!(vtt, cues);
+    for c in &cues {
+        assert!((1..=rules.max_lines).contains(&c.lines.len()), "{c:?}");
+        assert!(
+            c.lines
+                .iter()
+                .all(|l| l.chars().count() <= rules.max_line_chars || !l.contains(' ')),
+            "{c:?}"
+        );
+        assert!(c.end_ms - c.start_ms <= rules.max_cue_ms, "{c:?}");
+    }
+    assert!(
+        srt.windows(2).all(|w| w[0].end_ms <= w[1].start_ms),
+        "overlapping cues"
+    );
     assert!(monotonic(
         &srt.iter().map(|s| s.start_ms).collect::<Vec<_>>()
     ));

@@ -125,7 +125,7 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
     };
     transcript.normalize();
     let mut outputs = vec![wav_out];
-    outputs.extend(write_transcript(job, &transcript)?);
+    outputs.extend(write_transcript(job, &transcript, &ctx.cfg.subtitles)?);
     let rtf = if duration_s > 0.0 {
         asr_wall / duration_s
     } else {
@@ -200,16 +200,18 @@ async fn resume_decoded(job: &JobCtx) -> Option<(crate::manifest::OutputFile, f6
 }
 
 /// Writes `transcript` as `transcript.{json,txt,srt,vtt}` (atomic and fenced like every stage
-/// output: a stale run writes nothing); returns their records.
+/// output: a stale run writes nothing), the subtitles with the cue limits `rules` (the
+/// config's `[subtitles]`); returns their records.
 pub(crate) fn write_transcript(
     job: &JobCtx,
     transcript: &Transcript,
+    rules: &crate::subtitles::CueRules,
 ) -> Result<Vec<crate::manifest::OutputFile>, StageError> {
     [
         (names::TRANSCRIPT_JSON, transcript.to_json()),
         (names::TRANSCRIPT_TXT, transcript.to_txt()),
-        (names::TRANSCRIPT_SRT, transcript.to_srt()),
-        (names::TRANSCRIPT_VTT, transcript.to_vtt()),
+        (names::TRANSCRIPT_SRT, transcript.to_srt(rules)),
+        (names::TRANSCRIPT_VTT, transcript.to_vtt(rules)),
     ]
     .into_iter()
     .map(|(name, body)| job.write_atomic(name, body.as_bytes()))
