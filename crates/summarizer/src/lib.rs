@@ -1,14 +1,15 @@
 //! Transcript summarization for tubescribe.
 //!
-//! Input is a list of transcript [`Segment`]s (times in milliseconds); output is a
-//! [`Summary`] whose every timestamp is the start of a real transcript segment — a model is
-//! never allowed to invent a time.
+//! Input is a list of transcript [`Segment`]s (times in milliseconds, optionally with their
+//! [`Word`]s); output is a [`Summary`] whose every key-point timestamp is the start of a real
+//! transcript segment or of a real word — a model is never allowed to invent a time.
 //!
 //! Two summarizers are provided:
 //!
 //! * [`extractive`] — the offline default: deterministic, pure Rust, no model. Sentences are
-//!   selected from the transcript with TF-IDF + TextRank + MMR, and chapters are time buckets
-//!   titled with their most distinctive terms.
+//!   selected from the transcript with TF-IDF + TextRank + MMR (near-duplicates cut), each
+//!   stamped with its first word's start, and chapters are time buckets titled with their
+//!   most central sentence (or the video's own chapters when the caller has them).
 //! * [`llm`] — a thin client for OpenAI-compatible `POST {base_url}/chat/completions` servers
 //!   (OpenAI, Ollama `/v1`, vLLM, llama.cpp server, LM Studio, OpenRouter) with retry policy,
 //!   prompt-injection hardening, strict output validation and map-reduce for long
@@ -28,13 +29,28 @@ mod text;
 ///
 /// Times are milliseconds from the start of the video. `text` is the spoken text as
 /// transcribed; it is treated as untrusted data everywhere in this crate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Segment {
     /// Start of the segment, in milliseconds from the start of the video.
     pub start_ms: u64,
     /// End of the segment, in milliseconds from the start of the video.
     pub end_ms: u64,
     /// Transcribed text of the segment.
+    pub text: String,
+    /// The segment's words in time order (ASR word timestamps); empty when unknown (captions,
+    /// older transcripts). When present, a sentence is stamped with its first word's start.
+    #[serde(default)]
+    pub words: Vec<Word>,
+}
+
+/// One recognised word of a [`Segment`], with its time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Word {
+    /// Start of the word, in milliseconds from the start of the video.
+    pub start_ms: u64,
+    /// End of the word, in milliseconds from the start of the video.
+    pub end_ms: u64,
+    /// The word as transcribed, punctuation attached (`"country."`).
     pub text: String,
 }
 
@@ -54,11 +70,12 @@ pub enum SummaryKind {
     },
 }
 
-/// A key point of the video, anchored at the start of a real transcript segment.
+/// A key point of the video, anchored at the start of the transcript sentence it comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyPoint {
-    /// Start of the transcript segment the point comes from, in milliseconds. Always equal to
-    /// the `start_ms` of one of the input segments.
+    /// Start of the sentence the point comes from, in milliseconds: its first word's
+    /// `start_ms` when the segment has words, else its segment's `start_ms`. Always equal to
+    /// the start of one of the input segments or words.
     pub start_ms: u64,
     /// The point itself (a transcript sentence for extractive summaries, model text for LLM
     /// summaries).
@@ -68,12 +85,15 @@ pub struct KeyPoint {
 /// A chapter: a contiguous time range of the video with a short title.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chapter {
-    /// Start of the chapter in milliseconds; always the `start_ms` of a real segment.
+    /// Start of the chapter in milliseconds: the start of a real sentence (segment or word
+    /// start), or the video's own chapter start when the caller passed chapters in
+    /// [`extractive::Options::chapters`].
     pub start_ms: u64,
     /// End of the chapter in milliseconds (start of the next chapter, or the end of the last
     /// segment for the final chapter).
     pub end_ms: u64,
-    /// Short title (the chapter's most distinctive terms).
+    /// Short title: the chapter's most central sentence, shortened to at most
+    /// [`extractive::Options::title_chars`] characters, or the video's own chapter title.
     pub title: String,
 }
 
@@ -88,7 +108,7 @@ pub struct Summary {
     pub kind: SummaryKind,
     /// A short overview (1–3 sentences).
     pub tldr: String,
-    /// Key points in time order; every `start_ms` is a real segment start.
+    /// Key points in time order; every `start_ms` is a real segment or word start.
     pub key_points: Vec<KeyPoint>,
     /// Chapters in time order, covering the transcript without overlap.
     pub chapters: Vec<Chapter>,
@@ -107,20 +127,25 @@ impl Summary {
     ///
     /// When `video_url` is a YouTube URL (`youtube.com`, `youtu.be`), every stamp links to
     /// that URL with `t=<seconds>s` appended (any existing `t` parameter is replaced); other
-    /// URLs are ignored so that only our own, validated links are emitted. All transcript and
-    /// model text is escaped so it cannot inject Markdown links, HTML or headings.
+    /// URLs are ignored so that only our own, validated links are emitted. Transcript, model
+    /// and title text is escaped only where it would otherwise change the rendering (links,
+    /// emphasis, code, HTML, block markers — CommonMark 0.31.2 rules listed in the crate's
+    /// `text::escape_markdown`), so a stamp reads
+    /// `[00:10]` and a title `one_min.m4a`; control and bidi characters are shown as `\u{…}`
+    /// ([`escape_controls`]).
     pub fn to_markdown(&self, title: Option<&str>, video_url: Option<&str>) -> String {
+        use text::{escape_markdown as esc, MdContext::*};
         let link_base = video_url.and_then(text::youtube_link_base);
         let stamp = |ms: u64| -> String {
             let label = format_timestamp(ms);
             match &link_base {
-                Some(base) => format!("[\\[{label}\\]]({base}t={}s)", ms / 1000),
-                None => format!("\\[{label}\\]"),
+                Some(base) => format!("[[{label}]]({base}t={}s)", ms / 1000),
+                None => format!("[{label}]"),
             }
         };
         let mut out = String::new();
         if let Some(t) = title.map(str::trim).filter(|t| !t.is_empty()) {
-            out.push_str(&format!("# {}\n\n", text::escape_markdown(t)));
+            out.push_str(&format!("# {}\n\n", esc(t, Heading)));
         }
         let fell_back = self
             .notes
@@ -135,43 +160,55 @@ impl Summary {
             ),
             SummaryKind::Llm { model } => out.push_str(&format!(
                 "_AI-generated summary (LLM: {}); it may contain errors. Timestamps come from the transcript._\n\n",
-                text::escape_markdown(model)
+                esc(model, Inline)
             )),
         }
         out.push_str("## TL;DR\n\n");
-        out.push_str(&text::escape_markdown(&self.tldr));
+        out.push_str(&esc(&self.tldr, Block));
         out.push_str("\n\n");
         if !self.key_points.is_empty() {
             out.push_str("## Key points\n\n");
             for kp in &self.key_points {
-                out.push_str(&format!(
-                    "- {} {}\n",
-                    stamp(kp.start_ms),
-                    text::escape_markdown(&kp.text)
-                ));
+                let t = esc(&kp.text, Inline);
+                out.push_str(&format!("- {} {t}\n", stamp(kp.start_ms)));
             }
             out.push('\n');
         }
         if !self.chapters.is_empty() {
             out.push_str("## Chapters\n\n");
             for ch in &self.chapters {
-                out.push_str(&format!(
-                    "- {} {}\n",
-                    stamp(ch.start_ms),
-                    text::escape_markdown(&ch.title)
-                ));
+                let t = esc(&ch.title, Inline);
+                out.push_str(&format!("- {} {t}\n", stamp(ch.start_ms)));
             }
             out.push('\n');
         }
         if !self.notes.is_empty() {
             out.push_str("## Notes\n\n");
             for n in &self.notes {
-                out.push_str(&format!("- {}\n", text::escape_markdown(n)));
+                out.push_str(&format!("- {}\n", esc(n, Block)));
             }
             out.push('\n');
         }
         out
     }
+}
+
+/// Makes text safe to show on a terminal, in a log line or in Markdown: control characters
+/// (C0, DEL, C1) and the Unicode bidirectional controls that can reorder the rest of a line
+/// (U+200E/F, U+202A–U+202E, U+2066–U+2069) become visible `\u{…}` escapes (lower-case hex);
+/// everything else, including right-to-left letters and emoji, is kept. This is the one
+/// escaping function for titles; `tubescribe`'s `display_title` builds on it.
+pub fn escape_controls(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        let bidi = matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || bidi {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Formats a time in milliseconds as `mm:ss` (under one hour) or `h:mm:ss`, truncating to
@@ -228,20 +265,60 @@ mod tests {
         );
         assert!(md.starts_with("# My video\n"));
         assert!(md.contains("Extractive summary (offline, no LLM)"));
-        assert!(md.contains("[\\[01:23\\]](https://www.youtube.com/watch?v=abc&t=83s) First"));
-        assert!(md.contains("[\\[1:02:03\\]](https://www.youtube.com/watch?v=abc&t=3723s) Second"));
-        // transcript text cannot create links
-        assert!(md.contains("First \\[point\\]\\(http://evil.example\\)"));
+        assert!(md.contains("- [[01:23]](https://www.youtube.com/watch?v=abc&t=83s) First"));
+        assert!(md.contains("- [[1:02:03]](https://www.youtube.com/watch?v=abc&t=3723s) Second"));
+        // transcript text cannot create links or emphasis
+        assert!(md.contains("First [point\\](http://evil.example)"));
         assert!(md.contains("Rust is \\*fast\\*."));
     }
 
     #[test]
     fn markdown_without_youtube_url_has_plain_stamps() {
         let md = sample().to_markdown(None, Some("https://evil.example/?v=1"));
-        assert!(md.contains("- \\[01:23\\] First"));
+        assert!(md.contains("- [01:23] First"));
         assert!(!md.contains("evil.example/?"));
         let md = sample().to_markdown(None, Some("https://youtu.be/abc"));
         assert!(md.contains("(https://youtu.be/abc?t=83s)"));
+    }
+
+    #[test]
+    fn markdown_escapes_only_what_renders_and_shows_bidi_controls() {
+        let s = Summary {
+            kind: SummaryKind::Extractive,
+            tldr: "1. See snake_case, _this_ and a < b & c; not <b>bold</b> or &amp;.".into(),
+            key_points: vec![KeyPoint {
+                start_ms: 10_000,
+                text: "[00:10] is a stamp, [x](y) is not a link and `code` is not code".into(),
+            }],
+            chapters: vec![Chapter {
+                start_ms: 10_000,
+                end_ms: 20_000,
+                title: "Intro # 1 ~ 2".into(),
+            }],
+            notes: vec!["# not a heading".into(), "- not a list".into()],
+        };
+        let md = s.to_markdown(Some("one_min.m4a \u{202E}4pm.exe C#"), None);
+        assert_eq!(
+            md,
+            "# one_min.m4a \\u{202e}4pm.exe C#\n\n\
+             _Extractive summary (offline, no LLM): sentences selected verbatim from the transcript._\n\n\
+             ## TL;DR\n\n\
+             1\\. See snake_case, \\_this\\_ and a < b & c; not \\<b>bold\\</b> or \\&amp;.\n\n\
+             ## Key points\n\n\
+             - [00:10] [00:10] is a stamp, [x\\](y) is not a link and \\`code\\` is not code\n\n\
+             ## Chapters\n\n\
+             - [00:10] Intro # 1 \\~ 2\n\n\
+             ## Notes\n\n\
+             - \\# not a heading\n\
+             - \\- not a list\n\n"
+        );
+        // A heading's closing sequence is escaped; controls are visible everywhere.
+        let md = s.to_markdown(Some("Title #"), None);
+        assert!(md.starts_with("# Title \\#\n"), "{md}");
+        assert_eq!(
+            escape_controls("a\u{0}b\u{9b}c\u{2066}d\u{200f}"),
+            "a\\u{0}b\\u{9b}c\\u{2066}d\\u{200f}"
+        );
     }
 
     #[test]

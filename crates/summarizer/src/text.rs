@@ -402,19 +402,114 @@ pub(crate) fn stem(w: &str) -> String {
     w.to_string()
 }
 
-/// Escapes text for safe inclusion in Markdown: characters that could start links, emphasis,
-/// HTML, code or headings are backslash-escaped and newlines become spaces.
-pub(crate) fn escape_markdown(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        match c {
-            '\\' | '`' | '*' | '_' | '[' | ']' | '(' | ')' | '<' | '>' | '#' | '|' | '!' | '~' => {
-                out.push('\\');
-                out.push(c);
+/// Where escaped text lands in the Markdown document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MdContext {
+    /// Inside a line, after other content (a key point after its stamp, a chapter title).
+    Inline,
+    /// At the start of a block (a paragraph, a list item's content): block markers count.
+    Block,
+    /// The content of an ATX heading (`# …`): a trailing `#` run would be a closing sequence.
+    Heading,
+}
+
+/// Escapes untrusted text for Markdown, backslash-escaping only what would change the
+/// rendering (CommonMark 0.31.2, plus GFM where GitHub renders differently), so that
+/// `[00:10]` or `one_min.m4a` stay as they are. Line breaks and tabs become spaces (every
+/// escaped text is a single line), then control and bidi characters are made visible with
+/// [`crate::escape_controls`]. Escaped:
+///
+/// * `\` before ASCII punctuation or at the end (§2.4 backslash escapes);
+/// * `` ` `` (§6.1 code spans; also fences), `*` (§6.2: can emphasize inside words) and
+///   `~` (GFM strikethrough; also `~~~` fences) — always;
+/// * `_` unless both neighbours of its run are alphanumeric (§6.2: an intra-word `_` run is
+///   both left- and right-flanking and can neither open nor close emphasis);
+/// * `<` before a letter, `/`, `!` or `?` (§6.5 autolinks, §6.6 raw HTML, §4.6 HTML blocks);
+/// * `&` that could start an entity reference (`&name;`, `&#…;`, §2.5);
+/// * `]` before `(`, `[` or `:` (§6.3 inline/full/collapsed links, §4.7 link reference
+///   definitions; a lone `[x]` is a shortcut link only with a definition, and we never emit
+///   one) — so `!` (images) needs nothing either;
+/// * at a block start only: a leading `#` (§4.2), `>` (§5.1), `-`/`+` before a space or `-`
+///   (§5.2 lists, §4.1 thematic breaks), `[` (GFM task list items), and the `.`/`)` of a
+///   leading 1–9 digit ordered-list marker (§5.2);
+/// * in a heading: the first `#` of a trailing run after a space (§4.2 closing sequence).
+///
+/// Not escaped: `|` (a GFM table needs a second, delimiter line, and the text is one line),
+/// `(`, `)`, `!`, `[`, `#` and `-` elsewhere.
+pub(crate) fn escape_markdown(s: &str, at: MdContext) -> String {
+    let flat: String = s
+        .chars()
+        .map(|c| {
+            if matches!(c, '\n' | '\r' | '\t') {
+                ' '
+            } else {
+                c
             }
-            '\n' | '\r' | '\t' => out.push(' '),
-            c => out.push(c),
+        })
+        .collect();
+    let flat = crate::escape_controls(&flat);
+    let t: Vec<char> = match at {
+        MdContext::Inline => flat.chars().collect(),
+        _ => flat.trim().chars().collect(),
+    };
+    let mut escape = vec![false; t.len()];
+    let at_word = |i: Option<usize>| {
+        i.and_then(|i| t.get(i))
+            .is_some_and(|c| c.is_alphanumeric())
+    };
+    for (i, &c) in t.iter().enumerate() {
+        let next = t.get(i + 1).copied();
+        escape[i] = match c {
+            '\\' => next.is_none_or(|n| n.is_ascii_punctuation()),
+            '`' | '*' | '~' => true,
+            '_' => {
+                let before = t[..i].iter().rposition(|&c| c != '_');
+                let after = t[i..].iter().position(|&c| c != '_').map(|p| p + i);
+                !(at_word(before) && at_word(after))
+            }
+            '<' => next.is_some_and(|n| n.is_ascii_alphabetic() || "/!?".contains(n)),
+            '&' => {
+                next.is_some_and(|n| n.is_alphanumeric() || n == '#')
+                    && t[i + 1..]
+                        .iter()
+                        .take_while(|c| !c.is_whitespace())
+                        .any(|&c| c == ';')
+            }
+            ']' => next.is_some_and(|n| "([:".contains(n)),
+            _ => false,
+        };
+    }
+    match at {
+        MdContext::Inline => {}
+        MdContext::Block => {
+            let next = t.get(1).copied();
+            match t.first() {
+                Some('#' | '>' | '[') => escape[0] = true,
+                Some('-' | '+') if next.is_none_or(|n| n == ' ' || n == '-') => escape[0] = true,
+                _ => {
+                    let digits = t.iter().take_while(|c| c.is_ascii_digit()).count();
+                    let marker = t.get(digits).is_some_and(|&c| c == '.' || c == ')');
+                    let then = t.get(digits + 1).is_none_or(|&c| c == ' ');
+                    if (1..=9).contains(&digits) && marker && then {
+                        escape[digits] = true;
+                    }
+                }
+            }
         }
+        MdContext::Heading => {
+            let hashes = t.iter().rev().take_while(|&&c| c == '#').count();
+            let first = t.len() - hashes;
+            if hashes > 0 && (first == 0 || t[first - 1] == ' ') {
+                escape[first] = true;
+            }
+        }
+    }
+    let mut out = String::with_capacity(t.len() + 8);
+    for (c, e) in t.iter().zip(escape) {
+        if e {
+            out.push('\\');
+        }
+        out.push(*c);
     }
     out
 }

@@ -4,13 +4,14 @@
 use std::time::Instant;
 
 use summarizer::extractive::{self, Options, NO_SPEECH_TLDR};
-use summarizer::{Segment, SummaryKind};
+use summarizer::{Chapter, Segment, SummaryKind, Word};
 
 fn seg(start_s: u64, dur_s: u64, text: &str) -> Segment {
     Segment {
         start_ms: start_s * 1000,
         end_ms: (start_s + dur_s) * 1000,
         text: text.to_string(),
+        ..Segment::default()
     }
 }
 
@@ -72,9 +73,9 @@ fn fixed_transcript_gives_fixed_summary() {
     assert_eq!(
         titles,
         vec![
-            "Borrow, ownership, value",
-            "Runtime, futures, worker",
-            "Binary, services, deploying"
+            "Borrowing lets you lend a reference to a value without…",
+            "An async runtime such as Tokio schedules futures on a small…",
+            "Finally, deploying Rust services"
         ]
     );
 
@@ -174,7 +175,7 @@ fn single_segment_transcript() {
     assert_eq!(s.chapters.len(), 1);
     assert_eq!(s.chapters[0].start_ms, 7000);
     assert_eq!(s.chapters[0].end_ms, 10_000);
-    assert_eq!(s.chapters[0].title, "World"); // "hello" is a stop word
+    assert_eq!(s.chapters[0].title, "hello world"); // the chapter's only sentence
 }
 
 #[test]
@@ -257,6 +258,7 @@ fn hundred_thousand_words() {
             start_ms: t_ms,
             end_ms: t_ms + dur,
             text,
+            ..Segment::default()
         });
         t_ms += dur;
         words_total += n;
@@ -284,4 +286,184 @@ fn hundred_thousand_words() {
     );
     let limit = if cfg!(debug_assertions) { 20.0 } else { 1.0 };
     assert!(elapsed.as_secs_f64() < limit, "took {elapsed:?}");
+}
+
+/// Words for `text` spoken from `start_ms`, one every `step_ms`.
+fn words_at(text: &str, start_ms: u64, step_ms: u64) -> Vec<Word> {
+    text.split(' ')
+        .enumerate()
+        .map(|(i, w)| Word {
+            start_ms: start_ms + i as u64 * step_ms,
+            end_ms: start_ms + i as u64 * step_ms + step_ms - 50,
+            text: w.to_string(),
+        })
+        .collect()
+}
+
+/// A 60 s segment with four sentences (one of them said three times), with word times,
+/// followed by a sentence that spans two segments.
+fn long_segment_transcript() -> Vec<Segment> {
+    let long = "The printing press changed how knowledge spread across the country. \
+                Gutenberg built his press with movable metal type around 1440. \
+                The printing press changed how knowledge spread across the country. \
+                Books became cheap enough for merchants and students to own. \
+                The printing press changed how knowledge spread across the country.";
+    let first = "Literacy rates rose sharply in the";
+    let second = "following century as printed pamphlets reached every town and village.";
+    vec![
+        Segment {
+            start_ms: 100_000,
+            end_ms: 160_000,
+            text: long.split_whitespace().collect::<Vec<_>>().join(" "),
+            words: words_at(
+                &long.split_whitespace().collect::<Vec<_>>().join(" "),
+                101_000,
+                1000,
+            ),
+        },
+        Segment {
+            start_ms: 160_000,
+            end_ms: 166_000,
+            text: first.into(),
+            words: words_at(first, 160_500, 800),
+        },
+        Segment {
+            start_ms: 166_000,
+            end_ms: 176_000,
+            text: second.into(),
+            words: words_at(second, 166_200, 900),
+        },
+    ]
+}
+
+#[test]
+fn repeated_sentence_is_one_key_point_stamped_at_its_first_word() {
+    let segs = long_segment_transcript();
+    let opts = Options {
+        key_points: 8,
+        ..Options::default()
+    };
+    let s = extractive::summarize(&segs, &opts);
+    let texts: Vec<&str> = s.key_points.iter().map(|k| k.text.as_str()).collect();
+    let press = "The printing press changed how knowledge spread across the country.";
+    assert_eq!(
+        texts.iter().filter(|t| **t == press).count(),
+        1,
+        "{texts:?}"
+    );
+    // Each stamp is its own sentence's first word, not the segment start (100 s).
+    let stamps: Vec<(u64, &str)> = s
+        .key_points
+        .iter()
+        .map(|k| (k.start_ms, k.text.as_str()))
+        .collect();
+    assert_eq!(
+        stamps,
+        vec![
+            (101_000, press),
+            (111_000, "Gutenberg built his press with movable metal type around 1440."),
+            (
+                131_000,
+                "Books became cheap enough for merchants and students to own."
+            ),
+            (
+                160_500,
+                "Literacy rates rose sharply in the following century as printed pamphlets reached every town and village."
+            ),
+        ]
+    );
+    assert_eq!(s.tldr.matches(press).count(), 1, "{}", s.tldr);
+    // Without word times a sentence starts at its segment's start.
+    let plain: Vec<Segment> = segs
+        .iter()
+        .map(|g| Segment {
+            words: Vec::new(),
+            ..g.clone()
+        })
+        .collect();
+    let s = extractive::summarize(&plain, &opts);
+    let gutenberg = s
+        .key_points
+        .iter()
+        .find(|k| k.text.starts_with("Gutenberg"))
+        .unwrap();
+    assert_eq!(gutenberg.start_ms, 100_000);
+}
+
+#[test]
+fn near_duplicate_sentences_give_one_key_point() {
+    let segs = vec![
+        seg(
+            0,
+            5,
+            "The compiler checks every borrow of a value before the program runs.",
+        ),
+        seg(
+            5,
+            5,
+            "Tokio schedules many futures on a small pool of worker threads.",
+        ),
+        seg(
+            10,
+            5,
+            "The compiler checks each borrow of a value before the program runs.",
+        ),
+        seg(
+            15,
+            5,
+            "Static linking gives a single binary that is easy to deploy.",
+        ),
+    ];
+    let s = extractive::summarize(&segs, &Options::default());
+    let compiler = s
+        .key_points
+        .iter()
+        .filter(|k| k.text.starts_with("The compiler checks"))
+        .count();
+    assert_eq!(compiler, 1, "{:?}", s.key_points);
+    assert_eq!(s.key_points.len(), 3);
+}
+
+#[test]
+fn chapter_titles_are_sentences_or_the_videos_own_chapters() {
+    let segs = fixture();
+    let all_text: String = segs
+        .iter()
+        .map(|s| s.text.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let s = extractive::summarize(&segs, &Options::default());
+    for c in &s.chapters {
+        assert!(c.title.chars().count() <= 60, "{c:?}");
+        let body = c.title.trim_end_matches('…');
+        assert!(
+            all_text.contains(body),
+            "title is not transcript text: {c:?}"
+        );
+    }
+    let long = extractive::summarize(&long_segment_transcript(), &Options::default());
+    assert_eq!(
+        long.chapters[0].title,
+        "The printing press changed how knowledge spread across the…"
+    );
+
+    let own = vec![
+        Chapter {
+            start_ms: 300_000,
+            end_ms: 756_000,
+            title: "Async & deployment".into(),
+        },
+        Chapter {
+            start_ms: 0,
+            end_ms: 300_000,
+            title: "Ownership".into(),
+        },
+    ];
+    let opts = Options {
+        chapters: own.clone(),
+        ..Options::default()
+    };
+    let s = extractive::summarize(&segs, &opts);
+    assert_eq!(s.chapters, vec![own[1].clone(), own[0].clone()]);
+    assert_eq!(extractive::chapters_for(&segs, &opts), s.chapters);
 }

@@ -154,6 +154,7 @@ fn transcript() -> Vec<Segment> {
         start_ms: i as u64 * 20_000,
         end_ms: i as u64 * 20_000 + 19_000,
         text: t.to_string(),
+        ..Segment::default()
     })
     .collect()
 }
@@ -192,7 +193,7 @@ async fn real_llama_cpp_server_smollm2() {
     let client = LlmClient::new(cfg).expect("client");
     let segs = transcript();
     let t1 = Instant::now();
-    let result = client.summarize(&segs).await;
+    let result = client.summarize(&segs, None, &Default::default()).await;
     println!("summarize took {:?}: {result:#?}", t1.elapsed());
 
     match result {

@@ -875,7 +875,7 @@ async fn client_submit(
 }
 
 fn print_manifest(m: &serde_json::Value) {
-    let title = m["video"]["title"].as_str().unwrap_or("");
+    let title = crate::manifest::display_title(m["video"]["title"].as_str().unwrap_or(""));
     println!(
         "{}  {}  {}",
         status_str(&m["task_id"]),

@@ -16,21 +16,13 @@ pub const MANIFEST_VERSION: u32 = 1;
 /// bidirectional controls that can reorder the rest of a line (U+200E/F, U+202A–U+202E,
 /// U+2066–U+2069) are shown as `\u{…}` escapes; right-to-left letters, emoji and everything
 /// else are kept; longer than 120 characters is cut with `…`.
+///
+/// The escaping is [`summarizer::escape_controls`], the same function `summary.md` uses.
 pub fn display_title(title: &str) -> String {
-    let mut out = String::new();
-    for (n, c) in title.chars().enumerate() {
-        if n == 120 {
-            out.push('…');
-            break;
-        }
-        let bidi = matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
-        if c.is_control() || bidi {
-            out.push_str(&format!("\\u{{{:x}}}", c as u32));
-        } else {
-            out.push(c);
-        }
+    match title.char_indices().nth(120) {
+        Some((cut, _)) => format!("{}…", summarizer::escape_controls(&title[..cut])),
+        None => summarizer::escape_controls(title),
     }
-    out
 }
 
 /// Milliseconds since the Unix epoch (UTC).
@@ -114,6 +106,10 @@ pub struct VideoInfo {
     pub duration_s: Option<f64>,
     /// Channel or uploader name.
     pub channel: Option<String>,
+    /// The video's own chapters from yt-dlp (times in milliseconds, titles verbatim); the
+    /// summary uses them instead of computed chapters. Empty when the video has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chapters: Vec<summarizer::Chapter>,
 }
 
 /// One output file of a stage, relative to the task directory.

@@ -103,14 +103,19 @@ fn whole_flow_on_real_speech() {
 
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
-    let starts: Vec<u64> = t.segments.iter().map(|s| s.start_ms).collect();
+    // Every stamp is a real segment or word start (a sentence's first word).
+    let starts: Vec<u64> = t
+        .segments
+        .iter()
+        .flat_map(|s| std::iter::once(s.start_ms).chain(s.words.iter().map(|w| w.start_ms)))
+        .collect();
     let points = summary["key_points"].as_array().unwrap();
     assert!(!points.is_empty());
     for p in points {
         let at = p["start_ms"].as_u64().unwrap();
         assert!(
             starts.contains(&at),
-            "summary stamp {at} is not a segment start {starts:?}"
+            "summary stamp {at} is not a segment or word start {starts:?}"
         );
     }
     let md = std::fs::read_to_string(dir.join("summary.md")).unwrap();

@@ -4,8 +4,10 @@
 //! OpenAI-compatible API; a key the API rejects fails the task with that message, a long rate
 //! limit (`Retry-After`) retries the job no sooner than the server asked, and any other LLM
 //! failure (server down after retries, unusable output, rate-limited on the last attempt)
-//! falls back to the extractive summary and says so in the summary's notes. Every timestamp
-//! in the summary is the start of a real transcript segment.
+//! falls back to the extractive summary and says so in the summary's notes. Every key-point
+//! stamp is the start of a real transcript segment or word (its sentence's first word). The
+//! LLM is told the transcript's language, and the video's own chapters (yt-dlp metadata in
+//! the manifest) replace computed ones.
 
 use summarizer::{extractive, llm, Summary};
 
@@ -23,18 +25,19 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
         .map_err(|e| StageError::permanent(format!("cannot read {}: {e}", tr.transcript)))?;
     let transcript: Transcript = serde_json::from_str(&text)
         .map_err(|e| StageError::permanent(format!("transcript.json is malformed: {e}")))?;
-    let segments: Vec<summarizer::Segment> = transcript
-        .segments
-        .iter()
-        .map(|s| summarizer::Segment {
-            start_ms: s.start_ms,
-            end_ms: s.end_ms,
-            text: s.text.clone(),
-        })
-        .collect();
+    let segments = summarizer_segments(&transcript);
+    let manifest = job.task.read_manifest()?;
+    let opts = extractive::Options {
+        chapters: manifest
+            .video
+            .as_ref()
+            .map(|v| v.chapters.clone())
+            .unwrap_or_default(),
+        ..extractive::Options::default()
+    };
     job.report(5.0, Some("summarizing"));
     let summary = match &ctx.cfg.llm {
-        None => extractive::summarize(&segments, &extractive::Options::default()),
+        None => extractive::summarize(&segments, &opts),
         Some(l) => {
             let mut lc = llm::LlmConfig::new(l.base_url.clone(), l.model.clone());
             lc.api_key = l.api_key.clone();
@@ -44,7 +47,7 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
             let client = llm::LlmClient::new(lc)
                 .map_err(|e| StageError::permanent(format!("LLM client: {e}")))?;
             let res = tokio::select! {
-                r = client.summarize(&segments) => r,
+                r = client.summarize(&segments, Some(&transcript.language), &opts) => r,
                 _ = job.cancel.cancelled() => return Err(StageError::permanent("cancelled")),
             };
             let attempts = ctx.cfg.policy(super::Stage::Summarize).attempts;
@@ -55,7 +58,7 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
                         return Err(err);
                     }
                     tracing::warn!(task = %job.task_id, error = %e, "LLM failed; using the extractive summary");
-                    let mut s = extractive::summarize(&segments, &extractive::Options::default());
+                    let mut s = extractive::summarize(&segments, &opts);
                     s.notes.push(format!(
                         "{}: LLM failed: {e}",
                         summarizer::FALLBACK_NOTE_PREFIX
@@ -65,7 +68,6 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
             }
         }
     };
-    let manifest = job.task.read_manifest()?;
     let title = manifest.video.as_ref().and_then(|v| v.title.clone());
     let url = match &manifest.source {
         Source::Youtube { url, .. } => Some(url.clone()),
@@ -122,12 +124,38 @@ fn stage_error_for(e: &llm::LlmError, attempt: u32, attempts: u32) -> Option<Sta
     }
 }
 
-/// Guards the invariant that every key-point stamp is a real segment start.
+/// The transcript as the summarizer's input: segments with their words' times and text.
+fn summarizer_segments(t: &Transcript) -> Vec<summarizer::Segment> {
+    t.segments
+        .iter()
+        .map(|s| summarizer::Segment {
+            start_ms: s.start_ms,
+            end_ms: s.end_ms,
+            text: s.text.clone(),
+            words: s
+                .words
+                .iter()
+                .map(|w| summarizer::Word {
+                    start_ms: w.start_ms,
+                    end_ms: w.end_ms,
+                    text: w.text.clone(),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Guards the invariant that every key-point stamp is the start of a real transcript segment
+/// or of a real word.
 fn check_stamps(summary: &Summary, t: &Transcript) -> Result<(), StageError> {
     for k in &summary.key_points {
-        if !t.segments.iter().any(|s| s.start_ms == k.start_ms) {
+        let real = t
+            .segments
+            .iter()
+            .any(|s| s.start_ms == k.start_ms || s.words.iter().any(|w| w.start_ms == k.start_ms));
+        if !real {
             return Err(StageError::permanent(format!(
-                "internal error: summary stamp {} ms is not a transcript segment start",
+                "internal error: summary stamp {} ms is not a transcript segment or word start",
                 k.start_ms
             )));
         }
@@ -147,6 +175,39 @@ mod tests {
             retry_after,
             message: "Rate limit reached".into(),
         }
+    }
+
+    #[test]
+    fn stamps_are_sentence_starts_from_word_times() {
+        use crate::transcript::{Segment, Word};
+        let text = "Printing presses spread cheap books quickly. Movable metal type made printing presses fast.";
+        let words = text
+            .split(' ')
+            .enumerate()
+            .map(|(i, w)| Word {
+                start_ms: 2_000 + i as u64 * 5_000,
+                end_ms: 6_000 + i as u64 * 5_000,
+                text: w.into(),
+                p: 0.9,
+            })
+            .collect();
+        let t = Transcript {
+            language: "en".into(),
+            segments: vec![Segment {
+                start_ms: 1_000,
+                end_ms: 61_000,
+                text: text.into(),
+                words,
+            }],
+            ..Transcript::default()
+        };
+        let s = extractive::summarize(&summarizer_segments(&t), &Default::default());
+        let stamps: Vec<u64> = s.key_points.iter().map(|k| k.start_ms).collect();
+        assert_eq!(stamps, vec![2_000, 32_000]); // word 0 and word 6, not the segment's 1 s
+        check_stamps(&s, &t).unwrap();
+        let mut bad = s.clone();
+        bad.key_points[0].start_ms = 3_000;
+        assert!(check_stamps(&bad, &t).is_err());
     }
 
     #[test]

@@ -277,6 +277,7 @@ async fn fetch(
             title: m.title,
             duration_s: m.duration_s,
             channel: m.channel.or(m.uploader),
+            chapters: m.chapters,
         })
         .unwrap_or_default();
     Ok((tmp, video))

@@ -45,7 +45,7 @@ pub const DOWNLOAD_RETRIES: u32 = 3;
 /// omitted by yt-dlp's `%(.{…})j`, so every field of [`VideoMeta`] is
 /// optional.
 const META_FIELDS: &str = "id,title,duration,channel,uploader,live_status,is_live,\
-availability,format_id,ext,acodec,asr,filesize,filesize_approx";
+availability,format_id,ext,acodec,asr,filesize,filesize_approx,chapters";
 /// Fields printed in the `PROG` JSON object (`progress.*` keys, download.md
 /// §2.2).
 const PROG_FIELDS: &str = "status,downloaded_bytes,total_bytes,total_bytes_estimate,\
@@ -250,6 +250,11 @@ pub struct VideoMeta {
     pub asr_hz: Option<u32>,
     /// Size in bytes: yt-dlp `filesize`, else `filesize_approx`.
     pub filesize_bytes: Option<u64>,
+    /// The video's own chapters (yt-dlp `chapters`: `[{start_time, end_time, title}]` in
+    /// seconds), converted to milliseconds; entries without a finite, non-negative start or
+    /// a string title are skipped. Empty when the video has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chapters: Vec<summarizer::Chapter>,
 }
 
 /// Wire shape of the `META` JSON (yt-dlp field names).
@@ -283,6 +288,8 @@ struct RawMeta {
     filesize: Option<f64>,
     #[serde(default, deserialize_with = "lenient_f64")]
     filesize_approx: Option<f64>,
+    #[serde(default, deserialize_with = "lenient_chapters")]
+    chapters: Vec<summarizer::Chapter>,
 }
 
 impl From<RawMeta> for VideoMeta {
@@ -301,6 +308,7 @@ impl From<RawMeta> for VideoMeta {
             acodec: r.acodec.filter(|c| c != "none"),
             asr_hz: r.asr.and_then(f64_to_u32),
             filesize_bytes: r.filesize.or(r.filesize_approx).and_then(f64_to_u64),
+            chapters: r.chapters,
         }
     }
 }
@@ -930,6 +938,34 @@ fn lenient_f64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error>
     })
 }
 
+/// yt-dlp `chapters` (`[{"start_time": s, "end_time": s, "title": "…"}]`, seconds) as
+/// chapters in milliseconds; anything but an array gives none, and an entry without a
+/// finite, non-negative `start_time` or a string `title` is skipped (a missing or earlier
+/// `end_time` becomes the start). Titles are kept verbatim.
+fn lenient_chapters<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<summarizer::Chapter>, D::Error> {
+    let ms = |v: &serde_json::Value| {
+        v.as_f64()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(|s| (s * 1000.0).round().min(u64::MAX as f64) as u64)
+    };
+    let serde_json::Value::Array(items) = serde_json::Value::deserialize(d)? else {
+        return Ok(Vec::new());
+    };
+    Ok(items
+        .iter()
+        .filter_map(|c| {
+            let start_ms = ms(&c["start_time"])?;
+            let title = c["title"].as_str()?.to_string();
+            let end_ms = ms(&c["end_time"]).unwrap_or(start_ms).max(start_ms);
+            Some(summarizer::Chapter {
+                start_ms,
+                end_ms,
+                title,
+            })
+        })
+        .collect())
+}
+
 /// Accepts a JSON string (kept verbatim), a number (stringified, e.g. a
 /// numeric `format_id`), or `null` (→ `None`).
 fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -1039,9 +1075,9 @@ mod tests {
             value_after(&v, "--print"),
             [
                 "pre_process:META %(.{id,title,duration,channel,uploader,live_status,is_live,\
-availability,format_id,ext,acodec,asr,filesize,filesize_approx})j",
+availability,format_id,ext,acodec,asr,filesize,filesize_approx,chapters})j",
                 "before_dl:META %(.{id,title,duration,channel,uploader,live_status,is_live,\
-availability,format_id,ext,acodec,asr,filesize,filesize_approx})j",
+availability,format_id,ext,acodec,asr,filesize,filesize_approx,chapters})j",
                 "after_move:FILE %(filepath)s",
             ]
         );
@@ -1405,6 +1441,22 @@ total_bytes_estimate,eta,speed,elapsed,fragment_index,fragment_count})j"
         assert_eq!(
             classify_failure_with_meta(101, "", Some(&up), None).code,
             "upcoming"
+        );
+        assert!(up.chapters.is_empty());
+        let with_chapters = match parse_stdout_line(
+            r#"META {"id": "x", "chapters": [{"start_time": 0.0, "end_time": 61.5, "title": "Intro"}, {"start_time": 61.5, "end_time": 120, "title": "Part \u202e2"}, {"start_time": "bad", "title": "skipped"}]}"#,
+        ) {
+            YtdlpLine::Meta(m) => m,
+            other => panic!("{other:?}"),
+        };
+        let got: Vec<(u64, u64, &str)> = with_chapters
+            .chapters
+            .iter()
+            .map(|c| (c.start_ms, c.end_ms, c.title.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(0, 61_500, "Intro"), (61_500, 120_000, "Part \u{202e}2")]
         );
         let long = VideoMeta {
             live_status: Some("not_live".into()),
