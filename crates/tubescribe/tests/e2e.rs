@@ -13,14 +13,28 @@ fn monotonic(starts: &[u64]) -> bool {
     starts.windows(2).all(|w| w[0] <= w[1])
 }
 
+/// jfk (real speech, or espeak-ng's) as `<tmp>/media/jfk.m4a`, served over loopback: the
+/// WAV, its reference text, the server's address and the served directory.
+fn served_jfk(
+    tmp: &std::path::Path,
+) -> (
+    std::path::PathBuf,
+    String,
+    std::net::SocketAddr,
+    std::path::PathBuf,
+) {
+    let media = tmp.join("media");
+    std::fs::create_dir_all(&media).unwrap();
+    let (wav, reference) = speech(tmp, "jfk", JFK_FALLBACK);
+    transcode(&wav, &media.join("jfk.m4a"));
+    let addr = serve(&media);
+    (wav, reference, addr, media)
+}
+
 #[test]
 fn whole_flow_on_real_speech() {
     let tmp = tempfile::tempdir().unwrap();
-    let media = tmp.path().join("media");
-    std::fs::create_dir_all(&media).unwrap();
-    let (wav, reference) = speech(tmp.path(), "jfk", JFK_FALLBACK);
-    transcode(&wav, &media.join("jfk.m4a"));
-    let addr = serve(&media);
+    let (wav, reference, addr, _) = served_jfk(tmp.path());
     let data = tmp.path().join("data");
     let url = format!("http://{addr}/jfk.m4a");
     let run = tubescribe(&data, &["process", "--allow-host", &addr.to_string(), &url]);
@@ -230,11 +244,7 @@ fn another_model_gets_its_own_task_and_reuses_the_download() {
         base.display()
     );
     let tmp = tempfile::tempdir().unwrap();
-    let media = tmp.path().join("media");
-    std::fs::create_dir_all(&media).unwrap();
-    let (wav, _) = speech(tmp.path(), "jfk", JFK_FALLBACK);
-    transcode(&wav, &media.join("jfk.m4a"));
-    let addr = serve(&media);
+    let (_, _, addr, media) = served_jfk(tmp.path());
     let data = tmp.path().join("data");
     // `--model base` means <data-dir>/models/ggml-base.bin.
     std::fs::create_dir_all(data.join("models")).unwrap();
