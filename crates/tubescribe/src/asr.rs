@@ -251,10 +251,7 @@ impl AsrModel {
         }
         let ctx = WhisperContext::new_with_params(path, WhisperContextParameters::default())
             .map_err(|e| load_err(e.to_string()))?;
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "whisper".into());
+        let name = crate::model::model_name(path);
         let multilingual = ctx.is_multilingual();
         Ok(AsrModel {
             ctx: Arc::new(ctx),
@@ -263,7 +260,8 @@ impl AsrModel {
         })
     }
 
-    /// The model's file name without extension, e.g. `"ggml-tiny.en"`.
+    /// The model's name as recorded in transcripts and manifests
+    /// ([`crate::model::model_name`]): `"tiny.en"`, `"base"`, or the file stem of another model.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -1630,7 +1628,7 @@ mod tests {
     #[test]
     fn transcribes_jfk() {
         let m = model();
-        assert_eq!(m.name(), "ggml-tiny.en");
+        assert_eq!(m.name(), "tiny.en");
         assert!(!m.is_multilingual());
         let pcm = jfk();
         let audio_ms = pcm.len() as u64 * 1000 / SAMPLE_RATE as u64;

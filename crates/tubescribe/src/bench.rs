@@ -248,6 +248,9 @@ async fn run_tasks(
     files: &[PathBuf],
 ) -> Result<(Vec<TaskRun>, f64, f64), BenchError> {
     let producer = Producer::connect(url).await.map_err(run_err("redis"))?;
+    let model = crate::model::identify(&cfg.model)
+        .await
+        .map_err(run_err("model"))?;
     let ctx = Arc::new(StageCtx::new(cfg.clone(), data.clone()));
     let stages: Vec<(Stage, WorkerSettings)> = [
         (Stage::Download, cfg.download_concurrency),
@@ -271,6 +274,7 @@ async fn run_tasks(
             &InputPolicy::default(),
             &f.to_string_lossy(),
             true,
+            &model,
         )
         .await
         .map_err(run_err("submit"))?;

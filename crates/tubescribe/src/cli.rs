@@ -398,6 +398,7 @@ async fn serve(mut cfg: Config, args: ServeArgs) -> Result<i32> {
     opts.api_token = args.api_token.filter(|t| !t.is_empty());
     opts.body_limit = args.max_body_kb.max(1) * 1024;
     opts.keep_alive = Duration::from_secs(args.keep_alive_s.max(1));
+    opts.model = Some(cfg.model.clone());
     let policy = InputPolicy {
         allow_hosts: cfg.allow_hosts.clone(),
         ..Default::default()
@@ -525,9 +526,11 @@ async fn process(
     let data = DataDir::open(&cfg.data_dir)?;
     let (url, mut redis) = redis(&cfg, &data).await?;
     let producer = Producer::connect(&url).await?.with_config(&cfg);
+    // The model is part of each task's identity: its hash, not the spelling of --model.
+    let model = crate::model::identify(&cfg.model).await?;
     let mut tasks = Vec::new();
     for i in &inputs {
-        let s = crate::tasks::submit(&data, &producer, &policy, i, fresh).await?;
+        let s = crate::tasks::submit(&data, &producer, &policy, i, fresh, &model).await?;
         if s.existing {
             eprintln!("{i}: joined existing task {}", s.task_id);
         }

@@ -253,6 +253,11 @@ pub struct Manifest {
     pub video: Option<VideoInfo>,
     /// The failure that ended the task, if any.
     pub error: Option<ErrorInfo>,
+    /// The transcription model (name and file SHA-256) this task's transcript is made with;
+    /// part of the task's identity (see [`crate::model::ModelRef::task_suffix`]). Absent in
+    /// manifests written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<crate::model::ModelRef>,
     /// Per-stage records, keyed by stage name.
     pub stages: BTreeMap<Stage, StageRecord>,
 }
@@ -271,6 +276,7 @@ impl Manifest {
             updated_at: now,
             video: None,
             error: None,
+            model: None,
             stages: Stage::ALL
                 .iter()
                 .map(|s| (*s, StageRecord::default()))

@@ -193,6 +193,189 @@ fn file_sha256(path: &Path) -> std::io::Result<(String, u64)> {
     Ok((hex::encode(h.finalize()), n_total))
 }
 
+/// The transcription model of a task, as recorded in its manifest (`model`): which model
+/// produced (or will produce) the transcript. Its identity is the file's content (SHA-256),
+/// never the spelling used to ask for it: `--model base` and `--model …/ggml-base.bin` are
+/// the same model.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ModelRef {
+    /// `tiny.en` / `base` for the installable models, otherwise the model file's stem.
+    pub name: String,
+    /// Lower-case hex SHA-256 of the model file.
+    pub sha256: String,
+    /// The model file as resolved where the task was submitted (informational; a worker
+    /// looks the model up by name and hash first).
+    pub path: String,
+}
+
+impl ModelRef {
+    /// The suffix the model adds to a task id: none for the pinned tiny.en (the built-in
+    /// default, so existing task ids keep their meaning), `-base` for the pinned base model,
+    /// `-m<first 12 hex of the SHA-256>` for any other model file. Equal models give equal
+    /// suffixes whatever path or name they were asked for by.
+    pub fn task_suffix(&self) -> String {
+        match ModelName::ALL
+            .into_iter()
+            .find(|m| m.sha256() == self.sha256)
+        {
+            Some(ModelName::TinyEn) => String::new(),
+            Some(m) => format!("-{}", m.as_str().replace('.', "-")),
+            None => format!("-m{}", &self.sha256[..12.min(self.sha256.len())]),
+        }
+    }
+}
+
+/// Why a model could not be identified or chosen.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelChoiceError {
+    /// The model file is missing (the message says how to install it).
+    #[error("{0}")]
+    Missing(String),
+    /// The model file could not be read.
+    #[error("cannot read the Whisper model {path}: {source}")]
+    Read {
+        /// The model file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A model name that is not installed here.
+    #[error("unknown model {asked:?}: installed models are {}", installed.join(", "))]
+    NotInstalled {
+        /// What was asked for.
+        asked: String,
+        /// The installed models' names.
+        installed: Vec<String>,
+    },
+}
+
+/// The name a model file is recorded under: `tiny.en` / `base` when the file name is an
+/// installable model's (`ggml-base.bin`), otherwise the file stem (`ggml-small` for
+/// `/models/ggml-small.bin`).
+pub fn model_name(path: &Path) -> String {
+    let file = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    match file.as_deref().and_then(ModelName::parse) {
+        Some(m) => m.as_str().to_string(),
+        None => path
+            .file_stem()
+            .map_or_else(|| "whisper".into(), |s| s.to_string_lossy().into_owned()),
+    }
+}
+
+/// SHA-256 of the model file at `path`, hashed once per process per file (78–148 MB, about
+/// 0.3–0.6 s) and cached by path, size and modification time, so a replaced file is hashed
+/// again. Blocking: call from a blocking thread.
+pub fn model_sha256(path: &Path) -> std::io::Result<String> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    type Key = (PathBuf, u64, Option<std::time::SystemTime>);
+    static CACHE: Mutex<Option<HashMap<Key, String>>> = Mutex::new(None);
+    let md = std::fs::metadata(path)?;
+    let key = (path.to_path_buf(), md.len(), md.modified().ok());
+    if let Some(h) = CACHE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .get(&key)
+    {
+        return Ok(h.clone());
+    }
+    let (sha, _) = file_sha256(path)?;
+    CACHE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(key, sha.clone());
+    Ok(sha)
+}
+
+/// The identity of the model file at `path` ([`model_sha256`], on a blocking thread). A
+/// missing file named like an installable model (`ggml-base.bin`) is identified by its
+/// pinned SHA-256 (a submitter without local workers need not have the model); any other
+/// missing file is [`ModelChoiceError::Missing`] with the install hint.
+pub async fn identify(path: &Path) -> Result<ModelRef, ModelChoiceError> {
+    if !path.is_file() {
+        let pinned = path
+            .file_name()
+            .and_then(|n| ModelName::parse(&n.to_string_lossy()));
+        return match pinned {
+            Some(m) => Ok(ModelRef {
+                name: m.as_str().to_string(),
+                sha256: m.sha256().to_string(),
+                path: path.to_string_lossy().into_owned(),
+            }),
+            None => Err(ModelChoiceError::Missing(missing_message(path))),
+        };
+    }
+    let p = path.to_path_buf();
+    let sha = tokio::task::spawn_blocking(move || model_sha256(&p))
+        .await
+        .map_err(|e| ModelChoiceError::Read {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+        .map_err(|source| ModelChoiceError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(ModelRef {
+        name: model_name(path),
+        sha256: sha,
+        path: path.to_string_lossy().into_owned(),
+    })
+}
+
+/// The models installed here, as (name, file): the default model `default` first (whatever
+/// file it is), then every installable model present in `default`'s directory or in
+/// `models_dir`.
+pub fn installed(default: &Path, models_dir: &Path) -> Vec<(String, PathBuf)> {
+    let mut out: Vec<(String, PathBuf)> = Vec::new();
+    if default.is_file() {
+        out.push((model_name(default), default.to_path_buf()));
+    }
+    let dirs = [
+        default.parent().map(Path::to_path_buf),
+        Some(models_dir.into()),
+    ];
+    for m in ModelName::ALL {
+        if out.iter().any(|(n, _)| n == m.as_str()) {
+            continue;
+        }
+        if let Some(p) = dirs
+            .iter()
+            .flatten()
+            .map(|d| d.join(m.file_name()))
+            .find(|p| p.is_file())
+        {
+            out.push((m.as_str().to_string(), p));
+        }
+    }
+    out
+}
+
+/// The model file for `asked` (an installed model's name, see [`installed`]; `None` = the
+/// default), identified by [`identify`]. Never takes a path: this is what remote users
+/// (the API) may ask for.
+pub async fn choose(
+    asked: Option<&str>,
+    default: &Path,
+    models_dir: &Path,
+) -> Result<ModelRef, ModelChoiceError> {
+    let Some(asked) = asked.map(str::trim).filter(|a| !a.is_empty()) else {
+        return identify(default).await;
+    };
+    let all = installed(default, models_dir);
+    let want = ModelName::parse(asked).map_or_else(|| asked.to_string(), |m| m.to_string());
+    match all.iter().find(|(n, _)| *n == want) {
+        Some((_, p)) => identify(p).await,
+        None => Err(ModelChoiceError::NotInstalled {
+            asked: asked.to_string(),
+            installed: all.into_iter().map(|(n, _)| n).collect(),
+        }),
+    }
+}
+
 /// What to tell the user when the model file `path` is missing: where it was looked for and the
 /// `model install` command that writes it (`tiny.en` unless the file name is another model's).
 pub fn missing_message(path: &Path) -> String {
@@ -381,6 +564,56 @@ mod tests {
                 .iter()
                 .all(|r| r.contains("==") && r.contains("--hash=sha256:")));
         }
+    }
+
+    #[test]
+    fn model_identity_is_the_content_not_the_spelling() {
+        assert_eq!(model_name(Path::new("/m/ggml-base.bin")), "base");
+        assert_eq!(model_name(Path::new("ggml-tiny.en.bin")), "tiny.en");
+        assert_eq!(model_name(Path::new("/m/ggml-small.bin")), "ggml-small");
+        let r = |name: &str, sha: &str| ModelRef {
+            name: name.into(),
+            sha256: sha.into(),
+            path: String::new(),
+        };
+        assert_eq!(r("tiny.en", ModelName::TinyEn.sha256()).task_suffix(), "");
+        assert_eq!(r("x", ModelName::Base.sha256()).task_suffix(), "-base");
+        // A file named like base but with other content is another model.
+        assert_eq!(r("base", &"ab".repeat(32)).task_suffix(), "-mabababababab");
+    }
+
+    #[tokio::test]
+    async fn model_choice_and_cached_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = dir.path().join("ggml-small.bin");
+        std::fs::write(&default, b"not a real model").unwrap();
+        let a = identify(&default).await.unwrap();
+        assert_eq!(a.name, "ggml-small");
+        assert_eq!(a.sha256, file_sha256(&default).unwrap().0);
+        assert_eq!(choose(None, &default, dir.path()).await.unwrap(), a);
+        assert_eq!(
+            choose(Some(" ggml-small "), &default, dir.path())
+                .await
+                .unwrap(),
+            a
+        );
+        let e = choose(Some("base"), &default, dir.path())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unknown model \"base\": installed models are ggml-small"
+        );
+        // A replaced file is hashed again.
+        std::fs::write(&default, b"another model, longer").unwrap();
+        assert_ne!(identify(&default).await.unwrap().sha256, a.sha256);
+        // A missing pinned file is known by its pinned hash; another missing file is refused.
+        let b = identify(&dir.path().join("ggml-base.bin")).await.unwrap();
+        assert_eq!(b.sha256, ModelName::Base.sha256());
+        assert!(matches!(
+            identify(&dir.path().join("nope.bin")).await,
+            Err(ModelChoiceError::Missing(_))
+        ));
     }
 
     #[tokio::test]

@@ -365,7 +365,7 @@ async fn split(ctx: &StageCtx, jctx: &JobCtx) -> Result<Vec<u64>, StageError> {
             dl.media
         )));
     }
-    ctx.asr().await?; // a missing model fails before any work
+    ctx.task_asr(&jctx.task).await?; // a missing model fails before any work
     crate::stages::transcribe::decode(ctx, jctx, &media, dl.duration_s).await?;
     jctx.report(DECODE_SHARE, Some("finding pauses"));
     let wav = jctx.task.file(names::AUDIO_WAV);
@@ -701,7 +701,7 @@ async fn segment_run(
         .next()
         .and_then(|v| v.get("tail").and_then(|t| t.as_str()).map(String::from))
         .filter(|t| !t.is_empty());
-    let model = ctx.asr().await?;
+    let model = ctx.task_asr(&task).await?;
     let probe = crate::budget::RssProbe::start();
     let wav = task.file(names::AUDIO_WAV);
     let range = Some((d.start_ms, d.end_ms));

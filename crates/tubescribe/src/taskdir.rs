@@ -378,6 +378,24 @@ impl TaskDir {
         }
     }
 
+    /// Puts `other`'s output `rec` into this task directory under the same name — a hard
+    /// link when both are on one filesystem, a copy otherwise (temp name, then rename) — and
+    /// returns whether it has the recorded size and SHA-256; a file that does not is removed.
+    pub fn adopt_output(&self, other: &TaskDir, rec: &OutputFile) -> Result<bool, StoreError> {
+        let src = other.file(&rec.name);
+        let tmp = self.tmp_file(&rec.name)?;
+        if fs::hard_link(&src, &tmp).is_err() {
+            fs::copy(&src, &tmp).map_err(io("copy", &src))?;
+        }
+        let dest = self.file(&rec.name);
+        fs::rename(&tmp, &dest).map_err(io("rename", &tmp))?;
+        let ok = self.verify_output(rec);
+        if !ok {
+            let _ = fs::remove_file(&dest);
+        }
+        Ok(ok)
+    }
+
     /// Deletes the task directory and everything in it.
     pub fn remove(&self) -> Result<(), StoreError> {
         fs::remove_dir_all(&self.root).map_err(io("remove", &self.root))

@@ -1,11 +1,15 @@
 //! Task submission: input → task id → manifest → flow. Used by the CLI (and the server).
 //!
-//! The task id is derived from the input (`yt-<video id>`, `file-<hash>`, `url-<hash>`), so
-//! submitting the same video again joins the existing task instead of running it twice. A
-//! task that failed or was cancelled is reset and run again; `fresh` forces a new task.
+//! The task id is derived from the input (`yt-<video id>`, `file-<hash>`, `url-<hash>`) and
+//! the transcription model ([`ModelRef::task_suffix`]: nothing for tiny.en, `-base`, …), so
+//! submitting the same video with the same model again joins the existing task instead of
+//! running it twice, while another model gets its own task — which reuses the media another
+//! model's task already downloaded. A task that failed or was cancelled is reset and run
+//! again; `fresh` forces a new task.
 
 use crate::input::{self, Input, InputPolicy};
-use crate::manifest::{Manifest, Source, TaskStatus};
+use crate::manifest::{Manifest, Source, StageRecord, StageState, TaskStatus};
+use crate::model::ModelRef;
 use crate::queue::{Producer, QueueError};
 use crate::stages::Stage;
 use crate::taskdir::{DataDir, StoreError};
@@ -53,7 +57,9 @@ fn source_of(i: &Input) -> Source {
     }
 }
 
-/// Parses `raw`, creates (or finds) its task and adds its flow.
+/// Parses `raw`, creates (or finds) its task for transcription with `model` and adds its
+/// flow. A new task whose input another task (another model's) has already downloaded gets
+/// that media instead of downloading it again ([`adopt_download`]).
 ///
 /// Errors: [`SubmitError::Input`] before anything is created; `Busy` when a failed task's
 /// job is somehow still active; `Store`/`Queue` on IO or Redis failures.
@@ -63,9 +69,11 @@ pub async fn submit(
     policy: &InputPolicy,
     raw: &str,
     fresh: bool,
+    model: &ModelRef,
 ) -> Result<Submitted, SubmitError> {
     let parsed = input::parse_input(raw, policy)?;
-    let mut task_id = parsed.source_key();
+    let key = parsed.source_key();
+    let mut task_id = format!("{key}{}", model.task_suffix());
     if fresh {
         task_id = format!(
             "{task_id}-{}",
@@ -106,14 +114,75 @@ pub async fn submit(
             }
         }
     }
-    let manifest = Manifest::new(&task_id, raw.trim(), source_of(&parsed));
-    task.create(&manifest)?;
+    let mut manifest = Manifest::new(&task_id, raw.trim(), source_of(&parsed));
+    manifest.model = Some(model.clone());
+    if task.create(&manifest)? && !fresh {
+        adopt_download(data, &key, &task, &manifest);
+    }
     producer.add_task(&task_id).await?;
     Ok(Submitted {
         task_id,
         video_id,
         existing: false,
     })
+}
+
+/// Gives the new task `task` (manifest `m`, source key `key`) the completed download of
+/// another task of the same input — another model's task or a `--fresh` run — so that
+/// transcribing with a second model does not download again: the media is hard-linked (or
+/// copied) and its SHA-256 checked, the download record is copied with `detail.media_from`
+/// naming the task it came from, and the download job then finds its outputs complete and
+/// records the attempt as `reused`. Best effort: on any problem the download simply runs.
+fn adopt_download(data: &DataDir, key: &str, task: &crate::taskdir::TaskDir, m: &Manifest) {
+    let Ok(ids) = data.task_ids() else { return };
+    let sibling = ids
+        .iter()
+        .filter(|id| id.starts_with(key) && **id != m.task_id)
+        .filter_map(|id| Some((id, data.task(id).read_manifest().ok()?)))
+        .find_map(|(id, sm)| {
+            let r = sm.stage(Stage::Download)?;
+            let usable = sm.source == m.source
+                && r.state == StageState::Completed
+                && r.result.is_some()
+                && !r.outputs.is_empty();
+            usable.then(|| (id.clone(), sm.video.clone(), r.clone()))
+        });
+    let Some((from, video, rec)) = sibling else {
+        return;
+    };
+    let src = data.task(&from);
+    let adopted = rec
+        .outputs
+        .iter()
+        .all(|o| task.adopt_output(&src, o).unwrap_or(false));
+    task.clear_tmp();
+    if !adopted {
+        for o in &rec.outputs {
+            let _ = std::fs::remove_file(task.file(&o.name));
+        }
+        return;
+    }
+    let record = StageRecord {
+        state: StageState::Completed,
+        progress: 100.0,
+        outputs: rec.outputs,
+        result: rec.result,
+        completions: 1,
+        detail: [("media_from".to_string(), serde_json::json!(from))]
+            .into_iter()
+            .collect(),
+        ..StageRecord::default()
+    };
+    let r = task.update_manifest(|m| {
+        m.video = video;
+        m.stages.insert(Stage::Download, record);
+    });
+    match r {
+        Ok(_) => {
+            tracing::info!(task = %m.task_id, %from, "media reused from another task of the same input")
+        }
+        Err(e) => tracing::warn!(task = %m.task_id, "could not reuse the media of {from}: {e}"),
+    }
 }
 
 /// Resets a failed or cancelled task (manifest `old`) to run again: stages whose outputs are

@@ -38,6 +38,7 @@ async fn budget_of_one_job_serializes_transcription_and_metrics_count_tasks() {
         .unwrap();
     let url = redis.url.clone();
     let producer = Producer::connect(&url).await.unwrap();
+    let model = tubescribe::model::identify(&cfg.model).await.unwrap();
     let clips = [
         ("jfk", "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."),
         ("librispeech-1272-128104-0000", "Mister Quilter is the apostle of the middle classes, and we are glad to welcome his gospel."),
@@ -52,6 +53,7 @@ async fn budget_of_one_job_serializes_transcription_and_metrics_count_tasks() {
             &InputPolicy::default(),
             wav.to_str().unwrap(),
             false,
+            &model,
         )
         .await
         .unwrap();

@@ -13,14 +13,28 @@ fn monotonic(starts: &[u64]) -> bool {
     starts.windows(2).all(|w| w[0] <= w[1])
 }
 
+/// jfk (real speech, or espeak-ng's) as `<tmp>/media/jfk.m4a`, served over loopback: the
+/// WAV, its reference text, the server's address and the served directory.
+fn served_jfk(
+    tmp: &std::path::Path,
+) -> (
+    std::path::PathBuf,
+    String,
+    std::net::SocketAddr,
+    std::path::PathBuf,
+) {
+    let media = tmp.join("media");
+    std::fs::create_dir_all(&media).unwrap();
+    let (wav, reference) = speech(tmp, "jfk", JFK_FALLBACK);
+    transcode(&wav, &media.join("jfk.m4a"));
+    let addr = serve(&media);
+    (wav, reference, addr, media)
+}
+
 #[test]
 fn whole_flow_on_real_speech() {
     let tmp = tempfile::tempdir().unwrap();
-    let media = tmp.path().join("media");
-    std::fs::create_dir_all(&media).unwrap();
-    let (wav, reference) = speech(tmp.path(), "jfk", JFK_FALLBACK);
-    transcode(&wav, &media.join("jfk.m4a"));
-    let addr = serve(&media);
+    let (wav, reference, addr, _) = served_jfk(tmp.path());
     let data = tmp.path().join("data");
     let url = format!("http://{addr}/jfk.m4a");
     let run = tubescribe(&data, &["process", "--allow-host", &addr.to_string(), &url]);
@@ -236,4 +250,108 @@ fn invalid_url_is_refused_before_any_task_exists() {
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("Invalid YouTube URL"), "{}", run.stderr);
     assert!(!data.join("tasks").exists() || task_ids(&data).is_empty());
+}
+
+/// Issue 11 point 6: the model is part of the result. After a tiny.en run, `--model base` on
+/// the same input makes its own task (`<id>-base`) whose manifest and transcript name base
+/// (with the installed file's SHA-256), without downloading again (the served file is gone
+/// by then); the same model asked for by path joins that task, and a plain `process` returns
+/// the tiny.en task again.
+#[test]
+fn another_model_gets_its_own_task_and_reuses_the_download() {
+    let base = repo_root().join("models/ggml-base.bin");
+    assert!(
+        base.is_file(),
+        "model {} is missing: run scripts/setup.sh --test",
+        base.display()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, _, addr, media) = served_jfk(tmp.path());
+    let data = tmp.path().join("data");
+    // `--model base` means <data-dir>/models/ggml-base.bin.
+    std::fs::create_dir_all(data.join("models")).unwrap();
+    std::os::unix::fs::symlink(&base, data.join("models/ggml-base.bin")).unwrap();
+    let url = format!("http://{addr}/jfk.m4a");
+    let host = addr.to_string();
+    let process = |extra: &[&str]| {
+        let mut args = vec!["process", "--allow-host", &host];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        let run = tubescribe(&data, &args);
+        assert_eq!(run.code, 0, "{args:?}\n{}\n{}", run.stdout, run.stderr);
+        run
+    };
+
+    process(&[]);
+    let ids = task_ids(&data);
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let tiny_id = ids[0].clone();
+    let tiny = manifest(&data, &tiny_id);
+    assert_eq!(tiny["model"]["name"], "tiny.en");
+    assert_eq!(
+        tiny["model"]["sha256"],
+        tubescribe::model::ModelName::TinyEn.sha256()
+    );
+    // From here on, a download would fail: the media is no longer served.
+    std::fs::remove_file(media.join("jfk.m4a")).unwrap();
+
+    let run = process(&["--model", "base"]);
+    assert!(
+        !run.stderr.contains("joined existing task"),
+        "{}",
+        run.stderr
+    );
+    let base_id = format!("{tiny_id}-base");
+    assert_eq!(task_ids(&data), vec![tiny_id.clone(), base_id.clone()]);
+    let m = manifest(&data, &base_id);
+    assert_eq!(m["status"], "completed", "{m:#}");
+    assert_eq!(m["model"]["name"], "base");
+    assert_eq!(
+        m["model"]["sha256"],
+        tubescribe::model::ModelName::Base.sha256()
+    );
+    assert_eq!(m["stages"]["transcribe"]["detail"]["model"], "base");
+    let dir = data.join("tasks").join(&base_id);
+    let t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("transcript.json")).unwrap())
+            .unwrap();
+    assert_eq!(t["model"], "base");
+    let text = std::fs::read_to_string(dir.join("transcript.txt")).unwrap();
+    assert!(text.to_lowercase().contains("country"), "{text}");
+    // The download was reused: the same file (hard link), recorded as reused, not run.
+    let dl = &m["stages"]["download"];
+    assert_eq!(dl["detail"]["media_from"], tiny_id.as_str(), "{dl:#}");
+    let outcomes: Vec<&str> = dl["attempt_log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["reused"], "{dl:#}");
+    use std::os::unix::fs::MetadataExt;
+    let ino = |id: &str| {
+        std::fs::metadata(data.join("tasks").join(id).join("media.m4a"))
+            .unwrap()
+            .ino()
+    };
+    assert_eq!(ino(&tiny_id), ino(&base_id));
+
+    // The same model by path: the same task.
+    let run = process(&["--model", base.to_str().unwrap()]);
+    assert!(
+        run.stderr
+            .contains(&format!("joined existing task {base_id}")),
+        "{}",
+        run.stderr
+    );
+    // The default model again: the tiny.en task, untouched.
+    let run = process(&[]);
+    assert!(
+        run.stderr
+            .contains(&format!("joined existing task {tiny_id}")),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(task_ids(&data).len(), 2);
+    assert_eq!(manifest(&data, &tiny_id)["model"]["name"], "tiny.en");
 }

@@ -53,6 +53,7 @@ async fn one_slot_transcribes_shortest_first() {
         .unwrap();
     let url = redis.url.clone();
     let producer = Producer::connect(&url).await.unwrap();
+    let model = tubescribe::model::identify(&cfg.model).await.unwrap();
 
     // Submitted in the worst order: longest first.
     let minutes = [40u32, 10, 5, 1];
@@ -66,6 +67,7 @@ async fn one_slot_transcribes_shortest_first() {
             &InputPolicy::default(),
             f.to_str().unwrap(),
             false,
+            &model,
         )
         .await
         .unwrap();

@@ -1218,3 +1218,71 @@ async fn class9_api_errors() {
     assert_eq!(s, 201, "{v}");
     assert_eq!(v["videoId"], "dQw4w9WgXcQ");
 }
+
+/// `options.model` (REST and tRPC): an installed model's name gives that model's task
+/// (`<id>-base`), the default model's task stays apart, the same model joins; an unknown name
+/// is a 400 that lists the installed models (`GET /api/models`). No workers: nothing runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_option_picks_the_task_and_unknown_models_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_srv, base) = serve(&tmp.path().join("data"), &["--no-workers"]);
+    let (s, models) = get_json(&format!("{base}/api/models")).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        models,
+        json!({"default": "tiny.en", "models": ["tiny.en", "base"]})
+    );
+
+    let link = "https://youtu.be/jNQXAC9IVRw";
+    let tasks_url = format!("{base}/api/tasks");
+    let create = |model: Option<&str>| {
+        let body = match model {
+            Some(m) => json!({"link": link, "options": {"model": m}}),
+            None => json!({"link": link}),
+        };
+        post(&tasks_url, body)
+    };
+    let (s, ct, v) = create(Some("large-v9")).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(ct.starts_with("application/problem+json"), "{ct}");
+    assert_eq!(
+        v["detail"],
+        "unknown model \"large-v9\": installed models are tiny.en, base"
+    );
+    let (s, _, v) = post(
+        &format!("{base}/trpc/tasks.create"),
+        json!({"link": link, "options": {"model": "small"}}),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["data"]["code"], "BAD_REQUEST", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("installed models are tiny.en, base"),
+        "{v}"
+    );
+
+    let (s, _, v) = create(Some("base")).await;
+    assert_eq!(
+        (s, v["taskId"].as_str()),
+        (201, Some("yt-jNQXAC9IVRw-base")),
+        "{v}"
+    );
+    let (s, _, v) = create(None).await;
+    assert_eq!(
+        (s, v["taskId"].as_str()),
+        (201, Some("yt-jNQXAC9IVRw")),
+        "{v}"
+    );
+    let (s, _, v) = create(Some("ggml-base.bin")).await;
+    assert_eq!((s, v["existing"].as_bool()), (200, Some(true)), "{v}");
+    assert_eq!(v["taskId"], "yt-jNQXAC9IVRw-base");
+    let (_, m) = get_json(&format!("{base}/api/tasks/yt-jNQXAC9IVRw-base")).await;
+    assert_eq!(m["model"]["name"], "base");
+    assert_eq!(
+        m["model"]["sha256"],
+        tubescribe::model::ModelName::Base.sha256()
+    );
+}

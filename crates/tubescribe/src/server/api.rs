@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::Shared;
 use crate::cancel::{self, Cancelled};
 use crate::manifest::{Manifest, TaskStatus};
+use crate::model::ModelChoiceError;
 use crate::tasks::{self, SubmitError, TaskOpError, TaskPage};
 
 /// An API error: HTTP status, tRPC error code name and a message for humans.
@@ -102,6 +103,17 @@ impl From<SubmitError> for ApiError {
     }
 }
 
+impl From<ModelChoiceError> for ApiError {
+    fn from(e: ModelChoiceError) -> Self {
+        match e {
+            ModelChoiceError::NotInstalled { .. } => ApiError::bad_request(e.to_string()),
+            ModelChoiceError::Missing(_) | ModelChoiceError::Read { .. } => {
+                ApiError::unavailable(e.to_string())
+            }
+        }
+    }
+}
+
 impl From<TaskOpError> for ApiError {
     fn from(e: TaskOpError) -> Self {
         match e {
@@ -144,7 +156,7 @@ pub fn invalid_input(e: &serde_json::Error) -> ApiError {
         ),
         (
             "struct CreateOptions",
-            "a JSON object like {\"fresh\": true}",
+            "a JSON object like {\"fresh\": true, \"model\": \"base\"}",
         ),
         (
             "struct TaskIdInput",
@@ -181,6 +193,10 @@ pub struct CreateOptions {
     /// Run again even when a task for the same video exists.
     #[serde(default)]
     pub fresh: bool,
+    /// The Whisper model: an installed model's name (`tiny.en`, `base`; see
+    /// `GET /api/models`). Absent = the server's default. Each model has its own task.
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
 /// The answer to a create.
@@ -222,7 +238,17 @@ pub async fn create(st: &Shared, input: CreateInput) -> Result<CreateOutput, Api
     // Input errors become 400s; with `allow_local_files` off the policy is `remote`, so
     // parsing never looks at this machine's disk.
     let fresh = input.fresh || input.options.fresh;
-    let s = tasks::submit(&st.data, &st.producer, &st.policy, &input.link, fresh).await?;
+    let (default, dir) = model_files(st);
+    let model = crate::model::choose(input.options.model.as_deref(), &default, &dir).await?;
+    let s = tasks::submit(
+        &st.data,
+        &st.producer,
+        &st.policy,
+        &input.link,
+        fresh,
+        &model,
+    )
+    .await?;
     let status = tasks::get(&st.data, &s.task_id)?.status;
     Ok(CreateOutput {
         task_id: s.task_id,
@@ -230,6 +256,38 @@ pub async fn create(st: &Shared, input: CreateInput) -> Result<CreateOutput, Api
         existing: s.existing,
         status,
     })
+}
+
+/// The server's default model file and the models directory.
+fn model_files(st: &Shared) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = st.data.models_dir();
+    let default = st
+        .opts
+        .model
+        .clone()
+        .unwrap_or_else(|| dir.join(crate::model::ModelName::TinyEn.file_name()));
+    (default, dir)
+}
+
+/// The models a submission may name.
+#[derive(Debug, Serialize)]
+pub struct ModelsOutput {
+    /// The model used when a submission names none.
+    pub default: String,
+    /// Installed models' names, the default first.
+    pub models: Vec<String>,
+}
+
+/// The installed models ([`crate::model::installed`]).
+pub fn models(st: &Shared) -> ModelsOutput {
+    let (default, dir) = model_files(st);
+    ModelsOutput {
+        default: crate::model::model_name(&default),
+        models: crate::model::installed(&default, &dir)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect(),
+    }
 }
 
 /// The manifest of a task.

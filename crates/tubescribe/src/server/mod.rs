@@ -84,6 +84,9 @@ pub struct ServeOptions {
     /// Whether local file paths may be submitted over HTTP (off: a remote user must not make
     /// the server read its files).
     pub allow_local_files: bool,
+    /// The Whisper model used when a submission names none (`--model`); `None` =
+    /// `<data>/models/ggml-tiny.en.bin`. Submissions may name any installed model instead.
+    pub model: Option<std::path::PathBuf>,
 }
 
 impl ServeOptions {
@@ -95,6 +98,7 @@ impl ServeOptions {
             keep_alive: Duration::from_secs(15),
             body_limit: 64 * 1024,
             allow_local_files: false,
+            model: None,
         }
     }
 }
@@ -157,6 +161,7 @@ fn router(state: Shared) -> Router {
         .route("/", get(index))
         .route("/api/openapi.json", get(openapi))
         .route("/api/tasks", post(rest::create).get(rest::list))
+        .route("/api/models", get(rest::models))
         .route("/api/tasks/{id}", get(rest::get))
         .route("/api/tasks/{id}/cancel", post(rest::cancel))
         .route("/api/tasks/{id}/retry", post(rest::retry))

@@ -40,6 +40,11 @@ pub async fn list(
     Ok(Json(api::list(&st, q)?).into_response())
 }
 
+/// `GET /api/models` → `{default, models}`: the names `options.model` accepts.
+pub async fn models(State(st): State<Shared>) -> Response {
+    Json(api::models(&st)).into_response()
+}
+
 /// `GET /api/tasks/{id}` → the manifest.
 pub async fn get(State(st): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
     Ok(Json(api::get(&st, &id)?).into_response())

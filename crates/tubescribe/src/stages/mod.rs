@@ -217,43 +217,92 @@ pub struct Progress {
     pub phase: Option<String>,
 }
 
+/// The Whisper models one process has loaded, by file: each loads once and is shared by the
+/// concurrent transcribe jobs that use it.
+type LoadedModels = std::sync::Mutex<HashMap<std::path::PathBuf, Arc<OnceCell<Arc<AsrModel>>>>>;
+
 /// What every job of this process shares: configuration, the data directory and the lazily
-/// loaded Whisper model (one per process, shared by concurrent transcribe jobs).
+/// loaded Whisper models (the configured one, plus any other a task asks for).
 pub struct StageCtx {
     /// Resolved configuration.
     pub cfg: Config,
     /// The data directory.
     pub data: DataDir,
-    asr: OnceCell<Arc<AsrModel>>,
+    models: LoadedModels,
 }
 
 impl StageCtx {
-    /// A context over `cfg` and `data`; the model loads on the first transcribe job.
+    /// A context over `cfg` and `data`; a model loads on the first transcribe job using it.
     pub fn new(cfg: Config, data: DataDir) -> Self {
         Self {
             cfg,
             data,
-            asr: OnceCell::new(),
+            models: LoadedModels::default(),
         }
     }
 
-    /// The Whisper model, loaded once. Errors are permanent (a missing or bad model file needs
-    /// the user: `tubescribe model install`).
+    /// The configured Whisper model (`cfg.model`), loaded once. Errors are permanent (a
+    /// missing or bad model file needs the user: `tubescribe model install`).
     pub async fn asr(&self) -> Result<Arc<AsrModel>, StageError> {
-        self.asr
-            .get_or_try_init(|| async {
-                let path = self.cfg.model.clone();
-                if !path.is_file() {
-                    return Err(StageError::permanent(crate::model::missing_message(&path)));
-                }
-                tokio::task::spawn_blocking(move || AsrModel::load(&path))
-                    .await
-                    .map_err(|e| StageError::permanent(format!("model loading panicked: {e}")))?
-                    .map(Arc::new)
-                    .map_err(|e| StageError::permanent(format!("cannot load Whisper model: {e}")))
-            })
-            .await
-            .cloned()
+        self.asr_at(&self.cfg.model).await
+    }
+
+    /// The Whisper model `task` was submitted for (its manifest's `model`; the configured
+    /// one for manifests without it), loaded once per process. This worker's file for it is
+    /// the configured model, `<models dir>/<installable name's file>` or the submitter's
+    /// path, whichever has the recorded SHA-256 ([`crate::model::model_sha256`], hashed once
+    /// per file). Errors are permanent: no such file here means the model must be installed.
+    pub async fn task_asr(&self, task: &TaskDir) -> Result<Arc<AsrModel>, StageError> {
+        let Some(want) = task.read_manifest()?.model else {
+            return self.asr().await;
+        };
+        let pinned = crate::model::ModelName::parse(&want.name);
+        let mut candidates = vec![self.cfg.model.clone()];
+        if let Some(m) = pinned {
+            candidates.push(self.data.models_dir().join(m.file_name()));
+        }
+        candidates.push(want.path.clone().into());
+        let sha = want.sha256.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            candidates
+                .into_iter()
+                .find(|p| p.is_file() && crate::model::model_sha256(p).is_ok_and(|h| h == sha))
+        })
+        .await
+        .map_err(|e| StageError::permanent(format!("model lookup panicked: {e}")))?;
+        match found {
+            Some(p) => self.asr_at(&p).await,
+            None => Err(StageError::permanent(format!(
+                "the task asks for the Whisper model {} (sha256 {}), which this worker does not have: run `tubescribe model install {}` or point --model at that file",
+                want.name,
+                want.sha256,
+                pinned.map_or(want.name.as_str(), |m| m.as_str())
+            ))),
+        }
+    }
+
+    /// The Whisper model at `path`, loaded once per process.
+    async fn asr_at(&self, path: &std::path::Path) -> Result<Arc<AsrModel>, StageError> {
+        let cell = self
+            .models
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(path.to_path_buf())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| async {
+            let path = path.to_path_buf();
+            if !path.is_file() {
+                return Err(StageError::permanent(crate::model::missing_message(&path)));
+            }
+            tokio::task::spawn_blocking(move || AsrModel::load(&path))
+                .await
+                .map_err(|e| StageError::permanent(format!("model loading panicked: {e}")))?
+                .map(Arc::new)
+                .map_err(|e| StageError::permanent(format!("cannot load Whisper model: {e}")))
+        })
+        .await
+        .cloned()
     }
 }
 

@@ -48,7 +48,7 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
         )));
     }
     // Load the model first: a missing model must fail before any work is done.
-    let model = ctx.asr().await?;
+    let model = ctx.task_asr(&job.task).await?;
 
     let (wav_out, duration_s) = match resume_decoded(job).await {
         Some(done) => done,
