@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Once};
 
-use crate::transcript::{Segment, Word};
+use crate::transcript::{Coverage, Segment, Word};
 use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters};
 
 /// Sample rate whisper.cpp expects, in Hz (`WHISPER_SAMPLE_RATE`).
@@ -166,8 +166,6 @@ pub struct WavTranscription {
     pub language: String,
     /// Audio duration in milliseconds.
     pub duration_ms: u64,
-    /// Milliseconds of audio judged to be speech and handed to whisper.
-    pub speech_ms: u64,
     /// Number of whisper runs (chunks).
     pub chunks: usize,
     /// Repeated-phrase loops that were cut ([`cut_repetition_loops`]).
@@ -180,16 +178,8 @@ pub struct WavTranscription {
     /// Stock phrases dropped because they were a chunk's whole output ([`is_stock_phrase`]),
     /// in order.
     pub dropped_stock: Vec<String>,
-    /// Share of the speech the gate found that transcript words cover, 0–1 (1 without
-    /// speech).
-    pub coverage: f32,
-    /// Stretches of speech (ms from the start of the file, `[start, end)`) that still have no
-    /// text after being decoded again on their own.
-    pub uncovered_ms: Vec<(u64, u64)>,
-    /// Uncovered stretches decoded again on their own.
-    pub retried: usize,
-    /// Of those, how many gave text.
-    pub recovered: usize,
+    /// Speech found by the gate and how much of it got text.
+    pub coverage: Coverage,
 }
 
 /// A loaded whisper.cpp model, shared between jobs. Cloning is cheap.
@@ -467,16 +457,15 @@ impl AsrModel {
             segments: Vec::new(),
             language: opts.language.clone().unwrap_or_else(|| "en".into()),
             duration_ms: samples_to_ms(total),
-            speech_ms: samples_to_ms(speech_samples),
             chunks: chunks.len(),
             loops_cut: 0,
             mean_token_p: None,
             dropped_tags: Vec::new(),
             dropped_stock: Vec::new(),
-            coverage: 1.0,
-            uncovered_ms: Vec::new(),
-            retried: 0,
-            recovered: 0,
+            coverage: Coverage {
+                speech_ms: samples_to_ms(speech_samples),
+                ..Coverage::default()
+            },
         };
         // Pass 2: one whisper run per chunk.
         let mut done = 0usize;
@@ -539,13 +528,13 @@ impl AsrModel {
                 abort.clone(),
                 (0.0, 0.0),
             )?;
-            out.retried += 1;
+            out.coverage.retried += 1;
             if part.segments.iter().all(|s| is_stock_phrase(&s.text)) {
                 continue;
             }
             let found = retried_segments(part.segments, wa, (a, b), span_id);
             if !found.is_empty() {
-                out.recovered += 1;
+                out.coverage.recovered += 1;
                 segments.extend(found);
             }
         }
@@ -555,14 +544,7 @@ impl AsrModel {
             // ("thank you" said again and again), not a decoder loop.
             out.loops_cut = out.loops_cut.saturating_sub(repeated_runs(&segments));
         }
-        let holes = uncovered(&spans, &segments);
-        let missing: usize = holes.iter().map(|h| h.1 - h.0).sum();
-        out.coverage = if speech_samples == 0 {
-            1.0
-        } else {
-            1.0 - missing as f32 / speech_samples as f32
-        };
-        out.uncovered_ms = holes
+        out.coverage.uncovered_ms = uncovered(&spans, &segments)
             .iter()
             .map(|&(a, b)| (samples_to_ms(a), samples_to_ms(b)))
             .collect();
@@ -592,7 +574,7 @@ impl AsrModel {
             &out.dropped_stock,
             function_word_ratio(&all_text),
             words,
-            out.speech_ms,
+            out.coverage.speech_ms,
             tokens,
             out.mean_token_p,
         ) {

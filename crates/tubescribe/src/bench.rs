@@ -286,7 +286,7 @@ async fn run_tasks(
         for (id, _) in &ids {
             let m = data.task(id).read_manifest().map_err(run_err("manifest"))?;
             match m.status {
-                TaskStatus::Completed => {}
+                TaskStatus::Completed | TaskStatus::CompletedWithWarnings => {}
                 TaskStatus::Failed | TaskStatus::Cancelled => {
                     return Err(BenchError::Run(format!("task {id} failed: {:?}", m.error)))
                 }

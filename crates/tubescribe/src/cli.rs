@@ -577,7 +577,7 @@ async fn process(
             println!("{}", serde_json::to_string(&m)?);
         }
         match m.status {
-            TaskStatus::Completed => {
+            TaskStatus::Completed | TaskStatus::CompletedWithWarnings => {
                 if !json {
                     let title = m
                         .video
@@ -585,7 +585,11 @@ async fn process(
                         .and_then(|v| v.title.as_deref())
                         .map(crate::manifest::display_title)
                         .unwrap_or_default();
-                    println!("✔ {id}  {title}");
+                    let mark = if m.warnings.is_empty() { "✔" } else { "⚠" };
+                    println!("{mark} {id}  {title}");
+                    for w in &m.warnings {
+                        println!("    warning: {}", w.message);
+                    }
                     for n in [
                         names::SUMMARY_MD,
                         names::TRANSCRIPT_TXT,

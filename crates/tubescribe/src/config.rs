@@ -325,6 +325,9 @@ pub struct TranscribeFile {
     pub threads: Option<usize>,
     /// Spoken language code, e.g. "en"; default: "en" for `.en` models, else auto-detect.
     pub language: Option<String>,
+    /// Least share of the detected speech the transcript must cover (0–1, default 0.9);
+    /// below it the task completes with a warning.
+    pub min_coverage: Option<f64>,
 }
 
 /// `[schedule]` in the TOML file (see `schedule.rs`, `segments.rs`, `budget.rs`).
@@ -500,6 +503,9 @@ pub struct Config {
     pub schedule: ScheduleSettings,
     /// Spoken language, if fixed.
     pub language: Option<String>,
+    /// Least share of the speech found by the gate that transcript words must cover (0–1);
+    /// below it the task ends `completed_with_warnings` (`[transcribe] min_coverage`).
+    pub min_coverage: f64,
     /// LLM settings; `None` = offline extractive summaries.
     pub llm: Option<LlmSettings>,
     /// External program paths.
@@ -522,6 +528,8 @@ pub struct Config {
 /// Default of `TUBESCRIBE_MIN_FREE_MB`: free space, in MiB, required before a download or
 /// decode starts.
 pub const DEFAULT_MIN_FREE_MB: u64 = 1024;
+/// Default `[transcribe] min_coverage`: 90 % of the detected speech must have text.
+pub const DEFAULT_MIN_COVERAGE: f64 = 0.9;
 
 /// Largest accepted `transcribe.threads`: far above any useful value (whisper.cpp scales to
 /// the physical cores), low enough that a typo cannot make the OS refuse thread creation,
@@ -754,6 +762,16 @@ impl Config {
             threads_explicit,
             schedule,
             language: file.transcribe.language,
+            min_coverage: match file.transcribe.min_coverage {
+                None => DEFAULT_MIN_COVERAGE,
+                Some(c) if (0.0..=1.0).contains(&c) => c,
+                Some(c) => {
+                    return Err(ConfigError::Invalid {
+                        key: "transcribe.min_coverage".into(),
+                        message: format!("{c} is not a share between 0 and 1"),
+                    })
+                }
+            },
             llm,
             programs,
             min_free_bytes: match std::env::var("TUBESCRIBE_MIN_FREE_MB") {

@@ -43,6 +43,9 @@ pub enum TaskStatus {
     Running,
     /// All stages completed.
     Completed,
+    /// All stages completed, but something the user should know about is in `warnings`
+    /// (e.g. speech that produced no text).
+    CompletedWithWarnings,
     /// A stage failed for good (see `error`).
     Failed,
     /// Cancelled by a user.
@@ -52,7 +55,15 @@ pub enum TaskStatus {
 impl TaskStatus {
     /// True for completed, failed and cancelled.
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+        matches!(
+            self,
+            Self::Completed | Self::CompletedWithWarnings | Self::Failed | Self::Cancelled
+        )
+    }
+
+    /// True for completed, with or without warnings.
+    pub fn is_completed(self) -> bool {
+        matches!(self, Self::Completed | Self::CompletedWithWarnings)
     }
 }
 
@@ -260,6 +271,19 @@ pub struct Manifest {
     pub model: Option<crate::model::ModelRef>,
     /// Per-stage records, keyed by stage name.
     pub stages: BTreeMap<Stage, StageRecord>,
+    /// What the user should know about a completed task (one sentence each, cause first);
+    /// non-empty makes the final status [`TaskStatus::CompletedWithWarnings`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Warning>,
+}
+
+/// A warning about a task's result, from one stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Warning {
+    /// The stage that raised it.
+    pub stage: Stage,
+    /// One sentence, cause first.
+    pub message: String,
 }
 
 impl Manifest {
@@ -277,6 +301,7 @@ impl Manifest {
             video: None,
             error: None,
             model: None,
+            warnings: Vec::new(),
             stages: Stage::ALL
                 .iter()
                 .map(|s| (*s, StageRecord::default()))
@@ -396,6 +421,16 @@ impl Manifest {
         r.checkpoints.clear();
     }
 
+    /// Replaces `stage`'s warnings with `messages` (a re-run of a stage states its own anew).
+    pub fn set_warnings(&mut self, stage: Stage, messages: Vec<String>) {
+        self.warnings.retain(|w| w.stage != stage);
+        self.warnings.extend(
+            messages
+                .into_iter()
+                .map(|message| Warning { stage, message }),
+        );
+    }
+
     /// Marks `stage` completed with its outputs; the task completes with its last stage.
     pub fn complete_stage(&mut self, stage: Stage, outputs: Vec<OutputFile>) {
         let r = self.stage_mut(stage);
@@ -407,7 +442,11 @@ impl Manifest {
         // A phase describes a running attempt; none is left once the stage ends.
         r.detail.remove("phase");
         if stage == Stage::LAST && self.status != TaskStatus::Cancelled {
-            self.status = TaskStatus::Completed;
+            self.status = if self.warnings.is_empty() {
+                TaskStatus::Completed
+            } else {
+                TaskStatus::CompletedWithWarnings
+            };
             self.error = None;
         }
     }

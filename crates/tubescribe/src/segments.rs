@@ -20,8 +20,8 @@
 //!    Each segment job is an ordinary transcribe-queue job with its own priority (its own
 //!    length, aged like any other — see `schedule.rs`), so segments of a long video
 //!    interleave with short tasks on any worker of any machine and obey the memory budget.
-//!    The chain makes segment `i` wait for `i−1`, whose return value carries the tail text
-//!    passed to whisper as the initial prompt; it also means one long task never occupies
+//!    The chain makes segment `i` wait for `i−1` (no text passes between them: each segment
+//!    is transcribed exactly like a chunk of the unsplit path); it also means one long task never occupies
 //!    more than one transcribe slot.
 //! 2. **merge** — when the last segment completes BullMQ releases the transcribe job again;
 //!    it reads every segment job's return value, offsets are already applied, and
@@ -53,7 +53,7 @@ use crate::stages::download::DownloadResult;
 use crate::stages::transcribe::TranscribeResult;
 use crate::stages::{JobCtx, Stage, StageCtx, StageError, StageOutput};
 use crate::taskdir::names;
-use crate::transcript::{Segment, Transcript};
+use crate::transcript::{Coverage, Segment, Transcript};
 
 /// BullMQ job name of segment jobs in the transcribe queue.
 pub const SEGMENT_JOB: &str = "segment";
@@ -61,8 +61,6 @@ pub const SEGMENT_JOB: &str = "segment";
 const DECODE_SHARE: f64 = 10.0;
 /// Analysis frame for silence detection: 20 ms at 16 kHz.
 const FRAME: usize = 320;
-/// Words of the previous segment passed as the initial prompt.
-const PROMPT_WORDS: usize = 40;
 
 /// The data of one segment job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,8 +88,6 @@ pub struct SegmentResult {
     pub index: usize,
     /// Transcript segments with timestamps already offset to the whole audio, ms.
     pub segments: Vec<Segment>,
-    /// The last words of this segment's text (the next segment's initial prompt).
-    pub tail: String,
     /// Spoken language reported by whisper.
     pub language: String,
     /// Recognition wall seconds ÷ audio seconds.
@@ -101,9 +97,9 @@ pub struct SegmentResult {
     /// Repeated-phrase loops cut from this segment (`asr::cut_repetition_loops`).
     #[serde(default)]
     pub loops_cut: usize,
-    /// Milliseconds of this segment judged to be speech and handed to whisper.
+    /// Speech found in this segment and how much of it got text.
     #[serde(default)]
-    pub speech_ms: u64,
+    pub coverage: Coverage,
 }
 
 /// The job id of segment `index` of `task_id`: `seg<index>-<task_id>`.
@@ -227,15 +223,6 @@ pub fn merge(parts: &[(u64, Vec<Segment>)]) -> Vec<Segment> {
     out
 }
 
-/// The last `words` words of the text of `segs`.
-pub fn tail_text(segs: &[Segment], words: usize) -> String {
-    let all: Vec<&str> = segs
-        .iter()
-        .flat_map(|s| s.text.split_whitespace())
-        .collect();
-    all[all.len().saturating_sub(words)..].join(" ")
-}
-
 /// The chain flow of segment jobs for `task_id` with boundaries `bounds_ms` (0, cuts…, total),
 /// attached to the task's transcribe job.
 pub fn segment_flow(task_id: &str, bounds_ms: &[u64]) -> Result<FlowJob, bullmq::Error> {
@@ -349,9 +336,15 @@ pub async fn run_long(
     if waiting {
         return Ok(None);
     }
-    merge_step(jctx, &bounds, sched, &ctx.cfg.subtitles)
-        .await
-        .map(Some)
+    merge_step(
+        jctx,
+        &bounds,
+        sched,
+        &ctx.cfg.subtitles,
+        ctx.cfg.min_coverage,
+    )
+    .await
+    .map(Some)
 }
 
 /// Split step: decode, find cuts, record them in the manifest. Returns the boundaries in ms
@@ -407,6 +400,7 @@ async fn merge_step(
     bounds: &[u64],
     sched: &Scheduler,
     rules: &crate::subtitles::CueRules,
+    min_coverage: f64,
 ) -> Result<StageOutput, StageError> {
     let q = sched.transcribe_queue();
     let mut parts = Vec::new();
@@ -414,7 +408,7 @@ async fn merge_step(
     let mut rtf_num = 0.0;
     let mut peak = 0u64;
     let mut loops_cut = 0usize;
-    let mut speech_ms = 0u64;
+    let mut coverage = Coverage::default();
     for i in 0..bounds.len() - 1 {
         let id = segment_job_id(&jctx.task_id, i);
         let job = q
@@ -429,7 +423,7 @@ async fn merge_step(
         rtf_num += r.rtf * (bounds[i + 1] - bounds[i]) as f64;
         peak = peak.max(r.peak_rss_bytes);
         loops_cut += r.loops_cut;
-        speech_ms += r.speech_ms;
+        coverage.add(&r.coverage);
         parts.push((bounds[i + 1], r.segments));
     }
     let total_ms = *bounds.last().unwrap_or(&0);
@@ -450,6 +444,8 @@ async fn merge_step(
         duration_ms: total_ms,
         segments: merge(&parts),
     };
+    // Loops are cut inside each segment; one that runs across a cut is cut here.
+    loops_cut += asr::cut_repetition_loops(&mut transcript.segments);
     transcript.normalize();
     let mut outputs: Vec<_> = jctx
         .task
@@ -475,6 +471,10 @@ async fn merge_step(
     };
     let n = bounds.len() - 1;
     let segs = result.segments;
+    let warning = coverage.warning(min_coverage);
+    if let Some(w) = &warning {
+        tracing::warn!(task = %jctx.task_id, uncovered = ?coverage.uncovered_ms, "{w}");
+    }
     jctx.task.update_manifest(move |m| {
         let r = m.stage_mut(Stage::Transcribe);
         // The merge run is the job's second activation: keep the stage's real start.
@@ -495,7 +495,7 @@ async fn merge_step(
         d.insert("rtf".into(), serde_json::json!(rtf));
         d.insert(
             "speech_s".into(),
-            serde_json::json!(speech_ms as f64 / 1000.0),
+            serde_json::json!(coverage.speech_ms as f64 / 1000.0),
         );
         d.insert("repetition_loops_cut".into(), serde_json::json!(loops_cut));
         d.insert("repetition_cut".into(), serde_json::json!(loops_cut > 0));
@@ -503,6 +503,8 @@ async fn merge_step(
             "peak_rss_mb".into(),
             serde_json::json!(peak as f64 / 1048576.0),
         );
+        d.extend(coverage.detail());
+        m.set_warnings(Stage::Transcribe, warning.into_iter().collect());
     })?;
     Ok(StageOutput {
         result: serde_json::to_value(&result).expect("serializable"),
@@ -693,14 +695,6 @@ async fn segment_run(
 ) -> Result<serde_json::Value, StageError> {
     let d = d.clone();
     let task = task.clone();
-    let prompt = job
-        .get_children_values()
-        .await
-        .map_err(retryable("cannot read the previous segment"))?
-        .into_values()
-        .next()
-        .and_then(|v| v.get("tail").and_then(|t| t.as_str()).map(String::from))
-        .filter(|t| !t.is_empty());
     let model = ctx.task_asr(&task).await?;
     let probe = crate::budget::RssProbe::start();
     let wav = task.file(names::AUDIO_WAV);
@@ -709,7 +703,9 @@ async fn segment_run(
     let opts = TranscribeOptions {
         threads,
         language: ctx.cfg.language.clone(),
-        initial_prompt: prompt,
+        // No prompt from the previous segment: the unsplit path has none at its chunk
+        // boundaries either, and the same words must come out of both paths.
+        initial_prompt: None,
     };
     let pct = Arc::new(AtomicU8::new(0));
     let abort = Arc::new(AtomicBool::new(false));
@@ -823,13 +819,12 @@ async fn segment_run(
     }
     let result = SegmentResult {
         index: d.index,
-        tail: tail_text(&segments, PROMPT_WORDS),
         segments,
         language: out.language,
         rtf,
         peak_rss_bytes: rss.peak_bytes,
         loops_cut: out.loops_cut,
-        speech_ms: out.speech_ms,
+        coverage: out.coverage,
     };
     Ok(serde_json::to_value(&result).expect("serializable"))
 }
@@ -900,7 +895,6 @@ mod tests {
         assert_eq!(texts, ["one two", "three four", "five"]);
         assert_eq!(m[1].end_ms, 10_000);
         assert!(m.windows(2).all(|w| w[0].end_ms <= w[1].start_ms));
-        assert_eq!(tail_text(&m, 2), "four five");
     }
 
     #[test]

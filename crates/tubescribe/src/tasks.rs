@@ -88,9 +88,12 @@ pub async fn submit(
     if task.exists() {
         let m = task.read_manifest()?;
         match m.status {
-            TaskStatus::Queued | TaskStatus::Running | TaskStatus::Completed => {
+            TaskStatus::Queued
+            | TaskStatus::Running
+            | TaskStatus::Completed
+            | TaskStatus::CompletedWithWarnings => {
                 // Re-adding is a no-op when the jobs exist; it repairs a lost flow otherwise.
-                if m.status != TaskStatus::Completed {
+                if !m.status.is_completed() {
                     producer.add_task(&task_id).await?;
                 }
                 return Ok(Submitted {

@@ -44,6 +44,92 @@ pub struct Segment {
     pub words: Vec<Word>,
 }
 
+/// How much of the speech found in the audio (by the energy gate) the transcript's words
+/// cover. Recorded per task and per segment job in the manifest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Coverage {
+    /// Milliseconds of audio judged to be speech.
+    pub speech_ms: u64,
+    /// Stretches of that speech (`[start_ms, end_ms)` on the audio's timeline) that have no
+    /// text, also after being decoded again on their own.
+    pub uncovered_ms: Vec<(u64, u64)>,
+    /// Uncovered stretches that were decoded again on their own.
+    pub retried: usize,
+    /// Of those, how many gave text.
+    pub recovered: usize,
+}
+
+impl Coverage {
+    /// Milliseconds of speech without text.
+    pub fn missing_ms(&self) -> u64 {
+        self.uncovered_ms
+            .iter()
+            .map(|(a, b)| b.saturating_sub(*a))
+            .sum()
+    }
+
+    /// Covered share of the speech, 0–1 (1 when there was no speech).
+    pub fn ratio(&self) -> f64 {
+        if self.speech_ms == 0 {
+            return 1.0;
+        }
+        (1.0 - self.missing_ms() as f64 / self.speech_ms as f64).clamp(0.0, 1.0)
+    }
+
+    /// Adds another part's coverage (a segment job's) to this one.
+    pub fn add(&mut self, other: &Coverage) {
+        self.speech_ms += other.speech_ms;
+        self.uncovered_ms.extend(other.uncovered_ms.iter().copied());
+        self.uncovered_ms.sort_unstable();
+        self.retried += other.retried;
+        self.recovered += other.recovered;
+    }
+
+    /// The user-facing warning when the covered share is under `min` (0–1), e.g. "speech
+    /// without text: the transcript covers 72 % of the detected speech (at least 90 % expected);
+    /// 3 stretches (41 s), the first at 01:05, are listed in the manifest".
+    pub fn warning(&self, min: f64) -> Option<String> {
+        if self.ratio() >= min || self.uncovered_ms.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "speech without text: the transcript covers {:.0} % of the detected speech \
+             (at least {:.0} % expected); {} stretch{} ({:.0} s), the first at {}, produced no \
+             text (listed under stages.transcribe.detail.uncovered in the manifest)",
+            self.ratio() * 100.0,
+            min * 100.0,
+            self.uncovered_ms.len(),
+            if self.uncovered_ms.len() == 1 {
+                ""
+            } else {
+                "es"
+            },
+            self.missing_ms() as f64 / 1000.0,
+            format_clock(self.uncovered_ms[0].0),
+        ))
+    }
+
+    /// The manifest's detail fields: `coverage` (0–1, 3 decimals), `uncovered`
+    /// (`[{start_ms, end_ms}]`), `coverage_retried`, `coverage_recovered`.
+    pub fn detail(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut d = serde_json::Map::new();
+        d.insert(
+            "coverage".into(),
+            serde_json::json!((self.ratio() * 1000.0).round() / 1000.0),
+        );
+        d.insert(
+            "uncovered".into(),
+            self.uncovered_ms
+                .iter()
+                .map(|(a, b)| serde_json::json!({"start_ms": a, "end_ms": b}))
+                .collect(),
+        );
+        d.insert("coverage_retried".into(), self.retried.into());
+        d.insert("coverage_recovered".into(), self.recovered.into());
+        d
+    }
+}
+
 /// A full transcript; its serde form is the `transcript.json` artifact.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Transcript {

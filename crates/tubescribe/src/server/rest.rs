@@ -101,7 +101,9 @@ pub async fn file(
             .into_response()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let why = match m.status {
-                TaskStatus::Completed => "it was not produced".to_string(),
+                TaskStatus::Completed | TaskStatus::CompletedWithWarnings => {
+                    "it was not produced".to_string()
+                }
                 s => format!(
                     "the task is {}",
                     serde_json::to_value(s)

@@ -17,7 +17,7 @@ use crate::asr::{self, TranscribeOptions};
 use crate::media;
 use crate::process::{self, Cmd};
 use crate::taskdir::names;
-use crate::transcript::{Segment, Transcript};
+use crate::transcript::Transcript;
 
 /// Share of the stage's progress spent decoding audio, in percent.
 const DECODE_SHARE: f64 = 10.0;
@@ -112,16 +112,7 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
         language: out.language.clone(),
         model: model.name().to_string(),
         duration_ms: (duration_s * 1000.0).round() as u64,
-        segments: out
-            .segments
-            .into_iter()
-            .map(|s| Segment {
-                start_ms: s.start_ms,
-                end_ms: s.end_ms,
-                text: s.text,
-                words: Vec::new(),
-            })
-            .collect(),
+        segments: out.segments,
     };
     transcript.normalize();
     let mut outputs = vec![wav_out];
@@ -155,7 +146,7 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
         "rtf": rtf,
         "threads": crate::budget::job_threads(&ctx.cfg),
         "model": transcript.model,
-        "speech_s": out_stats.speech_ms as f64 / 1000.0,
+        "speech_s": out_stats.coverage.speech_ms as f64 / 1000.0,
         "asr_chunks": out_stats.chunks,
         "mean_token_p": out_stats.mean_token_p,
         "repetition_loops_cut": out_stats.loops_cut,
@@ -163,10 +154,18 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
         "dropped_tags": out_stats.dropped_tags,
         "dropped_stock_phrases": out_stats.dropped_stock,
     });
+    let coverage = &out_stats.coverage;
+    let warning = coverage.warning(ctx.cfg.min_coverage);
+    if let Some(w) = &warning {
+        tracing::warn!(task = %job.task_id, uncovered = ?coverage.uncovered_ms, "{w}");
+    }
     job.task.update_manifest(|m| {
+        let d = &mut m.stage_mut(super::Stage::Transcribe).detail;
         if let serde_json::Value::Object(o) = detail {
-            m.stage_mut(super::Stage::Transcribe).detail.extend(o);
+            d.extend(o);
         }
+        d.extend(coverage.detail());
+        m.set_warnings(super::Stage::Transcribe, warning.into_iter().collect());
     })?;
     Ok(StageOutput {
         result: serde_json::to_value(&result).expect("serializable"),
