@@ -102,8 +102,14 @@ pub struct Run {
 
 /// Runs the tubescribe binary with a private data dir (its own embedded Redis).
 pub fn tubescribe(data_dir: &Path, args: &[&str]) -> Run {
+    tubescribe_env(data_dir, args, &[])
+}
+
+/// [`tubescribe`] with extra environment variables (e.g. `TUBESCRIBE_SEGMENT_S`).
+pub fn tubescribe_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_tubescribe"))
         .args(args)
+        .envs(env.iter().copied())
         .env("TUBESCRIBE_DATA_DIR", data_dir)
         .env("TUBESCRIBE_MODEL", model())
         .env("TUBESCRIBE_YTDLP", ytdlp())

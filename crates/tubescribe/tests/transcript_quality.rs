@@ -1,0 +1,431 @@
+//! Transcript quality (issue 11), measured side by side with whisper.cpp called directly on
+//! the same whole file with the same model and parameters (`AsrModel::transcribe`, one
+//! `whisper_full` call):
+//!
+//! * jfk.wav keeps its final period;
+//! * a ≈ 100 s file of real speech clips with pauses keeps its punctuation (≥ 50 % of segments
+//!   end a sentence) and its WER is at most the engine's + 0.5 point; its words are monotonic
+//!   and inside their segments;
+//! * a 12-minute recording of 12 numbered announcements separated by pauses of 20–80 s loses
+//!   none of them and places each within ±2 s of its true start, unsplit and through the real
+//!   pipeline's segment jobs at `segment_s` 120 and 600 (WER within 1 point of unsplit), and
+//!   no line repeats three times;
+//! * every subtitle cue of a ≥ 5 min talk obeys the cue rules.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU8};
+use std::sync::Arc;
+
+use common::*;
+use tubescribe::asr::{self, AsrModel, TranscribeOptions, WavTranscription};
+use tubescribe::subtitles::{cues, CueRules};
+use tubescribe::transcript::{parse_srt, word_error_rate, Segment, Transcript};
+
+/// English clips of `../shared/samples` (espeak-ng speaks the text where they are absent).
+const CLIPS: [(&str, &str); 5] = [
+    ("jfk", "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."),
+    ("librispeech-1272-128104-0000", "Mister Quilter is the apostle of the middle classes, and we are glad to welcome his gospel."),
+    ("librispeech-1995-1837-0001", "He knew that the time had come when the question could no longer be avoided."),
+    ("ljspeech-LJ001-0001", "Printing, in the only sense with which we are at present concerned, differs from most if not from all the arts and crafts represented in the Exhibition."),
+    ("ljspeech-LJ001-0007", "The earliest book printed with movable types, the Gutenberg, or forty-two line Bible of about fourteen fifty-five."),
+];
+
+/// Deterministic room tone (uniform noise, about −62 dBFS RMS): real recordings are never
+/// digital silence between words.
+struct Tone(u64);
+
+impl Tone {
+    fn take(&mut self, n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                self.0 = self
+                    .0
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((self.0 >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 0.0028
+            })
+            .collect()
+    }
+}
+
+/// Reads `path` as 16 kHz mono f32 (converted with ffmpeg into `tmp`).
+fn pcm16k(path: &Path, tmp: &Path) -> Vec<f32> {
+    let out = tmp.join(format!(
+        "{}.16k.wav",
+        path.file_stem().unwrap().to_string_lossy()
+    ));
+    let st = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-y", "-i"])
+        .arg(path)
+        .args(["-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le"])
+        .arg(&out)
+        .status()
+        .expect("ffmpeg is required (scripts/setup.sh --test)");
+    assert!(st.success());
+    asr::read_wav_16k_mono(&out).unwrap()
+}
+
+/// Writes 16 kHz mono s16 WAV.
+fn write_wav(path: &Path, pcm: &[f32]) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for s in pcm {
+        w.write_sample((s * 32767.0).clamp(-32768.0, 32767.0) as i16)
+            .unwrap();
+    }
+    w.finalize().unwrap();
+}
+
+/// The clips (16 kHz f32) with their reference texts.
+fn clips(tmp: &Path) -> Vec<(Vec<f32>, String)> {
+    CLIPS
+        .iter()
+        .map(|(name, fallback)| {
+            let (wav, text) = speech(tmp, name, fallback);
+            (pcm16k(&wav, tmp), text)
+        })
+        .collect()
+}
+
+/// `order` clips joined by room-tone pauses of `pauses_s`, with tone on both ends; returns the
+/// PCM and the reference text.
+fn talk(clips: &[(Vec<f32>, String)], order: &[usize], pauses_s: &[f64]) -> (Vec<f32>, String) {
+    let mut tone = Tone(7);
+    let (mut pcm, mut reference) = (tone.take(8000), Vec::new());
+    for (k, &i) in order.iter().enumerate() {
+        let (clip, text) = &clips[i];
+        pcm.extend(clip.iter().zip(tone.take(clip.len())).map(|(s, n)| s + n));
+        reference.push(text.as_str());
+        let pause = pauses_s[k % pauses_s.len()];
+        pcm.extend(tone.take((pause * 16_000.0) as usize));
+    }
+    (pcm, reference.join(" "))
+}
+
+fn model_once() -> &'static AsrModel {
+    static M: std::sync::OnceLock<AsrModel> = std::sync::OnceLock::new();
+    M.get_or_init(|| AsrModel::load(&model()).unwrap())
+}
+
+fn opts() -> TranscribeOptions {
+    TranscribeOptions {
+        threads: 2,
+        ..TranscribeOptions::default()
+    }
+}
+
+fn flags() -> (Arc<AtomicU8>, Arc<AtomicBool>) {
+    (Arc::new(AtomicU8::new(0)), Arc::new(AtomicBool::new(false)))
+}
+
+/// The product's transcription of a WAV file (gate, joins, chunks, mapping, loop cut,
+/// coverage).
+fn product(path: &Path) -> WavTranscription {
+    let (p, a) = flags();
+    model_once().transcribe_wav(path, &opts(), p, a).unwrap()
+}
+
+/// whisper.cpp on the whole PCM in one call, as whisper-rs users call it.
+fn engine(pcm: &[f32]) -> Vec<Segment> {
+    let (p, a) = flags();
+    model_once().transcribe(pcm, &opts(), p, a).unwrap().segments
+}
+
+fn text(segs: &[Segment]) -> String {
+    segs.iter()
+        .map(|s| s.text.as_str())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn punctuated_share(segs: &[Segment]) -> f64 {
+    let n = segs
+        .iter()
+        .filter(|s| s.text.trim_end().ends_with(['.', '?', '!']))
+        .count();
+    n as f64 / segs.len().max(1) as f64
+}
+
+/// Words are in time order, inside their segment, and segments start in order.
+fn assert_words_hold(segs: &[Segment]) {
+    let mut last_start = 0;
+    for s in segs {
+        assert!(!s.words.is_empty(), "segment without words: {s:?}");
+        assert!(s.start_ms >= last_start, "segments out of order at {s:?}");
+        last_start = s.start_ms;
+        let mut prev = s.start_ms;
+        for w in &s.words {
+            assert!(
+                w.start_ms >= prev && w.start_ms <= w.end_ms,
+                "word out of order: {w:?} in {s:?}"
+            );
+            assert!(
+                w.start_ms >= s.start_ms && w.end_ms <= s.end_ms,
+                "word outside its segment: {w:?} in [{}, {}]",
+                s.start_ms,
+                s.end_ms
+            );
+            assert!((0.0..=1.0).contains(&w.p), "{w:?}");
+            prev = w.start_ms;
+        }
+    }
+}
+
+/// The longest run of consecutive segments with the same text.
+fn longest_repeat(segs: &[Segment]) -> usize {
+    let (mut best, mut run) = (0, 0);
+    for (i, s) in segs.iter().enumerate() {
+        run = if i > 0 && segs[i - 1].text.trim() == s.text.trim() {
+            run + 1
+        } else {
+            1
+        };
+        best = best.max(run);
+    }
+    best
+}
+
+#[test]
+fn jfk_keeps_its_final_period() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (wav, _) = speech(tmp.path(), CLIPS[0].0, CLIPS[0].1);
+    let wav16 = tmp.path().join("jfk16.wav");
+    write_wav(&wav16, &pcm16k(&wav, tmp.path()));
+    let out = product(&wav16);
+    let all = text(&out.segments);
+    assert!(all.trim_end().ends_with("country."), "{all:?}");
+    assert_words_hold(&out.segments);
+    assert!(out.coverage.ratio() >= 0.99, "{:?}", out.coverage);
+}
+
+#[test]
+fn hundred_seconds_keep_punctuation_and_the_engines_wer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clips = clips(tmp.path());
+    let (pcm, reference) = talk(
+        &clips,
+        &[0, 1, 2, 3, 4, 2, 0, 1],
+        &[2.0, 3.5, 1.5, 5.0, 2.5, 4.0, 3.0, 1.0],
+    );
+    let secs = pcm.len() as f64 / 16_000.0;
+    assert!((90.0..=110.0).contains(&secs), "{secs} s");
+    let path = tmp.path().join("talk.wav");
+    write_wav(&path, &pcm);
+
+    let ours = product(&path);
+    let theirs = engine(&asr::read_wav_16k_mono(&path).unwrap());
+    let (wer_ours, wer_engine) = (
+        word_error_rate(&reference, &text(&ours.segments)),
+        word_error_rate(&reference, &text(&theirs)),
+    );
+    let (p_ours, p_engine) = (
+        punctuated_share(&ours.segments),
+        punctuated_share(&theirs),
+    );
+    eprintln!(
+        "{secs:.1} s: product {} segments, {:.0} % punctuated, WER {:.2} %; \
+         engine {} segments, {:.0} % punctuated, WER {:.2} %",
+        ours.segments.len(),
+        p_ours * 100.0,
+        wer_ours * 100.0,
+        theirs.len(),
+        p_engine * 100.0,
+        wer_engine * 100.0
+    );
+    assert!(p_ours >= 0.5, "only {:.0} % punctuated", p_ours * 100.0);
+    assert!(
+        wer_ours <= wer_engine + 0.005,
+        "WER {wer_ours:.4} is worse than the engine's {wer_engine:.4}"
+    );
+    assert_words_hold(&ours.segments);
+    assert!(ours.coverage.ratio() >= 0.95, "{:?}", ours.coverage);
+}
+
+/// Number words as espeak-ng says them and tiny.en may write them.
+const NUMBERS: [&str; 12] = [
+    "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+    "twelve",
+];
+const PLACES: [&str; 4] = [
+    "the library",
+    "platform four",
+    "the main hall",
+    "the north entrance",
+];
+
+/// 12 announcements of about 5 s in 12 minutes, separated by pauses of 20 to 80 s; returns
+/// the PCM, the true start of each (ms) and the reference text.
+fn announcements(tmp: &Path) -> (Vec<f32>, Vec<u64>, String) {
+    let mut tone = Tone(11);
+    let gaps_s = [
+        25.0, 70.0, 40.0, 80.0, 20.0, 55.0, 35.0, 75.0, 30.0, 60.0, 45.0, 65.0,
+    ];
+    let (mut pcm, mut starts, mut reference) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, gap) in gaps_s.iter().enumerate() {
+        let line = format!(
+            "Announcement number {}. Please proceed to {} before the doors close.",
+            NUMBERS[i],
+            PLACES[i % PLACES.len()]
+        );
+        let wav = tmp.join(format!("a{i}.wav"));
+        let st = std::process::Command::new("espeak-ng")
+            .args(["-v", "en-us", "-s", "150", "-w"])
+            .arg(&wav)
+            .arg(&line)
+            .status()
+            .expect("espeak-ng is required (scripts/setup.sh --test)");
+        assert!(st.success());
+        let clip = pcm16k(&wav, tmp);
+        pcm.extend(tone.take((gap * 16_000.0) as usize));
+        starts.push(pcm.len() as u64 * 1000 / 16_000);
+        pcm.extend(clip.iter().zip(tone.take(clip.len())).map(|(s, n)| s + n));
+        reference.push(line);
+    }
+    let end = pcm.len().max(12 * 60 * 16_000) + 20 * 16_000;
+    pcm.extend(tone.take(end - pcm.len()));
+    (pcm, starts, reference.join(" "))
+}
+
+/// The number announced in `text` ("number 4" or "number four"), if any.
+fn announced(text: &str) -> Option<usize> {
+    let words: Vec<String> = text
+        .to_lowercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(String::from)
+        .collect();
+    let i = words.iter().position(|w| w == "number")?;
+    let n = words.get(i + 1)?;
+    n.parse::<usize>()
+        .ok()
+        .or_else(|| NUMBERS.iter().position(|w| w == n).map(|k| k + 1))
+}
+
+/// Every announcement is present and starts within ±2 s of its true start; no line repeats
+/// three times. Returns the transcript's text.
+fn assert_announcements(what: &str, segs: &[Segment], starts: &[u64]) -> String {
+    for (k, &truth) in starts.iter().enumerate() {
+        let found = segs
+            .iter()
+            .find(|s| announced(&s.text) == Some(k + 1))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{what}: announcement {} is missing from:\n{}",
+                    k + 1,
+                    text(segs)
+                )
+            });
+        assert!(
+            found.start_ms.abs_diff(truth) <= 2000,
+            "{what}: announcement {} starts at {} ms, truly at {truth} ms",
+            k + 1,
+            found.start_ms
+        );
+    }
+    assert!(longest_repeat(segs) < 3, "{what}: a line repeats");
+    text(segs)
+}
+
+#[test]
+fn announcements_survive_long_audio_split_or_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pcm, starts, reference) = announcements(tmp.path());
+    let path = tmp.path().join("announcements.wav");
+    write_wav(&path, &pcm);
+    assert!(pcm.len() >= 12 * 60 * 16_000, "{} samples", pcm.len());
+
+    let unsplit = product(&path);
+    let unsplit_text = assert_announcements("unsplit", &unsplit.segments, &starts);
+    let wer_unsplit = word_error_rate(&reference, &unsplit_text);
+    eprintln!("unsplit: WER {:.2} %", wer_unsplit * 100.0);
+
+    for segment_s in ["120", "600"] {
+        let data = tmp.path().join(format!("data-{segment_s}"));
+        let run = tubescribe_env(
+            &data,
+            &["process", path.to_str().unwrap()],
+            &[("TUBESCRIBE_SEGMENT_S", segment_s)],
+        );
+        assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+        let id = &task_ids(&data)[0];
+        let m = manifest(&data, id);
+        let d = &m["stages"]["transcribe"]["detail"];
+        let merged = d["segments_merged"].as_u64().unwrap_or(0);
+        assert!(merged >= 2, "segment_s {segment_s}: not split: {d}");
+        assert_eq!(m["status"], "completed", "{m}");
+        assert!(d["coverage"].as_f64().unwrap() >= 0.9, "{d}");
+        let t: Transcript = serde_json::from_str(
+            &std::fs::read_to_string(data.join("tasks").join(id).join("transcript.json"))
+                .unwrap(),
+        )
+        .unwrap();
+        let what = format!("segment_s {segment_s}");
+        let split_text = assert_announcements(&what, &t.segments, &starts);
+        assert_words_hold(&t.segments);
+        let wer = word_error_rate(&reference, &split_text);
+        eprintln!("{what}: {merged} segments, WER {:.2} %", wer * 100.0);
+        assert!(
+            wer <= wer_unsplit + 0.01,
+            "{what}: WER {wer:.4} vs unsplit {wer_unsplit:.4}"
+        );
+    }
+}
+
+#[test]
+fn every_cue_of_a_five_minute_talk_obeys_the_rules() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clips = clips(tmp.path());
+    let order: Vec<usize> = (0..36).map(|i| (i * 5 + i / 6) % clips.len()).collect();
+    let (pcm, _) = talk(&clips, &order, &[0.6, 1.2, 0.4, 2.5, 0.8]);
+    assert!(pcm.len() >= 5 * 60 * 16_000, "{} samples", pcm.len());
+    let path = tmp.path().join("talk.wav");
+    write_wav(&path, &pcm);
+    let out = product(&path);
+    assert_words_hold(&out.segments);
+    let rules = CueRules::default();
+    let cues = cues(&out.segments, &rules);
+    let t = Transcript {
+        language: "en".into(),
+        model: "tiny.en".into(),
+        duration_ms: pcm.len() as u64 / 16,
+        segments: out.segments.clone(),
+    };
+    assert_eq!(parse_srt(&t.to_srt(&rules)).unwrap(), cues);
+    let (mut long_lines, mut too_long, mut short, mut fast) = (0, 0, 0, 0);
+    for (i, c) in cues.iter().enumerate() {
+        let next = cues.get(i + 1).map(|n| n.start_ms);
+        assert!(c.lines.len() <= 2, "{c:?}");
+        long_lines += c
+            .lines
+            .iter()
+            .filter(|l| l.chars().count() > 42)
+            .count();
+        too_long += usize::from(c.end_ms - c.start_ms > 7000);
+        if let Some(n) = next {
+            assert!(c.end_ms <= n, "overlap: {c:?} then {n}");
+        }
+        let room = next.map_or(1000, |n| (n - c.start_ms).min(1000));
+        short += usize::from(c.end_ms - c.start_ms < room);
+        let secs = (c.end_ms - c.start_ms).max(1) as f64 / 1000.0;
+        fast += usize::from(c.chars() as f64 / secs > 20.0);
+    }
+    eprintln!(
+        "{} cues from {} segments: {long_lines} long lines, {too_long} over 7 s, {short} short, \
+         {fast} over 20 cps",
+        cues.len(),
+        out.segments.len()
+    );
+    assert_eq!((long_lines, too_long, short), (0, 0, 0));
+    assert!(
+        fast * 10 <= cues.len(),
+        "{fast} of {} cues read faster than 20 characters/s",
+        cues.len()
+    );
+}
