@@ -1,7 +1,8 @@
 // Browser test of the tubescribe web page: Debian's headless Chromium, driven by playwright-core
 // (no browser download). Starts `tubescribe serve` with a private data dir and its own embedded
 // Redis, serves speech over loopback, submits the URL on the page with the keyboard, waits for
-// the three stages to reach "done" and the summary to show, and saves a screenshot to
+// the three stages to reach "done" and the summary to show, then marks the task completed with
+// warnings (as its manifest would say) and checks the badge and warning, and saves a screenshot to
 // test-output/browser.png. Run by scripts/test.sh; prerequisites from scripts/setup.sh --test.
 import { chromium } from "playwright-core";
 import { spawn, spawnSync } from "node:child_process";
@@ -149,6 +150,27 @@ try {
     const v = await item.locator(`.stage[data-stage="${s}"] progress`).getAttribute("value");
     assert(v === "100", `${s} bar at 100, got ${v}`);
   }
+
+  // The same task as the transcribe stage leaves one whose speech partly produced no text:
+  // status completed_with_warnings and a warning (with markup that must stay text). After a
+  // reload the list and the view show the badge and the sentence; the outputs stay offered.
+  const mf = path.join(tmp, "data/tasks", taskId, "manifest.json");
+  const warned = JSON.parse(fs.readFileSync(mf, "utf8"));
+  const sentence = "5.0 s of speech produced no text (coverage 80 %) <b>00:01</b>";
+  warned.status = "completed_with_warnings";
+  warned.warnings = [{ stage: "transcribe", message: sentence }];
+  fs.writeFileSync(mf, JSON.stringify(warned));
+  await page.reload();
+  const witem = page.locator(`li[data-task="${taskId}"][data-status="completed_with_warnings"]`);
+  await witem.waitFor({ timeout: 10_000 });
+  assert((await witem.locator(".badge").innerText()).includes("completed with warnings"), "warning badge");
+  assert(await witem.locator(".warning").innerText() === `⚠ transcribe: ${sentence}`, "warning text in the list");
+  assert(await witem.locator(".warning b").count() === 0, "warning markup stays text");
+  await witem.locator("button.title").click();
+  await page.locator("#view .warning").waitFor({ timeout: 10_000 });
+  assert(await page.locator(`#view .downloads a[href="/api/tasks/${taskId}/transcript.srt"]`).count() === 1,
+    "outputs offered for completed_with_warnings");
+  await page.locator("#tldr").waitFor({ timeout: 15_000 });
   assert(pageErrors.length === 0, `page errors: ${pageErrors.join("; ")}`);
   fs.mkdirSync(OUT, { recursive: true });
   await page.screenshot({ path: path.join(OUT, "browser.png"), fullPage: true });

@@ -608,7 +608,7 @@ async fn process(
                     .error
                     .as_ref()
                     .map(|e| format!("{} stage: {}", e.stage, e.message))
-                    .unwrap_or_else(|| format!("{:?}", m.status));
+                    .unwrap_or_else(|| m.status.as_str().to_string());
                 if !json {
                     println!("✘ {id}  {}  failed: {why}", task_label(&m));
                 }
@@ -680,7 +680,12 @@ async fn watch(data: &DataDir, tasks: &[String], quiet: bool) -> Result<bool> {
                             _ => phase.to_string(),
                         }
                     }
-                    StageState::Completed => "done".to_string(),
+                    // A stage's warning (e.g. speech without text) shows on its bar.
+                    StageState::Completed => m
+                        .warnings
+                        .iter()
+                        .find(|w| w.stage == *s)
+                        .map_or("done".to_string(), |w| format!("done ⚠ {}", w.message)),
                     StageState::Failed => {
                         format!("failed: {}", r.error.clone().unwrap_or_default())
                     }
@@ -759,10 +764,12 @@ async fn stats(cfg: Config) -> Result<i32> {
     let mut skipped = [0usize; 3];
     let mut wall = [0f64; 3];
     let (mut rtf, mut rtf_n, mut peak) = (0f64, 0usize, 0f64);
+    let mut by_status = std::collections::BTreeMap::<&str, usize>::new();
     for id in data.task_ids()? {
         let Ok(m) = data.task(&id).read_manifest() else {
             continue;
         };
+        *by_status.entry(m.status.as_str()).or_default() += 1;
         for (i, s) in Stage::ALL.iter().enumerate() {
             if m.stage(*s).is_some_and(|r| r.state == StageState::Skipped) {
                 skipped[i] += 1;
@@ -825,6 +832,8 @@ async fn stats(cfg: Config) -> Result<i32> {
             extra
         );
     }
+    let tasks: Vec<String> = by_status.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    println!("tasks: {}", tasks.join(", "));
     println!(
         "* BullMQ's count of failed jobs: a stage whose earlier stage failed fails too (skipped counts those tasks from the manifests); children = waiting for an earlier stage"
     );
@@ -881,14 +890,17 @@ async fn client_submit(
     Ok(code)
 }
 
+/// Prints a task (a manifest as the API answers it): id, status (`⚠` before
+/// `completed_with_warnings`), title, each stage, then the failure or the warnings.
 fn print_manifest(m: &serde_json::Value) {
     let title = crate::manifest::display_title(m["video"]["title"].as_str().unwrap_or(""));
-    println!(
-        "{}  {}  {}",
-        status_str(&m["task_id"]),
-        status_str(&m["status"]),
-        title
-    );
+    let status = status_str(&m["status"]);
+    let mark = if status == TaskStatus::CompletedWithWarnings.as_str() {
+        "⚠ "
+    } else {
+        ""
+    };
+    println!("{}  {mark}{status}  {title}", status_str(&m["task_id"]));
     for s in Stage::ALL {
         let r = &m["stages"][s.queue_name()];
         let err = r["error"]
@@ -904,6 +916,9 @@ fn print_manifest(m: &serde_json::Value) {
     }
     if let Some(e) = m["error"]["message"].as_str() {
         println!("    failed in {}: {e}", status_str(&m["error"]["stage"]));
+    }
+    for w in m["warnings"].as_array().into_iter().flatten() {
+        println!("    warning: {}", status_str(&w["message"]));
     }
 }
 

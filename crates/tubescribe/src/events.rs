@@ -351,10 +351,16 @@ pub fn map_entry(
         "completed" => {
             let mut v = one("stage.completed", base(serde_json::json!({})));
             if stage == Stage::LAST {
+                // The name stays `task.completed` for old clients; `status` tells a task
+                // completed with warnings apart, `warnings` says why (from the manifest,
+                // when it agrees that the task completed).
+                let m = manifest(&task).filter(|m| m.status.is_completed());
+                let status = m.as_ref().map_or(TaskStatus::Completed, |m| m.status);
+                let warnings = m.map(|m| m.warnings).unwrap_or_default();
                 v.push((
                     "task.completed".into(),
                     Some(task.clone()),
-                    serde_json::json!({"taskId": task, "at": at_ms}),
+                    serde_json::json!({"taskId": task, "status": status, "warnings": warnings, "at": at_ms}),
                 ));
             }
             v
@@ -882,6 +888,37 @@ mod tests {
         assert_eq!(
             sum[0].2,
             serde_json::json!({"taskId":"t1","stage":"download","reason":"HTTP 404","retryable":false,"at":3})
+        );
+    }
+
+    #[test]
+    fn task_completed_carries_status_and_warnings() {
+        let mut m = Manifest::new(
+            "t1",
+            "x",
+            Source::Url {
+                url: "http://h/x".into(),
+            },
+        );
+        let done = kv(&[("event", "completed"), ("jobId", "sum-t1")]);
+        // A manifest that is not (yet) completed does not contradict the event.
+        let plain = m.clone();
+        let ev = map_entry(2, 9, &done, &move |_: &str| Some(plain.clone()));
+        assert_eq!(
+            ev[1].2,
+            serde_json::json!({"taskId":"t1","status":"completed","warnings":[],"at":9})
+        );
+        m.set_warnings(
+            Stage::Transcribe,
+            vec!["speech at 00:10–00:20 has no text".into()],
+        );
+        m.complete_stage(Stage::LAST, vec![]);
+        let ev = map_entry(2, 9, &done, &move |_: &str| Some(m.clone()));
+        assert_eq!(ev[1].0, "task.completed");
+        assert_eq!(
+            ev[1].2,
+            serde_json::json!({"taskId":"t1","status":"completed_with_warnings",
+                "warnings":[{"stage":"transcribe","message":"speech at 00:10–00:20 has no text"}],"at":9})
         );
     }
 

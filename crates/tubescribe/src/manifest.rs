@@ -65,6 +65,18 @@ impl TaskStatus {
     pub fn is_completed(self) -> bool {
         matches!(self, Self::Completed | Self::CompletedWithWarnings)
     }
+
+    /// The wire name, as serde writes it (`completed_with_warnings`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::CompletedWithWarnings => "completed_with_warnings",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// The state of one stage of a task.
@@ -509,6 +521,21 @@ mod tests {
                 url: "https://www.youtube.com/watch?v=abcdefghijk".into(),
             },
         )
+    }
+
+    #[test]
+    fn status_names_are_the_serde_names() {
+        use TaskStatus::*;
+        for s in [
+            Queued,
+            Running,
+            Completed,
+            CompletedWithWarnings,
+            Failed,
+            Cancelled,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
     }
 
     #[test]

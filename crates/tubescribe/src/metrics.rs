@@ -13,7 +13,7 @@
 //! | `queue_jobs` | gauge | `queue`, `state` | BullMQ jobs per state (waiting = wait + prioritized + paused) |
 //! | `stage_runs_total` | counter | `stage`, `outcome` | job runs finished: `completed`, `retry`, `failed` |
 //! | `stage_duration_seconds` | histogram | `stage` | wall time of one job run |
-//! | `tasks_total` | counter | `status` | tasks finished in this process: `completed`, `failed` |
+//! | `tasks_total` | counter | `status` | tasks finished in this process: `completed`, `completed_with_warnings`, `failed` |
 //! | `transcribe_rtf` | histogram | — | recognition wall ÷ audio seconds, per job or segment |
 //! | `job_peak_rss_bytes` | gauge | — | peak process RSS during the latest transcribe job |
 //! | `job_rss_delta_bytes` | histogram | — | per-job attributed memory (see `budget.rs`) |
@@ -149,6 +149,9 @@ fn m() -> &'static Metrics {
 pub enum Outcome {
     /// Completed.
     Completed,
+    /// Completed, and the task (when this was its last stage) has warnings: the stage run
+    /// counts as `completed`, the task as `completed_with_warnings`.
+    CompletedWithWarnings,
     /// Failed; BullMQ will retry.
     Retry,
     /// Failed for good.
@@ -158,7 +161,7 @@ pub enum Outcome {
 impl Outcome {
     fn label(self) -> &'static str {
         match self {
-            Outcome::Completed => "completed",
+            Outcome::Completed | Outcome::CompletedWithWarnings => "completed",
             Outcome::Retry => "retry",
             Outcome::Failed => "failed",
         }
@@ -166,7 +169,8 @@ impl Outcome {
 }
 
 /// Records one finished job run of `stage` that took `seconds`. A completed last stage
-/// counts a completed task; a final failure of any stage counts a failed task.
+/// counts a completed task (`completed` or `completed_with_warnings`); a final failure of any
+/// stage counts a failed task.
 pub fn observe_stage(stage: Stage, seconds: f64, outcome: Outcome) {
     let m = m();
     let s = stage.queue_name();
@@ -176,6 +180,10 @@ pub fn observe_stage(stage: Stage, seconds: f64, outcome: Outcome) {
         Outcome::Completed if stage == Stage::LAST => {
             m.tasks.with_label_values(&["completed"]).inc()
         }
+        Outcome::CompletedWithWarnings if stage == Stage::LAST => m
+            .tasks
+            .with_label_values(&["completed_with_warnings"])
+            .inc(),
         Outcome::Failed => m.tasks.with_label_values(&["failed"]).inc(),
         _ => {}
     }

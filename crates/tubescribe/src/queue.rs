@@ -759,20 +759,24 @@ async fn process_job(
             }
             let recorded = task
                 .modify_manifest(|m| {
-                    current(m) && {
+                    current(m).then(|| {
                         m.record_completion(stage, out.outputs, out.result.clone());
                         m.end_attempt(stage, attempt, AttemptOutcome::Completed, None);
-                        true
-                    }
+                        m.status
+                    })
                 })
                 .map_err(|e| bullmq::Error::ProcessingError(e.to_string()))?;
-            if !recorded {
+            let Some(status) = recorded else {
                 return Err(bullmq::Error::Delayed);
-            }
+            };
             crate::metrics::observe_stage(
                 stage,
                 run_started.elapsed().as_secs_f64(),
-                crate::metrics::Outcome::Completed,
+                if status == crate::manifest::TaskStatus::CompletedWithWarnings {
+                    crate::metrics::Outcome::CompletedWithWarnings
+                } else {
+                    crate::metrics::Outcome::Completed
+                },
             );
             let _ = job
                 .update_progress(JobProgress::Object(serde_json::json!({"percent": 100.0})))

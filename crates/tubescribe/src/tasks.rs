@@ -258,11 +258,12 @@ pub struct TaskPage {
     pub limit: usize,
 }
 
-/// Tasks newest first (by creation time), optionally only those with `status`, paged by
+/// Tasks newest first (by creation time), only those whose status is one of `status` (all
+/// when empty; `completed` does not include `completed_with_warnings`), paged by
 /// `offset`/`limit` (limit capped at 500). Unreadable manifests are skipped.
 pub fn list(
     data: &DataDir,
-    status: Option<TaskStatus>,
+    status: &[TaskStatus],
     offset: usize,
     limit: usize,
 ) -> Result<TaskPage, TaskOpError> {
@@ -271,7 +272,7 @@ pub fn list(
         .task_ids()?
         .iter()
         .filter_map(|id| data.task(id).read_manifest().ok())
-        .filter(|m| status.is_none_or(|s| m.status == s))
+        .filter(|m| status.is_empty() || status.contains(&m.status))
         .collect();
     all.sort_by(|a, b| {
         b.created_at
@@ -304,10 +305,7 @@ pub async fn retry(
     if !matches!(old.status, TaskStatus::Failed | TaskStatus::Cancelled) {
         return Err(TaskOpError::Conflict(format!(
             "task {task_id} is {}; only failed or cancelled tasks can be retried",
-            serde_json::to_value(old.status)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default()
+            old.status.as_str()
         )));
     }
     if !producer.remove_task_jobs(task_id).await? {

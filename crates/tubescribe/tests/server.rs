@@ -1286,3 +1286,150 @@ async fn model_option_picks_the_task_and_unknown_models_are_refused() {
         tubescribe::model::ModelName::Base.sha256()
     );
 }
+
+/// A task that completed with warnings (its manifest written through the library as the
+/// transcribe stage leaves it, next to a plain completed one): REST, tRPC and `status`
+/// show status and warnings, the status filter tells the two apart (and lists both when
+/// asked with a comma), SSE `task.completed` carries status and warnings, and the page
+/// knows the status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completed_with_warnings_in_api_filter_sse_cli_and_page() {
+    use tubescribe::manifest::{Manifest, Source};
+    use tubescribe::stages::Stage;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (_srv, base) = serve(&data, &[]);
+    let dd = tubescribe::taskdir::DataDir::open(&data).unwrap();
+    let warning = "12.0 s of the 40.0 s of speech produced no text (coverage 70 %): 00:10–00:22";
+    for (id, warn) in [("file-plain", None), ("file-warned", Some(warning))] {
+        let path = format!("/media/{id}.wav");
+        let mut m = Manifest::new(id, &path, Source::File { path: path.clone() });
+        for s in Stage::ALL {
+            m.start_stage(s, 1);
+            if s == Stage::Transcribe {
+                m.set_warnings(s, warn.into_iter().map(str::to_string).collect());
+            }
+            m.complete_stage(s, vec![]);
+        }
+        assert!(dd.task(id).create(&m).unwrap());
+    }
+
+    // REST and tRPC: status and warnings.
+    let (s, m) = get_json(&format!("{base}/api/tasks/file-warned")).await;
+    assert_eq!(s, 200);
+    assert_eq!(m["status"], "completed_with_warnings");
+    assert_eq!(
+        m["warnings"],
+        json!([{"stage": "transcribe", "message": warning}])
+    );
+    let (_, plain) = get_json(&format!("{base}/api/tasks/file-plain")).await;
+    assert_eq!(plain["status"], "completed");
+    assert!(plain.get("warnings").is_none(), "{plain:#}");
+    let (_, body) = get_json(&trpc_query(
+        &base,
+        "tasks.get",
+        &json!({"taskId": "file-warned"}),
+    ))
+    .await;
+    assert_eq!(body["result"]["data"]["status"], "completed_with_warnings");
+    assert_eq!(body["result"]["data"]["warnings"][0]["message"], warning);
+
+    // The filter: each status alone, both with a comma, an unknown one refused.
+    let ids = |v: &Value| -> Vec<String> {
+        v["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["task_id"].as_str().unwrap().to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    };
+    for (q, want) in [
+        ("completed", vec!["file-plain"]),
+        ("completed_with_warnings", vec!["file-warned"]),
+        (
+            "completed,completed_with_warnings",
+            vec!["file-plain", "file-warned"],
+        ),
+        ("failed", vec![]),
+    ] {
+        let (s, v) = get_json(&format!("{base}/api/tasks?status={q}")).await;
+        assert_eq!(s, 200, "{q}: {v}");
+        assert_eq!(ids(&v), want, "{q}");
+        assert_eq!(v["total"], want.len(), "{q}");
+    }
+    let (_, body) = get_json(&trpc_query(
+        &base,
+        "tasks.list",
+        &json!({"status": "completed_with_warnings"}),
+    ))
+    .await;
+    assert_eq!(ids(&body["result"]["data"]), ["file-warned"]);
+    let (s, e) = get_json(&format!("{base}/api/tasks?status=completed,done")).await;
+    assert_eq!(s, 400);
+    assert!(
+        e["detail"]
+            .as_str()
+            .unwrap()
+            .contains("completed_with_warnings"),
+        "{e}"
+    );
+
+    // SSE: the summarize job's `completed` entry (as BullMQ writes it) becomes
+    // `task.completed` with the manifest's status and warnings.
+    let sock = data.join("redis/redis.sock");
+    for id in ["file-plain", "file-warned"] {
+        let st = Command::new("redis-cli")
+            .arg("-s")
+            .arg(&sock)
+            .args(["XADD", "bull:summarize:events", "*", "event", "completed"])
+            .args(["jobId", &format!("sum-{id}"), "returnvalue", "{}"])
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "{st:?}");
+    }
+    for (id, status, warnings) in [
+        ("file-plain", "completed", json!([])),
+        (
+            "file-warned",
+            "completed_with_warnings",
+            json!([{"stage": "transcribe", "message": warning}]),
+        ),
+    ] {
+        let url = format!("{base}/api/tasks/{id}/events");
+        let (evs, _) = sse(&url, None, Duration::from_secs(20), |e| {
+            e.name == "task.completed"
+        })
+        .await;
+        let d = &evs.last().unwrap().data;
+        assert_eq!(d["taskId"], id);
+        assert_eq!(d["status"], status, "{d}");
+        assert_eq!(d["warnings"], warnings, "{d}");
+    }
+
+    // The client's `status`: ⚠, the status and the sentence; exit code 0.
+    let run = cli(&data, &["status", "--server", &base, "file-warned"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout
+            .contains("file-warned  ⚠ completed_with_warnings"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains(&format!("warning: {warning}")),
+        "{}",
+        run.stdout
+    );
+
+    // The page: a badge for the status, the outputs offered, warnings shown as text.
+    let (_, _, html) = get(&format!("{base}/")).await;
+    for needle in [
+        ".badge.completed_with_warnings",
+        "m.status === \"completed_with_warnings\"",
+        "m.warnings.map((w) => el(\"p\", { class: \"warning\", text:",
+    ] {
+        assert!(html.contains(needle), "page lacks {needle:?}");
+    }
+}

@@ -225,7 +225,10 @@ pub struct TaskIdInput {
 /// `tasks.list` / `GET /api/tasks` input.
 #[derive(Debug, Default, Deserialize)]
 pub struct ListInput {
-    /// Only tasks with this status (`queued`, `running`, `completed`, `failed`, `cancelled`).
+    /// Only tasks with this status (`queued`, `running`, `completed`,
+    /// `completed_with_warnings`, `failed`, `cancelled`), or with any of several separated by
+    /// commas (`completed,completed_with_warnings` = every completed task). `completed` alone
+    /// does not match `completed_with_warnings`.
     pub status: Option<String>,
     /// Page size (default 50, at most 500).
     pub limit: Option<usize>,
@@ -297,23 +300,29 @@ pub fn get(st: &Shared, id: &str) -> Result<Manifest, ApiError> {
 
 /// A page of tasks.
 pub fn list(st: &Shared, input: ListInput) -> Result<TaskPage, ApiError> {
-    let status = match input.status.as_deref().filter(|s| !s.is_empty()) {
-        None => None,
-        Some(s) => Some(
+    let status = input
+        .status
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
             serde_json::from_value::<TaskStatus>(serde_json::json!(s)).map_err(|_| {
                 ApiError::bad_request(format!(
-                    "unknown status {s:?}; use queued, running, completed, failed or cancelled"
+                    "unknown status {s:?}; use queued, running, completed, \
+                     completed_with_warnings, failed or cancelled (several separated by commas)"
                 ))
-            })?,
-        ),
-    };
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let limit = input.limit.unwrap_or(50);
     if limit == 0 || limit > 500 {
         return Err(ApiError::bad_request("limit must be between 1 and 500"));
     }
     Ok(tasks::list(
         &st.data,
-        status,
+        &status,
         input.offset.unwrap_or(0),
         limit,
     )?)

@@ -104,13 +104,7 @@ pub async fn file(
                 TaskStatus::Completed | TaskStatus::CompletedWithWarnings => {
                     "it was not produced".to_string()
                 }
-                s => format!(
-                    "the task is {}",
-                    serde_json::to_value(s)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default()
-                ),
+                s => format!("the task is {}", s.as_str()),
             };
             Err(ApiError::not_found(format!(
                 "{name} of task {id} is not available: {why}"
