@@ -532,7 +532,7 @@ impl AsrModel {
             if part.segments.iter().all(|s| is_stock_phrase(&s.text)) {
                 continue;
             }
-            let found = retried_segments(part.segments, wa, (a, b), span_id);
+            let found = retried_segments(part.segments, wa, (a, b));
             if !found.is_empty() {
                 out.coverage.recovered += 1;
                 segments.extend(found);
@@ -763,9 +763,8 @@ fn place_segments(segs: Vec<Segment>, pieces: &[Piece], spans: &[(usize, usize)]
     let mut out: Vec<Segment> = Vec::new();
     for seg in segs {
         if seg.words.is_empty() {
-            let (start_ms, span) = to_file(seg.start_ms, true, pieces, spans);
+            let (start_ms, _) = to_file(seg.start_ms, true, pieces, spans);
             let (end_ms, _) = to_file(seg.end_ms, false, pieces, spans);
-            let _ = span;
             out.push(Segment {
                 start_ms,
                 end_ms: end_ms.max(start_ms),
@@ -773,7 +772,6 @@ fn place_segments(segs: Vec<Segment>, pieces: &[Piece], spans: &[(usize, usize)]
             });
             continue;
         }
-        let n_words = seg.words.len();
         let mut groups: Vec<(usize, Vec<Word>)> = Vec::new();
         for w in seg.words {
             let (mut start_ms, mut span) = to_file(w.start_ms, true, pieces, spans);
@@ -812,7 +810,6 @@ fn place_segments(segs: Vec<Segment>, pieces: &[Piece], spans: &[(usize, usize)]
             };
             out.push(segment_of(text, words));
         }
-        debug_assert!(n_words > 0);
     }
     out
 }
@@ -898,12 +895,7 @@ fn uncovered(spans: &[(usize, usize)], segments: &[Segment]) -> Vec<(usize, usiz
 /// Segments from decoding a hole again on its own: times offset from the window start `wa`
 /// (samples), words kept only where their middle lies in the hole `[a, b)` (the window's
 /// margins were already covered).
-fn retried_segments(
-    segs: Vec<Segment>,
-    wa: usize,
-    (a, b): (usize, usize),
-    _span: usize,
-) -> Vec<Segment> {
+fn retried_segments(segs: Vec<Segment>, wa: usize, (a, b): (usize, usize)) -> Vec<Segment> {
     let off = samples_to_ms(wa);
     let (a_ms, b_ms) = (samples_to_ms(a), samples_to_ms(b));
     let mut out = Vec::new();

@@ -57,6 +57,8 @@ use crate::transcript::{Coverage, Segment, Transcript};
 
 /// BullMQ job name of segment jobs in the transcribe queue.
 pub const SEGMENT_JOB: &str = "segment";
+/// BullMQ attempts of one segment job.
+const SEGMENT_JOB_ATTEMPTS: u32 = 2;
 /// Share of the transcribe stage's progress taken by decoding, in percent.
 const DECODE_SHARE: f64 = 10.0;
 /// Analysis frame for silence detection: 20 ms at 16 kHz.
@@ -244,7 +246,7 @@ pub fn segment_flow(task_id: &str, bounds_ms: &[u64]) -> Result<FlowJob, bullmq:
         let mut opts = JobOptions::new()
             .job_id(segment_job_id(task_id, i))
             .priority(schedule::priority(audio_s, 0.0, 0.0))
-            .attempts(2)
+            .attempts(SEGMENT_JOB_ATTEMPTS)
             .backoff(BackoffStrategy::Exponential(2_000))
             .fail_parent_on_failure();
         if i + 1 == count {
@@ -586,12 +588,46 @@ pub async fn process_segment_job(
         SegEnd::Delayed => Err(bullmq::Error::Delayed),
         SegEnd::Failed(e) => {
             tracing::warn!(job = %job.id(), error = %e.message, "segment failed");
+            // The last failure of a segment fails its parent job inside Redis (BullMQ's
+            // fail-parent-on-failure), where no stage code runs: the task's record says so here.
+            let final_attempt =
+                !e.is_retryable() || job.attempts_made() + 1 >= SEGMENT_JOB_ATTEMPTS;
+            if final_attempt && e.message != "cancelled" {
+                record_final_failure(&ctx, &job, &e);
+            }
             Err(if e.is_retryable() {
                 bullmq::Error::ProcessingError(e.message)
             } else {
                 bullmq::Error::Unrecoverable(e.message)
             })
         }
+    }
+}
+
+/// Fails the transcribe stage (and so the task) in the manifest after a segment job's last
+/// failure, unless the run was superseded by a newer attempt.
+fn record_final_failure(ctx: &StageCtx, job: &Job, e: &StageError) {
+    let Ok(d) = serde_json::from_value::<SegmentData>(job.data().clone()) else {
+        return;
+    };
+    let attempt = u64::from(job.attempts_started().max(job.attempts_made() + 1));
+    let task = ctx.data.task(&d.task_id);
+    let message = format!(
+        "{} (segment {} of {}, {}–{})",
+        e.message,
+        d.index + 1,
+        d.count,
+        crate::transcript::format_clock(d.start_ms),
+        crate::transcript::format_clock(d.end_ms),
+    );
+    let r = task.modify_manifest(|m| {
+        segment_attempt_of(m, d.index) == Some(attempt) && {
+            m.fail_stage(Stage::Transcribe, &message, e.is_retryable(), true);
+            true
+        }
+    });
+    if let Err(err) = r {
+        tracing::warn!(job = %job.id(), error = %err, "could not record the segment failure");
     }
 }
 

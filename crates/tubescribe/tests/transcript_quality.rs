@@ -135,7 +135,10 @@ fn product(path: &Path) -> WavTranscription {
 /// whisper.cpp on the whole PCM in one call, as whisper-rs users call it.
 fn engine(pcm: &[f32]) -> Vec<Segment> {
     let (p, a) = flags();
-    model_once().transcribe(pcm, &opts(), p, a).unwrap().segments
+    model_once()
+        .transcribe(pcm, &opts(), p, a)
+        .unwrap()
+        .segments
 }
 
 fn text(segs: &[Segment]) -> String {
@@ -225,10 +228,7 @@ fn hundred_seconds_keep_punctuation_and_the_engines_wer() {
         word_error_rate(&reference, &text(&ours.segments)),
         word_error_rate(&reference, &text(&theirs)),
     );
-    let (p_ours, p_engine) = (
-        punctuated_share(&ours.segments),
-        punctuated_share(&theirs),
-    );
+    let (p_ours, p_engine) = (punctuated_share(&ours.segments), punctuated_share(&theirs));
     eprintln!(
         "{secs:.1} s: product {} segments, {:.0} % punctuated, WER {:.2} %; \
          engine {} segments, {:.0} % punctuated, WER {:.2} %",
@@ -362,8 +362,7 @@ fn announcements_survive_long_audio_split_or_not() {
         assert_eq!(m["status"], "completed", "{m}");
         assert!(d["coverage"].as_f64().unwrap() >= 0.9, "{d}");
         let t: Transcript = serde_json::from_str(
-            &std::fs::read_to_string(data.join("tasks").join(id).join("transcript.json"))
-                .unwrap(),
+            &std::fs::read_to_string(data.join("tasks").join(id).join("transcript.json")).unwrap(),
         )
         .unwrap();
         let what = format!("segment_s {segment_s}");
@@ -402,11 +401,7 @@ fn every_cue_of_a_five_minute_talk_obeys_the_rules() {
     for (i, c) in cues.iter().enumerate() {
         let next = cues.get(i + 1).map(|n| n.start_ms);
         assert!(c.lines.len() <= 2, "{c:?}");
-        long_lines += c
-            .lines
-            .iter()
-            .filter(|l| l.chars().count() > 42)
-            .count();
+        long_lines += c.lines.iter().filter(|l| l.chars().count() > 42).count();
         too_long += usize::from(c.end_ms - c.start_ms > 7000);
         if let Some(n) = next {
             assert!(c.end_ms <= n, "overlap: {c:?} then {n}");
