@@ -22,9 +22,11 @@
 //!   under 1 s), timestamps are mapped back to the original timeline, and repeated-phrase
 //!   loops are cut ([`cut_repetition_loops`]). Silence or faint noise gives no segments at all.
 //! * English-only models cannot detect a language, so non-English speech on them is
-//!   recognised by the model's own "(speaking in foreign language)" tag or by an improbable
-//!   decode ([`foreign_speech`]) and refused with [`AsrError::UnsupportedLanguage`] instead
-//!   of emitting English nonsense.
+//!   refused with [`AsrError::UnsupportedLanguage`] instead of emitting English nonsense:
+//!   by a multilingual model's language identification of the first [`LANGUAGE_ID_SPEECH_S`]
+//!   seconds of speech when one is attached ([`AsrModel::with_language_id`],
+//!   [`LanguageId::verdict`]), otherwise (or when it is unsure) by the model's own
+//!   "(speaking in foreign language)" tag or an improbable decode ([`foreign_speech`]).
 //! * Threads: whisper.cpp's thread pool busy-waits, so the sum of `threads` over concurrent
 //!   jobs must not exceed the physical cores (asr.md §2.2: 2 threads next to one busy process
 //!   ran ~3× slower than 1 thread).
@@ -68,6 +70,13 @@ pub enum AsrError {
         model: String,
         /// What gave it away, e.g. `the model marked it "(speaking in foreign language)"`.
         reason: String,
+    },
+    /// [`AsrModel::identify_language`] was asked of an English-only model, which has no
+    /// language tokens to score.
+    #[error("the model {model} is English-only, so it cannot identify languages; language identification needs a multilingual model such as base")]
+    NotMultilingual {
+        /// The model's name, e.g. `tiny.en`.
+        model: String,
     },
     /// The PCM buffer is empty.
     #[error("no audio samples to transcribe")]
@@ -180,6 +189,96 @@ pub struct WavTranscription {
     pub dropped_stock: Vec<String>,
     /// Speech found by the gate and how much of it got text.
     pub coverage: Coverage,
+    /// The language identification run for the language guard (English-only model with a
+    /// multilingual one attached, no language forced); `None` when none ran.
+    pub language_id: Option<LanguageId>,
+    /// True when stock-only output was kept because separate utterances each said the
+    /// phrase ([`AsrModel::said_apart`]).
+    pub stock_confirmed: bool,
+}
+
+/// Whisper's language identification of a stretch of speech ([`AsrModel::identify_language`]):
+/// the most probable language and the probabilities of it and of English, from
+/// whisper.cpp's `whisper_lang_auto_detect` (softmax over the language tokens after one
+/// encoder pass). Recorded in the manifest's transcribe detail as `language_id`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LanguageId {
+    /// The multilingual model that listened, e.g. `base`.
+    pub model: String,
+    /// The most probable language (ISO 639-1, e.g. `de`).
+    pub language: String,
+    /// Its probability (0–1).
+    pub p: f32,
+    /// The probability of English (0–1).
+    pub p_en: f32,
+    /// Milliseconds of audio it heard (gate spans and their joins, at most
+    /// [`LANGUAGE_ID_SPEECH_S`] s of speech).
+    pub speech_ms: u64,
+}
+
+/// What a [`LanguageId`] says about English.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LanguageVerdict {
+    /// English is the most probable language: text statistics must not refuse the speech.
+    English,
+    /// Confidently another language: refuse it on an English-only model.
+    Foreign,
+    /// Neither: the text rules ([`foreign_speech`]) decide.
+    Unsure,
+}
+
+/// Seconds of speech (from the start, gate spans only) a multilingual model hears to
+/// identify the language: whisper's window is 30 s, and one encoder pass of base on it
+/// costs about as much as decoding 2–3 s of audio with tiny.en.
+pub const LANGUAGE_ID_SPEECH_S: usize = 30;
+/// [`LanguageVerdict::Foreign`] needs the top (non-English) language at least this probable …
+pub const LANGUAGE_ID_MIN_P: f32 = 0.5;
+/// … and English less probable than this. Measured with base (issue 11): English clips give
+/// p(en) ≥ 0.9, German, Spanish, French and Mandarin p(en) ≤ 0.05.
+pub const LANGUAGE_ID_MAX_P_EN: f32 = 0.2;
+
+impl LanguageId {
+    /// The decision rule: [`LanguageVerdict::Foreign`] when the top language is not English
+    /// with p ≥ [`LANGUAGE_ID_MIN_P`] and p(en) < [`LANGUAGE_ID_MAX_P_EN`];
+    /// [`LanguageVerdict::English`] when English is the top language; otherwise
+    /// [`LanguageVerdict::Unsure`].
+    pub fn verdict(&self) -> LanguageVerdict {
+        if self.language == "en" {
+            LanguageVerdict::English
+        } else if self.p >= LANGUAGE_ID_MIN_P && self.p_en < LANGUAGE_ID_MAX_P_EN {
+            LanguageVerdict::Foreign
+        } else {
+            LanguageVerdict::Unsure
+        }
+    }
+
+    /// The refusal reason for [`AsrError::UnsupportedLanguage`] when the verdict is
+    /// [`LanguageVerdict::Foreign`], naming the language, e.g. `the base model identified
+    /// German (de, p = 0.97; English p = 0.01) in the first 12.3 s of speech`.
+    pub fn refusal(&self) -> Option<String> {
+        (self.verdict() == LanguageVerdict::Foreign).then(|| {
+            let full = whisper_rs::get_lang_id(&self.language)
+                .and_then(whisper_rs::get_lang_str_full)
+                .map_or_else(|| self.language.clone(), capitalised);
+            format!(
+                "the {} model identified {full} ({}, p = {:.2}; English p = {:.2}) in the \
+                 first {:.1} s of speech",
+                self.model,
+                self.language,
+                self.p,
+                self.p_en,
+                self.speech_ms as f64 / 1000.0
+            )
+        })
+    }
+}
+
+/// `german` → `German`.
+fn capitalised(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
 }
 
 /// A loaded whisper.cpp model, shared between jobs. Cloning is cheap.
@@ -188,6 +287,8 @@ pub struct AsrModel {
     ctx: Arc<WhisperContext>,
     name: String,
     multilingual: bool,
+    /// Multilingual model used for the language guard ([`AsrModel::with_language_id`]).
+    language_id: Option<Arc<AsrModel>>,
 }
 
 impl std::fmt::Debug for AsrModel {
@@ -195,6 +296,7 @@ impl std::fmt::Debug for AsrModel {
         f.debug_struct("AsrModel")
             .field("name", &self.name)
             .field("multilingual", &self.multilingual)
+            .field("language_id", &self.language_id.as_ref().map(|m| m.name()))
             .finish()
     }
 }
@@ -247,6 +349,63 @@ impl AsrModel {
             ctx: Arc::new(ctx),
             name,
             multilingual,
+            language_id: None,
+        })
+    }
+
+    /// This model with `lid` attached for the language guard: when this model is
+    /// English-only and no language is forced, [`AsrModel::transcribe_wav_range`] first has
+    /// `lid` identify the language of the first [`LANGUAGE_ID_SPEECH_S`] s of speech and
+    /// refuses confidently non-English speech before decoding anything. `lid` must be
+    /// multilingual; an English-only one is ignored.
+    pub fn with_language_id(&self, lid: Arc<AsrModel>) -> AsrModel {
+        AsrModel {
+            language_id: lid.multilingual.then_some(lid),
+            ..self.clone()
+        }
+    }
+
+    /// The multilingual model attached with [`AsrModel::with_language_id`].
+    pub fn language_id_model(&self) -> Option<&AsrModel> {
+        self.language_id.as_deref()
+    }
+
+    /// Identifies the language of `pcm` (16 kHz mono f32; the first 30 s count): one mel
+    /// spectrogram, one encoder pass and one decoder step (`whisper_pcm_to_mel` +
+    /// `whisper_lang_auto_detect`), cheaper than a `full` run with language detection and
+    /// giving every language's probability. Blocks (≈0.5–2 s for base on 1–2 threads).
+    ///
+    /// # Errors
+    /// [`AsrError::NotMultilingual`] on an English-only model; [`AsrError::NoAudio`]; [`AsrError::State`] / [`AsrError::Transcription`]
+    /// from whisper.cpp.
+    pub fn identify_language(&self, pcm: &[f32], threads: usize) -> Result<LanguageId, AsrError> {
+        if !self.multilingual {
+            return Err(AsrError::NotMultilingual {
+                model: self.name.clone(),
+            });
+        }
+        if pcm.is_empty() {
+            return Err(AsrError::NoAudio);
+        }
+        let threads = threads.max(1);
+        let mut state = self
+            .ctx
+            .create_state()
+            .map_err(|e| AsrError::State(e.to_string()))?;
+        state
+            .pcm_to_mel(pcm, threads)
+            .map_err(|e| AsrError::Transcription(format!("mel spectrogram: {e}")))?;
+        let (top, probs) = state
+            .lang_detect(0, threads)
+            .map_err(|e| AsrError::Transcription(format!("language identification: {e}")))?;
+        let p_of = |id: i32| probs.get(id as usize).copied().unwrap_or(0.0);
+        let en = whisper_rs::get_lang_id("en").unwrap_or(0);
+        Ok(LanguageId {
+            model: self.name.clone(),
+            language: whisper_rs::get_lang_str(top).unwrap_or("?").to_string(),
+            p: p_of(top),
+            p_en: p_of(en),
+            speech_ms: samples_to_ms(pcm.len()),
         })
     }
 
@@ -466,12 +625,19 @@ impl AsrModel {
                 speech_ms: samples_to_ms(speech_samples),
                 ..Coverage::default()
             },
+            language_id: None,
+            stock_confirmed: false,
         };
+        let guard = !self.multilingual && opts.language.is_none();
+        if let Some(lid) = self.language_id.as_deref().filter(|_| guard) {
+            out.language_id = self.guard_language(lid, &mut wav, &spans, opts.threads, &abort)?;
+        }
         // Pass 2: one whisper run per chunk.
         let mut done = 0usize;
         let mut lang_weight: Vec<(String, usize)> = Vec::new();
         let (mut tokens, mut sum_p) = (0usize, 0f64);
         let mut segments: Vec<Segment> = Vec::new();
+        let mut stock_is_speech = false;
         for chunk in &chunks {
             let (pcm, pieces) = assemble_chunk(&mut wav, chunk, &spans)?;
             let len: usize = chunk.iter().map(|s| s.1 - s.0).sum();
@@ -481,10 +647,16 @@ impl AsrModel {
                 self.transcribe_part(&pcm, opts, progress.clone(), abort.clone(), (base, span))?;
             done += len;
             out.dropped_tags.append(&mut part.dropped_tags);
-            // A chunk whose whole output is YouTube boilerplate was not heard, it was invented.
+            // A chunk whose whole output is YouTube boilerplate was not heard, it was invented
+            // — unless separate speech spans each say it on their own ([`AsrModel::said_apart`]).
             if !part.segments.is_empty() && part.segments.iter().all(|s| is_stock_phrase(&s.text)) {
-                out.dropped_stock
-                    .extend(part.segments.drain(..).map(|s| s.text));
+                if stock_is_speech || self.said_apart(&mut wav, chunk, &spans, opts, &abort)? {
+                    stock_is_speech = true;
+                    out.stock_confirmed = true;
+                } else {
+                    out.dropped_stock
+                        .extend(part.segments.drain(..).map(|s| s.text));
+                }
             }
             if let Some(p) = part.mean_token_p {
                 tokens += part.text_tokens;
@@ -529,7 +701,7 @@ impl AsrModel {
                 (0.0, 0.0),
             )?;
             out.coverage.retried += 1;
-            if part.segments.iter().all(|s| is_stock_phrase(&s.text)) {
+            if !stock_is_speech && part.segments.iter().all(|s| is_stock_phrase(&s.text)) {
                 continue;
             }
             let found = retried_segments(part.segments, wa, (a, b));
@@ -569,10 +741,21 @@ impl AsrModel {
             .split(|c: char| c.is_whitespace() || c == '-')
             .filter(|w| w.chars().any(char::is_alphanumeric))
             .count();
+        // A multilingual model heard English: the text statistics of a tiny English-only
+        // decode (stock phrases, few function words) must not overrule it.
+        let english = out
+            .language_id
+            .as_ref()
+            .is_some_and(|id| id.verdict() == LanguageVerdict::English);
+        let no_stock: &[String] = &[];
         match foreign_speech(
             &out.dropped_tags,
-            &out.dropped_stock,
-            function_word_ratio(&all_text),
+            if english {
+                no_stock
+            } else {
+                &out.dropped_stock
+            },
+            function_word_ratio(&all_text).filter(|_| !english),
             words,
             out.coverage.speech_ms,
             tokens,
@@ -586,6 +769,111 @@ impl AsrModel {
         }
     }
 }
+
+impl AsrModel {
+    /// The language guard's identification: `lid` listens to the first
+    /// [`LANGUAGE_ID_SPEECH_S`] s of the gate's `spans` (assembled like a chunk, joins of
+    /// real pause audio, leading silence left out). Returns `None` without speech.
+    ///
+    /// # Errors
+    /// [`AsrError::UnsupportedLanguage`] for a [`LanguageVerdict::Foreign`] verdict;
+    /// [`AsrError::Aborted`]; the errors of [`AsrModel::identify_language`].
+    fn guard_language(
+        &self,
+        lid: &AsrModel,
+        wav: &mut WavSource,
+        spans: &[(usize, usize)],
+        threads: usize,
+        abort: &AtomicBool,
+    ) -> Result<Option<LanguageId>, AsrError> {
+        if abort.load(Ordering::Relaxed) {
+            return Err(AsrError::Aborted);
+        }
+        let budget = LANGUAGE_ID_SPEECH_S * SAMPLE_RATE as usize;
+        let mut head: Vec<(usize, usize)> = Vec::new();
+        let mut len = 0;
+        for &(a, b) in spans {
+            if len >= budget {
+                break;
+            }
+            let b = b.min(a + (budget - len));
+            head.push((a, b));
+            len += b - a;
+        }
+        if head.is_empty() {
+            return Ok(None);
+        }
+        let (pcm, _) = assemble_chunk(wav, &head, spans)?;
+        let id = lid.identify_language(&pcm, threads)?;
+        if let Some(reason) = id.refusal() {
+            return Err(AsrError::UnsupportedLanguage {
+                model: self.name.clone(),
+                reason,
+            });
+        }
+        Ok(Some(id))
+    }
+
+    /// True when a chunk whose whole output was stock phrases is real speech: at least
+    /// [`MIN_STOCK_SPANS`] of its speech ranges (first, last and evenly between), each
+    /// decoded on its own without a prompt, give a stock phrase, the same words every time.
+    /// Whisper invents boilerplate for a window it cannot understand; a phrase that separate
+    /// pause-delimited utterances each produce independently was said (issue 11: "Thank you
+    /// for watching." said 25 times with 1–2 s pauses became one phrase for the whole 49 s
+    /// chunk, but each utterance alone decodes to it). Costs [`MIN_STOCK_SPANS`] short
+    /// decodes, only for stock-only chunks.
+    ///
+    /// # Errors
+    /// The errors of [`AsrModel::transcribe`].
+    fn said_apart(
+        &self,
+        wav: &mut WavSource,
+        chunk: &[(usize, usize)],
+        spans: &[(usize, usize)],
+        opts: &TranscribeOptions,
+        abort: &Arc<AtomicBool>,
+    ) -> Result<bool, AsrError> {
+        let n = chunk.len();
+        if n < MIN_STOCK_SPANS {
+            return Ok(false);
+        }
+        let opts = TranscribeOptions {
+            initial_prompt: None,
+            ..opts.clone()
+        };
+        let mut phrase: Option<Vec<String>> = None;
+        for k in 0..MIN_STOCK_SPANS {
+            let range = chunk[k * (n - 1) / (MIN_STOCK_SPANS - 1)];
+            let (pcm, _) = assemble_chunk(wav, &[range], spans)?;
+            let part = self.transcribe_part(
+                &pcm,
+                &opts,
+                Arc::new(AtomicU8::new(0)),
+                abort.clone(),
+                (0.0, 0.0),
+            )?;
+            let text = part
+                .segments
+                .iter()
+                .map(|s| s.text.as_str())
+                .collect::<Vec<_>>()
+                .join(" ");
+            if text.is_empty() || !is_stock_phrase(&text) {
+                return Ok(false);
+            }
+            let words = norm_words(&text);
+            if phrase.as_ref().is_some_and(|p| *p != words) {
+                return Ok(false);
+            }
+            phrase = Some(words);
+        }
+        Ok(true)
+    }
+}
+
+/// Separate speech ranges that must each decode, on their own, to the same stock phrase for
+/// a stock-only chunk to be kept ([`AsrModel::said_apart`]).
+pub const MIN_STOCK_SPANS: usize = 3;
 
 /// Milliseconds of `n` samples at [`SAMPLE_RATE`].
 fn samples_to_ms(n: usize) -> u64 {
@@ -1719,5 +2007,48 @@ mod tests {
             ..Default::default()
         };
         assert!(m.transcribe(&[0.0; 16_000], &opts, p(), a()).is_err());
+    }
+
+    /// The language guard's decision rule on measured identifications (base on the first
+    /// 30 s of gated speech, issue 11) and on the edges of the thresholds.
+    #[test]
+    fn language_id_verdict_rule() {
+        let id = |language: &str, p: f32, p_en: f32| LanguageId {
+            model: "base".into(),
+            language: language.into(),
+            p,
+            p_en,
+            speech_ms: 5800,
+        };
+        use LanguageVerdict::*;
+        // Measured: espeak-ng German, Mandarin (AISHELL), jfk.wav, "Thank you for watching." ×25.
+        assert_eq!(id("de", 0.94, 0.03).verdict(), Foreign);
+        assert_eq!(id("zh", 1.00, 0.00).verdict(), Foreign);
+        assert_eq!(id("en", 0.96, 0.96).verdict(), English);
+        assert_eq!(id("en", 0.57, 0.57).verdict(), English);
+        // Thresholds: p ≥ 0.5 and p(en) < 0.2 for a refusal; anything else is left to the text.
+        assert_eq!(id("de", 0.5, 0.19).verdict(), Foreign);
+        assert_eq!(id("de", 0.49, 0.1).verdict(), Unsure);
+        assert_eq!(id("de", 0.6, 0.2).verdict(), Unsure);
+        assert_eq!(id("en", 0.3, 0.3).verdict(), English);
+        let why = id("de", 0.94, 0.03).refusal().unwrap();
+        assert_eq!(
+            why,
+            "the base model identified German (de, p = 0.94; English p = 0.03) in the first \
+             5.8 s of speech"
+        );
+        assert_eq!(id("en", 0.96, 0.96).refusal(), None);
+        assert_eq!(id("nl", 0.4, 0.3).refusal(), None);
+    }
+
+    /// `identify_language` needs a multilingual model: tiny.en says so instead of guessing.
+    #[test]
+    fn language_id_needs_a_multilingual_model() {
+        let err = model().identify_language(&jfk(), 1).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("the model tiny.en is English-only, so it cannot identify languages"),
+            "{err}"
+        );
     }
 }

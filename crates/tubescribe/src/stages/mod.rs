@@ -229,6 +229,9 @@ pub struct StageCtx {
     /// The data directory.
     pub data: DataDir,
     models: LoadedModels,
+    /// The multilingual model for the language guard, looked up and loaded once
+    /// ([`StageCtx::language_id_model`]).
+    language_id: OnceCell<Option<Arc<AsrModel>>>,
 }
 
 impl StageCtx {
@@ -238,6 +241,7 @@ impl StageCtx {
             cfg,
             data,
             models: LoadedModels::default(),
+            language_id: OnceCell::new(),
         }
     }
 
@@ -252,7 +256,53 @@ impl StageCtx {
     /// the configured model, `<models dir>/<installable name's file>` or the submitter's
     /// path, whichever has the recorded SHA-256 ([`crate::model::model_sha256`], hashed once
     /// per file). Errors are permanent: no such file here means the model must be installed.
+    ///
+    /// An English-only model comes back with the language guard's multilingual model
+    /// attached ([`AsrModel::with_language_id`], [`StageCtx::language_id_model`]) unless a
+    /// language is configured.
     pub async fn task_asr(&self, task: &TaskDir) -> Result<Arc<AsrModel>, StageError> {
+        let model = self.task_model(task).await?;
+        if model.is_multilingual() || self.cfg.language.is_some() {
+            return Ok(model);
+        }
+        Ok(match self.language_id_model().await {
+            Some(lid) => Arc::new(model.with_language_id(lid)),
+            None => model,
+        })
+    }
+
+    /// A multilingual model installed here (the first of [`crate::model::installed`] that is
+    /// not English-only: `base` next to the configured model or in the models directory),
+    /// loaded once per process and shared with transcription; `None` when there is none or
+    /// it does not load (then the language guard uses the text rules only; logged).
+    pub async fn language_id_model(&self) -> Option<Arc<AsrModel>> {
+        self.language_id
+            .get_or_init(|| async {
+                let installed =
+                    crate::model::installed(&self.cfg.model, &self.data.models_dir());
+                for (name, path) in installed {
+                    if name.ends_with(".en") || path == self.cfg.model {
+                        continue;
+                    }
+                    match self.asr_at(&path).await {
+                        Ok(m) if m.is_multilingual() => {
+                            tracing::info!(model = %name, "language guard uses this multilingual model");
+                            return Some(m);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(model = %name, "language guard cannot use this model: {e}")
+                        }
+                    }
+                }
+                None
+            })
+            .await
+            .clone()
+    }
+
+    /// [`StageCtx::task_asr`] without the language guard's model.
+    async fn task_model(&self, task: &TaskDir) -> Result<Arc<AsrModel>, StageError> {
         let Some(want) = task.read_manifest()?.model else {
             return self.asr().await;
         };

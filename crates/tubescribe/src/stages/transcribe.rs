@@ -153,6 +153,8 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
         "repetition_cut": out_stats.loops_cut > 0,
         "dropped_tags": out_stats.dropped_tags,
         "dropped_stock_phrases": out_stats.dropped_stock,
+        "stock_phrases_confirmed": out_stats.stock_confirmed,
+        "language_id": out_stats.language_id,
     });
     let coverage = &out_stats.coverage;
     let warning = coverage.warning(ctx.cfg.min_coverage);
