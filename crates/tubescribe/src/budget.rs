@@ -361,16 +361,17 @@ mod tests {
 
     #[test]
     fn probe_sees_an_allocation() {
-        // RSS is the whole test process's: other tests may free memory meanwhile, so the
-        // allocation is large and the bound leaves 64 MB for that.
+        // RSS is the whole test process's: other tests (loading and dropping whisper models
+        // and states of 100–300 MB) may free memory meanwhile, so the allocation is large and
+        // the bound leaves 256 MB for that.
         let p = RssProbe::start();
-        let v = vec![1u8; 256 * MB as usize];
+        let v = vec![1u8; 768 * MB as usize];
         std::thread::sleep(Duration::from_millis(80));
         let r = p.finish();
-        assert_eq!(v.iter().map(|&b| b as u64).sum::<u64>(), 256 * MB);
-        assert!(r.peak_bytes >= r.baseline_bytes + 192 * MB, "{r:?}");
-        assert!(r.delta_bytes >= 192 * MB, "{r:?}");
-        assert!(r.delta_bytes < 1024 * MB, "{r:?}");
+        assert_eq!(v.iter().map(|&b| b as u64).sum::<u64>(), 768 * MB);
+        assert!(r.peak_bytes >= r.baseline_bytes + 512 * MB, "{r:?}");
+        assert!(r.delta_bytes >= 512 * MB, "{r:?}");
+        assert!(r.delta_bytes < 2048 * MB, "{r:?}");
     }
 
     #[test]

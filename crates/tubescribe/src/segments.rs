@@ -198,27 +198,22 @@ pub fn find_cuts(pcm: &[f32], segment_s: f64) -> Vec<usize> {
 
 /// Joins per-segment transcripts (timestamps already absolute) into one sequence: starts are
 /// non-decreasing and never before the previous end (times are clamped forward), ends are
-/// clamped to their segment's end, and a segment whose first text repeats the previous
-/// segment's last text (whisper echoing its prompt) is dropped.
+/// clamped to their segment job's end, and words are kept inside their segment. No text is
+/// dropped: segment jobs get no prompt, so nothing is echoed at a cut.
 pub fn merge(parts: &[(u64, Vec<Segment>)]) -> Vec<Segment> {
     let mut out: Vec<Segment> = Vec::new();
     for (part_end, segs) in parts {
-        let mut first = true;
         for s in segs {
             let mut s = s.clone();
-            if first {
-                first = false;
-                if let Some(prev) = out.last() {
-                    if !s.text.trim().is_empty()
-                        && asr::norm_words(&prev.text) == asr::norm_words(&s.text)
-                    {
-                        continue;
-                    }
-                }
-            }
             let floor = out.last().map(|p| p.end_ms).unwrap_or(0);
             s.start_ms = s.start_ms.max(floor);
             s.end_ms = s.end_ms.min(*part_end).max(s.start_ms);
+            let mut at = s.start_ms;
+            for w in &mut s.words {
+                w.start_ms = w.start_ms.clamp(at, s.end_ms);
+                w.end_ms = w.end_ms.clamp(w.start_ms, s.end_ms);
+                at = w.start_ms;
+            }
             out.push(s);
         }
     }
@@ -825,17 +820,9 @@ async fn segment_run(
     let audio_s = (d.end_ms - d.start_ms) as f64 / 1000.0;
     let rtf = if audio_s > 0.0 { wall / audio_s } else { 0.0 };
     crate::budget::after_job(ctx, &task, &d.task_id, job.id(), rtf, &rss).await;
-    let segments: Vec<Segment> = out
-        .segments
-        .into_iter()
-        .map(|s| Segment {
-            start_ms: s.start_ms,
-            end_ms: s.end_ms,
-            text: s.text,
-            words: Vec::new(),
-        })
-        .collect();
+    let segments = out.segments;
     let model_name = model.name().to_string();
+    let language_id = out.language_id.clone();
     // Fenced: a run superseded meanwhile records nothing.
     let recorded = task.modify_manifest(|m| {
         is_current(m) && {
@@ -846,6 +833,11 @@ async fn segment_run(
                 .insert("threads".into(), serde_json::json!(threads));
             r.detail
                 .insert("segments_done".into(), serde_json::json!(d.index + 1));
+            // The language guard of the first segment judged the task's first speech.
+            if d.index == 0 {
+                r.detail
+                    .insert("language_id".into(), serde_json::json!(language_id));
+            }
             true
         }
     })?;
@@ -868,6 +860,7 @@ async fn segment_run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transcript::Word;
 
     fn seg(a: u64, b: u64, t: &str) -> Segment {
         Segment {
@@ -912,12 +905,24 @@ mod tests {
     }
 
     #[test]
-    fn merge_is_monotonic_and_drops_an_echoed_prompt() {
+    fn merge_is_monotonic_keeps_every_line_and_words_inside() {
+        let mut late = seg(4_000, 10_400, "three four");
+        late.words = vec![
+            Word {
+                start_ms: 4_000,
+                end_ms: 5_000,
+                text: "three".into(),
+                p: 0.9,
+            },
+            Word {
+                start_ms: 9_900,
+                end_ms: 10_400,
+                text: "four".into(),
+                p: 0.9,
+            },
+        ];
         let parts = vec![
-            (
-                10_000,
-                vec![seg(0, 4_000, "one two"), seg(4_000, 10_400, "three four")],
-            ),
+            (10_000, vec![seg(0, 4_000, "one two"), late]),
             (
                 20_000,
                 vec![
@@ -928,8 +933,15 @@ mod tests {
         ];
         let m = merge(&parts);
         let texts: Vec<&str> = m.iter().map(|s| s.text.as_str()).collect();
-        assert_eq!(texts, ["one two", "three four", "five"]);
+        assert_eq!(texts, ["one two", "three four", "Three, four.", "five"]);
         assert_eq!(m[1].end_ms, 10_000);
+        assert_eq!(
+            m[1].words
+                .iter()
+                .map(|w| (w.start_ms, w.end_ms))
+                .collect::<Vec<_>>(),
+            [(4_000, 5_000), (9_900, 10_000)]
+        );
         assert!(m.windows(2).all(|w| w[0].end_ms <= w[1].start_ms));
     }
 
