@@ -79,6 +79,10 @@ if [[ $MODE == --test ]]; then
     TUBESCRIBE_PYTHON="$ROOT/.venv/bin/python" "$BIN" model install "$m" --dir "$ROOT/models" >/dev/null
   done
 else
-  TUBESCRIBE_PYTHON="$ROOT/.venv/bin/python" "$BIN" model install tiny.en >/dev/null
+  # tiny.en transcribes; base (multilingual) is the language guard's language identifier,
+  # so English-only tiny.en refuses other languages reliably (README: bad input).
+  for m in tiny.en base; do
+    TUBESCRIBE_PYTHON="$ROOT/.venv/bin/python" "$BIN" model install "$m" >/dev/null
+  done
 fi
 log "ready"

@@ -31,6 +31,15 @@ fn main() -> anyhow::Result<()> {
     for s in &product.segments {
         println!("[{:>8} → {:>8}] {}", s.start_ms, s.end_ms, s.text);
     }
+    println!(
+        "coverage {:.3} of {} ms speech; uncovered {:?}; retried {}, recovered {}; loops cut {}",
+        product.coverage.ratio(),
+        product.coverage.speech_ms,
+        product.coverage.uncovered_ms,
+        product.coverage.retried,
+        product.coverage.recovered,
+        product.loops_cut
+    );
     let pcm = read_wav_16k_mono(args[1].as_ref())?;
     let (p, a) = flags();
     let t = std::time::Instant::now();

@@ -675,19 +675,74 @@ impl AsrModel {
         if !self.multilingual && opts.language.is_none() {
             self.check_english(&out, &segments, tokens)?;
         }
+        let before_cut = segments.clone();
         out.loops_cut = cut_repetition_loops(&mut segments);
         // Coverage: speech the gate found but no word covers is decoded again, once, as its
         // own window without context (a skipped window, a cut loop, a decode that stopped
-        // early). What still has no text is reported.
-        let holes = uncovered(&spans, &segments);
+        // early). What still has no text is reported. The lines of a cut loop are decoded
+        // again as a whole, so that speech that really repeats comes back whole.
+        let loops = cut_loop_windows(&before_cut, &segments, samples_to_ms(last));
+        let loop_holes: Vec<(usize, usize)> = loops
+            .iter()
+            .map(|l| (ms_to_samples(l.window_ms.0), ms_to_samples(l.window_ms.1)))
+            .collect();
+        let thr = if rms.is_empty() {
+            0.0
+        } else {
+            gate_threshold(&rms)
+        };
+        let is_speech = |h: &(usize, usize)| sounds_like_speech(&rms, first, thr, *h);
+        let mut holes: Vec<(usize, usize)> = uncovered(&spans, &segments)
+            .into_iter()
+            .filter(is_speech)
+            .filter(|&(a, b)| !loop_holes.iter().any(|&(la, lb)| a < lb && la < b))
+            .collect();
+        holes.sort_unstable();
         let retry_opts = TranscribeOptions {
             initial_prompt: None,
             language: Some(out.language.clone()),
             ..opts.clone()
         };
+        for l in &loops {
+            // The whole run, its kept first line included, decoded again between its
+            // neighbours: a loop the decoder invented gives way to what was said; a line
+            // really said again and again comes back as often as it was said.
+            let (wa, wb) = (ms_to_samples(l.window_ms.0), ms_to_samples(l.window_ms.1));
+            let pcm = wav.read(wa, wb)?;
+            let part = self.transcribe_part(
+                &pcm,
+                &retry_opts,
+                Arc::new(AtomicU8::new(0)),
+                abort.clone(),
+                (0.0, 0.0),
+            )?;
+            out.coverage.retried += 1;
+            let off = samples_to_ms(wa);
+            let found: Vec<Segment> = part
+                .segments
+                .into_iter()
+                .filter(|s| !s.words.is_empty())
+                .map(|s| {
+                    let words = s
+                        .words
+                        .into_iter()
+                        .map(|w| Word {
+                            start_ms: w.start_ms + off,
+                            end_ms: w.end_ms + off,
+                            ..w
+                        })
+                        .collect();
+                    segment_of(s.text, words)
+                })
+                .collect();
+            if !found.is_empty() {
+                out.coverage.recovered += 1;
+                segments.retain(|s| s.start_ms != l.kept_start_ms);
+                segments.extend(found);
+            }
+        }
         for &(a, b) in &holes {
-            let span_id = span_of(&spans, a);
-            let (sa, sb) = spans[span_id];
+            let (sa, sb) = (spans[span_of(&spans, a)].0, spans[span_of(&spans, b)].1);
             let (wa, wb) = (
                 a.saturating_sub(RETRY_MARGIN).max(sa),
                 (b + RETRY_MARGIN).min(sb),
@@ -710,15 +765,18 @@ impl AsrModel {
                 segments.extend(found);
             }
         }
-        if !holes.is_empty() {
+        if !holes.is_empty() || !loops.is_empty() {
             segments.sort_by_key(|s| (s.start_ms, s.end_ms));
             // A run that came back from independent decodes of its own audio is real speech
             // ("thank you" said again and again), not a decoder loop.
-            out.loops_cut = out.loops_cut.saturating_sub(repeated_runs(&segments));
+            out.loops_cut = out
+                .loops_cut
+                .saturating_sub(cut_repetition_loops(&mut segments.clone()));
         }
         out.coverage.uncovered_ms = uncovered(&spans, &segments)
-            .iter()
-            .map(|&(a, b)| (samples_to_ms(a), samples_to_ms(b)))
+            .into_iter()
+            .filter(is_speech)
+            .map(|(a, b)| (samples_to_ms(a), samples_to_ms(b)))
             .collect();
         out.segments = segments;
         progress.store(100, Ordering::Relaxed);
@@ -1021,22 +1079,21 @@ fn assemble_chunk(
 }
 
 /// Maps a chunk time (ms) to the file (ms) and the span it belongs to. A start inside a join
-/// (pause audio) belongs to the next span and starts there; an end inside a join keeps its
-/// real time in the pause and belongs to the span before. Times past the chunk's speech are
+/// (pause audio) belongs to the next span and starts there when `is_start` (a segment's first
+/// word); any other time inside a join is the end of the span before. Times past the chunk's speech are
 /// clamped to its end.
 fn to_file(ms: u64, is_start: bool, pieces: &[Piece], spans: &[(usize, usize)]) -> (u64, usize) {
     let t = ms_to_samples(ms);
     let i = pieces.iter().rposition(|p| p.off <= t).unwrap_or(0);
     let p = pieces[i];
-    if p.join && is_start {
+    if p.join && is_start && i + 1 < pieces.len() {
         return (samples_to_ms(spans[p.span].0), p.span);
     }
-    let span = if p.join {
-        p.span.saturating_sub(1)
-    } else {
-        p.span
-    };
-    (samples_to_ms(p.orig + (t - p.off).min(p.len)), span)
+    if p.join {
+        // Speech does not go on into a pause the gate found silent: the span before ends it.
+        return (samples_to_ms(p.orig), p.span.saturating_sub(1));
+    }
+    (samples_to_ms(p.orig + (t - p.off).min(p.len)), p.span)
 }
 
 /// Longest pause between two words that a segment may keep inside it across a removed gap
@@ -1062,14 +1119,23 @@ fn place_segments(segs: Vec<Segment>, pieces: &[Piece], spans: &[(usize, usize)]
         }
         let mut groups: Vec<(usize, Vec<Word>)> = Vec::new();
         for w in seg.words {
-            let (mut start_ms, mut span) = to_file(w.start_ms, true, pieces, spans);
-            let (end_ms, end_span) = to_file(w.end_ms, false, pieces, spans);
+            // Only a segment's first word can begin the next span from inside a join; a
+            // later word whose (late) token time falls in the pause ends the sentence before.
+            let first = groups.is_empty();
+            let (mut start_ms, mut span) = to_file(w.start_ms, first, pieces, spans);
+            let (mut end_ms, end_span) = to_file(w.end_ms, false, pieces, spans);
             if end_span > span {
-                // No word straddles a removed gap (there is a pause there): whisper's token
-                // start is the unreliable end (it often repeats the previous segment's end),
-                // so the word begins where the span of its end begins.
-                span = end_span;
-                start_ms = samples_to_ms(spans[span].0).min(end_ms);
+                if first {
+                    // No word straddles a removed gap (there is a pause there). A segment's
+                    // first token time is the unreliable end (whisper often repeats the
+                    // previous segment's end): the word begins where the span of its end
+                    // begins.
+                    span = end_span;
+                    start_ms = samples_to_ms(spans[span].0).min(end_ms);
+                } else {
+                    // A later word's late end token does not carry it over the gap.
+                    end_ms = samples_to_ms(spans[span].1).max(start_ms);
+                }
             }
             let word = Word {
                 start_ms,
@@ -1130,11 +1196,39 @@ fn words_text(words: &[Word]) -> String {
         .join(" ")
 }
 
+/// Least mean level change between consecutive 100 ms frames (dB) for an uncovered stretch
+/// to count as speech: speech rises and falls with its syllables, steady noise does not.
+/// Measured on the shared speech clips and espeak-ng announcements: 4.7–7.2 dB.
+const MIN_SPEECH_MODULATION_DB: f32 = 2.0;
+/// Least share of an uncovered stretch's frames at twice the gate threshold (+6 dB) or more
+/// for it to count as speech. Measured: jfk.wav 0.51, LibriSpeech 1272 0.81, espeak-ng
+/// announcements 0.80; ffmpeg pink noise at the threshold (`anoisesrc a=0.02`) 0.0.
+const MIN_STRONG_SHARE: f32 = 0.3;
+
+/// True when the samples `[a, b)` sound like speech rather than steady noise near the gate's
+/// threshold `thr`: level modulation of at least [`MIN_SPEECH_MODULATION_DB`] and at least
+/// [`MIN_STRONG_SHARE`] of frames 6 dB over the threshold. `rms` holds the frame RMS values
+/// from sample `first` on. Only what the gate found that also sounds like speech counts
+/// against coverage.
+fn sounds_like_speech(rms: &[f32], first: usize, thr: f32, (a, b): (usize, usize)) -> bool {
+    let lo = (a.saturating_sub(first) / FRAME).min(rms.len());
+    let hi = (b.saturating_sub(first).div_ceil(FRAME)).min(rms.len());
+    let frames = &rms[lo..hi];
+    if frames.len() < 2 {
+        return false;
+    }
+    let db: Vec<f32> = frames.iter().map(|r| 20.0 * r.max(1e-6).log10()).collect();
+    let modulation =
+        db.windows(2).map(|w| (w[1] - w[0]).abs()).sum::<f32>() / (db.len() - 1) as f32;
+    let strong = frames.iter().filter(|&&r| r >= 2.0 * thr).count() as f32 / frames.len() as f32;
+    modulation >= MIN_SPEECH_MODULATION_DB && strong >= MIN_STRONG_SHARE
+}
+
 /// Padding kept around a hole when it is decoded again (0.3 s, samples).
 const RETRY_MARGIN: usize = 4800;
-/// A word covers its own time and this much on either side (1.6 s, ms): pauses inside a gate
-/// span (bridged gaps under 3 s, 0.3 s padding) are not holes.
-const COVER_SLACK_MS: u64 = 1600;
+/// A word covers its own time and this much on either side (1 s, ms): pauses inside a gate
+/// span (bridged gaps under 1 s, 0.3 s padding) are not holes.
+const COVER_SLACK_MS: u64 = 1000;
 /// Uncovered stretches shorter than this (samples, 1 s) do not count as missing speech.
 const MIN_HOLE: usize = 16_000;
 
@@ -1180,6 +1274,48 @@ fn uncovered(spans: &[(usize, usize)], segments: &[Segment]) -> Vec<(usize, usiz
     holes
 }
 
+/// A repetition loop that [`cut_repetition_loops`] cut across segments.
+struct CutLoop {
+    /// Start of the line that was kept (ms).
+    kept_start_ms: u64,
+    /// The audio to decode again (ms): from the end of the segment before the loop to the
+    /// start of the one after it.
+    window_ms: (u64, u64),
+}
+
+/// The loops cut between `before` and `after` (segments matched by their times): each run of
+/// removed segments with the kept line before it. `end_ms` bounds the last window.
+fn cut_loop_windows(before: &[Segment], after: &[Segment], end_ms: u64) -> Vec<CutLoop> {
+    let kept: std::collections::HashSet<(u64, u64)> =
+        after.iter().map(|s| (s.start_ms, s.end_ms)).collect();
+    let is_kept = |s: &Segment| kept.contains(&(s.start_ms, s.end_ms));
+    let mut out = Vec::new();
+    let mut i = 1;
+    while i < before.len() {
+        if is_kept(&before[i]) || !is_kept(&before[i - 1]) {
+            i += 1;
+            continue;
+        }
+        let first = i - 1;
+        let mut last = i;
+        while last + 1 < before.len() && !is_kept(&before[last + 1]) {
+            last += 1;
+        }
+        let lo = if first > 0 {
+            before[first - 1].end_ms
+        } else {
+            0
+        };
+        let hi = before.get(last + 1).map_or(end_ms, |s| s.start_ms);
+        out.push(CutLoop {
+            kept_start_ms: before[first].start_ms,
+            window_ms: (lo.min(before[first].start_ms), hi.max(before[last].end_ms)),
+        });
+        i = last + 1;
+    }
+    out
+}
+
 /// Segments from decoding a hole again on its own: times offset from the window start `wa`
 /// (samples), words kept only where their middle lies in the hole `[a, b)` (the window's
 /// margins were already covered).
@@ -1204,24 +1340,6 @@ fn retried_segments(segs: Vec<Segment>, wa: usize, (a, b): (usize, usize)) -> Ve
         }
     }
     out
-}
-
-/// Number of runs of three or more consecutive segments with the same words.
-fn repeated_runs(segments: &[Segment]) -> usize {
-    let mut runs = 0;
-    let mut i = 0;
-    while i < segments.len() {
-        let w = norm_words(&segments[i].text);
-        let mut j = i + 1;
-        while j < segments.len() && !w.is_empty() && norm_words(&segments[j].text) == w {
-            j += 1;
-        }
-        if j - i >= 3 {
-            runs += 1;
-        }
-        i = j;
-    }
-    runs
 }
 
 /// Collects a segment's tokens into words: a token that starts with a space starts a new
@@ -1284,16 +1402,16 @@ pub const FRAME: usize = 1600;
 pub const ABS_SPEECH_RMS: f32 = 0.005;
 /// … and at least this fraction (−20 dB) of the 95th-percentile frame RMS.
 pub const REL_SPEECH_RMS: f32 = 0.1;
-/// Silent gaps shorter than this many frames (3.0 s) stay inside a span: pauses between
-/// sentences are part of speech as whisper learnt it (cutting them to 0.5 s cost 1.6 WER
-/// points and most sentence ends on a 92 s file of the shared clips); longer silences are
-/// where it invents text.
-const BRIDGE_FRAMES: usize = 30;
+/// Silent gaps shorter than this many frames (1.0 s) stay inside a span.
+const BRIDGE_FRAMES: usize = 10;
 /// Padding added before and after each span, in frames (0.3 s).
 const PAD_FRAMES: usize = 3;
 /// Spans with fewer active frames than this (0.2 s) are clicks, not speech.
 const MIN_ACTIVE_FRAMES: usize = 2;
-/// Most pause audio kept where two spans are joined inside one chunk (1 s, in samples).
+/// Most pause audio kept where two spans are joined inside one chunk (1 s, in samples): with
+/// the spans' 0.3 s padding whisper still hears a pause of 1.6 s, as in natural speech
+/// (joins of 0.5 s cost 1.6 WER points and most sentence ends on a 92 s file of the shared
+/// clips; exact zeros cost the punctuation, `shared/design/asr-audit.md`).
 const JOIN_SILENCE: usize = 16000;
 /// Longest chunk handed to whisper in one call, in seconds of speech.
 pub const MAX_CHUNK_S: usize = 600;
@@ -1407,17 +1525,14 @@ pub fn function_word_ratio(text: &str) -> Option<f32> {
 
 /// Finds speech in a file from its 100 ms frame energies (`rms`, one per [`FRAME`] samples;
 /// `total` samples in all). Returns sample ranges `[start, end)` in time order: runs of frames
-/// at or above `max(ABS_SPEECH_RMS, REL_SPEECH_RMS × p95)`, gaps under 3 s bridged, 0.3 s of
+/// at or above `max(ABS_SPEECH_RMS, REL_SPEECH_RMS × p95)`, gaps under 1 s bridged, 0.3 s of
 /// padding on each side, runs of under 0.2 s dropped. Pure silence or faint noise (below
 /// −46 dBFS) gives no spans.
 pub fn speech_spans(rms: &[f32], total: usize) -> Vec<(usize, usize)> {
     if rms.is_empty() {
         return Vec::new();
     }
-    let mut sorted: Vec<f32> = rms.to_vec();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    let p95 = sorted[(sorted.len() - 1) * 95 / 100];
-    let thr = ABS_SPEECH_RMS.max(REL_SPEECH_RMS * p95);
+    let thr = gate_threshold(rms);
     let mut runs: Vec<(usize, usize, usize)> = Vec::new(); // frames [a, b), active count
     for (i, &r) in rms.iter().enumerate() {
         if r < thr {
@@ -1444,6 +1559,15 @@ pub fn speech_spans(rms: &[f32], total: usize) -> Vec<(usize, usize)> {
         }
     }
     spans
+}
+
+/// The gate's speech threshold for frame energies `rms` (not empty): `max(ABS_SPEECH_RMS,
+/// REL_SPEECH_RMS × p95)`.
+fn gate_threshold(rms: &[f32]) -> f32 {
+    let mut sorted: Vec<f32> = rms.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let p95 = sorted[(sorted.len() - 1) * 95 / 100];
+    ABS_SPEECH_RMS.max(REL_SPEECH_RMS * p95)
 }
 
 /// Groups spans into chunks of at most [`MAX_CHUNK_S`] seconds of speech. A chunk ends

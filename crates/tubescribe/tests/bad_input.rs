@@ -901,12 +901,16 @@ fn class5_silence_noise_loops() {
             "{sgm}"
         );
     }
+    // Said seven times, it is kept seven times (issue 11: a repetition that independent
+    // decodes of its own audio confirm is speech, not a decoder loop); invented loops are cut
+    // (`asr::tests::repetition_loops_are_cut`, and the announcement test in
+    // `transcript_quality.rs` asserts no line repeats).
     let m = manifest_for(&data, "/loop.wav");
+    assert_eq!(m["status"], "completed", "{m:#}");
     let detail = &m["stages"]["transcribe"]["detail"];
-    assert_eq!(detail["repetition_cut"], true, "{detail}");
-    assert!(detail["repetition_loops_cut"].as_u64().unwrap() >= 1);
     let got = words(&transcript_text(&data, &m));
-    assert_eq!(got.matches("start with the second one").count(), 1, "{got}");
+    assert_eq!(got.matches("start with the second one").count(), 7, "{got}");
+    assert_eq!(detail["repetition_cut"], false, "{detail}");
 }
 
 fn probe_duration(f: &Path) -> f64 {

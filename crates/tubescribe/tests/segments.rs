@@ -26,27 +26,6 @@ const CLIPS: [(&str, &str); 5] = [
 const PAUSE_S: f64 = 1.5;
 const MIN_TOTAL_S: f64 = 12.0 * 60.0 + 10.0;
 
-/// Reads `path` as 16 kHz mono s16 (converted with ffmpeg into `tmp`).
-fn pcm16k(path: &std::path::Path, tmp: &std::path::Path) -> Vec<i16> {
-    let out = tmp.join(format!(
-        "{}.16k.wav",
-        path.file_stem().unwrap().to_string_lossy()
-    ));
-    let st = std::process::Command::new("ffmpeg")
-        .args(["-nostdin", "-loglevel", "error", "-y", "-i"])
-        .arg(path)
-        .args(["-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le"])
-        .arg(&out)
-        .status()
-        .expect("ffmpeg is required (scripts/setup.sh --test)");
-    assert!(st.success());
-    hound::WavReader::open(&out)
-        .unwrap()
-        .into_samples::<i16>()
-        .map(|s| s.unwrap())
-        .collect()
-}
-
 #[test]
 fn long_audio_is_split_in_pauses_and_merged_like_one_run() {
     let tmp = tempfile::tempdir().unwrap();
@@ -54,7 +33,7 @@ fn long_audio_is_split_in_pauses_and_merged_like_one_run() {
         .iter()
         .map(|(name, fallback)| {
             let (wav, text) = speech(tmp.path(), name, fallback);
-            (pcm16k(&wav, tmp.path()), text)
+            (pcm16k_i16(&wav, tmp.path()), text)
         })
         .collect();
     let pause = vec![0i16; (PAUSE_S * 16_000.0) as usize];

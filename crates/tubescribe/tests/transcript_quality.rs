@@ -6,7 +6,7 @@
 //! * a ≈ 100 s file of real speech clips with pauses keeps its punctuation (≥ 50 % of segments
 //!   end a sentence) and its WER is at most the engine's + 0.5 point; its words are monotonic
 //!   and inside their segments;
-//! * a 12-minute recording of 12 numbered announcements separated by pauses of 20–80 s loses
+//! * a 12-minute recording of 12 announcements (real speech) separated by pauses of 20–80 s loses
 //!   none of them and places each within ±2 s of its true start, unsplit and through the real
 //!   pipeline's segment jobs at `segment_s` 120 and 600 (WER within 1 point of unsplit), and
 //!   no line repeats three times;
@@ -52,19 +52,10 @@ impl Tone {
 
 /// Reads `path` as 16 kHz mono f32 (converted with ffmpeg into `tmp`).
 fn pcm16k(path: &Path, tmp: &Path) -> Vec<f32> {
-    let out = tmp.join(format!(
-        "{}.16k.wav",
-        path.file_stem().unwrap().to_string_lossy()
-    ));
-    let st = std::process::Command::new("ffmpeg")
-        .args(["-nostdin", "-loglevel", "error", "-y", "-i"])
-        .arg(path)
-        .args(["-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le"])
-        .arg(&out)
-        .status()
-        .expect("ffmpeg is required (scripts/setup.sh --test)");
-    assert!(st.success());
-    asr::read_wav_16k_mono(&out).unwrap()
+    pcm16k_i16(path, tmp)
+        .into_iter()
+        .map(|s| f32::from(s) / 32768.0)
+        .collect()
 }
 
 /// Writes 16 kHz mono s16 WAV.
@@ -248,85 +239,56 @@ fn hundred_seconds_keep_punctuation_and_the_engines_wer() {
     assert!(ours.coverage.ratio() >= 0.95, "{:?}", ours.coverage);
 }
 
-/// Number words as espeak-ng says them and tiny.en may write them.
-const NUMBERS: [&str; 12] = [
-    "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-    "twelve",
-];
-const PLACES: [&str; 4] = [
-    "the library",
-    "platform four",
-    "the main hall",
-    "the north entrance",
-];
-
-/// 12 announcements of about 5 s in 12 minutes, separated by pauses of 20 to 80 s; returns
-/// the PCM, the true start of each (ms) and the reference text.
-fn announcements(tmp: &Path) -> (Vec<f32>, Vec<u64>, String) {
+/// 12 announcements — the shared clips in turn, 6–11 s each — in 12 minutes, separated by
+/// pauses of 20 to 80 s; returns the PCM, each announcement's true start (ms) and text.
+fn announcements(tmp: &Path) -> (Vec<f32>, Vec<(u64, String)>) {
+    let clips = clips(tmp);
     let mut tone = Tone(11);
     let gaps_s = [
         25.0, 70.0, 40.0, 80.0, 20.0, 55.0, 35.0, 75.0, 30.0, 60.0, 45.0, 65.0,
     ];
-    let (mut pcm, mut starts, mut reference) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut pcm, mut said) = (Vec::new(), Vec::new());
     for (i, gap) in gaps_s.iter().enumerate() {
-        let line = format!(
-            "Announcement number {}. Please proceed to {} before the doors close.",
-            NUMBERS[i],
-            PLACES[i % PLACES.len()]
-        );
-        let wav = tmp.join(format!("a{i}.wav"));
-        let st = std::process::Command::new("espeak-ng")
-            .args(["-v", "en-us", "-s", "150", "-w"])
-            .arg(&wav)
-            .arg(&line)
-            .status()
-            .expect("espeak-ng is required (scripts/setup.sh --test)");
-        assert!(st.success());
-        let clip = pcm16k(&wav, tmp);
+        let (clip, text) = &clips[i % clips.len()];
         pcm.extend(tone.take((gap * 16_000.0) as usize));
-        starts.push(pcm.len() as u64 * 1000 / 16_000);
+        said.push((pcm.len() as u64 * 1000 / 16_000, text.clone()));
         pcm.extend(clip.iter().zip(tone.take(clip.len())).map(|(s, n)| s + n));
-        reference.push(line);
     }
     let end = pcm.len().max(12 * 60 * 16_000) + 20 * 16_000;
     pcm.extend(tone.take(end - pcm.len()));
-    (pcm, starts, reference.join(" "))
+    (pcm, said)
 }
 
-/// The number announced in `text` ("number 4" or "number four"), if any.
-fn announced(text: &str) -> Option<usize> {
-    let words: Vec<String> = text
-        .to_lowercase()
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(String::from)
-        .collect();
-    let i = words.iter().position(|w| w == "number")?;
-    let n = words.get(i + 1)?;
-    n.parse::<usize>()
-        .ok()
-        .or_else(|| NUMBERS.iter().position(|w| w == n).map(|k| k + 1))
-}
-
-/// Every announcement is present and starts within ±2 s of its true start; no line repeats
-/// three times. Returns the transcript's text.
-fn assert_announcements(what: &str, segs: &[Segment], starts: &[u64]) -> String {
-    for (k, &truth) in starts.iter().enumerate() {
-        let found = segs
+/// Every announcement is present and in place: the first segment at or after its true start
+/// − 2 s starts within ±2 s of it, and the text of the segments starting up to 12 s in says
+/// it (WER ≤ 35 % against its own text). No line repeats three times. Returns the
+/// transcript's text.
+fn assert_announcements(what: &str, segs: &[Segment], said: &[(u64, String)]) -> String {
+    for (k, (truth, reference)) in said.iter().enumerate() {
+        let truth = *truth;
+        let first = segs
             .iter()
-            .find(|s| announced(&s.text) == Some(k + 1))
-            .unwrap_or_else(|| {
-                panic!(
-                    "{what}: announcement {} is missing from:\n{}",
-                    k + 1,
-                    text(segs)
-                )
-            });
+            .position(|s| s.start_ms + 2000 >= truth)
+            .filter(|&i| segs[i].start_ms <= truth + 2000);
+        let heard = first
+            .map(|i| {
+                let window: Vec<Segment> = segs[i..]
+                    .iter()
+                    .take_while(|s| s.start_ms <= truth + 12_000)
+                    .cloned()
+                    .collect();
+                text(&window)
+            })
+            .unwrap_or_default();
+        let wer = word_error_rate(reference, &heard);
         assert!(
-            found.start_ms.abs_diff(truth) <= 2000,
-            "{what}: announcement {} starts at {} ms, truly at {truth} ms",
+            wer <= 0.35,
+            "{what}: announcement {} (at {truth} ms) is missing or misplaced (WER {wer:.2}); \
+             heard there: {heard:?}\nall: {:?}",
             k + 1,
-            found.start_ms
+            segs.iter()
+                .map(|s| (s.start_ms, &s.text))
+                .collect::<Vec<_>>()
         );
     }
     assert!(longest_repeat(segs) < 3, "{what}: a line repeats");
@@ -336,16 +298,22 @@ fn assert_announcements(what: &str, segs: &[Segment], starts: &[u64]) -> String 
 #[test]
 fn announcements_survive_long_audio_split_or_not() {
     let tmp = tempfile::tempdir().unwrap();
-    let (pcm, starts, reference) = announcements(tmp.path());
+    let (pcm, said) = announcements(tmp.path());
+    let reference = said
+        .iter()
+        .map(|(_, t)| t.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
     let path = tmp.path().join("announcements.wav");
     write_wav(&path, &pcm);
     assert!(pcm.len() >= 12 * 60 * 16_000, "{} samples", pcm.len());
 
     let unsplit = product(&path);
-    let unsplit_text = assert_announcements("unsplit", &unsplit.segments, &starts);
+    let unsplit_text = assert_announcements("unsplit", &unsplit.segments, &said);
     let wer_unsplit = word_error_rate(&reference, &unsplit_text);
     eprintln!("unsplit: WER {:.2} %", wer_unsplit * 100.0);
 
+    let mut wers = Vec::new();
     for segment_s in ["120", "600"] {
         let data = tmp.path().join(format!("data-{segment_s}"));
         let run = tubescribe_env(
@@ -366,10 +334,13 @@ fn announcements_survive_long_audio_split_or_not() {
         )
         .unwrap();
         let what = format!("segment_s {segment_s}");
-        let split_text = assert_announcements(&what, &t.segments, &starts);
+        let split_text = assert_announcements(&what, &t.segments, &said);
         assert_words_hold(&t.segments);
         let wer = word_error_rate(&reference, &split_text);
         eprintln!("{what}: {merged} segments, WER {:.2} %", wer * 100.0);
+        wers.push((what, wer));
+    }
+    for (what, wer) in wers {
         assert!(
             wer <= wer_unsplit + 0.01,
             "{what}: WER {wer:.4} vs unsplit {wer_unsplit:.4}"

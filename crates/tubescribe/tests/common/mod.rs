@@ -61,6 +61,27 @@ pub fn speech(out_dir: &Path, name: &str, fallback_text: &str) -> (PathBuf, Stri
     (out, fallback_text.to_string())
 }
 
+/// Reads `path` as 16 kHz mono s16 samples (converted with ffmpeg into `tmp`).
+pub fn pcm16k_i16(path: &Path, tmp: &Path) -> Vec<i16> {
+    let out = tmp.join(format!(
+        "{}.16k.wav",
+        path.file_stem().unwrap().to_string_lossy()
+    ));
+    let st = Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-y", "-i"])
+        .arg(path)
+        .args(["-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le"])
+        .arg(&out)
+        .status()
+        .expect("ffmpeg is required (scripts/setup.sh --test)");
+    assert!(st.success());
+    hound::WavReader::open(&out)
+        .unwrap()
+        .into_samples::<i16>()
+        .map(|s| s.unwrap())
+        .collect()
+}
+
 /// Converts `input` to another container/codec with ffmpeg (e.g. "m4a" → AAC, "opus").
 pub fn transcode(input: &Path, out: &Path) {
     let st = Command::new("ffmpeg")
