@@ -355,7 +355,7 @@ async fn split(ctx: &StageCtx, jctx: &JobCtx) -> Result<Vec<u64>, StageError> {
             dl.media
         )));
     }
-    ctx.task_asr(&jctx.task).await?; // a missing model fails before any work
+    ctx.task_model(&jctx.task).await?; // a missing model fails before any work
     crate::stages::transcribe::decode(ctx, jctx, &media, dl.duration_s).await?;
     jctx.report(DECODE_SHARE, Some("finding pauses"));
     let wav = jctx.task.file(names::AUDIO_WAV);

@@ -302,7 +302,7 @@ impl StageCtx {
     }
 
     /// [`StageCtx::task_asr`] without the language guard's model.
-    async fn task_model(&self, task: &TaskDir) -> Result<Arc<AsrModel>, StageError> {
+    pub async fn task_model(&self, task: &TaskDir) -> Result<Arc<AsrModel>, StageError> {
         let Some(want) = task.read_manifest()?.model else {
             return self.asr().await;
         };

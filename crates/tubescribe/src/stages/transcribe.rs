@@ -47,8 +47,9 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
             dl.media
         )));
     }
-    // Load the model first: a missing model must fail before any work is done.
-    let model = ctx.task_asr(&job.task).await?;
+    // Load the model first: a missing model must fail before any work is done. The language
+    // guard's model (optional) is attached after decoding, so its loading does not delay it.
+    ctx.task_model(&job.task).await?;
 
     let (wav_out, duration_s) = match resume_decoded(job).await {
         Some(done) => done,
@@ -66,6 +67,7 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
     };
 
     job.report(DECODE_SHARE, Some("transcribing"));
+    let model = ctx.task_asr(&job.task).await?;
     let probe = crate::budget::RssProbe::start();
     let wav_path = job.task.file(names::AUDIO_WAV);
 
