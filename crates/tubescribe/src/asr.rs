@@ -707,34 +707,9 @@ impl AsrModel {
             // The whole run, its kept first line included, decoded again between its
             // neighbours: a loop the decoder invented gives way to what was said; a line
             // really said again and again comes back as often as it was said.
-            let (wa, wb) = (ms_to_samples(l.window_ms.0), ms_to_samples(l.window_ms.1));
-            let pcm = wav.read(wa, wb)?;
-            let part = self.transcribe_part(
-                &pcm,
-                &retry_opts,
-                Arc::new(AtomicU8::new(0)),
-                abort.clone(),
-                (0.0, 0.0),
-            )?;
+            let window = (ms_to_samples(l.window_ms.0), ms_to_samples(l.window_ms.1));
+            let found = self.decode_alone(&mut wav, window, &retry_opts, &abort)?;
             out.coverage.retried += 1;
-            let off = samples_to_ms(wa);
-            let found: Vec<Segment> = part
-                .segments
-                .into_iter()
-                .filter(|s| !s.words.is_empty())
-                .map(|s| {
-                    let words = s
-                        .words
-                        .into_iter()
-                        .map(|w| Word {
-                            start_ms: w.start_ms + off,
-                            end_ms: w.end_ms + off,
-                            ..w
-                        })
-                        .collect();
-                    segment_of(s.text, words)
-                })
-                .collect();
             if !found.is_empty() {
                 out.coverage.recovered += 1;
                 segments.retain(|s| s.start_ms != l.kept_start_ms);
@@ -743,23 +718,16 @@ impl AsrModel {
         }
         for &(a, b) in &holes {
             let (sa, sb) = (spans[span_of(&spans, a)].0, spans[span_of(&spans, b)].1);
-            let (wa, wb) = (
+            let window = (
                 a.saturating_sub(RETRY_MARGIN).max(sa),
                 (b + RETRY_MARGIN).min(sb),
             );
-            let pcm = wav.read(wa, wb)?;
-            let part = self.transcribe_part(
-                &pcm,
-                &retry_opts,
-                Arc::new(AtomicU8::new(0)),
-                abort.clone(),
-                (0.0, 0.0),
-            )?;
+            let decoded = self.decode_alone(&mut wav, window, &retry_opts, &abort)?;
             out.coverage.retried += 1;
-            if !stock_is_speech && part.segments.iter().all(|s| is_stock_phrase(&s.text)) {
+            if !stock_is_speech && decoded.iter().all(|s| is_stock_phrase(&s.text)) {
                 continue;
             }
-            let found = retried_segments(part.segments, wa, (a, b));
+            let found = words_inside(decoded, (a, b));
             if !found.is_empty() {
                 out.coverage.recovered += 1;
                 segments.extend(found);
@@ -781,6 +749,43 @@ impl AsrModel {
         out.segments = segments;
         progress.store(100, Ordering::Relaxed);
         Ok(out)
+    }
+
+    /// Decodes the samples `[wa, wb)` of `wav` on their own, without context, and returns
+    /// the segments that have words, on the file's timeline.
+    fn decode_alone(
+        &self,
+        wav: &mut WavSource,
+        (wa, wb): (usize, usize),
+        opts: &TranscribeOptions,
+        abort: &Arc<AtomicBool>,
+    ) -> Result<Vec<Segment>, AsrError> {
+        let pcm = wav.read(wa, wb)?;
+        let part = self.transcribe_part(
+            &pcm,
+            opts,
+            Arc::new(AtomicU8::new(0)),
+            abort.clone(),
+            (0.0, 0.0),
+        )?;
+        let off = samples_to_ms(wa);
+        Ok(part
+            .segments
+            .into_iter()
+            .filter(|s| !s.words.is_empty())
+            .map(|s| {
+                let words = s
+                    .words
+                    .into_iter()
+                    .map(|w| Word {
+                        start_ms: w.start_ms + off,
+                        end_ms: w.end_ms + off,
+                        ..w
+                    })
+                    .collect();
+                segment_of(s.text, words)
+            })
+            .collect())
     }
 
     /// Refuses non-English speech on an English-only model ([`foreign_speech`]).
@@ -1316,30 +1321,20 @@ fn cut_loop_windows(before: &[Segment], after: &[Segment], end_ms: u64) -> Vec<C
     out
 }
 
-/// Segments from decoding a hole again on its own: times offset from the window start `wa`
-/// (samples), words kept only where their middle lies in the hole `[a, b)` (the window's
-/// margins were already covered).
-fn retried_segments(segs: Vec<Segment>, wa: usize, (a, b): (usize, usize)) -> Vec<Segment> {
-    let off = samples_to_ms(wa);
+/// The parts of `segs` (on the file's timeline) whose words have their middle in the hole
+/// `[a, b)` (samples): the decode window's margins were already covered.
+fn words_inside(segs: Vec<Segment>, (a, b): (usize, usize)) -> Vec<Segment> {
     let (a_ms, b_ms) = (samples_to_ms(a), samples_to_ms(b));
-    let mut out = Vec::new();
-    for seg in segs {
-        let words: Vec<Word> = seg
-            .words
-            .into_iter()
-            .map(|w| Word {
-                start_ms: w.start_ms + off,
-                end_ms: w.end_ms + off,
-                ..w
-            })
-            .filter(|w| (a_ms..b_ms).contains(&((w.start_ms + w.end_ms) / 2)))
-            .collect();
-        if !words.is_empty() {
-            let text = words_text(&words);
-            out.push(segment_of(text, words));
-        }
-    }
-    out
+    segs.into_iter()
+        .filter_map(|seg| {
+            let words: Vec<Word> = seg
+                .words
+                .into_iter()
+                .filter(|w| (a_ms..b_ms).contains(&((w.start_ms + w.end_ms) / 2)))
+                .collect();
+            (!words.is_empty()).then(|| segment_of(words_text(&words), words))
+        })
+        .collect()
 }
 
 /// Collects a segment's tokens into words: a token that starts with a space starts a new
