@@ -16,20 +16,13 @@ use common::*;
 use tubescribe::asr::{self, AsrModel, TranscribeOptions};
 use tubescribe::transcript::{word_error_rate, Transcript};
 
-const CLIPS: [(&str, &str); 5] = [
-    ("jfk", "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."),
-    ("librispeech-1272-128104-0000", "Mister Quilter is the apostle of the middle classes, and we are glad to welcome his gospel."),
-    ("librispeech-1995-1837-0001", "He knew that the time had come when the question could no longer be avoided."),
-    ("ljspeech-LJ001-0001", "Printing, in the only sense with which we are at present concerned, differs from most if not from all the arts and crafts represented in the Exhibition."),
-    ("ljspeech-LJ001-0007", "The earliest book printed with movable types, the Gutenberg, or forty-two line Bible of about fourteen fifty-five."),
-];
 const PAUSE_S: f64 = 1.5;
 const MIN_TOTAL_S: f64 = 12.0 * 60.0 + 10.0;
 
 #[test]
 fn long_audio_is_split_in_pauses_and_merged_like_one_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let clips: Vec<(Vec<i16>, String)> = CLIPS
+    let clips: Vec<(Vec<i16>, String)> = ENGLISH_CLIPS
         .iter()
         .map(|(name, fallback)| {
             let (wav, text) = speech(tmp.path(), name, fallback);

@@ -23,15 +23,6 @@ use tubescribe::asr::{self, AsrModel, TranscribeOptions, WavTranscription};
 use tubescribe::subtitles::{cues, CueRules};
 use tubescribe::transcript::{parse_srt, word_error_rate, Segment, Transcript};
 
-/// English clips of `../shared/samples` (espeak-ng speaks the text where they are absent).
-const CLIPS: [(&str, &str); 5] = [
-    ("jfk", "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."),
-    ("librispeech-1272-128104-0000", "Mister Quilter is the apostle of the middle classes, and we are glad to welcome his gospel."),
-    ("librispeech-1995-1837-0001", "He knew that the time had come when the question could no longer be avoided."),
-    ("ljspeech-LJ001-0001", "Printing, in the only sense with which we are at present concerned, differs from most if not from all the arts and crafts represented in the Exhibition."),
-    ("ljspeech-LJ001-0007", "The earliest book printed with movable types, the Gutenberg, or forty-two line Bible of about fourteen fifty-five."),
-];
-
 /// Deterministic room tone (uniform noise, about −62 dBFS RMS): real recordings are never
 /// digital silence between words.
 struct Tone(u64);
@@ -76,7 +67,7 @@ fn write_wav(path: &Path, pcm: &[f32]) {
 
 /// The clips (16 kHz f32) with their reference texts.
 fn clips(tmp: &Path) -> Vec<(Vec<f32>, String)> {
-    CLIPS
+    ENGLISH_CLIPS
         .iter()
         .map(|(name, fallback)| {
             let (wav, text) = speech(tmp, name, fallback);
@@ -189,7 +180,7 @@ fn longest_repeat(segs: &[Segment]) -> usize {
 #[test]
 fn jfk_keeps_its_final_period() {
     let tmp = tempfile::tempdir().unwrap();
-    let (wav, _) = speech(tmp.path(), CLIPS[0].0, CLIPS[0].1);
+    let (wav, _) = speech(tmp.path(), ENGLISH_CLIPS[0].0, ENGLISH_CLIPS[0].1);
     let wav16 = tmp.path().join("jfk16.wav");
     write_wav(&wav16, &pcm16k(&wav, tmp.path()));
     let out = product(&wav16);

@@ -38,6 +38,16 @@ pub fn ytdlp() -> PathBuf {
     p
 }
 
+/// The shared English clips (`../shared/samples/<name>.wav`) with the text espeak-ng speaks
+/// where they are absent (see [`speech`]).
+pub const ENGLISH_CLIPS: [(&str, &str); 5] = [
+    ("jfk", "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."),
+    ("librispeech-1272-128104-0000", "Mister Quilter is the apostle of the middle classes, and we are glad to welcome his gospel."),
+    ("librispeech-1995-1837-0001", "He knew that the time had come when the question could no longer be avoided."),
+    ("ljspeech-LJ001-0001", "Printing, in the only sense with which we are at present concerned, differs from most if not from all the arts and crafts represented in the Exhibition."),
+    ("ljspeech-LJ001-0007", "The earliest book printed with movable types, the Gutenberg, or forty-two line Bible of about fourteen fifty-five."),
+];
+
 /// Real recorded speech with its reference text: `../shared/samples/<name>.wav` when the
 /// samples are present, otherwise speech synthesized with espeak-ng from `fallback_text`.
 pub fn speech(out_dir: &Path, name: &str, fallback_text: &str) -> (PathBuf, String) {
