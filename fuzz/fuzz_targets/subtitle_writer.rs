@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tubescribe::subtitles::{cues, CueRules};
+use tubescribe::transcript::subtitles::{cues, CueRules};
 use tubescribe::transcript::{parse_srt, parse_vtt, Segment, Transcript, Word};
 
 fuzz_target!(|data: &[u8]| {

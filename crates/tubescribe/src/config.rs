@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::stages::Stage;
-use crate::subtitles::CueRules;
+use crate::transcript::subtitles::CueRules;
 
 /// Errors while loading configuration. None is retryable: the user must fix the setting.
 #[derive(Debug, thiserror::Error)]

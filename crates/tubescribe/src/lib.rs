@@ -24,7 +24,6 @@ pub mod schedule;
 pub mod segments;
 pub mod server;
 pub mod stages;
-pub mod subtitles;
 pub mod taskdir;
 pub mod tasks;
 pub mod transcript;

@@ -396,7 +396,7 @@ async fn merge_step(
     jctx: &JobCtx,
     bounds: &[u64],
     sched: &Scheduler,
-    rules: &crate::subtitles::CueRules,
+    rules: &crate::transcript::subtitles::CueRules,
     min_coverage: f64,
 ) -> Result<StageOutput, StageError> {
     let q = sched.transcribe_queue();

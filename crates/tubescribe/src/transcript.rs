@@ -1,6 +1,6 @@
 //! The transcript model (`transcript.json`) and its text renderings: plain
 //! text in paragraphs, SubRip (`.srt`) and WebVTT (`.vtt`) of the cues built by
-//! `subtitles.rs`, plus strict SRT/VTT parsers
+//! `transcript/subtitles.rs`, plus strict SRT/VTT parsers
 //! (used to check that the writers round-trip), the `mm:ss` / `h:mm:ss`
 //! clock used for summary stamps, and word error rate for tests and the
 //! benchmark.
@@ -9,7 +9,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::subtitles::{self, Cue, CueRules};
+pub mod subtitles;
+
+use subtitles::{Cue, CueRules};
 
 /// One recognised word with its time and confidence (from whisper.cpp's token timestamps).
 ///
@@ -242,7 +244,7 @@ impl Transcript {
                 }
                 out.push_str(w);
                 chars += w.chars().count();
-                if crate::subtitles::ends_sentence(w) {
+                if crate::transcript::subtitles::ends_sentence(w) {
                     sentences += 1;
                     new_paragraph = sentences >= PARAGRAPH_SENTENCES || chars >= PARAGRAPH_CHARS;
                 }

@@ -87,8 +87,8 @@ fn whole_flow_on_real_speech() {
     let srt = parse_srt(&std::fs::read_to_string(dir.join("transcript.srt")).unwrap()).unwrap();
     let vtt = parse_vtt(&std::fs::read_to_string(dir.join("transcript.vtt")).unwrap()).unwrap();
     // The files hold the cues built from the transcript with the default rules.
-    let rules = tubescribe::subtitles::CueRules::default();
-    let cues = tubescribe::subtitles::cues(&t.segments, &rules);
+    let rules = tubescribe::transcript::subtitles::CueRules::default();
+    let cues = tubescribe::transcript::subtitles::cues(&t.segments, &rules);
     assert_eq!(srt, cues);
     assert_eq!(vtt, cues);
     for c in &cues {

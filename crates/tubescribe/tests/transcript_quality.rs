@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use common::*;
 use tubescribe::asr::{self, AsrModel, TranscribeOptions, WavTranscription};
-use tubescribe::subtitles::{cues, CueRules};
+use tubescribe::transcript::subtitles::{cues, CueRules};
 use tubescribe::transcript::{parse_srt, word_error_rate, Segment, Transcript};
 
 /// Deterministic room tone (uniform noise, about −62 dBFS RMS): real recordings are never

@@ -208,7 +208,7 @@ async fn resume_decoded(job: &JobCtx) -> Option<(crate::manifest::OutputFile, f6
 pub(crate) fn write_transcript(
     job: &JobCtx,
     transcript: &Transcript,
-    rules: &crate::subtitles::CueRules,
+    rules: &crate::transcript::subtitles::CueRules,
 ) -> Result<Vec<crate::manifest::OutputFile>, StageError> {
     [
         (names::TRANSCRIPT_JSON, transcript.to_json()),
