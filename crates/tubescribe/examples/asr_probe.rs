@@ -8,8 +8,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::sync::Arc;
 
-use tubescribe::asr::{read_wav_16k_mono, AsrModel, TranscribeOptions};
-use tubescribe::transcript::word_error_rate;
+use tubescribe::domain::transcript::word_error_rate;
+use tubescribe::tools::asr::{read_wav_16k_mono, AsrModel, TranscribeOptions};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::sync::Arc;
 
-use tubescribe::asr::{AsrModel, TranscribeOptions};
+use tubescribe::tools::asr::{AsrModel, TranscribeOptions};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -28,7 +28,7 @@ fn main() -> anyhow::Result<()> {
     };
     for wav in wavs {
         if let Some(lid) = model.language_id_model() {
-            let pcm = tubescribe::asr::read_wav_16k_mono(wav.as_ref())?;
+            let pcm = tubescribe::tools::asr::read_wav_16k_mono(wav.as_ref())?;
             let head = &pcm[..pcm.len().min(30 * 16_000)];
             println!(
                 "{wav}: whole-file LID {:?}",
@@ -36,7 +36,7 @@ fn main() -> anyhow::Result<()> {
             );
         }
         if std::env::var_os("RAW").is_some() {
-            let pcm = tubescribe::asr::read_wav_16k_mono(wav.as_ref())?;
+            let pcm = tubescribe::tools::asr::read_wav_16k_mono(wav.as_ref())?;
             let (p, a) = (Arc::new(AtomicU8::new(0)), Arc::new(AtomicBool::new(false)));
             for s in model.transcribe(&pcm, &opts, p, a)?.segments {
                 println!("  raw [{:>7} → {:>7}] {}", s.start_ms, s.end_ms, s.text);

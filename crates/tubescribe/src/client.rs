@@ -28,7 +28,7 @@ pub enum ClientError {
     /// The answer was not the JSON we expect.
     #[error("unexpected answer from the server: {0}")]
     Decode(String),
-    /// A task id that no task can have (see [`crate::tasks::valid_task_id`]); refused before
+    /// A task id that no task can have (see [`crate::domain::keys::valid_task_id`]); refused before
     /// any request, so it never becomes part of a URL path.
     #[error("invalid task id {0:?}: task ids are 1–100 characters of A–Z, a–z, 0–9, '-' and '_'")]
     InvalidId(String),
@@ -68,7 +68,7 @@ impl Client {
 
     /// `{base}/api/tasks/{id}{rest}`, for a valid id only.
     fn task_url(&self, id: &str, rest: &str) -> Result<String, ClientError> {
-        if !crate::tasks::valid_task_id(id) {
+        if !crate::domain::keys::valid_task_id(id) {
             return Err(ClientError::InvalidId(id.to_string()));
         }
         Ok(format!("{}/api/tasks/{id}{rest}", self.base))

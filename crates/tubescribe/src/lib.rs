@@ -3,27 +3,14 @@
 //!
 //! See ARCHITECTURE.md for the bird's-eye view, the code map and the invariants.
 
-pub mod alerts;
-pub mod asr;
-pub mod bench;
-pub mod budget;
-pub mod cancel;
+pub mod app;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod events;
-pub mod input;
-pub mod manifest;
-pub mod media;
-pub mod metrics;
-pub mod model;
-pub mod process;
-pub mod queue;
-pub mod redis_embed;
-pub mod schedule;
-pub mod segments;
+pub mod domain;
+pub mod engine;
+pub mod observe;
+pub mod pipeline;
 pub mod server;
-pub mod stages;
-pub mod taskdir;
-pub mod tasks;
-pub mod transcript;
+pub mod store;
+pub mod tools;

@@ -470,7 +470,7 @@ fn class2_titles() {
             .map(|s| s.to_string())
             .collect::<Vec<_>>()
         );
-        let shown = tubescribe::manifest::display_title(title);
+        let shown = tubescribe::domain::manifest::display_title(title);
         assert!(
             run.stdout.contains(&format!("✔ yt-{id}  {shown}")),
             "{shown:?} not in {}",

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tubescribe::config::{Config, Overrides};
-use tubescribe::input::InputPolicy;
-use tubescribe::queue::{Producer, WorkerSettings, Workers};
-use tubescribe::stages::{Stage, StageCtx};
-use tubescribe::taskdir::DataDir;
+use tubescribe::domain::input::InputPolicy;
+use tubescribe::domain::Stage;
+use tubescribe::engine::queue::{Producer, WorkerSettings, Workers};
+use tubescribe::pipeline::StageCtx;
+use tubescribe::store::DataDir;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn budget_of_one_job_serializes_transcription_and_metrics_count_tasks() {
@@ -30,15 +31,19 @@ async fn budget_of_one_job_serializes_transcription_and_metrics_count_tasks() {
     })
     .unwrap();
     let weights = std::fs::metadata(&cfg.model).unwrap().len();
-    let per_job = tubescribe::budget::estimate_per_job_bytes(cfg.schedule.segment_s * 1.25);
+    let per_job =
+        tubescribe::pipeline::budget::estimate_per_job_bytes(cfg.schedule.segment_s * 1.25);
     cfg.schedule.memory_budget_bytes = weights + per_job * 3 / 2;
 
-    let mut redis = tubescribe::redis_embed::ensure(&data.redis_dir(), &cfg.programs.redis_server)
-        .await
-        .unwrap();
+    let mut redis =
+        tubescribe::tools::redis_embed::ensure(&data.redis_dir(), &cfg.programs.redis_server)
+            .await
+            .unwrap();
     let url = redis.url.clone();
     let producer = Producer::connect(&url).await.unwrap();
-    let model = tubescribe::model::identify(&cfg.model).await.unwrap();
+    let model = tubescribe::tools::model::identify(&cfg.model)
+        .await
+        .unwrap();
     let clips = [
         ("jfk", "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."),
         ("librispeech-1272-128104-0000", "Mister Quilter is the apostle of the middle classes, and we are glad to welcome his gospel."),
@@ -47,7 +52,7 @@ async fn budget_of_one_job_serializes_transcription_and_metrics_count_tasks() {
     let mut ids = Vec::new();
     for (name, fallback) in clips {
         let (wav, _) = speech(tmp.path(), name, fallback);
-        let s = tubescribe::tasks::submit(
+        let s = tubescribe::app::tasks::submit(
             &data,
             &producer,
             &InputPolicy::default(),
@@ -69,7 +74,7 @@ async fn budget_of_one_job_serializes_transcription_and_metrics_count_tasks() {
     .map(|(s, c)| (s, WorkerSettings::with_concurrency(c)))
     .collect();
     let workers = Workers::start(&url, ctx, &stages).await.unwrap();
-    let plan = tubescribe::budget::current().expect("transcribe plan installed");
+    let plan = tubescribe::pipeline::budget::current().expect("transcribe plan installed");
     assert_eq!(plan.slots, 1, "{plan:?}");
     assert_eq!(
         plan.threads, cfg.schedule.cores,
@@ -91,10 +96,8 @@ async fn budget_of_one_job_serializes_transcription_and_metrics_count_tasks() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    tubescribe::metrics::refresh_queue_counts(&producer)
-        .await
-        .unwrap();
-    let text = tubescribe::metrics::render();
+    producer.publish_queue_counts().await.unwrap();
+    let text = tubescribe::observe::metrics::render();
     workers.close(Duration::from_secs(10)).await;
     producer.close().await;
     redis.stop();

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use tubescribe::transcript::{parse_srt, parse_vtt, word_error_rate, Transcript};
+use tubescribe::domain::transcript::{parse_srt, parse_vtt, word_error_rate, Transcript};
 
 const JFK_FALLBACK: &str = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.";
 
@@ -87,8 +87,8 @@ fn whole_flow_on_real_speech() {
     let srt = parse_srt(&std::fs::read_to_string(dir.join("transcript.srt")).unwrap()).unwrap();
     let vtt = parse_vtt(&std::fs::read_to_string(dir.join("transcript.vtt")).unwrap()).unwrap();
     // The files hold the cues built from the transcript with the default rules.
-    let rules = tubescribe::transcript::subtitles::CueRules::default();
-    let cues = tubescribe::transcript::subtitles::cues(&t.segments, &rules);
+    let rules = tubescribe::domain::transcript::subtitles::CueRules::default();
+    let cues = tubescribe::domain::transcript::subtitles::cues(&t.segments, &rules);
     assert_eq!(srt, cues);
     assert_eq!(vtt, cues);
     for c in &cues {
@@ -290,7 +290,7 @@ fn another_model_gets_its_own_task_and_reuses_the_download() {
     assert_eq!(tiny["model"]["name"], "tiny.en");
     assert_eq!(
         tiny["model"]["sha256"],
-        tubescribe::model::ModelName::TinyEn.sha256()
+        tubescribe::domain::ModelName::TinyEn.sha256()
     );
     // From here on, a download would fail: the media is no longer served.
     std::fs::remove_file(media.join("jfk.m4a")).unwrap();
@@ -308,7 +308,7 @@ fn another_model_gets_its_own_task_and_reuses_the_download() {
     assert_eq!(m["model"]["name"], "base");
     assert_eq!(
         m["model"]["sha256"],
-        tubescribe::model::ModelName::Base.sha256()
+        tubescribe::domain::ModelName::Base.sha256()
     );
     assert_eq!(m["stages"]["transcribe"]["detail"]["model"], "base");
     let dir = data.join("tasks").join(&base_id);

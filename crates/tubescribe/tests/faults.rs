@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-use tubescribe::queue::Producer;
-use tubescribe::stages::Stage;
+use tubescribe::domain::Stage;
+use tubescribe::engine::queue::Producer;
 
 const STAGES: [&str; 3] = ["download", "transcribe", "summarize"];
 
@@ -544,7 +544,7 @@ fn kill_run(root: &Path, n: usize, workers: usize, kills: usize, every: Duration
                 pids[rng as usize % pids.len()]
             };
             c.kill9(victim);
-            kill_times.insert(hostname_pid(victim), tubescribe::manifest::now_ms());
+            kill_times.insert(hostname_pid(victim), tubescribe::domain::manifest::now_ms());
             made += 1;
             c.spawn_worker("download,transcribe,summarize", &[]);
             next = Instant::now() + every;
@@ -748,8 +748,8 @@ fn a_panicking_stage_fails_its_task_and_the_queue_keeps_flowing() {
         .unwrap();
     rt.block_on(async {
         let p = Producer::connect(&c.redis.url()).await.unwrap();
-        let data = tubescribe::taskdir::DataDir::open(&c.data).unwrap();
-        tubescribe::tasks::retry(&data, &p, &id).await.unwrap();
+        let data = tubescribe::store::DataDir::open(&c.data).unwrap();
+        tubescribe::app::tasks::retry(&data, &p, &id).await.unwrap();
         p.close().await;
     });
     let t0 = Instant::now();
@@ -930,7 +930,7 @@ fn graceful_shutdown_finishes_or_hands_over_active_jobs() {
     };
     let b = c.spawn_worker("transcribe,summarize", &[]);
     std::thread::sleep(Duration::from_millis(1500));
-    let term_at = tubescribe::manifest::now_ms();
+    let term_at = tubescribe::domain::manifest::now_ms();
     let took = c.term(a, Duration::from_secs(10));
     eprintln!(
         "worker with a long job exited {:.1}s after SIGTERM (grace 2 s)",
@@ -993,18 +993,18 @@ fn workers_apply_the_cluster_wide_cap_from_the_config() {
             .set_global_concurrency(5)
             .await
             .unwrap();
-        let data = tubescribe::taskdir::DataDir::open(&cfg.data_dir).unwrap();
-        let ctx = std::sync::Arc::new(tubescribe::stages::StageCtx::new(cfg.clone(), data));
+        let data = tubescribe::store::DataDir::open(&cfg.data_dir).unwrap();
+        let ctx = std::sync::Arc::new(tubescribe::pipeline::StageCtx::new(cfg.clone(), data));
         let stages: Vec<_> = Stage::ALL
             .iter()
             .map(|s| {
                 (
                     *s,
-                    tubescribe::queue::WorkerSettings::from_policy(1, cfg.policy(*s)),
+                    tubescribe::engine::queue::WorkerSettings::from_policy(1, cfg.policy(*s)),
                 )
             })
             .collect();
-        let w = tubescribe::queue::Workers::start(&redis.url(), ctx, &stages)
+        let w = tubescribe::engine::queue::Workers::start(&redis.url(), ctx, &stages)
             .await
             .unwrap();
         let cap = |s: Stage| {
@@ -1115,13 +1115,13 @@ fn kill9_during_a_segment_job_loses_no_segment() {
     assert_eq!(d["segment_attempts"]["1"], 2, "segment 2 re-ran once: {d}");
     assert_eq!(d["segment_attempts"]["2"], 1, "{d}");
     let dir = c.data.join("tasks").join(m["task_id"].as_str().unwrap());
-    let t: tubescribe::transcript::Transcript =
+    let t: tubescribe::domain::transcript::Transcript =
         serde_json::from_str(&std::fs::read_to_string(dir.join("transcript.json")).unwrap())
             .unwrap();
     for w in t.segments.windows(2) {
         assert!(w[0].end_ms <= w[1].start_ms, "{:?} then {:?}", w[0], w[1]);
     }
-    let wer = tubescribe::transcript::word_error_rate(
+    let wer = tubescribe::domain::transcript::word_error_rate(
         &words.join(" "),
         &std::fs::read_to_string(dir.join("transcript.txt")).unwrap(),
     );

@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 use bullmq::worker::CancellationToken;
 use bullmq::{Job, Worker, WorkerOptions};
 use tubescribe::config::{Config, Overrides};
-use tubescribe::input::InputPolicy;
-use tubescribe::queue::{connection, Producer, WorkerSettings, Workers, PREFIX};
-use tubescribe::stages::{Stage, StageCtx};
-use tubescribe::taskdir::DataDir;
+use tubescribe::domain::input::InputPolicy;
+use tubescribe::domain::keys::PREFIX;
+use tubescribe::domain::Stage;
+use tubescribe::engine::queue::{connection, Producer, WorkerSettings, Workers};
+use tubescribe::pipeline::StageCtx;
+use tubescribe::store::DataDir;
 
 /// `minutes` of silence as a small Opus file.
 fn silence(path: &std::path::Path, minutes: u32) {
@@ -48,12 +50,15 @@ async fn one_slot_transcribes_shortest_first() {
     })
     .unwrap();
     cfg.schedule.aging_rate = 1.0; // the default, whatever the environment says
-    let mut redis = tubescribe::redis_embed::ensure(&data.redis_dir(), &cfg.programs.redis_server)
-        .await
-        .unwrap();
+    let mut redis =
+        tubescribe::tools::redis_embed::ensure(&data.redis_dir(), &cfg.programs.redis_server)
+            .await
+            .unwrap();
     let url = redis.url.clone();
     let producer = Producer::connect(&url).await.unwrap();
-    let model = tubescribe::model::identify(&cfg.model).await.unwrap();
+    let model = tubescribe::tools::model::identify(&cfg.model)
+        .await
+        .unwrap();
 
     // Submitted in the worst order: longest first.
     let minutes = [40u32, 10, 5, 1];
@@ -61,7 +66,7 @@ async fn one_slot_transcribes_shortest_first() {
     for m in minutes {
         let f = tmp.path().join(format!("talk-{m}min.opus"));
         silence(&f, m);
-        let s = tubescribe::tasks::submit(
+        let s = tubescribe::app::tasks::submit(
             &data,
             &producer,
             &InputPolicy::default(),

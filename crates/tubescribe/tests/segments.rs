@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::sync::Arc;
 
 use common::*;
-use tubescribe::asr::{self, AsrModel, TranscribeOptions};
-use tubescribe::transcript::{word_error_rate, Transcript};
+use tubescribe::domain::transcript::{word_error_rate, Transcript};
+use tubescribe::tools::asr;
+use tubescribe::tools::asr::{AsrModel, TranscribeOptions};
 
 const PAUSE_S: f64 = 1.5;
 const MIN_TOTAL_S: f64 = 12.0 * 60.0 + 10.0;

@@ -1283,7 +1283,7 @@ async fn model_option_picks_the_task_and_unknown_models_are_refused() {
     assert_eq!(m["model"]["name"], "base");
     assert_eq!(
         m["model"]["sha256"],
-        tubescribe::model::ModelName::Base.sha256()
+        tubescribe::domain::ModelName::Base.sha256()
     );
 }
 
@@ -1294,12 +1294,12 @@ async fn model_option_picks_the_task_and_unknown_models_are_refused() {
 /// knows the status.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completed_with_warnings_in_api_filter_sse_cli_and_page() {
-    use tubescribe::manifest::{Manifest, Source};
-    use tubescribe::stages::Stage;
+    use tubescribe::domain::manifest::{Manifest, Source};
+    use tubescribe::domain::Stage;
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let (_srv, base) = serve(&data, &[]);
-    let dd = tubescribe::taskdir::DataDir::open(&data).unwrap();
+    let dd = tubescribe::store::DataDir::open(&data).unwrap();
     let warning = "12.0 s of the 40.0 s of speech produced no text (coverage 70 %): 00:10–00:22";
     for (id, warn) in [("file-plain", None), ("file-warned", Some(warning))] {
         let path = format!("/media/{id}.wav");

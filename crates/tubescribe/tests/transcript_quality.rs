@@ -19,9 +19,10 @@ use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::sync::Arc;
 
 use common::*;
-use tubescribe::asr::{self, AsrModel, TranscribeOptions, WavTranscription};
-use tubescribe::transcript::subtitles::{cues, CueRules};
-use tubescribe::transcript::{parse_srt, word_error_rate, Segment, Transcript};
+use tubescribe::domain::transcript::subtitles::{cues, CueRules};
+use tubescribe::domain::transcript::{parse_srt, word_error_rate, Segment, Transcript};
+use tubescribe::tools::asr;
+use tubescribe::tools::asr::{AsrModel, TranscribeOptions, WavTranscription};
 
 /// Deterministic room tone (uniform noise, about −62 dBFS RMS): real recordings are never
 /// digital silence between words.

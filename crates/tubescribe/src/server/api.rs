@@ -6,10 +6,12 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::Shared;
-use crate::cancel::{self, Cancelled};
-use crate::manifest::{Manifest, TaskStatus};
-use crate::model::ModelChoiceError;
-use crate::tasks::{self, SubmitError, TaskOpError, TaskPage};
+use crate::app::cancel;
+use crate::app::cancel::Cancelled;
+use crate::app::tasks;
+use crate::app::tasks::{SubmitError, TaskOpError, TaskPage};
+use crate::domain::manifest::{Manifest, TaskStatus};
+use crate::tools::model::ModelChoiceError;
 
 /// An API error: HTTP status, tRPC error code name and a message for humans.
 #[derive(Debug, Clone)]
@@ -242,7 +244,7 @@ pub async fn create(st: &Shared, input: CreateInput) -> Result<CreateOutput, Api
     // parsing never looks at this machine's disk.
     let fresh = input.fresh || input.options.fresh;
     let (default, dir) = model_files(st);
-    let model = crate::model::choose(input.options.model.as_deref(), &default, &dir).await?;
+    let model = crate::tools::model::choose(input.options.model.as_deref(), &default, &dir).await?;
     let s = tasks::submit(
         &st.data,
         &st.producer,
@@ -268,7 +270,7 @@ fn model_files(st: &Shared) -> (std::path::PathBuf, std::path::PathBuf) {
         .opts
         .model
         .clone()
-        .unwrap_or_else(|| dir.join(crate::model::ModelName::TinyEn.file_name()));
+        .unwrap_or_else(|| dir.join(crate::domain::ModelName::TinyEn.file_name()));
     (default, dir)
 }
 
@@ -281,12 +283,12 @@ pub struct ModelsOutput {
     pub models: Vec<String>,
 }
 
-/// The installed models ([`crate::model::installed`]).
+/// The installed models ([`crate::tools::model::installed`]).
 pub fn models(st: &Shared) -> ModelsOutput {
     let (default, dir) = model_files(st);
     ModelsOutput {
-        default: crate::model::model_name(&default),
-        models: crate::model::installed(&default, &dir)
+        default: crate::tools::model::model_name(&default),
+        models: crate::tools::model::installed(&default, &dir)
             .into_iter()
             .map(|(n, _)| n)
             .collect(),

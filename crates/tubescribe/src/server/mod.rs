@@ -35,10 +35,10 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
-use crate::events::{EventError, EventHub, EventLog};
-use crate::input::InputPolicy;
-use crate::queue::{Producer, QueueError};
-use crate::taskdir::DataDir;
+use crate::domain::input::InputPolicy;
+use crate::engine::queue::{Producer, QueueError};
+use crate::observe::events::{EventError, EventHub, EventLog};
+use crate::store::DataDir;
 
 pub use api::ApiError;
 
@@ -203,19 +203,19 @@ async fn openapi() -> Response {
 /// `GET /metrics`: Prometheus text; queue counts are read from Redis first (a Redis error
 /// leaves the previous counts and is logged), the other figures are this process's.
 async fn metrics(State(st): State<Shared>) -> Response {
-    if let Err(e) = crate::metrics::refresh_queue_counts(&st.producer).await {
+    if let Err(e) = st.producer.publish_queue_counts().await {
         tracing::warn!(error = %e, "metrics: cannot read queue counts");
     }
     (
-        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
-        crate::metrics::render(),
+        [(header::CONTENT_TYPE, crate::observe::metrics::CONTENT_TYPE)],
+        crate::observe::metrics::render(),
     )
         .into_response()
 }
 
 /// `GET /healthz`: 200 while the process answers.
 async fn healthz() -> Response {
-    match crate::metrics::healthz() {
+    match crate::observe::metrics::healthz() {
         Ok(()) => "ok\n".into_response(),
         Err(e) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
     }
@@ -223,8 +223,13 @@ async fn healthz() -> Response {
 
 /// `GET /readyz`: 200 when Redis answers, else 503 with the reason.
 async fn readyz(State(st): State<Shared>) -> Response {
-    match crate::metrics::readyz(&st.producer, None).await {
-        Ok(()) => "ready\n".into_response(),
+    let ready = st
+        .producer
+        .queue(crate::domain::Stage::Download)
+        .get_job_counts()
+        .await;
+    match ready.map_err(|e| format!("redis: {e}")) {
+        Ok(_) => "ready\n".into_response(),
         Err(e) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
     }
 }

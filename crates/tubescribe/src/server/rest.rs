@@ -10,8 +10,8 @@ use axum::Json;
 
 use super::api::{self, ApiError, CreateInput, ListInput};
 use super::Shared;
-use crate::manifest::TaskStatus;
-use crate::taskdir::names;
+use crate::domain::manifest::TaskStatus;
+use crate::store::names;
 
 /// `POST /api/tasks` → 201 with `{taskId, videoId, existing, status}` and a `Location`
 /// header for a new task, 200 when an existing task was joined.

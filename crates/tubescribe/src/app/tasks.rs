@@ -1,0 +1,318 @@
+//! Task submission: input → task id → manifest → flow. Used by the CLI (and the server).
+//!
+//! The task id is derived from the input (`yt-<video id>`, `file-<hash>`, `url-<hash>`) and
+//! the transcription model ([`ModelRef::task_suffix`]: nothing for tiny.en, `-base`, …), so
+//! submitting the same video with the same model again joins the existing task instead of
+//! running it twice, while another model gets its own task — which reuses the media another
+//! model's task already downloaded. A task that failed or was cancelled is reset and run
+//! again; `fresh` forces a new task.
+
+use crate::domain::input;
+use crate::domain::input::{Input, InputPolicy};
+use crate::domain::manifest::{Manifest, Source, StageRecord, StageState, TaskStatus};
+use crate::domain::ModelRef;
+use crate::domain::Stage;
+use crate::engine::queue::{Producer, QueueError};
+use crate::store::{DataDir, StoreError};
+
+/// Why a submission was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The input is not a supported URL or file (not retryable).
+    #[error(transparent)]
+    Input(#[from] input::InputError),
+    /// The task directory could not be written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Redis/BullMQ refused the flow (retryable).
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// The task's previous run is still active in a worker; it cannot be reset now.
+    #[error("task {0} is still running; wait for it or cancel it first")]
+    Busy(String),
+}
+
+/// The answer to a submission.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Submitted {
+    /// The task id.
+    pub task_id: String,
+    /// The YouTube video id, for YouTube inputs.
+    pub video_id: Option<String>,
+    /// True when the input matched a queued, running or completed task that was reused.
+    pub existing: bool,
+}
+
+fn source_of(i: &Input) -> Source {
+    match i {
+        Input::YouTube { video_id, url } => Source::Youtube {
+            video_id: video_id.clone(),
+            url: url.clone(),
+        },
+        Input::LocalFile { path } => Source::File {
+            path: path.to_string_lossy().into_owned(),
+        },
+        Input::DirectUrl { url } => Source::Url {
+            url: url.to_string(),
+        },
+    }
+}
+
+/// Parses `raw`, creates (or finds) its task for transcription with `model` and adds its
+/// flow. A new task whose input another task (another model's) has already downloaded gets
+/// that media instead of downloading it again ([`adopt_download`]).
+///
+/// Errors: [`SubmitError::Input`] before anything is created; `Busy` when a failed task's
+/// job is somehow still active; `Store`/`Queue` on IO or Redis failures.
+pub async fn submit(
+    data: &DataDir,
+    producer: &Producer,
+    policy: &InputPolicy,
+    raw: &str,
+    fresh: bool,
+    model: &ModelRef,
+) -> Result<Submitted, SubmitError> {
+    let parsed = input::parse_input(raw, policy)?;
+    let key = parsed.source_key();
+    let mut task_id = format!("{key}{}", model.task_suffix());
+    if fresh {
+        task_id = format!(
+            "{task_id}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+    }
+    let video_id = match &parsed {
+        Input::YouTube { video_id, .. } => Some(video_id.clone()),
+        _ => None,
+    };
+    let task = data.task(&task_id);
+    if task.exists() {
+        let m = task.read_manifest()?;
+        match m.status {
+            TaskStatus::Queued
+            | TaskStatus::Running
+            | TaskStatus::Completed
+            | TaskStatus::CompletedWithWarnings => {
+                // Re-adding is a no-op when the jobs exist; it repairs a lost flow otherwise.
+                if !m.status.is_completed() {
+                    producer.add_task(&task_id).await?;
+                }
+                return Ok(Submitted {
+                    task_id,
+                    video_id,
+                    existing: true,
+                });
+            }
+            TaskStatus::Failed | TaskStatus::Cancelled => {
+                // The same input again after a failure: run it again like `retry` does.
+                if !producer.remove_task_jobs(&task_id).await? {
+                    return Err(SubmitError::Busy(task_id));
+                }
+                restart(&task, &m)?;
+                producer.add_task(&task_id).await?;
+                return Ok(Submitted {
+                    task_id,
+                    video_id,
+                    existing: false,
+                });
+            }
+        }
+    }
+    let mut manifest = Manifest::new(&task_id, raw.trim(), source_of(&parsed));
+    manifest.model = Some(model.clone());
+    if task.create(&manifest)? && !fresh {
+        adopt_download(data, &key, &task, &manifest);
+    }
+    producer.add_task(&task_id).await?;
+    Ok(Submitted {
+        task_id,
+        video_id,
+        existing: false,
+    })
+}
+
+/// Gives the new task `task` (manifest `m`, source key `key`) the completed download of
+/// another task of the same input — another model's task or a `--fresh` run — so that
+/// transcribing with a second model does not download again: the media is hard-linked (or
+/// copied) and its SHA-256 checked, the download record is copied with `detail.media_from`
+/// naming the task it came from, and the download job then finds its outputs complete and
+/// records the attempt as `reused`. Best effort: on any problem the download simply runs.
+fn adopt_download(data: &DataDir, key: &str, task: &crate::store::TaskDir, m: &Manifest) {
+    let Ok(ids) = data.task_ids() else { return };
+    let sibling = ids
+        .iter()
+        .filter(|id| id.starts_with(key) && **id != m.task_id)
+        .filter_map(|id| Some((id, data.task(id).read_manifest().ok()?)))
+        .find_map(|(id, sm)| {
+            let r = sm.stage(Stage::Download)?;
+            let usable = sm.source == m.source
+                && r.state == StageState::Completed
+                && r.result.is_some()
+                && !r.outputs.is_empty();
+            usable.then(|| (id.clone(), sm.video.clone(), r.clone()))
+        });
+    let Some((from, video, rec)) = sibling else {
+        return;
+    };
+    let src = data.task(&from);
+    let adopted = rec
+        .outputs
+        .iter()
+        .all(|o| task.adopt_output(&src, o).unwrap_or(false));
+    task.clear_tmp();
+    if !adopted {
+        for o in &rec.outputs {
+            let _ = std::fs::remove_file(task.file(&o.name));
+        }
+        return;
+    }
+    let record = StageRecord {
+        state: StageState::Completed,
+        progress: 100.0,
+        outputs: rec.outputs,
+        result: rec.result,
+        completions: 1,
+        detail: [("media_from".to_string(), serde_json::json!(from))]
+            .into_iter()
+            .collect(),
+        ..StageRecord::default()
+    };
+    let r = task.update_manifest(|m| {
+        m.video = video;
+        m.stages.insert(Stage::Download, record);
+    });
+    match r {
+        Ok(_) => {
+            tracing::info!(task = %m.task_id, %from, "media reused from another task of the same input")
+        }
+        Err(e) => tracing::warn!(task = %m.task_id, "could not reuse the media of {from}: {e}"),
+    }
+}
+
+/// Resets a failed or cancelled task (manifest `old`) to run again: stages whose outputs are
+/// complete and intact are kept and will be reused, not run again (a failed summary never
+/// re-downloads); the others wait again; the attempt history stays; temp files are removed.
+fn restart(task: &crate::store::TaskDir, old: &Manifest) -> Result<(), StoreError> {
+    let keep: Vec<Stage> = Stage::ALL
+        .into_iter()
+        .filter(|s| crate::pipeline::completed_earlier(*s, task, old).is_some())
+        .collect();
+    task.clear_tmp();
+    task.update_manifest(|m| m.reset_for_retry(&keep))?;
+    Ok(())
+}
+
+/// Why a task operation (get, retry, cancel) was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskOpError {
+    /// No task with this id (not retryable).
+    #[error("task {0} not found")]
+    NotFound(String),
+    /// The task is not in a state that allows the operation (not retryable as is).
+    #[error("{0}")]
+    Conflict(String),
+    /// The task directory could not be read or written (retryable).
+    #[error(transparent)]
+    Store(StoreError),
+    /// Redis/BullMQ failed (retryable).
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+impl From<StoreError> for TaskOpError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(id) => TaskOpError::NotFound(id),
+            e => TaskOpError::Store(e),
+        }
+    }
+}
+
+/// The manifest of `task_id`. Errors: `NotFound` for unknown or malformed ids.
+pub fn get(data: &DataDir, task_id: &str) -> Result<Manifest, TaskOpError> {
+    if !crate::domain::keys::valid_task_id(task_id) {
+        return Err(TaskOpError::NotFound(task_id.to_string()));
+    }
+    Ok(data.task(task_id).read_manifest()?)
+}
+
+/// One page of tasks.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TaskPage {
+    /// The manifests on this page, newest first.
+    pub tasks: Vec<Manifest>,
+    /// Number of tasks matching the filter (all pages).
+    pub total: usize,
+    /// Offset of the first task on this page.
+    pub offset: usize,
+    /// Page size asked for.
+    pub limit: usize,
+}
+
+/// Tasks newest first (by creation time), only those whose status is one of `status` (all
+/// when empty; `completed` does not include `completed_with_warnings`), paged by
+/// `offset`/`limit` (limit capped at 500). Unreadable manifests are skipped.
+pub fn list(
+    data: &DataDir,
+    status: &[TaskStatus],
+    offset: usize,
+    limit: usize,
+) -> Result<TaskPage, TaskOpError> {
+    let limit = limit.min(500);
+    let mut all: Vec<Manifest> = data
+        .task_ids()?
+        .iter()
+        .filter_map(|id| data.task(id).read_manifest().ok())
+        .filter(|m| status.is_empty() || status.contains(&m.status))
+        .collect();
+    all.sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then(a.task_id.cmp(&b.task_id))
+    });
+    let total = all.len();
+    let tasks = all.into_iter().skip(offset).take(limit).collect();
+    Ok(TaskPage {
+        tasks,
+        total,
+        offset,
+        limit,
+    })
+}
+
+/// Runs a failed or cancelled task again under the same id: its jobs are removed, stages
+/// whose outputs are complete and intact are kept (their jobs reuse them), the others are
+/// reset ([`Manifest::reset_for_retry`]; attempt history kept), temp files are removed and a
+/// new flow is added.
+///
+/// Errors: `NotFound`; `Conflict` when the task is queued, running or completed, or when one
+/// of its jobs is still active (a cancel that has not reached the worker yet).
+pub async fn retry(
+    data: &DataDir,
+    producer: &Producer,
+    task_id: &str,
+) -> Result<Submitted, TaskOpError> {
+    let old = get(data, task_id)?;
+    if !matches!(old.status, TaskStatus::Failed | TaskStatus::Cancelled) {
+        return Err(TaskOpError::Conflict(format!(
+            "task {task_id} is {}; only failed or cancelled tasks can be retried",
+            old.status.as_str()
+        )));
+    }
+    if !producer.remove_task_jobs(task_id).await? {
+        return Err(TaskOpError::Conflict(format!(
+            "task {task_id} still has a running job; try again in a moment"
+        )));
+    }
+    restart(&data.task(task_id), &old)?;
+    let video_id = match &old.source {
+        Source::Youtube { video_id, .. } => Some(video_id.clone()),
+        _ => None,
+    };
+    producer.add_task(task_id).await?;
+    Ok(Submitted {
+        task_id: task_id.to_string(),
+        video_id,
+        existing: false,
+    })
+}

@@ -1,0 +1,1198 @@
+//! Configuration: the only code that reads `TUBESCRIBE_*` environment variables and the TOML file.
+//!
+//! Precedence, highest first: command-line flag > `TUBESCRIBE_*` environment variable >
+//! TOML config file (`--config` / `TUBESCRIBE_CONFIG`, else `./tubescribe.toml` when present) >
+//! built-in default. Flags and their variables are declared in `cli.rs` with clap's `env`
+//! support (so clap applies the first two levels); [`Config::resolve`] applies the file and the
+//! defaults. Settings without a flag are read from their variable here.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::domain::transcript::subtitles::CueRules;
+use crate::domain::Stage;
+
+/// Errors while loading configuration. None is retryable: the user must fix the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for our schema.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (line and column included).
+        message: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("invalid setting {key}: {message}")]
+    Invalid {
+        /// Setting name, e.g. `concurrency.transcribe`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The TOML file's schema. Every field is optional; see `tubescribe.example.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Data directory (tasks, embedded Redis, models).
+    pub data_dir: Option<PathBuf>,
+    /// Redis URL (`redis://host:port/db`, `redis+unix:///path/sock`); none = embedded Redis.
+    pub redis_url: Option<String>,
+    /// Hosts allowed for direct media URLs (besides YouTube).
+    pub allow_hosts: Option<Vec<String>>,
+    /// Path of the ggml Whisper model; default `<data_dir>/models/ggml-tiny.en.bin`.
+    pub model: Option<PathBuf>,
+    /// Worker concurrency per stage.
+    #[serde(default)]
+    pub concurrency: ConcurrencyFile,
+    /// Transcription settings.
+    #[serde(default)]
+    pub transcribe: TranscribeFile,
+    /// OpenAI-compatible LLM settings; absent = extractive summaries.
+    pub llm: Option<LlmFile>,
+    /// Scheduling, long-audio segments and the transcription memory budget.
+    #[serde(default)]
+    pub schedule: ScheduleFile,
+    /// Program paths.
+    #[serde(default)]
+    pub programs: ProgramsFile,
+    /// Queue and run policy per stage (`[stages.download]`, `[stages.transcribe]`,
+    /// `[stages.summarize]`).
+    #[serde(default)]
+    pub stages: StagesFile,
+    /// Worker process settings.
+    #[serde(default)]
+    pub worker: WorkerFile,
+    /// Subtitle cue limits (`transcript.srt`, `transcript.vtt`).
+    #[serde(default)]
+    pub subtitles: SubtitlesFile,
+}
+
+/// `[subtitles]` in the TOML file; every key is optional (defaults in [`CueRules::default`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubtitlesFile {
+    /// Characters per cue line (default 42).
+    pub max_line_chars: Option<usize>,
+    /// Lines per cue (default 2).
+    pub max_lines: Option<usize>,
+    /// Longest time a cue is shown, milliseconds (default 7000).
+    pub max_cue_ms: Option<u64>,
+    /// Shortest time a cue is shown when the next one leaves room, milliseconds (default 1000).
+    pub min_cue_ms: Option<u64>,
+    /// Reading speed a cue is held for when silence follows, characters per second (default 20).
+    pub max_cps: Option<f64>,
+}
+
+/// Resolves `[subtitles]`: file > default, each value range-checked.
+fn resolve_subtitles(f: &SubtitlesFile) -> Result<CueRules, ConfigError> {
+    let d = CueRules::default();
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        key: format!("subtitles.{key}"),
+        message,
+    };
+    let r = CueRules {
+        max_line_chars: f.max_line_chars.unwrap_or(d.max_line_chars),
+        max_lines: f.max_lines.unwrap_or(d.max_lines),
+        max_cue_ms: f.max_cue_ms.unwrap_or(d.max_cue_ms),
+        min_cue_ms: f.min_cue_ms.unwrap_or(d.min_cue_ms),
+        max_cps: f.max_cps.unwrap_or(d.max_cps),
+    };
+    if !(10..=1000).contains(&r.max_line_chars) {
+        return Err(invalid(
+            "max_line_chars",
+            format!(
+                "{} is out of range (10 to 1000 characters)",
+                r.max_line_chars
+            ),
+        ));
+    }
+    if !(1..=10).contains(&r.max_lines) {
+        return Err(invalid(
+            "max_lines",
+            format!("{} is out of range (1 to 10 lines)", r.max_lines),
+        ));
+    }
+    if !(1000..=600_000).contains(&r.max_cue_ms) {
+        return Err(invalid(
+            "max_cue_ms",
+            format!("{} is out of range (1000 to 600000 ms)", r.max_cue_ms),
+        ));
+    }
+    if r.min_cue_ms > r.max_cue_ms {
+        return Err(invalid(
+            "min_cue_ms",
+            format!(
+                "{} is more than subtitles.max_cue_ms ({})",
+                r.min_cue_ms, r.max_cue_ms
+            ),
+        ));
+    }
+    if !(r.max_cps.is_finite() && r.max_cps >= 1.0) {
+        return Err(invalid(
+            "max_cps",
+            format!(
+                "{} must be a number of characters per second ≥ 1",
+                r.max_cps
+            ),
+        ));
+    }
+    Ok(r)
+}
+
+/// `[stages.*]` in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StagesFile {
+    /// `[stages.download]`.
+    #[serde(default)]
+    pub download: StagePolicyFile,
+    /// `[stages.transcribe]`.
+    #[serde(default)]
+    pub transcribe: StagePolicyFile,
+    /// `[stages.summarize]`.
+    #[serde(default)]
+    pub summarize: StagePolicyFile,
+}
+
+/// One `[stages.<stage>]` table; every key is optional (defaults in [`StagePolicy::default_for`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StagePolicyFile {
+    /// Attempts in total (1 = no retry).
+    pub attempts: Option<u32>,
+    /// Delay before the first retry, seconds; doubles with each retry.
+    pub backoff_s: Option<f64>,
+    /// Delay before the first retry after a cool-down failure (bot check, HTTP 429), seconds.
+    pub cool_down_s: Option<f64>,
+    /// Job lock duration, seconds (renewed every half of it while the job runs).
+    pub lock_duration_s: Option<f64>,
+    /// Interval of the stalled-job check, seconds.
+    pub stalled_interval_s: Option<f64>,
+    /// How many times a job may stall (its worker died) before it fails.
+    pub max_stalled_count: Option<u32>,
+    /// Cluster-wide cap on active jobs of this queue (BullMQ global concurrency); 0 removes it.
+    pub global_concurrency: Option<u64>,
+    /// Fixed part of the stage's time limit, seconds.
+    pub timeout_base_s: Option<f64>,
+    /// Seconds of time limit added per second of media.
+    pub timeout_per_media_s: Option<f64>,
+}
+
+/// `[worker]` in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerFile {
+    /// Seconds a stopping worker lets active jobs finish before putting them back in the
+    /// queue (default 30).
+    pub shutdown_grace_s: Option<f64>,
+    /// Seconds between attempts to reach Redis while it is unreachable (default 2).
+    pub redis_retry_s: Option<f64>,
+}
+
+/// A stage's queue and run policy after resolution: retries, stalled-job recovery, the
+/// cluster-wide concurrency cap and the time limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StagePolicy {
+    /// Attempts in total (≥ 1; 1 = no retry). Stalls (a worker died) do not count.
+    pub attempts: u32,
+    /// Delay before the first retry; retry `n` waits `backoff × 2^(n−1)`.
+    pub backoff: Duration,
+    /// Delay before the first retry after a cool-down failure; doubles likewise.
+    pub cool_down: Duration,
+    /// Job lock duration; a job whose worker died is detected between `lock_duration +
+    /// stalled_interval` and `lock_duration + 3 × stalled_interval` later (design notes, §3).
+    pub lock_duration: Duration,
+    /// Interval of the stalled-job check.
+    pub stalled_interval: Duration,
+    /// Stalls a job survives before it fails ("job stalled more than allowable limit").
+    pub max_stalled_count: u32,
+    /// Cluster-wide cap on active jobs of the queue, applied by workers of this stage when
+    /// they start: `Some(n ≥ 1)` sets it, `Some(0)` removes it, `None` leaves Redis as is.
+    pub global_concurrency: Option<u64>,
+    /// Fixed part of the time limit of one attempt.
+    pub timeout_base: Duration,
+    /// Seconds of time limit per second of media (the media duration is known once the
+    /// download has probed it; before that only the base applies).
+    pub timeout_per_media_s: f64,
+}
+
+impl StagePolicy {
+    /// Built-in defaults. Downloads meet flaky networks (3 attempts), transcription rarely
+    /// fails twice (2), summaries may meet a busy LLM (3). A job may stall 5 times, so a long
+    /// transcription survives several worker restarts. Time limits: download 1 h + 1 × media,
+    /// transcribe 10 min + 4 × media (tiny.en runs at RTF ≈ 0.1 on 2 cores; larger models on
+    /// CPU approach RTF 1), summarize 5 min + 0.5 × media (LLM calls).
+    pub fn default_for(stage: Stage) -> StagePolicy {
+        let (attempts, backoff_s, base_s, per_media) = match stage {
+            Stage::Download => (3, 2, 3600, 1.0),
+            Stage::Transcribe => (2, 2, 600, 4.0),
+            Stage::Summarize => (3, 5, 300, 0.5),
+        };
+        StagePolicy {
+            attempts,
+            backoff: Duration::from_secs(backoff_s),
+            cool_down: Duration::from_secs(300),
+            lock_duration: Duration::from_secs(30),
+            stalled_interval: Duration::from_secs(15),
+            max_stalled_count: 5,
+            global_concurrency: None,
+            timeout_base: Duration::from_secs(base_s),
+            timeout_per_media_s: per_media,
+        }
+    }
+
+    /// The time limit of one attempt on `media_s` seconds of media (unknown: the base only).
+    pub fn time_limit(&self, media_s: Option<f64>) -> Duration {
+        let extra = media_s.unwrap_or(0.0).max(0.0) * self.timeout_per_media_s.max(0.0);
+        self.timeout_base + Duration::from_secs_f64(extra.min(1e9))
+    }
+
+    fn resolve(stage: Stage, f: &StagePolicyFile) -> Result<StagePolicy, ConfigError> {
+        let d = StagePolicy::default_for(stage);
+        let key = |k: &str| format!("stages.{stage}.{k}");
+        let secs = |k: &str, v: Option<f64>, d: Duration, min: f64| match v {
+            None => Ok(d),
+            Some(v) if v.is_finite() && v >= min && v < 1e9 => Ok(Duration::from_secs_f64(v)),
+            Some(v) => Err(ConfigError::Invalid {
+                key: key(k),
+                message: format!("{v} is out of range (at least {min} seconds)"),
+            }),
+        };
+        let attempts = f.attempts.unwrap_or(d.attempts);
+        if attempts == 0 {
+            return Err(ConfigError::Invalid {
+                key: key("attempts"),
+                message: "must be at least 1".into(),
+            });
+        }
+        let per_media = f.timeout_per_media_s.unwrap_or(d.timeout_per_media_s);
+        if !(per_media.is_finite() && per_media >= 0.0) {
+            return Err(ConfigError::Invalid {
+                key: key("timeout_per_media_s"),
+                message: format!("{per_media} must be a number ≥ 0"),
+            });
+        }
+        Ok(StagePolicy {
+            attempts,
+            backoff: secs("backoff_s", f.backoff_s, d.backoff, 0.0)?,
+            cool_down: secs("cool_down_s", f.cool_down_s, d.cool_down, 0.0)?,
+            lock_duration: secs("lock_duration_s", f.lock_duration_s, d.lock_duration, 0.5)?,
+            stalled_interval: secs(
+                "stalled_interval_s",
+                f.stalled_interval_s,
+                d.stalled_interval,
+                0.1,
+            )?,
+            max_stalled_count: f.max_stalled_count.unwrap_or(d.max_stalled_count),
+            global_concurrency: f.global_concurrency.or(d.global_concurrency),
+            timeout_base: secs("timeout_base_s", f.timeout_base_s, d.timeout_base, 0.1)?,
+            timeout_per_media_s: per_media,
+        })
+    }
+}
+
+/// `[concurrency]` in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyFile {
+    /// Concurrent download jobs per worker process (default 3).
+    pub download: Option<usize>,
+    /// Concurrent transcribe jobs per worker process (default 2).
+    pub transcribe: Option<usize>,
+    /// Concurrent summarize jobs per worker process (default 1).
+    pub summarize: Option<usize>,
+}
+
+/// `[transcribe]` in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TranscribeFile {
+    /// whisper.cpp threads per job (default: cores / transcribe concurrency, at least 1).
+    pub threads: Option<usize>,
+    /// Spoken language code, e.g. "en"; default: "en" for `.en` models, else auto-detect.
+    pub language: Option<String>,
+    /// Least share of the detected speech the transcript must cover (0–1, default 0.9);
+    /// below it the task completes with a warning.
+    pub min_coverage: Option<f64>,
+}
+
+/// `[schedule]` in the TOML file (see `schedule.rs`, `segments.rs`, `budget.rs`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleFile {
+    /// Audio longer than this many seconds is cut into segment jobs of about this length
+    /// (default 600).
+    pub segment_s: Option<f64>,
+    /// Priority aging: seconds of audio credited per second a transcribe job has waited
+    /// (default 1.0; 0 = pure shortest-job-first).
+    pub aging_rate: Option<f64>,
+    /// Memory for transcription per worker process, in MB (default: half the machine's RAM).
+    pub memory_budget_mb: Option<u64>,
+    /// CPU cores given to transcription per worker process (default: all cores).
+    pub cores: Option<usize>,
+}
+
+/// `[llm]` in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmFile {
+    /// Base URL of an OpenAI-compatible API, e.g. `http://127.0.0.1:11434/v1`.
+    pub base_url: String,
+    /// Model name sent in requests.
+    pub model: String,
+    /// Name of the environment variable holding the API key (default `TUBESCRIBE_LLM_API_KEY`).
+    pub api_key_env: Option<String>,
+    /// Per-request timeout in seconds (default 120).
+    pub timeout_s: Option<u64>,
+    /// Retries of 429/5xx/timeouts per request (default 4).
+    pub max_retries: Option<u32>,
+    /// The model's context window in tokens (default 8192).
+    pub context_tokens: Option<usize>,
+}
+
+/// `[programs]` in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgramsFile {
+    /// yt-dlp (default `yt-dlp` on PATH).
+    pub ytdlp: Option<PathBuf>,
+    /// ffmpeg (default `ffmpeg` on PATH).
+    pub ffmpeg: Option<PathBuf>,
+    /// ffprobe (default `ffprobe` on PATH).
+    pub ffprobe: Option<PathBuf>,
+    /// redis-server for the embedded Redis (default `redis-server` on PATH).
+    pub redis_server: Option<PathBuf>,
+    /// Python with pip, for `model install` (default `python3`).
+    pub python: Option<PathBuf>,
+}
+
+/// Values given on the command line or through their `TUBESCRIBE_*` variables (clap applies
+/// both); `None` means "not given", so the file or the default applies.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--config` / `TUBESCRIBE_CONFIG`.
+    pub config: Option<PathBuf>,
+    /// `--data-dir` / `TUBESCRIBE_DATA_DIR`.
+    pub data_dir: Option<PathBuf>,
+    /// `--redis-url` / `TUBESCRIBE_REDIS_URL`.
+    pub redis_url: Option<String>,
+    /// `--allow-host` (repeatable) / `TUBESCRIBE_ALLOW_HOSTS` (comma-separated).
+    pub allow_hosts: Option<Vec<String>>,
+    /// `--model` / `TUBESCRIBE_MODEL`.
+    pub model: Option<PathBuf>,
+    /// `--download-concurrency` / `TUBESCRIBE_DOWNLOAD_CONCURRENCY`.
+    pub download_concurrency: Option<usize>,
+    /// `--transcribe-concurrency` / `TUBESCRIBE_TRANSCRIBE_CONCURRENCY`.
+    pub transcribe_concurrency: Option<usize>,
+    /// `--summarize-concurrency` / `TUBESCRIBE_SUMMARIZE_CONCURRENCY`.
+    pub summarize_concurrency: Option<usize>,
+    /// `--threads` / `TUBESCRIBE_THREADS`.
+    pub threads: Option<usize>,
+    /// `--shutdown-grace` / `TUBESCRIBE_SHUTDOWN_GRACE_S` (seconds).
+    pub shutdown_grace_s: Option<f64>,
+}
+
+/// The model file for a `--model` value: a path as given, or — for a bare model name such as
+/// `base` or `tiny.en` that is not a file in the working directory — the file `tubescribe
+/// model install NAME` writes (`<data_dir>/models/ggml-NAME.bin`). `None` means tiny.en.
+fn model_path(given: Option<PathBuf>, data_dir: &Path) -> PathBuf {
+    let models = data_dir.join("models");
+    match given {
+        None => models.join(crate::domain::ModelName::TinyEn.file_name()),
+        Some(p) if p.components().count() == 1 && !p.exists() => {
+            match crate::domain::ModelName::parse(&p.to_string_lossy()) {
+                Some(name) => models.join(name.file_name()),
+                None => p,
+            }
+        }
+        Some(p) => p,
+    }
+}
+
+/// Scheduling settings after resolution (`[schedule]`, `TUBESCRIBE_SEGMENT_S`,
+/// `TUBESCRIBE_AGING_RATE`, `TUBESCRIBE_MEMORY_BUDGET_MB`, `TUBESCRIBE_TRANSCRIBE_CORES`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleSettings {
+    /// Segment length in seconds; longer audio is split into segment jobs (≥ 60).
+    pub segment_s: f64,
+    /// Audio seconds of priority credit per second waited (≥ 0).
+    pub aging_rate: f64,
+    /// Transcription memory budget per worker process, in bytes.
+    pub memory_budget_bytes: u64,
+    /// Cores given to transcription per worker process (≥ 1).
+    pub cores: usize,
+}
+
+/// Total RAM from `/proc/meminfo` (`MemTotal`, kB), in bytes; `None` when unreadable.
+pub fn machine_ram_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// LLM settings after resolution.
+#[derive(Debug, Clone)]
+pub struct LlmSettings {
+    /// Base URL of the OpenAI-compatible API (ends before `/chat/completions`).
+    pub base_url: String,
+    /// Model name.
+    pub model: String,
+    /// API key, if the named variable is set.
+    pub api_key: Option<String>,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Retries per request.
+    pub max_retries: u32,
+    /// Context window in tokens.
+    pub context_tokens: usize,
+}
+
+/// Paths of the external programs.
+#[derive(Debug, Clone)]
+pub struct Programs {
+    /// yt-dlp.
+    pub ytdlp: PathBuf,
+    /// ffmpeg.
+    pub ffmpeg: PathBuf,
+    /// ffprobe.
+    pub ffprobe: PathBuf,
+    /// redis-server.
+    pub redis_server: PathBuf,
+    /// Python 3 with pip.
+    pub python: PathBuf,
+}
+
+/// The resolved configuration every command runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Data directory root (absolute).
+    pub data_dir: PathBuf,
+    /// Redis URL; `None` = start/reuse the embedded redis-server in the data directory.
+    pub redis_url: Option<String>,
+    /// Hosts allowed for direct media URLs (lower-case host or host:port).
+    pub allow_hosts: Vec<String>,
+    /// ggml Whisper model file.
+    pub model: PathBuf,
+    /// Concurrent download jobs per worker process.
+    pub download_concurrency: usize,
+    /// Concurrent transcribe jobs per worker process.
+    pub transcribe_concurrency: usize,
+    /// Concurrent summarize jobs per worker process.
+    pub summarize_concurrency: usize,
+    /// whisper.cpp threads per transcribe job.
+    pub threads: usize,
+    /// True when `threads` was set by a flag, variable or the file (not the default), so the
+    /// memory budget does not recompute it.
+    pub threads_explicit: bool,
+    /// Scheduling, segment and memory-budget settings.
+    pub schedule: ScheduleSettings,
+    /// Spoken language, if fixed.
+    pub language: Option<String>,
+    /// Least share of the speech found by the gate that transcript words must cover (0–1);
+    /// below it the task ends `completed_with_warnings` (`[transcribe] min_coverage`).
+    pub min_coverage: f64,
+    /// LLM settings; `None` = offline extractive summaries.
+    pub llm: Option<LlmSettings>,
+    /// External program paths.
+    pub programs: Programs,
+    /// Free space (bytes) the data directory's filesystem must have before a download or
+    /// decode starts; below it the job pauses until space is freed
+    /// (`TUBESCRIBE_MIN_FREE_MB`, default [`DEFAULT_MIN_FREE_MB`] MiB).
+    pub min_free_bytes: u64,
+    /// Queue and run policy of each stage (all three, in [`Stage::ALL`] order).
+    pub stage_policies: Vec<(Stage, StagePolicy)>,
+    /// How long a stopping worker lets active jobs finish before putting them back in the
+    /// queue for another worker.
+    pub shutdown_grace: Duration,
+    /// Pause between attempts to reach Redis while it is unreachable.
+    pub redis_retry: Duration,
+    /// Subtitle cue limits (`[subtitles]`).
+    pub subtitles: CueRules,
+}
+
+/// Default of `TUBESCRIBE_MIN_FREE_MB`: free space, in MiB, required before a download or
+/// decode starts.
+pub const DEFAULT_MIN_FREE_MB: u64 = 1024;
+/// Default `[transcribe] min_coverage`: 90 % of the detected speech must have text.
+pub const DEFAULT_MIN_COVERAGE: f64 = 0.9;
+
+/// Largest accepted `transcribe.threads`: far above any useful value (whisper.cpp scales to
+/// the physical cores), low enough that a typo cannot make the OS refuse thread creation,
+/// which aborts the process mid-job.
+pub const MAX_THREADS: usize = 256;
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// The default data directory: `$XDG_DATA_HOME/tubescribe`, else `~/.local/share/tubescribe`,
+/// else `./.tubescribe`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = env_path("XDG_DATA_HOME") {
+        return x.join("tubescribe");
+    }
+    if let Some(h) = env_path("HOME") {
+        return h.join(".local/share/tubescribe");
+    }
+    PathBuf::from(".tubescribe")
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|c| c.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+/// Splits a comma-separated host list, trimming and lower-casing, dropping empties.
+pub fn split_hosts(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect()
+}
+
+impl Config {
+    /// Loads the config file (if any) and applies the precedence described in the module docs.
+    ///
+    /// Errors: an explicitly named config file that is missing or invalid, zero concurrency.
+    pub fn resolve(o: &Overrides) -> Result<Config, ConfigError> {
+        let file_path = o.config.clone().or_else(|| {
+            let p = PathBuf::from("tubescribe.toml");
+            p.exists().then_some(p)
+        });
+        let file: FileConfig = match &file_path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read {
+                    path: p.clone(),
+                    source: e,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: p.clone(),
+                    message: e.to_string(),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let data_dir = absolute(
+            &o.data_dir
+                .clone()
+                .or(file.data_dir.clone())
+                .unwrap_or_else(default_data_dir),
+        );
+        let model = absolute(&model_path(
+            o.model.clone().or(file.model.clone()),
+            &data_dir,
+        ));
+        let pick = |key: &str, flag: Option<usize>, f: Option<usize>, d: usize| {
+            let v = flag.or(f).unwrap_or(d);
+            if v == 0 {
+                Err(ConfigError::Invalid {
+                    key: key.into(),
+                    message: "must be at least 1".into(),
+                })
+            } else {
+                Ok(v)
+            }
+        };
+        let download_concurrency = pick(
+            "concurrency.download",
+            o.download_concurrency,
+            file.concurrency.download,
+            3,
+        )?;
+        let transcribe_concurrency = pick(
+            "concurrency.transcribe",
+            o.transcribe_concurrency,
+            file.concurrency.transcribe,
+            2,
+        )?;
+        let summarize_concurrency = pick(
+            "concurrency.summarize",
+            o.summarize_concurrency,
+            file.concurrency.summarize,
+            1,
+        )?;
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let threads = pick(
+            "transcribe.threads",
+            o.threads,
+            file.transcribe.threads,
+            (cores / transcribe_concurrency).clamp(1, MAX_THREADS),
+        )?;
+        if threads > MAX_THREADS {
+            return Err(ConfigError::Invalid {
+                key: "transcribe.threads".into(),
+                message: format!(
+                    "{threads} is more than {MAX_THREADS}; whisper.cpp gains nothing beyond the \
+                     machine's cores ({cores} here)"
+                ),
+            });
+        }
+        let threads_explicit = o.threads.or(file.transcribe.threads).is_some();
+        let schedule = resolve_schedule(&file.schedule, cores)?;
+        let subtitles = resolve_subtitles(&file.subtitles)?;
+        let llm = match (&file.llm, std::env::var("TUBESCRIBE_LLM_BASE_URL").ok()) {
+            (_, Some(base)) if !base.is_empty() => Some(LlmSettings {
+                base_url: base,
+                model: std::env::var("TUBESCRIBE_LLM_MODEL").unwrap_or_else(|_| "default".into()),
+                api_key: std::env::var("TUBESCRIBE_LLM_API_KEY").ok(),
+                timeout: Duration::from_secs(120),
+                max_retries: 4,
+                context_tokens: 8192,
+            }),
+            (Some(l), _) => Some(LlmSettings {
+                base_url: l.base_url.clone(),
+                model: l.model.clone(),
+                api_key: std::env::var(
+                    l.api_key_env.as_deref().unwrap_or("TUBESCRIBE_LLM_API_KEY"),
+                )
+                .ok(),
+                timeout: Duration::from_secs(l.timeout_s.unwrap_or(120)),
+                max_retries: l.max_retries.unwrap_or(4),
+                context_tokens: l.context_tokens.unwrap_or(8192),
+            }),
+            _ => None,
+        };
+        // A bare name is looked up on PATH; a relative path with a separator is made absolute
+        // now, because programs may run in other working directories.
+        let prog = |env: &str, f: &Option<PathBuf>, d: &str| {
+            let p = env_path(env)
+                .or_else(|| f.clone())
+                .unwrap_or_else(|| PathBuf::from(d));
+            if p.components().count() > 1 {
+                absolute(&p)
+            } else {
+                p
+            }
+        };
+        let programs = Programs {
+            ytdlp: prog("TUBESCRIBE_YTDLP", &file.programs.ytdlp, "yt-dlp"),
+            ffmpeg: prog("TUBESCRIBE_FFMPEG", &file.programs.ffmpeg, "ffmpeg"),
+            ffprobe: prog("TUBESCRIBE_FFPROBE", &file.programs.ffprobe, "ffprobe"),
+            redis_server: prog(
+                "TUBESCRIBE_REDIS_SERVER",
+                &file.programs.redis_server,
+                "redis-server",
+            ),
+            python: prog("TUBESCRIBE_PYTHON", &file.programs.python, "python3"),
+        };
+        let mut stage_policies = Vec::new();
+        for stage in Stage::ALL {
+            let f = match stage {
+                Stage::Download => &file.stages.download,
+                Stage::Transcribe => &file.stages.transcribe,
+                Stage::Summarize => &file.stages.summarize,
+            };
+            stage_policies.push((stage, StagePolicy::resolve(stage, f)?));
+        }
+        let seconds = |key: &str, v: Option<f64>, d: f64| match v.unwrap_or(d) {
+            v if v.is_finite() && (0.0..1e9).contains(&v) => Ok(Duration::from_secs_f64(v)),
+            v => Err(ConfigError::Invalid {
+                key: key.into(),
+                message: format!("{v} is not a number of seconds ≥ 0"),
+            }),
+        };
+        let shutdown_grace = seconds(
+            "worker.shutdown_grace_s",
+            o.shutdown_grace_s.or(file.worker.shutdown_grace_s),
+            30.0,
+        )?;
+        let redis_retry = seconds("worker.redis_retry_s", file.worker.redis_retry_s, 2.0)?
+            .max(Duration::from_millis(100));
+        let allow_hosts: Vec<String> = o
+            .allow_hosts
+            .clone()
+            .or(file.allow_hosts)
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|h| split_hosts(h))
+            .collect();
+        if let Some(bad) = allow_hosts
+            .iter()
+            .find(|h| !crate::domain::input::valid_host_entry(h))
+        {
+            return Err(ConfigError::Invalid {
+                key: "allow_hosts".into(),
+                message: format!(
+                    "{bad:?} is not a host or host:port (write e.g. media.example.org, \
+                     localhost:8080 or [::1]:9000; no scheme, path or wildcard)"
+                ),
+            });
+        }
+        Ok(Config {
+            subtitles,
+            stage_policies,
+            shutdown_grace,
+            redis_retry,
+            data_dir,
+            redis_url: o
+                .redis_url
+                .clone()
+                .or(file.redis_url)
+                .filter(|s| !s.is_empty()),
+            allow_hosts,
+            model,
+            download_concurrency,
+            transcribe_concurrency,
+            summarize_concurrency,
+            threads,
+            threads_explicit,
+            schedule,
+            language: file.transcribe.language,
+            min_coverage: match file.transcribe.min_coverage {
+                None => DEFAULT_MIN_COVERAGE,
+                Some(c) if (0.0..=1.0).contains(&c) => c,
+                Some(c) => {
+                    return Err(ConfigError::Invalid {
+                        key: "transcribe.min_coverage".into(),
+                        message: format!("{c} is not a share between 0 and 1"),
+                    })
+                }
+            },
+            llm,
+            programs,
+            min_free_bytes: match std::env::var("TUBESCRIBE_MIN_FREE_MB") {
+                Ok(v) if !v.trim().is_empty() => {
+                    v.trim().parse::<u64>().map_err(|e| ConfigError::Invalid {
+                        key: "TUBESCRIBE_MIN_FREE_MB".into(),
+                        message: format!("{v:?}: {e}"),
+                    })?
+                }
+                _ => DEFAULT_MIN_FREE_MB,
+            }
+            .saturating_mul(1024 * 1024),
+        })
+    }
+}
+
+fn env_parse<T: std::str::FromStr>(name: &str, key: &str) -> Result<Option<T>, ConfigError> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => {
+            v.trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| ConfigError::Invalid {
+                    key: key.into(),
+                    message: format!("{name}={v:?} is not a number"),
+                })
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Resolves `[schedule]` with its `TUBESCRIBE_*` variables (variable > file > default).
+fn resolve_schedule(f: &ScheduleFile, cores: usize) -> Result<ScheduleSettings, ConfigError> {
+    let invalid = |key: &str, message: &str| ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    };
+    let segment_s = env_parse::<f64>("TUBESCRIBE_SEGMENT_S", "schedule.segment_s")?
+        .or(f.segment_s)
+        .unwrap_or(600.0);
+    if segment_s.is_nan() || segment_s < 60.0 {
+        return Err(invalid("schedule.segment_s", "must be at least 60 seconds"));
+    }
+    let aging_rate = env_parse::<f64>("TUBESCRIBE_AGING_RATE", "schedule.aging_rate")?
+        .or(f.aging_rate)
+        .unwrap_or(1.0);
+    if aging_rate.is_nan() || aging_rate < 0.0 {
+        return Err(invalid("schedule.aging_rate", "must be 0 or more"));
+    }
+    let budget_mb = env_parse::<u64>("TUBESCRIBE_MEMORY_BUDGET_MB", "schedule.memory_budget_mb")?
+        .or(f.memory_budget_mb);
+    let memory_budget_bytes = match budget_mb {
+        Some(0) => return Err(invalid("schedule.memory_budget_mb", "must be at least 1")),
+        Some(mb) => mb * 1024 * 1024,
+        None => machine_ram_bytes().unwrap_or(2 << 30) / 2,
+    };
+    let machine_cores = cores;
+    let cores = env_parse::<usize>("TUBESCRIBE_TRANSCRIBE_CORES", "schedule.cores")?
+        .or(f.cores)
+        .unwrap_or(cores);
+    if cores == 0 {
+        return Err(invalid("schedule.cores", "must be at least 1"));
+    }
+    if cores > machine_cores {
+        return Err(invalid(
+            "schedule.cores",
+            &format!("{cores} is more than this machine's {machine_cores} cores"),
+        ));
+    }
+    Ok(ScheduleSettings {
+        segment_s,
+        aging_rate,
+        memory_budget_bytes,
+        cores,
+    })
+}
+
+impl Config {
+    /// The resolved policy of `stage`.
+    pub fn policy(&self, stage: Stage) -> &StagePolicy {
+        &self
+            .stage_policies
+            .iter()
+            .find(|(s, _)| *s == stage)
+            .expect("resolve fills every stage")
+            .1
+    }
+}
+
+/// Hooks for the fault tests, compiled into debug builds only (`cfg(debug_assertions)`), so a
+/// release binary never reads them. `scripts/test.sh` and `cargo test` use debug builds.
+#[cfg(debug_assertions)]
+pub mod test_hooks {
+    use crate::domain::Stage;
+
+    /// `TUBESCRIBE_TEST_PANIC=<stage>:<text>`: the stage panics for every task whose input
+    /// contains `<text>` (e.g. `summarize:panic-me`).
+    pub fn panic_requested(stage: Stage, input: &str) -> bool {
+        std::env::var("TUBESCRIBE_TEST_PANIC").is_ok_and(|v| {
+            v.split_once(':').is_some_and(|(s, text)| {
+                s == stage.queue_name() && !text.is_empty() && input.contains(text)
+            })
+        })
+    }
+}
+
+/// whisper threads per job so that `slots × threads ≤ cores` (at least 1, at most
+/// [`MAX_THREADS`]).
+pub fn threads_per_job(cores: usize, slots: usize) -> usize {
+    (cores / slots.max(1)).clamp(1, MAX_THREADS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_never_oversubscribe() {
+        for cores in 1..=16 {
+            for s in 1..=8 {
+                let t = threads_per_job(cores, s);
+                assert!(t >= 1);
+                assert!(
+                    s * t <= cores.max(s),
+                    "{cores} cores, {s} slots, {t} threads"
+                );
+            }
+        }
+        assert_eq!(threads_per_job(2, 1), 2);
+        assert_eq!(threads_per_job(2, 2), 1);
+    }
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let dir = std::env::temp_dir().join(format!("ts-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(
+            &f,
+            "data_dir = \"/srv/ts\"\nallow_hosts = [\"Media.Example:8080\"]\n[concurrency]\ntranscribe = 4\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            config: Some(f.clone()),
+            download_concurrency: Some(5),
+            ..Default::default()
+        };
+        let c = Config::resolve(&o).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/ts"));
+        assert_eq!(c.download_concurrency, 5);
+        assert_eq!(c.transcribe_concurrency, 4);
+        assert_eq!(c.summarize_concurrency, 1);
+        assert_eq!(c.allow_hosts, vec!["media.example:8080".to_string()]);
+        assert_eq!(c.model, PathBuf::from("/srv/ts/models/ggml-tiny.en.bin"));
+        // A bare model name means the installed file of that name.
+        let d = Path::new("/srv/ts");
+        assert_eq!(
+            model_path(Some("base".into()), d),
+            PathBuf::from("/srv/ts/models/ggml-base.bin")
+        );
+        assert_eq!(
+            model_path(Some("ggml-tiny.en.bin".into()), d),
+            PathBuf::from("/srv/ts/models/ggml-tiny.en.bin")
+        );
+        assert_eq!(
+            model_path(Some("/m/x.bin".into()), d),
+            PathBuf::from("/m/x.bin")
+        );
+        assert_eq!(
+            model_path(Some("custom.bin".into()), d),
+            PathBuf::from("custom.bin")
+        );
+        assert!(c.threads >= 1);
+        let o2 = Overrides {
+            config: Some(f.clone()),
+            data_dir: Some("/tmp/other".into()),
+            allow_hosts: Some(vec!["a.test, b.test".into()]),
+            ..Default::default()
+        };
+        let c2 = Config::resolve(&o2).unwrap();
+        assert_eq!(c2.data_dir, PathBuf::from("/tmp/other"));
+        assert_eq!(c2.allow_hosts, vec!["a.test", "b.test"]);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn malformed_hosts_and_threads_are_refused() {
+        for bad in [
+            "host/evil",
+            "http://host:80",
+            "*",
+            "*.example.org",
+            "host:99999",
+            "127.0.0.1\\evil:8080",
+            "127.0.0\t.1:8080",
+            "..",
+            "a..b",
+            "example.org:0",
+            "example.org:+80",
+            "%65xample.org",
+        ] {
+            let o = Overrides {
+                config: Some("/dev/null".into()),
+                allow_hosts: Some(vec![format!("ok.example, {bad}")]),
+                ..Default::default()
+            };
+            match Config::resolve(&o) {
+                Err(ConfigError::Invalid { key, message }) => {
+                    assert_eq!(key, "allow_hosts");
+                    assert!(
+                        message.starts_with(&format!("{bad:?} is not a host")),
+                        "{message}"
+                    );
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        let ok = Overrides {
+            config: Some("/dev/null".into()),
+            allow_hosts: Some(vec![
+                "localhost:8080, [::1]:9000, 10.0.0.5, media.lan".into()
+            ]),
+            threads: Some(MAX_THREADS),
+            ..Default::default()
+        };
+        let c = Config::resolve(&ok).unwrap();
+        assert_eq!(c.allow_hosts.len(), 4);
+        assert_eq!(c.threads, MAX_THREADS);
+        let o = Overrides {
+            config: Some("/dev/null".into()),
+            threads: Some(100_000),
+            ..Default::default()
+        };
+        match Config::resolve(&o) {
+            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "transcribe.threads"),
+            other => panic!("{other:?}"),
+        }
+        // The scheduler's per-job threads come from the cores given to transcription: never
+        // more than the machine has, never more than MAX_THREADS per job.
+        let many = std::env::temp_dir().join(format!("ts-cores-{}.toml", std::process::id()));
+        std::fs::write(&many, "[schedule]\ncores = 100000\n").unwrap();
+        let o = Overrides {
+            config: Some(many.clone()),
+            ..Default::default()
+        };
+        match Config::resolve(&o) {
+            Err(ConfigError::Invalid { key, message }) => {
+                assert_eq!(key, "schedule.cores");
+                assert!(
+                    message.starts_with("100000 is more than this machine's"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::remove_file(&many).ok();
+        assert_eq!(threads_per_job(100_000, 1), MAX_THREADS);
+        assert_eq!(threads_per_job(3, 2), 1);
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../../../../tubescribe.example.toml");
+        let f: FileConfig = toml::from_str(text).unwrap();
+        let t = StagePolicy::resolve(Stage::Transcribe, &f.stages.transcribe).unwrap();
+        assert_eq!(t, StagePolicy::default_for(Stage::Transcribe));
+        assert!(f.worker.shutdown_grace_s.is_none());
+        assert_eq!(
+            resolve_subtitles(&f.subtitles).unwrap(),
+            CueRules::default()
+        );
+    }
+
+    #[test]
+    fn subtitle_settings() {
+        let dir = std::env::temp_dir().join(format!("ts-cfg-subs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        let resolve = |toml: &str| {
+            std::fs::write(&f, toml).unwrap();
+            Config::resolve(&Overrides {
+                config: Some(f.clone()),
+                ..Default::default()
+            })
+        };
+        let c = resolve("").unwrap();
+        assert_eq!(c.subtitles, CueRules::default());
+        let c =
+            resolve("[subtitles]\nmax_line_chars = 37\nmax_lines = 1\nmax_cps = 17.5\n").unwrap();
+        assert_eq!(
+            c.subtitles,
+            CueRules {
+                max_line_chars: 37,
+                max_lines: 1,
+                max_cps: 17.5,
+                ..CueRules::default()
+            }
+        );
+        for (toml, msg) in [
+            (
+                "max_line_chars = 5",
+                "invalid setting subtitles.max_line_chars: 5 is out of range (10 to 1000 characters)",
+            ),
+            (
+                "max_lines = 0",
+                "invalid setting subtitles.max_lines: 0 is out of range (1 to 10 lines)",
+            ),
+            (
+                "max_cue_ms = 500",
+                "invalid setting subtitles.max_cue_ms: 500 is out of range (1000 to 600000 ms)",
+            ),
+            (
+                "min_cue_ms = 8000",
+                "invalid setting subtitles.min_cue_ms: 8000 is more than subtitles.max_cue_ms (7000)",
+            ),
+            (
+                "max_cps = 0",
+                "invalid setting subtitles.max_cps: 0 must be a number of characters per second ≥ 1",
+            ),
+            (
+                "max_cps = nan",
+                "invalid setting subtitles.max_cps: NaN must be a number of characters per second ≥ 1",
+            ),
+        ] {
+            let e = resolve(&format!("[subtitles]\n{toml}\n")).unwrap_err();
+            assert_eq!(e.to_string(), msg);
+        }
+        let e = resolve("[subtitles]\nmax_chars = 40\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn stage_policies_and_worker_settings() {
+        let dir = std::env::temp_dir().join(format!("ts-cfg3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(
+            &f,
+            "[stages.transcribe]\nattempts = 4\nlock_duration_s = 2.5\nglobal_concurrency = 2\n\
+             timeout_base_s = 10\ntimeout_per_media_s = 2\n[worker]\nshutdown_grace_s = 7\n",
+        )
+        .unwrap();
+        let c = Config::resolve(&Overrides {
+            config: Some(f.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        let t = c.policy(Stage::Transcribe);
+        assert_eq!(t.attempts, 4);
+        assert_eq!(t.lock_duration, Duration::from_millis(2500));
+        assert_eq!(t.stalled_interval, Duration::from_secs(15));
+        assert_eq!(t.global_concurrency, Some(2));
+        assert_eq!(t.time_limit(Some(30.0)), Duration::from_secs(70));
+        assert_eq!(t.time_limit(None), Duration::from_secs(10));
+        assert_eq!(
+            c.policy(Stage::Download),
+            &StagePolicy::default_for(Stage::Download)
+        );
+        assert_eq!(c.shutdown_grace, Duration::from_secs(7));
+        assert_eq!(c.redis_retry, Duration::from_secs(2));
+        // The flag (or its variable) beats the file.
+        let c = Config::resolve(&Overrides {
+            config: Some(f.clone()),
+            shutdown_grace_s: Some(1.5),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.shutdown_grace, Duration::from_millis(1500));
+        std::fs::write(&f, "[stages.summarize]\nattempts = 0\n").unwrap();
+        let e = Config::resolve(&Overrides {
+            config: Some(f.clone()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid setting stages.summarize.attempts: must be at least 1"
+        );
+        std::fs::write(&f, "[stages.download]\nlock_duration_s = 0\n").unwrap();
+        let e = Config::resolve(&Overrides {
+            config: Some(f.clone()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("stages.download.lock_duration_s"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn bad_file_and_zero_concurrency_are_errors() {
+        let dir = std::env::temp_dir().join(format!("ts-cfg2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(&f, "data_dirr = 1\n").unwrap();
+        let e = Config::resolve(&Overrides {
+            config: Some(f.clone()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        let e = Config::resolve(&Overrides {
+            transcribe_concurrency: Some(0),
+            config: Some(dir.join("missing.toml")),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }));
+        let e = Config::resolve(&Overrides {
+            transcribe_concurrency: Some(0),
+            data_dir: Some(dir.clone()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid setting concurrency.transcribe: must be at least 1"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -1,0 +1,41 @@
+//! The only code that knows our Redis names and id shapes: the BullMQ key prefix, task ids,
+//! stage and segment job ids, and our own stream names. Stage job ids (`dl-`, `tr-`, `sum-`)
+//! are [`crate::domain::Stage::job_id`].
+
+/// BullMQ key prefix (BullMQ's default, so Bull Board finds the queues).
+pub const PREFIX: &str = "bull";
+
+/// The BullMQ job name of a segment job (in the `transcribe` queue).
+pub const SEGMENT_JOB: &str = "segment";
+
+/// The job id of segment `index` of `task_id`: `seg<index>-<task_id>`.
+pub fn segment_job_id(task_id: &str, index: usize) -> String {
+    format!("seg{index}-{task_id}")
+}
+
+/// The task id in a segment job id (`seg<i>-<task>`), for mapping queue events to tasks.
+pub fn task_of_segment_job(job_id: &str) -> Option<&str> {
+    let rest = job_id.strip_prefix("seg")?;
+    let (digits, task) = rest.split_once('-')?;
+    (!digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit())).then_some(task)
+}
+
+/// True for a syntactically valid task id (`[A-Za-z0-9_-]`, 1–100 characters): what
+/// task submission produces. Anything else (e.g. `..`) never reaches the data directory.
+pub fn valid_task_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 100
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Our own event stream (task-level events BullMQ cannot know about, and alerts).
+pub const OWN_STREAM: &str = "tubescribe:events";
+/// Approximate length our own stream is trimmed to (`XADD MAXLEN ~`).
+pub const OWN_STREAM_MAXLEN: usize = 10_000;
+
+/// The Redis stream the server reads alerts from.
+pub const ALERT_STREAM: &str = "tubescribe:alerts";
+/// Approximate number of alerts the stream keeps.
+pub const ALERT_STREAM_MAXLEN: usize = 1000;

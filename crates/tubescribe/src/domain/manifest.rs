@@ -1,0 +1,644 @@
+//! The task manifest (`manifest.json`): what a task is, where each stage stands, what it
+//! produced and why it failed. Plain data and pure state transitions; no IO (the task
+//! directory module reads and writes it atomically).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::Stage;
+
+/// Manifest format version, bumped on incompatible changes.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// A title made safe for a terminal or a log line, for display only (the manifest keeps the
+/// title exactly as published): control characters (NUL, C0, DEL, C1) and the Unicode
+/// bidirectional controls that can reorder the rest of a line (U+200E/F, U+202A–U+202E,
+/// U+2066–U+2069) are shown as `\u{…}` escapes; right-to-left letters, emoji and everything
+/// else are kept; longer than 120 characters is cut with `…`.
+///
+/// The escaping is [`summarizer::escape_controls`], the same function `summary.md` uses.
+pub fn display_title(title: &str) -> String {
+    match title.char_indices().nth(120) {
+        Some((cut, _)) => format!("{}…", summarizer::escape_controls(&title[..cut])),
+        None => summarizer::escape_controls(title),
+    }
+}
+
+/// Milliseconds since the Unix epoch (UTC).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The overall state of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    /// Submitted; no stage has started.
+    Queued,
+    /// At least one stage started and the summary is not written yet.
+    Running,
+    /// All stages completed.
+    Completed,
+    /// All stages completed, but something the user should know about is in `warnings`
+    /// (e.g. speech that produced no text).
+    CompletedWithWarnings,
+    /// A stage failed for good (see `error`).
+    Failed,
+    /// Cancelled by a user.
+    Cancelled,
+}
+
+impl TaskStatus {
+    /// True for completed, failed and cancelled.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Self::Completed | Self::CompletedWithWarnings | Self::Failed | Self::Cancelled
+        )
+    }
+
+    /// True for completed, with or without warnings.
+    pub fn is_completed(self) -> bool {
+        matches!(self, Self::Completed | Self::CompletedWithWarnings)
+    }
+
+    /// The wire name, as serde writes it (`completed_with_warnings`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::CompletedWithWarnings => "completed_with_warnings",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The state of one stage of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageState {
+    /// Queued or waiting for its child stage.
+    Waiting,
+    /// A worker is running it.
+    Active,
+    /// Done; outputs are in place.
+    Completed,
+    /// Failed for good.
+    Failed,
+    /// Not run because an earlier stage failed or the task was cancelled.
+    Skipped,
+}
+
+/// What the user submitted, after parsing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Source {
+    /// A YouTube video.
+    Youtube {
+        /// The 11-character video id.
+        video_id: String,
+        /// Canonical watch URL handed to yt-dlp.
+        url: String,
+    },
+    /// A local media file, copied into the task directory by the download stage.
+    File {
+        /// Absolute path of the original file.
+        path: String,
+    },
+    /// A direct media URL on a host the user allowed.
+    Url {
+        /// The URL.
+        url: String,
+    },
+}
+
+/// Video metadata captured by the download stage.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VideoInfo {
+    /// Video id as reported by the extractor.
+    pub id: Option<String>,
+    /// Title, kept intact (never used for file names).
+    pub title: Option<String>,
+    /// Duration in seconds.
+    pub duration_s: Option<f64>,
+    /// Channel or uploader name.
+    pub channel: Option<String>,
+    /// The video's own chapters from yt-dlp (times in milliseconds, titles verbatim); the
+    /// summary uses them instead of computed chapters. Empty when the video has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chapters: Vec<summarizer::Chapter>,
+}
+
+/// One output file of a stage, relative to the task directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputFile {
+    /// File name inside the task directory, e.g. `transcript.srt`.
+    pub name: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// SHA-256 of the content, lower-case hex.
+    pub sha256: String,
+}
+
+/// A failure as the user sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// The stage that failed.
+    pub stage: Stage,
+    /// Human-readable reason, e.g. "video is private".
+    pub message: String,
+    /// Whether a retry could succeed.
+    pub retryable: bool,
+}
+
+/// How one attempt (one run of a stage's job by one worker) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// The stage ran and wrote its outputs.
+    Completed,
+    /// The stage's outputs were already complete and verified (size + SHA-256), so nothing
+    /// ran: a re-run after a crash between the outputs' commit and the job's completion.
+    Reused,
+    /// The stage failed (see the attempt's `error`); BullMQ retries it or fails the task.
+    Failed,
+    /// The worker shut down before the stage ended and put the job back in the queue.
+    Released,
+    /// Long audio (transcribe only): the audio was split and handed to segment jobs
+    /// (`segments.rs`); the job's next attempt merges their results.
+    Split,
+    /// The attempt never reported an end: its worker died (kill -9, OOM, power) or lost
+    /// Redis. Set when the next attempt of the same stage starts.
+    Interrupted,
+}
+
+/// One attempt of a stage, as recorded in the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// BullMQ's `attemptsStarted` for this run (1-based; a stalled re-run counts too).
+    pub attempt: u32,
+    /// The worker that ran it: `<hostname>:<pid>`.
+    pub worker: String,
+    /// Start, ms since the epoch.
+    pub started_at: u64,
+    /// End, ms since the epoch (absent while running or when interrupted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<u64>,
+    /// How it ended (absent while running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<AttemptOutcome>,
+    /// The failure message, for failed attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One stage's record in the manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageRecord {
+    /// Current state.
+    pub state: StageState,
+    /// Progress in percent, 0–100.
+    pub progress: f64,
+    /// Attempts started (1 on the first run).
+    pub attempts: u32,
+    /// Start of the latest attempt, ms since the epoch.
+    pub started_at: Option<u64>,
+    /// End of the stage, ms since the epoch.
+    pub finished_at: Option<u64>,
+    /// Error of the latest failed attempt.
+    pub error: Option<String>,
+    /// Files the stage wrote.
+    #[serde(default)]
+    pub outputs: Vec<OutputFile>,
+    /// The stage's job result (what the parent job reads), kept so that a re-run that finds
+    /// the outputs complete can hand it back without running the stage again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// How many times the stage ran to completion and wrote its outputs (1 when all is well;
+    /// re-runs that reuse complete outputs do not count).
+    #[serde(default)]
+    pub completions: u32,
+    /// Intermediate files committed by a running stage (e.g. `audio.wav` before whisper), so a
+    /// re-run after a crash resumes from them once their size and SHA-256 check out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checkpoints: Vec<OutputFile>,
+    /// Every attempt, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempt_log: Vec<AttemptRecord>,
+    /// Stage-specific details (download: bytes, speed; transcribe: RTF, language…).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub detail: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Default for StageRecord {
+    fn default() -> Self {
+        Self {
+            state: StageState::Waiting,
+            progress: 0.0,
+            attempts: 0,
+            started_at: None,
+            finished_at: None,
+            error: None,
+            outputs: Vec::new(),
+            result: None,
+            completions: 0,
+            checkpoints: Vec::new(),
+            attempt_log: Vec::new(),
+            detail: serde_json::Map::new(),
+        }
+    }
+}
+
+/// The whole `manifest.json` of a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Format version ([`MANIFEST_VERSION`]).
+    pub version: u32,
+    /// The task id (also the directory name).
+    pub task_id: String,
+    /// The input string as submitted.
+    pub input: String,
+    /// The parsed input.
+    pub source: Source,
+    /// Overall status.
+    pub status: TaskStatus,
+    /// Creation time, ms since the epoch.
+    pub created_at: u64,
+    /// Last update, ms since the epoch.
+    pub updated_at: u64,
+    /// Video metadata, once downloaded.
+    pub video: Option<VideoInfo>,
+    /// The failure that ended the task, if any.
+    pub error: Option<ErrorInfo>,
+    /// The transcription model (name and file SHA-256) this task's transcript is made with;
+    /// part of the task's identity (see [`crate::domain::ModelRef::task_suffix`]). Absent in
+    /// manifests written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<crate::domain::ModelRef>,
+    /// Per-stage records, keyed by stage name.
+    pub stages: BTreeMap<Stage, StageRecord>,
+    /// What the user should know about a completed task (one sentence each, cause first);
+    /// non-empty makes the final status [`TaskStatus::CompletedWithWarnings`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Warning>,
+}
+
+/// A warning about a task's result, from one stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Warning {
+    /// The stage that raised it.
+    pub stage: Stage,
+    /// One sentence, cause first.
+    pub message: String,
+}
+
+impl Manifest {
+    /// A new manifest with every stage waiting.
+    pub fn new(task_id: &str, input: &str, source: Source) -> Self {
+        let now = now_ms();
+        Self {
+            version: MANIFEST_VERSION,
+            task_id: task_id.to_string(),
+            input: input.to_string(),
+            source,
+            status: TaskStatus::Queued,
+            created_at: now,
+            updated_at: now,
+            video: None,
+            error: None,
+            model: None,
+            warnings: Vec::new(),
+            stages: Stage::ALL
+                .iter()
+                .map(|s| (*s, StageRecord::default()))
+                .collect(),
+        }
+    }
+
+    /// The record of `stage` (created on demand).
+    pub fn stage_mut(&mut self, stage: Stage) -> &mut StageRecord {
+        self.stages.entry(stage).or_default()
+    }
+
+    /// Prepares a failed or cancelled task to run again: the task is `queued` without an error;
+    /// the stages in `keep` (complete, outputs verified) stay as they are and are reused; every
+    /// other stage waits again with no progress, error, result or outputs. Attempt logs and
+    /// completion counts are kept, so the manifest still tells the whole history.
+    pub fn reset_for_retry(&mut self, keep: &[Stage]) {
+        self.status = TaskStatus::Queued;
+        self.error = None;
+        for s in Stage::ALL {
+            if keep.contains(&s) {
+                continue;
+            }
+            let r = self.stage_mut(s);
+            r.state = StageState::Waiting;
+            r.progress = 0.0;
+            r.error = None;
+            r.started_at = None;
+            r.finished_at = None;
+            r.result = None;
+            r.outputs.clear();
+            r.detail.remove("phase");
+        }
+    }
+
+    /// The record of `stage`, if present.
+    pub fn stage(&self, stage: Stage) -> Option<&StageRecord> {
+        self.stages.get(&stage)
+    }
+
+    /// Marks `stage` active for a new attempt (`attempt` is 1-based).
+    pub fn start_stage(&mut self, stage: Stage, attempt: u32) {
+        if !self.status.is_final() {
+            self.status = TaskStatus::Running;
+        }
+        let r = self.stage_mut(stage);
+        r.state = StageState::Active;
+        r.attempts = r.attempts.max(attempt);
+        r.started_at = Some(now_ms());
+        r.finished_at = None;
+        r.error = None;
+        r.progress = 0.0;
+    }
+
+    /// Starts attempt `attempt` of `stage` on `worker`: like [`Manifest::start_stage`], and
+    /// logs the attempt; an earlier attempt that never reported an end is marked
+    /// [`AttemptOutcome::Interrupted`].
+    pub fn start_attempt(&mut self, stage: Stage, attempt: u32, worker: &str) {
+        self.start_stage(stage, attempt);
+        let r = self.stage_mut(stage);
+        for a in r.attempt_log.iter_mut().filter(|a| a.outcome.is_none()) {
+            a.outcome = Some(AttemptOutcome::Interrupted);
+        }
+        r.attempt_log.push(AttemptRecord {
+            attempt,
+            worker: worker.to_string(),
+            started_at: now_ms(),
+            finished_at: None,
+            outcome: None,
+            error: None,
+        });
+    }
+
+    /// True while `attempt` is the latest attempt of `stage` and has not ended. An attempt
+    /// stops being current when another worker starts the job again (its lock lapsed, e.g.
+    /// while Redis was unreachable): the stale run must then neither commit outputs nor record
+    /// anything (fencing).
+    pub fn is_current_attempt(&self, stage: Stage, attempt: u32) -> bool {
+        self.stage(stage)
+            .and_then(|r| r.attempt_log.last())
+            .is_some_and(|a| a.attempt == attempt && a.outcome.is_none())
+    }
+
+    /// Records how attempt `attempt` of `stage` ended (a no-op if it was not logged).
+    pub fn end_attempt(
+        &mut self,
+        stage: Stage,
+        attempt: u32,
+        outcome: AttemptOutcome,
+        error: Option<&str>,
+    ) {
+        let r = self.stage_mut(stage);
+        if let Some(a) = r
+            .attempt_log
+            .iter_mut()
+            .rev()
+            .find(|a| a.attempt == attempt && a.outcome.is_none())
+        {
+            a.outcome = Some(outcome);
+            a.finished_at = Some(now_ms());
+            a.error = error.map(str::to_string);
+        }
+    }
+
+    /// Marks `stage` completed after it ran and wrote `outputs`: counts the completion and
+    /// keeps `result` for re-runs (see [`StageRecord::result`]).
+    pub fn record_completion(
+        &mut self,
+        stage: Stage,
+        outputs: Vec<OutputFile>,
+        result: serde_json::Value,
+    ) {
+        self.complete_stage(stage, outputs);
+        let r = self.stage_mut(stage);
+        r.completions += 1;
+        r.result = Some(result);
+        r.checkpoints.clear();
+    }
+
+    /// Replaces `stage`'s warnings with `messages` (a re-run of a stage states its own anew).
+    pub fn set_warnings(&mut self, stage: Stage, messages: Vec<String>) {
+        self.warnings.retain(|w| w.stage != stage);
+        self.warnings.extend(
+            messages
+                .into_iter()
+                .map(|message| Warning { stage, message }),
+        );
+    }
+
+    /// Marks `stage` completed with its outputs; the task completes with its last stage.
+    pub fn complete_stage(&mut self, stage: Stage, outputs: Vec<OutputFile>) {
+        let r = self.stage_mut(stage);
+        r.state = StageState::Completed;
+        r.progress = 100.0;
+        r.finished_at = Some(now_ms());
+        r.error = None;
+        r.outputs = outputs;
+        // A phase describes a running attempt; none is left once the stage ends.
+        r.detail.remove("phase");
+        if stage == Stage::LAST && self.status != TaskStatus::Cancelled {
+            self.status = if self.warnings.is_empty() {
+                TaskStatus::Completed
+            } else {
+                TaskStatus::CompletedWithWarnings
+            };
+            self.error = None;
+        }
+    }
+
+    /// Records a failed attempt. When `final_attempt`, the stage and the task fail and the later
+    /// stages are marked skipped; otherwise the stage waits for its retry.
+    pub fn fail_stage(
+        &mut self,
+        stage: Stage,
+        message: &str,
+        retryable: bool,
+        final_attempt: bool,
+    ) {
+        let r = self.stage_mut(stage);
+        r.error = Some(message.to_string());
+        r.finished_at = Some(now_ms());
+        r.detail.remove("phase");
+        if !final_attempt {
+            r.state = StageState::Waiting;
+            return;
+        }
+        r.state = StageState::Failed;
+        for later in stage.later() {
+            let l = self.stage_mut(later);
+            if l.state != StageState::Completed {
+                l.state = StageState::Skipped;
+            }
+        }
+        if self.status != TaskStatus::Cancelled {
+            self.status = TaskStatus::Failed;
+            self.error = Some(ErrorInfo {
+                stage,
+                message: message.to_string(),
+                retryable,
+            });
+        }
+    }
+
+    /// Overall progress in percent: the mean of the stages' progress.
+    pub fn overall_progress(&self) -> f64 {
+        let n = Stage::ALL.len() as f64;
+        Stage::ALL
+            .iter()
+            .map(|s| self.stage(*s).map(|r| r.progress).unwrap_or(0.0))
+            .sum::<f64>()
+            / n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m() -> Manifest {
+        Manifest::new(
+            "yt-abcdefghijk",
+            "https://youtu.be/abcdefghijk",
+            Source::Youtube {
+                video_id: "abcdefghijk".into(),
+                url: "https://www.youtube.com/watch?v=abcdefghijk".into(),
+            },
+        )
+    }
+
+    #[test]
+    fn status_names_are_the_serde_names() {
+        use TaskStatus::*;
+        for s in [
+            Queued,
+            Running,
+            Completed,
+            CompletedWithWarnings,
+            Failed,
+            Cancelled,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+    }
+
+    #[test]
+    fn stages_move_the_task_to_completed() {
+        let mut m = m();
+        assert_eq!(m.status, TaskStatus::Queued);
+        m.start_stage(Stage::Download, 1);
+        assert_eq!(m.status, TaskStatus::Running);
+        m.complete_stage(Stage::Download, vec![]);
+        m.start_stage(Stage::Transcribe, 1);
+        m.stage_mut(Stage::Transcribe)
+            .detail
+            .insert("phase".into(), serde_json::json!("transcribing"));
+        m.complete_stage(Stage::Transcribe, vec![]);
+        assert_eq!(
+            m.stage(Stage::Transcribe).unwrap().detail.get("phase"),
+            None
+        );
+        assert_eq!(m.status, TaskStatus::Running);
+        m.start_stage(Stage::Summarize, 1);
+        m.complete_stage(Stage::Summarize, vec![]);
+        assert_eq!(m.status, TaskStatus::Completed);
+        assert_eq!(m.overall_progress(), 100.0);
+    }
+
+    #[test]
+    fn final_failure_skips_later_stages_and_says_why() {
+        let mut m = m();
+        m.start_stage(Stage::Download, 1);
+        m.stage_mut(Stage::Download)
+            .detail
+            .insert("phase".into(), serde_json::json!("downloading"));
+        m.fail_stage(Stage::Download, "network is unreachable", true, false);
+        assert_eq!(m.stage(Stage::Download).unwrap().detail.get("phase"), None);
+        assert_eq!(m.stage(Stage::Download).unwrap().state, StageState::Waiting);
+        assert_eq!(m.status, TaskStatus::Running);
+        m.start_stage(Stage::Download, 2);
+        m.fail_stage(Stage::Download, "video is private", false, true);
+        assert_eq!(m.status, TaskStatus::Failed);
+        assert_eq!(m.stage(Stage::Download).unwrap().attempts, 2);
+        assert_eq!(
+            m.stage(Stage::Transcribe).unwrap().state,
+            StageState::Skipped
+        );
+        assert_eq!(
+            m.stage(Stage::Summarize).unwrap().state,
+            StageState::Skipped
+        );
+        let e = m.error.unwrap();
+        assert_eq!(
+            (e.stage, e.message.as_str(), e.retryable),
+            (Stage::Download, "video is private", false)
+        );
+    }
+
+    #[test]
+    fn attempts_are_logged_and_only_the_latest_is_current() {
+        let mut m = m();
+        m.start_attempt(Stage::Transcribe, 1, "h:1");
+        assert!(m.is_current_attempt(Stage::Transcribe, 1));
+        // The worker died; another one starts attempt 2.
+        m.start_attempt(Stage::Transcribe, 2, "h:2");
+        assert!(!m.is_current_attempt(Stage::Transcribe, 1));
+        assert!(m.is_current_attempt(Stage::Transcribe, 2));
+        m.record_completion(Stage::Transcribe, vec![], serde_json::json!({"x": 1}));
+        m.end_attempt(Stage::Transcribe, 2, AttemptOutcome::Completed, None);
+        // A late end of the stale attempt changes nothing.
+        m.end_attempt(Stage::Transcribe, 1, AttemptOutcome::Failed, Some("late"));
+        let r = m.stage(Stage::Transcribe).unwrap();
+        let outcomes: Vec<_> = r
+            .attempt_log
+            .iter()
+            .map(|a| (a.attempt, a.outcome))
+            .collect();
+        assert_eq!(
+            outcomes,
+            vec![
+                (1, Some(AttemptOutcome::Interrupted)),
+                (2, Some(AttemptOutcome::Completed))
+            ]
+        );
+        assert_eq!((r.completions, r.attempts), (1, 2));
+        assert_eq!(r.result, Some(serde_json::json!({"x": 1})));
+        assert!(!m.is_current_attempt(Stage::Transcribe, 2), "ended");
+    }
+
+    #[test]
+    fn json_round_trip_uses_stage_names() {
+        let m = m();
+        let j = serde_json::to_value(&m).unwrap();
+        assert_eq!(j["stages"]["transcribe"]["state"], "waiting");
+        assert_eq!(j["source"]["kind"], "youtube");
+        let back: Manifest = serde_json::from_value(j).unwrap();
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn display_title_escapes_controls_and_keeps_text() {
+        assert_eq!(display_title("a\0b/../c"), "a\\u{0}b/../c");
+        assert_eq!(display_title("שלום 🎵 مرحبا"), "שלום 🎵 مرحبا");
+        assert_eq!(display_title("x\u{202E}gpj.exe"), "x\\u{202e}gpj.exe");
+        assert_eq!(display_title("line\nbreak\t"), "line\\u{a}break\\u{9}");
+        let long = "é".repeat(300);
+        assert_eq!(display_title(&long).chars().count(), 121);
+    }
+}

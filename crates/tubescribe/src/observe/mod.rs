@@ -1,0 +1,8 @@
+//! Layer 3, observation: Prometheus [`metrics`] (a leaf that takes numbers), the event log and
+//! SSE mapping ([`events`]), and [`alerts`]. Observation is recorded by the engine from what
+//! stages return; stages never call into it.
+
+pub mod alerts;
+pub mod events;
+pub mod metrics;
+pub mod rss;

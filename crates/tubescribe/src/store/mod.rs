@@ -1,0 +1,554 @@
+//! The data directory layout: the only code that knows paths on disk.
+//!
+//! ```text
+//! <data>/
+//!   tasks/<task-id>/
+//!     manifest.json        written by every stage (temp + rename, under manifest.lock)
+//!     <stem>.<ext>         downloaded media; <stem> is the video id or "media", never a title
+//!     audio.wav            16 kHz mono PCM
+//!     transcript.{json,txt,srt,vtt}
+//!     summary.{md,json}
+//!     .tmp/                temp files of running stages (renamed into place on success)
+//!   models/                ggml Whisper models
+//!   redis/                 embedded redis-server: socket, AOF, pid and log
+//! ```
+//! Every file a stage produces is first written under `.tmp/` and renamed into the task
+//! directory only when complete, so a crash or failure never leaves a partial output.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::domain::manifest::{Manifest, OutputFile};
+
+/// Errors of the task directory. IO errors are retryable unless the disk is full.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An IO error on `path`.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The task has no manifest (unknown task id).
+    #[error("task {0} not found")]
+    NotFound(String),
+    /// The manifest is not valid JSON for our schema.
+    #[error("corrupt manifest {path}: {message}")]
+    Corrupt {
+        /// The manifest file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+}
+
+impl StoreError {
+    /// True when the underlying error is ENOSPC or EDQUOT ("disk full").
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::Io { source, .. } if is_disk_full_io(source))
+    }
+}
+
+/// True when `e` is ENOSPC ("No space left on device") or EDQUOT (quota exceeded), which
+/// stages report as `disk full`.
+pub fn is_disk_full_io(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The data directory root.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// Opens (creating if needed) the data directory at `root`.
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        for d in [root.to_path_buf(), root.join("tasks")] {
+            fs::create_dir_all(&d).map_err(io("create directory", &d))?;
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The root path.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Directory of the embedded redis-server (socket, AOF, log).
+    pub fn redis_dir(&self) -> PathBuf {
+        self.root.join("redis")
+    }
+
+    /// Directory of installed models.
+    pub fn models_dir(&self) -> PathBuf {
+        self.root.join("models")
+    }
+
+    /// Scratch directory of one `tubescribe bench` run (`<data>/bench/<run>`; the caller
+    /// removes it).
+    pub fn bench_dir(&self, run: &str) -> PathBuf {
+        self.root.join("bench").join(run)
+    }
+
+    /// The measured per-job memory of the model at `model` (`budget.rs`), kept in the models
+    /// directory as `<model file name>.rss.json` (the directory is created on demand).
+    pub fn model_stats_file(&self, model: &Path) -> PathBuf {
+        let d = self.models_dir();
+        let _ = fs::create_dir_all(&d);
+        let name = model
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        d.join(format!("{name}.rss.json"))
+    }
+
+    /// The task directory of `task_id` (not created; see [`TaskDir::create`]).
+    pub fn task(&self, task_id: &str) -> TaskDir {
+        TaskDir {
+            root: self.root.join("tasks").join(task_id),
+        }
+    }
+
+    /// Ids of all tasks that have a manifest, sorted.
+    pub fn task_ids(&self) -> Result<Vec<String>, StoreError> {
+        let dir = self.root.join("tasks");
+        let mut ids = Vec::new();
+        for e in fs::read_dir(&dir).map_err(io("list", &dir))? {
+            let e = e.map_err(io("list", &dir))?;
+            if e.path().join("manifest.json").exists() {
+                ids.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+}
+
+/// Output files every task may have, by role. The names are fixed; only the media file's stem
+/// varies (video id or "media").
+pub mod names {
+    /// The manifest.
+    pub const MANIFEST: &str = "manifest.json";
+    /// 16 kHz mono PCM WAV.
+    pub const AUDIO_WAV: &str = "audio.wav";
+    /// Transcript, JSON (segments, language, model).
+    pub const TRANSCRIPT_JSON: &str = "transcript.json";
+    /// Transcript, plain text.
+    pub const TRANSCRIPT_TXT: &str = "transcript.txt";
+    /// Transcript, SubRip.
+    pub const TRANSCRIPT_SRT: &str = "transcript.srt";
+    /// Transcript, WebVTT.
+    pub const TRANSCRIPT_VTT: &str = "transcript.vtt";
+    /// Summary, Markdown.
+    pub const SUMMARY_MD: &str = "summary.md";
+    /// Summary, JSON.
+    pub const SUMMARY_JSON: &str = "summary.json";
+}
+
+/// One task's directory.
+#[derive(Debug, Clone)]
+pub struct TaskDir {
+    root: PathBuf,
+}
+
+impl TaskDir {
+    /// The directory path.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// Absolute path of the file `name` inside the task directory. `name` must be one of the
+    /// [`names`] or a media file name returned by a stage (no separators).
+    pub fn file(&self, name: &str) -> PathBuf {
+        debug_assert!(!name.contains('/') && name != ".." && !name.is_empty());
+        self.root.join(name)
+    }
+
+    /// The temp directory for in-progress outputs (created on demand).
+    pub fn tmp_dir(&self) -> Result<PathBuf, StoreError> {
+        let d = self.root.join(".tmp");
+        fs::create_dir_all(&d).map_err(io("create directory", &d))?;
+        Ok(d)
+    }
+
+    /// A fresh temp path for `name` under `.tmp/` (unique per process and call).
+    pub fn tmp_file(&self, name: &str) -> Result<PathBuf, StoreError> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        Ok(self
+            .tmp_dir()?
+            .join(format!("{}.{}.{}", std::process::id(), n, name)))
+    }
+
+    /// Bytes available to us on the filesystem holding this task directory (statvfs
+    /// `f_bavail × f_frsize`, via `fs4::available_space`). The directory must exist.
+    pub fn free_bytes(&self) -> Result<u64, StoreError> {
+        fs4::available_space(&self.root).map_err(io("statvfs", &self.root))
+    }
+
+    /// Removes the temp directory and everything in it (after a stage ends, either way).
+    pub fn clear_tmp(&self) {
+        let _ = fs::remove_dir_all(self.root.join(".tmp"));
+    }
+
+    /// Whether the task has a manifest.
+    pub fn exists(&self) -> bool {
+        self.file(names::MANIFEST).exists()
+    }
+
+    /// Creates the directory and writes `manifest` unless a manifest exists already.
+    /// Returns false (and leaves the existing manifest alone) when it existed.
+    pub fn create(&self, manifest: &Manifest) -> Result<bool, StoreError> {
+        fs::create_dir_all(&self.root).map_err(io("create directory", &self.root))?;
+        let _lock = self.lock()?;
+        if self.exists() {
+            return Ok(false);
+        }
+        self.write_manifest(manifest)?;
+        Ok(true)
+    }
+
+    fn lock(&self) -> Result<ManifestLock, StoreError> {
+        let p = self.root.join("manifest.lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(io("open", &p))?;
+        fs4::fs_std::FileExt::lock_exclusive(&f).map_err(io("lock", &p))?;
+        Ok(ManifestLock(f))
+    }
+
+    /// Reads the manifest. Errors: [`StoreError::NotFound`] when absent, `Corrupt`.
+    pub fn read_manifest(&self) -> Result<Manifest, StoreError> {
+        let p = self.file(names::MANIFEST);
+        let text = match fs::read(&p) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound(
+                    self.root
+                        .file_name()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                ))
+            }
+            Err(e) => return Err(io("read", &p)(e)),
+        };
+        serde_json::from_slice(&text).map_err(|e| StoreError::Corrupt {
+            path: p,
+            message: e.to_string(),
+        })
+    }
+
+    fn write_manifest(&self, m: &Manifest) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec_pretty(m).expect("manifest serializes");
+        // The manifest's temp file sits beside it (not in `.tmp/`, which stages own and clear).
+        let prefix = format!(".{}.", names::MANIFEST);
+        let tmp = self
+            .root
+            .join(format!("{prefix}{}.tmp", std::process::id()));
+        // We hold the manifest lock, so any other manifest temp file was left by a process
+        // that died mid-write (kill -9): remove it.
+        if let Ok(entries) = fs::read_dir(&self.root) {
+            for e in entries.flatten() {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                if n.starts_with(&prefix) && n.ends_with(".tmp") && e.path() != tmp {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
+        if let Err(e) = f.write_all(&bytes).and_then(|_| f.sync_all()) {
+            let _ = fs::remove_file(&tmp);
+            return Err(io("write", &tmp)(e));
+        }
+        let dest = self.file(names::MANIFEST);
+        fs::rename(&tmp, &dest).map_err(io("rename", &tmp))
+    }
+
+    /// Read-modify-write of the manifest under an exclusive file lock, so concurrent updates
+    /// from several processes never lose fields. Returns the updated manifest.
+    pub fn update_manifest(&self, f: impl FnOnce(&mut Manifest)) -> Result<Manifest, StoreError> {
+        self.modify_manifest(|m| {
+            f(m);
+            m.clone()
+        })
+    }
+
+    /// Like [`TaskDir::update_manifest`], returning what `f` returns.
+    pub fn modify_manifest<R>(&self, f: impl FnOnce(&mut Manifest) -> R) -> Result<R, StoreError> {
+        let _lock = self.lock()?;
+        let mut m = self.read_manifest()?;
+        let r = f(&mut m);
+        m.updated_at = crate::domain::manifest::now_ms();
+        self.write_manifest(&m)?;
+        Ok(r)
+    }
+
+    /// Moves a finished temp file to `name` like [`TaskDir::commit`], but only when
+    /// `allowed(manifest)` holds, checked under the manifest lock (so a stale attempt of a job
+    /// that another worker runs now cannot overwrite that worker's outputs). Returns `None`
+    /// (and removes the temp file) when not allowed.
+    pub fn commit_if(
+        &self,
+        tmp: &Path,
+        name: &str,
+        allowed: impl FnOnce(&Manifest) -> bool,
+    ) -> Result<Option<OutputFile>, StoreError> {
+        let _lock = self.lock()?;
+        if !allowed(&self.read_manifest()?) {
+            let _ = fs::remove_file(tmp);
+            return Ok(None);
+        }
+        self.commit(tmp, name).map(Some)
+    }
+
+    /// Writes `bytes` to a temp file and commits it with [`TaskDir::commit_if`].
+    pub fn write_atomic_if(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        allowed: impl FnOnce(&Manifest) -> bool,
+    ) -> Result<Option<OutputFile>, StoreError> {
+        let tmp = self.write_tmp(name, bytes)?;
+        self.commit_if(&tmp, name, allowed)
+    }
+
+    fn write_tmp(&self, name: &str, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+        let tmp = self.tmp_file(name)?;
+        let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
+        let res = f.write_all(bytes).and_then(|_| f.sync_all());
+        if let Err(e) = res {
+            let _ = fs::remove_file(&tmp);
+            return Err(io("write", &tmp)(e));
+        }
+        Ok(tmp)
+    }
+
+    /// Writes `bytes` to `name` atomically (temp file in `.tmp/`, fsync, rename) and returns
+    /// its [`OutputFile`] record (size and SHA-256).
+    pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<OutputFile, StoreError> {
+        let tmp = self.write_tmp(name, bytes)?;
+        self.commit(&tmp, name)
+    }
+
+    /// Moves a finished temp file (from [`TaskDir::tmp_file`]) to `name` and returns its record.
+    pub fn commit(&self, tmp: &Path, name: &str) -> Result<OutputFile, StoreError> {
+        let dest = self.file(name);
+        fs::rename(tmp, &dest).map_err(io("rename", tmp))?;
+        output_record(&dest, name)
+    }
+
+    /// The record of an existing output `name` (size and SHA-256), if the file exists.
+    pub fn existing_output(&self, name: &str) -> Option<OutputFile> {
+        let p = self.file(name);
+        p.is_file().then(|| output_record(&p, name).ok()).flatten()
+    }
+
+    /// True when the output `rec` is at its place with the recorded size and SHA-256 (a
+    /// checkpoint or a completed stage's output that a re-run may reuse).
+    pub fn verify_output(&self, rec: &OutputFile) -> bool {
+        let p = self.file(&rec.name);
+        match fs::metadata(&p) {
+            Ok(md) if md.is_file() && md.len() == rec.bytes => {
+                output_record(&p, &rec.name).is_ok_and(|r| r.sha256 == rec.sha256)
+            }
+            _ => false,
+        }
+    }
+
+    /// Puts `other`'s output `rec` into this task directory under the same name — a hard
+    /// link when both are on one filesystem, a copy otherwise (temp name, then rename) — and
+    /// returns whether it has the recorded size and SHA-256; a file that does not is removed.
+    pub fn adopt_output(&self, other: &TaskDir, rec: &OutputFile) -> Result<bool, StoreError> {
+        let src = other.file(&rec.name);
+        let tmp = self.tmp_file(&rec.name)?;
+        if fs::hard_link(&src, &tmp).is_err() {
+            fs::copy(&src, &tmp).map_err(io("copy", &src))?;
+        }
+        let dest = self.file(&rec.name);
+        fs::rename(&tmp, &dest).map_err(io("rename", &tmp))?;
+        let ok = self.verify_output(rec);
+        if !ok {
+            let _ = fs::remove_file(&dest);
+        }
+        Ok(ok)
+    }
+
+    /// Deletes the task directory and everything in it.
+    pub fn remove(&self) -> Result<(), StoreError> {
+        fs::remove_dir_all(&self.root).map_err(io("remove", &self.root))
+    }
+}
+
+struct ManifestLock(#[allow(dead_code)] File);
+
+/// Size and SHA-256 of `path`, recorded under `name`.
+fn output_record(path: &Path, name: &str) -> Result<OutputFile, StoreError> {
+    let mut f = File::open(path).map_err(io("open", path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut bytes = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(io("read", path))?;
+        if n == 0 {
+            break;
+        }
+        bytes += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok(OutputFile {
+        name: name.to_string(),
+        bytes,
+        sha256: hex::encode(h.finalize()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::manifest::{Source, TaskStatus};
+    use crate::domain::Stage;
+
+    fn tmp_root(tag: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("ts-td-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        p
+    }
+
+    #[test]
+    fn atomic_write_leaves_no_temp_files() {
+        let root = tmp_root("atomic");
+        let dd = DataDir::open(&root).unwrap();
+        let t = dd.task("t1");
+        let m = Manifest::new(
+            "t1",
+            "x",
+            Source::Url {
+                url: "http://h/x".into(),
+            },
+        );
+        assert!(t.create(&m).unwrap());
+        assert!(!t.create(&m).unwrap(), "second create must not overwrite");
+        let rec = t.write_atomic(names::TRANSCRIPT_TXT, b"hello\n").unwrap();
+        assert_eq!(rec.bytes, 6);
+        assert_eq!(
+            rec.sha256,
+            "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"
+        );
+        t.clear_tmp();
+        let mut names: Vec<_> = fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec!["manifest.json", "manifest.lock", "transcript.txt"]
+        );
+        assert_eq!(dd.task_ids().unwrap(), vec!["t1"]);
+        fs::remove_dir_all(&root).ok();
+    }
+
+    #[test]
+    fn concurrent_updates_lose_nothing() {
+        let root = tmp_root("conc");
+        let dd = DataDir::open(&root).unwrap();
+        let t = dd.task("t2");
+        t.create(&Manifest::new(
+            "t2",
+            "x",
+            Source::Url {
+                url: "http://h/x".into(),
+            },
+        ))
+        .unwrap();
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    for j in 0..20 {
+                        t.update_manifest(|m| {
+                            m.stage_mut(Stage::Download)
+                                .detail
+                                .insert(format!("k{i}-{j}"), serde_json::json!(j));
+                        })
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let m = t.read_manifest().unwrap();
+        assert_eq!(m.stage(Stage::Download).unwrap().detail.len(), 160);
+        assert_eq!(m.status, TaskStatus::Queued);
+        fs::remove_dir_all(&root).ok();
+    }
+
+    #[test]
+    fn fenced_commits_and_output_checks() {
+        let root = tmp_root("fence");
+        let dd = DataDir::open(&root).unwrap();
+        let t = dd.task("t3");
+        t.create(&Manifest::new(
+            "t3",
+            "x",
+            Source::Url {
+                url: "http://h/x".into(),
+            },
+        ))
+        .unwrap();
+        let rec = t
+            .write_atomic_if(names::SUMMARY_MD, b"one", |_| true)
+            .unwrap()
+            .unwrap();
+        assert!(t.verify_output(&rec));
+        assert!(t
+            .write_atomic_if(names::SUMMARY_MD, b"two", |_| false)
+            .unwrap()
+            .is_none());
+        assert_eq!(fs::read(t.file(names::SUMMARY_MD)).unwrap(), b"one");
+        fs::write(t.file(names::SUMMARY_MD), b"on3").unwrap();
+        assert!(!t.verify_output(&rec), "same size, other content");
+        // A manifest temp file left by a process killed mid-write is removed.
+        let stray = t.path().join(".manifest.json.999999.tmp");
+        fs::write(&stray, b"{").unwrap();
+        t.update_manifest(|_| {}).unwrap();
+        assert!(!stray.exists());
+        let left: Vec<_> = fs::read_dir(t.tmp_dir().unwrap()).unwrap().collect();
+        assert!(left.is_empty(), "refused commit left its temp file");
+        fs::remove_dir_all(&root).ok();
+    }
+
+    #[test]
+    fn unknown_task_is_not_found() {
+        let root = tmp_root("nf");
+        let dd = DataDir::open(&root).unwrap();
+        let e = dd.task("nope").read_manifest().unwrap_err();
+        assert_eq!(e.to_string(), "task nope not found");
+        fs::remove_dir_all(&root).ok();
+    }
+}
