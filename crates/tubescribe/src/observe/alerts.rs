@@ -4,7 +4,7 @@
 //! * a structured `WARN` log line (`alert = kind`, task, figures);
 //! * the task's manifest: appended to `stages.transcribe.detail.alerts` (a JSON array of
 //!   [`Alert`]), for the CLI and the task API;
-//! * the Redis stream [`STREAM`] (`XADD … MAXLEN ~ 1000`, one field `alert` holding the JSON of
+//! * the Redis stream `tubescribe:alerts` ([`crate::domain::keys::ALERT_STREAM`]) (`XADD … MAXLEN ~ 1000`, one field `alert` holding the JSON of
 //!   [`Alert`]), for other consumers of raw alerts;
 //! * an `alert` event on the server's event stream `tubescribe:events`
 //!   ([`keys::OWN_STREAM`], data = [`crate::observe::events::Alert`] with this [`Alert`] as

@@ -2,7 +2,7 @@
 //! text encoder, exposition format 0.0.4), plus health helpers for the HTTP server.
 //!
 //! The server mounts `GET /metrics` as `Producer::publish_queue_counts` then [`render`],
-//! `GET /healthz` as [`healthz`] and `GET /readyz` as [`readyz`]. Per-process figures (stage
+//! `GET /healthz` as [`healthz`] and answers `GET /readyz` itself (Redis answers). Per-process figures (stage
 //! runs and durations, RTF, peak RSS, alerts, the memory plan) come from the workers of the
 //! process that renders them; queue counts come from Redis and are the same everywhere.
 //!
