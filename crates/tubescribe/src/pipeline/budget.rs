@@ -18,7 +18,7 @@
 //! # Peak RSS per job — method and limits
 //!
 //! whisper.cpp runs in-process, so the kernel's per-process accounting cannot separate jobs.
-//! [`RssProbe`] samples the process's resident set (`/proc/self/statm`) every 20 ms while the
+//! [`crate::observe::rss::RssProbe`] samples the process's resident set (`/proc/self/statm`) every 20 ms while the
 //! job runs and reports the high-water mark (`peak_rss`) and its excess over the RSS when the
 //! job started (`delta`, the job's attributed share). Limits: (1) growth of a concurrent job
 //! in the same window is attributed to both; (2) memory freed by an earlier job but kept by
