@@ -14,7 +14,8 @@
 //!   jitter (`retry_base_delay · 2ⁿ · U(0.5, 1)`, capped at `max_retry_delay`), honouring a
 //!   `Retry-After` header if the server sent one;
 //! * 429: waits for `retry-after-ms` / `Retry-After` (RFC 9110 §10.2.3: delay-seconds or
-//!   HTTP-date) if given, else backoff; a wait longer than `max_retry_delay` is not slept but
+//!   HTTP-date) if given — never sooner, spread by up to a quarter more
+//!   ([`jittered_retry_after`]) —, else backoff; a wait longer than `max_retry_delay` is not slept but
 //!   returned as a retryable [`LlmError::RateLimited`] carrying the wait, so the job queue can
 //!   reschedule. 429 with `insufficient_quota` is permanent;
 //! * 401/403/404 and other 4xx fail at once (not retryable).
@@ -570,7 +571,7 @@ impl LlmClient {
                         return Err(self.transient_error(kind, retry_after, attempt));
                     }
                     let wait = match retry_after {
-                        Some(d) => d.max(Duration::from_millis(50)),
+                        Some(d) => jittered_retry_after(d),
                         None => {
                             backoff(attempt, self.cfg.retry_base_delay, self.cfg.max_retry_delay)
                         }
@@ -720,6 +721,15 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
     let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
     exp.min(max).mul_f64(0.5 + 0.5 * fastrand::f64())
+}
+
+/// The wait before retrying after the server asked for `asked` (`Retry-After`): never sooner
+/// (at least 50 ms), plus a random spread of up to a quarter of it (at least 100 ms), so
+/// clients told the same wait do not all come back in the same millisecond.
+pub fn jittered_retry_after(asked: Duration) -> Duration {
+    let asked = asked.max(Duration::from_millis(50));
+    let spread = (asked / 4).max(Duration::from_millis(100));
+    asked.saturating_add(spread.mul_f64(fastrand::f64()))
 }
 
 /// Reads `retry-after-ms` (milliseconds, OpenAI) or `Retry-After` (delay-seconds or
@@ -1201,6 +1211,19 @@ mod tests {
             "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
         );
         assert_eq!(retry_after(&h), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn retry_after_waits_are_spread_never_sooner() {
+        let asked = Duration::from_secs(2);
+        let waits: Vec<Duration> = (0..200).map(|_| jittered_retry_after(asked)).collect();
+        let (lo, hi) = (waits.iter().min().unwrap(), waits.iter().max().unwrap());
+        assert!(*lo >= asked, "{lo:?}");
+        assert!(*hi <= asked + asked / 4, "{hi:?}");
+        // 200 draws over a 500 ms spread: the first and last are far apart.
+        assert!(*hi - *lo > Duration::from_millis(250), "{lo:?}..{hi:?}");
+        assert!(jittered_retry_after(Duration::ZERO) >= Duration::from_millis(50));
+        assert!(jittered_retry_after(Duration::MAX) == Duration::MAX);
     }
 
     #[test]

@@ -278,7 +278,11 @@ fn the_checks_see_what_they_check() {
     assert!(crate_refs("use crate::{domain::Stage, store};") == ["domain", "store"]);
     assert_eq!(crate_refs("x: crate::engine::Workers"), ["engine"]);
     assert_eq!(code_only("let a = 1; // crate::cli"), "let a = 1; ");
-    assert_eq!(code_only("let u = \"https://x\";"), "let u = \"https://x\";");
-    assert!(all.iter().any(|s| s.rel == "tools/process.rs"
-        && code_only(&s.body).contains("Command::new")));
+    assert_eq!(
+        code_only("let u = \"https://x\";"),
+        "let u = \"https://x\";"
+    );
+    assert!(all
+        .iter()
+        .any(|s| s.rel == "tools/process.rs" && code_only(&s.body).contains("Command::new")));
 }
