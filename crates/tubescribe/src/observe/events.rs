@@ -17,10 +17,10 @@
 //! emits `failed` only for a job's final failure and `delayed` when a failed attempt waits for
 //! its retry (see `moveToFinished-14.lua` and `moveToDelayed-11.lua` in bullmq-official 1.4.4).
 //!
-//! **Event ids.** An SSE event id is a [`Cursor`] (codec in [`super::cursor`]): the position reached in each of the four
-//! streams (`<ms>-<seq>` per stream, joined with `_`; a `~<k>` suffix marks that only events
-//! `0..=k` of a stream entry that maps to several events were delivered). Resuming from a
-//! cursor reads each stream strictly after its position, so a client reconnecting with
+//! **Event ids.** An SSE event id is a [`Cursor`] (codec in [`super::cursor`]): the position
+//! reached in each of the four streams (`<ms>-<seq>` per stream, joined with `_`; a `~<k>`
+//! suffix marks that only events `0..=k` of a stream entry that maps to several events were
+//! delivered). Resuming from a cursor reads each stream strictly after its position, so a client reconnecting with
 //! `Last-Event-ID` gets exactly what it missed: no gap, no repeat. BullMQ trims its streams to
 //! about 10 000 entries, and so do we; a cursor older than that resumes at the oldest entry.
 
