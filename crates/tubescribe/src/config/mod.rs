@@ -654,6 +654,22 @@ pub fn threads_per_job(cores: usize, slots: usize) -> usize {
 mod tests {
     use super::*;
 
+    /// A fresh scratch directory `<tmp>/<tag>-<pid>` and the path of a `c.toml` in it.
+    fn scratch(tag: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        (dir, f)
+    }
+
+    /// [`Config::resolve`] with the config file `f` and nothing else given.
+    fn with_file(f: &Path) -> Result<Config, ConfigError> {
+        Config::resolve(&Overrides {
+            config: Some(f.to_path_buf()),
+            ..Default::default()
+        })
+    }
+
     #[test]
     fn threads_never_oversubscribe() {
         for cores in 1..=16 {
@@ -672,9 +688,7 @@ mod tests {
 
     #[test]
     fn flag_beats_file_beats_default() {
-        let dir = std::env::temp_dir().join(format!("ts-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let f = dir.join("c.toml");
+        let (dir, f) = scratch("ts-cfg");
         std::fs::write(
             &f,
             "data_dir = \"/srv/ts\"\nallow_hosts = [\"Media.Example:8080\"]\n[concurrency]\ntranscribe = 4\n",
@@ -813,15 +827,10 @@ mod tests {
 
     #[test]
     fn subtitle_settings() {
-        let dir = std::env::temp_dir().join(format!("ts-cfg-subs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let f = dir.join("c.toml");
+        let (dir, f) = scratch("ts-cfg-subs");
         let resolve = |toml: &str| {
             std::fs::write(&f, toml).unwrap();
-            Config::resolve(&Overrides {
-                config: Some(f.clone()),
-                ..Default::default()
-            })
+            with_file(&f)
         };
         let c = resolve("").unwrap();
         assert_eq!(c.subtitles, CueRules::default());
@@ -872,20 +881,14 @@ mod tests {
 
     #[test]
     fn stage_policies_and_worker_settings() {
-        let dir = std::env::temp_dir().join(format!("ts-cfg3-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let f = dir.join("c.toml");
+        let (dir, f) = scratch("ts-cfg3");
         std::fs::write(
             &f,
             "[stages.transcribe]\nattempts = 4\nlock_duration_s = 2.5\nglobal_concurrency = 2\n\
              timeout_base_s = 10\ntimeout_per_media_s = 2\n[worker]\nshutdown_grace_s = 7\n",
         )
         .unwrap();
-        let c = Config::resolve(&Overrides {
-            config: Some(f.clone()),
-            ..Default::default()
-        })
-        .unwrap();
+        let c = with_file(&f).unwrap();
         let t = c.policy(Stage::Transcribe);
         assert_eq!(t.attempts, 4);
         assert_eq!(t.lock_duration, Duration::from_millis(2500));
@@ -908,21 +911,13 @@ mod tests {
         .unwrap();
         assert_eq!(c.shutdown_grace, Duration::from_millis(1500));
         std::fs::write(&f, "[stages.summarize]\nattempts = 0\n").unwrap();
-        let e = Config::resolve(&Overrides {
-            config: Some(f.clone()),
-            ..Default::default()
-        })
-        .unwrap_err();
+        let e = with_file(&f).unwrap_err();
         assert_eq!(
             e.to_string(),
             "invalid setting stages.summarize.attempts: must be at least 1"
         );
         std::fs::write(&f, "[stages.download]\nlock_duration_s = 0\n").unwrap();
-        let e = Config::resolve(&Overrides {
-            config: Some(f.clone()),
-            ..Default::default()
-        })
-        .unwrap_err();
+        let e = with_file(&f).unwrap_err();
         assert!(
             e.to_string().contains("stages.download.lock_duration_s"),
             "{e}"
@@ -932,15 +927,9 @@ mod tests {
 
     #[test]
     fn bad_file_and_zero_concurrency_are_errors() {
-        let dir = std::env::temp_dir().join(format!("ts-cfg2-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let f = dir.join("c.toml");
+        let (dir, f) = scratch("ts-cfg2");
         std::fs::write(&f, "data_dirr = 1\n").unwrap();
-        let e = Config::resolve(&Overrides {
-            config: Some(f.clone()),
-            ..Default::default()
-        })
-        .unwrap_err();
+        let e = with_file(&f).unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
         let e = Config::resolve(&Overrides {
             transcribe_concurrency: Some(0),
