@@ -2,8 +2,9 @@
 
 #[tokio::main]
 async fn main() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("TUBESCRIBE_LOG").unwrap_or_else(|_| {
+    let filter = tubescribe::config::log_filter()
+        .and_then(|dirs| tracing_subscriber::EnvFilter::try_new(dirs).ok())
+        .unwrap_or_else(|| {
             tracing_subscriber::EnvFilter::new(
                 // bullmq's worker warns when `close` finds a fetcher parked in its blocking pop, which is
                 // how we always close (the jobs were handed back first): noise for users.

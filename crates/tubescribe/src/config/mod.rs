@@ -2,17 +2,26 @@
 //!
 //! Precedence, highest first: command-line flag > `TUBESCRIBE_*` environment variable >
 //! TOML config file (`--config` / `TUBESCRIBE_CONFIG`, else `./tubescribe.toml` when present) >
-//! built-in default. Flags and their variables are declared in `cli.rs` with clap's `env`
+//! built-in default. Flags and their variables are declared in the CLI with clap's `env`
 //! support (so clap applies the first two levels); [`Config::resolve`] applies the file and the
 //! defaults. Settings without a flag are read from their variable here.
+//!
+//! Files: this one holds [`Config`], the resolution steps and the settings they build;
+//! [`file`] the TOML schema; [`policy`] the per-stage [`StagePolicy`] and its defaults.
+
+pub mod file;
+pub mod policy;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-
+use crate::domain::input::InputPolicy;
 use crate::domain::transcript::subtitles::CueRules;
 use crate::domain::Stage;
+use file::{
+    ConcurrencyFile, FileConfig, LlmFile, ProgramsFile, ScheduleFile, SubtitlesFile, WorkerFile,
+};
+pub use policy::StagePolicy;
 
 /// Errors while loading configuration. None is retryable: the user must fix the setting.
 #[derive(Debug, thiserror::Error)]
@@ -41,343 +50,6 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
-}
-
-/// The TOML file's schema. Every field is optional; see `tubescribe.example.toml`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    /// Data directory (tasks, embedded Redis, models).
-    pub data_dir: Option<PathBuf>,
-    /// Redis URL (`redis://host:port/db`, `redis+unix:///path/sock`); none = embedded Redis.
-    pub redis_url: Option<String>,
-    /// Hosts allowed for direct media URLs (besides YouTube).
-    pub allow_hosts: Option<Vec<String>>,
-    /// Path of the ggml Whisper model; default `<data_dir>/models/ggml-tiny.en.bin`.
-    pub model: Option<PathBuf>,
-    /// Worker concurrency per stage.
-    #[serde(default)]
-    pub concurrency: ConcurrencyFile,
-    /// Transcription settings.
-    #[serde(default)]
-    pub transcribe: TranscribeFile,
-    /// OpenAI-compatible LLM settings; absent = extractive summaries.
-    pub llm: Option<LlmFile>,
-    /// Scheduling, long-audio segments and the transcription memory budget.
-    #[serde(default)]
-    pub schedule: ScheduleFile,
-    /// Program paths.
-    #[serde(default)]
-    pub programs: ProgramsFile,
-    /// Queue and run policy per stage (`[stages.download]`, `[stages.transcribe]`,
-    /// `[stages.summarize]`).
-    #[serde(default)]
-    pub stages: StagesFile,
-    /// Worker process settings.
-    #[serde(default)]
-    pub worker: WorkerFile,
-    /// Subtitle cue limits (`transcript.srt`, `transcript.vtt`).
-    #[serde(default)]
-    pub subtitles: SubtitlesFile,
-}
-
-/// `[subtitles]` in the TOML file; every key is optional (defaults in [`CueRules::default`]).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SubtitlesFile {
-    /// Characters per cue line (default 42).
-    pub max_line_chars: Option<usize>,
-    /// Lines per cue (default 2).
-    pub max_lines: Option<usize>,
-    /// Longest time a cue is shown, milliseconds (default 7000).
-    pub max_cue_ms: Option<u64>,
-    /// Shortest time a cue is shown when the next one leaves room, milliseconds (default 1000).
-    pub min_cue_ms: Option<u64>,
-    /// Reading speed a cue is held for when silence follows, characters per second (default 20).
-    pub max_cps: Option<f64>,
-}
-
-/// Resolves `[subtitles]`: file > default, each value range-checked.
-fn resolve_subtitles(f: &SubtitlesFile) -> Result<CueRules, ConfigError> {
-    let d = CueRules::default();
-    let invalid = |key: &str, message: String| ConfigError::Invalid {
-        key: format!("subtitles.{key}"),
-        message,
-    };
-    let r = CueRules {
-        max_line_chars: f.max_line_chars.unwrap_or(d.max_line_chars),
-        max_lines: f.max_lines.unwrap_or(d.max_lines),
-        max_cue_ms: f.max_cue_ms.unwrap_or(d.max_cue_ms),
-        min_cue_ms: f.min_cue_ms.unwrap_or(d.min_cue_ms),
-        max_cps: f.max_cps.unwrap_or(d.max_cps),
-    };
-    if !(10..=1000).contains(&r.max_line_chars) {
-        return Err(invalid(
-            "max_line_chars",
-            format!(
-                "{} is out of range (10 to 1000 characters)",
-                r.max_line_chars
-            ),
-        ));
-    }
-    if !(1..=10).contains(&r.max_lines) {
-        return Err(invalid(
-            "max_lines",
-            format!("{} is out of range (1 to 10 lines)", r.max_lines),
-        ));
-    }
-    if !(1000..=600_000).contains(&r.max_cue_ms) {
-        return Err(invalid(
-            "max_cue_ms",
-            format!("{} is out of range (1000 to 600000 ms)", r.max_cue_ms),
-        ));
-    }
-    if r.min_cue_ms > r.max_cue_ms {
-        return Err(invalid(
-            "min_cue_ms",
-            format!(
-                "{} is more than subtitles.max_cue_ms ({})",
-                r.min_cue_ms, r.max_cue_ms
-            ),
-        ));
-    }
-    if !(r.max_cps.is_finite() && r.max_cps >= 1.0) {
-        return Err(invalid(
-            "max_cps",
-            format!(
-                "{} must be a number of characters per second ≥ 1",
-                r.max_cps
-            ),
-        ));
-    }
-    Ok(r)
-}
-
-/// `[stages.*]` in the TOML file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StagesFile {
-    /// `[stages.download]`.
-    #[serde(default)]
-    pub download: StagePolicyFile,
-    /// `[stages.transcribe]`.
-    #[serde(default)]
-    pub transcribe: StagePolicyFile,
-    /// `[stages.summarize]`.
-    #[serde(default)]
-    pub summarize: StagePolicyFile,
-}
-
-/// One `[stages.<stage>]` table; every key is optional (defaults in [`StagePolicy::default_for`]).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StagePolicyFile {
-    /// Attempts in total (1 = no retry).
-    pub attempts: Option<u32>,
-    /// Delay before the first retry, seconds; doubles with each retry.
-    pub backoff_s: Option<f64>,
-    /// Delay before the first retry after a cool-down failure (bot check, HTTP 429), seconds.
-    pub cool_down_s: Option<f64>,
-    /// Job lock duration, seconds (renewed every half of it while the job runs).
-    pub lock_duration_s: Option<f64>,
-    /// Interval of the stalled-job check, seconds.
-    pub stalled_interval_s: Option<f64>,
-    /// How many times a job may stall (its worker died) before it fails.
-    pub max_stalled_count: Option<u32>,
-    /// Cluster-wide cap on active jobs of this queue (BullMQ global concurrency); 0 removes it.
-    pub global_concurrency: Option<u64>,
-    /// Fixed part of the stage's time limit, seconds.
-    pub timeout_base_s: Option<f64>,
-    /// Seconds of time limit added per second of media.
-    pub timeout_per_media_s: Option<f64>,
-}
-
-/// `[worker]` in the TOML file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WorkerFile {
-    /// Seconds a stopping worker lets active jobs finish before putting them back in the
-    /// queue (default 30).
-    pub shutdown_grace_s: Option<f64>,
-    /// Seconds between attempts to reach Redis while it is unreachable (default 2).
-    pub redis_retry_s: Option<f64>,
-}
-
-/// A stage's queue and run policy after resolution: retries, stalled-job recovery, the
-/// cluster-wide concurrency cap and the time limit.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StagePolicy {
-    /// Attempts in total (≥ 1; 1 = no retry). Stalls (a worker died) do not count.
-    pub attempts: u32,
-    /// Delay before the first retry; retry `n` waits `backoff × 2^(n−1)`.
-    pub backoff: Duration,
-    /// Delay before the first retry after a cool-down failure; doubles likewise.
-    pub cool_down: Duration,
-    /// Job lock duration; a job whose worker died is detected between `lock_duration +
-    /// stalled_interval` and `lock_duration + 3 × stalled_interval` later (design notes, §3).
-    pub lock_duration: Duration,
-    /// Interval of the stalled-job check.
-    pub stalled_interval: Duration,
-    /// Stalls a job survives before it fails ("job stalled more than allowable limit").
-    pub max_stalled_count: u32,
-    /// Cluster-wide cap on active jobs of the queue, applied by workers of this stage when
-    /// they start: `Some(n ≥ 1)` sets it, `Some(0)` removes it, `None` leaves Redis as is.
-    pub global_concurrency: Option<u64>,
-    /// Fixed part of the time limit of one attempt.
-    pub timeout_base: Duration,
-    /// Seconds of time limit per second of media (the media duration is known once the
-    /// download has probed it; before that only the base applies).
-    pub timeout_per_media_s: f64,
-}
-
-impl StagePolicy {
-    /// Built-in defaults. Downloads meet flaky networks (3 attempts), transcription rarely
-    /// fails twice (2), summaries may meet a busy LLM (3). A job may stall 5 times, so a long
-    /// transcription survives several worker restarts. Time limits: download 1 h + 1 × media,
-    /// transcribe 10 min + 4 × media (tiny.en runs at RTF ≈ 0.1 on 2 cores; larger models on
-    /// CPU approach RTF 1), summarize 5 min + 0.5 × media (LLM calls).
-    pub fn default_for(stage: Stage) -> StagePolicy {
-        let (attempts, backoff_s, base_s, per_media) = match stage {
-            Stage::Download => (3, 2, 3600, 1.0),
-            Stage::Transcribe => (2, 2, 600, 4.0),
-            Stage::Summarize => (3, 5, 300, 0.5),
-        };
-        StagePolicy {
-            attempts,
-            backoff: Duration::from_secs(backoff_s),
-            cool_down: Duration::from_secs(300),
-            lock_duration: Duration::from_secs(30),
-            stalled_interval: Duration::from_secs(15),
-            max_stalled_count: 5,
-            global_concurrency: None,
-            timeout_base: Duration::from_secs(base_s),
-            timeout_per_media_s: per_media,
-        }
-    }
-
-    /// The time limit of one attempt on `media_s` seconds of media (unknown: the base only).
-    pub fn time_limit(&self, media_s: Option<f64>) -> Duration {
-        let extra = media_s.unwrap_or(0.0).max(0.0) * self.timeout_per_media_s.max(0.0);
-        self.timeout_base + Duration::from_secs_f64(extra.min(1e9))
-    }
-
-    fn resolve(stage: Stage, f: &StagePolicyFile) -> Result<StagePolicy, ConfigError> {
-        let d = StagePolicy::default_for(stage);
-        let key = |k: &str| format!("stages.{stage}.{k}");
-        let secs = |k: &str, v: Option<f64>, d: Duration, min: f64| match v {
-            None => Ok(d),
-            Some(v) if v.is_finite() && v >= min && v < 1e9 => Ok(Duration::from_secs_f64(v)),
-            Some(v) => Err(ConfigError::Invalid {
-                key: key(k),
-                message: format!("{v} is out of range (at least {min} seconds)"),
-            }),
-        };
-        let attempts = f.attempts.unwrap_or(d.attempts);
-        if attempts == 0 {
-            return Err(ConfigError::Invalid {
-                key: key("attempts"),
-                message: "must be at least 1".into(),
-            });
-        }
-        let per_media = f.timeout_per_media_s.unwrap_or(d.timeout_per_media_s);
-        if !(per_media.is_finite() && per_media >= 0.0) {
-            return Err(ConfigError::Invalid {
-                key: key("timeout_per_media_s"),
-                message: format!("{per_media} must be a number ≥ 0"),
-            });
-        }
-        Ok(StagePolicy {
-            attempts,
-            backoff: secs("backoff_s", f.backoff_s, d.backoff, 0.0)?,
-            cool_down: secs("cool_down_s", f.cool_down_s, d.cool_down, 0.0)?,
-            lock_duration: secs("lock_duration_s", f.lock_duration_s, d.lock_duration, 0.5)?,
-            stalled_interval: secs(
-                "stalled_interval_s",
-                f.stalled_interval_s,
-                d.stalled_interval,
-                0.1,
-            )?,
-            max_stalled_count: f.max_stalled_count.unwrap_or(d.max_stalled_count),
-            global_concurrency: f.global_concurrency.or(d.global_concurrency),
-            timeout_base: secs("timeout_base_s", f.timeout_base_s, d.timeout_base, 0.1)?,
-            timeout_per_media_s: per_media,
-        })
-    }
-}
-
-/// `[concurrency]` in the TOML file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConcurrencyFile {
-    /// Concurrent download jobs per worker process (default 3).
-    pub download: Option<usize>,
-    /// Concurrent transcribe jobs per worker process (default 2).
-    pub transcribe: Option<usize>,
-    /// Concurrent summarize jobs per worker process (default 1).
-    pub summarize: Option<usize>,
-}
-
-/// `[transcribe]` in the TOML file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TranscribeFile {
-    /// whisper.cpp threads per job (default: cores / transcribe concurrency, at least 1).
-    pub threads: Option<usize>,
-    /// Spoken language code, e.g. "en"; default: "en" for `.en` models, else auto-detect.
-    pub language: Option<String>,
-    /// Least share of the detected speech the transcript must cover (0–1, default 0.9);
-    /// below it the task completes with a warning.
-    pub min_coverage: Option<f64>,
-}
-
-/// `[schedule]` in the TOML file (see `schedule.rs`, `segments.rs`, `budget.rs`).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScheduleFile {
-    /// Audio longer than this many seconds is cut into segment jobs of about this length
-    /// (default 600).
-    pub segment_s: Option<f64>,
-    /// Priority aging: seconds of audio credited per second a transcribe job has waited
-    /// (default 1.0; 0 = pure shortest-job-first).
-    pub aging_rate: Option<f64>,
-    /// Memory for transcription per worker process, in MB (default: half the machine's RAM).
-    pub memory_budget_mb: Option<u64>,
-    /// CPU cores given to transcription per worker process (default: all cores).
-    pub cores: Option<usize>,
-}
-
-/// `[llm]` in the TOML file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LlmFile {
-    /// Base URL of an OpenAI-compatible API, e.g. `http://127.0.0.1:11434/v1`.
-    pub base_url: String,
-    /// Model name sent in requests.
-    pub model: String,
-    /// Name of the environment variable holding the API key (default `TUBESCRIBE_LLM_API_KEY`).
-    pub api_key_env: Option<String>,
-    /// Per-request timeout in seconds (default 120).
-    pub timeout_s: Option<u64>,
-    /// Retries of 429/5xx/timeouts per request (default 4).
-    pub max_retries: Option<u32>,
-    /// The model's context window in tokens (default 8192).
-    pub context_tokens: Option<usize>,
-}
-
-/// `[programs]` in the TOML file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProgramsFile {
-    /// yt-dlp (default `yt-dlp` on PATH).
-    pub ytdlp: Option<PathBuf>,
-    /// ffmpeg (default `ffmpeg` on PATH).
-    pub ffmpeg: Option<PathBuf>,
-    /// ffprobe (default `ffprobe` on PATH).
-    pub ffprobe: Option<PathBuf>,
-    /// redis-server for the embedded Redis (default `redis-server` on PATH).
-    pub redis_server: Option<PathBuf>,
-    /// Python with pip, for `model install` (default `python3`).
-    pub python: Option<PathBuf>,
 }
 
 /// Values given on the command line or through their `TUBESCRIBE_*` variables (clap applies
@@ -574,26 +246,13 @@ pub fn split_hosts(s: &str) -> Vec<String> {
 
 impl Config {
     /// Loads the config file (if any) and applies the precedence described in the module docs.
+    /// Each setting group is resolved by its own step below, in this order (so the first
+    /// invalid setting is the one reported).
     ///
-    /// Errors: an explicitly named config file that is missing or invalid, zero concurrency.
+    /// Errors: an explicitly named config file that is missing or invalid, zero concurrency,
+    /// any out-of-range setting ([`ConfigError::Invalid`] names it).
     pub fn resolve(o: &Overrides) -> Result<Config, ConfigError> {
-        let file_path = o.config.clone().or_else(|| {
-            let p = PathBuf::from("tubescribe.toml");
-            p.exists().then_some(p)
-        });
-        let file: FileConfig = match &file_path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read {
-                    path: p.clone(),
-                    source: e,
-                })?;
-                toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                    path: p.clone(),
-                    message: e.to_string(),
-                })?
-            }
-            None => FileConfig::default(),
-        };
+        let file = FileConfig::load(o.config.as_deref())?;
         let data_dir = absolute(
             &o.data_dir
                 .clone()
@@ -604,149 +263,20 @@ impl Config {
             o.model.clone().or(file.model.clone()),
             &data_dir,
         ));
-        let pick = |key: &str, flag: Option<usize>, f: Option<usize>, d: usize| {
-            let v = flag.or(f).unwrap_or(d);
-            if v == 0 {
-                Err(ConfigError::Invalid {
-                    key: key.into(),
-                    message: "must be at least 1".into(),
-                })
-            } else {
-                Ok(v)
-            }
-        };
-        let download_concurrency = pick(
-            "concurrency.download",
-            o.download_concurrency,
-            file.concurrency.download,
-            3,
-        )?;
-        let transcribe_concurrency = pick(
-            "concurrency.transcribe",
-            o.transcribe_concurrency,
-            file.concurrency.transcribe,
-            2,
-        )?;
-        let summarize_concurrency = pick(
-            "concurrency.summarize",
-            o.summarize_concurrency,
-            file.concurrency.summarize,
-            1,
-        )?;
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
-        let threads = pick(
-            "transcribe.threads",
-            o.threads,
-            file.transcribe.threads,
-            (cores / transcribe_concurrency).clamp(1, MAX_THREADS),
-        )?;
-        if threads > MAX_THREADS {
-            return Err(ConfigError::Invalid {
-                key: "transcribe.threads".into(),
-                message: format!(
-                    "{threads} is more than {MAX_THREADS}; whisper.cpp gains nothing beyond the \
-                     machine's cores ({cores} here)"
-                ),
-            });
-        }
-        let threads_explicit = o.threads.or(file.transcribe.threads).is_some();
+        let [download_concurrency, transcribe_concurrency, summarize_concurrency] =
+            resolve_concurrency(o, &file.concurrency)?;
+        let threads_given = o.threads.or(file.transcribe.threads);
+        let threads = resolve_threads(threads_given, cores, transcribe_concurrency)?;
         let schedule = resolve_schedule(&file.schedule, cores)?;
         let subtitles = resolve_subtitles(&file.subtitles)?;
-        let llm = match (&file.llm, std::env::var("TUBESCRIBE_LLM_BASE_URL").ok()) {
-            (_, Some(base)) if !base.is_empty() => Some(LlmSettings {
-                base_url: base,
-                model: std::env::var("TUBESCRIBE_LLM_MODEL").unwrap_or_else(|_| "default".into()),
-                api_key: std::env::var("TUBESCRIBE_LLM_API_KEY").ok(),
-                timeout: Duration::from_secs(120),
-                max_retries: 4,
-                context_tokens: 8192,
-            }),
-            (Some(l), _) => Some(LlmSettings {
-                base_url: l.base_url.clone(),
-                model: l.model.clone(),
-                api_key: std::env::var(
-                    l.api_key_env.as_deref().unwrap_or("TUBESCRIBE_LLM_API_KEY"),
-                )
-                .ok(),
-                timeout: Duration::from_secs(l.timeout_s.unwrap_or(120)),
-                max_retries: l.max_retries.unwrap_or(4),
-                context_tokens: l.context_tokens.unwrap_or(8192),
-            }),
-            _ => None,
-        };
-        // A bare name is looked up on PATH; a relative path with a separator is made absolute
-        // now, because programs may run in other working directories.
-        let prog = |env: &str, f: &Option<PathBuf>, d: &str| {
-            let p = env_path(env)
-                .or_else(|| f.clone())
-                .unwrap_or_else(|| PathBuf::from(d));
-            if p.components().count() > 1 {
-                absolute(&p)
-            } else {
-                p
-            }
-        };
-        let programs = Programs {
-            ytdlp: prog("TUBESCRIBE_YTDLP", &file.programs.ytdlp, "yt-dlp"),
-            ffmpeg: prog("TUBESCRIBE_FFMPEG", &file.programs.ffmpeg, "ffmpeg"),
-            ffprobe: prog("TUBESCRIBE_FFPROBE", &file.programs.ffprobe, "ffprobe"),
-            redis_server: prog(
-                "TUBESCRIBE_REDIS_SERVER",
-                &file.programs.redis_server,
-                "redis-server",
-            ),
-            python: prog("TUBESCRIBE_PYTHON", &file.programs.python, "python3"),
-        };
-        let mut stage_policies = Vec::new();
-        for stage in Stage::ALL {
-            let f = match stage {
-                Stage::Download => &file.stages.download,
-                Stage::Transcribe => &file.stages.transcribe,
-                Stage::Summarize => &file.stages.summarize,
-            };
-            stage_policies.push((stage, StagePolicy::resolve(stage, f)?));
-        }
-        let seconds = |key: &str, v: Option<f64>, d: f64| match v.unwrap_or(d) {
-            v if v.is_finite() && (0.0..1e9).contains(&v) => Ok(Duration::from_secs_f64(v)),
-            v => Err(ConfigError::Invalid {
-                key: key.into(),
-                message: format!("{v} is not a number of seconds ≥ 0"),
-            }),
-        };
-        let shutdown_grace = seconds(
-            "worker.shutdown_grace_s",
-            o.shutdown_grace_s.or(file.worker.shutdown_grace_s),
-            30.0,
-        )?;
-        let redis_retry = seconds("worker.redis_retry_s", file.worker.redis_retry_s, 2.0)?
-            .max(Duration::from_millis(100));
-        let allow_hosts: Vec<String> = o
-            .allow_hosts
-            .clone()
-            .or(file.allow_hosts)
-            .unwrap_or_default()
-            .iter()
-            .flat_map(|h| split_hosts(h))
-            .collect();
-        if let Some(bad) = allow_hosts
-            .iter()
-            .find(|h| !crate::domain::input::valid_host_entry(h))
-        {
-            return Err(ConfigError::Invalid {
-                key: "allow_hosts".into(),
-                message: format!(
-                    "{bad:?} is not a host or host:port (write e.g. media.example.org, \
-                     localhost:8080 or [::1]:9000; no scheme, path or wildcard)"
-                ),
-            });
-        }
+        let stage_policies = StagePolicy::resolve_all(&file.stages)?;
+        let (shutdown_grace, redis_retry) = resolve_worker(o, &file.worker)?;
+        let allow_hosts = resolve_allow_hosts(o.allow_hosts.clone().or(file.allow_hosts))?;
+        let min_coverage = resolve_min_coverage(file.transcribe.min_coverage)?;
         Ok(Config {
-            subtitles,
-            stage_policies,
-            shutdown_grace,
-            redis_retry,
             data_dir,
             redis_url: o
                 .redis_url
@@ -759,33 +289,281 @@ impl Config {
             transcribe_concurrency,
             summarize_concurrency,
             threads,
-            threads_explicit,
+            threads_explicit: threads_given.is_some(),
             schedule,
             language: file.transcribe.language,
-            min_coverage: match file.transcribe.min_coverage {
-                None => DEFAULT_MIN_COVERAGE,
-                Some(c) if (0.0..=1.0).contains(&c) => c,
-                Some(c) => {
-                    return Err(ConfigError::Invalid {
-                        key: "transcribe.min_coverage".into(),
-                        message: format!("{c} is not a share between 0 and 1"),
-                    })
-                }
-            },
-            llm,
-            programs,
-            min_free_bytes: match std::env::var("TUBESCRIBE_MIN_FREE_MB") {
-                Ok(v) if !v.trim().is_empty() => {
-                    v.trim().parse::<u64>().map_err(|e| ConfigError::Invalid {
-                        key: "TUBESCRIBE_MIN_FREE_MB".into(),
-                        message: format!("{v:?}: {e}"),
-                    })?
-                }
-                _ => DEFAULT_MIN_FREE_MB,
-            }
-            .saturating_mul(1024 * 1024),
+            min_coverage,
+            llm: resolve_llm(file.llm.as_ref()),
+            programs: resolve_programs(&file.programs),
+            min_free_bytes: resolve_min_free_bytes()?,
+            stage_policies,
+            shutdown_grace,
+            redis_retry,
+            subtitles,
         })
     }
+
+    /// The resolved policy of `stage`.
+    pub fn policy(&self, stage: Stage) -> &StagePolicy {
+        &self
+            .stage_policies
+            .iter()
+            .find(|(s, _)| *s == stage)
+            .expect("resolve fills every stage")
+            .1
+    }
+
+    /// Concurrent jobs of `stage` per worker process (`[concurrency]`, ≥ 1).
+    pub fn concurrency(&self, stage: Stage) -> usize {
+        match stage {
+            Stage::Download => self.download_concurrency,
+            Stage::Transcribe => self.transcribe_concurrency,
+            Stage::Summarize => self.summarize_concurrency,
+        }
+    }
+
+    /// The input policy of a local submitter (the CLI): direct URLs on [`Config::allow_hosts`]
+    /// only, local files allowed. The server sets `remote` itself.
+    pub fn input_policy(&self) -> InputPolicy {
+        InputPolicy {
+            allow_hosts: self.allow_hosts.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// `value` (flag or variable, else file) or `default`, refusing 0.
+fn at_least_one(key: &str, value: Option<usize>, default: usize) -> Result<usize, ConfigError> {
+    match value.unwrap_or(default) {
+        0 => Err(ConfigError::Invalid {
+            key: key.into(),
+            message: "must be at least 1".into(),
+        }),
+        v => Ok(v),
+    }
+}
+
+/// Jobs per worker process of download, transcribe and summarize (defaults 3, 2, 1).
+fn resolve_concurrency(o: &Overrides, f: &ConcurrencyFile) -> Result<[usize; 3], ConfigError> {
+    Ok([
+        at_least_one(
+            "concurrency.download",
+            o.download_concurrency.or(f.download),
+            3,
+        )?,
+        at_least_one(
+            "concurrency.transcribe",
+            o.transcribe_concurrency.or(f.transcribe),
+            2,
+        )?,
+        at_least_one(
+            "concurrency.summarize",
+            o.summarize_concurrency.or(f.summarize),
+            1,
+        )?,
+    ])
+}
+
+/// whisper.cpp threads per transcribe job: `given`, else the cores shared by the transcribe
+/// slots; 1 to [`MAX_THREADS`].
+fn resolve_threads(given: Option<usize>, cores: usize, slots: usize) -> Result<usize, ConfigError> {
+    let default = (cores / slots).clamp(1, MAX_THREADS);
+    let threads = at_least_one("transcribe.threads", given, default)?;
+    if threads > MAX_THREADS {
+        return Err(ConfigError::Invalid {
+            key: "transcribe.threads".into(),
+            message: format!(
+                "{threads} is more than {MAX_THREADS}; whisper.cpp gains nothing beyond the \
+                 machine's cores ({cores} here)"
+            ),
+        });
+    }
+    Ok(threads)
+}
+
+/// A number of seconds (`value`, else `default`) as a duration; finite, ≥ 0 and < 10⁹.
+fn seconds(key: &str, value: Option<f64>, default: f64) -> Result<Duration, ConfigError> {
+    match value.unwrap_or(default) {
+        v if v.is_finite() && (0.0..1e9).contains(&v) => Ok(Duration::from_secs_f64(v)),
+        v => Err(ConfigError::Invalid {
+            key: key.into(),
+            message: format!("{v} is not a number of seconds ≥ 0"),
+        }),
+    }
+}
+
+/// `[worker]`: the shutdown grace (flag > file > 30 s) and the Redis retry pause (file > 2 s,
+/// at least 100 ms).
+fn resolve_worker(o: &Overrides, f: &WorkerFile) -> Result<(Duration, Duration), ConfigError> {
+    let shutdown_grace = seconds(
+        "worker.shutdown_grace_s",
+        o.shutdown_grace_s.or(f.shutdown_grace_s),
+        30.0,
+    )?;
+    let redis_retry =
+        seconds("worker.redis_retry_s", f.redis_retry_s, 2.0)?.max(Duration::from_millis(100));
+    Ok((shutdown_grace, redis_retry))
+}
+
+/// The allow-list of direct-URL hosts: every given entry split at commas, lower-cased, and
+/// checked to be a host or host:port.
+fn resolve_allow_hosts(given: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
+    let hosts: Vec<String> = given
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|h| split_hosts(h))
+        .collect();
+    if let Some(bad) = hosts
+        .iter()
+        .find(|h| !crate::domain::input::valid_host_entry(h))
+    {
+        return Err(ConfigError::Invalid {
+            key: "allow_hosts".into(),
+            message: format!(
+                "{bad:?} is not a host or host:port (write e.g. media.example.org, \
+                 localhost:8080 or [::1]:9000; no scheme, path or wildcard)"
+            ),
+        });
+    }
+    Ok(hosts)
+}
+
+/// `[transcribe] min_coverage`: a share between 0 and 1, default [`DEFAULT_MIN_COVERAGE`].
+fn resolve_min_coverage(given: Option<f64>) -> Result<f64, ConfigError> {
+    match given {
+        None => Ok(DEFAULT_MIN_COVERAGE),
+        Some(c) if (0.0..=1.0).contains(&c) => Ok(c),
+        Some(c) => Err(ConfigError::Invalid {
+            key: "transcribe.min_coverage".into(),
+            message: format!("{c} is not a share between 0 and 1"),
+        }),
+    }
+}
+
+/// `TUBESCRIBE_MIN_FREE_MB` (default [`DEFAULT_MIN_FREE_MB`]) in bytes.
+fn resolve_min_free_bytes() -> Result<u64, ConfigError> {
+    let mb = match std::env::var("TUBESCRIBE_MIN_FREE_MB") {
+        Ok(v) if !v.trim().is_empty() => {
+            v.trim().parse::<u64>().map_err(|e| ConfigError::Invalid {
+                key: "TUBESCRIBE_MIN_FREE_MB".into(),
+                message: format!("{v:?}: {e}"),
+            })?
+        }
+        _ => DEFAULT_MIN_FREE_MB,
+    };
+    Ok(mb.saturating_mul(1024 * 1024))
+}
+
+/// The LLM: `TUBESCRIBE_LLM_BASE_URL` (with `TUBESCRIBE_LLM_MODEL` and
+/// `TUBESCRIBE_LLM_API_KEY`) beats `[llm]`; neither means offline extractive summaries.
+fn resolve_llm(f: Option<&LlmFile>) -> Option<LlmSettings> {
+    let env = |name: &str| std::env::var(name).ok();
+    match (f, env("TUBESCRIBE_LLM_BASE_URL")) {
+        (_, Some(base)) if !base.is_empty() => Some(LlmSettings {
+            base_url: base,
+            model: env("TUBESCRIBE_LLM_MODEL").unwrap_or_else(|| "default".into()),
+            api_key: env("TUBESCRIBE_LLM_API_KEY"),
+            timeout: Duration::from_secs(120),
+            max_retries: 4,
+            context_tokens: 8192,
+        }),
+        (Some(l), _) => Some(LlmSettings {
+            base_url: l.base_url.clone(),
+            model: l.model.clone(),
+            api_key: env(l.api_key_env.as_deref().unwrap_or("TUBESCRIBE_LLM_API_KEY")),
+            timeout: Duration::from_secs(l.timeout_s.unwrap_or(120)),
+            max_retries: l.max_retries.unwrap_or(4),
+            context_tokens: l.context_tokens.unwrap_or(8192),
+        }),
+        _ => None,
+    }
+}
+
+/// One program's path: its variable > the file > `default`. A bare name is looked up on
+/// PATH; a relative path with a separator is made absolute now, because programs may run in
+/// other working directories.
+fn program(var: &str, file: &Option<PathBuf>, default: &str) -> PathBuf {
+    let p = env_path(var)
+        .or_else(|| file.clone())
+        .unwrap_or_else(|| PathBuf::from(default));
+    if p.components().count() > 1 {
+        absolute(&p)
+    } else {
+        p
+    }
+}
+
+/// `[programs]` with their `TUBESCRIBE_*` variables.
+fn resolve_programs(f: &ProgramsFile) -> Programs {
+    Programs {
+        ytdlp: program("TUBESCRIBE_YTDLP", &f.ytdlp, "yt-dlp"),
+        ffmpeg: program("TUBESCRIBE_FFMPEG", &f.ffmpeg, "ffmpeg"),
+        ffprobe: program("TUBESCRIBE_FFPROBE", &f.ffprobe, "ffprobe"),
+        redis_server: program("TUBESCRIBE_REDIS_SERVER", &f.redis_server, "redis-server"),
+        python: program("TUBESCRIBE_PYTHON", &f.python, "python3"),
+    }
+}
+
+/// The tracing filter directives of `TUBESCRIBE_LOG` (e.g. `info,tubescribe=debug`), if set;
+/// the binary falls back to its own default filter when unset or invalid.
+pub fn log_filter() -> Option<String> {
+    std::env::var("TUBESCRIBE_LOG").ok()
+}
+
+/// Resolves `[subtitles]`: file > default, each value range-checked.
+fn resolve_subtitles(f: &SubtitlesFile) -> Result<CueRules, ConfigError> {
+    let d = CueRules::default();
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        key: format!("subtitles.{key}"),
+        message,
+    };
+    let r = CueRules {
+        max_line_chars: f.max_line_chars.unwrap_or(d.max_line_chars),
+        max_lines: f.max_lines.unwrap_or(d.max_lines),
+        max_cue_ms: f.max_cue_ms.unwrap_or(d.max_cue_ms),
+        min_cue_ms: f.min_cue_ms.unwrap_or(d.min_cue_ms),
+        max_cps: f.max_cps.unwrap_or(d.max_cps),
+    };
+    if !(10..=1000).contains(&r.max_line_chars) {
+        return Err(invalid(
+            "max_line_chars",
+            format!(
+                "{} is out of range (10 to 1000 characters)",
+                r.max_line_chars
+            ),
+        ));
+    }
+    if !(1..=10).contains(&r.max_lines) {
+        return Err(invalid(
+            "max_lines",
+            format!("{} is out of range (1 to 10 lines)", r.max_lines),
+        ));
+    }
+    if !(1000..=600_000).contains(&r.max_cue_ms) {
+        return Err(invalid(
+            "max_cue_ms",
+            format!("{} is out of range (1000 to 600000 ms)", r.max_cue_ms),
+        ));
+    }
+    if r.min_cue_ms > r.max_cue_ms {
+        return Err(invalid(
+            "min_cue_ms",
+            format!(
+                "{} is more than subtitles.max_cue_ms ({})",
+                r.min_cue_ms, r.max_cue_ms
+            ),
+        ));
+    }
+    if !(r.max_cps.is_finite() && r.max_cps >= 1.0) {
+        return Err(invalid(
+            "max_cps",
+            format!(
+                "{} must be a number of characters per second ≥ 1",
+                r.max_cps
+            ),
+        ));
+    }
+    Ok(r)
 }
 
 fn env_parse<T: std::str::FromStr>(name: &str, key: &str) -> Result<Option<T>, ConfigError> {
@@ -849,18 +627,6 @@ fn resolve_schedule(f: &ScheduleFile, cores: usize) -> Result<ScheduleSettings, 
     })
 }
 
-impl Config {
-    /// The resolved policy of `stage`.
-    pub fn policy(&self, stage: Stage) -> &StagePolicy {
-        &self
-            .stage_policies
-            .iter()
-            .find(|(s, _)| *s == stage)
-            .expect("resolve fills every stage")
-            .1
-    }
-}
-
 /// Hooks for the fault tests, compiled into debug builds only (`cfg(debug_assertions)`), so a
 /// release binary never reads them. `scripts/test.sh` and `cargo test` use debug builds.
 #[cfg(debug_assertions)]
@@ -888,6 +654,22 @@ pub fn threads_per_job(cores: usize, slots: usize) -> usize {
 mod tests {
     use super::*;
 
+    /// A fresh scratch directory `<tmp>/<tag>-<pid>` and the path of a `c.toml` in it.
+    fn scratch(tag: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        (dir, f)
+    }
+
+    /// [`Config::resolve`] with the config file `f` and nothing else given.
+    fn with_file(f: &Path) -> Result<Config, ConfigError> {
+        Config::resolve(&Overrides {
+            config: Some(f.to_path_buf()),
+            ..Default::default()
+        })
+    }
+
     #[test]
     fn threads_never_oversubscribe() {
         for cores in 1..=16 {
@@ -906,9 +688,7 @@ mod tests {
 
     #[test]
     fn flag_beats_file_beats_default() {
-        let dir = std::env::temp_dir().join(format!("ts-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let f = dir.join("c.toml");
+        let (dir, f) = scratch("ts-cfg");
         std::fs::write(
             &f,
             "data_dir = \"/srv/ts\"\nallow_hosts = [\"Media.Example:8080\"]\n[concurrency]\ntranscribe = 4\n",
@@ -1047,15 +827,10 @@ mod tests {
 
     #[test]
     fn subtitle_settings() {
-        let dir = std::env::temp_dir().join(format!("ts-cfg-subs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let f = dir.join("c.toml");
+        let (dir, f) = scratch("ts-cfg-subs");
         let resolve = |toml: &str| {
             std::fs::write(&f, toml).unwrap();
-            Config::resolve(&Overrides {
-                config: Some(f.clone()),
-                ..Default::default()
-            })
+            with_file(&f)
         };
         let c = resolve("").unwrap();
         assert_eq!(c.subtitles, CueRules::default());
@@ -1106,20 +881,14 @@ mod tests {
 
     #[test]
     fn stage_policies_and_worker_settings() {
-        let dir = std::env::temp_dir().join(format!("ts-cfg3-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let f = dir.join("c.toml");
+        let (dir, f) = scratch("ts-cfg3");
         std::fs::write(
             &f,
             "[stages.transcribe]\nattempts = 4\nlock_duration_s = 2.5\nglobal_concurrency = 2\n\
              timeout_base_s = 10\ntimeout_per_media_s = 2\n[worker]\nshutdown_grace_s = 7\n",
         )
         .unwrap();
-        let c = Config::resolve(&Overrides {
-            config: Some(f.clone()),
-            ..Default::default()
-        })
-        .unwrap();
+        let c = with_file(&f).unwrap();
         let t = c.policy(Stage::Transcribe);
         assert_eq!(t.attempts, 4);
         assert_eq!(t.lock_duration, Duration::from_millis(2500));
@@ -1142,21 +911,13 @@ mod tests {
         .unwrap();
         assert_eq!(c.shutdown_grace, Duration::from_millis(1500));
         std::fs::write(&f, "[stages.summarize]\nattempts = 0\n").unwrap();
-        let e = Config::resolve(&Overrides {
-            config: Some(f.clone()),
-            ..Default::default()
-        })
-        .unwrap_err();
+        let e = with_file(&f).unwrap_err();
         assert_eq!(
             e.to_string(),
             "invalid setting stages.summarize.attempts: must be at least 1"
         );
         std::fs::write(&f, "[stages.download]\nlock_duration_s = 0\n").unwrap();
-        let e = Config::resolve(&Overrides {
-            config: Some(f.clone()),
-            ..Default::default()
-        })
-        .unwrap_err();
+        let e = with_file(&f).unwrap_err();
         assert!(
             e.to_string().contains("stages.download.lock_duration_s"),
             "{e}"
@@ -1166,15 +927,9 @@ mod tests {
 
     #[test]
     fn bad_file_and_zero_concurrency_are_errors() {
-        let dir = std::env::temp_dir().join(format!("ts-cfg2-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let f = dir.join("c.toml");
+        let (dir, f) = scratch("ts-cfg2");
         std::fs::write(&f, "data_dirr = 1\n").unwrap();
-        let e = Config::resolve(&Overrides {
-            config: Some(f.clone()),
-            ..Default::default()
-        })
-        .unwrap_err();
+        let e = with_file(&f).unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
         let e = Config::resolve(&Overrides {
             transcribe_concurrency: Some(0),

@@ -17,14 +17,13 @@
 //! emits `failed` only for a job's final failure and `delayed` when a failed attempt waits for
 //! its retry (see `moveToFinished-14.lua` and `moveToDelayed-11.lua` in bullmq-official 1.4.4).
 //!
-//! **Event ids.** An SSE event id is a [`Cursor`]: the position reached in each of the four
-//! streams (`<ms>-<seq>` per stream, joined with `_`; a `~<k>` suffix marks that only events
-//! `0..=k` of a stream entry that maps to several events were delivered). Resuming from a
-//! cursor reads each stream strictly after its position, so a client reconnecting with
+//! **Event ids.** An SSE event id is a [`Cursor`] (codec in [`super::cursor`]): the position
+//! reached in each of the four streams (`<ms>-<seq>` per stream, joined with `_`; a `~<k>`
+//! suffix marks that only events `0..=k` of a stream entry that maps to several events were
+//! delivered). Resuming from a cursor reads each stream strictly after its position, so a client reconnecting with
 //! `Last-Event-ID` gets exactly what it missed: no gap, no repeat. BullMQ trims its streams to
 //! about 10 000 entries, and so do we; a cursor older than that resumes at the oldest entry.
 
-use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,10 +36,8 @@ use crate::domain::keys::PREFIX;
 use crate::domain::keys::{OWN_STREAM, OWN_STREAM_MAXLEN};
 use crate::domain::manifest::{Manifest, StageState, TaskStatus};
 use crate::domain::Stage;
+use crate::observe::cursor::{Cursor, Pos, STREAMS};
 use crate::store::DataDir;
-
-/// Number of streams a cursor covers.
-pub const STREAMS: usize = 4;
 
 /// Errors reading or writing events. Redis errors are retryable (the server may come back).
 #[derive(Debug, thiserror::Error)]
@@ -55,100 +52,6 @@ pub fn stream_key(i: usize) -> String {
     match i {
         0..=2 => format!("{PREFIX}:{}:events", Stage::ALL[i].queue_name()),
         _ => OWN_STREAM.to_string(),
-    }
-}
-
-/// A position in one stream: a Redis stream id (`ms-seq`) and, when an entry maps to several
-/// events and only some were delivered, the index of the last delivered one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Pos {
-    /// Milliseconds part of the stream id.
-    pub ms: u64,
-    /// Sequence part of the stream id.
-    pub seq: u64,
-    /// `Some(k)`: events `0..=k` of this entry were delivered; `None`: all of them.
-    pub sub: Option<u32>,
-}
-
-impl Pos {
-    /// Parses `ms-seq` or `ms-seq~k`.
-    pub fn parse(s: &str) -> Option<Pos> {
-        let (id, sub) = match s.split_once('~') {
-            Some((id, k)) => (id, Some(k.parse().ok()?)),
-            None => (s, None),
-        };
-        let (ms, seq) = id.split_once('-')?;
-        Some(Pos {
-            ms: ms.parse().ok()?,
-            seq: seq.parse().ok()?,
-            sub,
-        })
-    }
-
-    /// The Redis stream id `ms-seq`.
-    pub fn id(&self) -> String {
-        format!("{}-{}", self.ms, self.seq)
-    }
-
-    fn key(&self) -> (u64, u64, u64) {
-        (
-            self.ms,
-            self.seq,
-            self.sub.map(|k| k as u64).unwrap_or(u64::MAX),
-        )
-    }
-}
-
-impl PartialOrd for Pos {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Pos {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.key().cmp(&other.key())
-    }
-}
-
-impl std::fmt::Display for Pos {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.ms, self.seq)?;
-        if let Some(k) = self.sub {
-            write!(f, "~{k}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Where a reader stands in all four streams; the SSE event id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Cursor(pub [Pos; STREAMS]);
-
-impl Cursor {
-    /// Parses the `Display` form (`<pos>_<pos>_<pos>_<pos>`); `None` if malformed.
-    pub fn parse(s: &str) -> Option<Cursor> {
-        let parts: Vec<&str> = s.trim().split('_').collect();
-        if parts.len() != STREAMS {
-            return None;
-        }
-        let mut c = Cursor::default();
-        for (i, p) in parts.iter().enumerate() {
-            c.0[i] = Pos::parse(p)?;
-        }
-        Some(c)
-    }
-}
-
-impl std::fmt::Display for Cursor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, p) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("_")?;
-            }
-            write!(f, "{p}")?;
-        }
-        Ok(())
     }
 }
 
@@ -244,6 +147,12 @@ fn fields_map(fields: &[(String, String)]) -> HashMap<&str, &str> {
         .collect()
 }
 
+/// One mapped event: its name, the task it concerns (`None` for alerts) and its JSON data.
+pub type Mapped = (String, Option<String>, serde_json::Value);
+
+/// A task's manifest by task id, for details BullMQ's events do not carry.
+type ManifestLookup<'a> = &'a dyn Fn(&str) -> Option<Manifest>;
+
 /// Maps one stream entry to zero or more events (pure apart from `manifest`, which looks up a
 /// task's manifest for details BullMQ's events do not carry).
 ///
@@ -252,163 +161,211 @@ pub fn map_entry(
     stream: usize,
     at_ms: u64,
     fields: &[(String, String)],
-    manifest: &dyn Fn(&str) -> Option<Manifest>,
-) -> Vec<(String, Option<String>, serde_json::Value)> {
+    manifest: ManifestLookup<'_>,
+) -> Vec<Mapped> {
     let f = fields_map(fields);
     let Some(kind) = f.get("event").copied() else {
         return vec![];
     };
     if stream >= 3 {
-        let mut data: serde_json::Value = f
-            .get("data")
-            .and_then(|d| serde_json::from_str(d).ok())
-            .unwrap_or_else(|| serde_json::json!({}));
-        if let Some(o) = data.as_object_mut() {
-            o.insert("at".into(), at_ms.into());
-        }
-        let task = data
-            .get("taskId")
-            .and_then(|t| t.as_str())
-            .map(str::to_string);
-        return vec![(kind.to_string(), task, data)];
+        return vec![map_own_entry(kind, at_ms, &f)];
     }
     let stage = Stage::ALL[stream];
     let Some(job_id) = f.get("jobId") else {
         return vec![];
     };
-    let Some(task) = Stage::task_id_of(job_id).map(str::to_string) else {
-        if let Some(task) = crate::domain::keys::task_of_segment_job(job_id) {
-            return map_segment_entry(stage, kind, job_id, task, at_ms, manifest);
-        }
-        return vec![];
+    let Some(task) = Stage::task_id_of(job_id) else {
+        return match crate::domain::keys::task_of_segment_job(job_id) {
+            Some(task) => map_segment_entry(stage, kind, job_id, task, at_ms, manifest),
+            None => vec![],
+        };
     };
-    let base = |extra: serde_json::Value| {
-        let mut d = serde_json::json!({"taskId": task, "stage": stage, "at": at_ms});
+    let job = JobEvent {
+        stage,
+        task,
+        at_ms,
+        fields: &f,
+        manifest,
+    };
+    match kind {
+        // BullMQ adds a flow's leaf (the download job) with an `added` event; a duplicate add
+        // (the same video submitted again) emits `duplicated` instead, so this is a new task.
+        "added" if stage == Stage::ALL[0] => job.task_created(),
+        "active" => job.started(),
+        "progress" => job.progress(),
+        "completed" => job.completed(),
+        "delayed" => job.retrying(),
+        "failed" => job.failed(),
+        _ => vec![],
+    }
+}
+
+/// An entry of our own stream (`task.cancelled`, `alert`): its `data` as written, plus `at`.
+fn map_own_entry(kind: &str, at_ms: u64, f: &HashMap<&str, &str>) -> Mapped {
+    let mut data: serde_json::Value = f
+        .get("data")
+        .and_then(|d| serde_json::from_str(d).ok())
+        .unwrap_or_else(|| serde_json::json!({}));
+    if let Some(o) = data.as_object_mut() {
+        o.insert("at".into(), at_ms.into());
+    }
+    let task = data
+        .get("taskId")
+        .and_then(|t| t.as_str())
+        .map(str::to_string);
+    (kind.to_string(), task, data)
+}
+
+/// A BullMQ event of a task's stage job (`dl-/tr-/sum-<task>`): what each per-kind mapping
+/// below needs.
+struct JobEvent<'a> {
+    stage: Stage,
+    task: &'a str,
+    /// Stream time, ms since the epoch.
+    at_ms: u64,
+    /// The entry's fields.
+    fields: &'a HashMap<&'a str, &'a str>,
+    manifest: ManifestLookup<'a>,
+}
+
+impl JobEvent<'_> {
+    /// `{taskId, stage, at}` plus the keys of `extra`.
+    fn data(&self, extra: serde_json::Value) -> serde_json::Value {
+        let mut d = serde_json::json!({"taskId": self.task, "stage": self.stage, "at": self.at_ms});
         if let (Some(o), serde_json::Value::Object(e)) = (d.as_object_mut(), extra) {
             o.extend(e);
         }
         d
-    };
-    let one = |name: &str, d: serde_json::Value| vec![(name.to_string(), Some(task.clone()), d)];
-    let stage_state = |m: &Manifest| m.stage(stage).map(|r| r.state);
-    match kind {
-        // BullMQ adds a flow's leaf (the download job) with an `added` event; a duplicate add
-        // (the same video submitted again) emits `duplicated` instead, so this is a new task.
-        "added" if stage == Stage::ALL[0] => {
-            let m = manifest(&task);
-            let (input, video_id) = match m.as_ref() {
-                Some(m) => (
-                    Some(m.input.clone()),
-                    match &m.source {
-                        crate::domain::manifest::Source::Youtube { video_id, .. } => {
-                            Some(video_id.clone())
-                        }
-                        _ => None,
-                    },
-                ),
-                None => (None, None),
-            };
-            vec![(
-                "task.created".into(),
-                Some(task.clone()),
-                serde_json::json!({"taskId": task, "videoId": video_id, "input": input, "at": at_ms}),
-            )]
+    }
+
+    /// Event `name` of this task with `data`.
+    fn event(&self, name: &str, data: serde_json::Value) -> Mapped {
+        (name.to_string(), Some(self.task.to_string()), data)
+    }
+
+    fn manifest(&self) -> Option<Manifest> {
+        (self.manifest)(self.task)
+    }
+
+    /// Whether the manifest marks this stage skipped (a parent whose child failed).
+    fn skipped(&self, m: Option<&Manifest>) -> bool {
+        m.and_then(|m| m.stage(self.stage)).map(|r| r.state) == Some(StageState::Skipped)
+    }
+
+    /// `added` of the download job: `task.created`, with the input and YouTube id.
+    fn task_created(&self) -> Vec<Mapped> {
+        let m = self.manifest();
+        let input = m.as_ref().map(|m| m.input.clone());
+        let video_id = m.as_ref().and_then(|m| match &m.source {
+            crate::domain::manifest::Source::Youtube { video_id, .. } => Some(video_id.clone()),
+            _ => None,
+        });
+        vec![self.event(
+            "task.created",
+            serde_json::json!({"taskId": self.task, "videoId": video_id, "input": input, "at": self.at_ms}),
+        )]
+    }
+
+    /// `active`: `stage.started`. A parent whose child failed is moved to active only to be
+    /// failed (deferred failure); the manifest marks such a stage skipped: no event.
+    fn started(&self) -> Vec<Mapped> {
+        if self.skipped(self.manifest().as_ref()) {
+            return vec![];
         }
-        "active" => {
-            // A parent whose child failed is moved to active only to be failed (deferred
-            // failure); the manifest marks such a stage skipped.
-            if manifest(&task).as_ref().and_then(stage_state) == Some(StageState::Skipped) {
-                return vec![];
+        vec![self.event("stage.started", self.data(serde_json::json!({})))]
+    }
+
+    /// `progress`: `stage.progress` with the percent and the known details, camelCased.
+    fn progress(&self) -> Vec<Mapped> {
+        let raw: serde_json::Value = self
+            .fields
+            .get("data")
+            .and_then(|d| serde_json::from_str(d).ok())
+            .unwrap_or_default();
+        let mut extra = serde_json::Map::new();
+        let percent = raw
+            .get("percent")
+            .and_then(|p| p.as_f64())
+            .or_else(|| raw.as_f64())
+            .unwrap_or(0.0);
+        extra.insert("percent".into(), percent.into());
+        for (from, to) in [
+            ("bytes", "bytes"),
+            ("total_bytes", "totalBytes"),
+            ("speed_bps", "speedBps"),
+            ("eta_s", "etaS"),
+            ("phase", "phase"),
+        ] {
+            if let Some(v) = raw.get(from) {
+                extra.insert(to.into(), v.clone());
             }
-            one("stage.started", base(serde_json::json!({})))
         }
-        "progress" => {
-            let raw: serde_json::Value = f
-                .get("data")
-                .and_then(|d| serde_json::from_str(d).ok())
-                .unwrap_or_default();
-            let mut extra = serde_json::Map::new();
-            let percent = raw
-                .get("percent")
-                .and_then(|p| p.as_f64())
-                .or_else(|| raw.as_f64())
-                .unwrap_or(0.0);
-            extra.insert("percent".into(), percent.into());
-            for (from, to) in [
-                ("bytes", "bytes"),
-                ("total_bytes", "totalBytes"),
-                ("speed_bps", "speedBps"),
-                ("eta_s", "etaS"),
-                ("phase", "phase"),
-            ] {
-                if let Some(v) = raw.get(from) {
-                    extra.insert(to.into(), v.clone());
-                }
-            }
-            one("stage.progress", base(serde_json::Value::Object(extra)))
+        vec![self.event(
+            "stage.progress",
+            self.data(serde_json::Value::Object(extra)),
+        )]
+    }
+
+    /// `completed`: `stage.completed`, and for the last stage `task.completed`.
+    fn completed(&self) -> Vec<Mapped> {
+        let mut v = vec![self.event("stage.completed", self.data(serde_json::json!({})))];
+        if self.stage == Stage::LAST {
+            // The name stays `task.completed` for old clients; `status` tells a task
+            // completed with warnings apart, `warnings` says why (from the manifest,
+            // when it agrees that the task completed).
+            let m = self.manifest().filter(|m| m.status.is_completed());
+            let status = m.as_ref().map_or(TaskStatus::Completed, |m| m.status);
+            let warnings = m.map(|m| m.warnings).unwrap_or_default();
+            v.push(self.event(
+                "task.completed",
+                serde_json::json!({"taskId": self.task, "status": status, "warnings": warnings, "at": self.at_ms}),
+            ));
         }
-        "completed" => {
-            let mut v = one("stage.completed", base(serde_json::json!({})));
-            if stage == Stage::LAST {
-                // The name stays `task.completed` for old clients; `status` tells a task
-                // completed with warnings apart, `warnings` says why (from the manifest,
-                // when it agrees that the task completed).
-                let m = manifest(&task).filter(|m| m.status.is_completed());
-                let status = m.as_ref().map_or(TaskStatus::Completed, |m| m.status);
-                let warnings = m.map(|m| m.warnings).unwrap_or_default();
-                v.push((
-                    "task.completed".into(),
-                    Some(task.clone()),
-                    serde_json::json!({"taskId": task, "status": status, "warnings": warnings, "at": at_ms}),
-                ));
-            }
-            v
-        }
-        "delayed" => {
-            // A failed attempt waiting for its retry.
-            let m = manifest(&task);
-            let reason = m
+        v
+    }
+
+    /// `delayed`: a failed attempt waiting for its retry, `stage.failed` with `willRetry`.
+    fn retrying(&self) -> Vec<Mapped> {
+        let reason = self
+            .manifest()
+            .and_then(|m| m.stage(self.stage).and_then(|r| r.error.clone()))
+            .unwrap_or_else(|| "attempt failed".into());
+        vec![self.event(
+            "stage.failed",
+            self.data(serde_json::json!({"reason": reason, "retryable": true, "willRetry": true})),
+        )]
+    }
+
+    /// `failed` (a job's final failure): `stage.failed` unless the stage was skipped, and for
+    /// the last stage `task.failed` unless the task was cancelled.
+    fn failed(&self) -> Vec<Mapped> {
+        let m = self.manifest();
+        let reason = self.fields.get("failedReason").copied().unwrap_or("failed");
+        let mut v = Vec::new();
+        if !self.skipped(m.as_ref()) {
+            let retryable = m
                 .as_ref()
-                .and_then(|m| m.stage(stage).and_then(|r| r.error.clone()))
-                .unwrap_or_else(|| "attempt failed".into());
-            one(
+                .and_then(|m| m.error.as_ref())
+                .filter(|e| e.stage == self.stage)
+                .map(|e| e.retryable)
+                .unwrap_or(false);
+            v.push(self.event(
                 "stage.failed",
-                base(serde_json::json!({"reason": reason, "retryable": true, "willRetry": true})),
-            )
+                self.data(serde_json::json!({"reason": reason, "retryable": retryable, "willRetry": false})),
+            ));
         }
-        "failed" => {
-            let m = manifest(&task);
-            let reason = f.get("failedReason").copied().unwrap_or("failed");
-            let mut v = Vec::new();
-            let skipped = m.as_ref().and_then(stage_state) == Some(StageState::Skipped);
-            if !skipped {
-                let retryable = m
-                    .as_ref()
-                    .and_then(|m| m.error.as_ref())
-                    .filter(|e| e.stage == stage)
-                    .map(|e| e.retryable)
-                    .unwrap_or(false);
-                v.push((
-                    "stage.failed".to_string(),
-                    Some(task.clone()),
-                    base(serde_json::json!({"reason": reason, "retryable": retryable, "willRetry": false})),
-                ));
-            }
-            let cancelled = m.as_ref().map(|m| m.status) == Some(TaskStatus::Cancelled);
-            if stage == Stage::LAST && !cancelled {
-                let (st, msg, retryable) = match m.as_ref().and_then(|m| m.error.clone()) {
-                    Some(e) => (e.stage, e.message, e.retryable),
-                    None => (stage, reason.to_string(), false),
-                };
-                v.push((
-                    "task.failed".to_string(),
-                    Some(task.clone()),
-                    serde_json::json!({"taskId": task, "stage": st, "reason": msg, "retryable": retryable, "at": at_ms}),
-                ));
-            }
-            v
+        let cancelled = m.as_ref().map(|m| m.status) == Some(TaskStatus::Cancelled);
+        if self.stage == Stage::LAST && !cancelled {
+            let (st, msg, retryable) = match m.and_then(|m| m.error) {
+                Some(e) => (e.stage, e.message, e.retryable),
+                None => (self.stage, reason.to_string(), false),
+            };
+            v.push(self.event(
+                "task.failed",
+                serde_json::json!({"taskId": self.task, "stage": st, "reason": msg, "retryable": retryable, "at": self.at_ms}),
+            ));
         }
-        _ => vec![],
+        v
     }
 }
 
@@ -425,8 +382,8 @@ fn map_segment_entry(
     job_id: &str,
     task: &str,
     at_ms: u64,
-    manifest: &dyn Fn(&str) -> Option<Manifest>,
-) -> Vec<(String, Option<String>, serde_json::Value)> {
+    manifest: ManifestLookup<'_>,
+) -> Vec<Mapped> {
     let index: Option<u64> = job_id
         .strip_prefix("seg")
         .and_then(|r| r.split_once('-'))
@@ -459,7 +416,7 @@ fn entries_to_events(
     stream: usize,
     entries: &[Entry],
     skip_first: Option<u32>,
-    manifest: &dyn Fn(&str) -> Option<Manifest>,
+    manifest: ManifestLookup<'_>,
 ) -> Vec<Event> {
     let mut out = Vec::new();
     for (n, (id, fields)) in entries.iter().enumerate() {
@@ -768,16 +725,7 @@ mod tests {
     }
 
     #[test]
-    fn cursor_round_trips_and_orders() {
-        let c = Cursor::parse("1-0_2-3~0_0-0_17-1").unwrap();
-        assert_eq!(c.to_string(), "1-0_2-3~0_0-0_17-1");
-        assert_eq!(c.0[1].sub, Some(0));
-        assert!(Cursor::parse("1-0_2-3").is_none());
-        assert!(Cursor::parse("x-0_0-0_0-0_0-0").is_none());
-        let a = Pos::parse("5-1~0").unwrap();
-        let b = Pos::parse("5-1").unwrap();
-        let c2 = Pos::parse("5-2").unwrap();
-        assert!(a < b && b < c2);
+    fn stream_keys() {
         assert_eq!(stream_key(1), "bull:transcribe:events");
         assert_eq!(stream_key(3), "tubescribe:events");
     }

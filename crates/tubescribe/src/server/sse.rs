@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::api::{self, ApiError};
 use super::Shared;
-use crate::observe::events::Cursor;
+use crate::observe::cursor::Cursor;
 
 fn last_event_id(headers: &HeaderMap, q: &HashMap<String, String>) -> Option<Cursor> {
     headers

@@ -18,6 +18,7 @@
 //! enough.
 
 use std::ffi::OsString;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
@@ -542,7 +543,7 @@ pub fn classify_failure_with_meta(
     let all_text = normalise(stderr);
     let hit = match_rules(&error_text, &all_text).or_else(|| match_rules(&all_text, &all_text));
     if let Some(r) = hit {
-        return mk(r.class, r.code, r.reason, r.ops_alert);
+        return mk(r.class, r.code, r.reason.to_owned(), r.ops_alert);
     }
 
     if exit_code == 0 {
@@ -560,6 +561,9 @@ pub fn classify_failure_with_meta(
     mk(FailureClass::Retryable, "unknown", reason, false)
 }
 
+/// The reason of `upcoming`, given by the policy stop and by yt-dlp's own refusal.
+const UPCOMING: &str = "video is an upcoming live stream or premiere; try again after it has aired";
+
 /// Which `--break-match-filters` rule refused the video, from the last
 /// `META` (the `pre_process` one is printed before the filter runs).
 /// Returns `(code, reason)`.
@@ -576,11 +580,7 @@ fn explain_policy_stop(
             );
         }
         if status == Some("is_upcoming") {
-            return (
-                "upcoming",
-                "video is an upcoming live stream or premiere; try again after it has aired"
-                    .to_owned(),
-            );
+            return ("upcoming", UPCOMING.to_owned());
         }
         if let (Some(d), Some(max)) = (m.duration_s, max_duration_s) {
             if d >= max as f64 {
@@ -614,258 +614,330 @@ fn fmt_hms(secs: f64) -> String {
     }
 }
 
-/// A matched rule.
-struct Hit {
-    class: FailureClass,
-    code: &'static str,
-    reason: String,
-    ops_alert: bool,
-}
-
 /// Lowercases and normalises curly apostrophes.
 fn normalise(s: &str) -> String {
     s.to_lowercase().replace(['\u{2019}', '\u{2018}'], "'")
 }
 
-/// Priority-ordered rules. `primary` is the text searched for the cause
-/// (ERROR lines, or all stderr on the second pass); `all` is the whole
-/// stderr, used only to enrich reasons (JS-runtime warnings).
-fn match_rules(primary: &str, all: &str) -> Option<Hit> {
-    use FailureClass::{CoolDown, Permanent, Retryable};
-    let has = |needles: &[&str]| needles.iter().any(|n| primary.contains(n));
-    let hit = |class, code, reason: &str, ops_alert| {
-        Some(Hit {
+/// What a [`Rule`] looks for in the (normalised) error text.
+enum Pattern {
+    /// Any of these substrings.
+    Text(&'static [&'static str]),
+    /// Any of `text`, while the whole stderr has any of `stderr` (warnings that explain the
+    /// error).
+    TextWith {
+        text: &'static [&'static str],
+        stderr: &'static [&'static str],
+    },
+    /// An `HTTP Error NNN` whose status is in this range (the first status in the text).
+    Http(RangeInclusive<u16>),
+}
+
+/// One row of the failure catalogue (download.md §2.8): when `pattern` matches, the failure
+/// is `class`, tagged `code` and told to the user as `reason`; `ops_alert` when the cause is
+/// most likely our environment.
+struct Rule {
+    pattern: Pattern,
+    class: FailureClass,
+    code: &'static str,
+    reason: &'static str,
+    ops_alert: bool,
+}
+
+impl Rule {
+    /// A rule that does not alert operators.
+    const fn new(
+        pattern: Pattern,
+        class: FailureClass,
+        code: &'static str,
+        reason: &'static str,
+    ) -> Rule {
+        Rule {
+            pattern,
             class,
             code,
-            reason: reason.to_owned(),
-            ops_alert,
-        })
-    };
-    if primary.trim().is_empty() {
-        return None;
+            reason,
+            ops_alert: false,
+        }
     }
-    // Our own disk first: yt-dlp reports ENOSPC as `unable to write data: [Errno 28] No
-    // space left on device` (Python's OSError text).
-    if has(&[
-        "no space left on device",
-        "[errno 28]",
-        "disk quota exceeded",
-    ]) {
-        return hit(
+
+    /// The same rule, flagged for operators.
+    const fn ops(mut self) -> Rule {
+        self.ops_alert = true;
+        self
+    }
+
+    /// Whether the rule matches: `primary` is the text searched for the cause, `all` the whole
+    /// stderr, `status` the first HTTP status in `primary`.
+    fn matches(&self, primary: &str, all: &str, status: Option<u16>) -> bool {
+        let any = |text: &str, needles: &[&str]| needles.iter().any(|n| text.contains(n));
+        match &self.pattern {
+            Pattern::Text(needles) => any(primary, needles),
+            Pattern::TextWith { text, stderr } => any(primary, text) && any(all, stderr),
+            Pattern::Http(range) => status.is_some_and(|s| range.contains(&s)),
+        }
+    }
+}
+
+/// The reason of `no_js_runtime`, which two rules give.
+const JS_CHALLENGE: &str =
+    "yt-dlp could not solve YouTube's JavaScript challenge (JS runtime missing or outdated)";
+/// yt-dlp's words for a JavaScript runtime it could not find or use.
+const JS_RUNTIME_MISSING: &[&str] = &[
+    "no supported javascript runtime",
+    "challenge solving failed",
+];
+/// yt-dlp's words for "no format to download".
+const FORMAT_MISSING: &[&str] = &[
+    "requested format is not available",
+    "only images are available",
+];
+/// The reason of `http_404` and `http_410`.
+const NOT_FOUND: &str = "video not found (HTTP 404/410)";
+
+/// The causes tried first, in priority order: our disk, cool-downs, video-specific refusals
+/// and HTTP statuses. Texts that also contain "sign in" / "unavailable" come before the rules
+/// those words would otherwise match.
+static CAUSE_RULES: &[Rule] = {
+    use FailureClass::{CoolDown, Permanent, Retryable};
+    use Pattern::{Http, Text};
+    &[
+        // Our own disk: yt-dlp reports ENOSPC as `unable to write data: [Errno 28] No space
+        // left on device` (Python's OSError text).
+        Rule::new(
+            Text(&["no space left on device", "[errno 28]", "disk quota exceeded"]),
             Retryable,
             "disk_full",
             "disk full: no space left on the data directory's filesystem",
-            true,
-        );
-    }
-    // Cool-down next: these texts also contain "sign in" / "unavailable".
-    if has(&["confirm you're not a bot", "confirm you are not a bot"]) {
-        return hit(
+        )
+        .ops(),
+        Rule::new(
+            Text(&["confirm you're not a bot", "confirm you are not a bot"]),
             CoolDown,
             "bot_check",
             "YouTube asked to confirm this is not a bot; retry later",
-            true,
-        );
-    }
-    if has(&[
-        "rate-limited by youtube",
-        "rate limited by youtube",
-        "content isn't available, try again later",
-    ]) {
-        return hit(
+        )
+        .ops(),
+        Rule::new(
+            Text(&[
+                "rate-limited by youtube",
+                "rate limited by youtube",
+                "content isn't available, try again later",
+            ]),
             CoolDown,
             "rate_limited",
             "YouTube rate-limited this session; retry in an hour or more",
-            true,
-        );
-    }
-    if let Some(code) = http_status(primary) {
-        if code == 429 {
-            return hit(
-                CoolDown,
-                "http_429",
-                "too many requests (HTTP 429); retry later",
-                false,
-            );
-        }
-    }
-    // Permanent, video-specific.
-    if has(&["private video", "this video is private"]) {
-        return hit(Permanent, "private", "video is private", false);
-    }
-    if has(&[
-        "members-only",
-        "members only",
-        "join this channel",
-        "channel's members",
-    ]) {
-        return hit(
+        )
+        .ops(),
+        Rule::new(
+            Http(429..=429),
+            CoolDown,
+            "http_429",
+            "too many requests (HTTP 429); retry later",
+        ),
+        Rule::new(
+            Text(&["private video", "this video is private"]),
+            Permanent,
+            "private",
+            "video is private",
+        ),
+        Rule::new(
+            Text(&[
+                "members-only",
+                "members only",
+                "join this channel",
+                "channel's members",
+            ]),
             Permanent,
             "members_only",
             "video is for channel members only",
-            false,
-        );
-    }
-    if has(&[
-        "confirm your age",
-        "age-restricted",
-        "age restricted",
-        "inappropriate for some users",
-    ]) {
-        return hit(
+        ),
+        Rule::new(
+            Text(&[
+                "confirm your age",
+                "age-restricted",
+                "age restricted",
+                "inappropriate for some users",
+            ]),
             Permanent,
             "age_restricted",
             "video is age-restricted",
-            false,
-        );
-    }
-    if has(&[
-        "not made this video available in your country",
-        "not available in your country",
-        "geo restrict",
-        "geo-restrict",
-        "georestricted",
-    ]) {
-        return hit(
+        ),
+        Rule::new(
+            Text(&[
+                "not made this video available in your country",
+                "not available in your country",
+                "geo restrict",
+                "geo-restrict",
+                "georestricted",
+            ]),
             Permanent,
             "geo_blocked",
             "video is not available in this country",
-            false,
-        );
-    }
-    if has(&["drm protected"]) {
-        return hit(Permanent, "drm", "video is DRM protected", false);
-    }
-    if has(&[
-        "live event will begin",
-        "premieres in",
-        "premiere will begin",
-    ]) {
-        return hit(
+        ),
+        Rule::new(
+            Text(&["drm protected"]),
+            Permanent,
+            "drm",
+            "video is DRM protected",
+        ),
+        Rule::new(
+            Text(&[
+                "live event will begin",
+                "premieres in",
+                "premiere will begin",
+            ]),
             Permanent,
             "upcoming",
-            "video is an upcoming live stream or premiere; try again after it has aired",
-            false,
-        );
-    }
-    if has(&[
-        "removed by the uploader",
-        "has been removed",
-        "account associated with this video has been terminated",
-        "violating youtube's terms",
-    ]) {
-        return hit(Permanent, "removed", "video has been removed", false);
-    }
-    if has(&[
-        "video unavailable",
-        "this video is not available",
-        "video is no longer available",
-        "this video is unavailable",
-    ]) {
-        return hit(Permanent, "unavailable", "video is unavailable", false);
-    }
-    if has(&[
-        "unsupported url",
-        "is not a valid url",
-        "file:// urls are disabled",
-    ]) {
-        return hit(Permanent, "unsupported_url", "URL is not supported", false);
-    }
-    if let Some(code) = http_status(primary) {
-        return match code {
-            404 | 410 => hit(
-                Permanent,
-                if code == 404 { "http_404" } else { "http_410" },
-                "video not found (HTTP 404/410)",
-                false,
-            ),
-            403 => hit(
-                Retryable,
-                "http_403",
-                "the media server refused the download (HTTP 403); if it persists yt-dlp needs an update",
-                false,
-            ),
-            500..=599 => hit(Retryable, "http_5xx", "server error (HTTP 5xx)", false),
-            408 => hit(Retryable, "timeout", "request timed out (HTTP 408)", false),
-            400..=499 => hit(Permanent, "http_4xx", "request rejected by the server (HTTP 4xx)", false),
-            _ => None,
-        };
-    }
-    // Environment / extraction problems.
-    if has(&[
-        "requested format is not available",
-        "only images are available",
-    ]) {
-        let js = all.contains("no supported javascript runtime")
-            || all.contains("challenge solving failed");
-        return if js {
-            hit(
-                Retryable,
-                "no_js_runtime",
-                "yt-dlp could not solve YouTube's JavaScript challenge (JS runtime missing or outdated)",
-                true,
-            )
-        } else {
-            hit(
-                Retryable,
-                "format_unavailable",
-                "no downloadable audio format was offered; if it persists yt-dlp needs an update",
-                true,
-            )
-        };
-    }
-    if has(&[
-        "no supported javascript runtime",
-        "challenge solving failed",
-    ]) {
-        return hit(
+            UPCOMING,
+        ),
+        Rule::new(
+            Text(&[
+                "removed by the uploader",
+                "has been removed",
+                "account associated with this video has been terminated",
+                "violating youtube's terms",
+            ]),
+            Permanent,
+            "removed",
+            "video has been removed",
+        ),
+        Rule::new(
+            Text(&[
+                "video unavailable",
+                "this video is not available",
+                "video is no longer available",
+                "this video is unavailable",
+            ]),
+            Permanent,
+            "unavailable",
+            "video is unavailable",
+        ),
+        Rule::new(
+            Text(&[
+                "unsupported url",
+                "is not a valid url",
+                "file:// urls are disabled",
+            ]),
+            Permanent,
+            "unsupported_url",
+            "URL is not supported",
+        ),
+        Rule::new(Http(404..=404), Permanent, "http_404", NOT_FOUND),
+        Rule::new(Http(410..=410), Permanent, "http_410", NOT_FOUND),
+        Rule::new(
+            Http(403..=403),
+            Retryable,
+            "http_403",
+            "the media server refused the download (HTTP 403); if it persists yt-dlp needs an update",
+        ),
+        Rule::new(Http(500..=599), Retryable, "http_5xx", "server error (HTTP 5xx)"),
+        Rule::new(Http(408..=408), Retryable, "timeout", "request timed out (HTTP 408)"),
+        Rule::new(
+            Http(400..=499),
+            Permanent,
+            "http_4xx",
+            "request rejected by the server (HTTP 4xx)",
+        ),
+    ]
+};
+
+/// Environment, extraction and transport causes, tried when no [`CAUSE_RULES`] row matched
+/// and the text has no HTTP status.
+static TRANSPORT_RULES: &[Rule] = {
+    use FailureClass::Retryable;
+    use Pattern::{Text, TextWith};
+    &[
+        // No audio format because the JS challenge failed (the warnings say so).
+        Rule::new(
+            TextWith {
+                text: FORMAT_MISSING,
+                stderr: JS_RUNTIME_MISSING,
+            },
             Retryable,
             "no_js_runtime",
-            "yt-dlp could not solve YouTube's JavaScript challenge (JS runtime missing or outdated)",
-            true,
-        );
-    }
-    if has(&["downloaded file is empty"]) {
-        return hit(
+            JS_CHALLENGE,
+        )
+        .ops(),
+        Rule::new(
+            Text(FORMAT_MISSING),
+            Retryable,
+            "format_unavailable",
+            "no downloadable audio format was offered; if it persists yt-dlp needs an update",
+        )
+        .ops(),
+        Rule::new(
+            Text(JS_RUNTIME_MISSING),
+            Retryable,
+            "no_js_runtime",
+            JS_CHALLENGE,
+        )
+        .ops(),
+        Rule::new(
+            Text(&["downloaded file is empty"]),
             Retryable,
             "empty_file",
             "the downloaded file was empty",
-            false,
-        );
+        ),
+        Rule::new(
+            Text(&["timed out", "timeout"]),
+            Retryable,
+            "timeout",
+            "network timeout",
+        ),
+        Rule::new(
+            Text(&[
+                "bytes read",
+                "more expected",
+                "bytes, expected",
+                "incompleteread",
+                "incomplete read",
+            ]),
+            Retryable,
+            "incomplete",
+            "the transfer was cut short",
+        ),
+        Rule::new(
+            Text(&[
+                "connection refused",
+                "connection reset",
+                "connection aborted",
+                "remote end closed",
+                "name or service not known",
+                "temporary failure in name resolution",
+                "failed to resolve",
+                "network is unreachable",
+                "no route to host",
+                "transporterror",
+                "failed to establish a new connection",
+                "sslerror",
+                "ssl: ",
+                "eof occurred",
+                "unable to download api page",
+                "unable to download webpage",
+            ]),
+            Retryable,
+            "network",
+            "network error",
+        ),
+    ]
+};
+
+/// The first matching rule. `primary` is the text searched for the cause (ERROR lines, or all
+/// stderr on the second pass); `all` is the whole stderr, used only by rules that need a
+/// warning's context (JS runtime). An HTTP status no [`CAUSE_RULES`] row names (e.g. a 3xx)
+/// stops the search unclassified: the transport rules would only guess.
+fn match_rules(primary: &str, all: &str) -> Option<&'static Rule> {
+    if primary.trim().is_empty() {
+        return None;
     }
-    if has(&["timed out", "timeout"]) {
-        return hit(Retryable, "timeout", "network timeout", false);
+    let status = http_status(primary);
+    let first = |rules: &'static [Rule]| rules.iter().find(|r| r.matches(primary, all, status));
+    match first(CAUSE_RULES) {
+        Some(rule) => Some(rule),
+        None if status.is_some() => None,
+        None => first(TRANSPORT_RULES),
     }
-    if has(&[
-        "bytes read",
-        "more expected",
-        "bytes, expected",
-        "incompleteread",
-        "incomplete read",
-    ]) {
-        return hit(Retryable, "incomplete", "the transfer was cut short", false);
-    }
-    if has(&[
-        "connection refused",
-        "connection reset",
-        "connection aborted",
-        "remote end closed",
-        "name or service not known",
-        "temporary failure in name resolution",
-        "failed to resolve",
-        "network is unreachable",
-        "no route to host",
-        "transporterror",
-        "failed to establish a new connection",
-        "sslerror",
-        "ssl: ",
-        "eof occurred",
-        "unable to download api page",
-        "unable to download webpage",
-    ]) {
-        return hit(Retryable, "network", "network error", false);
-    }
-    None
 }
 
 /// Extracts the first `HTTP Error NNN` status code from lowercased text.
@@ -1269,9 +1341,12 @@ total_bytes_estimate,eta,speed,elapsed,fragment_index,fragment_count})j"
         }
     }
 
-    fn class_of(code: i32, stderr: &str) -> (FailureClass, String) {
-        let f = classify_failure(code, stderr);
-        (f.class, f.code)
+    /// Every `(stderr, code)` case classifies (exit code 1) as `class` with that code.
+    fn assert_classes(class: FailureClass, cases: &[(&str, &str)]) {
+        for (stderr, code) in cases {
+            let f = classify_failure(1, stderr);
+            assert_eq!((f.class, f.code.as_str()), (class, *code), "{stderr}");
+        }
     }
 
     #[test]
@@ -1299,13 +1374,7 @@ total_bytes_estimate,eta,speed,elapsed,fragment_index,fragment_count})j"
             ("ERROR: unable to download video data: HTTP Error 404: Not Found", "http_404"),
             ("ERROR: unable to download video data: HTTP Error 410: Gone", "http_410"),
         ];
-        for (stderr, code) in cases {
-            assert_eq!(
-                class_of(1, stderr),
-                (Permanent, code.to_owned()),
-                "{stderr}"
-            );
-        }
+        assert_classes(Permanent, &cases);
     }
 
     #[test]
@@ -1327,13 +1396,7 @@ total_bytes_estimate,eta,speed,elapsed,fragment_index,fragment_count})j"
             ("ERROR: The downloaded file is empty", "empty_file"),
             ("ERROR: something nobody has seen before", "unknown"),
         ];
-        for (stderr, code) in cases {
-            assert_eq!(
-                class_of(1, stderr),
-                (Retryable, code.to_owned()),
-                "{stderr}"
-            );
-        }
+        assert_classes(Retryable, &cases);
         let js = classify_failure(
             1,
             "WARNING: [youtube] No supported JavaScript runtime could be found. YouTube extraction without a JS runtime has been deprecated, and some formats may be missing.\n\
@@ -1361,9 +1424,7 @@ total_bytes_estimate,eta,speed,elapsed,fragment_index,fragment_count})j"
             ("ERROR: unable to download video data: HTTP Error 429: Too Many Requests", "http_429"),
             ("ERROR: [generic] sample: Unable to download webpage: HTTP Error 429: Too Many Requests (caused by <HTTPError 429: Too Many Requests>)", "http_429"),
         ];
-        for (stderr, code) in cases {
-            assert_eq!(class_of(1, stderr), (CoolDown, code.to_owned()), "{stderr}");
-        }
+        assert_classes(CoolDown, &cases);
     }
 
     #[test]

@@ -1,0 +1,224 @@
+//! The TOML file's schema (`tubescribe.toml`, `--config` / `TUBESCRIBE_CONFIG`): plain serde
+//! structs, every key optional, unknown keys refused. Values are range-checked when
+//! [`super::Config::resolve`] applies them, not here.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::ConfigError;
+use crate::domain::Stage;
+
+/// The TOML file's schema. Every field is optional; see `tubescribe.example.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Data directory (tasks, embedded Redis, models).
+    pub data_dir: Option<PathBuf>,
+    /// Redis URL (`redis://host:port/db`, `redis+unix:///path/sock`); none = embedded Redis.
+    pub redis_url: Option<String>,
+    /// Hosts allowed for direct media URLs (besides YouTube).
+    pub allow_hosts: Option<Vec<String>>,
+    /// Path of the ggml Whisper model; default `<data_dir>/models/ggml-tiny.en.bin`.
+    pub model: Option<PathBuf>,
+    /// Worker concurrency per stage.
+    #[serde(default)]
+    pub concurrency: ConcurrencyFile,
+    /// Transcription settings.
+    #[serde(default)]
+    pub transcribe: TranscribeFile,
+    /// OpenAI-compatible LLM settings; absent = extractive summaries.
+    pub llm: Option<LlmFile>,
+    /// Scheduling, long-audio segments and the transcription memory budget.
+    #[serde(default)]
+    pub schedule: ScheduleFile,
+    /// Program paths.
+    #[serde(default)]
+    pub programs: ProgramsFile,
+    /// Queue and run policy per stage (`[stages.download]`, `[stages.transcribe]`,
+    /// `[stages.summarize]`).
+    #[serde(default)]
+    pub stages: StagesFile,
+    /// Worker process settings.
+    #[serde(default)]
+    pub worker: WorkerFile,
+    /// Subtitle cue limits (`transcript.srt`, `transcript.vtt`).
+    #[serde(default)]
+    pub subtitles: SubtitlesFile,
+}
+
+/// `[subtitles]` in the TOML file; every key is optional (defaults in
+/// [`CueRules::default`](crate::domain::transcript::subtitles::CueRules::default)).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubtitlesFile {
+    /// Characters per cue line (default 42).
+    pub max_line_chars: Option<usize>,
+    /// Lines per cue (default 2).
+    pub max_lines: Option<usize>,
+    /// Longest time a cue is shown, milliseconds (default 7000).
+    pub max_cue_ms: Option<u64>,
+    /// Shortest time a cue is shown when the next one leaves room, milliseconds (default 1000).
+    pub min_cue_ms: Option<u64>,
+    /// Reading speed a cue is held for when silence follows, characters per second (default 20).
+    pub max_cps: Option<f64>,
+}
+
+/// `[stages.*]` in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StagesFile {
+    /// `[stages.download]`.
+    #[serde(default)]
+    pub download: StagePolicyFile,
+    /// `[stages.transcribe]`.
+    #[serde(default)]
+    pub transcribe: StagePolicyFile,
+    /// `[stages.summarize]`.
+    #[serde(default)]
+    pub summarize: StagePolicyFile,
+}
+
+/// One `[stages.<stage>]` table; every key is optional (defaults in
+/// [`StagePolicy::default_for`](super::StagePolicy::default_for)).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StagePolicyFile {
+    /// Attempts in total (1 = no retry).
+    pub attempts: Option<u32>,
+    /// Delay before the first retry, seconds; doubles with each retry.
+    pub backoff_s: Option<f64>,
+    /// Delay before the first retry after a cool-down failure (bot check, HTTP 429), seconds.
+    pub cool_down_s: Option<f64>,
+    /// Job lock duration, seconds (renewed every half of it while the job runs).
+    pub lock_duration_s: Option<f64>,
+    /// Interval of the stalled-job check, seconds.
+    pub stalled_interval_s: Option<f64>,
+    /// How many times a job may stall (its worker died) before it fails.
+    pub max_stalled_count: Option<u32>,
+    /// Cluster-wide cap on active jobs of this queue (BullMQ global concurrency); 0 removes it.
+    pub global_concurrency: Option<u64>,
+    /// Fixed part of the stage's time limit, seconds.
+    pub timeout_base_s: Option<f64>,
+    /// Seconds of time limit added per second of media.
+    pub timeout_per_media_s: Option<f64>,
+}
+
+/// `[worker]` in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerFile {
+    /// Seconds a stopping worker lets active jobs finish before putting them back in the
+    /// queue (default 30).
+    pub shutdown_grace_s: Option<f64>,
+    /// Seconds between attempts to reach Redis while it is unreachable (default 2).
+    pub redis_retry_s: Option<f64>,
+}
+
+/// `[concurrency]` in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyFile {
+    /// Concurrent download jobs per worker process (default 3).
+    pub download: Option<usize>,
+    /// Concurrent transcribe jobs per worker process (default 2).
+    pub transcribe: Option<usize>,
+    /// Concurrent summarize jobs per worker process (default 1).
+    pub summarize: Option<usize>,
+}
+
+/// `[transcribe]` in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TranscribeFile {
+    /// whisper.cpp threads per job (default: cores / transcribe concurrency, at least 1).
+    pub threads: Option<usize>,
+    /// Spoken language code, e.g. "en"; default: "en" for `.en` models, else auto-detect.
+    pub language: Option<String>,
+    /// Least share of the detected speech the transcript must cover (0–1, default 0.9);
+    /// below it the task completes with a warning.
+    pub min_coverage: Option<f64>,
+}
+
+/// `[schedule]` in the TOML file (see `schedule.rs`, `segments.rs`, `budget.rs`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleFile {
+    /// Audio longer than this many seconds is cut into segment jobs of about this length
+    /// (default 600).
+    pub segment_s: Option<f64>,
+    /// Priority aging: seconds of audio credited per second a transcribe job has waited
+    /// (default 1.0; 0 = pure shortest-job-first).
+    pub aging_rate: Option<f64>,
+    /// Memory for transcription per worker process, in MB (default: half the machine's RAM).
+    pub memory_budget_mb: Option<u64>,
+    /// CPU cores given to transcription per worker process (default: all cores).
+    pub cores: Option<usize>,
+}
+
+/// `[llm]` in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmFile {
+    /// Base URL of an OpenAI-compatible API, e.g. `http://127.0.0.1:11434/v1`.
+    pub base_url: String,
+    /// Model name sent in requests.
+    pub model: String,
+    /// Name of the environment variable holding the API key (default `TUBESCRIBE_LLM_API_KEY`).
+    pub api_key_env: Option<String>,
+    /// Per-request timeout in seconds (default 120).
+    pub timeout_s: Option<u64>,
+    /// Retries of 429/5xx/timeouts per request (default 4).
+    pub max_retries: Option<u32>,
+    /// The model's context window in tokens (default 8192).
+    pub context_tokens: Option<usize>,
+}
+
+/// `[programs]` in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgramsFile {
+    /// yt-dlp (default `yt-dlp` on PATH).
+    pub ytdlp: Option<PathBuf>,
+    /// ffmpeg (default `ffmpeg` on PATH).
+    pub ffmpeg: Option<PathBuf>,
+    /// ffprobe (default `ffprobe` on PATH).
+    pub ffprobe: Option<PathBuf>,
+    /// redis-server for the embedded Redis (default `redis-server` on PATH).
+    pub redis_server: Option<PathBuf>,
+    /// Python with pip, for `model install` (default `python3`).
+    pub python: Option<PathBuf>,
+}
+
+impl FileConfig {
+    /// Reads and parses the config file: `path` when given, else `./tubescribe.toml` when it
+    /// exists, else none (all defaults).
+    ///
+    /// Errors: [`ConfigError::Read`] (a named file that is missing or unreadable),
+    /// [`ConfigError::Parse`] (not TOML, or not this schema).
+    pub fn load(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
+        let default = Path::new("tubescribe.toml");
+        let Some(p) = path.or_else(|| default.exists().then_some(default)) else {
+            return Ok(FileConfig::default());
+        };
+        let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read {
+            path: p.to_path_buf(),
+            source: e,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: p.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+}
+
+impl StagesFile {
+    /// The `[stages.<stage>]` table of `stage`.
+    pub fn of(&self, stage: Stage) -> &StagePolicyFile {
+        match stage {
+            Stage::Download => &self.download,
+            Stage::Transcribe => &self.transcribe,
+            Stage::Summarize => &self.summarize,
+        }
+    }
+}
