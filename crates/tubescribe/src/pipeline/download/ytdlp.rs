@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::domain::FailureClass;
+
 /// Prefix of the metadata line (`--print '…:META %(.{…})j'`).
 pub const META_PREFIX: &str = "META ";
 /// Prefix of the progress line (`--progress-template 'download:PROG …'`).
@@ -430,24 +432,10 @@ pub fn parse_stdout_line(line: &str) -> YtdlpLine {
     YtdlpLine::Other(line.to_owned())
 }
 
-/// How the job should treat a failed download.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FailureClass {
-    /// Retrying cannot help (private, removed, 404, live, too long, …).
-    Permanent,
-    /// Transient (network, timeout, 5xx, 403, truncated transfer): retry
-    /// with backoff. yt-dlp already retried transport errors and 5xx itself.
-    Retryable,
-    /// YouTube is throttling this egress/session (bot check, HTTP 429,
-    /// session rate limit): retry much later (≥ 1 h for the session limit),
-    /// ideally with another identity; alert if persistent.
-    CoolDown,
-}
-
 /// A classified yt-dlp failure.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DownloadFailure {
-    /// Retry policy.
+    /// Retry policy (a cool-down here never names a wait: yt-dlp reports none).
     pub class: FailureClass,
     /// Short machine tag for logs and metrics, e.g. `private`, `http_404`,
     /// `network`, `bot_check`, `live`, `unknown`.
@@ -631,7 +619,7 @@ fn normalise(s: &str) -> String {
 /// (ERROR lines, or all stderr on the second pass); `all` is the whole
 /// stderr, used only to enrich reasons (JS-runtime warnings).
 fn match_rules(primary: &str, all: &str) -> Option<Hit> {
-    use FailureClass::{CoolDown, Permanent, Retryable};
+    use FailureClass::{Permanent, Retryable};
     let has = |needles: &[&str]| needles.iter().any(|n| primary.contains(n));
     let hit = |class, code, reason: &str, ops_alert| {
         Some(Hit {
@@ -661,7 +649,7 @@ fn match_rules(primary: &str, all: &str) -> Option<Hit> {
     // Cool-down next: these texts also contain "sign in" / "unavailable".
     if has(&["confirm you're not a bot", "confirm you are not a bot"]) {
         return hit(
-            CoolDown,
+            FailureClass::COOL_DOWN,
             "bot_check",
             "YouTube asked to confirm this is not a bot; retry later",
             true,
@@ -673,7 +661,7 @@ fn match_rules(primary: &str, all: &str) -> Option<Hit> {
         "content isn't available, try again later",
     ]) {
         return hit(
-            CoolDown,
+            FailureClass::COOL_DOWN,
             "rate_limited",
             "YouTube rate-limited this session; retry in an hour or more",
             true,
@@ -682,7 +670,7 @@ fn match_rules(primary: &str, all: &str) -> Option<Hit> {
     if let Some(code) = http_status(primary) {
         if code == 429 {
             return hit(
-                CoolDown,
+                FailureClass::COOL_DOWN,
                 "http_429",
                 "too many requests (HTTP 429); retry later",
                 false,
@@ -1353,7 +1341,6 @@ total_bytes_estimate,eta,speed,elapsed,fragment_index,fragment_count})j"
 
     #[test]
     fn cooldown_failures() {
-        use FailureClass::CoolDown;
         let cases = [
             ("ERROR: [youtube] AbCdEfGhI-_: Sign in to confirm you\u{2019}re not a bot. This helps protect our community. Learn more", "bot_check"),
             ("ERROR: [youtube] AbCdEfGhI-_: Sign in to confirm you're not a bot. Use --cookies-from-browser or --cookies for the authentication. See  https://github.com/yt-dlp/yt-dlp/wiki/FAQ#how-do-i-pass-cookies-to-yt-dlp  for how to manually pass cookies. Also see  https://github.com/yt-dlp/yt-dlp/wiki/Extractors#exporting-youtube-cookies  for tips on effectively exporting YouTube cookies", "bot_check"),
@@ -1362,7 +1349,11 @@ total_bytes_estimate,eta,speed,elapsed,fragment_index,fragment_count})j"
             ("ERROR: [generic] sample: Unable to download webpage: HTTP Error 429: Too Many Requests (caused by <HTTPError 429: Too Many Requests>)", "http_429"),
         ];
         for (stderr, code) in cases {
-            assert_eq!(class_of(1, stderr), (CoolDown, code.to_owned()), "{stderr}");
+            assert_eq!(
+                class_of(1, stderr),
+                (FailureClass::COOL_DOWN, code.to_owned()),
+                "{stderr}"
+            );
         }
     }
 
