@@ -14,7 +14,8 @@ use common::*;
 use tubescribe::config::{Config, Overrides};
 use tubescribe::domain::input::InputPolicy;
 use tubescribe::domain::Stage;
-use tubescribe::engine::queue::{Producer, WorkerSettings, Workers};
+use tubescribe::engine::producer::Producer;
+use tubescribe::engine::workers::{WorkerSettings, Workers};
 use tubescribe::pipeline::StageCtx;
 use tubescribe::store::DataDir;
 
@@ -74,7 +75,7 @@ async fn budget_of_one_job_serializes_transcription_and_metrics_count_tasks() {
     .map(|(s, c)| (s, WorkerSettings::with_concurrency(c)))
     .collect();
     let workers = Workers::start(&url, ctx, &stages).await.unwrap();
-    let plan = tubescribe::pipeline::budget::current().expect("transcribe plan installed");
+    let plan = workers.plan().expect("transcribe plan installed");
     assert_eq!(plan.slots, 1, "{plan:?}");
     assert_eq!(
         plan.threads, cfg.schedule.cores,

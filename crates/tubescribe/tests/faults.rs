@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 use tubescribe::domain::Stage;
-use tubescribe::engine::queue::Producer;
+use tubescribe::engine::producer::Producer;
 
 const STAGES: [&str; 3] = ["download", "transcribe", "summarize"];
 
@@ -1000,11 +1000,11 @@ fn workers_apply_the_cluster_wide_cap_from_the_config() {
             .map(|s| {
                 (
                     *s,
-                    tubescribe::engine::queue::WorkerSettings::from_policy(1, cfg.policy(*s)),
+                    tubescribe::engine::workers::WorkerSettings::from_policy(1, cfg.policy(*s)),
                 )
             })
             .collect();
-        let w = tubescribe::engine::queue::Workers::start(&redis.url(), ctx, &stages)
+        let w = tubescribe::engine::workers::Workers::start(&redis.url(), ctx, &stages)
             .await
             .unwrap();
         let cap = |s: Stage| {

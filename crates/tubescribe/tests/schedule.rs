@@ -15,7 +15,9 @@ use tubescribe::config::{Config, Overrides};
 use tubescribe::domain::input::InputPolicy;
 use tubescribe::domain::keys::PREFIX;
 use tubescribe::domain::Stage;
-use tubescribe::engine::queue::{connection, Producer, WorkerSettings, Workers};
+use tubescribe::engine::producer::Producer;
+use tubescribe::engine::redis::connection;
+use tubescribe::engine::workers::{WorkerSettings, Workers};
 use tubescribe::pipeline::StageCtx;
 use tubescribe::store::DataDir;
 

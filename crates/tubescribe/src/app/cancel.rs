@@ -6,7 +6,7 @@
 //! BullMQ's `Worker::cancel_job` works only inside the process holding the job and
 //! `Queue::remove` refuses active jobs (design notes on the queue, §5), hence the channel.
 //! A job that starts after the manifest says `cancelled` refuses to run (a hook at the start
-//! of every job in `queue.rs`), which closes the race between a waiting job being picked up
+//! of every job in `engine/attempt.rs`), which closes the race between a waiting job being picked up
 //! and the cancel. Outputs are only ever renamed into place when complete and a job's `.tmp/`
 //! is cleared when it ends, so a cancelled task keeps no partial files.
 
@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::tasks;
 use crate::app::tasks::TaskOpError;
 use crate::domain::manifest::{StageState, TaskStatus};
-use crate::engine::queue::{Canceller, Producer};
+use crate::engine::producer::{Canceller, Producer};
 use crate::observe::events::EventLog;
 use crate::store::DataDir;
 

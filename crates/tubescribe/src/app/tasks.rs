@@ -12,7 +12,8 @@ use crate::domain::input::{Input, InputPolicy};
 use crate::domain::manifest::{Manifest, Source, StageRecord, StageState, TaskStatus};
 use crate::domain::ModelRef;
 use crate::domain::Stage;
-use crate::engine::queue::{Producer, QueueError};
+use crate::engine::producer::Producer;
+use crate::engine::redis::QueueError;
 use crate::store::{DataDir, StoreError};
 
 /// Why a submission was refused or failed.

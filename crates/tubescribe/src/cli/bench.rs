@@ -30,7 +30,9 @@ use crate::config::Config;
 use crate::domain::input::InputPolicy;
 use crate::domain::manifest::{now_ms, TaskStatus};
 use crate::domain::Stage;
-use crate::engine::queue::{connection, Producer, WorkerSettings, Workers};
+use crate::engine::producer::Producer;
+use crate::engine::redis::connection;
+use crate::engine::workers::{WorkerSettings, Workers};
 use crate::pipeline::StageCtx;
 use crate::store::{names, DataDir};
 use crate::tools::asr;
@@ -741,7 +743,7 @@ async fn run_inner(
         "model": cfg.model.file_name().map(|n| n.to_string_lossy().into_owned()),
         "speech": source,
         "concurrency": [cfg.download_concurrency, cfg.transcribe_concurrency, cfg.summarize_concurrency],
-        "plan": crate::pipeline::budget::current(),
+        "plan": crate::pipeline::budget::plan_measured(cfg, data, cfg.transcribe_concurrency),
         "long_audio_s": long_len,
         "short_audio_s": short_s,
         "solo_short": solo_short,

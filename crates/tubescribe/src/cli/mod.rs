@@ -16,7 +16,8 @@ use crate::config::{Config, Overrides};
 use crate::domain::input::InputPolicy;
 use crate::domain::manifest::{StageState, TaskStatus};
 use crate::domain::Stage;
-use crate::engine::queue::{Producer, WorkerSettings, Workers};
+use crate::engine::producer::Producer;
+use crate::engine::workers::{WorkerSettings, Workers};
 use crate::pipeline::StageCtx;
 use crate::store::{names, DataDir};
 use crate::tools::redis_embed;
@@ -379,7 +380,7 @@ fn apply_memory_budget(cfg: &mut Config, budget_mb: Option<u64>) {
 async fn memory_watch(url: &str, budget_mb: Option<u64>, stop: &CancellationToken) -> Result<()> {
     if let Some(mb) = budget_mb {
         let log = crate::observe::events::EventLog::connect(url).await?;
-        crate::observe::events::spawn_memory_watch(
+        crate::observe::alerts::spawn_memory_watch(
             log,
             mb << 20,
             Duration::from_secs(5),

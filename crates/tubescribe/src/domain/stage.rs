@@ -79,7 +79,8 @@ impl std::fmt::Display for Stage {
 /// again after this long.
 pub const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// How a failure should be handled by the queue.
+/// How a failure should be handled by the queue: the one retry class every layer speaks
+/// (stage work returns it, the engine maps it onto BullMQ's retry rules).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureClass {
@@ -88,7 +89,27 @@ pub enum FailureClass {
     /// Transient (network, 5xx, timeout): retry with exponential backoff.
     Retryable,
     /// The service asked us to slow down (bot check, HTTP 429): retry much later.
-    CoolDown,
+    CoolDown {
+        /// The wait the service asked for (HTTP `Retry-After`), at most [`MAX_RETRY_AFTER`];
+        /// the next attempt starts no sooner. `None` = the stage's configured cool-down.
+        wait: Option<std::time::Duration>,
+    },
+    /// The task was cancelled (by its user, or its job's cancel token fired): fail now,
+    /// without blaming the stage.
+    Cancelled,
+}
+
+impl FailureClass {
+    /// A cool-down without a service-requested wait.
+    pub const COOL_DOWN: FailureClass = FailureClass::CoolDown { wait: None };
+
+    /// Whether another attempt may succeed (`Retryable` and `CoolDown`).
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            FailureClass::Retryable | FailureClass::CoolDown { .. }
+        )
+    }
 }
 
 /// Progress of a running job, reported by the stage and forwarded to BullMQ (job progress)

@@ -38,12 +38,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bullmq::{FlowJob, FlowProducer, FlowProducerOptions, Queue, QueueOptions};
+use bullmq::{FlowJob, FlowProducer, FlowProducerOptions, Queue};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::keys::PREFIX;
 use crate::domain::Stage;
-use crate::engine::queue::{connection, QueueError};
+use crate::engine::redis::{connection, queue, QueueError};
 
 /// The largest priority BullMQ accepts (`JobOptions::priority` docs: 2 097 152 = lowest; the
 /// score is `priority × 2³² + counter` in a double).
@@ -58,7 +58,7 @@ pub const AGING_INTERVAL: Duration = Duration::from_secs(5);
 /// The scheduling fields kept in a transcribe job's data next to the task id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScheduleData {
-    /// The task id (as in `queue::JobData`).
+    /// The task id (as in `flow::JobData`).
     pub task_id: String,
     /// Audio duration in seconds, once known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -89,15 +89,7 @@ pub struct Scheduler {
 impl Scheduler {
     /// Connects to the transcribe queue on Redis at `url`.
     pub async fn connect(url: &str, aging_rate: f64) -> Result<Self, QueueError> {
-        let transcribe = Queue::with_options(
-            Stage::Transcribe.queue_name(),
-            QueueOptions {
-                connection: connection(url),
-                prefix: PREFIX.into(),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let transcribe = queue(url, Stage::Transcribe).await?;
         let flows = FlowProducer::with_options(
             FlowProducerOptions::new()
                 .connection(connection(url))

@@ -1,4 +1,7 @@
-//! Long audio as segment jobs: silence-aware cutting, the segment chain, and the merge.
+//! Long audio as segment jobs: silence-aware cutting, the segment chain, and the merge — the
+//! split/merge orchestration and the work of one segment ([`transcribe_segment`]). A segment
+//! job's attempt (cancel hook, fencing under `detail.segment_attempts`, time limit, release at
+//! shutdown, `catch_unwind`) is the one protocol of `attempt.rs`, like a stage job's.
 //!
 //! # Flow
 //!
@@ -41,20 +44,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bullmq::types::BackoffStrategy;
-use bullmq::worker::CancellationToken as BullToken;
 use bullmq::{FlowJob, Job, JobOptions, ParentOptions};
-use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::keys::{segment_job_id, SEGMENT_JOB};
 use crate::domain::manifest::StageState;
 use crate::domain::transcript::{Coverage, Segment, Transcript};
 use crate::domain::Stage;
+use crate::engine::attempt::{Done, Fence, SegmentSlot};
 use crate::engine::schedule;
 use crate::engine::schedule::Scheduler;
 use crate::pipeline::download::DownloadResult;
 use crate::pipeline::transcribe::TranscribeResult;
-use crate::pipeline::{JobCtx, StageCtx, StageError, StageOutput};
+use crate::pipeline::{JobCtx, Measure, StageCtx, StageError, StageOutput};
 use crate::store::names;
 use crate::tools::asr;
 use crate::tools::asr::{TranscribeOptions, SAMPLE_RATE};
@@ -83,6 +85,26 @@ pub struct SegmentData {
     pub total_ms: u64,
     /// This segment's length in seconds (read by the priority ager).
     pub audio_s: f64,
+}
+
+impl SegmentData {
+    /// Where this segment sits in its task's audio (its attempt's fencing record).
+    pub fn slot(&self) -> SegmentSlot {
+        SegmentSlot {
+            index: self.index,
+            count: self.count,
+            start_ms: self.start_ms,
+            end_ms: self.end_ms,
+        }
+    }
+
+    /// The transcribe stage's progress when this segment is `p` percent done: decoding's
+    /// share, then the rest weighted by duration (the chain runs segments in order, so the
+    /// finished ones end where this one starts).
+    fn stage_percent(&self, p: f64) -> f64 {
+        let done = self.start_ms as f64 + p / 100.0 * (self.end_ms - self.start_ms) as f64;
+        DECODE_SHARE + (100.0 - DECODE_SHARE) * done / self.total_ms.max(1) as f64
+    }
 }
 
 /// What a segment job returns (read by the next segment and by the merge step).
@@ -285,14 +307,14 @@ fn retryable<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> Stag
     move |e| StageError::retryable(format!("{what}: {e}"))
 }
 
-/// The transcribe job's long-audio path (split, then merge). `Ok(None)` means the job moved
-/// to `waiting-children` and the processor must return `Error::WaitingChildren`.
+/// The transcribe job's long-audio path (split, then merge). [`Done::WaitingChildren`] means
+/// the job moved to `waiting-children` while its segment jobs run.
 pub async fn run_long(
     ctx: &StageCtx,
     jctx: &JobCtx,
     job: &Job,
     sched: &Scheduler,
-) -> Result<Option<StageOutput>, StageError> {
+) -> Result<Done, StageError> {
     let bounds: Vec<u64> = match job.data().get("cuts_ms") {
         Some(v) => serde_json::from_value(v.clone())
             .map_err(|e| StageError::permanent(format!("malformed cut points: {e}")))?,
@@ -321,7 +343,7 @@ pub async fn run_long(
             e => StageError::retryable(format!("cannot wait for segments: {e}")),
         })?;
     if waiting {
-        return Ok(None);
+        return Ok(Done::WaitingChildren);
     }
     merge_step(
         jctx,
@@ -331,7 +353,7 @@ pub async fn run_long(
         ctx.cfg.min_coverage,
     )
     .await
-    .map(Some)
+    .map(Done::Output)
 }
 
 /// Split step: decode, find cuts, record them in the manifest. Returns the boundaries in ms
@@ -381,6 +403,28 @@ async fn split(ctx: &StageCtx, jctx: &JobCtx) -> Result<Vec<u64>, StageError> {
     Ok(bounds)
 }
 
+/// The results of the segment jobs of `jctx`'s task with boundaries `bounds`, in order.
+async fn segment_results(
+    jctx: &JobCtx,
+    bounds: &[u64],
+    sched: &Scheduler,
+) -> Result<Vec<SegmentResult>, StageError> {
+    let q = sched.transcribe_queue();
+    let mut results = Vec::new();
+    for i in 0..bounds.len() - 1 {
+        let id = segment_job_id(&jctx.task_id, i);
+        let job = q
+            .get_job(&id)
+            .await
+            .map_err(retryable("cannot read a segment job"))?
+            .ok_or_else(|| StageError::permanent(format!("segment job {id} is missing")))?;
+        results.push(serde_json::from_str(job.returnvalue()).map_err(|e| {
+            StageError::permanent(format!("segment job {id} has no valid result: {e}"))
+        })?);
+    }
+    Ok(results)
+}
+
 /// Merge step: read every segment's result and write the transcript files.
 async fn merge_step(
     jctx: &JobCtx,
@@ -389,23 +433,17 @@ async fn merge_step(
     rules: &crate::domain::transcript::subtitles::CueRules,
     min_coverage: f64,
 ) -> Result<StageOutput, StageError> {
-    let q = sched.transcribe_queue();
     let mut parts = Vec::new();
     let mut language = String::from("en");
     let mut rtf_num = 0.0;
     let mut peak = 0u64;
     let mut loops_cut = 0usize;
     let mut coverage = Coverage::default();
-    for i in 0..bounds.len() - 1 {
-        let id = segment_job_id(&jctx.task_id, i);
-        let job = q
-            .get_job(&id)
-            .await
-            .map_err(retryable("cannot read a segment job"))?
-            .ok_or_else(|| StageError::permanent(format!("segment job {id} is missing")))?;
-        let r: SegmentResult = serde_json::from_str(job.returnvalue()).map_err(|e| {
-            StageError::permanent(format!("segment job {id} has no valid result: {e}"))
-        })?;
+    for (i, r) in segment_results(jctx, bounds, sched)
+        .await?
+        .into_iter()
+        .enumerate()
+    {
         language = r.language.clone();
         rtf_num += r.rtf * (bounds[i + 1] - bounds[i]) as f64;
         peak = peak.max(r.peak_rss_bytes);
@@ -414,16 +452,12 @@ async fn merge_step(
         parts.push((bounds[i + 1], r.segments));
     }
     let total_ms = *bounds.last().unwrap_or(&0);
+    // The model the segments recorded (they all ran the task's model).
     let model = jctx
         .task
         .read_manifest()?
         .stage(Stage::Transcribe)
-        .and_then(|r| {
-            r.detail
-                .get("model")
-                .and_then(|v| v.as_str())
-                .map(String::from)
-        })
+        .and_then(|r| r.detail.get("model")?.as_str().map(String::from))
         .unwrap_or_default();
     let mut transcript = Transcript {
         language,
@@ -456,12 +490,20 @@ async fn merge_step(
         segments: transcript.segments.len(),
         rtf,
     };
-    let n = bounds.len() - 1;
-    let segs = result.segments;
     let warning = coverage.warning(min_coverage);
     if let Some(w) = &warning {
         tracing::warn!(task = %jctx.task_id, uncovered = ?coverage.uncovered_ms, "{w}");
     }
+    let figures = serde_json::json!({
+        "segments_merged": bounds.len() - 1,
+        "segments": result.segments,
+        "audio_s": total_ms as f64 / 1000.0,
+        "rtf": rtf,
+        "speech_s": coverage.speech_ms as f64 / 1000.0,
+        "repetition_loops_cut": loops_cut,
+        "repetition_cut": loops_cut > 0,
+        "peak_rss_mb": peak as f64 / 1048576.0,
+    });
     jctx.task.update_manifest(move |m| {
         let r = m.stage_mut(Stage::Transcribe);
         // The merge run is the job's second activation: keep the stage's real start.
@@ -472,257 +514,36 @@ async fn merge_step(
         if let Some(a) = r.detail.get("split_attempt").and_then(|v| v.as_u64()) {
             r.attempts = a as u32;
         }
-        let d = &mut r.detail;
-        d.insert("segments_merged".into(), serde_json::json!(n));
-        d.insert("segments".into(), serde_json::json!(segs));
-        d.insert(
-            "audio_s".into(),
-            serde_json::json!(total_ms as f64 / 1000.0),
-        );
-        d.insert("rtf".into(), serde_json::json!(rtf));
-        d.insert(
-            "speech_s".into(),
-            serde_json::json!(coverage.speech_ms as f64 / 1000.0),
-        );
-        d.insert("repetition_loops_cut".into(), serde_json::json!(loops_cut));
-        d.insert("repetition_cut".into(), serde_json::json!(loops_cut > 0));
-        d.insert(
-            "peak_rss_mb".into(),
-            serde_json::json!(peak as f64 / 1048576.0),
-        );
-        d.extend(coverage.detail());
+        if let serde_json::Value::Object(o) = figures {
+            r.detail.extend(o);
+        }
+        r.detail.extend(coverage.detail());
         m.set_warnings(Stage::Transcribe, warning.into_iter().collect());
     })?;
     Ok(StageOutput {
         result: serde_json::to_value(&result).expect("serializable"),
         outputs,
+        measure: Measure::default(),
     })
 }
 
-/// Why a running segment job was stopped from outside (mirrors `queue.rs`'s stage stops).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SegStop {
-    /// The transcribe stage's time limit for this segment's length passed.
-    TimedOut,
-    /// The worker is shutting down and its grace period is over: back to `wait`.
-    Released,
-    /// The task was cancelled (manifest status `cancelled`).
-    Cancelled,
-    /// Another worker started this segment job again (fencing): this run is stale.
-    Superseded,
-}
-
-/// The reason a segment run was stopped, shared between the run and its caller.
-#[derive(Default)]
-struct StopFlag(std::sync::Mutex<Option<SegStop>>);
-
-impl StopFlag {
-    fn get(&self) -> Option<SegStop> {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-    fn set(&self, why: Option<SegStop>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = why;
-    }
-}
-
-/// How a segment job ended, before mapping onto BullMQ.
-enum SegEnd {
-    Done(serde_json::Value),
-    Failed(StageError),
-    /// Stale (superseded) or released: record nothing more, leave the job to its new owner.
-    Delayed,
-}
-
-/// The manifest key (in the transcribe stage's detail) holding each segment's current
-/// attempt: `{"<index>": <attemptsStarted>}` — the segment jobs' fencing record.
-const SEGMENT_ATTEMPTS: &str = "segment_attempts";
-
-fn segment_attempt_of(m: &crate::domain::manifest::Manifest, index: usize) -> Option<u64> {
-    m.stage(Stage::Transcribe)?
-        .detail
-        .get(SEGMENT_ATTEMPTS)?
-        .get(index.to_string())?
-        .as_u64()
-}
-
-/// Processes one segment job (name [`SEGMENT_JOB`] in the transcribe queue): transcribes
-/// its slice of `audio.wav` with the previous segment's tail as prompt, reports the task's
-/// duration-weighted progress, measures memory, and returns a [`SegmentResult`]. Runs under
-/// `catch_unwind`; failures map to BullMQ errors like stage failures do.
-///
-/// Like stage jobs (`queue.rs`), a segment job refuses to run for a cancelled task and stops
-/// when the task is cancelled while it runs, has a time limit (the transcribe policy applied
-/// to the segment's length), is fenced (its attempt is recorded under
-/// `detail.segment_attempts`; a run superseded by a newer attempt records nothing), and goes
-/// back to `wait` when `release` fires at shutdown.
-pub async fn process_segment_job(
-    ctx: Arc<StageCtx>,
-    job: Job,
-    token: BullToken,
-    release: tokio_util::sync::CancellationToken,
-) -> Result<serde_json::Value, bullmq::Error> {
-    let run = std::panic::AssertUnwindSafe(segment_job(&ctx, &job, token, release)).catch_unwind();
-    let out = match run.await {
-        Ok(r) => r,
-        Err(_) => SegEnd::Failed(StageError::permanent(
-            "internal error: a segment job panicked",
-        )),
-    };
-    match out {
-        SegEnd::Done(v) => Ok(v),
-        SegEnd::Delayed => Err(bullmq::Error::Delayed),
-        SegEnd::Failed(e) => {
-            tracing::warn!(job = %job.id(), error = %e.message, "segment failed");
-            // The last failure of a segment fails its parent job inside Redis (BullMQ's
-            // fail-parent-on-failure), where no stage code runs: the task's record says so here.
-            let final_attempt =
-                !e.is_retryable() || job.attempts_made() + 1 >= SEGMENT_JOB_ATTEMPTS;
-            if final_attempt && e.message != "cancelled" {
-                record_final_failure(&ctx, &job, &e);
-            }
-            Err(if e.is_retryable() {
-                bullmq::Error::ProcessingError(e.message)
-            } else {
-                bullmq::Error::Unrecoverable(e.message)
-            })
-        }
-    }
-}
-
-/// Fails the transcribe stage (and so the task) in the manifest after a segment job's last
-/// failure, unless the run was superseded by a newer attempt.
-fn record_final_failure(ctx: &StageCtx, job: &Job, e: &StageError) {
-    let Ok(d) = serde_json::from_value::<SegmentData>(job.data().clone()) else {
-        return;
-    };
-    let attempt = u64::from(job.attempts_started().max(job.attempts_made() + 1));
-    let task = ctx.data.task(&d.task_id);
-    let message = format!(
-        "{} (segment {} of {}, {}–{})",
-        e.message,
-        d.index + 1,
-        d.count,
-        crate::domain::transcript::format_clock(d.start_ms),
-        crate::domain::transcript::format_clock(d.end_ms),
-    );
-    let r = task.modify_manifest(|m| {
-        segment_attempt_of(m, d.index) == Some(attempt) && {
-            m.fail_stage(Stage::Transcribe, &message, e.is_retryable(), true);
-            true
-        }
-    });
-    if let Err(err) = r {
-        tracing::warn!(job = %job.id(), error = %err, "could not record the segment failure");
-    }
-}
-
-async fn segment_job(
+/// The work of one segment job (`attempt.rs` runs the protocol around it): transcribes its
+/// slice of `audio.wav` like a chunk of the unsplit path (same speech gate, loop cutting and
+/// language check; timestamps on `audio.wav`'s timeline), reports the task's
+/// duration-weighted progress, records its figures in the transcribe stage's detail (fenced:
+/// a superseded run records nothing) and returns a [`SegmentResult`] with its measurement.
+pub async fn transcribe_segment(
     ctx: &StageCtx,
-    job: &Job,
-    token: BullToken,
-    release: tokio_util::sync::CancellationToken,
-) -> SegEnd {
-    let d: SegmentData = match serde_json::from_value(job.data().clone()) {
-        Ok(d) => d,
-        Err(e) => {
-            return SegEnd::Failed(StageError::permanent(format!(
-                "malformed segment data: {e}"
-            )))
-        }
-    };
-    let task = ctx.data.task(&d.task_id);
-    if !task.exists() {
-        return SegEnd::Failed(StageError::permanent(format!(
-            "task {} has no manifest",
-            d.task_id
-        )));
-    }
-    // Cancel hook: a segment picked up after its task was cancelled does not run.
-    if task.read_manifest().map(|m| m.status).ok()
-        == Some(crate::domain::manifest::TaskStatus::Cancelled)
-    {
-        return SegEnd::Failed(StageError::permanent("cancelled"));
-    }
-    // Fencing record: this run is now the segment's current attempt.
-    let attempt = u64::from(job.attempts_started().max(job.attempts_made() + 1));
-    let index = d.index;
-    if let Err(e) = task.update_manifest(|m| {
-        let r = m.stage_mut(Stage::Transcribe);
-        let slot = r
-            .detail
-            .entry(SEGMENT_ATTEMPTS.to_string())
-            .or_insert_with(|| serde_json::json!({}));
-        if !slot.is_object() {
-            *slot = serde_json::json!({});
-        }
-        slot[index.to_string()] = serde_json::json!(attempt);
-        // A segment picked up again after a shutdown makes the stage active again.
-        if r.state == StageState::Waiting {
-            r.state = StageState::Active;
-        }
-    }) {
-        return SegEnd::Failed(StageError::retryable(format!(
-            "cannot record the segment attempt: {e}"
-        )));
-    }
-    let stop = StopFlag::default();
-    match segment_run(ctx, job, &d, &task, attempt, token, release, &stop).await {
-        Ok(v) => SegEnd::Done(v),
-        Err(e) => match stop.get() {
-            Some(SegStop::Superseded) => {
-                tracing::warn!(job = %job.id(), attempt, "stale segment attempt ended; leaving the job to the current one");
-                SegEnd::Delayed
-            }
-            Some(SegStop::Released) => {
-                // The manifest says the stage waits again (it resumes at this segment), as a
-                // released stage job does in `queue.rs`.
-                let phase = format!(
-                    "waiting: segment {}/{} goes back to the queue",
-                    d.index + 1,
-                    d.count
-                );
-                let _ = task.update_manifest(|m| {
-                    let r = m.stage_mut(Stage::Transcribe);
-                    if r.state == StageState::Active {
-                        r.state = StageState::Waiting;
-                        r.detail.insert("phase".into(), serde_json::json!(phase));
-                    }
-                });
-                match job.move_to_wait(None).await {
-                    Ok(_) => tracing::info!(job = %job.id(), "shutdown: segment job put back in the queue"),
-                    Err(e) => tracing::warn!(job = %job.id(), error = %e, "shutdown: could not put the segment job back; it will be recovered as stalled"),
-                }
-                SegEnd::Delayed
-            }
-            Some(SegStop::Cancelled) => SegEnd::Failed(StageError::permanent("cancelled")),
-            Some(SegStop::TimedOut) => SegEnd::Failed(StageError::retryable(format!(
-                "timeout: segment {} of {} ran longer than the transcribe stage's limit for its length and was stopped",
-                d.index + 1,
-                d.count
-            ))),
-            None => SegEnd::Failed(e),
-        },
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn segment_run(
-    ctx: &StageCtx,
-    job: &Job,
+    jctx: &JobCtx,
     d: &SegmentData,
-    task: &crate::store::TaskDir,
-    attempt: u64,
-    token: BullToken,
-    release: tokio_util::sync::CancellationToken,
-    stop: &StopFlag,
-) -> Result<serde_json::Value, StageError> {
-    let d = d.clone();
-    let task = task.clone();
-    let model = ctx.task_asr(&task).await?;
+    fence: Fence,
+) -> Result<Done, StageError> {
+    let task = &jctx.task;
+    let model = ctx.task_asr(task).await?;
     let probe = crate::observe::rss::RssProbe::start();
     let wav = task.file(names::AUDIO_WAV);
     let range = Some((d.start_ms, d.end_ms));
-    let threads = crate::pipeline::budget::job_threads(&ctx.cfg);
+    let threads = ctx.job_threads();
     let opts = TranscribeOptions {
         threads,
         language: ctx.cfg.language.clone(),
@@ -734,119 +555,70 @@ async fn segment_run(
     let abort = Arc::new(AtomicBool::new(false));
     let (p2, a2, m2) = (pct.clone(), abort.clone(), model.clone());
     let started = Instant::now();
-    // Same speech gate, loop cutting and language check as a whole short file; timestamps
-    // come back on audio.wav's timeline.
     let mut handle =
         tokio::task::spawn_blocking(move || m2.transcribe_wav_range(&wav, range, &opts, p2, a2));
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let report = |p: f64| {
-        let done = d.start_ms as f64 + p / 100.0 * (d.end_ms - d.start_ms) as f64;
-        let percent = DECODE_SHARE + (100.0 - DECODE_SHARE) * done / d.total_ms.max(1) as f64;
-        let phase = format!("transcribing segment {}/{}", d.index + 1, d.count);
-        let _ = task.update_manifest(|m| {
-            let r = m.stage_mut(Stage::Transcribe);
-            if r.state == StageState::Active {
-                r.progress = percent.min(100.0);
-                r.detail.insert("phase".into(), serde_json::json!(phase));
-            }
-        });
-    };
-    let limit = ctx
-        .cfg
-        .policy(Stage::Transcribe)
-        .time_limit(Some((d.end_ms - d.start_ms) as f64 / 1000.0));
-    let deadline = tokio::time::sleep(limit);
-    tokio::pin!(deadline);
-    let is_current =
-        |m: &crate::domain::manifest::Manifest| segment_attempt_of(m, d.index) == Some(attempt);
-    let halt = |why: SegStop| {
-        if stop.get().is_none() {
-            stop.set(Some(why));
-        }
-        abort.store(true, Ordering::Relaxed);
-    };
+    let phase = format!("transcribing segment {}/{}", d.index + 1, d.count);
     let out = loop {
         tokio::select! {
             r = &mut handle => break r,
-            _ = tick.tick() => {
-                match task.read_manifest() {
-                    Ok(m) if m.status == crate::domain::manifest::TaskStatus::Cancelled => halt(SegStop::Cancelled),
-                    Ok(m) if !is_current(&m) => {
-                        tracing::warn!(job = %job.id(), attempt, "another worker took this segment over; stopping the stale run");
-                        halt(SegStop::Superseded)
-                    }
-                    _ => {}
-                }
-                if stop.get().is_none() {
-                    report(pct.load(Ordering::Relaxed) as f64);
-                }
-            }
-            _ = token.cancelled(), if !abort.load(Ordering::Relaxed) => {
+            _ = tick.tick() => jctx.report(d.stage_percent(pct.load(Ordering::Relaxed) as f64), Some(&phase)),
+            _ = jctx.cancel.cancelled(), if !abort.load(Ordering::Relaxed) => {
                 abort.store(true, Ordering::Relaxed);
-            }
-            _ = release.cancelled(), if stop.get().is_none() => halt(SegStop::Released),
-            _ = &mut deadline, if stop.get().is_none() => {
-                tracing::warn!(job = %job.id(), ?limit, "segment time limit passed; cancelling it");
-                halt(SegStop::TimedOut)
             }
         }
     };
-    if stop.get().is_some() {
-        return Err(StageError::permanent("stopped"));
-    }
-    if task.read_manifest().is_ok_and(|m| !is_current(&m)) {
-        stop.set(Some(SegStop::Superseded));
-        return Err(StageError::permanent("stale"));
-    }
     let wall = started.elapsed().as_secs_f64();
     let rss = probe.finish();
     let out = out
         .map_err(|e| StageError::permanent(format!("whisper panicked: {e}")))?
         .map_err(|e| match e {
-            asr::AsrError::Aborted => StageError::permanent("cancelled"),
+            asr::AsrError::Aborted => StageError::cancelled(),
             e @ asr::AsrError::UnsupportedLanguage { .. } => StageError::permanent(e.to_string()),
             e if e.is_retryable() => StageError::retryable(format!("whisper failed: {e}")),
             e => StageError::permanent(format!("whisper failed: {e}")),
         })?;
-    report(100.0);
     let audio_s = (d.end_ms - d.start_ms) as f64 / 1000.0;
     let rtf = if audio_s > 0.0 { wall / audio_s } else { 0.0 };
-    crate::pipeline::budget::after_job(ctx, &task, &d.task_id, job.id(), rtf, &rss).await;
-    let segments = out.segments;
     let model_name = model.name().to_string();
     let language_id = out.language_id.clone();
     // Fenced: a run superseded meanwhile records nothing.
     let recorded = task.modify_manifest(|m| {
-        is_current(m) && {
+        fence.is_current(m, jctx.attempt) && {
             let r = m.stage_mut(Stage::Transcribe);
-            r.detail
-                .insert("model".into(), serde_json::json!(model_name));
-            r.detail
-                .insert("threads".into(), serde_json::json!(threads));
-            r.detail
-                .insert("segments_done".into(), serde_json::json!(d.index + 1));
+            if r.state == StageState::Active {
+                r.progress = d.stage_percent(100.0).min(100.0);
+                r.detail.insert("phase".into(), serde_json::json!(phase));
+            }
+            let detail = &mut r.detail;
+            detail.insert("model".into(), serde_json::json!(model_name));
+            detail.insert("threads".into(), serde_json::json!(threads));
+            detail.insert("segments_done".into(), serde_json::json!(d.index + 1));
             // The language guard of the first segment judged the task's first speech.
             if d.index == 0 {
-                r.detail
-                    .insert("language_id".into(), serde_json::json!(language_id));
+                detail.insert("language_id".into(), serde_json::json!(language_id));
             }
             true
         }
     })?;
     if !recorded {
-        stop.set(Some(SegStop::Superseded));
-        return Err(StageError::permanent("stale"));
+        return Err(StageError::superseded());
     }
     let result = SegmentResult {
         index: d.index,
-        segments,
+        segments: out.segments,
         language: out.language,
         rtf,
         peak_rss_bytes: rss.peak_bytes,
         loops_cut: out.loops_cut,
         coverage: out.coverage,
     };
-    Ok(serde_json::to_value(&result).expect("serializable"))
+    Ok(Done::Output(StageOutput {
+        result: serde_json::to_value(&result).expect("serializable"),
+        outputs: Vec::new(),
+        // The engine records it: metrics, model stats, manifest memory detail, alerts.
+        measure: Measure::recognition(rtf, rss),
+    }))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! | 0 | `bull:download:events` | BullMQ's Lua scripts | `added` (a new flow: `task.created`), `active`, `progress`, `delayed` (a retry), `completed`, `failed` |
 //! | 1 | `bull:transcribe:events` | same | `active`, `progress`, `delayed`, `completed`, `failed` |
 //! | 2 | `bull:summarize:events` | same | same (`completed`/`failed` also end the task) |
-//! | 3 | `tubescribe:events` | [`EventLog`] (cancel, memory watch) | `task.cancelled`, `alert` |
+//! | 3 | `tubescribe:events` | [`EventLog`] (cancel; alerts, see `alerts.rs`) | `task.cancelled`, `alert` |
 //!
 //! BullMQ's events carry only a job id; our job ids are `dl-/tr-/sum-<task id>`, so each maps
 //! to a task and a stage (long audio's segment jobs `seg<i>-<task id>` map to their task's
@@ -28,7 +28,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -72,18 +71,6 @@ pub struct Event {
     pub data: serde_json::Value,
 }
 
-/// An alert: something an operator should know about (e.g. memory over budget).
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Alert {
-    /// Kind, e.g. `memory`.
-    pub kind: String,
-    /// Human-readable message.
-    pub message: String,
-    /// Machine-readable details.
-    pub detail: serde_json::Value,
-}
-
 /// Writes our own events (`tubescribe:events`) with `XADD MAXLEN ~`.
 #[derive(Clone)]
 pub struct EventLog {
@@ -125,13 +112,6 @@ impl EventLog {
     /// `task.cancelled`.
     pub async fn task_cancelled(&self, task_id: &str) -> Result<(), EventError> {
         self.emit("task.cancelled", &serde_json::json!({"taskId": task_id}))
-            .await
-            .map(|_| ())
-    }
-
-    /// `alert`.
-    pub async fn alert(&self, a: &Alert) -> Result<(), EventError> {
-        self.emit("alert", &serde_json::to_value(a).expect("alert serializes"))
             .await
             .map(|_| ())
     }
@@ -669,47 +649,6 @@ impl EventHub {
         });
         rx
     }
-}
-
-/// Checks this process's RSS every `every` and emits an `alert` (kind `memory`) when it
-/// rises above `budget_bytes`; re-arms when it falls below 90 % of the budget. Stops with
-/// `shutdown`.
-pub fn spawn_memory_watch(
-    log: EventLog,
-    budget_bytes: u64,
-    every: Duration,
-    shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut armed = true;
-        loop {
-            if let Some(rss) = crate::observe::rss::current_rss_bytes() {
-                if armed && rss > budget_bytes {
-                    armed = false;
-                    let a = Alert {
-                        kind: "memory".into(),
-                        message: format!(
-                            "process {} uses {} MiB, over its memory budget of {} MiB",
-                            std::process::id(),
-                            rss / (1 << 20),
-                            budget_bytes / (1 << 20)
-                        ),
-                        detail: serde_json::json!({"pid": std::process::id(), "rssBytes": rss, "budgetBytes": budget_bytes}),
-                    };
-                    tracing::warn!(message = %a.message, "memory alert");
-                    if let Err(e) = log.alert(&a).await {
-                        tracing::warn!(error = %e, "cannot publish the memory alert");
-                    }
-                } else if rss < budget_bytes / 10 * 9 {
-                    armed = true;
-                }
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(every) => {}
-            }
-        }
-    })
 }
 
 #[cfg(test)]

@@ -25,16 +25,17 @@
 //! malloc is reused without raising RSS, so a later job may under-report — we call
 //! `malloc_trim(0)` after each job to hand freed memory back; (3) spikes shorter than 20 ms
 //! can be missed. For an exact figure run one job per process, as `tubescribe bench` does
-//! (P4). A job whose `delta` exceeds its share (`(budget − weights) / slots`) fires a memory
-//! [`crate::observe::alerts`] record.
+//! (P4). A job whose `delta` exceeds its share (`(budget − weights) / slots`, [`share_bytes`])
+//! gets a memory alert. Stage work only measures ([`crate::pipeline::Measure`]); the engine
+//! records the figures ([`fold_rss_detail`], [`record_model_stats`]) and raises the alert.
 
 use std::path::Path;
-use std::sync::RwLock;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::observe::rss::RssReport;
+use crate::store::DataDir;
 
 /// Fixed per-job whisper.cpp memory besides the audio: state, KV caches and compute buffers
 /// (tiny: ≈190 MB logged, measured +130–250 MB per extra job; asr.md §2.2–§3), in bytes.
@@ -71,8 +72,6 @@ pub struct Plan {
     pub share_bytes: u64,
 }
 
-static PLAN: RwLock<Option<Plan>> = RwLock::new(None);
-
 /// Computes the plan for `cfg` with `concurrency` configured transcribe jobs and the measured
 /// per-job peak `measured` (bytes), if any.
 pub fn plan(cfg: &Config, concurrency: usize, measured: Option<u64>) -> Plan {
@@ -95,76 +94,36 @@ pub fn plan(cfg: &Config, concurrency: usize, measured: Option<u64>) -> Plan {
     }
 }
 
-/// Installs `p` as this process's plan (read by the transcribe stage and the metrics).
-pub fn install(p: Plan) {
-    *PLAN.write().unwrap_or_else(|e| e.into_inner()) = Some(p);
-    crate::observe::metrics::set_plan(p.slots, p.threads, p.budget_bytes);
+/// The plan for `cfg` with `concurrency` configured transcribe jobs, using the per-job peak
+/// earlier jobs measured for the configured model (its stats file in `data`).
+pub fn plan_measured(cfg: &Config, data: &DataDir, concurrency: usize) -> Plan {
+    let measured =
+        read_model_stats(&data.model_stats_file(&cfg.model)).map(|s| s.per_job_peak_bytes);
+    plan(cfg, concurrency, measured)
 }
 
-/// This process's plan, if a transcribe worker installed one.
-pub fn current() -> Option<Plan> {
-    *PLAN.read().unwrap_or_else(|e| e.into_inner())
+/// A transcribe job's share of the memory budget: the plan's, else (no plan in this process)
+/// the whole budget, in bytes.
+pub fn share_bytes(plan: Option<Plan>, cfg: &Config) -> u64 {
+    plan.map_or(cfg.schedule.memory_budget_bytes, |p| p.share_bytes)
 }
 
-/// whisper threads for a job in this process: the plan's, else the configured value.
-pub fn job_threads(cfg: &Config) -> usize {
-    current().map(|p| p.threads).unwrap_or(cfg.threads)
+/// Folds one job's memory report into the transcribe stage's manifest detail:
+/// `peak_rss_mb` and `rss_delta_mb` (MB with one decimal; the largest of the task's jobs so
+/// far) and `rss_overlapped` (this job's).
+pub fn fold_rss_detail(detail: &mut serde_json::Map<String, serde_json::Value>, r: &RssReport) {
+    let mut keep_max = |key: &str, bytes: u64| {
+        let prev = detail.get(key).and_then(|v| v.as_f64()).unwrap_or(0.0);
+        detail.insert(key.into(), serde_json::json!(prev.max(mb(bytes))));
+    };
+    keep_max("peak_rss_mb", r.peak_bytes);
+    keep_max("rss_delta_mb", r.delta_bytes);
+    detail.insert("rss_overlapped".into(), serde_json::json!(r.overlapped));
 }
 
-/// After a transcribe job or segment: return freed memory to the OS, fold the report into
-/// the model's stats, export the metrics, record the figures in the manifest
-/// (`stages.transcribe.detail`: `peak_rss_mb`, `rss_delta_mb`, `rss_overlapped`) and raise a
-/// `memory` alert when the job's delta exceeds its share of the budget.
-pub async fn after_job(
-    ctx: &crate::pipeline::StageCtx,
-    task: &crate::store::TaskDir,
-    task_id: &str,
-    job_id: &str,
-    rtf: f64,
-    r: &RssReport,
-) {
-    crate::observe::rss::trim_heap();
-    record_model_stats(&ctx.data.model_stats_file(&ctx.cfg.model), r);
-    crate::observe::metrics::observe_transcription(rtf, r);
-    let mb = |b: u64| (b as f64 / 1048576.0 * 10.0).round() / 10.0;
-    let rep = *r;
-    let _ = task.update_manifest(move |m| {
-        let d = &mut m.stage_mut(crate::domain::Stage::Transcribe).detail;
-        let prev = d.get("peak_rss_mb").and_then(|v| v.as_f64()).unwrap_or(0.0);
-        d.insert(
-            "peak_rss_mb".into(),
-            serde_json::json!(prev.max(mb(rep.peak_bytes))),
-        );
-        let prev = d
-            .get("rss_delta_mb")
-            .and_then(|v| v.as_f64())
-            .unwrap_or(0.0);
-        d.insert(
-            "rss_delta_mb".into(),
-            serde_json::json!(prev.max(mb(rep.delta_bytes))),
-        );
-        d.insert("rss_overlapped".into(), serde_json::json!(rep.overlapped));
-    });
-    let share = current()
-        .map(|p| p.share_bytes)
-        .unwrap_or_else(|| ctx.cfg.schedule.memory_budget_bytes);
-    if r.delta_bytes > share {
-        let alert = crate::observe::alerts::Alert {
-            kind: "memory".into(),
-            task_id: task_id.to_string(),
-            job_id: job_id.to_string(),
-            stage: crate::domain::Stage::Transcribe,
-            message: format!(
-                "transcribe job {job_id} used {} MB, more than its {} MB share of the memory budget",
-                mb(r.delta_bytes),
-                mb(share)
-            ),
-            value: r.delta_bytes as f64,
-            limit: share as f64,
-            at_ms: crate::domain::manifest::now_ms(),
-        };
-        crate::observe::alerts::raise(&alert, task).await;
-    }
+/// Bytes as MB (2^20) rounded to one decimal, as the manifest and alerts show them.
+pub fn mb(bytes: u64) -> f64 {
+    (bytes as f64 / 1048576.0 * 10.0).round() / 10.0
 }
 
 /// The measured per-job peak of one model, kept across processes in its stats file.

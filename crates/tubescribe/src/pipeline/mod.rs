@@ -20,59 +20,63 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::domain::manifest::{Manifest, OutputFile};
 use crate::domain::{FailureClass, Progress, Stage, MAX_RETRY_AFTER};
+use crate::observe::rss::RssReport;
 use crate::store::{DataDir, StoreError, TaskDir};
 use crate::tools::asr::AsrModel;
 use crate::tools::process::ProcessError;
 
 /// A stage failure: a class for the queue and a human message for the manifest and the API.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{message}")]
 pub struct StageError {
-    /// What the queue should do.
+    /// What the queue should do (for a cool-down, with the wait the service asked for).
     pub class: FailureClass,
     /// Human-readable reason, e.g. "video is private".
     pub message: String,
-    /// For cool-down failures: the wait the service asked for (HTTP `Retry-After`); the next
-    /// attempt starts no sooner (the engine's backoff honours it). `None` = the stage's
-    /// configured cool-down.
-    pub retry_after: Option<std::time::Duration>,
 }
 
 impl StageError {
+    /// The message of a cancelled job, as the manifest and the API show it.
+    pub const CANCELLED: &'static str = "cancelled";
+
+    /// A failure of class `class`.
+    pub fn new(class: FailureClass, message: impl Into<String>) -> Self {
+        Self {
+            class,
+            message: message.into(),
+        }
+    }
+
     /// A failure that retrying cannot fix.
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self {
-            class: FailureClass::Permanent,
-            message: message.into(),
-            retry_after: None,
-        }
+        Self::new(FailureClass::Permanent, message)
     }
 
     /// A transient failure.
     pub fn retryable(message: impl Into<String>) -> Self {
-        Self {
-            class: FailureClass::Retryable,
-            message: message.into(),
-            retry_after: None,
-        }
+        Self::new(FailureClass::Retryable, message)
     }
 
-    /// A rate-limit failure that needs a long pause.
+    /// A rate-limit failure that needs a long pause (the stage's configured cool-down).
     pub fn cool_down(message: impl Into<String>) -> Self {
-        Self {
-            class: FailureClass::CoolDown,
-            message: message.into(),
-            retry_after: None,
-        }
+        Self::new(FailureClass::COOL_DOWN, message)
     }
 
     /// A rate-limit failure whose service said how long to wait (`Retry-After`); waits
     /// beyond [`MAX_RETRY_AFTER`] are shortened to it (the next attempt asks again).
     pub fn cool_down_for(message: impl Into<String>, wait: std::time::Duration) -> Self {
-        Self {
-            retry_after: Some(wait.min(MAX_RETRY_AFTER)),
-            ..Self::cool_down(message)
-        }
+        Self::new(
+            FailureClass::CoolDown {
+                wait: Some(wait.min(MAX_RETRY_AFTER)),
+            },
+            message,
+        )
+    }
+
+    /// The job was cancelled (its cancel token fired, or its task was cancelled); the
+    /// message is [`StageError::CANCELLED`].
+    pub fn cancelled() -> Self {
+        Self::new(FailureClass::Cancelled, Self::CANCELLED)
     }
 
     /// This attempt is stale: another worker took the job over (its lock lapsed). Its
@@ -83,7 +87,16 @@ impl StageError {
 
     /// Whether another attempt may succeed.
     pub fn is_retryable(&self) -> bool {
-        self.class != FailureClass::Permanent
+        self.class.is_retryable()
+    }
+
+    /// For a cool-down: the wait the service asked for (`None` otherwise, or when it named
+    /// none).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self.class {
+            FailureClass::CoolDown { wait } => wait,
+            _ => None,
+        }
     }
 }
 
@@ -98,9 +111,14 @@ impl From<StoreError> for StageError {
 }
 
 impl From<ProcessError> for StageError {
+    /// The message is the error's one sentence; a failed program's raw stderr tail goes to
+    /// the log.
     fn from(e: ProcessError) -> Self {
+        if let Some(tail) = e.stderr_tail() {
+            tracing::warn!(stderr = %tail, "{e}");
+        }
         match e {
-            ProcessError::Cancelled { .. } => StageError::permanent("cancelled"),
+            ProcessError::Cancelled { .. } => StageError::cancelled(),
             e if e.is_retryable() => StageError::retryable(e.to_string()),
             e => StageError::permanent(e.to_string()),
         }
@@ -122,6 +140,8 @@ pub struct StageCtx {
     /// The multilingual model for the language guard, looked up and loaded once
     /// ([`StageCtx::language_id_model`]).
     language_id: OnceCell<Option<Arc<AsrModel>>>,
+    /// This process's transcribe memory plan, once its transcribe worker started.
+    plan: std::sync::RwLock<Option<budget::Plan>>,
 }
 
 impl StageCtx {
@@ -132,7 +152,24 @@ impl StageCtx {
             data,
             models: LoadedModels::default(),
             language_id: OnceCell::new(),
+            plan: std::sync::RwLock::new(None),
         }
+    }
+
+    /// Sets this process's transcribe memory plan (the engine does, when its transcribe
+    /// worker starts with the plan's slots as concurrency).
+    pub fn set_plan(&self, plan: budget::Plan) {
+        *self.plan.write().unwrap_or_else(|e| e.into_inner()) = Some(plan);
+    }
+
+    /// This process's transcribe memory plan, if a transcribe worker set one.
+    pub fn plan(&self) -> Option<budget::Plan> {
+        *self.plan.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// whisper threads for a job in this process: the plan's, else the configured value.
+    pub fn job_threads(&self) -> usize {
+        self.plan().map_or(self.cfg.threads, |p| p.threads)
     }
 
     /// The configured Whisper model (`cfg.model`), loaded once. Errors are permanent (a
@@ -249,6 +286,10 @@ impl StageCtx {
 }
 
 /// One job's view: its task, attempt, cancel token, progress sink and its child's result.
+///
+/// A segment job of long audio gets one too (stage `transcribe`, its own attempt number); its
+/// attempt is fenced by its segment's record, so segment work commits no files through
+/// [`JobCtx::commit`] or [`JobCtx::write_atomic`] (they fence on the stage's attempt log).
 pub struct JobCtx {
     /// The stage this job runs.
     pub stage: Stage,
@@ -306,13 +347,36 @@ impl JobCtx {
     }
 }
 
-/// What a stage hands back: its JSON result for the parent job and its output files for the
-/// manifest.
+/// What a stage hands back: its JSON result for the parent job, its output files for the
+/// manifest and what it measured about its own run (recorded by the engine).
 pub struct StageOutput {
     /// Return value stored in BullMQ (read by the parent with `get_children_values`).
     pub result: serde_json::Value,
     /// Files written, for the manifest.
     pub outputs: Vec<OutputFile>,
+    /// Measurements of the run (speech recognition's RTF and memory); empty for stages that
+    /// measure nothing.
+    pub measure: Measure,
+}
+
+/// What a stage run measured, for the engine to record as metrics, model stats, manifest
+/// detail and alerts. The stage only measures; it records none of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Measure {
+    /// Real-time factor of speech recognition: whisper wall seconds ÷ audio seconds.
+    pub rtf: Option<f64>,
+    /// The process's resident memory while recognising ([`RssReport`], bytes).
+    pub rss: Option<RssReport>,
+}
+
+impl Measure {
+    /// A speech-recognition run: its real-time factor and its memory report.
+    pub fn recognition(rtf: f64, rss: RssReport) -> Self {
+        Self {
+            rtf: Some(rtf),
+            rss: Some(rss),
+        }
+    }
 }
 
 /// How often a job paused for disk space looks again.
@@ -358,7 +422,7 @@ pub async fn wait_for_free_space(job: &JobCtx, need: u64, what: &str) -> Result<
         job.report(0.0, Some(&msg));
         tokio::select! {
             _ = tokio::time::sleep(SPACE_POLL) => {}
-            _ = job.cancel.cancelled() => return Err(StageError::permanent("cancelled")),
+            _ = job.cancel.cancelled() => return Err(StageError::cancelled()),
         }
     }
 }

@@ -48,7 +48,7 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
                 .map_err(|e| StageError::permanent(format!("LLM client: {e}")))?;
             let res = tokio::select! {
                 r = client.summarize(&segments, Some(&transcript.language), &opts) => r,
-                _ = job.cancel.cancelled() => return Err(StageError::permanent("cancelled")),
+                _ = job.cancel.cancelled() => return Err(StageError::cancelled()),
             };
             let attempts = ctx.cfg.policy(crate::domain::Stage::Summarize).attempts;
             match res {
@@ -93,6 +93,7 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
             "key_points": summary.key_points.len(),
         }),
         outputs,
+        measure: Default::default(),
     })
 }
 
@@ -215,15 +216,15 @@ mod tests {
     fn rate_limits_wait_as_asked_then_fall_back() {
         let hour = Duration::from_secs(3600);
         let e = stage_error_for(&limited(Some(hour)), 1, 3).expect("a retry");
-        assert_eq!(e.class, FailureClass::CoolDown);
-        assert_eq!(e.retry_after, Some(hour));
+        assert!(matches!(e.class, FailureClass::CoolDown { .. }));
+        assert_eq!(e.retry_after(), Some(hour));
         assert!(
             e.message.contains("server asks to wait 3600 s"),
             "{}",
             e.message
         );
         let e = stage_error_for(&limited(None), 2, 3).expect("a retry");
-        assert_eq!((e.class, e.retry_after), (FailureClass::CoolDown, None));
+        assert_eq!((e.class, e.retry_after()), (FailureClass::COOL_DOWN, None));
         // The last attempt uses the extractive summary instead of failing the task, and so
         // does a wait longer than an hour (even an absurd one).
         assert!(stage_error_for(&limited(Some(hour)), 3, 3).is_none());

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::download::DownloadResult;
-use super::{JobCtx, StageCtx, StageError, StageOutput};
+use super::{JobCtx, Measure, StageCtx, StageError, StageOutput};
 use crate::domain::transcript::Transcript;
 use crate::store::names;
 use crate::tools::asr;
@@ -74,7 +74,7 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
     let wav_path = job.task.file(names::AUDIO_WAV);
 
     let opts = TranscribeOptions {
-        threads: crate::pipeline::budget::job_threads(&ctx.cfg),
+        threads: ctx.job_threads(),
         language: ctx.cfg.language.clone(),
         initial_prompt: None,
     };
@@ -102,7 +102,7 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
     let out = out
         .map_err(|e| StageError::permanent(format!("whisper panicked: {e}")))?
         .map_err(|e| match e {
-            asr::AsrError::Aborted => StageError::permanent("cancelled"),
+            asr::AsrError::Aborted => StageError::cancelled(),
             e @ asr::AsrError::UnsupportedLanguage { .. } => StageError::permanent(e.to_string()),
             e if e.is_retryable() => StageError::retryable(format!("whisper failed: {e}")),
             e => StageError::permanent(format!("whisper failed: {e}")),
@@ -133,22 +133,13 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
         segments: transcript.segments.len(),
         rtf,
     };
-    crate::pipeline::budget::after_job(
-        ctx,
-        &job.task,
-        &job.task_id,
-        &crate::domain::Stage::Transcribe.job_id(&job.task_id),
-        rtf,
-        &rss,
-    )
-    .await;
     let detail = serde_json::json!({
         "language": result.language,
         "segments": result.segments,
         "audio_s": duration_s,
         "asr_wall_s": asr_wall,
         "rtf": rtf,
-        "threads": crate::pipeline::budget::job_threads(&ctx.cfg),
+        "threads": ctx.job_threads(),
         "model": transcript.model,
         "speech_s": out_stats.coverage.speech_ms as f64 / 1000.0,
         "asr_chunks": out_stats.chunks,
@@ -179,6 +170,8 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
     Ok(StageOutput {
         result: serde_json::to_value(&result).expect("serializable"),
         outputs,
+        // The engine records it: metrics, model stats, manifest memory detail, alerts.
+        measure: Measure::recognition(rtf, rss),
     })
 }
 

@@ -36,7 +36,8 @@ use axum::Router;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::input::InputPolicy;
-use crate::engine::queue::{Producer, QueueError};
+use crate::engine::producer::Producer;
+use crate::engine::redis::QueueError;
 use crate::observe::events::{EventError, EventHub, EventLog};
 use crate::store::DataDir;
 

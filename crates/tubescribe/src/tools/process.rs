@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
 /// Bytes of standard error kept for messages (the last 64 KiB).
-const STDERR_TAIL_BYTES: usize = 64 * 1024;
+pub const STDERR_TAIL_BYTES: usize = 64 * 1024;
 
 /// A program invocation: program, arguments, working directory, extra environment and a
 /// wall-clock limit. Built with chained setters; nothing runs until [`run`].
@@ -194,7 +194,8 @@ pub enum ProcessError {
         /// Program name or path.
         program: String,
     },
-    /// The program exited non-zero (see [`ensure_success`]).
+    /// The program exited non-zero (see [`ensure_success`]). Displays as one sentence with
+    /// the last standard-error line; the raw tail is kept for records and logs.
     #[error("{what} failed (exit code {code}): {last_line}")]
     Failed {
         /// What was being done, e.g. "pip download".
@@ -203,6 +204,9 @@ pub enum ProcessError {
         code: i32,
         /// The last standard-error line.
         last_line: String,
+        /// The program's raw standard error: its last [`STDERR_TAIL_BYTES`] bytes (64 KiB),
+        /// lossily decoded as UTF-8.
+        stderr_tail: String,
     },
     /// Reading the program's output failed.
     #[error("i/o error while running `{program}`: {source}")]
@@ -222,9 +226,19 @@ impl ProcessError {
             ProcessError::TimedOut { .. } | ProcessError::Io { .. }
         )
     }
+
+    /// The raw standard-error tail of a program that exited non-zero (at most 64 KiB), for
+    /// records and logs; `None` for the other errors.
+    pub fn stderr_tail(&self) -> Option<&str> {
+        match self {
+            ProcessError::Failed { stderr_tail, .. } => Some(stderr_tail),
+            _ => None,
+        }
+    }
 }
 
-/// Turns a non-zero exit into [`ProcessError::Failed`] naming `what` and the last stderr line.
+/// Turns a non-zero exit into [`ProcessError::Failed`] naming `what` and the last stderr line
+/// (and carrying the whole stderr tail).
 pub fn ensure_success(out: &Output, what: &str) -> Result<(), ProcessError> {
     if out.success() {
         Ok(())
@@ -233,6 +247,7 @@ pub fn ensure_success(out: &Output, what: &str) -> Result<(), ProcessError> {
             what: what.to_string(),
             code: out.code,
             last_line: out.last_stderr_line().to_string(),
+            stderr_tail: out.stderr_tail.clone(),
         })
     }
 }
@@ -512,6 +527,28 @@ mod tests {
             err.to_string(),
             "the test script failed (exit code 3): oops"
         );
+        assert_eq!(err.stderr_tail(), Some("oops\n"));
+    }
+
+    #[tokio::test]
+    async fn a_failure_keeps_the_raw_stderr_tail_but_says_one_line() {
+        let script = "i=0; while [ $i -lt 20000 ]; do echo \"line $i\" >&2; i=$((i+1)); done; echo 'fatal: the end' >&2; exit 1";
+        let out = run(
+            &Cmd::new("sh").args(["-c", script]),
+            &CancellationToken::new(),
+            &mut |_l: &str| {},
+        )
+        .await
+        .unwrap();
+        let err = ensure_success(&out, "the chatty tool").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the chatty tool failed (exit code 1): fatal: the end"
+        );
+        let tail = err.stderr_tail().unwrap();
+        assert!(tail.len() <= STDERR_TAIL_BYTES, "{}", tail.len());
+        assert!(tail.ends_with("line 19999\nfatal: the end\n"));
+        assert!(!tail.contains("line 0\n"));
     }
 
     #[tokio::test]

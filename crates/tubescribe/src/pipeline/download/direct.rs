@@ -99,7 +99,7 @@ pub async fn fetch(job: &JobCtx, policy: &InputPolicy, url: &Url) -> Result<Fetc
     let send = client.get(url.clone()).send();
     let resp = tokio::select! {
         r = send => r,
-        _ = job.cancel.cancelled() => return Err(StageError::permanent("cancelled")),
+        _ = job.cancel.cancelled() => return Err(StageError::cancelled()),
     }
     .map_err(request_error)?;
     let status = resp.status();
@@ -177,7 +177,7 @@ async fn stream_to(
     loop {
         let chunk = tokio::select! {
             c = resp.chunk() => c.map_err(request_error)?,
-            _ = job.cancel.cancelled() => return Err(StageError::permanent("cancelled")),
+            _ = job.cancel.cancelled() => return Err(StageError::cancelled()),
         };
         let Some(chunk) = chunk else { break };
         file.write_all(&chunk).await.map_err(write_err)?;

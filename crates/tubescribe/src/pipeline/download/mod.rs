@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{JobCtx, StageCtx, StageError, StageOutput};
 use crate::domain::manifest::{Source, VideoInfo};
-use crate::domain::{FailureClass, Progress};
+use crate::domain::Progress;
 use crate::tools::media;
 use crate::tools::process;
 use crate::tools::process::Cmd;
@@ -109,6 +109,7 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
     Ok(StageOutput {
         result: serde_json::to_value(&result).expect("serializable"),
         outputs: vec![out],
+        measure: Default::default(),
     })
 }
 
@@ -235,15 +236,7 @@ async fn fetch(
             tracing::error!(task = %job.task_id, code = %f.code, error = %f.reason, "yt-dlp failed because of our setup");
         }
         let message = f.user_message();
-        return Err(StageError {
-            class: match f.class {
-                ytdlp::FailureClass::Permanent => FailureClass::Permanent,
-                ytdlp::FailureClass::Retryable => FailureClass::Retryable,
-                ytdlp::FailureClass::CoolDown => FailureClass::CoolDown,
-            },
-            message,
-            retry_after: None,
-        });
+        return Err(StageError::new(f.class, message));
     }
     let Some(path) = file else {
         cleanup();

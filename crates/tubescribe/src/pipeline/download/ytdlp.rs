@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::domain::FailureClass;
+
 /// Prefix of the metadata line (`--print '…:META %(.{…})j'`).
 pub const META_PREFIX: &str = "META ";
 /// Prefix of the progress line (`--progress-template 'download:PROG …'`).
@@ -431,24 +433,10 @@ pub fn parse_stdout_line(line: &str) -> YtdlpLine {
     YtdlpLine::Other(line.to_owned())
 }
 
-/// How the job should treat a failed download.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FailureClass {
-    /// Retrying cannot help (private, removed, 404, live, too long, …).
-    Permanent,
-    /// Transient (network, timeout, 5xx, 403, truncated transfer): retry
-    /// with backoff. yt-dlp already retried transport errors and 5xx itself.
-    Retryable,
-    /// YouTube is throttling this egress/session (bot check, HTTP 429,
-    /// session rate limit): retry much later (≥ 1 h for the session limit),
-    /// ideally with another identity; alert if persistent.
-    CoolDown,
-}
-
 /// A classified yt-dlp failure.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DownloadFailure {
-    /// Retry policy.
+    /// Retry policy (a cool-down here never names a wait: yt-dlp reports none).
     pub class: FailureClass,
     /// Short machine tag for logs and metrics, e.g. `private`, `http_404`,
     /// `network`, `bot_check`, `live`, `unknown`.
@@ -699,7 +687,8 @@ const NOT_FOUND: &str = "video not found (HTTP 404/410)";
 /// and HTTP statuses. Texts that also contain "sign in" / "unavailable" come before the rules
 /// those words would otherwise match.
 static CAUSE_RULES: &[Rule] = {
-    use FailureClass::{CoolDown, Permanent, Retryable};
+    use FailureClass::{Permanent, Retryable};
+    const CoolDown: FailureClass = FailureClass::COOL_DOWN;
     use Pattern::{Http, Text};
     &[
         // Our own disk: yt-dlp reports ENOSPC as `unable to write data: [Errno 28] No space
@@ -1416,7 +1405,7 @@ total_bytes_estimate,eta,speed,elapsed,fragment_index,fragment_count})j"
 
     #[test]
     fn cooldown_failures() {
-        use FailureClass::CoolDown;
+
         let cases = [
             ("ERROR: [youtube] AbCdEfGhI-_: Sign in to confirm you\u{2019}re not a bot. This helps protect our community. Learn more", "bot_check"),
             ("ERROR: [youtube] AbCdEfGhI-_: Sign in to confirm you're not a bot. Use --cookies-from-browser or --cookies for the authentication. See  https://github.com/yt-dlp/yt-dlp/wiki/FAQ#how-do-i-pass-cookies-to-yt-dlp  for how to manually pass cookies. Also see  https://github.com/yt-dlp/yt-dlp/wiki/Extractors#exporting-youtube-cookies  for tips on effectively exporting YouTube cookies", "bot_check"),
@@ -1424,7 +1413,7 @@ total_bytes_estimate,eta,speed,elapsed,fragment_index,fragment_count})j"
             ("ERROR: unable to download video data: HTTP Error 429: Too Many Requests", "http_429"),
             ("ERROR: [generic] sample: Unable to download webpage: HTTP Error 429: Too Many Requests (caused by <HTTPError 429: Too Many Requests>)", "http_429"),
         ];
-        assert_classes(CoolDown, &cases);
+        assert_classes(FailureClass::COOL_DOWN, &cases);
     }
 
     #[test]

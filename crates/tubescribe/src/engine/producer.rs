@@ -1,0 +1,162 @@
+//! The producer side of the flow: adding a task's flow, inspecting and removing its jobs, and
+//! cancelling a task's active jobs held by this process's workers ([`Canceller`]).
+
+use std::sync::Arc;
+
+use bullmq::{FlowProducer, FlowProducerOptions, JobState, Queue, Worker};
+
+use crate::config::{Config, StagePolicy};
+use crate::domain::keys::PREFIX;
+use crate::domain::Stage;
+use crate::engine::flow::task_flow_with;
+use crate::engine::redis::{connection, queue, QueueError};
+
+/// A producer connection: adds flows and inspects or removes jobs.
+pub struct Producer {
+    flows: FlowProducer,
+    queues: Vec<(Stage, Queue)>,
+    attempts: Vec<(Stage, u32)>,
+}
+
+impl Producer {
+    /// Reads every queue's job counts from Redis and publishes them as the
+    /// `tubescribe_queue_jobs` metric ([`crate::observe::metrics::set_queue_jobs`]).
+    ///
+    /// # Errors
+    /// Redis errors (the previous counts stay published).
+    pub async fn publish_queue_counts(&self) -> Result<(), QueueError> {
+        for s in Stage::ALL {
+            let c = self.queue(s).get_job_counts().await?;
+            crate::observe::metrics::set_queue_jobs(
+                s.queue_name(),
+                &[
+                    ("waiting", c.waiting + c.prioritized + c.paused),
+                    ("waiting_children", c.waiting_children),
+                    ("active", c.active),
+                    ("delayed", c.delayed),
+                    ("completed", c.completed),
+                    ("failed", c.failed),
+                ],
+            );
+        }
+        Ok(())
+    }
+
+    /// Connects to Redis at `url`.
+    pub async fn connect(url: &str) -> Result<Self, QueueError> {
+        let flows = FlowProducer::with_options(
+            FlowProducerOptions::new()
+                .connection(connection(url))
+                .prefix(PREFIX),
+        )
+        .await?;
+        let mut queues = Vec::new();
+        for s in Stage::ALL {
+            queues.push((s, queue(url, s).await?));
+        }
+        let attempts = Stage::ALL
+            .iter()
+            .map(|s| (*s, StagePolicy::default_for(*s).attempts))
+            .collect();
+        Ok(Self {
+            flows,
+            queues,
+            attempts,
+        })
+    }
+
+    /// Uses the attempts configured per stage in `cfg` for the flows it adds.
+    pub fn with_config(mut self, cfg: &Config) -> Self {
+        self.attempts = cfg
+            .stage_policies
+            .iter()
+            .map(|(s, p)| (*s, p.attempts))
+            .collect();
+        self
+    }
+
+    /// The queue of `stage`.
+    pub fn queue(&self, stage: Stage) -> &Queue {
+        &self
+            .queues
+            .iter()
+            .find(|(s, _)| *s == stage)
+            .expect("all stages")
+            .1
+    }
+
+    /// Adds the flow of `task_id` (a no-op if its jobs exist already).
+    pub async fn add_task(&self, task_id: &str) -> Result<(), QueueError> {
+        let attempts = |s: Stage| {
+            self.attempts
+                .iter()
+                .find(|(st, _)| *st == s)
+                .map_or(1, |(_, a)| *a)
+        };
+        self.flows.add(task_flow_with(task_id, &attempts)?).await?;
+        Ok(())
+    }
+
+    /// The BullMQ state of `stage`'s job of `task_id`, if the job exists.
+    pub async fn job_state(
+        &self,
+        stage: Stage,
+        task_id: &str,
+    ) -> Result<Option<JobState>, QueueError> {
+        let id = stage.job_id(task_id);
+        match self.queue(stage).get_job(&id).await? {
+            None => Ok(None),
+            Some(_) => Ok(Some(self.queue(stage).get_job_state(&id).await?)),
+        }
+    }
+
+    /// Removes the three jobs of `task_id` (root first), so the flow can be added again.
+    /// Active jobs cannot be removed; returns false if one was.
+    pub async fn remove_task_jobs(&self, task_id: &str) -> Result<bool, QueueError> {
+        let mut all = true;
+        for stage in Stage::ALL.iter().rev() {
+            let id = stage.job_id(task_id);
+            if self.queue(*stage).get_job(&id).await?.is_some()
+                && !self.queue(*stage).remove(&id).await?
+            {
+                all = false;
+            }
+        }
+        Ok(all)
+    }
+
+    /// Closes the connections.
+    pub async fn close(&self) {
+        self.flows.close().await;
+        for (_, q) in &self.queues {
+            q.close().await;
+        }
+    }
+}
+
+/// Cancels the active jobs of a task held by this process's workers (cloneable).
+#[derive(Clone)]
+pub struct Canceller {
+    workers: Vec<(Stage, Arc<Worker>)>,
+}
+
+impl Canceller {
+    /// A canceller over these stage workers (see `Workers::canceller`).
+    pub(crate) fn new(workers: Vec<(Stage, Arc<Worker>)>) -> Self {
+        Self { workers }
+    }
+}
+
+impl Canceller {
+    /// Cancels `task_id`'s active job in each stage worker here; returns how many were found.
+    /// The job's cancel token stops the stage (child process group killed, whisper aborted).
+    pub async fn cancel_task(&self, task_id: &str) -> usize {
+        let mut n = 0;
+        for (stage, w) in &self.workers {
+            if w.cancel_job(&stage.job_id(task_id)).await {
+                n += 1;
+            }
+        }
+        n
+    }
+}
