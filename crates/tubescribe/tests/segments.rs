@@ -23,38 +23,9 @@ const MIN_TOTAL_S: f64 = 12.0 * 60.0 + 10.0;
 #[test]
 fn long_audio_is_split_in_pauses_and_merged_like_one_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let clips: Vec<(Vec<i16>, String)> = ENGLISH_CLIPS
-        .iter()
-        .map(|(name, fallback)| {
-            let (wav, text) = speech(tmp.path(), name, fallback);
-            (pcm16k_i16(&wav, tmp.path()), text)
-        })
-        .collect();
-    let pause = vec![0i16; (PAUSE_S * 16_000.0) as usize];
-    let (mut samples, mut reference, mut gaps) = (Vec::new(), Vec::new(), Vec::new());
-    while (samples.len() as f64) / 16_000.0 < MIN_TOTAL_S {
-        for (pcm, text) in &clips {
-            samples.extend_from_slice(pcm);
-            reference.push(text.clone());
-            let a = samples.len() as u64 * 1000 / 16_000;
-            samples.extend_from_slice(&pause);
-            gaps.push((a, a + (PAUSE_S * 1000.0) as u64));
-        }
-    }
-    let total_s = samples.len() as f64 / 16_000.0;
-    let reference = reference.join(" ");
-    let long = tmp.path().join("long-talk.wav");
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 16_000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(&long, spec).unwrap();
-    for s in &samples {
-        w.write_sample(*s).unwrap();
-    }
-    w.finalize().unwrap();
+    let talk = clip_talk(tmp.path(), "long-talk", None, MIN_TOTAL_S, PAUSE_S);
+    let (long, reference, gaps) = (talk.wav, talk.reference, talk.pauses_ms);
+    let total_s = talk.samples as f64 / 16_000.0;
 
     // Split run: the real pipeline.
     let data = tmp.path().join("data");

@@ -1,16 +1,20 @@
-//! Long audio as segment jobs: silence-aware cutting, the segment chain, and the merge — the
-//! split/merge orchestration and the work of one segment ([`transcribe_segment`]). A segment
-//! job's attempt (cancel hook, fencing under `detail.segment_attempts`, time limit, release at
-//! shutdown, `catch_unwind`) is the one protocol of `attempt.rs`, like a stage job's.
+//! Long audio as segment jobs: the segment chain and its split/merge orchestration, and the
+//! work of one segment ([`transcribe_segment`]). The cut points, the join of the segments'
+//! transcripts and the recognition loop are the pipeline's (`pipeline::segmenting`,
+//! `pipeline::transcribe`), shared with the transcribe stage's in-process path, so both give
+//! the same transcript. A segment job's attempt (cancel hook, fencing under
+//! `detail.segment_attempts`, time limit, release at shutdown, `catch_unwind`) is the one
+//! protocol of `attempt.rs`, like a stage job's.
 //!
 //! # Flow
 //!
 //! A task's transcribe job (`tr-<task>`) whose audio is longer than `schedule.segment_s`
 //! (default 600 s) runs in two steps, BullMQ's "step job" idiom:
 //!
-//! 1. **split** — decode `audio.wav`, choose cut points in silence ([`find_cuts`]), store them
-//!    in the job's data (`cuts_ms`), add the segment jobs as a *chain flow* whose root's
-//!    parent is the running transcribe job, and move the job to `waiting-children`
+//! 1. **split** — decode `audio.wav`, choose cut points in silence
+//!    ([`segmenting::find_cuts`]), store them in the job's data (`cuts_ms`), add the
+//!    segment jobs as a *chain flow* whose root's parent is the running transcribe job, and
+//!    move the job to `waiting-children`
 //!    (`Job::move_to_waiting_children` + `Error::WaitingChildren`):
 //!
 //!    ```text
@@ -28,7 +32,7 @@
 //!    more than one transcribe slot.
 //! 2. **merge** — when the last segment completes BullMQ releases the transcribe job again;
 //!    it reads every segment job's return value, offsets are already applied, and
-//!    [`merge`] joins them (monotonic, no repeated text at the cuts) into the usual
+//!    [`segmenting::join`] joins them (monotonic, no repeated text at the cuts) into the usual
 //!    `transcript.*` files.
 //!
 //! Re-running either step is safe: cut points are read back from the job's data, the flow
@@ -39,9 +43,8 @@
 //! `10 % (decode) + 90 % × (Σ finished segment ms + p × current segment ms) / total ms`
 //! (the chain runs segments in order, so Σ finished = the current segment's start).
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bullmq::types::BackoffStrategy;
 use bullmq::{FlowJob, Job, JobOptions, ParentOptions};
@@ -55,18 +58,14 @@ use crate::engine::attempt::{Done, Fence, SegmentSlot};
 use crate::engine::schedule;
 use crate::engine::schedule::Scheduler;
 use crate::pipeline::download::DownloadResult;
-use crate::pipeline::transcribe::TranscribeResult;
+use crate::pipeline::segmenting;
+use crate::pipeline::transcribe;
+use crate::pipeline::transcribe::{TranscribeResult, DECODE_SHARE};
 use crate::pipeline::{JobCtx, Measure, StageCtx, StageError, StageOutput};
 use crate::store::names;
-use crate::tools::asr;
-use crate::tools::asr::{TranscribeOptions, SAMPLE_RATE};
 
 /// BullMQ attempts of one segment job.
 const SEGMENT_JOB_ATTEMPTS: u32 = 2;
-/// Share of the transcribe stage's progress taken by decoding, in percent.
-const DECODE_SHARE: f64 = 10.0;
-/// Analysis frame for silence detection: 20 ms at 16 kHz.
-const FRAME: usize = 320;
 
 /// The data of one segment job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -126,110 +125,6 @@ pub struct SegmentResult {
     /// Speech found in this segment and how much of it got text.
     #[serde(default)]
     pub coverage: Coverage,
-}
-
-/// Per-frame RMS level in dBFS (−120 for digital silence).
-fn frame_db(pcm: &[f32]) -> Vec<f32> {
-    pcm.chunks(FRAME)
-        .map(|f| {
-            let e = f.iter().map(|x| x * x).sum::<f32>() / f.len().max(1) as f32;
-            if e <= 1e-12 {
-                -120.0
-            } else {
-                10.0 * e.log10()
-            }
-        })
-        .collect()
-}
-
-/// Cut points for `pcm` (16 kHz mono) into segments of about `segment_s` seconds, in
-/// samples, ascending, excluding 0 and the end. Audio no longer than `segment_s` gets none.
-///
-/// Method: `n = ⌈duration / segment_s⌉` segments; cut `k` aims at `k × duration / n` and
-/// searches ± `min(60 s, segment_s / 4)` around it for the longest run of quiet frames
-/// (20 ms RMS below `min(−30 dBFS, 10th-percentile level + 12 dB)`), preferring the run
-/// closest to the aim on ties, and cuts at the run's middle. A window without any quiet
-/// frame is cut at its quietest frame. Never mid-word when there is a pause to find.
-pub fn find_cuts(pcm: &[f32], segment_s: f64) -> Vec<usize> {
-    let total_s = pcm.len() as f64 / SAMPLE_RATE as f64;
-    if segment_s <= 0.0 || total_s <= segment_s {
-        return Vec::new();
-    }
-    let db = frame_db(pcm);
-    let mut sorted = db.clone();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    let p10 = sorted[sorted.len() / 10];
-    let thr = (p10 + 12.0).min(-30.0);
-    let n = (total_s / segment_s).ceil() as usize;
-    let frames_per_s = SAMPLE_RATE as f64 / FRAME as f64;
-    let radius = (60.0f64.min(segment_s / 4.0) * frames_per_s) as usize;
-    let mut cuts = Vec::new();
-    let mut last = 0usize;
-    for k in 1..n {
-        let aim = (db.len() * k) / n;
-        let lo = aim.saturating_sub(radius).max(last + 1);
-        let hi = (aim + radius).min(db.len().saturating_sub(1));
-        if lo >= hi {
-            continue;
-        }
-        // Longest quiet run in [lo, hi]; ties → closest middle to the aim.
-        let mut best: Option<(usize, usize)> = None; // (len, mid)
-        let mut i = lo;
-        while i <= hi {
-            if db[i] < thr {
-                let s = i;
-                while i <= hi && db[i] < thr {
-                    i += 1;
-                }
-                let len = i - s;
-                let mid = s + len / 2;
-                let better = match best {
-                    None => true,
-                    Some((bl, bm)) => {
-                        len > bl || (len == bl && mid.abs_diff(aim) < bm.abs_diff(aim))
-                    }
-                };
-                if better {
-                    best = Some((len, mid));
-                }
-            } else {
-                i += 1;
-            }
-        }
-        let frame = match best {
-            Some((_, mid)) => mid,
-            None => (lo..=hi)
-                .min_by(|a, b| db[*a].total_cmp(&db[*b]))
-                .unwrap_or(aim),
-        };
-        last = frame;
-        cuts.push(frame * FRAME);
-    }
-    cuts
-}
-
-/// Joins per-segment transcripts (timestamps already absolute) into one sequence: starts are
-/// non-decreasing and never before the previous end (times are clamped forward), ends are
-/// clamped to their segment job's end, and words are kept inside their segment. No text is
-/// dropped: segment jobs get no prompt, so nothing is echoed at a cut.
-pub fn merge(parts: &[(u64, Vec<Segment>)]) -> Vec<Segment> {
-    let mut out: Vec<Segment> = Vec::new();
-    for (part_end, segs) in parts {
-        for s in segs {
-            let mut s = s.clone();
-            let floor = out.last().map(|p| p.end_ms).unwrap_or(0);
-            s.start_ms = s.start_ms.max(floor);
-            s.end_ms = s.end_ms.min(*part_end).max(s.start_ms);
-            let mut at = s.start_ms;
-            for w in &mut s.words {
-                w.start_ms = w.start_ms.clamp(at, s.end_ms);
-                w.end_ms = w.end_ms.clamp(w.start_ms, s.end_ms);
-                at = w.start_ms;
-            }
-            out.push(s);
-        }
-    }
-    out
 }
 
 /// The chain flow of segment jobs for `task_id` with boundaries `bounds_ms` (0, cuts…, total),
@@ -299,8 +194,7 @@ pub fn is_long(ctx: &StageCtx, job: &Job, jctx: &JobCtx) -> bool {
     }
     download_result(jctx)
         .ok()
-        .and_then(|d| d.duration_s)
-        .is_some_and(|d| d > ctx.cfg.schedule.segment_s)
+        .is_some_and(|d| segmenting::is_long(d.duration_s, ctx.cfg.schedule.segment_s))
 }
 
 fn retryable<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> StageError {
@@ -371,17 +265,7 @@ async fn split(ctx: &StageCtx, jctx: &JobCtx) -> Result<Vec<u64>, StageError> {
     crate::pipeline::transcribe::decode(ctx, jctx, &media, dl.duration_s).await?;
     jctx.report(DECODE_SHARE, Some("finding pauses"));
     let wav = jctx.task.file(names::AUDIO_WAV);
-    let segment_s = ctx.cfg.schedule.segment_s;
-    let (cuts, n) = tokio::task::spawn_blocking(move || {
-        asr::read_wav_16k_mono(&wav).map(|pcm| (find_cuts(&pcm, segment_s), pcm.len()))
-    })
-    .await
-    .map_err(|e| StageError::permanent(format!("cut finder panicked: {e}")))?
-    .map_err(|e| StageError::permanent(format!("cannot read audio.wav: {e}")))?;
-    let to_ms = |s: usize| s as u64 * 1000 / SAMPLE_RATE as u64;
-    let mut bounds = vec![0u64];
-    bounds.extend(cuts.iter().map(|c| to_ms(*c)));
-    bounds.push(to_ms(n));
+    let bounds = segmenting::plan(&wav, ctx.cfg.schedule.segment_s).await?;
     let b2 = bounds.clone();
     let attempt = jctx.attempt;
     let started = jctx
@@ -403,14 +287,16 @@ async fn split(ctx: &StageCtx, jctx: &JobCtx) -> Result<Vec<u64>, StageError> {
     Ok(bounds)
 }
 
-/// The results of the segment jobs of `jctx`'s task with boundaries `bounds`, in order.
+/// The segment jobs' results as the ranges `bounds` (ms) of the task's audio, in order, and
+/// the highest peak RSS any of them measured (bytes).
 async fn segment_results(
     jctx: &JobCtx,
     bounds: &[u64],
     sched: &Scheduler,
-) -> Result<Vec<SegmentResult>, StageError> {
+) -> Result<(Vec<segmenting::RangeText>, u64), StageError> {
     let q = sched.transcribe_queue();
-    let mut results = Vec::new();
+    let mut parts = Vec::new();
+    let mut peak = 0u64;
     for i in 0..bounds.len() - 1 {
         let id = segment_job_id(&jctx.task_id, i);
         let job = q
@@ -418,11 +304,21 @@ async fn segment_results(
             .await
             .map_err(retryable("cannot read a segment job"))?
             .ok_or_else(|| StageError::permanent(format!("segment job {id} is missing")))?;
-        results.push(serde_json::from_str(job.returnvalue()).map_err(|e| {
+        let r: SegmentResult = serde_json::from_str(job.returnvalue()).map_err(|e| {
             StageError::permanent(format!("segment job {id} has no valid result: {e}"))
-        })?);
+        })?;
+        peak = peak.max(r.peak_rss_bytes);
+        parts.push(segmenting::RangeText {
+            start_ms: bounds[i],
+            end_ms: bounds[i + 1],
+            segments: r.segments,
+            language: r.language,
+            rtf: r.rtf,
+            loops_cut: r.loops_cut,
+            coverage: r.coverage,
+        });
     }
-    Ok(results)
+    Ok((parts, peak))
 }
 
 /// Merge step: read every segment's result and write the transcript files.
@@ -433,24 +329,7 @@ async fn merge_step(
     rules: &crate::domain::transcript::subtitles::CueRules,
     min_coverage: f64,
 ) -> Result<StageOutput, StageError> {
-    let mut parts = Vec::new();
-    let mut language = String::from("en");
-    let mut rtf_num = 0.0;
-    let mut peak = 0u64;
-    let mut loops_cut = 0usize;
-    let mut coverage = Coverage::default();
-    for (i, r) in segment_results(jctx, bounds, sched)
-        .await?
-        .into_iter()
-        .enumerate()
-    {
-        language = r.language.clone();
-        rtf_num += r.rtf * (bounds[i + 1] - bounds[i]) as f64;
-        peak = peak.max(r.peak_rss_bytes);
-        loops_cut += r.loops_cut;
-        coverage.add(&r.coverage);
-        parts.push((bounds[i + 1], r.segments));
-    }
+    let (parts, peak) = segment_results(jctx, bounds, sched).await?;
     let total_ms = *bounds.last().unwrap_or(&0);
     // The model the segments recorded (they all ran the task's model).
     let model = jctx
@@ -459,14 +338,21 @@ async fn merge_step(
         .stage(Stage::Transcribe)
         .and_then(|r| r.detail.get("model")?.as_str().map(String::from))
         .unwrap_or_default();
+    // Loops are cut inside each segment; one that runs across a cut is cut by the join.
+    let segmenting::Joined {
+        segments,
+        language,
+        loops_cut,
+        coverage,
+        rtf,
+        ..
+    } = segmenting::join(parts);
     let mut transcript = Transcript {
         language,
         model,
         duration_ms: total_ms,
-        segments: merge(&parts),
+        segments,
     };
-    // Loops are cut inside each segment; one that runs across a cut is cut here.
-    loops_cut += asr::cut_repetition_loops(&mut transcript.segments);
     transcript.normalize();
     let mut outputs: Vec<_> = jctx
         .task
@@ -478,11 +364,6 @@ async fn merge_step(
         &transcript,
         rules,
     )?);
-    let rtf = if total_ms > 0 {
-        rtf_num / total_ms as f64
-    } else {
-        0.0
-    };
     let result = TranscribeResult {
         transcript: names::TRANSCRIPT_JSON.to_string(),
         duration_s: total_ms as f64 / 1000.0,
@@ -543,41 +424,25 @@ pub async fn transcribe_segment(
     let probe = crate::observe::rss::RssProbe::start();
     let wav = task.file(names::AUDIO_WAV);
     let range = Some((d.start_ms, d.end_ms));
-    let threads = ctx.job_threads();
-    let opts = TranscribeOptions {
-        threads,
-        language: ctx.cfg.language.clone(),
-        // No prompt from the previous segment: the unsplit path has none at its chunk
-        // boundaries either, and the same words must come out of both paths.
-        initial_prompt: None,
-    };
-    let pct = Arc::new(AtomicU8::new(0));
-    let abort = Arc::new(AtomicBool::new(false));
-    let (p2, a2, m2) = (pct.clone(), abort.clone(), model.clone());
-    let started = Instant::now();
-    let mut handle =
-        tokio::task::spawn_blocking(move || m2.transcribe_wav_range(&wav, range, &opts, p2, a2));
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    // No prompt from the previous segment: the unsplit path has none at its chunk
+    // boundaries either, and the same words must come out of both paths.
+    let opts = transcribe::options(ctx);
+    let threads = opts.threads;
     let phase = format!("transcribing segment {}/{}", d.index + 1, d.count);
-    let out = loop {
-        tokio::select! {
-            r = &mut handle => break r,
-            _ = tick.tick() => jctx.report(d.stage_percent(pct.load(Ordering::Relaxed) as f64), Some(&phase)),
-            _ = jctx.cancel.cancelled(), if !abort.load(Ordering::Relaxed) => {
-                abort.store(true, Ordering::Relaxed);
-            }
-        }
-    };
-    let wall = started.elapsed().as_secs_f64();
+    // The recognition loop of a whole short file (speech gate, loop cutting, language
+    // check) over this slice; timestamps come back on audio.wav's timeline.
+    let recognized = transcribe::recognize(
+        model.clone(),
+        wav,
+        range,
+        opts,
+        &jctx.cancel,
+        Duration::from_millis(500),
+        |p| jctx.report(d.stage_percent(p), Some(&phase)),
+    )
+    .await;
     let rss = probe.finish();
-    let out = out
-        .map_err(|e| StageError::permanent(format!("whisper panicked: {e}")))?
-        .map_err(|e| match e {
-            asr::AsrError::Aborted => StageError::cancelled(),
-            e @ asr::AsrError::UnsupportedLanguage { .. } => StageError::permanent(e.to_string()),
-            e if e.is_retryable() => StageError::retryable(format!("whisper failed: {e}")),
-            e => StageError::permanent(format!("whisper failed: {e}")),
-        })?;
+    let transcribe::Recognized { out, wall_s: wall } = recognized?;
     let audio_s = (d.end_ms - d.start_ms) as f64 / 1000.0;
     let rtf = if audio_s > 0.0 { wall / audio_s } else { 0.0 };
     let model_name = model.name().to_string();
@@ -624,90 +489,6 @@ pub async fn transcribe_segment(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::transcript::Word;
-
-    fn seg(a: u64, b: u64, t: &str) -> Segment {
-        Segment {
-            start_ms: a,
-            end_ms: b,
-            text: t.into(),
-            words: Vec::new(),
-        }
-    }
-
-    /// Tone bursts ("speech") with silent gaps at known places.
-    fn synth(spans_s: &[(f64, f64)], total_s: f64) -> Vec<f32> {
-        let n = (total_s * SAMPLE_RATE as f64) as usize;
-        let mut v = vec![0.0f32; n];
-        for (a, b) in spans_s {
-            let (a, b) = (
-                (a * SAMPLE_RATE as f64) as usize,
-                ((b * SAMPLE_RATE as f64) as usize).min(n),
-            );
-            for (i, x) in v[a..b].iter_mut().enumerate() {
-                *x = 0.3 * ((i as f32) * 0.07).sin();
-            }
-        }
-        v
-    }
-
-    #[test]
-    fn cuts_land_in_the_pauses() {
-        // 25 s of "speech" with 1 s pauses every 5 s; 10 s segments → 3 segments.
-        let spans: Vec<(f64, f64)> = (0..5)
-            .map(|i| (i as f64 * 5.0, i as f64 * 5.0 + 4.0))
-            .collect();
-        let pcm = synth(&spans, 25.0);
-        let cuts = find_cuts(&pcm, 10.0);
-        assert_eq!(cuts.len(), 2, "{cuts:?}");
-        for c in &cuts {
-            let t = *c as f64 / SAMPLE_RATE as f64;
-            let in_pause = (0..5).any(|i| t > i as f64 * 5.0 + 4.0 && t < (i + 1) as f64 * 5.0);
-            assert!(in_pause, "cut at {t} s is not in a pause");
-        }
-        assert!(find_cuts(&pcm[..16_000 * 9], 10.0).is_empty());
-    }
-
-    #[test]
-    fn merge_is_monotonic_keeps_every_line_and_words_inside() {
-        let mut late = seg(4_000, 10_400, "three four");
-        late.words = vec![
-            Word {
-                start_ms: 4_000,
-                end_ms: 5_000,
-                text: "three".into(),
-                p: 0.9,
-            },
-            Word {
-                start_ms: 9_900,
-                end_ms: 10_400,
-                text: "four".into(),
-                p: 0.9,
-            },
-        ];
-        let parts = vec![
-            (10_000, vec![seg(0, 4_000, "one two"), late]),
-            (
-                20_000,
-                vec![
-                    seg(10_000, 12_000, "Three, four."),
-                    seg(12_000, 15_000, "five"),
-                ],
-            ),
-        ];
-        let m = merge(&parts);
-        let texts: Vec<&str> = m.iter().map(|s| s.text.as_str()).collect();
-        assert_eq!(texts, ["one two", "three four", "Three, four.", "five"]);
-        assert_eq!(m[1].end_ms, 10_000);
-        assert_eq!(
-            m[1].words
-                .iter()
-                .map(|w| (w.start_ms, w.end_ms))
-                .collect::<Vec<_>>(),
-            [(4_000, 5_000), (9_900, 10_000)]
-        );
-        assert!(m.windows(2).all(|w| w[0].end_ms <= w[1].start_ms));
-    }
 
     #[test]
     fn segment_ids_round_trip() {

@@ -8,6 +8,7 @@
 
 pub mod budget;
 pub mod download;
+pub mod segmenting;
 pub mod summarize;
 pub mod transcribe;
 

@@ -1,28 +1,40 @@
 //! The transcribe stage: media → 16 kHz mono WAV (ffmpeg) → segments (whisper.cpp) →
 //! `transcript.{json,txt,srt,vtt}`.
 //!
-//! whisper.cpp runs on a blocking thread (never on the async runtime, so job-lock renewal
-//! keeps going); its progress callback feeds the job's progress and a cancel flips its abort
-//! flag. Decoding takes the first 10 % of the stage's progress, recognition the rest.
+//! One recognition loop ([`recognize`]) serves a whole file and a range of it: whisper.cpp
+//! runs on a blocking thread (never on the async runtime, so job-lock renewal keeps going),
+//! its progress is reported on every tick and a cancel flips its abort flag. Audio longer
+//! than `schedule.segment_s` is transcribed in ranges cut in pauses and joined
+//! ([`super::segmenting`]) — here in one process, one range after the other; the engine
+//! runs the same ranges as segment jobs of the queue with the same pieces. Decoding takes
+//! the first 10 % of the stage's progress, recognition the rest.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use super::download::DownloadResult;
+use super::segmenting;
 use super::{JobCtx, Measure, StageCtx, StageError, StageOutput};
+use crate::domain::manifest::OutputFile;
 use crate::domain::transcript::Transcript;
+use crate::domain::Stage;
+use crate::observe::rss::RssReport;
 use crate::store::names;
 use crate::tools::asr;
-use crate::tools::asr::TranscribeOptions;
+use crate::tools::asr::{AsrModel, TranscribeOptions, WavTranscription};
 use crate::tools::media;
 use crate::tools::process;
 use crate::tools::process::Cmd;
 
 /// Share of the stage's progress spent decoding audio, in percent.
-const DECODE_SHARE: f64 = 10.0;
+pub const DECODE_SHARE: f64 = 10.0;
+/// How often a running recognition reports progress in this stage.
+const TICK: Duration = Duration::from_millis(250);
 
 /// The transcribe stage's result, read by the summarize job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,7 +51,75 @@ pub struct TranscribeResult {
     pub rtf: f64,
 }
 
-/// Runs the transcribe stage for one job.
+/// What one [`recognize`] run produced.
+#[derive(Debug, Clone)]
+pub struct Recognized {
+    /// Segments (on the WAV file's timeline) and what the post-processing did.
+    pub out: WavTranscription,
+    /// Wall seconds whisper took.
+    pub wall_s: f64,
+}
+
+/// The recognition options of this worker: its thread share of the memory plan, the
+/// configured language, no prompt (ranges get none either, so a long file's words come out
+/// as an unsplit run's would).
+pub fn options(ctx: &StageCtx) -> TranscribeOptions {
+    TranscribeOptions {
+        threads: ctx.job_threads(),
+        language: ctx.cfg.language.clone(),
+        initial_prompt: None,
+    }
+}
+
+/// The recognition loop: transcribes the 16 kHz mono WAV at `wav` — the range
+/// `[start_ms, end_ms)` of it, or all of it for `None` — with `model` on a blocking thread
+/// (speech gate, chunks, loop cutting, language check: [`AsrModel::transcribe_wav_range`]),
+/// calls `on_tick` with whisper's progress (0–100) every `every`, and aborts whisper when
+/// `cancel` fires.
+///
+/// # Errors
+/// `cancelled` after an abort; permanent for a panic, a refused language or a bad file;
+/// retryable for whisper failures that may pass.
+pub async fn recognize(
+    model: Arc<AsrModel>,
+    wav: PathBuf,
+    range_ms: Option<(u64, u64)>,
+    opts: TranscribeOptions,
+    cancel: &CancellationToken,
+    every: Duration,
+    mut on_tick: impl FnMut(f64),
+) -> Result<Recognized, StageError> {
+    let pct = Arc::new(AtomicU8::new(0));
+    let abort = Arc::new(AtomicBool::new(false));
+    let (p2, a2) = (pct.clone(), abort.clone());
+    let started = Instant::now();
+    let mut handle = tokio::task::spawn_blocking(move || {
+        model.transcribe_wav_range(&wav, range_ms, &opts, p2, a2)
+    });
+    let mut tick = tokio::time::interval(every);
+    let out = loop {
+        tokio::select! {
+            r = &mut handle => break r,
+            _ = tick.tick() => on_tick(pct.load(Ordering::Relaxed) as f64),
+            _ = cancel.cancelled(), if !abort.load(Ordering::Relaxed) => {
+                abort.store(true, Ordering::Relaxed);
+            }
+        }
+    };
+    let wall_s = started.elapsed().as_secs_f64();
+    let out = out
+        .map_err(|e| StageError::permanent(format!("whisper panicked: {e}")))?
+        .map_err(|e| match e {
+            asr::AsrError::Aborted => StageError::cancelled(),
+            e @ asr::AsrError::UnsupportedLanguage { .. } => StageError::permanent(e.to_string()),
+            e if e.is_retryable() => StageError::retryable(format!("whisper failed: {e}")),
+            e => StageError::permanent(format!("whisper failed: {e}")),
+        })?;
+    Ok(Recognized { out, wall_s })
+}
+
+/// Runs the transcribe stage for one job: the whole file in one run, or — audio longer than
+/// `schedule.segment_s` ([`segmenting::is_long`]) — in ranges cut in pauses, joined.
 pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError> {
     let dl: DownloadResult = job.child_result()?;
     let media_path = job.task.file(&dl.media);
@@ -52,77 +132,199 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
     // Load the model first: a missing model must fail before any work is done. The language
     // guard's model (optional) is attached after decoding, so its loading does not delay it.
     ctx.task_model(&job.task).await?;
-
-    let (wav_out, duration_s) = match resume_decoded(job).await {
-        Some(done) => done,
-        None => {
-            let done = decode(ctx, job, &media_path, dl.duration_s).await?;
-            // Checkpoint: a re-run after a crash starts from this WAV.
-            let rec = done.0.clone();
-            job.task.update_manifest(move |m| {
-                let r = m.stage_mut(crate::domain::Stage::Transcribe);
-                r.checkpoints.retain(|c| c.name != rec.name);
-                r.checkpoints.push(rec);
-            })?;
-            done
-        }
-    };
+    let (wav_out, duration_s) = decoded(ctx, job, &media_path, dl.duration_s).await?;
 
     job.report(DECODE_SHARE, Some("transcribing"));
     let model = ctx.task_asr(&job.task).await?;
     let probe = crate::observe::rss::RssProbe::start();
-    let wav_path = job.task.file(names::AUDIO_WAV);
-
-    let opts = TranscribeOptions {
-        threads: ctx.job_threads(),
-        language: ctx.cfg.language.clone(),
-        initial_prompt: None,
+    let wav = job.task.file(names::AUDIO_WAV);
+    let (rec, bounds) = if segmenting::is_long(dl.duration_s, ctx.cfg.schedule.segment_s) {
+        let (rec, bounds) = transcribe_ranges(ctx, job, &model, wav).await?;
+        (rec, Some(bounds))
+    } else {
+        let report = |p: f64| {
+            job.report(
+                DECODE_SHARE + p * (100.0 - DECODE_SHARE) / 100.0,
+                Some("transcribing"),
+            )
+        };
+        let rec = recognize(
+            model.clone(),
+            wav,
+            None,
+            options(ctx),
+            &job.cancel,
+            TICK,
+            report,
+        );
+        (rec.await?, None)
     };
-    let pct = Arc::new(AtomicU8::new(0));
-    let abort = Arc::new(AtomicBool::new(false));
-    let (p2, a2, m2) = (pct.clone(), abort.clone(), model.clone());
-    let started = Instant::now();
-    let mut handle =
-        tokio::task::spawn_blocking(move || m2.transcribe_wav(&wav_path, &opts, p2, a2));
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let out = loop {
-        tokio::select! {
-            r = &mut handle => break r,
-            _ = tick.tick() => {
-                let p = pct.load(Ordering::Relaxed) as f64;
-                job.report(DECODE_SHARE + p * (100.0 - DECODE_SHARE) / 100.0, Some("transcribing"));
-            }
-            _ = job.cancel.cancelled(), if !abort.load(Ordering::Relaxed) => {
-                abort.store(true, Ordering::Relaxed);
-            }
-        }
-    };
-    let asr_wall = started.elapsed().as_secs_f64();
     let rss = probe.finish();
-    let out = out
-        .map_err(|e| StageError::permanent(format!("whisper panicked: {e}")))?
-        .map_err(|e| match e {
-            asr::AsrError::Aborted => StageError::cancelled(),
-            e @ asr::AsrError::UnsupportedLanguage { .. } => StageError::permanent(e.to_string()),
-            e if e.is_retryable() => StageError::retryable(format!("whisper failed: {e}")),
-            e => StageError::permanent(format!("whisper failed: {e}")),
-        })?;
-
-    let out_stats = asr::WavTranscription {
-        segments: Vec::new(),
-        ..out.clone()
+    let done = Done {
+        wav_out,
+        duration_s,
+        model: model.name().to_string(),
+        rec,
+        bounds,
     };
+    finish(ctx, job, done, rss).await
+}
+
+/// The decoded `audio.wav`: an earlier attempt's checkpoint when it is intact, otherwise
+/// decoded now and recorded as the checkpoint (a re-run after a crash starts from it).
+async fn decoded(
+    ctx: &StageCtx,
+    job: &JobCtx,
+    media_path: &std::path::Path,
+    expected_s: Option<f64>,
+) -> Result<(OutputFile, f64), StageError> {
+    if let Some(done) = resume_decoded(job).await {
+        return Ok(done);
+    }
+    let done = decode(ctx, job, media_path, expected_s).await?;
+    let rec = done.0.clone();
+    job.task.update_manifest(move |m| {
+        let r = m.stage_mut(Stage::Transcribe);
+        r.checkpoints.retain(|c| c.name != rec.name);
+        r.checkpoints.push(rec);
+    })?;
+    Ok(done)
+}
+
+/// The in-process long-file path: cuts `wav` in pauses ([`segmenting::plan`]), recognizes
+/// each range with [`recognize`] one after the other and joins them ([`segmenting::join`]).
+/// Returns the joined recognition and the range boundaries in ms (0, cuts…, end). Progress is
+/// duration-weighted over the ranges, as for segment jobs.
+async fn transcribe_ranges(
+    ctx: &StageCtx,
+    job: &JobCtx,
+    model: &Arc<AsrModel>,
+    wav: PathBuf,
+) -> Result<(Recognized, Vec<u64>), StageError> {
+    job.report(DECODE_SHARE, Some("finding pauses"));
+    let bounds = segmenting::plan(&wav, ctx.cfg.schedule.segment_s).await?;
+    let total_ms = *bounds.last().unwrap_or(&0);
+    let n = bounds.len() - 1;
+    tracing::info!(task = %job.task_id, segments = n, ?bounds, "long audio split (in process)");
+    let mut runs = Vec::with_capacity(n);
+    for (i, r) in bounds.windows(2).enumerate() {
+        let (start_ms, end_ms) = (r[0], r[1]);
+        let phase = format!("transcribing segment {}/{n}", i + 1);
+        let report = |p: f64| {
+            let done = start_ms as f64 + p / 100.0 * (end_ms - start_ms) as f64;
+            let percent = DECODE_SHARE + (100.0 - DECODE_SHARE) * done / total_ms.max(1) as f64;
+            job.report(percent, Some(&phase));
+        };
+        let range = Some((start_ms, end_ms));
+        let rec = recognize(
+            model.clone(),
+            wav.clone(),
+            range,
+            options(ctx),
+            &job.cancel,
+            TICK,
+            report,
+        );
+        runs.push(rec.await?);
+    }
+    Ok((combine(&bounds, runs), bounds))
+}
+
+/// One recognition from the runs over the ranges `bounds` (in order): the segments, language,
+/// loops and coverage [`segmenting::join`]ed; chunks and dropped lines summed; the mean token
+/// probability weighted by speech; the first range's language identification (it judged the
+/// first speech); the wall time summed.
+fn combine(bounds: &[u64], runs: Vec<Recognized>) -> Recognized {
+    let mut all = WavTranscription {
+        segments: Vec::new(),
+        language: String::new(),
+        duration_ms: *bounds.last().unwrap_or(&0),
+        chunks: 0,
+        loops_cut: 0,
+        mean_token_p: None,
+        dropped_tags: Vec::new(),
+        dropped_stock: Vec::new(),
+        coverage: Default::default(),
+        language_id: None,
+        stock_confirmed: false,
+    };
+    let (mut p_sum, mut p_weight, mut wall_s) = (0.0f64, 0.0f64, 0.0);
+    let mut parts = Vec::with_capacity(runs.len());
+    for (i, Recognized { mut out, wall_s: w }) in runs.into_iter().enumerate() {
+        let (start_ms, end_ms) = (bounds[i], bounds[i + 1]);
+        wall_s += w;
+        all.chunks += out.chunks;
+        all.dropped_tags.append(&mut out.dropped_tags);
+        all.dropped_stock.append(&mut out.dropped_stock);
+        all.stock_confirmed |= out.stock_confirmed;
+        if i == 0 {
+            all.language_id = out.language_id.take();
+        }
+        if let Some(p) = out.mean_token_p {
+            let weight = out.coverage.speech_ms.max(1) as f64;
+            p_sum += f64::from(p) * weight;
+            p_weight += weight;
+        }
+        let audio_s = end_ms.saturating_sub(start_ms) as f64 / 1000.0;
+        parts.push(segmenting::RangeText {
+            start_ms,
+            end_ms,
+            segments: out.segments,
+            language: out.language,
+            rtf: if audio_s > 0.0 { w / audio_s } else { 0.0 },
+            loops_cut: out.loops_cut,
+            coverage: out.coverage,
+        });
+    }
+    let joined = segmenting::join(parts);
+    all.segments = joined.segments;
+    all.language = joined.language;
+    all.loops_cut = joined.loops_cut;
+    all.coverage = joined.coverage;
+    all.mean_token_p = (p_weight > 0.0).then(|| (p_sum / p_weight) as f32);
+    Recognized { out: all, wall_s }
+}
+
+/// A finished recognition of the task's audio, ready to be written.
+struct Done {
+    /// The `audio.wav` record.
+    wav_out: OutputFile,
+    /// Decoded audio seconds.
+    duration_s: f64,
+    /// The Whisper model's name.
+    model: String,
+    /// The recognition (whole file, or ranges joined).
+    rec: Recognized,
+    /// Range boundaries in ms when the audio was transcribed in ranges.
+    bounds: Option<Vec<u64>>,
+}
+
+/// Writes the transcript files and records the stage's figures (and coverage warning) in
+/// the manifest.
+async fn finish(
+    ctx: &StageCtx,
+    job: &JobCtx,
+    done: Done,
+    rss: RssReport,
+) -> Result<StageOutput, StageError> {
+    let Done {
+        wav_out,
+        duration_s,
+        model,
+        rec: Recognized { mut out, wall_s },
+        bounds,
+    } = done;
     let mut transcript = Transcript {
         language: out.language.clone(),
-        model: model.name().to_string(),
+        model,
         duration_ms: (duration_s * 1000.0).round() as u64,
-        segments: out.segments,
+        segments: std::mem::take(&mut out.segments),
     };
     transcript.normalize();
     let mut outputs = vec![wav_out];
     outputs.extend(write_transcript(job, &transcript, &ctx.cfg.subtitles)?);
     let rtf = if duration_s > 0.0 {
-        asr_wall / duration_s
+        wall_s / duration_s
     } else {
         0.0
     };
@@ -133,39 +335,40 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
         segments: transcript.segments.len(),
         rtf,
     };
-    let detail = serde_json::json!({
+    let mut detail = serde_json::json!({
         "language": result.language,
         "segments": result.segments,
         "audio_s": duration_s,
-        "asr_wall_s": asr_wall,
+        "asr_wall_s": wall_s,
         "rtf": rtf,
         "threads": ctx.job_threads(),
         "model": transcript.model,
-        "speech_s": out_stats.coverage.speech_ms as f64 / 1000.0,
-        "asr_chunks": out_stats.chunks,
-        "mean_token_p": out_stats.mean_token_p,
-        "repetition_loops_cut": out_stats.loops_cut,
-        "repetition_cut": out_stats.loops_cut > 0,
-        "dropped_tags": out_stats.dropped_tags,
-        "dropped_stock_phrases": out_stats.dropped_stock,
-        "stock_phrases_confirmed": out_stats.stock_confirmed,
-        "language_id": out_stats.language_id,
+        "speech_s": out.coverage.speech_ms as f64 / 1000.0,
+        "asr_chunks": out.chunks,
+        "mean_token_p": out.mean_token_p,
+        "repetition_loops_cut": out.loops_cut,
+        "repetition_cut": out.loops_cut > 0,
+        "dropped_tags": out.dropped_tags,
+        "dropped_stock_phrases": out.dropped_stock,
+        "stock_phrases_confirmed": out.stock_confirmed,
+        "language_id": out.language_id,
     });
-    let coverage = &out_stats.coverage;
+    if let Some(b) = &bounds {
+        detail["segment_bounds_ms"] = serde_json::json!(b);
+        detail["segments_merged"] = serde_json::json!(b.len() - 1);
+    }
+    let coverage = &out.coverage;
     let warning = coverage.warning(ctx.cfg.min_coverage);
     if let Some(w) = &warning {
         tracing::warn!(task = %job.task_id, uncovered = ?coverage.uncovered_ms, "{w}");
     }
     job.task.update_manifest(|m| {
-        let d = &mut m.stage_mut(crate::domain::Stage::Transcribe).detail;
+        let d = &mut m.stage_mut(Stage::Transcribe).detail;
         if let serde_json::Value::Object(o) = detail {
             d.extend(o);
         }
         d.extend(coverage.detail());
-        m.set_warnings(
-            crate::domain::Stage::Transcribe,
-            warning.into_iter().collect(),
-        );
+        m.set_warnings(Stage::Transcribe, warning.into_iter().collect());
     })?;
     Ok(StageOutput {
         result: serde_json::to_value(&result).expect("serializable"),
@@ -177,10 +380,10 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
 
 /// The `audio.wav` checkpoint of an earlier attempt and its duration in seconds, when the
 /// manifest records it and the file still has the recorded size and SHA-256.
-async fn resume_decoded(job: &JobCtx) -> Option<(crate::domain::manifest::OutputFile, f64)> {
+async fn resume_decoded(job: &JobCtx) -> Option<(OutputFile, f64)> {
     let m = job.task.read_manifest().ok()?;
     let rec = m
-        .stage(crate::domain::Stage::Transcribe)?
+        .stage(Stage::Transcribe)?
         .checkpoints
         .iter()
         .find(|c| c.name == names::AUDIO_WAV)?
@@ -207,7 +410,7 @@ pub(crate) fn write_transcript(
     job: &JobCtx,
     transcript: &Transcript,
     rules: &crate::domain::transcript::subtitles::CueRules,
-) -> Result<Vec<crate::domain::manifest::OutputFile>, StageError> {
+) -> Result<Vec<OutputFile>, StageError> {
     [
         (names::TRANSCRIPT_JSON, transcript.to_json()),
         (names::TRANSCRIPT_TXT, transcript.to_txt()),
@@ -226,7 +429,7 @@ pub(crate) async fn decode(
     job: &JobCtx,
     media_path: &std::path::Path,
     expected_s: Option<f64>,
-) -> Result<(crate::domain::manifest::OutputFile, f64), StageError> {
+) -> Result<(OutputFile, f64), StageError> {
     // audio.wav needs 32 kB per second of audio on top of the minimum free space.
     let wav_bytes =
         (expected_s.unwrap_or(0.0).max(0.0) * media::WAV_BYTES_PER_SECOND as f64) as u64;

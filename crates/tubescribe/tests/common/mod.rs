@@ -92,6 +92,78 @@ pub fn pcm16k_i16(path: &Path, tmp: &Path) -> Vec<i16> {
         .collect()
 }
 
+/// A talk made of the shared English clips: [`ENGLISH_CLIPS`] in `order` (indices), each
+/// followed by `pause_s` of digital silence, as a 16 kHz mono s16 WAV.
+pub struct ClipTalk {
+    /// The WAV file.
+    pub wav: PathBuf,
+    /// The clips' reference texts joined by spaces.
+    pub reference: String,
+    /// The pauses, `[start, end]` in ms.
+    pub pauses_ms: Vec<(u64, u64)>,
+    /// Length in samples.
+    pub samples: usize,
+}
+
+/// Writes the [`ClipTalk`] of `order` (clip indices; `None` = all clips in turn, repeated
+/// until the talk lasts at least `min_s`) as `<tmp>/<name>.wav`.
+pub fn clip_talk(
+    tmp: &Path,
+    name: &str,
+    order: Option<&[usize]>,
+    min_s: f64,
+    pause_s: f64,
+) -> ClipTalk {
+    let clips: Vec<(Vec<i16>, String)> = ENGLISH_CLIPS
+        .iter()
+        .map(|(name, fallback)| {
+            let (wav, text) = speech(tmp, name, fallback);
+            (pcm16k_i16(&wav, tmp), text)
+        })
+        .collect();
+    let pause = vec![0i16; (pause_s * 16_000.0) as usize];
+    let (mut samples, mut reference, mut pauses_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let mut add = |i: usize| {
+        samples.extend_from_slice(&clips[i].0);
+        reference.push(clips[i].1.clone());
+        let a = samples.len() as u64 * 1000 / 16_000;
+        samples.extend_from_slice(&pause);
+        pauses_ms.push((a, a + (pause_s * 1000.0) as u64));
+        samples.len()
+    };
+    match order {
+        Some(order) => order.iter().for_each(|&i| {
+            add(i);
+        }),
+        None => {
+            let mut len = 0;
+            while (len as f64) / 16_000.0 < min_s {
+                for i in 0..clips.len() {
+                    len = add(i);
+                }
+            }
+        }
+    }
+    let wav = tmp.join(format!("{name}.wav"));
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&wav, spec).unwrap();
+    for s in &samples {
+        w.write_sample(*s).unwrap();
+    }
+    w.finalize().unwrap();
+    ClipTalk {
+        wav,
+        reference: reference.join(" "),
+        pauses_ms,
+        samples: samples.len(),
+    }
+}
+
 /// Converts `input` to another container/codec with ffmpeg (e.g. "m4a" → AAC, "opus").
 pub fn transcode(input: &Path, out: &Path) {
     let st = Command::new("ffmpeg")

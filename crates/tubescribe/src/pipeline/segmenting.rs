@@ -1,0 +1,354 @@
+//! Long audio in ranges: where to cut it (in pauses) and how to join the ranges' transcripts.
+//!
+//! Pure pieces shared by the two ways a long file is transcribed, so both give the same
+//! result: the in-process path of the transcribe stage (`super::transcribe`) and the
+//! distributed one, where each range is a segment job of the queue. Times are milliseconds
+//! on the whole audio's timeline; samples are 16 kHz mono.
+
+use crate::domain::transcript::{Coverage, Segment};
+use crate::tools::asr;
+use crate::tools::asr::SAMPLE_RATE;
+
+use super::StageError;
+
+/// Analysis frame for silence detection: 20 ms at 16 kHz.
+const FRAME: usize = 320;
+
+/// True when audio of `duration_s` seconds (the download's figure; `None` = unknown) is
+/// transcribed in ranges of about `segment_s` seconds rather than in one run.
+pub fn is_long(duration_s: Option<f64>, segment_s: f64) -> bool {
+    duration_s.is_some_and(|d| d > segment_s)
+}
+
+/// Per-frame RMS level in dBFS (−120 for digital silence).
+fn frame_db(pcm: &[f32]) -> Vec<f32> {
+    pcm.chunks(FRAME)
+        .map(|f| {
+            let e = f.iter().map(|x| x * x).sum::<f32>() / f.len().max(1) as f32;
+            if e <= 1e-12 {
+                -120.0
+            } else {
+                10.0 * e.log10()
+            }
+        })
+        .collect()
+}
+
+/// The longest run of frames below `thr` in `db[lo..=hi]` as `(length, middle frame)`; ties
+/// go to the run whose middle is closest to `aim`. `None` when no frame is below `thr`.
+fn longest_quiet_run(db: &[f32], lo: usize, hi: usize, thr: f32, aim: usize) -> Option<usize> {
+    let mut best: Option<(usize, usize)> = None; // (len, mid)
+    let mut i = lo;
+    while i <= hi {
+        if db[i] < thr {
+            let s = i;
+            while i <= hi && db[i] < thr {
+                i += 1;
+            }
+            let len = i - s;
+            let mid = s + len / 2;
+            let better = match best {
+                None => true,
+                Some((bl, bm)) => len > bl || (len == bl && mid.abs_diff(aim) < bm.abs_diff(aim)),
+            };
+            if better {
+                best = Some((len, mid));
+            }
+        } else {
+            i += 1;
+        }
+    }
+    best.map(|(_, mid)| mid)
+}
+
+/// Cut points for `pcm` (16 kHz mono) into segments of about `segment_s` seconds, in
+/// samples, ascending, excluding 0 and the end. Audio no longer than `segment_s` gets none.
+///
+/// Method: `n = ⌈duration / segment_s⌉` segments; cut `k` aims at `k × duration / n` and
+/// searches ± `min(60 s, segment_s / 4)` around it for the longest run of quiet frames
+/// (20 ms RMS below `min(−30 dBFS, 10th-percentile level + 12 dB)`), preferring the run
+/// closest to the aim on ties, and cuts at the run's middle. A window without any quiet
+/// frame is cut at its quietest frame. Never mid-word when there is a pause to find.
+pub fn find_cuts(pcm: &[f32], segment_s: f64) -> Vec<usize> {
+    let total_s = pcm.len() as f64 / SAMPLE_RATE as f64;
+    if segment_s <= 0.0 || total_s <= segment_s {
+        return Vec::new();
+    }
+    let db = frame_db(pcm);
+    let mut sorted = db.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let p10 = sorted[sorted.len() / 10];
+    let thr = (p10 + 12.0).min(-30.0);
+    let n = (total_s / segment_s).ceil() as usize;
+    let frames_per_s = SAMPLE_RATE as f64 / FRAME as f64;
+    let radius = (60.0f64.min(segment_s / 4.0) * frames_per_s) as usize;
+    let mut cuts = Vec::new();
+    let mut last = 0usize;
+    for k in 1..n {
+        let aim = (db.len() * k) / n;
+        let lo = aim.saturating_sub(radius).max(last + 1);
+        let hi = (aim + radius).min(db.len().saturating_sub(1));
+        if lo >= hi {
+            continue;
+        }
+        let frame = longest_quiet_run(&db, lo, hi, thr, aim).unwrap_or_else(|| {
+            (lo..=hi)
+                .min_by(|a, b| db[*a].total_cmp(&db[*b]))
+                .unwrap_or(aim)
+        });
+        last = frame;
+        cuts.push(frame * FRAME);
+    }
+    cuts
+}
+
+/// The range boundaries of `pcm` in ms: `0`, the cut points of [`find_cuts`], the end.
+pub fn bounds_ms(pcm: &[f32], segment_s: f64) -> Vec<u64> {
+    let to_ms = |s: usize| s as u64 * 1000 / SAMPLE_RATE as u64;
+    let mut bounds = vec![0u64];
+    bounds.extend(find_cuts(pcm, segment_s).into_iter().map(to_ms));
+    bounds.push(to_ms(pcm.len()));
+    bounds
+}
+
+/// [`bounds_ms`] of the 16 kHz mono WAV at `wav` (read on a blocking thread).
+///
+/// # Errors
+/// Permanent: the file cannot be read as 16 kHz mono WAV, or the cut finder panicked.
+pub async fn plan(wav: &std::path::Path, segment_s: f64) -> Result<Vec<u64>, StageError> {
+    let wav = wav.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        asr::read_wav_16k_mono(&wav).map(|pcm| bounds_ms(&pcm, segment_s))
+    })
+    .await
+    .map_err(|e| StageError::permanent(format!("cut finder panicked: {e}")))?
+    .map_err(|e| StageError::permanent(format!("cannot read audio.wav: {e}")))
+}
+
+/// Joins per-segment transcripts (timestamps already absolute) into one sequence: starts are
+/// non-decreasing and never before the previous end (times are clamped forward), ends are
+/// clamped to their segment job's end, and words are kept inside their segment. No text is
+/// dropped: segment jobs get no prompt, so nothing is echoed at a cut.
+pub fn merge(parts: &[(u64, Vec<Segment>)]) -> Vec<Segment> {
+    let mut out: Vec<Segment> = Vec::new();
+    for (part_end, segs) in parts {
+        for s in segs {
+            let mut s = s.clone();
+            let floor = out.last().map(|p| p.end_ms).unwrap_or(0);
+            s.start_ms = s.start_ms.max(floor);
+            s.end_ms = s.end_ms.min(*part_end).max(s.start_ms);
+            let mut at = s.start_ms;
+            for w in &mut s.words {
+                w.start_ms = w.start_ms.clamp(at, s.end_ms);
+                w.end_ms = w.end_ms.clamp(w.start_ms, s.end_ms);
+                at = w.start_ms;
+            }
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// What the recognition of one range `[start_ms, end_ms)` reported, as [`join`] needs it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RangeText {
+    /// Start of the range, ms.
+    pub start_ms: u64,
+    /// End of the range (exclusive), ms.
+    pub end_ms: u64,
+    /// Its transcript segments, timestamps on the whole audio's timeline.
+    pub segments: Vec<Segment>,
+    /// Spoken language whisper reported for it.
+    pub language: String,
+    /// Recognition wall seconds ÷ the range's audio seconds.
+    pub rtf: f64,
+    /// Repeated-phrase loops cut inside the range.
+    pub loops_cut: usize,
+    /// Speech found in the range and how much of it got text.
+    pub coverage: Coverage,
+}
+
+/// The ranges of one audio joined by [`join`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Joined {
+    /// Merged segments ([`merge`]), loops running across a cut cut too.
+    pub segments: Vec<Segment>,
+    /// The last range's language (`"en"` without ranges).
+    pub language: String,
+    /// Loops cut inside the ranges plus those cut across cuts.
+    pub loops_cut: usize,
+    /// Sum of the ranges' coverage.
+    pub coverage: Coverage,
+    /// Duration-weighted mean of the ranges' RTF.
+    pub rtf: f64,
+    /// End of the last range, ms (the audio's length).
+    pub total_ms: u64,
+}
+
+/// Joins the ranges of one audio, given in order: [`merge`]s their segments, then cuts the
+/// repetition loops that run across a cut (those inside a range were cut already), and sums
+/// their figures.
+pub fn join(parts: Vec<RangeText>) -> Joined {
+    let mut joined = Joined {
+        language: "en".into(),
+        ..Joined::default()
+    };
+    let mut rtf_num = 0.0;
+    let mut texts = Vec::with_capacity(parts.len());
+    for p in parts {
+        rtf_num += p.rtf * p.end_ms.saturating_sub(p.start_ms) as f64;
+        joined.loops_cut += p.loops_cut;
+        joined.coverage.add(&p.coverage);
+        joined.language = p.language;
+        joined.total_ms = p.end_ms;
+        texts.push((p.end_ms, p.segments));
+    }
+    joined.segments = merge(&texts);
+    joined.loops_cut += asr::cut_repetition_loops(&mut joined.segments);
+    if joined.total_ms > 0 {
+        joined.rtf = rtf_num / joined.total_ms as f64;
+    }
+    joined
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::transcript::Word;
+
+    fn seg(a: u64, b: u64, t: &str) -> Segment {
+        Segment {
+            start_ms: a,
+            end_ms: b,
+            text: t.into(),
+            words: Vec::new(),
+        }
+    }
+
+    /// Tone bursts ("speech") with silent gaps at known places.
+    fn synth(spans_s: &[(f64, f64)], total_s: f64) -> Vec<f32> {
+        let n = (total_s * SAMPLE_RATE as f64) as usize;
+        let mut v = vec![0.0f32; n];
+        for (a, b) in spans_s {
+            let (a, b) = (
+                (a * SAMPLE_RATE as f64) as usize,
+                ((b * SAMPLE_RATE as f64) as usize).min(n),
+            );
+            for (i, x) in v[a..b].iter_mut().enumerate() {
+                *x = 0.3 * ((i as f32) * 0.07).sin();
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn cuts_land_in_the_pauses() {
+        // 25 s of "speech" with 1 s pauses every 5 s; 10 s segments → 3 segments.
+        let spans: Vec<(f64, f64)> = (0..5)
+            .map(|i| (i as f64 * 5.0, i as f64 * 5.0 + 4.0))
+            .collect();
+        let pcm = synth(&spans, 25.0);
+        let cuts = find_cuts(&pcm, 10.0);
+        assert_eq!(cuts.len(), 2, "{cuts:?}");
+        for c in &cuts {
+            let t = *c as f64 / SAMPLE_RATE as f64;
+            let in_pause = (0..5).any(|i| t > i as f64 * 5.0 + 4.0 && t < (i + 1) as f64 * 5.0);
+            assert!(in_pause, "cut at {t} s is not in a pause");
+        }
+        assert!(find_cuts(&pcm[..16_000 * 9], 10.0).is_empty());
+        let b = bounds_ms(&pcm, 10.0);
+        assert_eq!(b.len(), 4, "{b:?}");
+        assert_eq!((b[0], b[3]), (0, 25_000));
+        assert_eq!(b[1], cuts[0] as u64 / 16);
+        assert_eq!(bounds_ms(&pcm[..16_000 * 9], 10.0), [0, 9_000]);
+    }
+
+    #[test]
+    fn long_means_longer_than_a_segment() {
+        assert!(is_long(Some(600.5), 600.0));
+        assert!(!is_long(Some(600.0), 600.0));
+        assert!(!is_long(None, 600.0));
+    }
+
+    #[test]
+    fn merge_is_monotonic_keeps_every_line_and_words_inside() {
+        let mut late = seg(4_000, 10_400, "three four");
+        late.words = vec![
+            Word {
+                start_ms: 4_000,
+                end_ms: 5_000,
+                text: "three".into(),
+                p: 0.9,
+            },
+            Word {
+                start_ms: 9_900,
+                end_ms: 10_400,
+                text: "four".into(),
+                p: 0.9,
+            },
+        ];
+        let parts = vec![
+            (10_000, vec![seg(0, 4_000, "one two"), late]),
+            (
+                20_000,
+                vec![
+                    seg(10_000, 12_000, "Three, four."),
+                    seg(12_000, 15_000, "five"),
+                ],
+            ),
+        ];
+        let m = merge(&parts);
+        let texts: Vec<&str> = m.iter().map(|s| s.text.as_str()).collect();
+        assert_eq!(texts, ["one two", "three four", "Three, four.", "five"]);
+        assert_eq!(m[1].end_ms, 10_000);
+        assert_eq!(
+            m[1].words
+                .iter()
+                .map(|w| (w.start_ms, w.end_ms))
+                .collect::<Vec<_>>(),
+            [(4_000, 5_000), (9_900, 10_000)]
+        );
+        assert!(m.windows(2).all(|w| w[0].end_ms <= w[1].start_ms));
+    }
+
+    #[test]
+    fn join_cuts_loops_across_cuts_and_weighs_the_figures() {
+        let part = |a: u64, b: u64, segs: Vec<Segment>, rtf: f64, lang: &str| RangeText {
+            start_ms: a,
+            end_ms: b,
+            segments: segs,
+            language: lang.into(),
+            rtf,
+            loops_cut: 1,
+            coverage: Coverage {
+                speech_ms: b - a,
+                ..Coverage::default()
+            },
+        };
+        // The same line three times across the cut at 10 s is one loop.
+        let j = join(vec![
+            part(
+                0,
+                10_000,
+                vec![seg(0, 3_000, "hello there"), seg(8_000, 9_500, "go on")],
+                0.2,
+                "en",
+            ),
+            part(
+                10_000,
+                30_000,
+                vec![seg(10_000, 11_000, "go on"), seg(11_000, 12_000, "go on")],
+                0.5,
+                "de",
+            ),
+        ]);
+        let texts: Vec<&str> = j.segments.iter().map(|s| s.text.as_str()).collect();
+        assert_eq!(texts, ["hello there", "go on"]);
+        assert_eq!(j.loops_cut, 3);
+        assert_eq!(j.language, "de");
+        assert_eq!(j.total_ms, 30_000);
+        assert_eq!(j.coverage.speech_ms, 30_000);
+        assert!((j.rtf - (0.2 * 10.0 + 0.5 * 20.0) / 30.0).abs() < 1e-9);
+        assert_eq!(join(Vec::new()).language, "en");
+    }
+}
