@@ -18,7 +18,7 @@
 //! # Peak RSS per job — method and limits
 //!
 //! whisper.cpp runs in-process, so the kernel's per-process accounting cannot separate jobs.
-//! [`crate::observe::rss::RssProbe`] samples the process's resident set (`/proc/self/statm`) every 20 ms while the
+//! [`RssProbe`](crate::observe::rss::RssProbe) samples the process's resident set (`/proc/self/statm`) every 20 ms while the
 //! job runs and reports the high-water mark (`peak_rss`) and its excess over the RSS when the
 //! job started (`delta`, the job's attributed share). Limits: (1) growth of a concurrent job
 //! in the same window is attributed to both; (2) memory freed by an earlier job but kept by
@@ -179,6 +179,23 @@ mod tests {
         // 10 min of audio adds ≈ 56 MB.
         let ten = estimate_per_job_bytes(600.0) - 250 * MB;
         assert!((55 * MB..58 * MB).contains(&ten), "{ten}");
+    }
+
+    #[test]
+    fn manifest_detail_keeps_the_largest_figures_of_the_task() {
+        let rep = |peak, delta, overlapped| RssReport {
+            baseline_bytes: 0,
+            peak_bytes: peak,
+            delta_bytes: delta,
+            overlapped,
+        };
+        let mut d = serde_json::Map::new();
+        fold_rss_detail(&mut d, &rep(900 * MB, 300 * MB, true));
+        fold_rss_detail(&mut d, &rep(800 * MB, 350 * MB, false));
+        assert_eq!(d["peak_rss_mb"], serde_json::json!(900.0));
+        assert_eq!(d["rss_delta_mb"], serde_json::json!(350.0));
+        assert_eq!(d["rss_overlapped"], serde_json::json!(false));
+        assert_eq!(mb(1_572_864), 1.5);
     }
 
     #[test]
