@@ -963,6 +963,8 @@ mod tests {
 
     /// Issue 13 finding 8: a `TUBESCRIBE_LLM_*` variable overrides its own setting only; the
     /// `[llm]` table's other settings still apply (per-setting precedence, as for every table).
+    /// Goes through [`Config::resolve`] with the real process environment, as the binary does
+    /// (the CLI passes no LLM flags; these variables are read here only).
     #[test]
     fn llm_variables_override_single_settings() {
         let (dir, f) = scratch("ts-cfg-llm");
@@ -972,6 +974,7 @@ mod tests {
              max_retries = 1\ncontext_tokens = 2048\napi_key_env = \"TS_TEST_LLM_KEY\"\n",
         )
         .unwrap();
+        // Sets (or removes) the variables, resolves, and shows the LLM settings in one line.
         let llm = |vars: &[(&str, Option<&str>)]| {
             for (k, v) in vars {
                 match v {
@@ -979,44 +982,37 @@ mod tests {
                     None => std::env::remove_var(k),
                 }
             }
-            with_file(&f).unwrap().llm.unwrap()
+            let l = with_file(&f).unwrap().llm.unwrap();
+            format!(
+                "{} {} {:?} retries={} context={} key={:?}",
+                l.base_url, l.model, l.timeout, l.max_retries, l.context_tokens, l.api_key
+            )
         };
         // The base URL from the variable; everything else from the file.
-        let l = llm(&[
+        let got = llm(&[
             ("TUBESCRIBE_LLM_BASE_URL", Some("http://env.example/v1")),
             ("TUBESCRIBE_LLM_MODEL", None),
             ("TUBESCRIBE_LLM_API_KEY", Some("sk-default-var")),
             ("TS_TEST_LLM_KEY", Some("sk-file-var")),
         ]);
-        assert_eq!(l.base_url, "http://env.example/v1");
-        assert_eq!(l.model, "from-file");
-        assert_eq!(l.timeout, Duration::from_secs(5));
-        assert_eq!(l.max_retries, 1);
-        assert_eq!(l.context_tokens, 2048);
-        assert_eq!(l.api_key.as_deref(), Some("sk-file-var"));
+        let file_rest = "5s retries=1 context=2048 key=Some(\"sk-file-var\")";
+        assert_eq!(got, format!("http://env.example/v1 from-file {file_rest}"));
         // The model variable replaces the model only.
-        let l = llm(&[("TUBESCRIBE_LLM_MODEL", Some("from-env"))]);
-        assert_eq!(
-            (l.base_url.as_str(), l.model.as_str(), l.timeout, l.context_tokens),
-            ("http://env.example/v1", "from-env", Duration::from_secs(5), 2048)
-        );
+        let got = llm(&[("TUBESCRIBE_LLM_MODEL", Some("from-env"))]);
+        assert_eq!(got, format!("http://env.example/v1 from-env {file_rest}"));
         // No variables: the file alone.
-        let l = llm(&[
+        let got = llm(&[
             ("TUBESCRIBE_LLM_BASE_URL", None),
-            ("TUBESCRIBE_LLM_MODEL", None),
+            ("TUBESCRIBE_LLM_MODEL", Some("")),
         ]);
-        assert_eq!(
-            (l.base_url.as_str(), l.model.as_str(), l.timeout),
-            ("http://file.example/v1", "from-file", Duration::from_secs(5))
-        );
-        // A table without base_url takes it from the variable.
+        assert_eq!(got, format!("http://file.example/v1 from-file {file_rest}"));
+        // A table without base_url takes it from the variable; defaults fill the rest.
         std::fs::write(&f, "[llm]\ntimeout_s = 7\n").unwrap();
-        let l = llm(&[("TUBESCRIBE_LLM_BASE_URL", Some("http://env.example/v1"))]);
+        let got = llm(&[("TUBESCRIBE_LLM_BASE_URL", Some("http://env.example/v1"))]);
         assert_eq!(
-            (l.base_url.as_str(), l.model.as_str(), l.timeout, l.context_tokens),
-            ("http://env.example/v1", "default", Duration::from_secs(7), 8192)
+            got,
+            "http://env.example/v1 default 7s retries=4 context=8192 key=Some(\"sk-default-var\")"
         );
-        assert_eq!(l.api_key.as_deref(), Some("sk-default-var"));
         // ... and without either, the table is an error that names both.
         std::env::remove_var("TUBESCRIBE_LLM_BASE_URL");
         let e = with_file(&f).unwrap_err();
@@ -1024,7 +1020,11 @@ mod tests {
             e.to_string(),
             "invalid setting llm.base_url: missing: set [llm] base_url or TUBESCRIBE_LLM_BASE_URL"
         );
-        for k in ["TUBESCRIBE_LLM_API_KEY", "TS_TEST_LLM_KEY"] {
+        for k in [
+            "TUBESCRIBE_LLM_MODEL",
+            "TUBESCRIBE_LLM_API_KEY",
+            "TS_TEST_LLM_KEY",
+        ] {
             std::env::remove_var(k);
         }
         std::fs::remove_dir_all(&dir).ok();
