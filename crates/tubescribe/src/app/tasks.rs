@@ -63,6 +63,11 @@ fn source_of(i: &Input) -> Source {
 /// flow. A new task whose input another task (another model's) has already downloaded gets
 /// that media instead of downloading it again ([`adopt_download`]).
 ///
+/// Of concurrent submits of the same input exactly one is answered `existing: false`: the one
+/// whose [`TaskDir::create`](crate::store::TaskDir::create) wrote the manifest, or, for a
+/// failed or cancelled task, the one that restarts it ([`restart_if_ended`]); the others join
+/// the task. The work runs once either way (the flow's job ids are the task's).
+///
 /// Errors: [`SubmitError::Input`] before anything is created; `Busy` when a failed task's
 /// job is somehow still active; `Store`/`Queue` on IO or Redis failures.
 pub async fn submit(
@@ -82,54 +87,93 @@ pub async fn submit(
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
     }
-    let video_id = match &parsed {
-        Input::YouTube { video_id, .. } => Some(video_id.clone()),
-        _ => None,
+    let answer = |existing| Submitted {
+        task_id: task_id.clone(),
+        video_id: video_id_of(&source_of(&parsed)),
+        existing,
     };
     let task = data.task(&task_id);
-    if task.exists() {
-        let m = task.read_manifest()?;
-        match m.status {
-            TaskStatus::Queued
-            | TaskStatus::Running
-            | TaskStatus::Completed
-            | TaskStatus::CompletedWithWarnings => {
-                // Re-adding is a no-op when the jobs exist; it repairs a lost flow otherwise.
-                if !m.status.is_completed() {
-                    producer.add_task(&task_id).await?;
-                }
-                return Ok(Submitted {
-                    task_id,
-                    video_id,
-                    existing: true,
-                });
+    if !task.exists() {
+        let mut manifest = Manifest::new(&task_id, raw.trim(), source_of(&parsed));
+        manifest.model = Some(model.clone());
+        if task.create(&manifest)? {
+            if !fresh {
+                adopt_download(data, &key, &task, &manifest);
             }
-            TaskStatus::Failed | TaskStatus::Cancelled => {
-                // The same input again after a failure: run it again like `retry` does.
-                if !producer.remove_task_jobs(&task_id).await? {
-                    return Err(SubmitError::Busy(task_id));
-                }
-                restart(&task, &m)?;
+            producer.add_task(&task_id).await?;
+            return Ok(answer(false));
+        }
+        // Another submit created it a moment ago: join it like any existing task.
+    }
+    match restart_if_ended::<SubmitError>(producer, &task, task.read_manifest()?).await? {
+        Restart::Restarted(_) => Ok(answer(false)),
+        Restart::Busy => Err(SubmitError::Busy(task_id)),
+        Restart::NotEnded(m) => {
+            // Re-adding is a no-op when the jobs exist; it repairs a lost flow otherwise.
+            if !m.status.is_completed() {
                 producer.add_task(&task_id).await?;
-                return Ok(Submitted {
-                    task_id,
-                    video_id,
-                    existing: false,
-                });
             }
+            Ok(answer(true))
         }
     }
-    let mut manifest = Manifest::new(&task_id, raw.trim(), source_of(&parsed));
-    manifest.model = Some(model.clone());
-    if task.create(&manifest)? && !fresh {
-        adopt_download(data, &key, &task, &manifest);
+}
+
+fn video_id_of(source: &Source) -> Option<String> {
+    match source {
+        Source::Youtube { video_id, .. } => Some(video_id.clone()),
+        _ => None,
     }
-    producer.add_task(&task_id).await?;
-    Ok(Submitted {
-        task_id,
-        video_id,
-        existing: false,
-    })
+}
+
+/// What [`restart_if_ended`] found and did.
+enum Restart {
+    /// The task was failed or cancelled (this manifest) and runs again now.
+    Restarted(Manifest),
+    /// The task is queued, running or completed (this manifest), perhaps restarted by another
+    /// caller a moment ago; nothing was changed.
+    NotEnded(Manifest),
+    /// The task is failed or cancelled but one of its jobs is still active (a cancel that
+    /// has not reached its worker yet); nothing was changed.
+    Busy,
+}
+
+/// Runs `task` (manifest `m`, as read by the caller) again if it failed or was cancelled: its
+/// old jobs are removed, it is reset ([`restart`]) and its flow added. Checked and done under
+/// the task's restart lock ([`TaskDir::lock_restart`](crate::store::TaskDir::lock_restart),
+/// waited for on a blocking thread), so of concurrent callers — submits and retries, in any
+/// process — exactly one restarts the task and the others find it queued.
+///
+/// Errors: IO on the task directory, Redis.
+async fn restart_if_ended<E>(
+    producer: &Producer,
+    task: &crate::store::TaskDir,
+    m: Manifest,
+) -> Result<Restart, E>
+where
+    E: From<StoreError> + From<QueueError>,
+{
+    let ended = |m: &Manifest| matches!(m.status, TaskStatus::Failed | TaskStatus::Cancelled);
+    if !ended(&m) {
+        return Ok(Restart::NotEnded(m));
+    }
+    let t = task.clone();
+    let _lock = tokio::task::spawn_blocking(move || t.lock_restart())
+        .await
+        .map_err(|e| StoreError::Io {
+            op: "lock",
+            path: task.path().to_path_buf(),
+            source: std::io::Error::other(e),
+        })??;
+    let m = task.read_manifest()?;
+    if !ended(&m) {
+        return Ok(Restart::NotEnded(m));
+    }
+    if !producer.remove_task_jobs(&m.task_id).await? {
+        return Ok(Restart::Busy);
+    }
+    restart(task, &m)?;
+    producer.add_task(&m.task_id).await?;
+    Ok(Restart::Restarted(m))
 }
 
 /// Gives the new task `task` (manifest `m`, source key `key`) the completed download of
@@ -284,7 +328,8 @@ pub fn list(
 /// Runs a failed or cancelled task again under the same id: its jobs are removed, stages
 /// whose outputs are complete and intact are kept (their jobs reuse them), the others are
 /// reset ([`Manifest::reset_for_retry`]; attempt history kept), temp files are removed and a
-/// new flow is added.
+/// new flow is added. Of concurrent retries (and submits) of the task only one restarts it
+/// ([`restart_if_ended`]); the others get `Conflict`, the task being queued by then.
 ///
 /// Errors: `NotFound`; `Conflict` when the task is queued, running or completed, or when one
 /// of its jobs is still active (a cancel that has not reached the worker yet).
@@ -294,26 +339,18 @@ pub async fn retry(
     task_id: &str,
 ) -> Result<Submitted, TaskOpError> {
     let old = get(data, task_id)?;
-    if !matches!(old.status, TaskStatus::Failed | TaskStatus::Cancelled) {
-        return Err(TaskOpError::Conflict(format!(
+    match restart_if_ended::<TaskOpError>(producer, &data.task(task_id), old).await? {
+        Restart::Restarted(old) => Ok(Submitted {
+            task_id: task_id.to_string(),
+            video_id: video_id_of(&old.source),
+            existing: false,
+        }),
+        Restart::NotEnded(m) => Err(TaskOpError::Conflict(format!(
             "task {task_id} is {}; only failed or cancelled tasks can be retried",
-            old.status.as_str()
-        )));
-    }
-    if !producer.remove_task_jobs(task_id).await? {
-        return Err(TaskOpError::Conflict(format!(
+            m.status.as_str()
+        ))),
+        Restart::Busy => Err(TaskOpError::Conflict(format!(
             "task {task_id} still has a running job; try again in a moment"
-        )));
+        ))),
     }
-    restart(&data.task(task_id), &old)?;
-    let video_id = match &old.source {
-        Source::Youtube { video_id, .. } => Some(video_id.clone()),
-        _ => None,
-    };
-    producer.add_task(task_id).await?;
-    Ok(Submitted {
-        task_id: task_id.to_string(),
-        video_id,
-        existing: false,
-    })
 }

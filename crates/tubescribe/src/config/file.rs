@@ -156,14 +156,16 @@ pub struct ScheduleFile {
     pub cores: Option<usize>,
 }
 
-/// `[llm]` in the TOML file.
+/// `[llm]` in the TOML file. Each key is one setting: `TUBESCRIBE_LLM_BASE_URL` and
+/// `TUBESCRIBE_LLM_MODEL` replace `base_url` and `model` only, never the rest of the table.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LlmFile {
-    /// Base URL of an OpenAI-compatible API, e.g. `http://127.0.0.1:11434/v1`.
-    pub base_url: String,
-    /// Model name sent in requests.
-    pub model: String,
+    /// Base URL of an OpenAI-compatible API, e.g. `http://127.0.0.1:11434/v1`; required here
+    /// unless `TUBESCRIBE_LLM_BASE_URL` gives it.
+    pub base_url: Option<String>,
+    /// Model name sent in requests (default `default`).
+    pub model: Option<String>,
     /// Name of the environment variable holding the API key (default `TUBESCRIBE_LLM_API_KEY`).
     pub api_key_env: Option<String>,
     /// Per-request timeout in seconds (default 120).

@@ -4,7 +4,9 @@
 //! TOML config file (`--config` / `TUBESCRIBE_CONFIG`, else `./tubescribe.toml` when present) >
 //! built-in default. Flags and their variables are declared in the CLI with clap's `env`
 //! support (so clap applies the first two levels); [`Config::resolve`] applies the file and the
-//! defaults. Settings without a flag are read from their variable here.
+//! defaults. Settings without a flag are read from their variable here. Precedence is per
+//! setting: a flag or variable for one setting never resets the file's other settings of the
+//! same table (`TUBESCRIBE_LLM_BASE_URL` replaces `[llm] base_url` and nothing else).
 //!
 //! Files: this one holds [`Config`], the resolution steps and the settings they build;
 //! [`file`] the TOML schema; [`policy`] the per-stage [`StagePolicy`] and its defaults.
@@ -276,6 +278,7 @@ impl Config {
         let (shutdown_grace, redis_retry) = resolve_worker(o, &file.worker)?;
         let allow_hosts = resolve_allow_hosts(o.allow_hosts.clone().or(file.allow_hosts))?;
         let min_coverage = resolve_min_coverage(file.transcribe.min_coverage)?;
+        let llm = resolve_llm(file.llm.as_ref())?;
         Ok(Config {
             data_dir,
             redis_url: o
@@ -293,7 +296,7 @@ impl Config {
             schedule,
             language: file.transcribe.language,
             min_coverage,
-            llm: resolve_llm(file.llm.as_ref()),
+            llm,
             programs: resolve_programs(&file.programs),
             min_free_bytes: resolve_min_free_bytes()?,
             stage_policies,
@@ -454,29 +457,36 @@ fn resolve_min_free_bytes() -> Result<u64, ConfigError> {
     Ok(mb.saturating_mul(1024 * 1024))
 }
 
-/// The LLM: `TUBESCRIBE_LLM_BASE_URL` (with `TUBESCRIBE_LLM_MODEL` and
-/// `TUBESCRIBE_LLM_API_KEY`) beats `[llm]`; neither means offline extractive summaries.
-fn resolve_llm(f: Option<&LlmFile>) -> Option<LlmSettings> {
-    let env = |name: &str| std::env::var(name).ok();
-    match (f, env("TUBESCRIBE_LLM_BASE_URL")) {
-        (_, Some(base)) if !base.is_empty() => Some(LlmSettings {
-            base_url: base,
-            model: env("TUBESCRIBE_LLM_MODEL").unwrap_or_else(|| "default".into()),
-            api_key: env("TUBESCRIBE_LLM_API_KEY"),
-            timeout: Duration::from_secs(120),
-            max_retries: 4,
-            context_tokens: 8192,
-        }),
-        (Some(l), _) => Some(LlmSettings {
-            base_url: l.base_url.clone(),
-            model: l.model.clone(),
-            api_key: env(l.api_key_env.as_deref().unwrap_or("TUBESCRIBE_LLM_API_KEY")),
-            timeout: Duration::from_secs(l.timeout_s.unwrap_or(120)),
-            max_retries: l.max_retries.unwrap_or(4),
-            context_tokens: l.context_tokens.unwrap_or(8192),
-        }),
-        _ => None,
-    }
+/// The LLM, per setting: `TUBESCRIBE_LLM_BASE_URL` > `[llm] base_url`,
+/// `TUBESCRIBE_LLM_MODEL` > `[llm] model` > `default`; the key from the variable that
+/// `[llm] api_key_env` names (default `TUBESCRIBE_LLM_API_KEY`); `timeout_s`, `max_retries`
+/// and `context_tokens` from `[llm]` or their defaults (120 s, 4, 8192). An empty variable
+/// counts as unset. No base URL anywhere means offline extractive summaries.
+///
+/// Errors: an `[llm]` table without a base URL in it or in the variable.
+fn resolve_llm(f: Option<&LlmFile>) -> Result<Option<LlmSettings>, ConfigError> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let none = LlmFile::default();
+    let l = f.unwrap_or(&none);
+    let Some(base_url) = env("TUBESCRIBE_LLM_BASE_URL").or_else(|| l.base_url.clone()) else {
+        return match f {
+            None => Ok(None),
+            Some(_) => Err(ConfigError::Invalid {
+                key: "llm.base_url".into(),
+                message: "missing: set [llm] base_url or TUBESCRIBE_LLM_BASE_URL".into(),
+            }),
+        };
+    };
+    Ok(Some(LlmSettings {
+        base_url,
+        model: env("TUBESCRIBE_LLM_MODEL")
+            .or_else(|| l.model.clone())
+            .unwrap_or_else(|| "default".into()),
+        api_key: env(l.api_key_env.as_deref().unwrap_or("TUBESCRIBE_LLM_API_KEY")),
+        timeout: Duration::from_secs(l.timeout_s.unwrap_or(120)),
+        max_retries: l.max_retries.unwrap_or(4),
+        context_tokens: l.context_tokens.unwrap_or(8192),
+    }))
 }
 
 /// One program's path: its variable > the file > `default`. A bare name is looked up on
@@ -948,6 +958,75 @@ mod tests {
             e.to_string(),
             "invalid setting concurrency.transcribe: must be at least 1"
         );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Issue 13 finding 8: a `TUBESCRIBE_LLM_*` variable overrides its own setting only; the
+    /// `[llm]` table's other settings still apply (per-setting precedence, as for every table).
+    /// Goes through [`Config::resolve`] with the real process environment, as the binary does
+    /// (the CLI passes no LLM flags; these variables are read here only).
+    #[test]
+    fn llm_variables_override_single_settings() {
+        let (dir, f) = scratch("ts-cfg-llm");
+        std::fs::write(
+            &f,
+            "[llm]\nbase_url = \"http://file.example/v1\"\nmodel = \"from-file\"\ntimeout_s = 5\n\
+             max_retries = 1\ncontext_tokens = 2048\napi_key_env = \"TS_TEST_LLM_KEY\"\n",
+        )
+        .unwrap();
+        // Sets (or removes) the variables, resolves, and shows the LLM settings in one line.
+        let llm = |vars: &[(&str, Option<&str>)]| {
+            for (k, v) in vars {
+                match v {
+                    Some(v) => std::env::set_var(k, v),
+                    None => std::env::remove_var(k),
+                }
+            }
+            let l = with_file(&f).unwrap().llm.unwrap();
+            format!(
+                "{} {} {:?} retries={} context={} key={:?}",
+                l.base_url, l.model, l.timeout, l.max_retries, l.context_tokens, l.api_key
+            )
+        };
+        // The base URL from the variable; everything else from the file.
+        let got = llm(&[
+            ("TUBESCRIBE_LLM_BASE_URL", Some("http://env.example/v1")),
+            ("TUBESCRIBE_LLM_MODEL", None),
+            ("TUBESCRIBE_LLM_API_KEY", Some("sk-default-var")),
+            ("TS_TEST_LLM_KEY", Some("sk-file-var")),
+        ]);
+        let file_rest = "5s retries=1 context=2048 key=Some(\"sk-file-var\")";
+        assert_eq!(got, format!("http://env.example/v1 from-file {file_rest}"));
+        // The model variable replaces the model only.
+        let got = llm(&[("TUBESCRIBE_LLM_MODEL", Some("from-env"))]);
+        assert_eq!(got, format!("http://env.example/v1 from-env {file_rest}"));
+        // No variables: the file alone.
+        let got = llm(&[
+            ("TUBESCRIBE_LLM_BASE_URL", None),
+            ("TUBESCRIBE_LLM_MODEL", Some("")),
+        ]);
+        assert_eq!(got, format!("http://file.example/v1 from-file {file_rest}"));
+        // A table without base_url takes it from the variable; defaults fill the rest.
+        std::fs::write(&f, "[llm]\ntimeout_s = 7\n").unwrap();
+        let got = llm(&[("TUBESCRIBE_LLM_BASE_URL", Some("http://env.example/v1"))]);
+        assert_eq!(
+            got,
+            "http://env.example/v1 default 7s retries=4 context=8192 key=Some(\"sk-default-var\")"
+        );
+        // ... and without either, the table is an error that names both.
+        std::env::remove_var("TUBESCRIBE_LLM_BASE_URL");
+        let e = with_file(&f).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid setting llm.base_url: missing: set [llm] base_url or TUBESCRIBE_LLM_BASE_URL"
+        );
+        for k in [
+            "TUBESCRIBE_LLM_MODEL",
+            "TUBESCRIBE_LLM_API_KEY",
+            "TS_TEST_LLM_KEY",
+        ] {
+            std::env::remove_var(k);
+        }
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -4,6 +4,7 @@
 //! <data>/
 //!   tasks/<task-id>/
 //!     manifest.json        written by every stage (temp + rename, under manifest.lock)
+//!     restart.lock         held while a failed or cancelled task is reset to run again
 //!     <stem>.<ext>         downloaded media; <stem> is the video id or "media", never a title
 //!     audio.wav            16 kHz mono PCM
 //!     transcript.{json,txt,srt,vtt}
@@ -216,7 +217,9 @@ impl TaskDir {
     }
 
     /// Creates the directory and writes `manifest` unless a manifest exists already.
-    /// Returns false (and leaves the existing manifest alone) when it existed.
+    /// Returns false (and leaves the existing manifest alone) when it existed. Checked and
+    /// written under the manifest lock, so of concurrent creators (threads or processes)
+    /// exactly one gets true.
     pub fn create(&self, manifest: &Manifest) -> Result<bool, StoreError> {
         fs::create_dir_all(&self.root).map_err(io("create directory", &self.root))?;
         let _lock = self.lock()?;
@@ -227,8 +230,21 @@ impl TaskDir {
         Ok(true)
     }
 
-    fn lock(&self) -> Result<ManifestLock, StoreError> {
-        let p = self.root.join("manifest.lock");
+    /// Takes the task's restart lock: an exclusive `flock` on `restart.lock`, blocking while
+    /// another thread or process holds it; released when the guard drops. Whoever resets a
+    /// failed or cancelled task to run again holds it from the status check until the new
+    /// flow is added, so of concurrent restarters only the first finds the task ended. It is
+    /// separate from the manifest lock, which stages take briefly for every update.
+    pub fn lock_restart(&self) -> Result<TaskLock, StoreError> {
+        self.flock("restart.lock")
+    }
+
+    fn lock(&self) -> Result<TaskLock, StoreError> {
+        self.flock("manifest.lock")
+    }
+
+    fn flock(&self, name: &str) -> Result<TaskLock, StoreError> {
+        let p = self.root.join(name);
         let f = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -236,7 +252,7 @@ impl TaskDir {
             .open(&p)
             .map_err(io("open", &p))?;
         fs4::fs_std::FileExt::lock_exclusive(&f).map_err(io("lock", &p))?;
-        Ok(ManifestLock(f))
+        Ok(TaskLock(f))
     }
 
     /// Reads the manifest. Errors: [`StoreError::NotFound`] when absent, `Corrupt`.
@@ -402,7 +418,10 @@ impl TaskDir {
     }
 }
 
-struct ManifestLock(#[allow(dead_code)] File);
+/// An exclusive lock on one of a task's lock files ([`TaskDir::lock_restart`]); the kernel
+/// releases it when this guard drops or the process dies.
+#[derive(Debug)]
+pub struct TaskLock(#[allow(dead_code)] File);
 
 /// Size and SHA-256 of `path`, recorded under `name`.
 fn output_record(path: &Path, name: &str) -> Result<OutputFile, StoreError> {
