@@ -14,7 +14,7 @@ use tubescribe::app::tasks;
 use tubescribe::domain::input::InputPolicy;
 use tubescribe::domain::manifest::TaskStatus;
 use tubescribe::domain::{ModelName, ModelRef, Stage};
-use tubescribe::engine::queue::Producer;
+use tubescribe::engine::producer::Producer;
 use tubescribe::store::DataDir;
 use tubescribe::tools::redis_embed;
 

@@ -43,7 +43,6 @@
 //! `10 % (decode) + 90 % × (Σ finished segment ms + p × current segment ms) / total ms`
 //! (the chain runs segments in order, so Σ finished = the current segment's start).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bullmq::types::BackoffStrategy;

@@ -688,7 +688,7 @@ const NOT_FOUND: &str = "video not found (HTTP 404/410)";
 /// those words would otherwise match.
 static CAUSE_RULES: &[Rule] = {
     use FailureClass::{Permanent, Retryable};
-    const CoolDown: FailureClass = FailureClass::COOL_DOWN;
+    const COOL_DOWN: FailureClass = FailureClass::COOL_DOWN;
     use Pattern::{Http, Text};
     &[
         // Our own disk: yt-dlp reports ENOSPC as `unable to write data: [Errno 28] No space
@@ -702,7 +702,7 @@ static CAUSE_RULES: &[Rule] = {
         .ops(),
         Rule::new(
             Text(&["confirm you're not a bot", "confirm you are not a bot"]),
-            CoolDown,
+            COOL_DOWN,
             "bot_check",
             "YouTube asked to confirm this is not a bot; retry later",
         )
@@ -713,14 +713,14 @@ static CAUSE_RULES: &[Rule] = {
                 "rate limited by youtube",
                 "content isn't available, try again later",
             ]),
-            CoolDown,
+            COOL_DOWN,
             "rate_limited",
             "YouTube rate-limited this session; retry in an hour or more",
         )
         .ops(),
         Rule::new(
             Http(429..=429),
-            CoolDown,
+            COOL_DOWN,
             "http_429",
             "too many requests (HTTP 429); retry later",
         ),
@@ -1405,7 +1405,6 @@ total_bytes_estimate,eta,speed,elapsed,fragment_index,fragment_count})j"
 
     #[test]
     fn cooldown_failures() {
-
         let cases = [
             ("ERROR: [youtube] AbCdEfGhI-_: Sign in to confirm you\u{2019}re not a bot. This helps protect our community. Learn more", "bot_check"),
             ("ERROR: [youtube] AbCdEfGhI-_: Sign in to confirm you're not a bot. Use --cookies-from-browser or --cookies for the authentication. See  https://github.com/yt-dlp/yt-dlp/wiki/FAQ#how-do-i-pass-cookies-to-yt-dlp  for how to manually pass cookies. Also see  https://github.com/yt-dlp/yt-dlp/wiki/Extractors#exporting-youtube-cookies  for tips on effectively exporting YouTube cookies", "bot_check"),
