@@ -252,6 +252,22 @@ pub fn ensure_success(out: &Output, what: &str) -> Result<(), ProcessError> {
     }
 }
 
+/// The error for a program that could not be started: `NotFound` (with how to install it)
+/// when it is not on the PATH, otherwise `Spawn`.
+fn spawn_error(program: &str, e: std::io::Error) -> ProcessError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        ProcessError::NotFound {
+            hint: install_hint(program),
+            program: program.to_owned(),
+        }
+    } else {
+        ProcessError::Spawn {
+            program: program.to_owned(),
+            source: e,
+        }
+    }
+}
+
 /// An install hint for the programs tubescribe runs.
 fn install_hint(program: &str) -> String {
     let base = Path::new(program)
@@ -294,19 +310,10 @@ pub async fn run(
     let program = cmd.program.to_string_lossy().into_owned();
     tracing::debug!(cmd = %cmd.display(), "spawn");
     let started = std::time::Instant::now();
-    let mut child = cmd.to_tokio().spawn().map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            ProcessError::NotFound {
-                hint: install_hint(&program),
-                program: program.clone(),
-            }
-        } else {
-            ProcessError::Spawn {
-                program: program.clone(),
-                source: e,
-            }
-        }
-    })?;
+    let mut child = cmd
+        .to_tokio()
+        .spawn()
+        .map_err(|e| spawn_error(&program, e))?;
     let pid = child.id();
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -442,19 +449,7 @@ impl Daemon {
         }
         use std::os::unix::process::CommandExt;
         c.process_group(0);
-        let child = c.spawn().map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                ProcessError::NotFound {
-                    hint: install_hint(&program),
-                    program: program.clone(),
-                }
-            } else {
-                ProcessError::Spawn {
-                    program: program.clone(),
-                    source: e,
-                }
-            }
-        })?;
+        let child = c.spawn().map_err(|e| spawn_error(&program, e))?;
         Ok(Daemon {
             child: Some(child),
             name: program,

@@ -154,14 +154,15 @@ pub async fn ensure(dir: &Path, redis_server: &Path) -> Result<EmbeddedRedis, Re
     let url = format!("redis+unix://{}", socket.display());
     let lease_path = dir.join("users.lock");
     let lease = Some(take_lease(&lease_path).await?);
+    let joined = |lease| EmbeddedRedis {
+        url: url.clone(),
+        socket: socket.clone(),
+        lease_path: lease_path.clone(),
+        lease,
+        server: None,
+    };
     if ping(&socket).await {
-        return Ok(EmbeddedRedis {
-            url,
-            socket,
-            lease_path,
-            lease,
-            server: None,
-        });
+        return Ok(joined(lease));
     }
     let lock_path = dir.join("start.lock");
     let lock = std::fs::OpenOptions::new()
@@ -177,13 +178,7 @@ pub async fn ensure(dir: &Path, redis_server: &Path) -> Result<EmbeddedRedis, Re
     // Someone may have started it while we waited for the lock.
     if ping(&socket).await {
         drop(lock);
-        return Ok(EmbeddedRedis {
-            url,
-            socket,
-            lease_path,
-            lease,
-            server: None,
-        });
+        return Ok(joined(lease));
     }
     let log = dir.join("redis.log");
     let cmd = Cmd::new(redis_server)
