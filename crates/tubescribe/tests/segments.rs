@@ -44,17 +44,7 @@ fn long_audio_is_split_in_pauses_and_merged_like_one_run() {
     let total_s = samples.len() as f64 / 16_000.0;
     let reference = reference.join(" ");
     let long = tmp.path().join("long-talk.wav");
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 16_000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(&long, spec).unwrap();
-    for s in &samples {
-        w.write_sample(*s).unwrap();
-    }
-    w.finalize().unwrap();
+    write_wav16k(&long, &samples);
 
     // Split run: the real pipeline.
     let data = tmp.path().join("data");
