@@ -157,7 +157,8 @@ impl RuntimeBuilder {
 struct Running {
     workers: Workers,
     /// Stops the cancel watcher of these workers.
-    watcher: CancellationToken,
+    stop_watcher: CancellationToken,
+    watcher: tokio::task::JoinHandle<()>,
 }
 
 /// A running tubescribe process core: its data directory, Redis, and (optionally) workers and
@@ -254,11 +255,13 @@ impl Runtime {
         Ok(())
     }
 
-    /// Graceful stop of the workers: they take no new job, active ones get `grace` to finish,
-    /// the rest go back to the queue. Their cancel watcher stops. A no-op without workers.
+    /// Graceful stop of the workers: their cancel watcher stops, they take no new job, active
+    /// ones get `grace` to finish, the rest go back to the queue. A no-op without workers.
     pub async fn stop_workers(&mut self, grace: Duration) {
         if let Some(r) = self.workers.take() {
-            r.watcher.cancel();
+            // The watcher's Redis connection is closed once this returns.
+            r.stop_watcher.cancel();
+            let _ = r.watcher.await;
             r.workers.close(grace).await;
         }
     }
@@ -295,8 +298,13 @@ impl Runtime {
     }
 
     fn watch_cancels(&mut self, workers: Workers) {
-        let watcher = self.shutdown.child_token();
-        crate::app::cancel::spawn_watcher(&self.url, workers.canceller(), watcher.clone());
-        self.workers = Some(Running { workers, watcher });
+        let stop_watcher = self.shutdown.child_token();
+        let watcher =
+            crate::app::cancel::spawn_watcher(&self.url, workers.canceller(), stop_watcher.clone());
+        self.workers = Some(Running {
+            workers,
+            stop_watcher,
+            watcher,
+        });
     }
 }

@@ -2,7 +2,7 @@
 //! parses the arguments and dispatches; the local commands (`process`, `worker`, `serve`,
 //! `bench`) start through [`crate::app::runtime`], the progress display is in `watch.rs`, the
 //! client commands talking to a server in `remote.rs`, `stats` in `stats.rs`. Signals are
-//! handled here and nowhere else ([`shutdown_on_signal`]).
+//! handled here and nowhere else (`shutdown_on_signal`).
 
 pub mod bench;
 mod remote;
