@@ -9,32 +9,21 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use common::*;
 
-/// Runs `tubescribe` like `common::tubescribe`, with extra environment variables.
-fn run_with(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tubescribe"));
-    c.args(args)
-        .env("TUBESCRIBE_DATA_DIR", data)
-        .env("TUBESCRIBE_MODEL", model())
-        .env("TUBESCRIBE_YTDLP", ytdlp())
-        .env("TUBESCRIBE_MIN_FREE_MB", "1")
-        .env_remove("TUBESCRIBE_REDIS_URL")
-        .env_remove("TUBESCRIBE_CONFIG")
-        .env_remove("TUBESCRIBE_LLM_BASE_URL");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let out: Output = c.output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+/// The environment of these tests: a free-space minimum of 1 MB (the disk-full test fills its
+/// own small filesystem).
+fn env(data: &Path) -> Env {
+    Env::new(data).var("TUBESCRIBE_MIN_FREE_MB", "1")
+}
+
+/// Runs `tubescribe` in [`env`] with extra environment variables.
+fn run_with(data: &Path, args: &[&str], vars: &[(&str, &str)]) -> Run {
+    env(data).vars(vars).bin(args).run()
 }
 
 /// Runs a shell-free command and asserts success.
@@ -287,7 +276,7 @@ fn class1_urls_and_ssrf() {
     let hits = Arc::new(AtomicUsize::new(0));
     let target = {
         let hits = hits.clone();
-        spawn_router(axum::Router::new().fallback(move || {
+        serve_router(axum::Router::new().fallback(move || {
             let hits = hits.clone();
             async move {
                 hits.fetch_add(1, Ordering::SeqCst);
@@ -297,7 +286,7 @@ fn class1_urls_and_ssrf() {
     };
     let loc1 = format!("http://127.0.0.1:{}/speech.m4a", target.port());
     let loc2 = "http://169.254.169.254/latest/meta-data/".to_string();
-    let redirector = spawn_router(
+    let redirector = serve_router(
         axum::Router::new()
             .route(
                 "/to-other-port.m4a",
@@ -393,23 +382,6 @@ fn class1_urls_and_ssrf() {
         1,
         "the victim directory changed"
     );
-}
-
-/// Serves `router` on 127.0.0.1 (random port) for the rest of the test process.
-fn spawn_router(router: axum::Router) -> std::net::SocketAddr {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(l.local_addr().unwrap()).unwrap();
-            axum::serve(l, router).await.unwrap();
-        });
-    });
-    rx.recv().unwrap()
 }
 
 /// Class 2: hostile titles never reach a file name; the manifest keeps them byte for byte and
@@ -1011,43 +983,15 @@ fn mandarin(d: &Path) -> (PathBuf, bool) {
 fn thank_you_25(d: &Path, out: &Path) {
     let one = d.join("thank_you_22k.wav");
     espeak("en-us", "Thank you for watching.", &one);
-    let one16 = d.join("thank_you.wav");
-    ffmpeg(&[
-        "-i",
-        p(&one),
-        "-ac",
-        "1",
-        "-ar",
-        "16000",
-        "-c:a",
-        "pcm_s16le",
-        p(&one16),
-    ]);
-    let speech: Vec<i16> = hound::WavReader::open(&one16)
-        .unwrap()
-        .into_samples::<i16>()
-        .map(Result::unwrap)
-        .collect();
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 16_000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(out, spec).unwrap();
+    let speech = pcm16k_i16(&one, d);
+    let mut samples = Vec::new();
     for i in 0..25 {
         let pause = 16_000 + 4_000 * (i % 5);
-        for _ in 0..pause {
-            w.write_sample(0i16).unwrap();
-        }
-        for &s in &speech {
-            w.write_sample(s).unwrap();
-        }
+        samples.extend(std::iter::repeat_n(0i16, pause));
+        samples.extend_from_slice(&speech);
     }
-    for _ in 0..16_000 {
-        w.write_sample(0i16).unwrap();
-    }
-    w.finalize().unwrap();
+    samples.extend(std::iter::repeat_n(0i16, 16_000));
+    write_wav16k(out, &samples);
 }
 
 /// The segments of a completed task's `transcript.json`.
@@ -1252,7 +1196,7 @@ fn class7_disk_full() {
         &wav,
     );
     ffmpeg(&["-i", p(&wav), "-c:a", "aac", p(&media.join("small.m4a"))]);
-    let addr = serve(&media);
+    let addr = serve_dir(&media);
     let host = addr.to_string();
     let data = d.join("data");
     let tasks = data.join("tasks");
@@ -1288,19 +1232,10 @@ fn class7_disk_full() {
     std::fs::write(&filler, vec![7u8; fill as usize]).unwrap();
     assert!(fs_free(&tasks) < 1024 * 1024);
     let small = format!("http://{host}/small.m4a");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tubescribe"))
-        .args(["process", "--allow-host", &host, &small])
-        .env("TUBESCRIBE_DATA_DIR", &data)
-        .env("TUBESCRIBE_MODEL", model())
-        .env("TUBESCRIBE_YTDLP", ytdlp())
-        .env("TUBESCRIBE_MIN_FREE_MB", "1")
-        .env_remove("TUBESCRIBE_REDIS_URL")
-        .env_remove("TUBESCRIBE_CONFIG")
-        .env_remove("TUBESCRIBE_LLM_BASE_URL")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = env(&data)
+        .bin(&["process", "--allow-host", &host, &small])
+        .output_to(Stdio::piped(), Stdio::piped())
+        .spawn();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     let paused = loop {
         assert!(
@@ -1426,7 +1361,7 @@ fn fake_llm(script: Vec<FakeReply>) -> (String, Arc<std::sync::Mutex<Vec<std::ti
             }
         }),
     );
-    let addr = spawn_router(router);
+    let addr = serve_router(router);
     (format!("http://{addr}/v1"), seen)
 }
 

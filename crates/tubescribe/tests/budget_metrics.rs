@@ -7,75 +7,33 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tubescribe::config::{Config, Overrides};
-use tubescribe::domain::input::InputPolicy;
 use tubescribe::domain::Stage;
-use tubescribe::engine::producer::Producer;
-use tubescribe::engine::workers::{WorkerSettings, Workers};
-use tubescribe::pipeline::StageCtx;
-use tubescribe::store::DataDir;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn budget_of_one_job_serializes_transcription_and_metrics_count_tasks() {
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = tmp.path().join("data");
-    let data = DataDir::open(&data_dir).unwrap();
-    let mut cfg = Config::resolve(&Overrides {
-        data_dir: Some(data_dir.clone()),
-        model: Some(model()),
-        transcribe_concurrency: Some(2),
-        ..Default::default()
-    })
-    .unwrap();
+    let mut cfg = Env::new(&data_dir).config(|o| {
+        o.download_concurrency = Some(3);
+        o.transcribe_concurrency = Some(2);
+        o.summarize_concurrency = Some(1);
+    });
     let weights = std::fs::metadata(&cfg.model).unwrap().len();
     let per_job =
         tubescribe::pipeline::budget::estimate_per_job_bytes(cfg.schedule.segment_s * 1.25);
     cfg.schedule.memory_budget_bytes = weights + per_job * 3 / 2;
 
-    let mut redis =
-        tubescribe::tools::redis_embed::ensure(&data.redis_dir(), &cfg.programs.redis_server)
-            .await
-            .unwrap();
-    let url = redis.url.clone();
-    let producer = Producer::connect(&url).await.unwrap();
-    let model = tubescribe::tools::model::identify(&cfg.model)
-        .await
-        .unwrap();
-    let clips = [
-        ("jfk", "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."),
-        ("librispeech-1272-128104-0000", "Mister Quilter is the apostle of the middle classes, and we are glad to welcome his gospel."),
-        ("librispeech-1995-1837-0001", "He knew that the time had come when the question could no longer be avoided."),
-    ];
+    let mut app = TestApp::start(cfg.clone()).await;
     let mut ids = Vec::new();
-    for (name, fallback) in clips {
+    for (name, fallback) in &ENGLISH_CLIPS[..3] {
         let (wav, _) = speech(tmp.path(), name, fallback);
-        let s = tubescribe::app::tasks::submit(
-            &data,
-            &producer,
-            &InputPolicy::default(),
-            wav.to_str().unwrap(),
-            false,
-            &model,
-        )
-        .await
-        .unwrap();
-        ids.push(s.task_id);
+        ids.push(app.submit(&wav).await);
     }
-    let ctx = Arc::new(StageCtx::new(cfg.clone(), data.clone()));
-    let stages: Vec<(Stage, WorkerSettings)> = [
-        (Stage::Download, 3),
-        (Stage::Transcribe, 2),
-        (Stage::Summarize, 1),
-    ]
-    .into_iter()
-    .map(|(s, c)| (s, WorkerSettings::with_concurrency(c)))
-    .collect();
-    let workers = Workers::start(&url, ctx, &stages).await.unwrap();
-    let plan = workers.plan().expect("transcribe plan installed");
+    app.start_workers(&Stage::ALL).await;
+    let plan = app.plan().expect("transcribe plan installed");
     assert_eq!(plan.slots, 1, "{plan:?}");
     assert_eq!(
         plan.threads, cfg.schedule.cores,
@@ -97,11 +55,9 @@ async fn budget_of_one_job_serializes_transcription_and_metrics_count_tasks() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    producer.publish_queue_counts().await.unwrap();
+    app.producer.publish_queue_counts().await.unwrap();
     let text = tubescribe::observe::metrics::render();
-    workers.close(Duration::from_secs(10)).await;
-    producer.close().await;
-    redis.stop();
+    app.stop(Duration::from_secs(10)).await;
 
     for m in &manifests {
         let t = |st: &str, k: &str| {

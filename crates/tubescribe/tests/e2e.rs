@@ -27,7 +27,7 @@ fn served_jfk(
     std::fs::create_dir_all(&media).unwrap();
     let (wav, reference) = speech(tmp, "jfk", JFK_FALLBACK);
     transcode(&wav, &media.join("jfk.m4a"));
-    let addr = serve(&media);
+    let addr = serve_dir(&media);
     (wav, reference, addr, media)
 }
 
@@ -156,7 +156,7 @@ fn three_tasks_run_concurrently_and_a_failing_download_stays_isolated() {
     ];
     let mut urls = Vec::new();
     let mut refs = Vec::new();
-    let addr = serve(&media);
+    let addr = serve_dir(&media);
     for (i, (name, fallback)) in clips.iter().enumerate() {
         let (wav, reference) = speech(tmp.path(), name, fallback);
         let ext = ["m4a", "opus", "mp3"][i];

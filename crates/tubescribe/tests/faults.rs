@@ -11,7 +11,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -21,107 +21,13 @@ use tubescribe::engine::producer::Producer;
 
 const STAGES: [&str; 3] = ["download", "transcribe", "summarize"];
 
-/// Short real speech clips (name, espeak-ng fallback text).
+/// Short real speech clips (name, espeak-ng fallback text), in the order the tests use.
 const CLIPS: [(&str, &str); 4] = [
-    ("jfk", "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."),
-    ("librispeech-1272-128104-0000", "Mister Quilter is the apostle of the middle classes, and we are glad to welcome his gospel."),
-    ("ljspeech-LJ001-0007", "The earliest book printed with movable types, the Gutenberg, or forty-two line Bible of about fourteen fifty-five."),
-    ("librispeech-1995-1837-0001", "He knew that the time had come when the question could no longer be avoided."),
+    ENGLISH_CLIPS[0],
+    ENGLISH_CLIPS[1],
+    ENGLISH_CLIPS[4],
+    ENGLISH_CLIPS[2],
 ];
-
-/// A private Redis (unix socket, AOF with fsync on every write) in `dir`.
-struct Redis {
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl Redis {
-    fn start(dir: &Path) -> Redis {
-        std::fs::create_dir_all(dir).unwrap();
-        let mut r = Redis {
-            dir: dir.to_path_buf(),
-            child: None,
-        };
-        r.restart();
-        r
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("r.sock")
-    }
-
-    fn url(&self) -> String {
-        format!("redis+unix://{}", self.socket().display())
-    }
-
-    /// Starts redis-server on the same directory (and so the same AOF).
-    fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--unixsocket"])
-            .arg(self.socket())
-            .args(["--unixsocketperm", "700", "--dir"])
-            .arg(&self.dir)
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-                "--maxmemory-policy",
-                "noeviction",
-                "--logfile",
-                "redis.log",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is required (scripts/setup.sh installs it)");
-        self.child = Some(child);
-        let t0 = Instant::now();
-        while !self.ping() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn ping(&self) -> bool {
-        Command::new("redis-cli")
-            .arg("-s")
-            .arg(self.socket())
-            .arg("PING")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
-            .unwrap_or(false)
-    }
-
-    /// SIGTERM (Redis writes its AOF and exits) and wait.
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            signal(c.id(), libc::SIGTERM);
-            c.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill(2) on a child process we started.
-    unsafe {
-        libc::kill(pid as i32, sig);
-    }
-}
 
 /// True when `pid` exists and is not a zombie.
 fn alive(pid: u32) -> bool {
@@ -159,7 +65,7 @@ impl Cluster {
             transcode(&wav, &out);
             encoded.push(out);
         }
-        let addr = serve(&media);
+        let addr = serve_dir(&media);
         let mut urls = Vec::new();
         for i in 0..n {
             let name = format!("clip{i:03}.m4a");
@@ -190,22 +96,16 @@ impl Cluster {
         }
     }
 
-    fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_tubescribe"));
-        c.args(args)
-            .env("TUBESCRIBE_DATA_DIR", &self.data)
-            .env("TUBESCRIBE_REDIS_URL", self.redis.url())
-            .env("TUBESCRIBE_CONFIG", &self.config)
-            .env("TUBESCRIBE_MODEL", model())
-            .env("TUBESCRIBE_YTDLP", ytdlp())
-            .env("TUBESCRIBE_THREADS", "1")
-            .env("TUBESCRIBE_LOG", "info")
-            .env_remove("TUBESCRIBE_LLM_BASE_URL")
-            .env_remove("TUBESCRIBE_TEST_PANIC");
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        c
+    /// The binary with `args` in this cluster's environment (its data dir, Redis and config,
+    /// whisper on one thread, info logs) plus `env`.
+    fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Bin {
+        Env::new(&self.data)
+            .redis_url(&self.redis.url())
+            .config_file(&self.config)
+            .var("TUBESCRIBE_THREADS", "1")
+            .var("TUBESCRIBE_LOG", "info")
+            .vars(env)
+            .bin(args)
     }
 
     /// Starts a worker process (its log goes to `<root>/logs/worker-<n>.log`); returns its pid.
@@ -217,40 +117,47 @@ impl Cluster {
         let log = std::fs::File::create(logs.join(format!("worker-{n}.log"))).unwrap();
         let child = self
             .command(&["worker", "--stages", stages], env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .output_to(Stdio::null(), log)
+            .spawn();
         let pid = child.id();
         self.workers.push((n, child));
         pid
+    }
+
+    /// Starts a worker of every stage whose `stage` panics on the first URL's task only (the
+    /// debug-build test hook); returns its pid.
+    fn spawn_worker_panicking_in(&mut self, stage: &str) -> u32 {
+        let hook = format!("{stage}:{}", self.urls[0].rsplit('/').next().unwrap());
+        self.spawn_worker(
+            "download,transcribe,summarize",
+            &[("TUBESCRIBE_TEST_PANIC", &hook)],
+        )
     }
 
     fn worker_pids(&self) -> Vec<u32> {
         self.workers.iter().map(|(_, c)| c.id()).collect()
     }
 
-    /// SIGKILLs worker `pid` and reaps it.
-    fn kill9(&mut self, pid: u32) {
+    /// Takes worker `pid` out of the cluster's list.
+    fn take_worker(&mut self, pid: u32) -> Child {
         let i = self
             .workers
             .iter()
             .position(|(_, c)| c.id() == pid)
             .unwrap();
-        let (_, mut c) = self.workers.remove(i);
+        self.workers.remove(i).1
+    }
+
+    /// SIGKILLs worker `pid` and reaps it.
+    fn kill9(&mut self, pid: u32) {
+        let mut c = self.take_worker(pid);
         c.kill().unwrap();
         c.wait().unwrap();
     }
 
     /// SIGTERMs worker `pid` and waits for it to exit; returns how long that took.
     fn term(&mut self, pid: u32, limit: Duration) -> Duration {
-        let i = self
-            .workers
-            .iter()
-            .position(|(_, c)| c.id() == pid)
-            .unwrap();
-        let (_, mut c) = self.workers.remove(i);
+        let mut c = self.take_worker(pid);
         let t0 = Instant::now();
         signal(pid, libc::SIGTERM);
         loop {
@@ -288,11 +195,8 @@ impl Cluster {
             .keep()
             .unwrap();
         self.command(&args, &[])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
+            .output_to(log.try_clone().unwrap(), log)
             .spawn()
-            .unwrap()
     }
 
     fn manifests(&self) -> BTreeMap<String, Value> {
@@ -446,12 +350,18 @@ fn assert_all_completed_once(c: &Cluster, n: usize) -> BTreeMap<String, Value> {
 
 /// The outcomes in `stage`'s attempt log of manifest `m`, in order.
 fn outcomes(m: &Value, stage: &str) -> Vec<String> {
-    m["stages"][stage]["attempt_log"]
-        .as_array()
-        .unwrap()
+    attempt_log(m, stage)
         .iter()
         .map(|a| a["outcome"].as_str().unwrap_or("-").to_string())
         .collect()
+}
+
+/// The records in `stage`'s attempt log of manifest `m`, in order.
+fn attempt_log(m: &Value, stage: &str) -> Vec<Value> {
+    m["stages"][stage]["attempt_log"]
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 /// Attempt records of all tasks: (task, stage, attempt json).
@@ -477,6 +387,24 @@ fn hostname_pid(pid: u32) -> String {
     unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     format!("{}:{pid}", String::from_utf8_lossy(&buf[..end]))
+}
+
+/// Writes an executable stand-in for a program at `path`: a shell script that appends its pid
+/// to `<path>.pids`, then runs `body`. Returns the path.
+fn stand_in(path: &Path, body: &str) -> String {
+    std::fs::write(path, format!("#!/bin/sh\necho $$ >> \"$0.pids\"\n{body}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.display().to_string()
+}
+
+/// The pids the stand-in at `path` recorded, in start order.
+fn stand_in_pids(path: &str) -> Vec<u32> {
+    std::fs::read_to_string(format!("{path}.pids"))
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect()
 }
 
 /// Figures of one kill run.
@@ -694,12 +622,7 @@ fn redis_restart_mid_batch_loses_no_task() {
 fn a_panicking_stage_fails_its_task_and_the_queue_keeps_flowing() {
     let tmp = tempfile::tempdir().unwrap();
     let mut c = Cluster::new(tmp.path(), 2, &[]);
-    // The hook matches the input URL of the first task only.
-    let hook = format!("transcribe:{}", c.urls[0].rsplit('/').next().unwrap());
-    let pid = c.spawn_worker(
-        "download,transcribe,summarize",
-        &[("TUBESCRIBE_TEST_PANIC", &hook)],
-    );
+    let pid = c.spawn_worker_panicking_in("transcribe");
     let first = c.submit(&c.urls[..1]);
     let mut first = first;
     assert_eq!(wait_submitter(&mut first, Duration::from_secs(60)), 1);
@@ -779,11 +702,7 @@ fn a_panicking_stage_fails_its_task_and_the_queue_keeps_flowing() {
 fn resubmitting_a_failed_task_reuses_its_complete_stages() {
     let tmp = tempfile::tempdir().unwrap();
     let mut c = Cluster::new(tmp.path(), 1, &[]);
-    let hook = format!("summarize:{}", c.urls[0].rsplit('/').next().unwrap());
-    let pid = c.spawn_worker(
-        "download,transcribe,summarize",
-        &[("TUBESCRIBE_TEST_PANIC", &hook)],
-    );
+    let pid = c.spawn_worker_panicking_in("summarize");
     let mut first = c.submit(&c.urls[..1]);
     assert_eq!(wait_submitter(&mut first, Duration::from_secs(60)), 1);
     c.term(pid, Duration::from_secs(40));
@@ -812,16 +731,7 @@ fn a_stage_over_its_time_limit_is_killed_retried_and_fails_with_timeout() {
         )],
     );
     // An ffmpeg that hangs: records its pid, then sleeps far beyond the limit.
-    let pids = tmp.path().join("ffmpeg.pids");
-    let fake = tmp.path().join("hanging-ffmpeg");
-    std::fs::write(
-        &fake,
-        format!("#!/bin/sh\necho $$ >> {}\nexec sleep 600\n", pids.display()),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let fake_s = fake.display().to_string();
+    let fake_s = stand_in(&tmp.path().join("hanging-ffmpeg"), "exec sleep 600");
     c.spawn_worker(
         "download,transcribe,summarize",
         &[("TUBESCRIBE_FFMPEG", fake_s.as_str())],
@@ -842,11 +752,7 @@ fn a_stage_over_its_time_limit_is_killed_retried_and_fails_with_timeout() {
     let log = m["stages"]["transcribe"]["attempt_log"].as_array().unwrap();
     assert_eq!(log.len(), 2, "retried once: {log:#?}");
     assert!(log.iter().all(|a| a["outcome"] == "failed"));
-    let started: Vec<u32> = std::fs::read_to_string(&pids)
-        .unwrap()
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
+    let started = stand_in_pids(&fake_s);
     assert_eq!(started.len(), 2, "one hanging ffmpeg per attempt");
     for p in started {
         assert!(!alive(p), "ffmpeg {p} survived its stage's timeout");
@@ -859,22 +765,26 @@ fn graceful_shutdown_finishes_or_hands_over_active_jobs() {
     let tmp = tempfile::tempdir().unwrap();
     let mut c = Cluster::new(tmp.path(), 2, &[]);
     // Worker A decodes through an ffmpeg that first sleeps SLOW seconds.
-    let slow = tmp.path().join("slow-ffmpeg");
-    std::fs::write(
-        &slow,
-        "#!/bin/sh\necho $$ >> \"$0.pids\"\nsleep \"$SLOW\"\nexec ffmpeg \"$@\"\n",
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let slow_s = slow.display().to_string();
+    let slow_s = stand_in(
+        &tmp.path().join("slow-ffmpeg"),
+        "sleep \"$SLOW\"\nexec ffmpeg \"$@\"",
+    );
+    // Waits (≤ 30 s) for worker `pid` to be transcribing; returns the task.
     let transcribing_by = |c: &Cluster, pid: u32| {
-        c.manifests().values().find_map(|m| {
-            let r = &m["stages"]["transcribe"];
-            let last = r["attempt_log"].as_array()?.last()?.clone();
-            (r["state"] == "active" && last["worker"] == hostname_pid(pid))
-                .then(|| m["task_id"].as_str().unwrap().to_string())
-        })
+        let t0 = Instant::now();
+        loop {
+            let task = c.manifests().values().find_map(|m| {
+                let r = &m["stages"]["transcribe"];
+                let last = r["attempt_log"].as_array()?.last()?.clone();
+                (r["state"] == "active" && last["worker"] == hostname_pid(pid))
+                    .then(|| m["task_id"].as_str().unwrap().to_string())
+            });
+            if let Some(t) = task {
+                return t;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30));
+            std::thread::sleep(Duration::from_millis(20));
+        }
     };
 
     // 1. The job ends within the grace period (60 s): A finishes it, then exits.
@@ -888,24 +798,14 @@ fn graceful_shutdown_finishes_or_hands_over_active_jobs() {
         ],
     );
     let mut sub = c.submit(&c.urls[..1]);
-    let t0 = Instant::now();
-    let task = loop {
-        if let Some(t) = transcribing_by(&c, a) {
-            break t;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(30));
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let task = transcribing_by(&c, a);
     let took = c.term(a, Duration::from_secs(160));
     eprintln!(
         "worker with a short job exited {:.1}s after SIGTERM (grace 150 s)",
         took.as_secs_f64()
     );
     let m = manifest(&c.data, &task);
-    let log = m["stages"]["transcribe"]["attempt_log"]
-        .as_array()
-        .unwrap()
-        .clone();
+    let log = attempt_log(&m, "transcribe");
     assert_eq!(log.len(), 1, "{log:#?}");
     assert_eq!(log[0]["outcome"], "completed");
     assert!(took < Duration::from_secs(150), "{took:?}");
@@ -920,14 +820,7 @@ fn graceful_shutdown_finishes_or_hands_over_active_jobs() {
         &[("TUBESCRIBE_FFMPEG", slow_s.as_str()), ("SLOW", "60")],
     );
     let mut sub = c.submit(&c.urls[1..2]);
-    let t0 = Instant::now();
-    let task = loop {
-        if let Some(t) = transcribing_by(&c, a) {
-            break t;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(30));
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let task = transcribing_by(&c, a);
     let b = c.spawn_worker("transcribe,summarize", &[]);
     std::thread::sleep(Duration::from_millis(1500));
     let term_at = tubescribe::domain::manifest::now_ms();
@@ -939,10 +832,7 @@ fn graceful_shutdown_finishes_or_hands_over_active_jobs() {
     assert!(took < Duration::from_secs(5), "{took:?}");
     assert_eq!(wait_submitter(&mut sub, Duration::from_secs(60)), 0);
     let m = manifest(&c.data, &task);
-    let log = m["stages"]["transcribe"]["attempt_log"]
-        .as_array()
-        .unwrap()
-        .clone();
+    let log = attempt_log(&m, "transcribe");
     assert_eq!(log.len(), 2, "{log:#?}");
     assert_eq!(log[0]["outcome"], "released");
     assert_eq!(log[0]["worker"], hostname_pid(a));
@@ -955,12 +845,7 @@ fn graceful_shutdown_finishes_or_hands_over_active_jobs() {
         "B must take the job right after the grace period, not after a stall: {handover} ms"
     );
     assert_eq!(m["stages"]["transcribe"]["completions"], 1);
-    let slow_pids: Vec<u32> = std::fs::read_to_string(format!("{slow_s}.pids"))
-        .unwrap()
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
-    for p in slow_pids {
+    for p in stand_in_pids(&slow_s) {
         assert!(!alive(p), "the released job's ffmpeg {p} survived");
     }
     c.stop_all();
@@ -976,39 +861,30 @@ fn workers_apply_the_cluster_wide_cap_from_the_config() {
         "[stages.transcribe]\nglobal_concurrency = 2\n[stages.summarize]\nglobal_concurrency = 0\n",
     )
     .unwrap();
-    let cfg = tubescribe::config::Config::resolve(&tubescribe::config::Overrides {
-        config: Some(config),
-        data_dir: Some(tmp.path().join("data")),
-        ..Default::default()
-    })
-    .unwrap();
+    let cfg = Env::new(&tmp.path().join("data"))
+        .config_file(&config)
+        .redis_url(&redis.url())
+        .config(|o| {
+            o.download_concurrency = Some(1);
+            o.transcribe_concurrency = Some(1);
+            o.summarize_concurrency = Some(1);
+        });
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let p = Producer::connect(&redis.url()).await.unwrap();
-        p.queue(Stage::Summarize)
+        let mut app = TestApp::start(cfg).await;
+        app.producer
+            .queue(Stage::Summarize)
             .set_global_concurrency(7)
             .await
             .unwrap();
-        p.queue(Stage::Download)
+        app.producer
+            .queue(Stage::Download)
             .set_global_concurrency(5)
             .await
             .unwrap();
-        let data = tubescribe::store::DataDir::open(&cfg.data_dir).unwrap();
-        let ctx = std::sync::Arc::new(tubescribe::pipeline::StageCtx::new(cfg.clone(), data));
-        let stages: Vec<_> = Stage::ALL
-            .iter()
-            .map(|s| {
-                (
-                    *s,
-                    tubescribe::engine::workers::WorkerSettings::from_policy(1, cfg.policy(*s)),
-                )
-            })
-            .collect();
-        let w = tubescribe::engine::workers::Workers::start(&redis.url(), ctx, &stages)
-            .await
-            .unwrap();
+        app.start_workers(&Stage::ALL).await;
         let cap = |s: Stage| {
-            let q = p.queue(s);
+            let q = app.producer.queue(s);
             async move { q.get_global_concurrency().await.unwrap() }
         };
         assert_eq!(cap(Stage::Transcribe).await, Some(2), "set from the config");
@@ -1018,8 +894,7 @@ fn workers_apply_the_cluster_wide_cap_from_the_config() {
             Some(5),
             "unset leaves Redis alone"
         );
-        w.close(Duration::from_secs(1)).await;
-        p.close().await;
+        app.stop(Duration::from_secs(1)).await;
     });
 }
 
@@ -1042,21 +917,7 @@ fn kill9_during_a_segment_job_loses_no_segment() {
         .iter()
         .map(|(name, text)| {
             let (wav, reference) = speech(tmp.path(), name, text);
-            let out = tmp.path().join(format!("{name}.16k.wav"));
-            let st = Command::new("ffmpeg")
-                .args(["-nostdin", "-loglevel", "error", "-y", "-i"])
-                .arg(&wav)
-                .args(["-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le"])
-                .arg(&out)
-                .status()
-                .unwrap();
-            assert!(st.success());
-            let samples = hound::WavReader::open(&out)
-                .unwrap()
-                .into_samples::<i16>()
-                .map(|s| s.unwrap())
-                .collect();
-            (samples, reference)
+            (pcm16k_i16(&wav, tmp.path()), reference)
         })
         .collect();
     while pcm.len() < 150 * 16_000 {
@@ -1066,17 +927,7 @@ fn kill9_during_a_segment_job_loses_no_segment() {
             words.push(reference.clone());
         }
     }
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 16_000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(c.root.join("media/long.wav"), spec).unwrap();
-    for s in &pcm {
-        w.write_sample(*s).unwrap();
-    }
-    w.finalize().unwrap();
+    write_wav16k(&c.root.join("media/long.wav"), &pcm);
     let url = format!("http://{}/long.wav", c.host);
 
     c.spawn_worker("download,transcribe,summarize", &[]);

@@ -11,15 +11,10 @@ use std::time::{Duration, Instant};
 
 use bullmq::worker::CancellationToken;
 use bullmq::{Job, Worker, WorkerOptions};
-use tubescribe::config::{Config, Overrides};
-use tubescribe::domain::input::InputPolicy;
+use common::{Env, TestApp};
 use tubescribe::domain::keys::PREFIX;
 use tubescribe::domain::Stage;
-use tubescribe::engine::producer::Producer;
 use tubescribe::engine::redis::connection;
-use tubescribe::engine::workers::{WorkerSettings, Workers};
-use tubescribe::pipeline::StageCtx;
-use tubescribe::store::DataDir;
 
 /// `minutes` of silence as a small Opus file.
 fn silence(path: &std::path::Path, minutes: u32) {
@@ -43,24 +38,9 @@ fn silence(path: &std::path::Path, minutes: u32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_slot_transcribes_shortest_first() {
     let tmp = tempfile::tempdir().unwrap();
-    let data_dir = tmp.path().join("data");
-    let data = DataDir::open(&data_dir).unwrap();
-    let mut cfg = Config::resolve(&Overrides {
-        data_dir: Some(data_dir.clone()),
-        model: Some(common::model()),
-        ..Default::default()
-    })
-    .unwrap();
+    let mut cfg = Env::new(&tmp.path().join("data")).config(|o| o.download_concurrency = Some(2));
     cfg.schedule.aging_rate = 1.0; // the default, whatever the environment says
-    let mut redis =
-        tubescribe::tools::redis_embed::ensure(&data.redis_dir(), &cfg.programs.redis_server)
-            .await
-            .unwrap();
-    let url = redis.url.clone();
-    let producer = Producer::connect(&url).await.unwrap();
-    let model = tubescribe::tools::model::identify(&cfg.model)
-        .await
-        .unwrap();
+    let mut app = TestApp::start(cfg).await;
 
     // Submitted in the worst order: longest first.
     let minutes = [40u32, 10, 5, 1];
@@ -68,31 +48,15 @@ async fn one_slot_transcribes_shortest_first() {
     for m in minutes {
         let f = tmp.path().join(format!("talk-{m}min.opus"));
         silence(&f, m);
-        let s = tubescribe::app::tasks::submit(
-            &data,
-            &producer,
-            &InputPolicy::default(),
-            f.to_str().unwrap(),
-            false,
-            &model,
-        )
-        .await
-        .unwrap();
-        task_minutes.push((s.task_id, m));
+        task_minutes.push((app.submit(&f).await, m));
     }
 
     // Real download workers (the stage and its priority hook).
-    let ctx = Arc::new(StageCtx::new(cfg.clone(), data.clone()));
-    let workers = Workers::start(
-        &url,
-        ctx,
-        &[(Stage::Download, WorkerSettings::with_concurrency(2))],
-    )
-    .await
-    .unwrap();
+    app.start_workers(&[Stage::Download]).await;
     let t0 = Instant::now();
     loop {
-        let c = producer
+        let c = app
+            .producer
             .queue(Stage::Download)
             .get_job_counts()
             .await
@@ -107,7 +71,8 @@ async fn one_slot_transcribes_shortest_first() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let tc = producer
+    let tc = app
+        .producer
         .queue(Stage::Transcribe)
         .get_job_counts()
         .await
@@ -135,7 +100,7 @@ async fn one_slot_transcribes_shortest_first() {
         "transcribe",
         processor,
         WorkerOptions::new()
-            .connection(connection(&url))
+            .connection(connection(app.url()))
             .prefix(PREFIX)
             .concurrency(1),
     )
@@ -150,9 +115,7 @@ async fn one_slot_transcribes_shortest_first() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = tr.close(5_000).await;
-    workers.close(Duration::from_secs(5)).await;
-    producer.close().await;
-    redis.stop();
+    app.stop(Duration::from_secs(5)).await;
 
     let started: Vec<u32> = order
         .lock()

@@ -5,10 +5,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -16,90 +14,19 @@ use serde_json::{json, Value};
 
 const JFK_FALLBACK: &str = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.";
 
-/// A running `tubescribe` process (server or worker); SIGTERM + wait on drop.
-struct Proc {
-    child: Child,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn start(data: &Path, args: &[&str]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tubescribe"))
-            .args(args)
-            .env("TUBESCRIBE_DATA_DIR", data)
-            .env("TUBESCRIBE_MODEL", model())
-            .env("TUBESCRIBE_YTDLP", ytdlp())
-            .env("TUBESCRIBE_THREADS", "2")
-            .env_remove("TUBESCRIBE_REDIS_URL")
-            .env_remove("TUBESCRIBE_CONFIG")
-            .env_remove("TUBESCRIBE_LLM_BASE_URL")
-            .env_remove("TUBESCRIBE_API_TOKEN")
-            .env_remove("TUBESCRIBE_LISTEN")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tubescribe binary runs");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let err = child.stderr.take().unwrap();
-        let l2 = lines.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                eprintln!("[tubescribe] {l}");
-                l2.lock().unwrap_or_else(|e| e.into_inner()).push(l);
-            }
-        });
-        Proc {
-            child,
-            stderr: lines,
-        }
-    }
-
-    /// Waits (≤ 60 s) for a stderr line containing `needle` and returns it.
-    fn wait_line(&mut self, needle: &str) -> String {
-        let t0 = Instant::now();
-        loop {
-            let lines = self.stderr.lock().unwrap().clone();
-            if let Some(l) = lines.iter().find(|l| l.contains(needle)) {
-                return l.clone();
-            }
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("tubescribe exited ({st}) before printing {needle:?}: {lines:?}");
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "no {needle:?} within 60 s: {lines:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(40) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `tubescribe <args>` (a server or a worker; whisper on 2 threads).
+fn start(data: &Path, args: &[&str]) -> Proc {
+    Env::new(data)
+        .var("TUBESCRIBE_THREADS", "2")
+        .bin(args)
+        .start()
 }
 
 /// Starts `tubescribe serve --listen 127.0.0.1:0 <extra>` and returns it with its base URL.
 fn serve(data: &Path, extra: &[&str]) -> (Proc, String) {
     let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
     args.extend_from_slice(extra);
-    let mut p = Proc::start(data, &args);
+    let mut p = start(data, &args);
     let line = p.wait_line("listening on http://");
     let base = line
         .split_whitespace()
@@ -236,10 +163,6 @@ fn media(tmp: &Path) -> (std::net::SocketAddr, PathBuf) {
         .unwrap();
     assert!(st.success());
     (serve_dir(&dir), dir)
-}
-
-fn serve_dir(dir: &Path) -> std::net::SocketAddr {
-    common::serve(dir)
 }
 
 fn stage_events(evs: &[Sse]) -> Vec<(String, String)> {
@@ -650,7 +573,7 @@ async fn worker_in_another_process_and_cancel_during_transcribe() {
     let data = tmp.path().join("data");
     let (srv, base) = serve(&data, &["--no-workers", "--allow-host", &maddr.to_string()]);
     // The worker reuses the server's embedded Redis (same data dir).
-    let mut worker = Proc::start(&data, &["worker", "--transcribe-concurrency", "1"]);
+    let mut worker = start(&data, &["worker", "--transcribe-concurrency", "1"]);
     worker.wait_line("; Ctrl-C to stop");
     assert!(
         children(srv.pid()).iter().all(|(_, c)| c == "redis-server"),

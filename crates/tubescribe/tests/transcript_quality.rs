@@ -52,18 +52,11 @@ fn pcm16k(path: &Path, tmp: &Path) -> Vec<f32> {
 
 /// Writes 16 kHz mono s16 WAV.
 fn write_wav(path: &Path, pcm: &[f32]) {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 16_000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(path, spec).unwrap();
-    for s in pcm {
-        w.write_sample((s * 32767.0).clamp(-32768.0, 32767.0) as i16)
-            .unwrap();
-    }
-    w.finalize().unwrap();
+    let samples: Vec<i16> = pcm
+        .iter()
+        .map(|s| (s * 32767.0).clamp(-32768.0, 32767.0) as i16)
+        .collect();
+    write_wav16k(path, &samples);
 }
 
 /// The clips (16 kHz f32) with their reference texts.

@@ -26,14 +26,12 @@ use bullmq::{FlowJob, FlowProducer, FlowProducerOptions, Job, Worker, WorkerOpti
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::app::runtime::Runtime;
 use crate::config::Config;
 use crate::domain::input::InputPolicy;
 use crate::domain::manifest::{now_ms, TaskStatus};
 use crate::domain::Stage;
-use crate::engine::producer::Producer;
 use crate::engine::redis::connection;
-use crate::engine::workers::{WorkerSettings, Workers};
-use crate::pipeline::StageCtx;
 use crate::store::{names, DataDir};
 use crate::tools::asr;
 use crate::tools::asr::{AsrModel, TranscribeOptions};
@@ -244,37 +242,28 @@ fn write_talk(path: &Path, clips: &[Clip], first: usize, target_s: f64) -> Resul
     Ok(n as f64 / 16_000.0)
 }
 
-/// Runs `files` as tasks through in-process workers; returns per-task timings (in input
-/// order), the makespan (first submit → last summary) and the CPU seconds used.
+/// Runs `files` as tasks through in-process workers (started on `rt` for this run, over a
+/// fresh stage context, and stopped after it); returns per-task timings (in input order), the
+/// makespan (first submit → last summary) and the CPU seconds used.
 async fn run_tasks(
-    cfg: &Config,
-    data: &DataDir,
-    url: &str,
+    rt: &mut Runtime,
     files: &[PathBuf],
 ) -> Result<(Vec<TaskRun>, f64, f64), BenchError> {
-    let producer = Producer::connect(url).await.map_err(run_err("redis"))?;
-    let model = crate::tools::model::identify(&cfg.model)
+    let producer = rt.producer().await.map_err(run_err("redis"))?;
+    let model = crate::tools::model::identify(&rt.config().model)
         .await
         .map_err(run_err("model"))?;
-    let ctx = Arc::new(StageCtx::new(cfg.clone(), data.clone()));
-    let stages: Vec<(Stage, WorkerSettings)> = [
-        (Stage::Download, cfg.download_concurrency),
-        (Stage::Transcribe, cfg.transcribe_concurrency),
-        (Stage::Summarize, cfg.summarize_concurrency),
-    ]
-    .into_iter()
-    .map(|(s, c)| (s, WorkerSettings::with_concurrency(c)))
-    .collect();
-    let workers = Workers::start(url, ctx, &stages)
+    rt.start_workers(&Stage::ALL)
         .await
         .map_err(run_err("workers"))?;
+    let data = rt.data().clone();
     let cpu0 = cpu_seconds();
     let t0 = now_ms();
     let mut ids = Vec::new();
     for f in files {
         let submitted = now_ms();
         let s = crate::app::tasks::submit(
-            data,
+            &data,
             &producer,
             &InputPolicy::default(),
             &f.to_string_lossy(),
@@ -309,7 +298,7 @@ async fn run_tasks(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let cpu = cpu_seconds() - cpu0;
-    workers.close(Duration::from_secs(10)).await;
+    rt.stop_workers(Duration::from_secs(10)).await;
     producer.close().await;
     let mut runs = Vec::new();
     let mut end = t0;
@@ -563,32 +552,22 @@ pub async fn run(
     let root = DataDir::open(&cfg.data_dir).map_err(setup("data dir"))?;
     let work = root.bench_dir(&format!("{}-{}", now_ms(), std::process::id()));
     std::fs::create_dir_all(&work).map_err(setup("bench dir"))?;
-    let data = DataDir::open(&work.join("data")).map_err(setup("bench data dir"))?;
     let mut cfg = cfg.clone();
-    cfg.data_dir = data.root().to_path_buf();
+    cfg.data_dir = work.join("data");
+    // Its own embedded Redis, whatever Redis the configuration names.
+    cfg.redis_url = None;
     if !cfg.model.is_file() {
         return Err(BenchError::Setup(format!(
             "model {} not found (tubescribe model install)",
             cfg.model.display()
         )));
     }
-    let mut redis =
-        crate::tools::redis_embed::ensure(&work.join("redis"), &cfg.programs.redis_server)
-            .await
-            .map_err(setup("redis"))?;
-    let url = redis.url.clone();
-    let result = run_inner(
-        &cfg,
-        opts,
-        progress,
-        &work,
-        &data,
-        &url,
-        &redis.socket,
-        cores,
-    )
-    .await;
-    redis.stop();
+    let mut rt = Runtime::builder(cfg)
+        .start()
+        .await
+        .map_err(setup("redis"))?;
+    let result = run_inner(opts, progress, &work, &mut rt, cores).await;
+    rt.shutdown(Duration::from_secs(10)).await;
     let _ = std::fs::remove_dir_all(&work);
     let mut r = result?;
     if let serde_json::Value::Object(o) = &mut r.detail {
@@ -598,88 +577,103 @@ pub async fn run(
     Ok(r)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_inner(
-    cfg: &Config,
-    opts: &BenchOptions,
-    progress: &(dyn Fn(&str) + Sync),
-    work: &Path,
-    data: &DataDir,
-    url: &str,
-    socket: &Path,
-    cores: usize,
-) -> Result<BenchReport, BenchError> {
-    let (short_s, long_s, p5_flows, hop_flows) = if opts.quick {
-        (20.0, 120.0, 1000, 60)
-    } else {
-        (60.0, 590.0, 4000, 200)
-    };
-    progress("preparing speech");
-    let (clips, source) = clips(cfg, work, opts.samples.as_deref()).await?;
-    let long = work.join("long.wav");
-    let long_len = write_talk(&long, &clips, 0, long_s)?;
-    let mut shorts = Vec::new();
-    for i in 0..5 {
-        let p = work.join(format!("short{i}.wav"));
-        write_talk(&p, &clips, i + 1, short_s)?;
-        shorts.push(p);
-    }
+/// The solo runs: each short talk, then the long one twice.
+struct SoloRuns {
+    shorts: Vec<TaskRun>,
+    /// CPU seconds of the short runs together.
+    short_cpu: f64,
+    /// The faster long run (by transcribe stage wall).
+    long: TaskRun,
+    /// The transcribe stage wall of both long runs, seconds.
+    long_stage_walls: [f64; 2],
+}
 
-    progress("P1/P4: solo runs");
+async fn solo_runs(
+    rt: &mut Runtime,
+    shorts: &[PathBuf],
+    long: &Path,
+    work: &Path,
+) -> Result<SoloRuns, BenchError> {
     let mut solo_short = Vec::new();
     let mut short_cpu = 0.0;
-    for s in &shorts {
-        let (r, _, cpu) = run_tasks(cfg, data, url, std::slice::from_ref(s)).await?;
+    for s in shorts {
+        let (r, _, cpu) = run_tasks(rt, std::slice::from_ref(s)).await?;
         solo_short.push(r[0].clone());
         short_cpu += cpu;
     }
     // The long task runs solo twice (as a fresh task each time) and P3 compares the faster
     // run with the faster of two direct whisper runs: a single 20 s measurement on a shared
     // 2-core machine varies by ±10 %, min-of-two on both sides keeps the ratio honest.
-    let (r, _, _) = run_tasks(cfg, data, url, std::slice::from_ref(&long)).await?;
+    let (r, _, _) = run_tasks(rt, &[long.to_path_buf()]).await?;
     let mut solo_long = r[0].clone();
     let long2 = work.join("long-again.wav");
-    std::fs::copy(&long, &long2).map_err(setup("copy long talk"))?;
-    let (r, _, _) = run_tasks(cfg, data, url, std::slice::from_ref(&long2)).await?;
-    let p3_stage_runs = [solo_long.stage_wall_s[1], r[0].stage_wall_s[1]];
+    std::fs::copy(long, &long2).map_err(setup("copy long talk"))?;
+    let (r, _, _) = run_tasks(rt, std::slice::from_ref(&long2)).await?;
+    let long_stage_walls = [solo_long.stage_wall_s[1], r[0].stage_wall_s[1]];
     if r[0].stage_wall_s[1] < solo_long.stage_wall_s[1] {
         solo_long = r[0].clone();
     }
+    Ok(SoloRuns {
+        shorts: solo_short,
+        short_cpu,
+        long: solo_long,
+        long_stage_walls,
+    })
+}
 
-    progress("P1/P2: batch of 1 long + 5 short");
-    let mut batch_files = vec![long.clone()];
-    batch_files.extend(shorts.iter().cloned());
-    let (batch, makespan, batch_cpu) = run_tasks(cfg, data, url, &batch_files).await?;
-    let p1 = batch[1..]
-        .iter()
-        .zip(&solo_short)
-        .map(|(b, s)| b.latency_s / s.latency_s)
-        .fold(0.0, f64::max);
-    // Seed baseline: one FIFO queue, concurrency 1 → tasks one after another.
-    let mut acc = solo_long.latency_s;
-    let mut p1_base = 0.0f64;
-    for s in &solo_short {
-        acc += s.latency_s;
-        p1_base = p1_base.max(acc / s.latency_s);
+/// P1 and P2 from the solo runs and the batch run.
+struct P12 {
+    /// Max over shorts of batch latency ÷ solo latency.
+    p1: f64,
+    /// The same under the seed baseline (sequential).
+    p1_base: f64,
+    /// The lowest P1 any scheduler could reach on this machine.
+    p1_floor: f64,
+    /// The makespan's lower bound, seconds.
+    lower_bound: f64,
+    /// Makespan ÷ lower bound.
+    p2: f64,
+}
+
+impl P12 {
+    fn of(solo: &SoloRuns, batch: &[TaskRun], makespan: f64, batch_cpu: f64, cores: usize) -> P12 {
+        let p1 = batch[1..]
+            .iter()
+            .zip(&solo.shorts)
+            .map(|(b, s)| b.latency_s / s.latency_s)
+            .fold(0.0, f64::max);
+        // Seed baseline: one FIFO queue, concurrency 1 → tasks one after another.
+        let mut acc = solo.long.latency_s;
+        let mut p1_base = 0.0f64;
+        for s in &solo.shorts {
+            acc += s.latency_s;
+            p1_base = p1_base.max(acc / s.latency_s);
+        }
+        // P1 floor: the five shorts arrive together and need `short_cpu` CPU seconds, so under
+        // any scheduler (even with no long task at all) the last one finishes no earlier than
+        // short_cpu ÷ cores; its ratio can be no lower than that ÷ the longest solo latency.
+        let max_solo = solo.shorts.iter().map(|r| r.latency_s).fold(0.0, f64::max);
+        let p1_floor = if max_solo > 0.0 {
+            solo.short_cpu / cores as f64 / max_solo
+        } else {
+            0.0
+        };
+        let lower_bound = (batch_cpu / cores as f64).max(solo.long.latency_s);
+        P12 {
+            p1,
+            p1_base,
+            p1_floor,
+            lower_bound,
+            p2: makespan / lower_bound,
+        }
     }
-    // P1 floor: the five shorts arrive together and need `short_cpu` CPU seconds, so under any
-    // scheduler (even with no long task at all) the last one finishes no earlier than
-    // short_cpu ÷ cores; its ratio can be no lower than that ÷ the longest solo latency.
-    let max_solo = solo_short.iter().map(|r| r.latency_s).fold(0.0, f64::max);
-    let p1_floor = if max_solo > 0.0 {
-        short_cpu / cores as f64 / max_solo
-    } else {
-        0.0
-    };
-    let lower_bound = (batch_cpu / cores as f64).max(solo_long.latency_s);
-    let p2 = makespan / lower_bound;
+}
 
-    progress("P3: whisper-rs directly on the same audio");
-    let wav = data.task(&solo_long.task_id).file(names::AUDIO_WAV);
-    let threads = solo_long.threads as usize;
-    let model_path = cfg.model.clone();
-    let direct_runs = tokio::task::spawn_blocking(move || -> Result<Vec<f64>, String> {
-        let m = AsrModel::load(&model_path).map_err(|e| e.to_string())?;
+/// Wall seconds of two whisper-rs runs directly on `wav` with `model` and `threads`.
+async fn direct_whisper(model: &Path, wav: &Path, threads: usize) -> Result<Vec<f64>, BenchError> {
+    let (model, wav) = (model.to_path_buf(), wav.to_path_buf());
+    tokio::task::spawn_blocking(move || -> Result<Vec<f64>, String> {
+        let m = AsrModel::load(&model).map_err(|e| e.to_string())?;
         let pcm = asr::read_wav_16k_mono(&wav).map_err(|e| e.to_string())?;
         let mut runs = Vec::new();
         for _ in 0..2 {
@@ -700,7 +694,74 @@ async fn run_inner(
     })
     .await
     .map_err(run_err("direct whisper"))?
-    .map_err(BenchError::Run)?;
+    .map_err(BenchError::Run)
+}
+
+/// P5: `flows` no-op flows through bullmq-official and through Node BullMQ, two rounds each,
+/// alternately; returns both rates (jobs/s) and why Node did not run, if it did not.
+async fn throughput(
+    url: &str,
+    node_dir: &Path,
+    socket: &Path,
+    flows: usize,
+) -> Result<(Vec<f64>, Vec<f64>, Option<String>), BenchError> {
+    let mut rust_rates = Vec::new();
+    let mut node_rates = Vec::new();
+    for round in 0..2 {
+        rust_rates.push(rust_throughput(url, flows, round).await?);
+        match node_throughput(node_dir, socket, flows, round).await {
+            Ok(r) => node_rates.push(r),
+            Err(e) => return Ok((rust_rates, node_rates, Some(e))),
+        }
+    }
+    Ok((rust_rates, node_rates, None))
+}
+
+async fn run_inner(
+    opts: &BenchOptions,
+    progress: &(dyn Fn(&str) + Sync),
+    work: &Path,
+    rt: &mut Runtime,
+    cores: usize,
+) -> Result<BenchReport, BenchError> {
+    let cfg = &rt.config().clone();
+    let data = &rt.data().clone();
+    let url = &rt.url().to_string();
+    let socket = &rt
+        .redis_socket()
+        .expect("the bench runs its own embedded Redis")
+        .to_path_buf();
+    let (short_s, long_s, p5_flows, hop_flows) = if opts.quick {
+        (20.0, 120.0, 1000, 60)
+    } else {
+        (60.0, 590.0, 4000, 200)
+    };
+    progress("preparing speech");
+    let (clips, source) = clips(cfg, work, opts.samples.as_deref()).await?;
+    let long = work.join("long.wav");
+    let long_len = write_talk(&long, &clips, 0, long_s)?;
+    let mut shorts = Vec::new();
+    for i in 0..5 {
+        let p = work.join(format!("short{i}.wav"));
+        write_talk(&p, &clips, i + 1, short_s)?;
+        shorts.push(p);
+    }
+
+    progress("P1/P4: solo runs");
+    let solo = solo_runs(rt, &shorts, &long, work).await?;
+    let (solo_short, short_cpu, solo_long) = (&solo.shorts, solo.short_cpu, &solo.long);
+
+    progress("P1/P2: batch of 1 long + 5 short");
+    let mut batch_files = vec![long.clone()];
+    batch_files.extend(shorts.iter().cloned());
+    let (batch, makespan, batch_cpu) = run_tasks(rt, &batch_files).await?;
+    let p12 = P12::of(&solo, &batch, makespan, batch_cpu, cores);
+    let (p1, p1_base, p1_floor, lower_bound, p2) =
+        (p12.p1, p12.p1_base, p12.p1_floor, p12.lower_bound, p12.p2);
+
+    progress("P3: whisper-rs directly on the same audio");
+    let wav = data.task(&solo_long.task_id).file(names::AUDIO_WAV);
+    let direct_runs = direct_whisper(&cfg.model, &wav, solo_long.threads as usize).await?;
     let direct_s = direct_runs.iter().copied().fold(f64::INFINITY, f64::min);
     let p3 = solo_long.stage_wall_s[1] / direct_s;
 
@@ -714,25 +775,13 @@ async fn run_inner(
         .node_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("bench/node"));
-    let mut rust_rates = Vec::new();
-    let mut node_rates = Vec::new();
-    let mut node_note = None;
-    for round in 0..2 {
-        rust_rates.push(rust_throughput(url, p5_flows, round).await?);
-        match node_throughput(&node_dir, socket, p5_flows, round).await {
-            Ok(r) => node_rates.push(r),
-            Err(e) => {
-                node_note = Some(e);
-                break;
-            }
-        }
-    }
+    let (rust_rates, node_rates, node_note) = throughput(url, &node_dir, socket, p5_flows).await?;
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let p5 = (!node_rates.is_empty()).then(|| mean(&rust_rates) / mean(&node_rates));
 
     let p4 = solo_short
         .iter()
-        .chain(std::iter::once(&solo_long))
+        .chain(std::iter::once(solo_long))
         .map(|r| r.peak_rss_mb)
         .fold(0.0, f64::max);
     let p4_two = batch.iter().map(|r| r.peak_rss_mb).fold(0.0, f64::max);
@@ -756,7 +805,7 @@ async fn run_inner(
         "p2_lower_bound_s": lower_bound,
         "p3_stage_wall_s": solo_long.stage_wall_s[1],
         "p3_direct_whisper_s": direct_s,
-        "p3_stage_runs_s": p3_stage_runs,
+        "p3_stage_runs_s": solo.long_stage_walls,
         "p3_direct_runs_s": direct_runs,
         "p3_hop_samples": hop.len(),
         "p5_flows": p5_flows,

@@ -1,10 +1,33 @@
-//! Shared fixtures for the end-to-end tests: real speech, a loopback media server, the
-//! tubescribe binary run as a user would run it, and the installed prerequisites.
+//! The one harness of the integration tests:
+//!
+//! * prerequisites: [`model`], [`ytdlp`] and the project's venv ([`repo_root`]);
+//! * [`Env`]: one tubescribe environment (private data dir, the model, the venv's programs,
+//!   optionally a config file, a Redis URL and extra `TUBESCRIBE_*` variables), for the binary
+//!   ([`Env::bin`] → [`Bin`]: run to the end, spawn, or start as a [`Proc`] that is stopped
+//!   with SIGTERM on drop) and for this process ([`Env::config`] → [`TestApp`], tubescribe
+//!   in-process over `app::runtime`, as `process` runs it);
+//! * [`Redis`]: an isolated `redis-server` a test can stop and restart;
+//! * [`serve_router`] / [`serve_dir`]: the HTTP fixture server on loopback;
+//! * media: real speech ([`speech`], [`ENGLISH_CLIPS`]), conversions, WAV writing;
+//! * manifests: [`manifest`], [`task_ids`], [`max_overlap`].
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tubescribe::app::runtime::Runtime;
+use tubescribe::config::{Config, Overrides};
+use tubescribe::domain::input::InputPolicy;
+use tubescribe::domain::Stage;
+use tubescribe::engine::producer::Producer;
+use tubescribe::store::DataDir;
+
+// ---------------------------------------------------------------------------------------
+// Prerequisites
 
 /// The workspace root.
 pub fn repo_root() -> PathBuf {
@@ -29,7 +52,7 @@ pub fn model() -> PathBuf {
 
 /// yt-dlp from the project's venv; fails loudly when missing.
 pub fn ytdlp() -> PathBuf {
-    let p = repo_root().join(".venv/bin/yt-dlp");
+    let p = venv_bin().join("yt-dlp");
     assert!(
         p.is_file(),
         "{} is missing: run scripts/setup.sh --test",
@@ -37,6 +60,430 @@ pub fn ytdlp() -> PathBuf {
     );
     p
 }
+
+/// The project's venv `bin` directory (yt-dlp, python with pip, deno).
+fn venv_bin() -> PathBuf {
+    repo_root().join(".venv/bin")
+}
+
+// ---------------------------------------------------------------------------------------
+// One environment: for the binary and for this process
+
+/// Variables never inherited from the test's own environment: they would point tubescribe
+/// at another Redis, config file, LLM, server token or listen address, or inject a panic.
+const NOT_INHERITED: [&str; 6] = [
+    "TUBESCRIBE_REDIS_URL",
+    "TUBESCRIBE_CONFIG",
+    "TUBESCRIBE_LLM_BASE_URL",
+    "TUBESCRIBE_API_TOKEN",
+    "TUBESCRIBE_LISTEN",
+    "TUBESCRIBE_TEST_PANIC",
+];
+
+/// One tubescribe under test: its private data directory, the project's model and venv
+/// programs, and what a test adds (a config file, a Redis URL, `TUBESCRIBE_*` variables).
+/// Without a Redis URL, tubescribe runs its own embedded Redis in the data directory.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// The data directory (`TUBESCRIBE_DATA_DIR`).
+    pub data: PathBuf,
+    config: Option<PathBuf>,
+    redis_url: Option<String>,
+    vars: Vec<(String, String)>,
+}
+
+impl Env {
+    /// The environment with data directory `data` (created on first use).
+    pub fn new(data: &Path) -> Env {
+        Env {
+            data: data.to_path_buf(),
+            config: None,
+            redis_url: None,
+            vars: Vec::new(),
+        }
+    }
+
+    /// Uses the config file `path` (`TUBESCRIBE_CONFIG`).
+    pub fn config_file(mut self, path: &Path) -> Env {
+        self.config = Some(path.to_path_buf());
+        self
+    }
+
+    /// Uses the Redis at `url` instead of the embedded one (`TUBESCRIBE_REDIS_URL`).
+    pub fn redis_url(mut self, url: &str) -> Env {
+        self.redis_url = Some(url.to_string());
+        self
+    }
+
+    /// Sets the variable `key` for the binary (later settings win).
+    pub fn var(mut self, key: &str, value: &str) -> Env {
+        self.vars.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Sets each variable of `vars` ([`Env::var`]).
+    pub fn vars(self, vars: &[(&str, &str)]) -> Env {
+        vars.iter().fold(self, |e, (k, v)| e.var(k, v))
+    }
+
+    /// The `tubescribe` binary with `args` in this environment.
+    pub fn bin(&self, args: &[&str]) -> Bin {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tubescribe"));
+        c.args(args);
+        for k in NOT_INHERITED {
+            c.env_remove(k);
+        }
+        let venv = venv_bin();
+        if venv.is_dir() {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let paths = std::iter::once(venv.clone()).chain(std::env::split_paths(&path));
+            c.env("PATH", std::env::join_paths(paths).unwrap());
+            c.env("TUBESCRIBE_PYTHON", venv.join("python"));
+        }
+        c.env("TUBESCRIBE_DATA_DIR", &self.data)
+            .env("TUBESCRIBE_MODEL", model())
+            .env("TUBESCRIBE_YTDLP", ytdlp());
+        if let Some(p) = &self.config {
+            c.env("TUBESCRIBE_CONFIG", p);
+        }
+        if let Some(u) = &self.redis_url {
+            c.env("TUBESCRIBE_REDIS_URL", u);
+        }
+        for (k, v) in &self.vars {
+            c.env(k, v);
+        }
+        Bin(c)
+    }
+
+    /// The configuration tubescribe in this process resolves in this environment (data dir,
+    /// model, config file, Redis URL; `edit` sets other flags). Variables set with
+    /// [`Env::var`] apply to the binary only.
+    pub fn config(&self, edit: impl FnOnce(&mut Overrides)) -> Config {
+        let mut o = Overrides {
+            config: self.config.clone(),
+            data_dir: Some(self.data.clone()),
+            redis_url: self.redis_url.clone(),
+            model: Some(model()),
+            ..Default::default()
+        };
+        edit(&mut o);
+        Config::resolve(&o).unwrap()
+    }
+}
+
+/// The result of one `tubescribe` run.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// The `tubescribe` binary as a test runs it ([`Env::bin`]).
+pub struct Bin(Command);
+
+impl Bin {
+    /// Sets one more variable.
+    pub fn env(mut self, key: &str, value: &str) -> Bin {
+        self.0.env(key, value);
+        self
+    }
+
+    /// Where its stdout and stderr go when spawned (default: inherited).
+    pub fn output_to(mut self, stdout: impl Into<Stdio>, stderr: impl Into<Stdio>) -> Bin {
+        self.0.stdout(stdout).stderr(stderr);
+        self
+    }
+
+    /// Runs it to the end and captures its output.
+    pub fn run(mut self) -> Run {
+        let out = self.0.output().unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Starts it with no stdin.
+    pub fn spawn(mut self) -> Child {
+        self.0
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("tubescribe binary runs")
+    }
+
+    /// Starts it as a [`Proc`]: its stderr echoed and kept for [`Proc::wait_line`].
+    pub fn start(self) -> Proc {
+        let mut child = self.output_to(Stdio::null(), Stdio::piped()).spawn();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let err = child.stderr.take().unwrap();
+        let l2 = lines.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("[tubescribe] {l}");
+                l2.lock().unwrap_or_else(|e| e.into_inner()).push(l);
+            }
+        });
+        Proc {
+            child,
+            stderr: lines,
+        }
+    }
+}
+
+/// Runs the tubescribe binary with a private data dir (its own embedded Redis).
+pub fn tubescribe(data_dir: &Path, args: &[&str]) -> Run {
+    Env::new(data_dir).bin(args).run()
+}
+
+/// [`tubescribe`] with extra environment variables (e.g. `TUBESCRIBE_SEGMENT_S`).
+pub fn tubescribe_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    Env::new(data_dir).vars(env).bin(args).run()
+}
+
+/// A running `tubescribe` process (server or worker); SIGTERM and wait (≤ 40 s) on drop.
+pub struct Proc {
+    child: Child,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    /// Waits (≤ 60 s) for a stderr line containing `needle` and returns it.
+    pub fn wait_line(&mut self, needle: &str) -> String {
+        let t0 = Instant::now();
+        loop {
+            let lines = self.stderr.lock().unwrap().clone();
+            if let Some(l) = lines.iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("tubescribe exited ({st}) before printing {needle:?}: {lines:?}");
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "no {needle:?} within 60 s: {lines:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        signal(self.child.id(), libc::SIGTERM);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(40) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `sig` to `pid`.
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a process this test started.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// tubescribe in this process
+
+/// tubescribe inside the test process, brought up through `app::runtime` as the CLI brings it
+/// up: data directory, Redis and a producer; stage workers when asked.
+pub struct TestApp {
+    /// The runtime (data dir, Redis, workers, watchers).
+    pub rt: Runtime,
+    /// A producer on the runtime's Redis.
+    pub producer: Producer,
+}
+
+impl TestApp {
+    /// Starts the runtime for `cfg` (no workers yet) and connects a producer.
+    pub async fn start(cfg: Config) -> TestApp {
+        let rt = Runtime::builder(cfg).start().await.unwrap();
+        let producer = rt.producer().await.unwrap();
+        TestApp { rt, producer }
+    }
+
+    /// The data directory.
+    pub fn data(&self) -> &DataDir {
+        self.rt.data()
+    }
+
+    /// The Redis URL.
+    pub fn url(&self) -> &str {
+        self.rt.url()
+    }
+
+    /// Submits `input` (a local file or URL) as `process` does, with the configured model;
+    /// returns the task id.
+    pub async fn submit(&self, input: &Path) -> String {
+        let model = tubescribe::tools::model::identify(&self.rt.config().model)
+            .await
+            .unwrap();
+        tubescribe::app::tasks::submit(
+            self.rt.data(),
+            &self.producer,
+            &InputPolicy::default(),
+            input.to_str().unwrap(),
+            false,
+            &model,
+        )
+        .await
+        .unwrap()
+        .task_id
+    }
+
+    /// Starts stage workers for `stages` with the configured concurrency.
+    pub async fn start_workers(&mut self, stages: &[Stage]) {
+        self.rt.start_workers(stages).await.unwrap();
+    }
+
+    /// The transcribe memory plan of the running workers.
+    pub fn plan(&self) -> Option<tubescribe::pipeline::budget::Plan> {
+        self.rt.plan()
+    }
+
+    /// Stops the workers within `grace`, closes the producer and shuts the runtime down.
+    pub async fn stop(mut self, grace: Duration) {
+        self.rt.stop_workers(grace).await;
+        self.producer.close().await;
+        self.rt.shutdown(grace).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// An isolated Redis
+
+/// A private `redis-server` (unix socket, AOF with fsync on every write) in a directory; it
+/// can be stopped and started again on the same AOF. Killed on drop.
+pub struct Redis {
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Redis {
+    /// Starts it in `dir` (created) and waits (≤ 10 s) until it answers.
+    pub fn start(dir: &Path) -> Redis {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut r = Redis {
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    /// Its unix socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("r.sock")
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis+unix://{}", self.socket().display())
+    }
+
+    /// Starts redis-server on the same directory (and so the same AOF).
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(self.socket())
+            .args(["--unixsocketperm", "700", "--dir"])
+            .arg(&self.dir)
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--maxmemory-policy",
+                "noeviction",
+                "--logfile",
+                "redis.log",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is required (scripts/setup.sh installs it)");
+        self.child = Some(child);
+        let t0 = Instant::now();
+        while !self.ping() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn ping(&self) -> bool {
+        Command::new("redis-cli")
+            .arg("-s")
+            .arg(self.socket())
+            .arg("PING")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
+            .unwrap_or(false)
+    }
+
+    /// SIGTERM (Redis writes its AOF and exits) and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(c.id(), libc::SIGTERM);
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The HTTP fixture server
+
+/// Serves `router` on 127.0.0.1 (a random port) until the test process ends.
+pub fn serve_router(router: axum::Router) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(l.local_addr().unwrap()).unwrap();
+            axum::serve(l, router).await.unwrap();
+        });
+    });
+    rx.recv().unwrap()
+}
+
+/// Serves the files of `dir` over HTTP on 127.0.0.1 (a random port).
+pub fn serve_dir(dir: &Path) -> SocketAddr {
+    serve_router(axum::Router::new().fallback_service(tower_http::services::ServeDir::new(dir)))
+}
+
+// ---------------------------------------------------------------------------------------
+// Media
 
 /// The shared English clips (`../shared/samples/<name>.wav`) with the text espeak-ng speaks
 /// where they are absent (see [`speech`]).
@@ -92,6 +539,21 @@ pub fn pcm16k_i16(path: &Path, tmp: &Path) -> Vec<i16> {
         .collect()
 }
 
+/// Writes `samples` as a 16 kHz mono s16 WAV file.
+pub fn write_wav16k(path: &Path, samples: &[i16]) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for s in samples {
+        w.write_sample(*s).unwrap();
+    }
+    w.finalize().unwrap();
+}
+
 /// A talk made of the shared English clips: [`ENGLISH_CLIPS`] in `order` (indices), each
 /// followed by `pause_s` of digital silence, as a 16 kHz mono s16 WAV.
 pub struct ClipTalk {
@@ -145,17 +607,7 @@ pub fn clip_talk(
         }
     }
     let wav = tmp.join(format!("{name}.wav"));
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 16_000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(&wav, spec).unwrap();
-    for s in &samples {
-        w.write_sample(*s).unwrap();
-    }
-    w.finalize().unwrap();
+    write_wav16k(&wav, &samples);
     ClipTalk {
         wav,
         reference: reference.join(" "),
@@ -176,57 +628,8 @@ pub fn transcode(input: &Path, out: &Path) {
     assert!(st.success(), "ffmpeg failed for {}", out.display());
 }
 
-/// Serves `dir` over HTTP on 127.0.0.1 (a random port) until the test process ends.
-pub fn serve(dir: &Path) -> SocketAddr {
-    let dir = dir.to_path_buf();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(l.local_addr().unwrap()).unwrap();
-            let app =
-                axum::Router::new().fallback_service(tower_http::services::ServeDir::new(dir));
-            axum::serve(l, app).await.unwrap();
-        });
-    });
-    rx.recv().unwrap()
-}
-
-/// The result of one `tubescribe` run.
-pub struct Run {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-/// Runs the tubescribe binary with a private data dir (its own embedded Redis).
-pub fn tubescribe(data_dir: &Path, args: &[&str]) -> Run {
-    tubescribe_env(data_dir, args, &[])
-}
-
-/// [`tubescribe`] with extra environment variables (e.g. `TUBESCRIBE_SEGMENT_S`).
-pub fn tubescribe_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_tubescribe"))
-        .args(args)
-        .envs(env.iter().copied())
-        .env("TUBESCRIBE_DATA_DIR", data_dir)
-        .env("TUBESCRIBE_MODEL", model())
-        .env("TUBESCRIBE_YTDLP", ytdlp())
-        .env_remove("TUBESCRIBE_REDIS_URL")
-        .env_remove("TUBESCRIBE_CONFIG")
-        .env_remove("TUBESCRIBE_LLM_BASE_URL")
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
+// ---------------------------------------------------------------------------------------
+// Manifests
 
 /// Reads a task's manifest as JSON.
 pub fn manifest(data_dir: &Path, task_id: &str) -> serde_json::Value {
