@@ -1,6 +1,6 @@
 //! Concurrent duplicate submits (issue 13, finding 5): 20 callers submit the same local file at
 //! the same moment (behind a barrier) through `app::tasks::submit`, against a real Redis (an
-//! embedded `redis-server` of the round's own data directory). Exactly one caller may be told
+//! isolated `redis-server` of the round's own, from the test harness). Exactly one caller may be told
 //! `existing: false`; the others join the task. The same holds when the task has failed and
 //! all 20 submit it again (one restarts it), and for 20 concurrent `retry` calls of a failed
 //! task (one succeeds, the others are refused). Each check runs for 5 rounds, each with a
@@ -9,6 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod common;
+
+use common::Redis;
 use tokio::sync::Barrier;
 use tubescribe::app::tasks;
 use tubescribe::domain::input::InputPolicy;
@@ -16,7 +19,6 @@ use tubescribe::domain::manifest::TaskStatus;
 use tubescribe::domain::{ModelName, ModelRef, Stage};
 use tubescribe::engine::producer::Producer;
 use tubescribe::store::DataDir;
-use tubescribe::tools::redis_embed;
 
 const CALLERS: usize = 20;
 const ROUNDS: usize = 5;
@@ -71,10 +73,8 @@ where
 async fn round() -> [usize; 3] {
     let tmp = tempfile::tempdir().unwrap();
     let data = DataDir::open(&tmp.path().join("data")).unwrap();
-    let redis = redis_embed::ensure(&data.redis_dir(), Path::new("redis-server"))
-        .await
-        .expect("redis-server is required (apt-get install redis-server)");
-    let producer = Arc::new(Producer::connect(&redis.url).await.unwrap());
+    let redis = Redis::start(&tmp.path().join("redis"));
+    let producer = Arc::new(Producer::connect(&redis.url()).await.unwrap());
     let input = media(tmp.path()).to_string_lossy().into_owned();
     let submit_all = || {
         let (data, producer, input) = (data.clone(), producer.clone(), input.clone());

@@ -7,6 +7,7 @@
 //! - Only the store knows the task directory's file names.
 //! - No BullMQ or Redis below the engine (domain, config, store, tools, pipeline).
 //! - Only config reads `TUBESCRIBE_*` environment variables.
+//! - One composition root: only `app/runtime.rs` starts workers or our own Redis.
 //! - Every module starts with a `//!` saying what it owns.
 //!
 //! Unit-test modules (`#[cfg(test)] mod …`) are left out: tests may reach anywhere.
@@ -252,6 +253,23 @@ fn only_config_reads_tubescribe_environment() {
             assert!(
                 !call,
                 "{} reads a TUBESCRIBE_* variable: only config reads the environment",
+                s.rel
+            );
+        }
+    }
+}
+
+#[test]
+fn one_composition_root() {
+    for s in sources() {
+        if s.rel == "app/runtime.rs" || s.top == "engine" || s.rel == "tools/redis_embed.rs" {
+            continue;
+        }
+        let code = code_only(&s.body);
+        for pat in ["Workers::start", "redis_embed::ensure"] {
+            assert!(
+                !code.contains(pat),
+                "{} calls `{pat}`: start-up goes through app::runtime",
                 s.rel
             );
         }
