@@ -271,3 +271,83 @@ async fn long_file_is_split_and_merged_in_process() {
     assert!((r["duration_s"].as_f64().unwrap() * 1000.0 - total_ms as f64).abs() < 50.0);
     assert!(r["rtf"].as_f64().unwrap() > 0.0);
 }
+
+/// Attempt 1 of a job of `stage` for task `id`, with `children` as its child jobs' values.
+fn job_ctx(
+    stage: Stage,
+    id: &str,
+    task: &TaskDir,
+    children: HashMap<String, serde_json::Value>,
+) -> JobCtx {
+    // The attempt is the job's current one, as the engine's admit step records it.
+    task.update_manifest(|m| m.start_attempt(stage, 1, "test"))
+        .unwrap();
+    JobCtx {
+        stage,
+        task_id: id.to_string(),
+        task: task.clone(),
+        attempt: 1,
+        cancel: Default::default(),
+        progress: tokio::sync::watch::channel(Progress::default()).0,
+        children,
+    }
+}
+
+/// Issue 13, finding 7: ffmpeg killed by a signal while decoding used to fail the task for
+/// good with an empty cause ("ffmpeg could not decode the audio: "). A crash says nothing
+/// about the media: the failure is retryable and names the signal; no partial audio is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decoder_killed_by_a_signal_is_retryable_and_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (name, fallback) = ENGLISH_CLIPS[0];
+    let (wav, _) = speech(tmp.path(), name, fallback);
+    let ctx = stage_ctx(&tmp.path().join("data"), 600.0, Some("en"));
+    let input = wav.to_str().unwrap();
+    let task = ctx.data.task("file-crash");
+    let source = Source::File {
+        path: input.to_string(),
+    };
+    assert!(task
+        .create(&Manifest::new("file-crash", input, source))
+        .unwrap());
+    let download = tubescribe::pipeline::run(
+        Stage::Download,
+        &ctx,
+        &job_ctx(Stage::Download, "file-crash", &task, HashMap::new()),
+    )
+    .await
+    .unwrap();
+    // An ffmpeg that crashes (SIGSEGV) after writing part of its output.
+    let crashing = tmp.path().join("ffmpeg-crashing");
+    std::fs::write(
+        &crashing,
+        "#!/bin/sh\nfor a; do out=\"$a\"; done\nprintf 'RIFF' > \"$out\"\nkill -SEGV $$\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &crashing,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut cfg = ctx.cfg.clone();
+    cfg.programs.ffmpeg = crashing;
+    let crash_ctx = StageCtx::new(cfg, ctx.data.clone());
+    let children = HashMap::from([(
+        format!("bull:download:{}", Stage::Download.job_id("file-crash")),
+        download.result,
+    )]);
+    let err = tubescribe::pipeline::run(
+        Stage::Transcribe,
+        &crash_ctx,
+        &job_ctx(Stage::Transcribe, "file-crash", &task, children),
+    )
+    .await
+    .err()
+    .expect("the decode fails");
+    assert!(err.is_retryable(), "{err:?}");
+    assert_eq!(
+        err.message,
+        "ffmpeg (decoding the audio) was killed by SIGSEGV (segmentation fault: the program crashed)"
+    );
+    assert!(!task.file("audio.wav").exists(), "no partial audio.wav");
+}

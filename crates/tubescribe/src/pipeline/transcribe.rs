@@ -462,6 +462,11 @@ pub(crate) async fn decode(
         e
     };
     let out = res.map_err(|e| fail(e.into()))?;
+    if out.signal().is_some() {
+        // A crash (or the OOM killer) says nothing about the media: another run may pass.
+        let e = process::ensure_success(&out, "ffmpeg (decoding the audio)").unwrap_err();
+        return Err(fail(e.into()));
+    }
     if !out.success() {
         let line = out.last_stderr_line().to_string();
         if out.stderr_tail.contains("No space left on device") {
@@ -473,6 +478,11 @@ pub(crate) async fn decode(
             || line.contains("does not contain any stream")
         {
             media::MediaError::NoAudioStream.to_string()
+        } else if line.is_empty() {
+            format!(
+                "ffmpeg could not decode the audio (exit code {}, no error message)",
+                out.code
+            )
         } else {
             format!("ffmpeg could not decode the audio: {line}")
         };

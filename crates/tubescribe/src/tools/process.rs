@@ -150,6 +150,11 @@ impl Output {
         self.code == 0
     }
 
+    /// The signal that ended the program (`Some(11)` for SIGSEGV), `None` when it exited.
+    pub fn signal(&self) -> Option<i32> {
+        (self.code < 0).then_some(-self.code)
+    }
+
     /// The last non-empty line of standard error, trimmed (empty when there is none).
     pub fn last_stderr_line(&self) -> &str {
         self.stderr_tail
@@ -208,6 +213,17 @@ pub enum ProcessError {
         /// lossily decoded as UTF-8.
         stderr_tail: String,
     },
+    /// The program was killed by a signal (a crash such as SIGSEGV, or SIGKILL from the
+    /// OOM killer). Retryable: the same input may well succeed on another run.
+    #[error("{what} was killed by {} ({})", signal_name(*signal), signal_description(*signal))]
+    Killed {
+        /// What was being done, e.g. "ffmpeg decode".
+        what: String,
+        /// The signal number (11 = SIGSEGV).
+        signal: i32,
+        /// The program's raw standard error tail, as for [`ProcessError::Failed`].
+        stderr_tail: String,
+    },
     /// Reading the program's output failed.
     #[error("i/o error while running `{program}`: {source}")]
     Io {
@@ -223,7 +239,7 @@ impl ProcessError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            ProcessError::TimedOut { .. } | ProcessError::Io { .. }
+            ProcessError::TimedOut { .. } | ProcessError::Io { .. } | ProcessError::Killed { .. }
         )
     }
 
@@ -231,17 +247,25 @@ impl ProcessError {
     /// records and logs; `None` for the other errors.
     pub fn stderr_tail(&self) -> Option<&str> {
         match self {
-            ProcessError::Failed { stderr_tail, .. } => Some(stderr_tail),
+            ProcessError::Failed { stderr_tail, .. } | ProcessError::Killed { stderr_tail, .. } => {
+                Some(stderr_tail)
+            }
             _ => None,
         }
     }
 }
 
 /// Turns a non-zero exit into [`ProcessError::Failed`] naming `what` and the last stderr line
-/// (and carrying the whole stderr tail).
+/// (and carrying the whole stderr tail), and a death by signal into [`ProcessError::Killed`].
 pub fn ensure_success(out: &Output, what: &str) -> Result<(), ProcessError> {
     if out.success() {
         Ok(())
+    } else if let Some(signal) = out.signal() {
+        Err(ProcessError::Killed {
+            what: what.to_string(),
+            signal,
+            stderr_tail: out.stderr_tail.clone(),
+        })
     } else {
         Err(ProcessError::Failed {
             what: what.to_string(),
@@ -249,6 +273,40 @@ pub fn ensure_success(out: &Output, what: &str) -> Result<(), ProcessError> {
             last_line: out.last_stderr_line().to_string(),
             stderr_tail: out.stderr_tail.clone(),
         })
+    }
+}
+
+/// The conventional name of signal `n` (`SIGSEGV` for 11); `signal n` for others.
+pub fn signal_name(n: i32) -> String {
+    let name = match n {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGTERM => "SIGTERM",
+        _ => return format!("signal {n}"),
+    };
+    name.to_string()
+}
+
+/// What signal `n` usually means, in a few words (glibc's `strsignal` texts, lower-cased).
+fn signal_description(n: i32) -> &'static str {
+    match n {
+        libc::SIGSEGV => "segmentation fault: the program crashed",
+        libc::SIGBUS => "bus error: the program crashed",
+        libc::SIGILL => "illegal instruction: the program crashed",
+        libc::SIGFPE => "arithmetic exception: the program crashed",
+        libc::SIGABRT => "aborted: the program crashed",
+        libc::SIGKILL => "killed, e.g. by the out-of-memory killer",
+        libc::SIGTERM | libc::SIGINT | libc::SIGHUP | libc::SIGQUIT => "stopped from outside",
+        libc::SIGPIPE => "broken pipe",
+        _ => "ended by a signal",
     }
 }
 
@@ -523,6 +581,24 @@ mod tests {
             "the test script failed (exit code 3): oops"
         );
         assert_eq!(err.stderr_tail(), Some("oops\n"));
+    }
+
+    #[tokio::test]
+    async fn a_program_killed_by_a_signal_is_retryable_and_named() {
+        let cmd = Cmd::new("sh").args(["-c", "echo 'about to crash' >&2; kill -SEGV $$"]);
+        let out = run(&cmd, &CancellationToken::new(), &mut |_l: &str| {})
+            .await
+            .unwrap();
+        assert_eq!(out.signal(), Some(libc::SIGSEGV));
+        let err = ensure_success(&out, "ffmpeg decode").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "ffmpeg decode was killed by SIGSEGV (segmentation fault: the program crashed)"
+        );
+        assert!(err.is_retryable());
+        assert_eq!(err.stderr_tail(), Some("about to crash\n"));
+        assert_eq!(signal_name(libc::SIGKILL), "SIGKILL");
+        assert_eq!(signal_name(64), "signal 64");
     }
 
     #[tokio::test]
