@@ -156,3 +156,41 @@ async fn exactly_one_caller_creates_or_restarts_the_task() {
     let bad = rounds.iter().filter(|c| **c != [1, 1, 1]).count();
     assert_eq!(bad, 0, "{bad} of {ROUNDS} rounds wrong: {rounds:?}");
 }
+
+/// Issue 13, findings 2 and 3: a submit while Redis is down used to leave
+/// `tasks/<id>/manifest.json` `queued` with no job, forever, and the first request after Redis
+/// came back failed with "broken pipe" on the stale pooled connection. Now the submit fails
+/// and leaves no task; once Redis is back the same submit, on the same producer, creates the
+/// task with its flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_that_cannot_enqueue_leaves_no_task_and_the_next_one_heals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = DataDir::open(&tmp.path().join("data")).unwrap();
+    let mut redis = Redis::start(&tmp.path().join("redis"));
+    let producer = Producer::connect(&redis.url()).await.unwrap();
+    let input = media(tmp.path()).to_string_lossy().into_owned();
+    let policy = InputPolicy::default();
+    redis.stop();
+    let err = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tasks::submit(&data, &producer, &policy, &input, false, &tiny_en()),
+    )
+    .await
+    .expect("the submit answers while Redis is down")
+    .err()
+    .expect("the submit fails while Redis is down");
+    eprintln!("submit with Redis down: {err}");
+    let tasks_dir = tmp.path().join("data").join("tasks");
+    let left: Vec<_> = std::fs::read_dir(&tasks_dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "a task was left behind: {left:?}");
+
+    redis.restart();
+    let ok = tasks::submit(&data, &producer, &policy, &input, false, &tiny_en())
+        .await
+        .unwrap();
+    assert!(!ok.existing);
+    let counts = producer.job_counts(Stage::Download).await.unwrap();
+    assert_eq!(counts.waiting + counts.prioritized, 1, "{counts:?}");
+}

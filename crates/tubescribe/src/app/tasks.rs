@@ -68,6 +68,9 @@ fn source_of(i: &Input) -> Source {
 /// failed or cancelled task, the one that restarts it ([`restart_if_ended`]); the others join
 /// the task. The work runs once either way (the flow's job ids are the task's).
 ///
+/// A new task whose flow cannot be added (Redis down) is removed again before the error is
+/// returned: a submit either leaves a task with its jobs, or nothing.
+///
 /// Errors: [`SubmitError::Input`] before anything is created; `Busy` when a failed task's
 /// job is somehow still active; `Store`/`Queue` on IO or Redis failures.
 pub async fn submit(
@@ -100,7 +103,14 @@ pub async fn submit(
             if !fresh {
                 adopt_download(data, &key, &task, &manifest);
             }
-            producer.add_task(&task_id).await?;
+            if let Err(e) = producer.add_task(&task_id).await {
+                // A task without its flow would stay `queued` forever: the submit that
+                // created it takes it back, and the caller is told why (Redis is down).
+                if let Err(rm) = task.remove() {
+                    tracing::warn!(task = %task_id, "cannot remove the task that was not enqueued: {rm}");
+                }
+                return Err(e.into());
+            }
             return Ok(answer(false));
         }
         // Another submit created it a moment ago: join it like any existing task.

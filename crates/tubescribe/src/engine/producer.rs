@@ -9,7 +9,7 @@ use crate::config::{Config, StagePolicy};
 use crate::domain::keys::PREFIX;
 use crate::domain::Stage;
 use crate::engine::flow::task_flow_with;
-use crate::engine::redis::{connection, queue, QueueError};
+use crate::engine::redis::{connection, queue, resending, QueueError};
 
 /// A producer connection: adds flows and inspects or removes jobs.
 pub struct Producer {
@@ -26,7 +26,7 @@ impl Producer {
     /// Redis errors (the previous counts stay published).
     pub async fn publish_queue_counts(&self) -> Result<(), QueueError> {
         for s in Stage::ALL {
-            let c = self.queue(s).get_job_counts().await?;
+            let c = self.job_counts(s).await?;
             crate::observe::metrics::set_queue_jobs(
                 s.queue_name(),
                 &[
@@ -40,6 +40,15 @@ impl Producer {
             );
         }
         Ok(())
+    }
+
+    /// The job counts of `stage`'s queue (also the server's readiness probe), sent again
+    /// while a lost connection comes back.
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn job_counts(&self, stage: Stage) -> Result<bullmq::types::JobCounts, QueueError> {
+        Ok(resending(|| self.queue(stage).get_job_counts()).await?)
     }
 
     /// Connects to Redis at `url`.
@@ -93,7 +102,8 @@ impl Producer {
                 .find(|(st, _)| *st == s)
                 .map_or(1, |(_, a)| *a)
         };
-        self.flows.add(task_flow_with(task_id, &attempts)?).await?;
+        let flow = task_flow_with(task_id, &attempts)?;
+        resending(|| self.flows.add(flow.clone())).await?;
         Ok(())
     }
 
@@ -103,10 +113,10 @@ impl Producer {
         stage: Stage,
         task_id: &str,
     ) -> Result<Option<JobState>, QueueError> {
-        let id = stage.job_id(task_id);
-        match self.queue(stage).get_job(&id).await? {
+        let (id, q) = (stage.job_id(task_id), self.queue(stage));
+        match resending(|| q.get_job(&id)).await? {
             None => Ok(None),
-            Some(_) => Ok(Some(self.queue(stage).get_job_state(&id).await?)),
+            Some(_) => Ok(Some(resending(|| q.get_job_state(&id)).await?)),
         }
     }
 
@@ -115,9 +125,8 @@ impl Producer {
     pub async fn remove_task_jobs(&self, task_id: &str) -> Result<bool, QueueError> {
         let mut all = true;
         for stage in Stage::ALL.iter().rev() {
-            let id = stage.job_id(task_id);
-            if self.queue(*stage).get_job(&id).await?.is_some()
-                && !self.queue(*stage).remove(&id).await?
+            let (id, q) = (stage.job_id(task_id), self.queue(*stage));
+            if resending(|| q.get_job(&id)).await?.is_some() && !resending(|| q.remove(&id)).await?
             {
                 all = false;
             }

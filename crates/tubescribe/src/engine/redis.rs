@@ -19,6 +19,55 @@ pub enum QueueError {
     Events(#[from] EventError),
 }
 
+/// Whether `e` says the connection was lost or refused (Redis restarted, a network blip):
+/// BullMQ's connections reconnect in the background, so the same command may succeed when
+/// it is sent again.
+pub fn is_connection_lost(e: &bullmq::Error) -> bool {
+    matches!(e, bullmq::Error::Redis(r)
+        if r.is_connection_dropped() || r.is_io_error() || r.is_connection_refusal())
+}
+
+/// The waits before sending a command again after its connection was lost: BullMQ's
+/// reconnects start at 100 ms and back off (`ReconnectOptions` in bullmq-official 1.4.4).
+const RESEND_AFTER: [std::time::Duration; 3] = [
+    std::time::Duration::from_millis(100),
+    std::time::Duration::from_millis(400),
+    std::time::Duration::from_millis(1500),
+];
+
+/// How long one resent command may wait for its connection: a Redis that is still down
+/// keeps the reconnect cycle going far longer, and the caller should hear so now.
+const RESEND_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Runs the idempotent Redis operation `op`, and again (up to three more times, each within
+/// [`RESEND_LIMIT`]) while its error says the connection was lost. A BullMQ connection fails
+/// the command in flight when its socket died and reconnects in the background, so without
+/// this the first request after Redis came back would fail although Redis answers. While
+/// Redis stays down the first error comes back after about 2 s.
+///
+/// # Errors
+/// The first error when the connection does not come back; any other error at once.
+pub async fn resending<T, F, Fut>(mut op: F) -> Result<T, bullmq::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, bullmq::Error>>,
+{
+    let lost = match op().await {
+        Err(e) if is_connection_lost(&e) => e,
+        done => return done,
+    };
+    for wait in RESEND_AFTER {
+        tracing::debug!("redis connection lost ({lost}); sending again in {wait:?}");
+        tokio::time::sleep(wait).await;
+        match tokio::time::timeout(RESEND_LIMIT, op()).await {
+            Ok(Err(e)) if is_connection_lost(&e) => continue,
+            Ok(done) => return done,
+            Err(_) => break,
+        }
+    }
+    Err(lost)
+}
+
 /// Connection options for a Redis URL (`redis://`, `rediss://`, `redis+unix://`).
 pub fn connection(url: &str) -> RedisConnectionOptions {
     RedisConnectionOptions::new().url(url)

@@ -224,11 +224,7 @@ async fn healthz() -> Response {
 
 /// `GET /readyz`: 200 when Redis answers, else 503 with the reason.
 async fn readyz(State(st): State<Shared>) -> Response {
-    let ready = st
-        .producer
-        .queue(crate::domain::Stage::Download)
-        .get_job_counts()
-        .await;
+    let ready = st.producer.job_counts(crate::domain::Stage::Download).await;
     match ready.map_err(|e| format!("redis: {e}")) {
         Ok(_) => "ready\n".into_response(),
         Err(e) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
