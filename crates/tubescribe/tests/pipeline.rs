@@ -336,14 +336,15 @@ async fn a_decoder_killed_by_a_signal_is_retryable_and_named() {
         format!("bull:download:{}", Stage::Download.job_id("file-crash")),
         download.result,
     )]);
-    let err = tubescribe::pipeline::run(
+    let decoded = tubescribe::pipeline::run(
         Stage::Transcribe,
         &crash_ctx,
         &job_ctx(Stage::Transcribe, "file-crash", &task, children),
     )
-    .await
-    .err()
-    .expect("the decode fails");
+    .await;
+    let Err(err) = decoded else {
+        panic!("the decode succeeded with a crashing ffmpeg");
+    };
     assert!(err.is_retryable(), "{err:?}");
     assert_eq!(
         err.message,
