@@ -169,21 +169,24 @@ fn imports_point_down_the_layers() {
     );
 }
 
-#[test]
-fn only_the_process_runner_spawns_programs() {
-    for s in sources() {
-        if s.rel == "tools/process.rs" {
-            continue;
-        }
+/// Fails when the code (comments left out) of a source file that `applies` to contains one
+/// of `patterns`; `rule` says what to do instead.
+fn forbid(applies: impl Fn(&Source) -> bool, patterns: &[&str], rule: &str) {
+    for s in sources().iter().filter(|s| applies(s)) {
         let code = code_only(&s.body);
-        for pat in ["Command::new", "process::Command"] {
-            assert!(
-                !code.contains(pat),
-                "{} uses `{pat}`: programs are started through tools::process only",
-                s.rel
-            );
+        for pat in patterns {
+            assert!(!code.contains(pat), "{} uses `{pat}`: {rule}", s.rel);
         }
     }
+}
+
+#[test]
+fn only_the_process_runner_spawns_programs() {
+    forbid(
+        |s| s.rel != "tools/process.rs",
+        &["Command::new", "process::Command"],
+        "programs are started through tools::process only",
+    );
 }
 
 #[test]
@@ -220,22 +223,16 @@ fn only_the_store_knows_file_names() {
 
 #[test]
 fn no_queue_or_redis_below_the_engine() {
-    for s in sources() {
-        if !matches!(
-            s.top.as_str(),
-            "domain" | "config" | "store" | "tools" | "pipeline"
-        ) {
-            continue;
-        }
-        let code = code_only(&s.body);
-        for pat in ["bullmq", "redis::", "use redis"] {
-            assert!(
-                !code.contains(pat),
-                "{} mentions `{pat}`: stage work and what it stands on know nothing of the queue",
-                s.rel
-            );
-        }
-    }
+    forbid(
+        |s| {
+            matches!(
+                s.top.as_str(),
+                "domain" | "config" | "store" | "tools" | "pipeline"
+            )
+        },
+        &["bullmq", "redis::", "use redis"],
+        "stage work and what it stands on know nothing of the queue",
+    );
 }
 
 #[test]
@@ -261,19 +258,11 @@ fn only_config_reads_tubescribe_environment() {
 
 #[test]
 fn one_composition_root() {
-    for s in sources() {
-        if s.rel == "app/runtime.rs" || s.top == "engine" || s.rel == "tools/redis_embed.rs" {
-            continue;
-        }
-        let code = code_only(&s.body);
-        for pat in ["Workers::start", "redis_embed::ensure"] {
-            assert!(
-                !code.contains(pat),
-                "{} calls `{pat}`: start-up goes through app::runtime",
-                s.rel
-            );
-        }
-    }
+    forbid(
+        |s| s.rel != "app/runtime.rs" && s.top != "engine" && s.rel != "tools/redis_embed.rs",
+        &["Workers::start", "redis_embed::ensure"],
+        "start-up goes through app::runtime",
+    );
 }
 
 #[test]
