@@ -633,45 +633,14 @@ impl AsrModel {
             out.language_id = self.guard_language(lid, &mut wav, &spans, opts.threads, &abort)?;
         }
         // Pass 2: one whisper run per chunk.
-        let mut done = 0usize;
-        let mut lang_weight: Vec<(String, usize)> = Vec::new();
-        let (mut tokens, mut sum_p) = (0usize, 0f64);
-        let mut segments: Vec<Segment> = Vec::new();
-        let mut stock_is_speech = false;
-        for chunk in &chunks {
-            let (pcm, pieces) = assemble_chunk(&mut wav, chunk, &spans)?;
-            let len: usize = chunk.iter().map(|s| s.1 - s.0).sum();
-            let base = done as f64 / speech_samples.max(1) as f64 * 100.0;
-            let span = len as f64 / speech_samples.max(1) as f64 * 100.0;
-            let mut part =
-                self.transcribe_part(&pcm, opts, progress.clone(), abort.clone(), (base, span))?;
-            done += len;
-            out.dropped_tags.append(&mut part.dropped_tags);
-            // A chunk whose whole output is YouTube boilerplate was not heard, it was invented
-            // — unless separate speech spans each say it on their own ([`AsrModel::said_apart`]).
-            if !part.segments.is_empty() && part.segments.iter().all(|s| is_stock_phrase(&s.text)) {
-                if stock_is_speech || self.said_apart(&mut wav, chunk, &spans, opts, &abort)? {
-                    stock_is_speech = true;
-                    out.stock_confirmed = true;
-                } else {
-                    out.dropped_stock
-                        .extend(part.segments.drain(..).map(|s| s.text));
-                }
-            }
-            if let Some(p) = part.mean_token_p {
-                tokens += part.text_tokens;
-                sum_p += f64::from(p) * part.text_tokens as f64;
-            }
-            match lang_weight.iter_mut().find(|(l, _)| *l == part.language) {
-                Some((_, w)) => *w += len,
-                None => lang_weight.push((part.language.clone(), len)),
-            }
-            segments.extend(place_segments(part.segments, &pieces, &spans));
-        }
-        if let Some((l, _)) = lang_weight.iter().max_by_key(|(_, w)| *w) {
-            out.language = l.clone();
-        }
-        out.mean_token_p = (tokens > 0).then(|| (sum_p / tokens as f64) as f32);
+        let (mut segments, tokens) = self.decode_chunks(
+            &mut wav,
+            &chunks,
+            &spans,
+            opts,
+            (&progress, &abort),
+            &mut out,
+        )?;
         if !self.multilingual && opts.language.is_none() {
             self.check_english(&out, &segments, tokens)?;
         }
@@ -724,7 +693,7 @@ impl AsrModel {
             );
             let decoded = self.decode_alone(&mut wav, window, &retry_opts, &abort)?;
             out.coverage.retried += 1;
-            if !stock_is_speech && decoded.iter().all(|s| is_stock_phrase(&s.text)) {
+            if !out.stock_confirmed && decoded.iter().all(|s| is_stock_phrase(&s.text)) {
                 continue;
             }
             let found = words_inside(decoded, (a, b));
@@ -749,6 +718,61 @@ impl AsrModel {
         out.segments = segments;
         progress.store(100, Ordering::Relaxed);
         Ok(out)
+    }
+
+    /// Pass 2 of [`AsrModel::transcribe_wav_range`]: one whisper run per chunk of the speech
+    /// `spans` (samples on the file's timeline), progress weighted by speech length. Gathers
+    /// into `out` the dropped tags and stock phrases, the language (by speech length) and the
+    /// mean token probability; returns the segments on the file's timeline and the number of
+    /// text tokens.
+    fn decode_chunks(
+        &self,
+        wav: &mut WavSource,
+        chunks: &[Vec<(usize, usize)>],
+        spans: &[(usize, usize)],
+        opts: &TranscribeOptions,
+        (progress, abort): (&Arc<AtomicU8>, &Arc<AtomicBool>),
+        out: &mut WavTranscription,
+    ) -> Result<(Vec<Segment>, usize), AsrError> {
+        let speech_samples: usize = spans.iter().map(|s| s.1 - s.0).sum();
+        let mut done = 0usize;
+        let mut lang_weight: Vec<(String, usize)> = Vec::new();
+        let (mut tokens, mut sum_p) = (0usize, 0f64);
+        let mut segments: Vec<Segment> = Vec::new();
+        for chunk in chunks {
+            let (pcm, pieces) = assemble_chunk(wav, chunk, spans)?;
+            let len: usize = chunk.iter().map(|s| s.1 - s.0).sum();
+            let base = done as f64 / speech_samples.max(1) as f64 * 100.0;
+            let span = len as f64 / speech_samples.max(1) as f64 * 100.0;
+            let mut part =
+                self.transcribe_part(&pcm, opts, progress.clone(), abort.clone(), (base, span))?;
+            done += len;
+            out.dropped_tags.append(&mut part.dropped_tags);
+            // A chunk whose whole output is YouTube boilerplate was not heard, it was invented
+            // — unless separate speech spans each say it on their own ([`AsrModel::said_apart`]).
+            if !part.segments.is_empty() && part.segments.iter().all(|s| is_stock_phrase(&s.text)) {
+                if out.stock_confirmed || self.said_apart(wav, chunk, spans, opts, abort)? {
+                    out.stock_confirmed = true;
+                } else {
+                    out.dropped_stock
+                        .extend(part.segments.drain(..).map(|s| s.text));
+                }
+            }
+            if let Some(p) = part.mean_token_p {
+                tokens += part.text_tokens;
+                sum_p += f64::from(p) * part.text_tokens as f64;
+            }
+            match lang_weight.iter_mut().find(|(l, _)| *l == part.language) {
+                Some((_, w)) => *w += len,
+                None => lang_weight.push((part.language.clone(), len)),
+            }
+            segments.extend(place_segments(part.segments, &pieces, spans));
+        }
+        if let Some((l, _)) = lang_weight.iter().max_by_key(|(_, w)| *w) {
+            out.language = l.clone();
+        }
+        out.mean_token_p = (tokens > 0).then(|| (sum_p / tokens as f64) as f32);
+        Ok((segments, tokens))
     }
 
     /// Decodes the samples `[wa, wb)` of `wav` on their own, without context, and returns
