@@ -290,16 +290,10 @@ impl Runtime {
     fn settings(&self, stages: &[Stage]) -> Vec<(Stage, WorkerSettings)> {
         stages
             .iter()
-            .map(|s| {
-                let concurrency = match s {
-                    Stage::Download => self.cfg.download_concurrency,
-                    Stage::Transcribe => self.cfg.transcribe_concurrency,
-                    Stage::Summarize => self.cfg.summarize_concurrency,
-                };
-                (
-                    *s,
-                    WorkerSettings::from_policy(concurrency, self.cfg.policy(*s)),
-                )
+            .map(|&s| {
+                let settings =
+                    WorkerSettings::from_policy(self.cfg.concurrency(s), self.cfg.policy(s));
+                (s, settings)
             })
             .collect()
     }

@@ -318,13 +318,6 @@ async fn client_command(command: &Command) -> Option<i32> {
 
 /// Hosts allowed for direct media URLs come from the configuration; the rest is the default
 /// policy.
-fn input_policy(cfg: &Config) -> InputPolicy {
-    InputPolicy {
-        allow_hosts: cfg.allow_hosts.clone(),
-        ..Default::default()
-    }
-}
-
 /// Shuts `rt` down, first saying how long active jobs get when workers run here.
 async fn stop_runtime(rt: Runtime) {
     let grace = rt.config().shutdown_grace;
@@ -351,7 +344,7 @@ async fn serve(cfg: Config, args: ServeArgs) -> Result<i32> {
     opts.body_limit = args.max_body_kb.max(1) * 1024;
     opts.keep_alive = Duration::from_secs(args.keep_alive_s.max(1));
     opts.model = Some(rt.config().model.clone());
-    let policy = input_policy(rt.config());
+    let policy = rt.config().input_policy();
     let with_workers = rt.has_workers();
     let r = crate::server::run(rt.data().clone(), rt.url(), policy, opts, stop, |addr| {
         eprintln!(
@@ -413,7 +406,7 @@ async fn process(
     no_workers: bool,
     json: bool,
 ) -> Result<i32> {
-    let policy = input_policy(&cfg);
+    let policy = cfg.input_policy();
     // Refuse bad inputs before anything is created.
     let bad: Vec<String> = inputs
         .iter()
