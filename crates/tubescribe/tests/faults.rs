@@ -54,7 +54,8 @@ struct Cluster {
 
 impl Cluster {
     /// Serves `n` distinct URLs (the clips repeated under different names) and writes a config
-    /// with quick stalled-job recovery plus `stage_extra` lines in the named stages' tables.
+    /// with quick stalled-job recovery and reconciling, plus `stage_extra` lines in the named
+    /// stages' tables (or `[worker]` for "worker"); an extra line replaces the default of its key.
     fn new(root: &Path, n: usize, stage_extra: &[(&str, &str)]) -> Cluster {
         let media = root.join("media");
         std::fs::create_dir_all(&media).unwrap();
@@ -73,15 +74,47 @@ impl Cluster {
             urls.push(format!("http://{addr}/{name}"));
         }
         let config = root.join("tubescribe.toml");
-        let mut toml = String::from("[worker]\nshutdown_grace_s = 2\nredis_retry_s = 0.5\n");
-        for s in STAGES {
-            toml.push_str(&format!(
-                "[stages.{s}]\nlock_duration_s = 2\nstalled_interval_s = 0.5\nmax_stalled_count = 50\nbackoff_s = 0.2\n"
-            ));
-            for (_, extra) in stage_extra.iter().filter(|(st, _)| *st == s) {
-                toml.push_str(extra);
-                toml.push('\n');
+        let name_of = |t: &str| {
+            if t == "worker" {
+                "[worker]".to_string()
+            } else {
+                format!("[stages.{t}]")
             }
+        };
+        // Extras for `worker` go into `[worker]`; an extra's key replaces the default's.
+        let table = |name: &str, defaults: &[&str]| {
+            let extras: Vec<&str> = stage_extra
+                .iter()
+                .filter(|(t, _)| *t == name)
+                .flat_map(|(_, e)| e.lines())
+                .collect();
+            let key = |l: &str| l.split('=').next().unwrap_or("").trim().to_string();
+            let mut lines: Vec<&str> = defaults
+                .iter()
+                .copied()
+                .filter(|d| extras.iter().all(|e| key(e) != key(d)))
+                .collect();
+            lines.extend(extras);
+            format!("{}\n{}\n", name_of(name), lines.join("\n"))
+        };
+        let mut toml = table(
+            "worker",
+            &[
+                "shutdown_grace_s = 2",
+                "redis_retry_s = 0.5",
+                "reconcile_s = 1",
+            ],
+        );
+        for s in STAGES {
+            toml.push_str(&table(
+                s,
+                &[
+                    "lock_duration_s = 2",
+                    "stalled_interval_s = 0.5",
+                    "max_stalled_count = 50",
+                    "backoff_s = 0.2",
+                ],
+            ));
         }
         std::fs::write(&config, toml).unwrap();
         Cluster {
@@ -977,5 +1010,112 @@ fn kill9_during_a_segment_job_loses_no_segment() {
         &std::fs::read_to_string(dir.join("transcript.txt")).unwrap(),
     );
     assert!(wer < 0.25, "WER {wer:.3} after the kill");
+    c.stop_all();
+}
+
+/// Waits until `f` holds for the cluster's only task's manifest; returns the manifest.
+fn wait_task(c: &Cluster, what: &str, limit: Duration, f: impl Fn(&Value) -> bool) -> Value {
+    let t0 = Instant::now();
+    loop {
+        if let Some(m) = c.manifests().values().next().filter(|m| f(m)) {
+            return m.clone();
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "{what} not seen within {limit:?}: {:#?}",
+            c.manifests()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_job_failed_for_stalling_too_often_fails_its_task_with_the_reason() {
+    // Issue 13 finding 1: the stalled-job check fails a job whose worker died more often
+    // than `max_stalled_count`; no worker records that, so the reconciler must.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(tmp.path(), 1, &[("transcribe", "max_stalled_count = 2")]);
+    let hang = stand_in(&tmp.path().join("hanging-ffmpeg"), "exec sleep 600");
+    let env = [("TUBESCRIBE_FFMPEG", hang.as_str())];
+    let urls = c.urls.clone();
+    let mut sub = c.submit(&urls);
+    for kill in 1..=3 {
+        let pid = c.spawn_worker("download,transcribe,summarize", &env);
+        let worker = hostname_pid(pid);
+        wait_task(
+            &c,
+            "transcribe active in the new worker",
+            Duration::from_secs(60),
+            |m| {
+                m["stages"]["transcribe"]["attempt_log"]
+                    .as_array()
+                    .and_then(|log| log.last())
+                    .is_some_and(|a| a["worker"] == worker.as_str() && a.get("outcome").is_none())
+                    && std::fs::read_to_string(format!("{hang}.pids"))
+                        .map_or(0, |p| p.lines().count())
+                        == kill
+            },
+        );
+        c.kill9(pid);
+    }
+    // A fresh worker's stalled-job check fails the job (3 stalls > 2); its reconciler records it.
+    c.spawn_worker("download,transcribe,summarize", &env);
+    assert_eq!(wait_submitter(&mut sub, Duration::from_secs(60)), 1);
+    let m = wait_task(&c, "failed task", Duration::from_secs(10), |m| {
+        m["status"] == "failed"
+    });
+    assert_eq!(m["error"]["stage"], "transcribe");
+    assert_eq!(m["error"]["retryable"], true);
+    let msg = m["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("the worker running the transcribe stage stopped responding too often")
+            && msg.contains("(job stalled more than allowable limit)"),
+        "{msg}"
+    );
+    assert_eq!(m["stages"]["transcribe"]["state"], "failed");
+    assert_eq!(m["stages"]["summarize"]["state"], "skipped");
+    assert_eq!(
+        outcomes(&m, "transcribe"),
+        ["interrupted", "interrupted", "interrupted"]
+    );
+    let states: Vec<String> = c.job_states().into_iter().map(|(_, _, st)| st).collect();
+    assert_eq!(states, ["Some(Completed)", "Some(Failed)", "Some(Failed)"]);
+    for p in stand_in_pids(&hang) {
+        signal(p, libc::SIGKILL);
+    }
+    c.stop_all();
+}
+
+#[test]
+fn a_redis_restarted_without_its_data_gets_the_lost_flows_back() {
+    // Issue 13 finding 4: Redis lost everything (no AOF) while a task was half done.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(tmp.path(), 1, &[]);
+    let downloader = c.spawn_worker("download", &[]);
+    let urls = c.urls.clone();
+    let mut sub = c.submit(&urls);
+    wait_task(&c, "download completed", Duration::from_secs(60), |m| {
+        m["stages"]["download"]["state"] == "completed"
+    });
+    c.term(downloader, Duration::from_secs(20));
+    c.redis.restart_empty();
+    assert_eq!(
+        c.job_states()
+            .into_iter()
+            .map(|(_, _, st)| st)
+            .collect::<Vec<_>>(),
+        ["None", "None", "None"],
+        "Redis kept nothing"
+    );
+    c.spawn_worker("download,transcribe,summarize", &[]);
+    assert_eq!(wait_submitter(&mut sub, Duration::from_secs(120)), 0);
+    let m = wait_task(&c, "completed task", Duration::from_secs(5), |m| {
+        m["status"] == "completed"
+    });
+    assert_eq!(m["requeues"], 1);
+    // The media was not fetched again: the new download job reused it.
+    assert_eq!(m["stages"]["download"]["completions"], 1);
+    assert_eq!(outcomes(&m, "download"), ["completed", "reused"]);
+    assert_eq!(m["stages"]["transcribe"]["completions"], 1);
     c.stop_all();
 }

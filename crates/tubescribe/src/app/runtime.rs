@@ -10,7 +10,10 @@
 //!    configured per-process concurrency and its stage's policy; the engine adds the
 //!    scheduler's ager with the transcribe worker), and with them the cancel watcher that
 //!    stops this process's job of a cancelled task;
-//! 4. the memory watch, when a memory budget is given.
+//! 4. the memory watch, when a memory budget is given;
+//! 5. the reconciler ([`reconcile`]), in processes that ask for it (`serve`, `worker`,
+//!    `process`): it repairs task records that disagree with their jobs, now and every
+//!    `[worker] reconcile_s`.
 //!
 //! [`Runtime::shutdown`] is the single way down: it cancels the shutdown token (the watchers
 //! and anything else the caller tied to it, such as the HTTP server, stop), closes the workers
@@ -29,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::domain::Stage;
 use crate::engine::producer::Producer;
+use crate::engine::reconcile;
 use crate::engine::redis::QueueError;
 use crate::engine::workers::{WorkerSettings, Workers};
 use crate::observe::events::{EventError, EventLog};
@@ -69,10 +73,18 @@ pub struct RuntimeBuilder {
     stages: Vec<Stage>,
     memory_budget_mb: Option<u64>,
     retry_redis: bool,
+    reconcile: bool,
     shutdown: CancellationToken,
 }
 
 impl RuntimeBuilder {
+    /// Runs the reconciler in this process (unless `[worker] reconcile_s = 0`): a pass at
+    /// start, then one per period ([`reconcile`]).
+    pub fn reconcile(mut self) -> Self {
+        self.reconcile = true;
+        self
+    }
+
     /// Starts workers for `stages` (none by default: a runtime that only submits or serves).
     pub fn workers(mut self, stages: &[Stage]) -> Self {
         self.stages = stages.to_vec();
@@ -127,6 +139,7 @@ impl RuntimeBuilder {
             redis,
             shutdown: self.shutdown,
             workers: None,
+            reconciler: None,
         };
         if !self.stages.is_empty() {
             if self.retry_redis {
@@ -134,6 +147,14 @@ impl RuntimeBuilder {
             } else {
                 rt.start_workers(&self.stages).await?;
             }
+        }
+        if self.reconcile && !rt.cfg.reconcile_every.is_zero() {
+            rt.reconciler = Some(reconcile::spawn(
+                rt.url.clone(),
+                rt.data.clone(),
+                rt.cfg.reconcile_every,
+                rt.shutdown.child_token(),
+            ));
         }
         if let Some(mb) = self.memory_budget_mb {
             match EventLog::connect(&rt.url).await {
@@ -173,6 +194,7 @@ pub struct Runtime {
     redis: Option<EmbeddedRedis>,
     shutdown: CancellationToken,
     workers: Option<Running>,
+    reconciler: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Runtime {
@@ -183,6 +205,7 @@ impl Runtime {
             stages: Vec::new(),
             memory_budget_mb: None,
             retry_redis: false,
+            reconcile: false,
             shutdown: CancellationToken::new(),
         }
     }
@@ -278,6 +301,10 @@ impl Runtime {
     pub async fn shutdown(mut self, grace: Duration) {
         self.shutdown.cancel();
         self.stop_workers(grace).await;
+        if let Some(r) = self.reconciler.take() {
+            // It stops at once, or after the pass it is in (bounded by Redis' timeouts).
+            let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
+        }
         if let Some(r) = self.redis.as_mut() {
             r.stop();
         }

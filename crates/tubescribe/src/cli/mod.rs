@@ -334,7 +334,8 @@ async fn serve(cfg: Config, args: ServeArgs) -> Result<i32> {
     let stop = shutdown_on_signal()?;
     let mut rt = Runtime::builder(cfg)
         .shutdown_token(stop.clone())
-        .memory_budget_mb(args.memory_budget_mb);
+        .memory_budget_mb(args.memory_budget_mb)
+        .reconcile();
     if !args.no_workers {
         rt = rt.workers(&Stage::ALL);
     }
@@ -375,6 +376,7 @@ async fn worker(cfg: Config, stages: Vec<String>, memory_budget_mb: Option<u64>)
         .memory_budget_mb(memory_budget_mb)
         .workers(&stages)
         .retry_redis()
+        .reconcile()
         .start()
         .await;
     let rt = match started {
@@ -426,10 +428,11 @@ async fn process(
         anyhow::bail!(crate::tools::model::missing_message(&cfg.model));
     }
     let stop = shutdown_on_signal()?;
-    let mut rt = Runtime::builder(cfg)
-        .shutdown_token(stop.clone())
-        .start()
-        .await?;
+    let mut rt = Runtime::builder(cfg).shutdown_token(stop.clone());
+    if !no_workers {
+        rt = rt.reconcile();
+    }
+    let mut rt = rt.start().await?;
     let tasks = submit_all(&rt, &policy, &inputs, fresh).await?;
     if !no_workers {
         rt.start_workers(&Stage::ALL).await?;

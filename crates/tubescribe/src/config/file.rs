@@ -113,6 +113,9 @@ pub struct WorkerFile {
     pub shutdown_grace_s: Option<f64>,
     /// Seconds between attempts to reach Redis while it is unreachable (default 2).
     pub redis_retry_s: Option<f64>,
+    /// Seconds between passes of the reconciler, which repairs tasks whose record disagrees
+    /// with their jobs in Redis (default 30; 0 turns it off).
+    pub reconcile_s: Option<f64>,
 }
 
 /// `[concurrency]` in the TOML file.

@@ -195,6 +195,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Pause between attempts to reach Redis while it is unreachable.
     pub redis_retry: Duration,
+    /// Period of the reconciler in serving and worker processes (`[worker] reconcile_s`,
+    /// default 30 s); zero turns it off.
+    pub reconcile_every: Duration,
     /// Subtitle cue limits (`[subtitles]`).
     pub subtitles: CueRules,
 }
@@ -276,6 +279,7 @@ impl Config {
         let subtitles = resolve_subtitles(&file.subtitles)?;
         let stage_policies = StagePolicy::resolve_all(&file.stages)?;
         let (shutdown_grace, redis_retry) = resolve_worker(o, &file.worker)?;
+        let reconcile_every = seconds("worker.reconcile_s", file.worker.reconcile_s, 30.0)?;
         let allow_hosts = resolve_allow_hosts(o.allow_hosts.clone().or(file.allow_hosts))?;
         let min_coverage = resolve_min_coverage(file.transcribe.min_coverage)?;
         let llm = resolve_llm(file.llm.as_ref())?;
@@ -302,6 +306,7 @@ impl Config {
             stage_policies,
             shutdown_grace,
             redis_retry,
+            reconcile_every,
             subtitles,
         })
     }

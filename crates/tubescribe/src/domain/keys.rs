@@ -39,3 +39,7 @@ pub const OWN_STREAM_MAXLEN: usize = 10_000;
 pub const ALERT_STREAM: &str = "tubescribe:alerts";
 /// Approximate number of alerts the stream keeps.
 pub const ALERT_STREAM_MAXLEN: usize = 1000;
+
+/// The lease the reconciler takes before a pass (`SET NX PX`), so that of many processes
+/// only one reconciles per period; its value names the holder (`<host>:<pid>`).
+pub const RECONCILER_LEASE: &str = "tubescribe:reconciler";

@@ -287,6 +287,15 @@ pub struct Manifest {
     /// non-empty makes the final status [`TaskStatus::CompletedWithWarnings`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<Warning>,
+    /// How many times the reconciler added this task's flow again because its jobs were gone
+    /// from Redis (e.g. Redis restarted without its data) since the task was (re)started;
+    /// [`Manifest::reset_for_retry`] sets it back to 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub requeues: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A warning about a task's result, from one stage.
@@ -314,6 +323,7 @@ impl Manifest {
             error: None,
             model: None,
             warnings: Vec::new(),
+            requeues: 0,
             stages: Stage::ALL
                 .iter()
                 .map(|s| (*s, StageRecord::default()))
@@ -333,6 +343,7 @@ impl Manifest {
     pub fn reset_for_retry(&mut self, keep: &[Stage]) {
         self.status = TaskStatus::Queued;
         self.error = None;
+        self.requeues = 0;
         for s in Stage::ALL {
             if keep.contains(&s) {
                 continue;
@@ -373,11 +384,8 @@ impl Manifest {
     /// [`AttemptOutcome::Interrupted`].
     pub fn start_attempt(&mut self, stage: Stage, attempt: u32, worker: &str) {
         self.start_stage(stage, attempt);
-        let r = self.stage_mut(stage);
-        for a in r.attempt_log.iter_mut().filter(|a| a.outcome.is_none()) {
-            a.outcome = Some(AttemptOutcome::Interrupted);
-        }
-        r.attempt_log.push(AttemptRecord {
+        self.interrupt_open_attempts(stage);
+        self.stage_mut(stage).attempt_log.push(AttemptRecord {
             attempt,
             worker: worker.to_string(),
             started_at: now_ms(),
@@ -385,6 +393,28 @@ impl Manifest {
             outcome: None,
             error: None,
         });
+    }
+
+    /// Marks every attempt of `stage` that never reported an end as
+    /// [`AttemptOutcome::Interrupted`] (its worker is gone).
+    pub fn interrupt_open_attempts(&mut self, stage: Stage) {
+        let r = self.stage_mut(stage);
+        for a in r.attempt_log.iter_mut().filter(|a| a.outcome.is_none()) {
+            a.outcome = Some(AttemptOutcome::Interrupted);
+        }
+    }
+
+    /// Puts a stage whose job went back to the queue without its worker saying so (the
+    /// worker died and BullMQ recovered the job) back to waiting: open attempts are
+    /// interrupted, progress restarts.
+    pub fn requeue_stage(&mut self, stage: Stage) {
+        self.interrupt_open_attempts(stage);
+        let r = self.stage_mut(stage);
+        if r.state == StageState::Active {
+            r.state = StageState::Waiting;
+            r.progress = 0.0;
+            r.detail.remove("phase");
+        }
     }
 
     /// True while `attempt` is the latest attempt of `stage` and has not ended. An attempt

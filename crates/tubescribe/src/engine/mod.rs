@@ -7,7 +7,8 @@
 //! * [`workers`] — starting and closing the workers, dispatching a job by its name;
 //! * [`attempt`] — ONE protocol for stage and segment jobs: admit → supervise → settle;
 //! * [`schedule`] — the fair-share priorities of transcribe jobs;
-//! * [`segments`] — long audio as segment jobs: the split/merge orchestration.
+//! * [`segments`] — long audio as segment jobs: the split/merge orchestration;
+//! * [`reconcile`] — repairs task records that disagree with their jobs after faults.
 //!
 //! Imports inside the engine point one way: `workers` → `attempt`, `segments`, `schedule`,
 //! `flow`, `producer`, `redis`; `attempt` never imports `segments` or `workers`; `schedule`
@@ -16,6 +17,7 @@
 pub mod attempt;
 pub mod flow;
 pub mod producer;
+pub mod reconcile;
 pub mod redis;
 pub mod schedule;
 pub mod segments;

@@ -429,6 +429,24 @@ impl Redis {
         }
     }
 
+    /// Stops it, deletes everything it kept (the AOF directory and any snapshot) and starts
+    /// it again empty: a Redis that lost its data.
+    pub fn restart_empty(&mut self) {
+        self.stop();
+        for e in std::fs::read_dir(&self.dir).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("appendonly") || name.ends_with(".rdb") {
+                let p = e.path();
+                if p.is_dir() {
+                    std::fs::remove_dir_all(&p).unwrap();
+                } else {
+                    std::fs::remove_file(&p).unwrap();
+                }
+            }
+        }
+        self.restart();
+    }
+
     fn ping(&self) -> bool {
         Command::new("redis-cli")
             .arg("-s")
