@@ -87,7 +87,10 @@ mod tests {
     #[test]
     fn fresh_draws_differ_and_stay_in_bounds() {
         let waits: Vec<Duration> = (0..100).map(|_| backoff_wait(2 * S, draw())).collect();
-        assert!(waits.iter().all(|w| *w >= 2 * S && *w <= 3 * S), "{waits:?}");
+        assert!(
+            waits.iter().all(|w| *w >= 2 * S && *w <= 3 * S),
+            "{waits:?}"
+        );
         let distinct: std::collections::BTreeSet<_> = waits.iter().collect();
         // 100 uniform draws over 1 s at nanosecond resolution: all distinct in practice;
         // 50 leaves room for any coincidence.

@@ -209,7 +209,12 @@ mod tests {
         // The service's own wait (Retry-After) wins over the configured cool-down: never
         // sooner, up to a quarter more.
         assert_eq!(
-            at(1, "cool-down 3600000 ms: LLM API rate limit", 5_000, 300_000),
+            at(
+                1,
+                "cool-down 3600000 ms: LLM API rate limit",
+                5_000,
+                300_000
+            ),
             [3_600_000, 4_500_000]
         );
         // A short one waits at least one base step, spread over one more.
@@ -238,7 +243,10 @@ mod tests {
             let waits: Vec<i64> = (0..5)
                 .map(|_| backoff_delay_ms(2, msg, 5_000, 300_000, retry::draw()))
                 .collect();
-            assert!(waits.iter().all(|w| (lo..=hi).contains(w)), "{msg}: {waits:?}");
+            assert!(
+                waits.iter().all(|w| (lo..=hi).contains(w)),
+                "{msg}: {waits:?}"
+            );
             let distinct: std::collections::BTreeSet<_> = waits.iter().collect();
             // Five draws over ≥ 5 000 ms: two equal to the millisecond has a chance of
             // about 10 × 1/5 000 = 0.2 %; all five equal, none.

@@ -302,7 +302,8 @@ fn worker_options(
     // After a Redis error the fetch loop waits this long before trying again. BullMQ sleeps
     // the same delay every time, so each worker draws its own once: workers of all processes
     // then do not reconnect in step after Redis returns.
-    opts.run_retry_delay = retry::backoff_wait(ctx.cfg.redis_retry, retry::draw()).as_millis() as u64;
+    opts.run_retry_delay =
+        retry::backoff_wait(ctx.cfg.redis_retry, retry::draw()).as_millis() as u64;
     opts
 }
 
