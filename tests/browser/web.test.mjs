@@ -2,7 +2,8 @@
 // (no browser download). Starts `tubescribe serve` with a private data dir and its own embedded
 // Redis, serves speech over loopback, submits the URL on the page with the keyboard, waits for
 // the three stages to reach "done" and the summary to show, then marks the task completed with
-// warnings (as its manifest would say) and checks the badge and warning, and saves a screenshot to
+// warnings and its summary the LLM fallback (as its manifest would say) and checks the badge,
+// the warnings and the summary's fallback note, and saves a screenshot to
 // test-output/browser.png. Run by scripts/test.sh; prerequisites from scripts/setup.sh --test.
 import { chromium } from "playwright-core";
 import { spawn, spawnSync } from "node:child_process";
@@ -157,20 +158,29 @@ try {
   const mf = path.join(tmp, "data/tasks", taskId, "manifest.json");
   const warned = JSON.parse(fs.readFileSync(mf, "utf8"));
   const sentence = "5.0 s of speech produced no text (coverage 80 %) <b>00:01</b>";
+  // …and whose summary is the extractive fallback because the LLM failed (markup stays text).
+  const reason = "LLM server error (503) after 5 attempt(s): <i>overloaded</i>";
   warned.status = "completed_with_warnings";
-  warned.warnings = [{ stage: "transcribe", message: sentence }];
+  warned.warnings = [{ stage: "transcribe", message: sentence },
+                     { stage: "summarize", message: `${reason}; the summary is the offline extractive one instead` }];
+  warned.stages.summarize.fallback = { reason, at: Date.now() };
   fs.writeFileSync(mf, JSON.stringify(warned));
   await page.reload();
   const witem = page.locator(`li[data-task="${taskId}"][data-status="completed_with_warnings"]`);
   await witem.waitFor({ timeout: 10_000 });
   assert((await witem.locator(".badge").innerText()).includes("completed with warnings"), "warning badge");
-  assert(await witem.locator(".warning").innerText() === `⚠ transcribe: ${sentence}`, "warning text in the list");
+  assert(await witem.locator(".warning").first().innerText() === `⚠ transcribe: ${sentence}`, "warning text in the list");
   assert(await witem.locator(".warning b").count() === 0, "warning markup stays text");
+  assert((await witem.locator(".warning").nth(1).innerText()).startsWith(`⚠ summarize: ${reason};`), "fallback warning in the list");
   await witem.locator("button.title").click();
-  await page.locator("#view .warning").waitFor({ timeout: 10_000 });
+  await page.locator("#view .warning").first().waitFor({ timeout: 10_000 });
   assert(await page.locator(`#view .downloads a[href="/api/tasks/${taskId}/transcript.srt"]`).count() === 1,
     "outputs offered for completed_with_warnings");
   await page.locator("#tldr").waitFor({ timeout: 15_000 });
+  const fb = page.locator("#summary .fallback");
+  await fb.waitFor({ timeout: 10_000 });
+  assert((await fb.innerText()).includes(`the LLM failed (${reason})`), `fallback note: ${await fb.innerText()}`);
+  assert(await fb.locator("i").count() === 0, "fallback markup stays text");
   assert(pageErrors.length === 0, `page errors: ${pageErrors.join("; ")}`);
   fs.mkdirSync(OUT, { recursive: true });
   await page.screenshot({ path: path.join(OUT, "browser.png"), fullPage: true });

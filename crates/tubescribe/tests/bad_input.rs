@@ -1310,68 +1310,6 @@ fn fs_free(dir: &Path) -> u64 {
         .unwrap()
 }
 
-/// One scripted reply: status, extra headers, body.
-type FakeReply = (u16, Vec<(&'static str, String)>, String);
-
-/// A scripted OpenAI-compatible server: replies in order (the last one repeats), records
-/// when each request came.
-fn fake_llm(script: Vec<FakeReply>) -> (String, Arc<std::sync::Mutex<Vec<std::time::Instant>>>) {
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let script = Arc::new(script);
-    let s2 = seen.clone();
-    let router = axum::Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(move |body: String| {
-            let seen = s2.clone();
-            let script = script.clone();
-            async move {
-                let n = {
-                    let mut v = seen.lock().unwrap();
-                    v.push(std::time::Instant::now());
-                    v.len() - 1
-                };
-                let (status, headers, reply) = script[n.min(script.len() - 1)].clone();
-                // "{SEG}" becomes the first segment id the request shows ("[<id>] [").
-                let req: serde_json::Value = serde_json::from_str(&body).unwrap();
-                let user = req["messages"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .filter(|m| m["role"] == "user")
-                    .map(|m| m["content"].as_str().unwrap().to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                let seg = user
-                    .lines()
-                    .find_map(|l| {
-                        let rest = l.strip_prefix('[')?;
-                        let (id, after) = rest.split_once("] [")?;
-                        let _ = after;
-                        id.parse::<u64>().ok()
-                    })
-                    .unwrap_or(0);
-                let reply = reply.replace("{SEG}", &seg.to_string());
-                let mut resp = axum::response::Response::builder()
-                    .status(status)
-                    .header("content-type", "application/json");
-                for (k, v) in headers {
-                    resp = resp.header(k, v);
-                }
-                resp.body(axum::body::Body::from(reply)).unwrap()
-            }
-        }),
-    );
-    let addr = serve_router(router);
-    (format!("http://{addr}/v1"), seen)
-}
-
-fn chat_reply(content: &str) -> String {
-    serde_json::json!({"id": "c1", "object": "chat.completion", "model": "fake",
-        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
-        "usage": {"prompt_tokens": 400, "completion_tokens": 20}})
-    .to_string()
-}
-
 /// Class 8: the LLM API through the whole pipeline. 401 fails the task at once with a clear
 /// message; 429 with `Retry-After: 2` is waited out in the call and `Retry-After: 61` by a
 /// queue retry, and the LLM summary is used; a reply that
@@ -1442,9 +1380,9 @@ fn class8_llm_api() {
         let m = manifest_for(&data, "/talk.wav");
         assert_eq!(m["status"], "completed");
         assert_eq!(m["stages"]["summarize"]["detail"]["kind"]["method"], "llm");
-        let times = seen.lock().unwrap().clone();
-        assert_eq!(times.len(), 2);
-        (m, times[1] - times[0])
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2);
+        (m, seen[1].at - seen[0].at)
     };
     // Waited out inside the call.
     let (_, gap) = rate_limited("2", "d429");
@@ -1485,6 +1423,19 @@ fn class8_llm_api() {
         m["stages"]["summarize"]["detail"]["kind"]["method"],
         "extractive"
     );
+    // The fallback is in the manifest too: why, and a warning.
+    assert_eq!(m["status"], "completed_with_warnings", "{m:#}");
+    let reason = m["stages"]["summarize"]["fallback"]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        reason.starts_with("LLM output could not be parsed"),
+        "{m:#}"
+    );
+    assert_eq!(
+        m["warnings"][0]["message"],
+        format!("{reason}; the summary is the offline extractive one instead")
+    );
     let dir = data.join("tasks").join(m["task_id"].as_str().unwrap());
     let sj: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
@@ -1506,5 +1457,116 @@ fn class8_llm_api() {
             .find(|l| l.starts_with('_'))
             .is_some_and(|l| l.contains("the LLM API failed")),
         "{md}"
+    );
+}
+
+/// Class 8, five jobs at once (issue 13 finding 9): every summary meets `429` with
+/// `Retry-After: 2`. Each summarize attempt asks 5 times — the LLM client waits each
+/// Retry-After out, spread by up to a quarter more (2–2.5 s) —, the queue retries the job once
+/// (the service's 2 s is below the stage's 10 s step here: 10–20 s), and the last attempt falls
+/// back to the extractive summary, which the manifest records and `process` prints.
+///
+/// The fixture sees every request, so each wait is measured per task. Without jitter all 40
+/// in-call waits would be 2 s to within a few ms, and all 5 queue waits 10 s. With it, the
+/// chance that the 40 in-call waits (uniform over 500 ms) all fall within 200 ms is
+/// 40·0.4³⁹ − 39·0.4⁴⁰ ≈ 7e-15, and that the 5 queue waits (uniform over 10 s) do is
+/// 5·0.02⁴ − 4·0.02⁵ ≈ 7.9e-7: a spread of 200 ms or more is asserted for both.
+#[test]
+fn class8_rate_limited_jobs_retry_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let inputs: Vec<String> = ENGLISH_CLIPS
+        .iter()
+        .map(|(name, text)| p(&speech(d, name, text).0).to_string())
+        .collect();
+    let (url, seen) = fake_llm(vec![(
+        429,
+        vec![("retry-after", "2".to_string())],
+        r#"{"error":{"message":"Rate limit reached"}}"#.into(),
+    )]);
+    let cfg = d.join("tubescribe.toml");
+    std::fs::write(&cfg, "[stages.summarize]\nattempts = 2\nbackoff_s = 10\n").unwrap();
+    let data = d.join("data");
+    let mut args = vec!["process"];
+    args.extend(inputs.iter().map(String::as_str));
+    let run = env(&data)
+        .config_file(&cfg)
+        .vars(&[
+            ("TUBESCRIBE_LLM_BASE_URL", url.as_str()),
+            ("TUBESCRIBE_LLM_MODEL", "fake"),
+            ("TUBESCRIBE_SUMMARIZE_CONCURRENCY", "5"),
+        ])
+        .bin(&args)
+        .run();
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+
+    // Each task completed on the extractive summary after 2 attempts, and says why.
+    let reason =
+        "LLM API rate limit (429) after 5 attempt(s), server asks to wait 2 s: Rate limit reached";
+    let warning = format!("{reason}; the summary is the offline extractive one instead");
+    for (name, _) in ENGLISH_CLIPS {
+        let m = manifest_for(&data, &format!("/{name}.wav"));
+        let sum = &m["stages"]["summarize"];
+        assert_eq!(m["status"], "completed_with_warnings", "{m:#}");
+        assert_eq!(sum["attempts"], 2, "{m:#}");
+        assert_eq!(sum["fallback"]["reason"], reason, "{m:#}");
+        assert_eq!(sum["detail"]["kind"]["method"], "extractive", "{m:#}");
+        assert_eq!(
+            m["warnings"],
+            serde_json::json!([{"stage": "summarize", "message": warning}])
+        );
+    }
+    assert_eq!(
+        run.stdout.matches(&format!("warning: {warning}")).count(),
+        5,
+        "{}",
+        run.stdout
+    );
+    assert_eq!(run.stdout.matches("⚠ ").count(), 5, "{}", run.stdout);
+
+    // The waits each task's requests were apart, as the fixture saw them.
+    let mut by_task: std::collections::BTreeMap<String, Vec<std::time::Instant>> =
+        Default::default();
+    for r in seen.lock().unwrap().iter() {
+        by_task.entry(r.transcript.clone()).or_default().push(r.at);
+    }
+    assert_eq!(by_task.len(), 5, "{:#?}", by_task.keys());
+    let (mut in_call, mut queued) = (Vec::new(), Vec::new());
+    for times in by_task.values() {
+        assert_eq!(times.len(), 10, "2 attempts × 5 requests: {times:?}");
+        for (i, w) in times.windows(2).enumerate() {
+            // The 5th gap is the queue's; the others are inside one attempt's call.
+            let gap = w[1] - w[0];
+            if i == 4 {
+                queued.push(gap);
+            } else {
+                in_call.push(gap);
+            }
+        }
+    }
+    let spread = |v: &[std::time::Duration]| *v.iter().max().unwrap() - *v.iter().min().unwrap();
+    eprintln!(
+        "in-call waits {:?}..{:?} (spread {:?}); queue waits {:?}",
+        in_call.iter().min().unwrap(),
+        in_call.iter().max().unwrap(),
+        spread(&in_call),
+        queued
+    );
+    let ms = std::time::Duration::from_millis;
+    assert!(
+        in_call.iter().all(|g| *g >= ms(2_000)),
+        "Retry-After not honoured: {in_call:?}"
+    );
+    assert!(
+        queued.iter().all(|g| *g >= ms(10_000)),
+        "queue retried too soon: {queued:?}"
+    );
+    assert!(
+        spread(&in_call) >= ms(200),
+        "in-call waits not spread: {in_call:?}"
+    );
+    assert!(
+        spread(&queued) >= ms(200),
+        "queue waits not spread: {queued:?}"
     );
 }

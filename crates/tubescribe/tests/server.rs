@@ -16,17 +16,28 @@ const JFK_FALLBACK: &str = "And so my fellow Americans, ask not what your countr
 
 /// Starts `tubescribe <args>` (a server or a worker; whisper on 2 threads).
 fn start(data: &Path, args: &[&str]) -> Proc {
+    start_env(data, args, &[])
+}
+
+/// [`start`] with the variables `vars` too.
+fn start_env(data: &Path, args: &[&str], vars: &[(&str, &str)]) -> Proc {
     Env::new(data)
         .var("TUBESCRIBE_THREADS", "2")
+        .vars(vars)
         .bin(args)
         .start()
 }
 
 /// Starts `tubescribe serve --listen 127.0.0.1:0 <extra>` and returns it with its base URL.
 fn serve(data: &Path, extra: &[&str]) -> (Proc, String) {
+    serve_env(data, extra, &[])
+}
+
+/// [`serve`] with the variables `vars` too.
+fn serve_env(data: &Path, extra: &[&str], vars: &[(&str, &str)]) -> (Proc, String) {
     let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
     args.extend_from_slice(extra);
-    let mut p = start(data, &args);
+    let mut p = start_env(data, &args, vars);
     let line = p.wait_line("listening on http://");
     let base = line
         .split_whitespace()
@@ -1331,12 +1342,36 @@ async fn completed_with_warnings_in_api_filter_sse_cli_and_page() {
         assert_eq!(d["warnings"], warnings, "{d}");
     }
 
-    // The client's `status`: ⚠, the status and the sentence; exit code 0.
-    let run = cli(&data, &["status", "--server", &base, "file-warned"]);
+    // The client's `status` and the page: a badge for the status, the outputs offered,
+    // warnings shown as text.
+    assert_warned_in_cli_and_page(
+        &data,
+        &base,
+        "file-warned",
+        warning,
+        &[
+            ".badge.completed_with_warnings",
+            "m.status === \"completed_with_warnings\"",
+        ],
+    )
+    .await;
+}
+
+/// `tubescribe status` of task `id`, completed with `warning`: `⚠`, the status and the
+/// sentence, exit code 0; and the page's script renders warnings as text and has each of
+/// `needles`.
+async fn assert_warned_in_cli_and_page(
+    data: &Path,
+    base: &str,
+    id: &str,
+    warning: &str,
+    needles: &[&str],
+) {
+    let run = cli(data, &["status", "--server", base, id]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
         run.stdout
-            .contains("file-warned  ⚠ completed_with_warnings"),
+            .contains(&format!("{id}  ⚠ completed_with_warnings")),
         "{}",
         run.stdout
     );
@@ -1345,14 +1380,112 @@ async fn completed_with_warnings_in_api_filter_sse_cli_and_page() {
         "{}",
         run.stdout
     );
-
-    // The page: a badge for the status, the outputs offered, warnings shown as text.
     let (_, _, html) = get(&format!("{base}/")).await;
-    for needle in [
-        ".badge.completed_with_warnings",
-        "m.status === \"completed_with_warnings\"",
-        "m.warnings.map((w) => el(\"p\", { class: \"warning\", text:",
-    ] {
+    let warnings = "m.warnings.map((w) => el(\"p\", { class: \"warning\", text:";
+    for needle in needles.iter().chain([&warnings]) {
         assert!(html.contains(needle), "page lacks {needle:?}");
     }
+}
+
+/// An LLM that answers 503 to every request (issue 13 finding 9): the task completes on the
+/// extractive summary, and the fallback is recorded and shown, not only written inside
+/// summary.md — the manifest (`stages.summarize.fallback.reason` naming the 503, a summarize
+/// warning, so `completed_with_warnings`), the REST and tRPC task JSON, the summarize stage's
+/// and the task's SSE events, `tubescribe status` and the page's script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_fallback_in_manifest_api_sse_cli_and_page() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("media");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (wav, _) = speech(tmp.path(), "jfk", JFK_FALLBACK);
+    std::fs::copy(&wav, dir.join("jfk.wav")).unwrap();
+    let maddr = serve_dir(&dir);
+    let (llm, seen) = fake_llm(vec![(
+        503,
+        vec![],
+        r#"{"error":{"message":"overloaded"}}"#.into(),
+    )]);
+    let data = tmp.path().join("data");
+    let (_srv, base) = serve_env(
+        &data,
+        &["--allow-host", &maddr.to_string()],
+        &[
+            ("TUBESCRIBE_LLM_BASE_URL", &llm),
+            ("TUBESCRIBE_LLM_MODEL", "fake"),
+        ],
+    );
+    let (s, _, created) = post(
+        &format!("{base}/api/tasks"),
+        json!({"link": format!("http://{maddr}/jfk.wav")}),
+    )
+    .await;
+    assert_eq!(s, 201, "{created}");
+    let id = created["taskId"].as_str().unwrap().to_string();
+
+    // SSE: the summarize stage's `stage.completed` and `task.completed` carry the fallback.
+    let (evs, _) = sse(
+        &format!("{base}/api/tasks/{id}/events"),
+        None,
+        Duration::from_secs(180),
+        |e| e.name == "task.completed",
+    )
+    .await;
+    let reason = "LLM server error (503) after 5 attempt(s): overloaded";
+    let warning = format!("{reason}; the summary is the offline extractive one instead");
+    let done = evs
+        .iter()
+        .find(|e| e.name == "stage.completed" && e.data["stage"] == "summarize")
+        .unwrap_or_else(|| panic!("no stage.completed for summarize: {evs:#?}"));
+    assert_eq!(done.data["fallback"]["reason"], reason, "{:#}", done.data);
+    let task = &evs.last().unwrap().data;
+    assert_eq!(task["status"], "completed_with_warnings", "{task:#}");
+    assert_eq!(task["fallback"], done.data["fallback"], "{task:#}");
+    assert_eq!(
+        task["warnings"],
+        json!([{"stage": "summarize", "message": warning}])
+    );
+    // The client asked 5 times (1 + 4 retries) before giving up on the LLM.
+    assert_eq!(seen.lock().unwrap().len(), 5);
+
+    // The manifest, and the REST and tRPC task JSON (both are the manifest).
+    let on_disk = manifest(&data, &id);
+    let (s, rest) = get_json(&format!("{base}/api/tasks/{id}")).await;
+    assert_eq!(s, 200);
+    let (_, body) = get_json(&trpc_query(&base, "tasks.get", &json!({"taskId": id}))).await;
+    for (what, m) in [
+        ("manifest.json", &on_disk),
+        ("REST", &rest),
+        ("tRPC", &body["result"]["data"]),
+    ] {
+        assert_eq!(m["status"], "completed_with_warnings", "{what}: {m:#}");
+        assert_eq!(
+            m["stages"]["summarize"]["fallback"]["reason"], reason,
+            "{what}"
+        );
+        assert!(
+            m["stages"]["summarize"]["fallback"]["at"].as_u64() > Some(0),
+            "{what}"
+        );
+        assert_eq!(m["warnings"][0]["message"], warning.as_str(), "{what}");
+        assert_eq!(
+            m["stages"]["summarize"]["detail"]["kind"]["method"], "extractive",
+            "{what}"
+        );
+    }
+    let (_, _, md) = get(&format!("{base}/api/tasks/{id}/summary.md")).await;
+    assert!(md.contains("the LLM API failed"), "{md}");
+
+    // `tubescribe status`, and the page: the warning box (as for every warning) and the
+    // summary's own note with the reason, as text.
+    assert_warned_in_cli_and_page(
+        &data,
+        &base,
+        &id,
+        &warning,
+        &[
+            "m.stages.summarize.fallback",
+            "the LLM failed (${fb.reason})",
+        ],
+    )
+    .await;
 }

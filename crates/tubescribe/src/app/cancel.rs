@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::tasks;
 use crate::app::tasks::TaskOpError;
 use crate::domain::manifest::{StageState, TaskStatus};
+use crate::domain::retry;
 use crate::engine::producer::{Canceller, Producer};
 use crate::observe::events::EventLog;
 use crate::store::DataDir;
@@ -105,7 +106,8 @@ fn status_name(s: TaskStatus) -> String {
         .unwrap_or_default()
 }
 
-/// Listens on [`CHANNEL`] (reconnecting after Redis errors) and cancels the named task's
+/// Listens on [`CHANNEL`] (reconnecting 1–1.5 s after Redis errors, [`retry::backoff_wait`])
+/// and cancels the named task's
 /// active job in this process's workers, until `shutdown`.
 pub fn spawn_watcher(
     url: &str,
@@ -120,11 +122,11 @@ pub fn spawn_watcher(
                 r = listen(&url, &canceller) => r,
             };
             if let Err(e) = r {
-                tracing::warn!(error = %e, "cancel listener lost Redis; reconnecting in 1 s");
+                tracing::warn!(error = %e, "cancel listener lost Redis; reconnecting in 1–1.5 s");
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(retry::backoff_wait(Duration::from_secs(1), retry::draw())) => {}
             }
         }
     })

@@ -86,7 +86,8 @@ pub struct StagesFile {
 pub struct StagePolicyFile {
     /// Attempts in total (1 = no retry).
     pub attempts: Option<u32>,
-    /// Delay before the first retry, seconds; doubles with each retry.
+    /// Delay before the first retry, seconds; doubles with each retry (each wait is spread by
+    /// up to half again).
     pub backoff_s: Option<f64>,
     /// Delay before the first retry after a cool-down failure (bot check, HTTP 429), seconds.
     pub cool_down_s: Option<f64>,
@@ -111,7 +112,8 @@ pub struct WorkerFile {
     /// Seconds a stopping worker lets active jobs finish before putting them back in the
     /// queue (default 30).
     pub shutdown_grace_s: Option<f64>,
-    /// Seconds between attempts to reach Redis while it is unreachable (default 2).
+    /// Seconds between attempts to reach Redis while it is unreachable (default 2; each
+    /// worker waits 1–1.5 times it).
     pub redis_retry_s: Option<f64>,
     /// Seconds between passes of the reconciler, which repairs tasks whose record disagrees
     /// with their jobs in Redis (default 30; 0 turns it off).

@@ -193,7 +193,8 @@ pub struct Config {
     /// How long a stopping worker lets active jobs finish before putting them back in the
     /// queue for another worker.
     pub shutdown_grace: Duration,
-    /// Pause between attempts to reach Redis while it is unreachable.
+    /// Pause between attempts to reach Redis while it is unreachable (each worker waits
+    /// 1–1.5 times it, drawn once: [`crate::domain::retry::backoff_wait`]).
     pub redis_retry: Duration,
     /// Period of the reconciler in serving and worker processes (`[worker] reconcile_s`,
     /// default 30 s); zero turns it off.

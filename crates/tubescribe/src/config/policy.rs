@@ -14,9 +14,12 @@ use crate::domain::Stage;
 pub struct StagePolicy {
     /// Attempts in total (≥ 1; 1 = no retry). Stalls (a worker died) do not count.
     pub attempts: u32,
-    /// Delay before the first retry; retry `n` waits `backoff × 2^(n−1)`.
+    /// Delay before the first retry; retry `n` waits `backoff × 2^(n−1)` plus a random part of
+    /// up to half that ([`crate::domain::retry::backoff_wait`]). A service's `Retry-After`
+    /// shorter than `backoff` waits `backoff`, spread over one more `backoff`
+    /// ([`crate::domain::retry::asked_wait`]).
     pub backoff: Duration,
-    /// Delay before the first retry after a cool-down failure; doubles likewise.
+    /// Delay before the first retry after a cool-down failure; doubles and is spread likewise.
     pub cool_down: Duration,
     /// Job lock duration; a job whose worker died is detected between `lock_duration +
     /// stalled_interval` and `lock_duration + 3 × stalled_interval` later (design notes, §3).

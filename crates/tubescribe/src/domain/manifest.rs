@@ -234,6 +234,21 @@ pub struct StageRecord {
     /// Stage-specific details (download: bytes, speed; transcribe: RTF, language…).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub detail: serde_json::Map<String, serde_json::Value>,
+    /// Set when the stage completed by its fallback path instead of its main one: today the
+    /// summarize stage, which writes the offline extractive summary when the LLM failed
+    /// ([`Manifest::set_summary_fallback`]). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
+}
+
+/// Why a stage's result came from its fallback path (`stages.<stage>.fallback`), e.g.
+/// `{"reason": "LLM server error (503) after 5 attempt(s): overloaded", "at": 1767225600000}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fallback {
+    /// Why the main path failed, as its error said it (one sentence, cause first).
+    pub reason: String,
+    /// When the fallback was taken, ms since the epoch.
+    pub at: u64,
 }
 
 impl Default for StageRecord {
@@ -251,6 +266,7 @@ impl Default for StageRecord {
             checkpoints: Vec::new(),
             attempt_log: Vec::new(),
             detail: serde_json::Map::new(),
+            fallback: None,
         }
     }
 }
@@ -356,6 +372,7 @@ impl Manifest {
             r.finished_at = None;
             r.result = None;
             r.outputs.clear();
+            r.fallback = None;
             r.detail.remove("phase");
         }
     }
@@ -471,6 +488,33 @@ impl Manifest {
                 .into_iter()
                 .map(|message| Warning { stage, message }),
         );
+    }
+
+    /// Records how the summary was made: `Some(reason)` when the LLM failed and the summary is
+    /// the offline extractive one — `stages.summarize.fallback` says why and when, and a
+    /// summarize warning (`"<reason>; the summary is the offline extractive one instead"`)
+    /// makes the task [`TaskStatus::CompletedWithWarnings`] —, `None` when it is what was
+    /// asked for (clears both). Replaces the summarize stage's warnings, like
+    /// [`Manifest::set_warnings`].
+    pub fn set_summary_fallback(&mut self, reason: Option<String>) {
+        let fallback = reason.map(|reason| Fallback {
+            reason,
+            at: now_ms(),
+        });
+        let warning = fallback.as_ref().map(|f| {
+            format!(
+                "{}; the summary is the offline extractive one instead",
+                f.reason
+            )
+        });
+        self.stage_mut(Stage::Summarize).fallback = fallback;
+        self.set_warnings(Stage::Summarize, warning.into_iter().collect());
+    }
+
+    /// The fallback the summary was made by, if any (see [`Manifest::set_summary_fallback`]).
+    pub fn summary_fallback(&self) -> Option<&Fallback> {
+        self.stage(Stage::Summarize)
+            .and_then(|r| r.fallback.as_ref())
     }
 
     /// Marks `stage` completed with its outputs; the task completes with its last stage.
@@ -589,6 +633,45 @@ mod tests {
         m.complete_stage(Stage::Summarize, vec![]);
         assert_eq!(m.status, TaskStatus::Completed);
         assert_eq!(m.overall_progress(), 100.0);
+    }
+
+    #[test]
+    fn a_summary_fallback_is_recorded_and_warned() {
+        let reason = "LLM server error (503) after 5 attempt(s): overloaded";
+        let mut m = m();
+        for s in Stage::ALL {
+            m.start_stage(s, 1);
+            if s == Stage::Summarize {
+                m.set_summary_fallback(Some(reason.into()));
+            }
+            m.complete_stage(s, vec![]);
+        }
+        assert_eq!(m.status, TaskStatus::CompletedWithWarnings);
+        let f = m.summary_fallback().expect("recorded");
+        assert_eq!(f.reason, reason);
+        assert!(f.at > 0);
+        assert_eq!(
+            m.warnings,
+            [Warning {
+                stage: Stage::Summarize,
+                message: format!("{reason}; the summary is the offline extractive one instead"),
+            }]
+        );
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["stages"]["summarize"]["fallback"]["reason"], reason);
+        assert_eq!(
+            serde_json::from_value::<Manifest>(v).unwrap(),
+            m,
+            "round trip"
+        );
+        // A later summary made as asked clears both; no fallback, no key.
+        m.start_stage(Stage::Summarize, 2);
+        m.set_summary_fallback(None);
+        m.complete_stage(Stage::Summarize, vec![]);
+        assert_eq!(m.status, TaskStatus::Completed);
+        assert!(m.summary_fallback().is_none() && m.warnings.is_empty());
+        let v = serde_json::to_value(&m).unwrap();
+        assert!(v["stages"]["summarize"].get("fallback").is_none(), "{v}");
     }
 
     #[test]

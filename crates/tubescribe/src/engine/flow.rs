@@ -10,7 +10,9 @@
 //!
 //! BullMQ knows a failure only as an error kind and a text (`failedReason`). The one pair
 //! [`encode_failure`] / [`decode_failure`] maps a [`FailureClass`] onto them and back; the
-//! backoff strategy ([`backoff_delay_ms`]) reads the class from the text.
+//! backoff strategy ([`backoff_delay_ms`]) reads the class from the text and spreads every
+//! wait at random above its floor ([`crate::domain::retry`]), `Retry-After` waits included.
+//! Stage jobs and long audio's segment jobs use this one strategy ([`BACKOFF_NAME`]).
 
 use std::time::Duration;
 
@@ -19,7 +21,7 @@ use bullmq::{FlowJob, JobOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::config::StagePolicy;
-use crate::domain::{FailureClass, Stage};
+use crate::domain::{retry, FailureClass, Stage};
 use crate::engine::redis::QueueError;
 use crate::pipeline::StageError;
 
@@ -87,23 +89,35 @@ pub fn decode_failure(e: &bullmq::Error) -> Option<StageError> {
 }
 
 /// Backoff before retry number `attempt` (1-based) of a job whose attempt failed with
-/// `error_message` (BullMQ's `failedReason`, see [`encode_failure`]): `base_ms × 2^(attempt−1)`,
-/// or for cool-down failures (bot checks, HTTP 429) `cool_down_ms × 2^(attempt−1)`. The
-/// defaults are 2 s (5 s for summaries) and 5 min per stage ([`StagePolicy`]). A cool-down
-/// whose service named its wait (`Retry-After`) waits exactly that, but at least `base_ms`.
-pub fn backoff_delay_ms(attempt: u32, error_message: &str, base_ms: i64, cool_down_ms: i64) -> i64 {
+/// `error_message` (BullMQ's `failedReason`, see [`encode_failure`]), in ms, with `draw` the
+/// random part (uniform in `[0, 1)`, [`retry::draw`]; a parameter so tests pin it).
+///
+/// The step is `base_ms × 2^(attempt−1)`, or for cool-down failures (bot checks, HTTP 429)
+/// `cool_down_ms × 2^(attempt−1)` — the defaults are 2 s (5 s for summaries) and 5 min per
+/// stage ([`StagePolicy`]) — and the wait is spread over half a step above it
+/// ([`retry::backoff_wait`]: `[step, 1.5·step]`). A cool-down whose service named its wait
+/// (`Retry-After`, `w`) waits at least `max(w, base_ms)`, spread by a quarter of that or one
+/// `base_ms`, whichever is longer ([`retry::asked_wait`]), so jobs told the same wait do not
+/// come back in the same millisecond.
+pub fn backoff_delay_ms(
+    attempt: u32,
+    error_message: &str,
+    base_ms: i64,
+    cool_down_ms: i64,
+    draw: f64,
+) -> i64 {
     let class = decode_failure(&bullmq::Error::ProcessingError(error_message.to_string()))
         .map_or(FailureClass::Retryable, |e| e.class);
-    let base = match class {
+    let ms = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0));
+    let step = |v: i64| ms(v.saturating_mul(2i64.pow(attempt.saturating_sub(1).min(10))));
+    let wait = match class {
         FailureClass::CoolDown { wait: Some(w) } => {
-            return i64::try_from(w.as_millis())
-                .unwrap_or(i64::MAX)
-                .max(base_ms)
+            retry::asked_wait(w.max(ms(base_ms)), ms(base_ms), draw)
         }
-        FailureClass::CoolDown { wait: None } => cool_down_ms,
-        _ => base_ms,
+        FailureClass::CoolDown { wait: None } => retry::backoff_wait(step(cool_down_ms), draw),
+        _ => retry::backoff_wait(step(base_ms), draw),
     };
-    base.saturating_mul(2i64.pow(attempt.saturating_sub(1).min(10)))
+    i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn job_options(stage: Stage, task_id: &str, attempts: u32) -> JobOptions {
@@ -177,34 +191,67 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_cool_down_waits_long() {
-        assert_eq!(backoff_delay_ms(1, "HTTP 503", 2_000, 300_000), 2_000);
-        assert_eq!(backoff_delay_ms(3, "HTTP 503", 2_000, 300_000), 8_000);
+        // The floor (draw 0) and the top (draw 1) of each wait.
+        let at = |attempt, msg, base, cool| {
+            [0.0, 1.0].map(|d| backoff_delay_ms(attempt, msg, base, cool, d))
+        };
+        assert_eq!(at(1, "HTTP 503", 2_000, 300_000), [2_000, 3_000]);
+        assert_eq!(at(3, "HTTP 503", 2_000, 300_000), [8_000, 12_000]);
         assert_eq!(
-            backoff_delay_ms(1, "cool-down: HTTP 429", 2_000, 300_000),
-            300_000
+            at(1, "cool-down: HTTP 429", 2_000, 300_000),
+            [300_000, 450_000]
         );
         assert_eq!(
-            backoff_delay_ms(2, "cool-down: bot check", 2_000, 300_000),
-            600_000
+            at(2, "cool-down: bot check", 2_000, 300_000),
+            [600_000, 900_000]
         );
-        assert_eq!(backoff_delay_ms(40, "x", i64::MAX / 2, 1), i64::MAX);
-        // The service's own wait (Retry-After) wins over the configured cool-down.
+        assert_eq!(at(40, "x", i64::MAX / 2, 1), [i64::MAX, i64::MAX]);
+        // The service's own wait (Retry-After) wins over the configured cool-down: never
+        // sooner, up to a quarter more.
         assert_eq!(
-            backoff_delay_ms(
+            at(
                 1,
                 "cool-down 3600000 ms: LLM API rate limit",
                 5_000,
                 300_000
             ),
-            3_600_000
+            [3_600_000, 4_500_000]
+        );
+        // A short one waits at least one base step, spread over one more.
+        assert_eq!(
+            at(2, "cool-down 10 ms: too short", 5_000, 300_000),
+            [5_000, 10_000]
         );
         assert_eq!(
-            backoff_delay_ms(2, "cool-down 10 ms: too short", 5_000, 300_000),
-            5_000
+            at(1, "cool-down 2000 ms: LLM API rate limit", 10_000, 300_000),
+            [10_000, 20_000]
         );
         // What the processor writes for a direct URL's absurd Retry-After: capped at an hour.
         let e = StageError::cool_down_for("HTTP 429", Duration::from_secs(u64::MAX));
         assert_eq!(e.retry_after(), Some(crate::domain::MAX_RETRY_AFTER));
+    }
+
+    #[test]
+    fn every_backoff_is_jittered_within_its_bounds() {
+        // Five jobs told `Retry-After: 2` (the summarize stage's 5 s base): their waits are
+        // drawn apart, none sooner than the floor.
+        for (msg, lo, hi) in [
+            ("cool-down 2000 ms: LLM API rate limit", 5_000, 10_000),
+            ("HTTP 503", 10_000, 15_000),
+            ("cool-down: bot check", 600_000, 900_000),
+        ] {
+            let waits: Vec<i64> = (0..5)
+                .map(|_| backoff_delay_ms(2, msg, 5_000, 300_000, retry::draw()))
+                .collect();
+            assert!(
+                waits.iter().all(|w| (lo..=hi).contains(w)),
+                "{msg}: {waits:?}"
+            );
+            let distinct: std::collections::BTreeSet<_> = waits.iter().collect();
+            // Five draws over ≥ 5 000 ms: two equal to the millisecond has a chance of
+            // about 10 × 1/5 000 = 0.2 %; all five equal, none.
+            assert!(distinct.len() >= 2, "{msg}: {waits:?}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use bullmq::options::RedisConnectionOptions;
 use bullmq::{Queue, QueueOptions};
 
 use crate::domain::keys::PREFIX;
-use crate::domain::Stage;
+use crate::domain::{retry, Stage};
 use crate::observe::events::EventError;
 
 /// Errors talking to the queue. Redis errors are retryable (the server may come back).
@@ -29,6 +29,8 @@ pub fn is_connection_lost(e: &bullmq::Error) -> bool {
 
 /// The waits before sending a command again after its connection was lost: BullMQ's
 /// reconnects start at 100 ms and back off (`ReconnectOptions` in bullmq-official 1.4.4).
+/// Each is spread by up to half again ([`retry::backoff_wait`]), so the clients of a Redis
+/// that just came back do not all resend in the same millisecond.
 const RESEND_AFTER: [std::time::Duration; 3] = [
     std::time::Duration::from_millis(100),
     std::time::Duration::from_millis(400),
@@ -43,7 +45,7 @@ const RESEND_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// [`RESEND_LIMIT`]) while its error says the connection was lost. A BullMQ connection fails
 /// the command in flight when its socket died and reconnects in the background, so without
 /// this the first request after Redis came back would fail although Redis answers. While
-/// Redis stays down the first error comes back after about 2 s.
+/// Redis stays down the first error comes back after 2–3 s (the jittered waits).
 ///
 /// # Errors
 /// The first error when the connection does not come back; any other error at once.
@@ -56,7 +58,8 @@ where
         Err(e) if is_connection_lost(&e) => e,
         done => return done,
     };
-    for wait in RESEND_AFTER {
+    for step in RESEND_AFTER {
+        let wait = retry::backoff_wait(step, retry::draw());
         tracing::debug!("redis connection lost ({lost}); sending again in {wait:?}");
         tokio::time::sleep(wait).await;
         match tokio::time::timeout(RESEND_LIMIT, op()).await {

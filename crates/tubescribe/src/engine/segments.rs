@@ -54,6 +54,7 @@ use crate::domain::manifest::StageState;
 use crate::domain::transcript::{Coverage, Segment, Transcript};
 use crate::domain::Stage;
 use crate::engine::attempt::{Done, Fence, SegmentSlot};
+use crate::engine::flow::BACKOFF_NAME;
 use crate::engine::schedule;
 use crate::engine::schedule::Scheduler;
 use crate::pipeline::download::DownloadResult;
@@ -148,7 +149,8 @@ pub fn segment_flow(task_id: &str, bounds_ms: &[u64]) -> Result<FlowJob, bullmq:
             .job_id(segment_job_id(task_id, i))
             .priority(schedule::priority(audio_s, 0.0, 0.0))
             .attempts(SEGMENT_JOB_ATTEMPTS)
-            .backoff(BackoffStrategy::Exponential(2_000))
+            // The stage jobs' strategy: the transcribe policy's backoff, jittered.
+            .backoff(BackoffStrategy::Custom(BACKOFF_NAME.into()))
             .fail_parent_on_failure();
         if i + 1 == count {
             opts = opts.parent(ParentOptions {

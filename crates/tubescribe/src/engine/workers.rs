@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::StagePolicy;
 use crate::domain::keys::{PREFIX, SEGMENT_JOB};
-use crate::domain::Stage;
+use crate::domain::{retry, Stage};
 use crate::engine::attempt::{self, Done, Fence, Shared, WIND_DOWN};
 use crate::engine::flow::backoff_delay_ms;
 use crate::engine::producer::Canceller;
@@ -142,7 +142,8 @@ impl Workers {
     }
 
     /// [`Workers::start`], retried while Redis is unreachable: waits `first_retry`, doubling up
-    /// to 30 s between attempts, until it succeeds or `stop` completes (then `None`).
+    /// to 30 s between attempts (each wait spread by up to half again,
+    /// [`retry::backoff_wait`]), until it succeeds or `stop` completes (then `None`).
     pub async fn start_when_reachable(
         url: &str,
         ctx: Arc<StageCtx>,
@@ -160,7 +161,7 @@ impl Workers {
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(retry::backoff_wait(wait, retry::draw())) => {}
                 _ = &mut stop => return None,
             }
             wait = (wait * 2).min(Duration::from_secs(30));
@@ -267,7 +268,9 @@ async fn set_global_concurrency(url: &str, stage: Stage, n: u64) -> Result<(), Q
 }
 
 /// BullMQ options of `stage`'s worker on Redis at `url`: concurrency, lock and stall settings, our backoff
-/// strategy ([`backoff_delay_ms`] with each stage's policy) and the Redis retry delay.
+/// strategy ([`backoff_delay_ms`] with each stage's policy and a fresh random draw per retry)
+/// and the Redis retry delay (`redis_retry`, spread once per worker by
+/// [`retry::backoff_wait`]).
 fn worker_options(
     url: &str,
     ctx: &StageCtx,
@@ -283,19 +286,24 @@ fn worker_options(
         .lock_duration(ws.lock_duration)
         .stalled_interval(ws.stalled_interval)
         .max_stalled_count(ws.max_stalled_count)
-        .backoff_strategy(Arc::new(move |attempt, name, msg, _data| {
-            // The job name is the queue name, i.e. the stage.
-            let p = cfg.policy(Stage::from_queue_name(name).unwrap_or(stage));
+        .backoff_strategy(Arc::new(move |attempt, _strategy, msg, _data| {
+            // BullMQ passes the strategy's name (`flow::BACKOFF_NAME`), not the job's: this
+            // worker's stage (segment jobs included, on the transcribe queue) sets the policy.
+            let p = cfg.policy(stage);
             let d = backoff_delay_ms(
                 attempt,
                 msg,
                 p.backoff.as_millis() as i64,
                 p.cool_down.as_millis() as i64,
+                retry::draw(),
             );
             Box::pin(async move { d })
         }));
-    // After a Redis error the fetch loop waits this long before trying again.
-    opts.run_retry_delay = ctx.cfg.redis_retry.as_millis() as u64;
+    // After a Redis error the fetch loop waits this long before trying again. BullMQ sleeps
+    // the same delay every time, so each worker draws its own once: workers of all processes
+    // then do not reconnect in step after Redis returns.
+    opts.run_retry_delay =
+        retry::backoff_wait(ctx.cfg.redis_retry, retry::draw()).as_millis() as u64;
     opts
 }
 

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::keys::PREFIX;
 use crate::domain::keys::{OWN_STREAM, OWN_STREAM_MAXLEN};
 use crate::domain::manifest::{Manifest, StageState, TaskStatus};
+use crate::domain::retry;
 use crate::domain::Stage;
 use crate::observe::cursor::{Cursor, Pos, STREAMS};
 use crate::store::DataDir;
@@ -44,6 +45,12 @@ pub enum EventError {
     /// Redis refused or dropped the command.
     #[error("event stream: {0}")]
     Redis(#[from] redis::RedisError),
+}
+
+/// The wait before reading Redis again after an error: 1–1.5 s ([`retry::backoff_wait`]), so
+/// the readers of many servers do not all come back in the same millisecond.
+fn reconnect_wait() -> Duration {
+    retry::backoff_wait(Duration::from_secs(1), retry::draw())
 }
 
 /// The Redis key of stream `i` (0–2: BullMQ's per-queue streams, 3: ours).
@@ -286,22 +293,30 @@ impl JobEvent<'_> {
         )]
     }
 
-    /// `completed`: `stage.completed`, and for the last stage `task.completed`.
+    /// `completed`: `stage.completed`, and for the last stage `task.completed`. A summary
+    /// made by the extractive fallback adds `fallback: {reason, at}` (the manifest's
+    /// `stages.summarize.fallback`) to both.
     fn completed(&self) -> Vec<Mapped> {
-        let mut v = vec![self.event("stage.completed", self.data(serde_json::json!({})))];
-        if self.stage == Stage::LAST {
-            // The name stays `task.completed` for old clients; `status` tells a task
-            // completed with warnings apart, `warnings` says why (from the manifest,
-            // when it agrees that the task completed).
-            let m = self.manifest().filter(|m| m.status.is_completed());
-            let status = m.as_ref().map_or(TaskStatus::Completed, |m| m.status);
-            let warnings = m.map(|m| m.warnings).unwrap_or_default();
-            v.push(self.event(
-                "task.completed",
-                serde_json::json!({"taskId": self.task, "status": status, "warnings": warnings, "at": self.at_ms}),
-            ));
+        if self.stage != Stage::LAST {
+            return vec![self.event("stage.completed", self.data(serde_json::json!({})))];
         }
-        v
+        // The name stays `task.completed` for old clients; `status` tells a task completed
+        // with warnings apart, `warnings` says why (from the manifest, when it agrees that the
+        // task completed).
+        let m = self.manifest().filter(|m| m.status.is_completed());
+        let status = m.as_ref().map_or(TaskStatus::Completed, |m| m.status);
+        let fallback = m.as_ref().and_then(|m| m.summary_fallback().cloned());
+        let warnings = m.map(|m| m.warnings).unwrap_or_default();
+        let mut stage = serde_json::json!({});
+        let mut task = serde_json::json!({"taskId": self.task, "status": status, "warnings": warnings, "at": self.at_ms});
+        if let Some(f) = fallback {
+            stage["fallback"] = serde_json::json!(f);
+            task["fallback"] = serde_json::json!(f);
+        }
+        vec![
+            self.event("stage.completed", self.data(stage)),
+            self.event("task.completed", task),
+        ]
     }
 
     /// `delayed`: a failed attempt waiting for its retry, `stage.failed` with `willRetry`.
@@ -489,10 +504,10 @@ impl EventHub {
                     r = h2.read_loop() => r,
                 };
                 if let Err(e) = r {
-                    tracing::warn!(error = %e, "event reader lost Redis; reconnecting in 1 s");
+                    tracing::warn!(error = %e, "event reader lost Redis; reconnecting in 1–1.5 s");
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = tokio::time::sleep(reconnect_wait()) => {}
                     }
                 }
             }
@@ -611,7 +626,7 @@ impl EventHub {
                             tokio::select! {
                                 _ = shutdown.cancelled() => return,
                                 _ = tx.closed() => return,
-                                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                                _ = tokio::time::sleep(reconnect_wait()) => {}
                             }
                         }
                     }
@@ -770,7 +785,7 @@ mod tests {
     }
 
     #[test]
-    fn task_completed_carries_status_and_warnings() {
+    fn task_completed_carries_status_warnings_and_fallback() {
         let mut m = Manifest::new(
             "t1",
             "x",
@@ -791,12 +806,35 @@ mod tests {
             vec!["speech at 00:10–00:20 has no text".into()],
         );
         m.complete_stage(Stage::LAST, vec![]);
-        let ev = map_entry(2, 9, &done, &move |_: &str| Some(m.clone()));
+        let warned = m.clone();
+        let ev = map_entry(2, 9, &done, &move |_: &str| Some(warned.clone()));
         assert_eq!(ev[1].0, "task.completed");
         assert_eq!(
             ev[1].2,
             serde_json::json!({"taskId":"t1","status":"completed_with_warnings",
                 "warnings":[{"stage":"transcribe","message":"speech at 00:10–00:20 has no text"}],"at":9})
+        );
+        assert_eq!(
+            ev[0].2,
+            serde_json::json!({"taskId":"t1","stage":"summarize","at":9})
+        );
+
+        // The extractive fallback: its reason on the summarize stage's and the task's event.
+        m.set_summary_fallback(Some(
+            "LLM server error (503) after 5 attempt(s): down".into(),
+        ));
+        m.complete_stage(Stage::LAST, vec![]);
+        let f = serde_json::json!(m.summary_fallback().unwrap());
+        let ev = map_entry(2, 9, &done, &move |_: &str| Some(m.clone()));
+        assert_eq!(ev[0].0, "stage.completed");
+        assert_eq!(
+            ev[0].2,
+            serde_json::json!({"taskId":"t1","stage":"summarize","at":9,"fallback":f})
+        );
+        assert_eq!(ev[1].2["fallback"], f);
+        assert_eq!(
+            ev[1].2["warnings"][1]["message"],
+            "LLM server error (503) after 5 attempt(s): down; the summary is the offline extractive one instead"
         );
     }
 

@@ -4,7 +4,10 @@
 //! OpenAI-compatible API; a key the API rejects fails the task with that message, a long rate
 //! limit (`Retry-After`) retries the job no sooner than the server asked, and any other LLM
 //! failure (server down after retries, unusable output, rate-limited on the last attempt)
-//! falls back to the extractive summary and says so in the summary's notes. Every key-point
+//! falls back to the extractive summary and says so: in the summary's notes and first line,
+//! and in the manifest (`stages.summarize.fallback: {reason, at}` plus a summarize warning, so
+//! the task ends `completed_with_warnings` and the API, SSE, the page and the CLI show why;
+//! [`crate::domain::manifest::Manifest::set_summary_fallback`]). Every key-point
 //! stamp is the start of a real transcript segment or word (its sentence's first word). The
 //! LLM is told the transcript's language, and the video's own chapters (yt-dlp metadata in
 //! the manifest) replace computed ones.
@@ -36,6 +39,8 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
         ..extractive::Options::default()
     };
     job.report(5.0, Some("summarizing"));
+    // Why the LLM summary could not be had, when the extractive one stands in for it.
+    let mut fallback: Option<String> = None;
     let summary = match &ctx.cfg.llm {
         None => extractive::summarize(&segments, &opts),
         Some(l) => {
@@ -63,6 +68,7 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
                         "{}: LLM failed: {e}",
                         summarizer::FALLBACK_NOTE_PREFIX
                     ));
+                    fallback = Some(e.to_string());
                     s
                 }
             }
@@ -85,6 +91,7 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
         m.stage_mut(crate::domain::Stage::Summarize)
             .detail
             .insert("kind".into(), kind);
+        m.set_summary_fallback(fallback);
     })?;
     Ok(StageOutput {
         result: serde_json::json!({

@@ -7,7 +7,8 @@
 //!   with SIGTERM on drop) and for this process ([`Env::config`] → [`TestApp`], tubescribe
 //!   in-process over `app::runtime`, as `process` runs it);
 //! * [`Redis`]: an isolated `redis-server` a test can stop and restart;
-//! * [`serve_router`] / [`serve_dir`]: the HTTP fixture server on loopback;
+//! * [`serve_router`] / [`serve_dir`]: the HTTP fixture server on loopback; [`fake_llm`]: a
+//!   scripted OpenAI-compatible server on it that records each request;
 //! * media: real speech ([`speech`], [`ENGLISH_CLIPS`]), conversions, WAV writing;
 //! * manifests: [`manifest`], [`task_ids`], [`max_overlap`].
 #![allow(dead_code)]
@@ -498,6 +499,83 @@ pub fn serve_router(router: axum::Router) -> SocketAddr {
 /// Serves the files of `dir` over HTTP on 127.0.0.1 (a random port).
 pub fn serve_dir(dir: &Path) -> SocketAddr {
     serve_router(axum::Router::new().fallback_service(tower_http::services::ServeDir::new(dir)))
+}
+
+/// One scripted reply of [`fake_llm`]: status, extra headers, body (`{SEG}` in the body
+/// becomes the first transcript line id the request shows).
+pub type FakeReply = (u16, Vec<(&'static str, String)>, String);
+
+/// One request [`fake_llm`] answered: when it came, and the transcript lines it carried
+/// (`[<id>] [<time>] text`, without the per-request delimiters), which tell the tasks apart.
+#[derive(Debug, Clone)]
+pub struct LlmRequest {
+    /// When the request arrived.
+    pub at: Instant,
+    /// The prompt's transcript lines, joined by newlines.
+    pub transcript: String,
+}
+
+/// A scripted OpenAI-compatible server on loopback: answers `POST /v1/chat/completions` with
+/// the replies of `script` in order (the last one repeats) and records every request. Returns
+/// the base URL (`http://127.0.0.1:<port>/v1`) and the requests seen.
+pub fn fake_llm(script: Vec<FakeReply>) -> (String, Arc<Mutex<Vec<LlmRequest>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let script = Arc::new(script);
+    let s2 = seen.clone();
+    let router = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |body: String| {
+            let seen = s2.clone();
+            let script = script.clone();
+            async move {
+                let at = Instant::now();
+                let req: serde_json::Value = serde_json::from_str(&body).unwrap();
+                let user = req["messages"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|m| m["role"] == "user")
+                    .map(|m| m["content"].as_str().unwrap().to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                // Transcript lines are "[<id>] [<mm:ss>] text".
+                let line_id = |l: &str| {
+                    let (id, _) = l.strip_prefix('[')?.split_once("] [")?;
+                    id.parse::<u64>().ok()
+                };
+                let transcript = user
+                    .lines()
+                    .filter(|l| line_id(l).is_some())
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                let n = {
+                    let mut v = seen.lock().unwrap();
+                    v.push(LlmRequest { at, transcript });
+                    v.len() - 1
+                };
+                let (status, headers, reply) = script[n.min(script.len() - 1)].clone();
+                let seg = user.lines().find_map(line_id).unwrap_or(0);
+                let reply = reply.replace("{SEG}", &seg.to_string());
+                let mut resp = axum::response::Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json");
+                for (k, v) in headers {
+                    resp = resp.header(k, v);
+                }
+                resp.body(axum::body::Body::from(reply)).unwrap()
+            }
+        }),
+    );
+    let addr = serve_router(router);
+    (format!("http://{addr}/v1"), seen)
+}
+
+/// An OpenAI chat completion whose message is `content`.
+pub fn chat_reply(content: &str) -> String {
+    serde_json::json!({"id": "c1", "object": "chat.completion", "model": "fake",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": 400, "completion_tokens": 20}})
+    .to_string()
 }
 
 // ---------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{JobCtx, StageCtx, StageError, StageOutput};
 use crate::domain::manifest::{Source, VideoInfo};
-use crate::domain::Progress;
+use crate::domain::{retry, Progress};
 use crate::tools::media;
 use crate::tools::process;
 use crate::tools::process::Cmd;
@@ -182,6 +182,7 @@ async fn fetch(
             .parent()
             .map(|d| d.join("deno"))
             .filter(|p| p.is_file()),
+        retry_sleep_start: ytdlp::retry_sleep_start(retry::draw()),
     };
     let cmd = Cmd::new(&ctx.cfg.programs.ytdlp)
         .args(ytdlp::build_args(&args))

@@ -20,10 +20,11 @@
 use std::ffi::OsString;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::domain::FailureClass;
+use crate::domain::{retry, FailureClass};
 
 /// Prefix of the metadata line (`--print '…:META %(.{…})j'`).
 pub const META_PREFIX: &str = "META ";
@@ -78,6 +79,16 @@ pub struct YtdlpArgs {
     /// Path to a `deno` binary for YouTube's JS challenges
     /// (`--js-runtimes deno:PATH`); `None` = let yt-dlp search `PATH`.
     pub js_runtime: Option<PathBuf>,
+    /// yt-dlp's first retry sleep (`--retry-sleep exp=START:10`, doubling up to 10 s; shown
+    /// to 10 ms). yt-dlp cannot jitter its sleeps, so each run gets its own start
+    /// ([`retry_sleep_start`]) and parallel downloads do not retry in step.
+    pub retry_sleep_start: Duration,
+}
+
+/// The first retry sleep of one yt-dlp run: 1 s spread by up to half again
+/// ([`retry::backoff_wait`] with `draw`).
+pub fn retry_sleep_start(draw: f64) -> Duration {
+    retry::backoff_wait(Duration::from_secs(1), draw)
 }
 
 /// Builds the yt-dlp argument vector (without the program name) for `a`.
@@ -85,8 +96,8 @@ pub struct YtdlpArgs {
 /// Shape (download.md §0.3, every flag tested there):
 /// `--ignore-config --no-playlist --newline --progress --no-simulate
 /// --no-mtime --progress-delta 1 --color never --socket-timeout N
-/// --retries 3 --fragment-retries 3 --retry-sleep http:exp=1:10
-/// --retry-sleep fragment:exp=1:10 -f bestaudio/best -S lang
+/// --retries 3 --fragment-retries 3 --retry-sleep http:exp=S:10
+/// --retry-sleep fragment:exp=S:10 -f bestaudio/best -S lang
 /// --break-match-filters '!is_live & live_status!=?is_upcoming [& duration<?MAX]'
 /// --cache-dir C -P OUT -o '<stem>.%(ext)s'
 /// --print 'pre_process:META {…}' --print 'before_dl:META {…}'
@@ -130,10 +141,11 @@ pub fn build_args(a: &YtdlpArgs) -> Vec<OsString> {
     push(&DOWNLOAD_RETRIES.to_string());
     push("--fragment-retries");
     push(&DOWNLOAD_RETRIES.to_string());
+    let start = format!("{:.2}", a.retry_sleep_start.as_secs_f64());
     push("--retry-sleep");
-    push("http:exp=1:10");
+    push(&format!("http:exp={start}:10"));
     push("--retry-sleep");
-    push("fragment:exp=1:10");
+    push(&format!("fragment:exp={start}:10"));
     push("-f");
     push("bestaudio/best");
     push("-S");
@@ -1063,6 +1075,7 @@ mod tests {
             max_duration_s: Some(14_400),
             socket_timeout_s: DEFAULT_SOCKET_TIMEOUT_S,
             js_runtime: Some(PathBuf::from("/opt/venv/bin/deno")),
+            retry_sleep_start: retry_sleep_start(0.5),
         }
     }
 
@@ -1118,8 +1131,11 @@ mod tests {
         assert_eq!(value_after(&v, "--fragment-retries"), ["3"]);
         assert_eq!(
             value_after(&v, "--retry-sleep"),
-            ["http:exp=1:10", "fragment:exp=1:10"]
+            ["http:exp=1.25:10", "fragment:exp=1.25:10"]
         );
+        // Each run starts its sleeps somewhere in 1–1.5 s.
+        assert_eq!(retry_sleep_start(0.0), Duration::from_secs(1));
+        assert_eq!(retry_sleep_start(1.0), Duration::from_millis(1_500));
         assert_eq!(value_after(&v, "-f"), ["bestaudio/best"]);
         assert_eq!(value_after(&v, "-S"), ["lang"]);
         assert_eq!(
