@@ -55,60 +55,48 @@ struct Sse {
     data: Value,
 }
 
-/// Reads SSE from `url` until `stop` returns true for an event or `limit` passes (then it
-/// panics). Returns the events and the number of keep-alive comments seen.
+/// Reads SSE from `url` (parsed by the `eventsource-stream` crate) until `stop` returns true
+/// for an event, the server ends the response, or `limit` passes (then it panics). Returns
+/// the events and whether the server ended the response.
 async fn sse(
     url: &str,
     last_id: Option<&str>,
     limit: Duration,
     stop: impl Fn(&Sse) -> bool,
-) -> (Vec<Sse>, usize) {
+) -> (Vec<Sse>, bool) {
+    use eventsource_stream::Eventsource;
+    use futures::StreamExt;
     let c = reqwest::Client::new();
     let mut req = c.get(url).header("accept", "text/event-stream");
     if let Some(id) = last_id {
         req = req.header("last-event-id", id);
     }
-    let mut resp = req.send().await.unwrap();
+    let resp = req.send().await.unwrap();
     assert_eq!(resp.status(), 200, "{url}");
     assert_eq!(
         resp.headers()["content-type"].to_str().unwrap(),
         "text/event-stream"
     );
     let deadline = tokio::time::Instant::now() + limit;
-    let (mut buf, mut out, mut comments) = (String::new(), Vec::new(), 0usize);
-    let (mut name, mut id, mut data) = (String::new(), String::new(), String::new());
+    let mut events = resp.bytes_stream().eventsource();
+    let mut out = Vec::new();
     loop {
-        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+        let next = tokio::time::timeout_at(deadline, events.next())
             .await
-            .unwrap_or_else(|_| panic!("SSE {url}: no stop event within {limit:?}; got {out:#?}"))
-            .unwrap()
-            .expect("stream ended early");
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(nl) = buf.find('\n') {
-            let line = buf[..nl].to_string();
-            buf.drain(..=nl);
-            if line.is_empty() {
-                if !name.is_empty() {
-                    let e = Sse {
-                        name: std::mem::take(&mut name),
-                        id: std::mem::take(&mut id),
-                        data: serde_json::from_str(&std::mem::take(&mut data)).unwrap(),
-                    };
-                    let done = stop(&e);
-                    out.push(e);
-                    if done {
-                        return (out, comments);
-                    }
-                }
-            } else if line.starts_with(':') {
-                comments += 1;
-            } else if let Some(v) = line.strip_prefix("event:") {
-                name = v.trim().to_string();
-            } else if let Some(v) = line.strip_prefix("id:") {
-                id = v.trim().to_string();
-            } else if let Some(v) = line.strip_prefix("data:") {
-                data.push_str(v.trim_start());
-            }
+            .unwrap_or_else(|_| panic!("SSE {url}: no stop event within {limit:?}; got {out:#?}"));
+        let Some(e) = next else {
+            return (out, true);
+        };
+        let e = e.unwrap_or_else(|e| panic!("SSE {url}: {e}"));
+        let e = Sse {
+            name: e.event,
+            id: e.id,
+            data: serde_json::from_str(&e.data).unwrap(),
+        };
+        let done = stop(&e);
+        out.push(e);
+        if done {
+            return (out, false);
         }
     }
 }
@@ -1488,4 +1476,210 @@ async fn llm_fallback_in_manifest_api_sse_cli_and_page() {
         ],
     )
     .await;
+}
+
+/// `n` short speech clips (the first 2 + i s of jfk, i = 0..n) as `<prefix><i>.wav` in `dir`.
+fn short_clips(tmp: &Path, dir: &Path, prefix: &str, n: usize) -> Vec<String> {
+    std::fs::create_dir_all(dir).unwrap();
+    let (wav, _) = speech(tmp, "jfk", JFK_FALLBACK);
+    let pcm = pcm16k_i16(&wav, tmp);
+    (0..n)
+        .map(|i| {
+            let name = format!("{prefix}{i}.wav");
+            write_wav16k(&dir.join(&name), &pcm[..((2 + i) * 16_000).min(pcm.len())]);
+            name
+        })
+        .collect()
+}
+
+/// Submits `link` over REST; returns the task id.
+async fn submit(base: &str, link: &str) -> String {
+    let (s, _, r) = post(&format!("{base}/api/tasks"), json!({ "link": link })).await;
+    assert!(s == 200 || s == 201, "{link}: {s} {r}");
+    r["taskId"].as_str().unwrap().to_string()
+}
+
+/// Issue 13 finding 6: with several tasks flowing, a client that reconnects to
+/// `/api/events/stream` with `Last-Event-ID` gets exactly what the live stream sent after
+/// that event — the same ids, names and data, in the same order. Five runs of five tasks
+/// each, every run replayed from three points. (Before the hub's watermark, 1 run in 5
+/// failed here: entries of one millisecond in two streams came in another order.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_resume_equals_live_under_load() {
+    const RUNS: usize = 5;
+    const TASKS: usize = 5;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("media");
+    let clips: Vec<Vec<String>> = (0..RUNS)
+        .map(|r| short_clips(tmp.path(), &dir, &format!("r{r}-"), TASKS))
+        .collect();
+    let maddr = serve_dir(&dir);
+    let data = tmp.path().join("data");
+    let (_srv, base) = serve(
+        &data,
+        &[
+            "--allow-host",
+            &maddr.to_string(),
+            "--download-concurrency",
+            "5",
+            "--transcribe-concurrency",
+            "2",
+            "--summarize-concurrency",
+            "5",
+        ],
+    );
+    let all_url = format!("{base}/api/events/stream");
+    let mut sizes = Vec::new();
+    for (r, names) in clips.iter().enumerate() {
+        // Follow live from now until every task of this run has ended.
+        let t_run = Instant::now();
+        let url = all_url.clone();
+        let live = tokio::spawn(async move {
+            let ended = std::sync::atomic::AtomicUsize::new(0);
+            sse(&url, None, Duration::from_secs(600), move |e| {
+                let last = matches!(e.name.as_str(), "task.completed" | "task.failed");
+                last && ended.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == TASKS
+            })
+            .await
+            .0
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let links: Vec<String> = names
+            .iter()
+            .map(|n| format!("http://{maddr}/{n}"))
+            .collect();
+        let ids = futures::future::join_all(links.iter().map(|l| submit(&base, l))).await;
+        let live = live.await.unwrap();
+        let done: Vec<&Sse> = live
+            .iter()
+            .filter(|e| e.name.starts_with("task."))
+            .collect();
+        assert!(
+            done.iter().filter(|e| e.name == "task.completed").count() == TASKS,
+            "run {r}: {done:#?}"
+        );
+        for id in &ids {
+            assert!(live.iter().any(|e| e.data["taskId"] == id.as_str()), "{id}");
+        }
+        let mut uniq: Vec<&str> = live.iter().map(|e| e.id.as_str()).collect();
+        uniq.sort();
+        uniq.dedup();
+        assert_eq!(uniq.len(), live.len(), "run {r}: event ids repeat");
+        sizes.push(live.len());
+        eprintln!("run {r}: {} events in {:?}", live.len(), t_run.elapsed());
+
+        // Replay from the first event, a third and two thirds in.
+        let last_id = live.last().unwrap().id.clone();
+        for k in [0, live.len() / 3, live.len() * 2 / 3] {
+            let (replay, _) = sse(&all_url, Some(&live[k].id), Duration::from_secs(30), |e| {
+                e.id == last_id
+            })
+            .await;
+            let want = &live[k + 1..];
+            let first_diff = want.iter().zip(&replay).position(|(a, b)| a != b);
+            assert!(
+                replay.len() == want.len() && first_diff.is_none(),
+                "run {r}: replay after event {k} of {} differs at {first_diff:?}:\nlive   {:#?}\nreplay {:#?}",
+                live.len(),
+                first_diff.map(|d| &want[d.saturating_sub(1)..(d + 3).min(want.len())]),
+                first_diff.map(|d| &replay[d.saturating_sub(1)..(d + 3).min(replay.len())]),
+            );
+        }
+    }
+    let total: usize = sizes.iter().sum();
+    eprintln!("sse_resume_equals_live_under_load: events per run {sizes:?}");
+    assert!(
+        sizes.iter().all(|n| *n >= 100),
+        "each run should see at least 100 events: {sizes:?} ({total} in all)"
+    );
+}
+
+/// Issue 13 finding 6: a task's stream may be opened before the task exists (keep-alives, no
+/// events, then the task's events once it is submitted) and ends right after the task's final
+/// event — `task.completed`, `task.failed` (HTTP 404 from the media host) or `task.cancelled`.
+/// Reconnecting with the final event's id ends at once with nothing; with the one before, it
+/// delivers the final event and ends; from the start, the whole run again. After a retry, a
+/// stream resumed at the first run's end goes on to the second run's end. An id no task can
+/// have is 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_stream_waits_for_its_task_and_ends_after_the_final_event() {
+    use tubescribe::domain::input::{parse_input, InputPolicy};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("media");
+    let short = short_clips(tmp.path(), &dir, "short", 1).remove(0);
+    let (wav, _) = speech(tmp.path(), "jfk", JFK_FALLBACK);
+    write_wav16k(
+        &dir.join("long.wav"),
+        &pcm16k_i16(&wav, tmp.path()).repeat(10),
+    );
+    let maddr = serve_dir(&dir);
+    let data = tmp.path().join("data");
+    let (_srv, base) = serve(
+        &data,
+        &["--allow-host", &maddr.to_string(), "--keep-alive-s", "1"],
+    );
+    for bad in ["a.b", &"x".repeat(101)] {
+        let (s, _, _) = get(&format!("{base}/api/tasks/{bad}/events")).await;
+        assert_eq!(s, 404, "{bad}");
+    }
+    let policy = InputPolicy::from_list(&maddr.to_string());
+    for (file, last) in [
+        (short.as_str(), "task.completed"),
+        ("missing.wav", "task.failed"),
+        ("long.wav", "task.cancelled"),
+    ] {
+        let link = format!("http://{maddr}/{file}");
+        let id = parse_input(&link, &policy).unwrap().source_key();
+        let url = format!("{base}/api/tasks/{id}/events");
+        let text = read_for(&url, Duration::from_millis(2500)).await;
+        assert!(
+            text.contains(": keep-alive") && !text.contains("event:"),
+            "{id} before it exists: {text:?}"
+        );
+        let u = url.clone();
+        let follower =
+            tokio::spawn(async move { sse(&u, None, Duration::from_secs(300), |_| false).await });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(submit(&base, &link).await, id);
+        if last == "task.cancelled" {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let (s, _, r) = post(&format!("{base}/api/tasks/{id}/cancel"), json!(null)).await;
+            assert_eq!(s, 200, "{r}");
+        }
+        let (evs, ended) = follower.await.unwrap();
+        let names: Vec<&str> = evs.iter().map(|e| e.name.as_str()).collect();
+        assert!(ended, "{file}: the stream goes on after {names:?}");
+        assert_eq!(names.first(), Some(&"task.created"), "{file}: {names:?}");
+        assert_eq!(names.last(), Some(&last), "{file}: {names:?}");
+        assert!(evs.iter().all(|e| e.data["taskId"] == id.as_str()));
+
+        let n = evs.len();
+        let (rest, ended) = sse(&url, Some(&evs[n - 1].id), Duration::from_secs(10), |_| {
+            false
+        })
+        .await;
+        assert!(ended && rest.is_empty(), "{file}: after the end: {rest:#?}");
+        let (rest, ended) = sse(&url, Some(&evs[n - 2].id), Duration::from_secs(10), |_| {
+            false
+        })
+        .await;
+        assert!(ended, "{file}");
+        assert_eq!(rest, evs[n - 1..], "{file}: after the next to last");
+        let (again, ended) = sse(&url, None, Duration::from_secs(10), |_| false).await;
+        assert!(ended, "{file}");
+        assert_eq!(again, evs, "{file}: from the start");
+
+        if last == "task.failed" {
+            let (s, _, r) = post(&format!("{base}/api/tasks/{id}/retry"), json!(null)).await;
+            assert_eq!(s, 202, "{r}");
+            let (run2, ended) = sse(&url, Some(&evs[n - 1].id), Duration::from_secs(60), |_| {
+                false
+            })
+            .await;
+            let names: Vec<&str> = run2.iter().map(|e| e.name.as_str()).collect();
+            assert!(ended, "retry: {names:?}");
+            assert_eq!(names.first(), Some(&"task.created"), "retry: {names:?}");
+            assert_eq!(names.last(), Some(&"task.failed"), "retry: {names:?}");
+        }
+    }
 }

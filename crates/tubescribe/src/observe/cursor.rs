@@ -2,6 +2,11 @@
 //! (`<ms>-<seq>` per stream, joined with `_`; a `~<k>` suffix marks that only events `0..=k`
 //! of a stream entry that maps to several events were delivered). Pure: parsing, display
 //! and order; which streams there are is the event mapper's business.
+//!
+//! **The one order.** Events of all streams form one total order, [`order`]: stream time
+//! (the id's ms), then stream index, then the id's sequence number, then the event's index
+//! within its entry. Live emission and replay both follow it, so a cursor is a cut of that
+//! order: everything at or before it in each stream was delivered, nothing after.
 
 use std::cmp::Ordering;
 
@@ -71,6 +76,14 @@ impl std::fmt::Display for Pos {
     }
 }
 
+/// The place of the event at position `p` of stream `stream` in the one order of all events
+/// (see the module doc): `(ms, stream, seq, index within the entry)`, the last event of an
+/// entry (`sub: None`) after its partial positions.
+pub fn order(stream: usize, p: Pos) -> (u64, usize, u64, u64) {
+    let (ms, seq, sub) = p.key();
+    (ms, stream, seq, sub)
+}
+
 /// Where a reader stands in all four streams; the SSE event id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Cursor(pub [Pos; STREAMS]);
@@ -87,6 +100,15 @@ impl Cursor {
             c.0[i] = Pos::parse(p)?;
         }
         Some(c)
+    }
+
+    /// The stream and position of the last event delivered before this cursor (the greatest
+    /// position in [`order`]); `None` for the start (all positions `0-0`).
+    pub fn last(&self) -> Option<(usize, Pos)> {
+        (0..STREAMS)
+            .map(|i| (i, self.0[i]))
+            .filter(|(_, p)| *p != Pos::default())
+            .max_by_key(|(i, p)| order(*i, *p))
     }
 }
 
@@ -117,5 +139,17 @@ mod tests {
         let b = Pos::parse("5-1").unwrap();
         let c2 = Pos::parse("5-2").unwrap();
         assert!(a < b && b < c2);
+    }
+
+    #[test]
+    fn order_is_time_then_stream_then_seq_and_last_finds_the_latest() {
+        let p = |s: &str| Pos::parse(s).unwrap();
+        // The same millisecond: stream 0 before stream 1 whatever the sequence numbers.
+        assert!(order(0, p("7-5")) < order(1, p("7-0")));
+        assert!(order(1, p("7-0")) < order(0, p("8-0")));
+        assert!(order(2, p("7-1~0")) < order(2, p("7-1")));
+        let c = Cursor::parse("7-5_8-0_7-9_0-0").unwrap();
+        assert_eq!(c.last(), Some((1, p("8-0"))));
+        assert_eq!(Cursor::default().last(), None);
     }
 }

@@ -23,6 +23,16 @@
 //! delivered). Resuming from a cursor reads each stream strictly after its position, so a client reconnecting with
 //! `Last-Event-ID` gets exactly what it missed: no gap, no repeat. BullMQ trims its streams to
 //! about 10 000 entries, and so do we; a cursor older than that resumes at the oldest entry.
+//!
+//! **One order.** Live and replayed events follow the one order of [`super::cursor::order`]
+//! (stream ms, stream index, seq, index within the entry), so a replay from `Last-Event-ID`
+//! is exactly what the live stream sent after that event, ids included. Replay sorts what
+//! it reads; the live reader ([`EventHub`]) holds events back until Redis's clock shows that
+//! no stream can still get an earlier one (the watermark).
+//!
+//! **A task's follower** ([`EventHub::follow`] with a task) waits for a task that does not
+//! exist yet and ends right after the task's final event (`task.completed`, `task.failed`,
+//! `task.cancelled`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,7 +46,7 @@ use crate::domain::keys::{OWN_STREAM, OWN_STREAM_MAXLEN};
 use crate::domain::manifest::{Manifest, StageState, TaskStatus};
 use crate::domain::retry;
 use crate::domain::Stage;
-use crate::observe::cursor::{Cursor, Pos, STREAMS};
+use crate::observe::cursor::{order, Cursor, Pos, STREAMS};
 use crate::store::DataDir;
 
 /// Errors reading or writing events. Redis errors are retryable (the server may come back).
@@ -76,6 +86,22 @@ pub struct Event {
     /// JSON payload (camelCase keys; always has `taskId` for task events and `at`, the Redis
     /// stream time in ms since the epoch).
     pub data: serde_json::Value,
+}
+
+impl Event {
+    /// Its place in the one order of all events ([`order`]).
+    pub fn order(&self) -> (u64, usize, u64, u64) {
+        order(self.stream, self.pos)
+    }
+
+    /// True for the events that end a task: `task.completed`, `task.failed`,
+    /// `task.cancelled`.
+    pub fn ends_task(&self) -> bool {
+        matches!(
+            self.name.as_str(),
+            "task.completed" | "task.failed" | "task.cancelled"
+        )
+    }
 }
 
 /// Writes our own events (`tubescribe:events`) with `XADD MAXLEN ~`.
@@ -126,6 +152,9 @@ impl EventLog {
 
 /// One raw stream entry: its id and its field/value pairs.
 type Entry = (String, Vec<(String, String)>);
+
+/// What `XREAD` returns: per stream with new entries, its key and those entries.
+type XreadReply = Vec<(String, Vec<Entry>)>;
 
 fn fields_map(fields: &[(String, String)]) -> HashMap<&str, &str> {
     fields
@@ -439,16 +468,44 @@ fn entries_to_events(
     out
 }
 
-/// Merges per-stream event lists by stream time (ms, then stream order), keeping each
-/// stream's own order.
-fn merge(mut lists: Vec<Vec<Event>>) -> Vec<Event> {
-    let mut out: Vec<Event> = lists.iter_mut().flat_map(std::mem::take).collect();
-    out.sort_by_key(|e| (e.pos.ms, e.stream, e.pos.seq, e.pos.sub.unwrap_or(u32::MAX)));
+/// Per-stream event lists as one list in [`order`].
+fn merge(lists: Vec<Vec<Event>>) -> Vec<Event> {
+    let mut out: Vec<Event> = lists.into_iter().flatten().collect();
+    out.sort_by_key(Event::order);
     out
 }
 
-/// The server's single reader of the streams: one blocking `XREAD` connection, events
-/// broadcast to every SSE client, and catch-up reads (`XRANGE`) for clients that resume.
+/// Takes out of `held`, in [`order`], every event of a millisecond before `watermark_ms`: the
+/// ones no stream can still precede (see [`EventHub`]).
+fn release(held: &mut Vec<Event>, watermark_ms: u64) -> Vec<Event> {
+    held.sort_by_key(Event::order);
+    let n = held.partition_point(|e| e.pos.ms < watermark_ms);
+    held.drain(..n).collect()
+}
+
+/// Entries the reader asks for per stream and `XREAD`.
+const READ_COUNT: usize = 500;
+
+/// Redis's clock (`TIME`) in ms since the epoch.
+fn time_ms((secs, micros): (u64, u64)) -> u64 {
+    secs * 1000 + micros / 1000
+}
+
+/// The server's single reader of the streams: one `XREAD` connection, events broadcast to
+/// every SSE client in [`order`], and catch-up reads (`XRANGE`) for clients that resume.
+///
+/// **Watermark.** Redis gives an `XADD` at server time T an id of at least T ms (the id is
+/// the larger of the clock and the stream's last id), and it runs commands one at a time.
+/// So every entry with an id below what `TIME` answered is already in its stream when an
+/// `XREAD` sent right after `TIME` runs, and that `XREAD` returns all of them (unless its
+/// `COUNT` cut a stream short; then that stream is complete only below its last id's ms).
+/// The reader sends `TIME` + `XREAD` in one pipeline, holds what it read, and sends on only
+/// the events of milliseconds below that watermark, sorted: a later read can then never
+/// bring an event that sorts before one already sent, and the live order is exactly the
+/// order of [`EventHub::backlog`]. The cost is a hold-back of about a millisecond (while
+/// events are held the reader polls every millisecond instead of blocking). Were Redis's
+/// clock stepped back, an entry could come below the watermark: it is then sent late
+/// (nothing is lost or repeated, only its place differs from a replay's).
 #[derive(Clone)]
 pub struct EventHub {
     inner: Arc<HubInner>,
@@ -459,12 +516,14 @@ struct HubInner {
     range_conn: redis::aio::ConnectionManager,
     data: DataDir,
     tx: broadcast::Sender<Arc<Event>>,
+    /// The cut sent so far: every event at or before it (per stream) has been broadcast, every
+    /// later one will be. Moved under this lock together with the broadcast.
     head: Mutex<Cursor>,
 }
 
 impl EventHub {
-    /// Connects, finds the current end of every stream, and starts the reader task (stopped
-    /// by `shutdown`).
+    /// Connects, takes as its start every entry older than Redis's clock now (a cut of the
+    /// one order), and starts the reader task (stopped by `shutdown`).
     pub async fn start(
         url: &str,
         data: DataDir,
@@ -472,11 +531,12 @@ impl EventHub {
     ) -> Result<Self, EventError> {
         let client = redis::Client::open(url)?;
         let mut range_conn = redis::aio::ConnectionManager::new(client.clone()).await?;
+        let now = time_ms(redis::cmd("TIME").query_async(&mut range_conn).await?);
         let mut head = Cursor::default();
         for i in 0..STREAMS {
             let last: Vec<Entry> = redis::cmd("XREVRANGE")
                 .arg(stream_key(i))
-                .arg("+")
+                .arg(format!("({now}-0"))
                 .arg("-")
                 .arg("COUNT")
                 .arg(1)
@@ -524,6 +584,9 @@ impl EventHub {
         }
     }
 
+    /// Reads from the head on, holding events until the watermark passes them (see
+    /// [`EventHub`]). After an error it is started again from the head: what it held is read
+    /// again.
     async fn read_loop(&self) -> Result<(), EventError> {
         let cfg =
             redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
@@ -532,50 +595,74 @@ impl EventHub {
             .client
             .get_multiplexed_async_connection_with_config(&cfg)
             .await?;
+        let mut read = *self.inner.head.lock().expect("head lock");
+        let mut held = Vec::new();
         loop {
-            let head = *self.inner.head.lock().expect("head lock");
-            let mut cmd = redis::cmd("XREAD");
-            cmd.arg("COUNT")
-                .arg(500)
-                .arg("BLOCK")
-                .arg(5000)
-                .arg("STREAMS");
+            let mut xread = redis::cmd("XREAD");
+            xread.arg("COUNT").arg(READ_COUNT);
+            if held.is_empty() {
+                xread.arg("BLOCK").arg(5000);
+            }
+            xread.arg("STREAMS");
             for i in 0..STREAMS {
-                cmd.arg(stream_key(i));
+                xread.arg(stream_key(i));
             }
-            for p in head.0 {
-                cmd.arg(p.id());
+            for p in read.0 {
+                xread.arg(p.id());
             }
-            let reply: Option<Vec<(String, Vec<Entry>)>> = cmd.query_async(&mut conn).await?;
-            let Some(reply) = reply else { continue };
+            let (now, reply): ((u64, u64), Option<XreadReply>) = redis::pipe()
+                .cmd("TIME")
+                .add_command(xread)
+                .query_async(&mut conn)
+                .await?;
+            let mut watermark = time_ms(now);
             let lookup = self.lookup();
-            let mut lists = Vec::new();
-            let mut new_head = head;
-            for (key, entries) in reply {
+            for (key, entries) in reply.unwrap_or_default() {
                 let Some(i) = (0..STREAMS).find(|i| stream_key(*i) == key) else {
                     continue;
                 };
                 if let Some(p) = entries.last().and_then(|(id, _)| Pos::parse(id)) {
-                    new_head.0[i] = p;
+                    read.0[i] = p;
                 }
-                lists.push(entries_to_events(i, &entries, None, &lookup));
+                if entries.len() >= READ_COUNT {
+                    watermark = watermark.min(read.0[i].ms);
+                }
+                held.extend(entries_to_events(i, &entries, None, &lookup));
             }
-            // Broadcast before moving the head: a client that takes the head as its start
-            // after this point must not skip these events (it reads them from the backlog).
-            for e in merge(lists) {
-                let _ = self.inner.tx.send(Arc::new(e));
+            self.publish(release(&mut held, watermark));
+            if !held.is_empty() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            *self.inner.head.lock().expect("head lock") = new_head;
         }
     }
 
-    /// Events after `from` that are still in the streams, in order.
-    pub async fn backlog(&self, from: &Cursor) -> Result<Vec<Event>, EventError> {
+    /// Broadcasts `events` (in order) and moves the head past them, under the head lock.
+    fn publish(&self, events: Vec<Event>) {
+        let mut head = self.inner.head.lock().expect("head lock");
+        for e in events {
+            head.0[e.stream] = e.pos;
+            let _ = self.inner.tx.send(Arc::new(e));
+        }
+    }
+
+    /// A receiver of every event broadcast after the returned head.
+    fn subscribe(&self) -> (broadcast::Receiver<Arc<Event>>, Cursor) {
+        let head = self.inner.head.lock().expect("head lock");
+        (self.inner.tx.subscribe(), *head)
+    }
+
+    /// Events after `from` up to and including `to` (per stream) that are still in the
+    /// streams, in [`order`]. With `to` a head of the hub (a cut of the one order), this is
+    /// exactly what the live stream sent between the two cuts.
+    pub async fn backlog(&self, from: &Cursor, to: &Cursor) -> Result<Vec<Event>, EventError> {
         let mut conn = self.inner.range_conn.clone();
         let lookup = self.lookup();
         let mut lists = Vec::new();
         for i in 0..STREAMS {
-            let p = from.0[i];
+            let (p, end) = (from.0[i], to.0[i]);
+            if end <= p {
+                continue;
+            }
             let start = match p.sub {
                 Some(_) => p.id(),
                 None if p == Pos::default() => "-".to_string(),
@@ -584,7 +671,7 @@ impl EventHub {
             let entries: Vec<Entry> = redis::cmd("XRANGE")
                 .arg(stream_key(i))
                 .arg(start)
-                .arg("+")
+                .arg(end.id())
                 .query_async(&mut conn)
                 .await?;
             let skip = match (p.sub, entries.first()) {
@@ -595,15 +682,39 @@ impl EventHub {
                 }
                 _ => None,
             };
-            lists.push(entries_to_events(i, &entries, skip, &lookup));
+            let mut events = entries_to_events(i, &entries, skip, &lookup);
+            events.retain(|e| e.pos <= end);
+            lists.push(events);
         }
         Ok(merge(lists))
+    }
+
+    /// The event whose SSE id `c` is (the last one delivered before it), if still retained.
+    async fn event_at(&self, c: &Cursor) -> Option<Event> {
+        let (i, p) = c.last()?;
+        let mut conn = self.inner.range_conn.clone();
+        let entries: Vec<Entry> = redis::cmd("XRANGE")
+            .arg(stream_key(i))
+            .arg(p.id())
+            .arg(p.id())
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        entries_to_events(i, &entries, None, &self.lookup())
+            .into_iter()
+            .find(|e| e.pos == p)
     }
 
     /// Follows the streams from `from` (or from now when `None`), sending events of `task`
     /// (all tasks when `None`) with the cursor to use as their SSE id, until the receiver is
     /// dropped or `shutdown` fires. The cursor advances past every event considered, so
-    /// resuming from the id of the last event received yields exactly the events after it.
+    /// resuming from the id of the last event received yields exactly the events after it,
+    /// in the same order and with the same ids.
+    ///
+    /// A task's follower ends (the receiver closes) right after the task's final event
+    /// (`task.completed`, `task.failed`, `task.cancelled`), unless the backlog it read
+    /// already shows the task run again (a later `task.created`: a retry); one resuming right
+    /// after the final event ends at once. A task that does not exist yet is waited for.
     pub fn follow(
         &self,
         from: Option<Cursor>,
@@ -613,56 +724,79 @@ impl EventHub {
         let (tx, rx) = mpsc::channel(256);
         let hub = self.clone();
         tokio::spawn(async move {
-            let mut live = hub.inner.tx.subscribe();
-            let mut cur = from.unwrap_or_else(|| *hub.inner.head.lock().expect("head lock"));
-            let wanted = |e: &Event| task.is_none() || e.task_id == task;
-            loop {
-                // Catch up from `cur` (at the start, and after falling behind the broadcast).
-                let backlog = loop {
-                    match hub.backlog(&cur).await {
-                        Ok(b) => break b,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "event backlog read failed; retrying");
-                            tokio::select! {
-                                _ = shutdown.cancelled() => return,
-                                _ = tx.closed() => return,
-                                _ = tokio::time::sleep(reconnect_wait()) => {}
-                            }
-                        }
-                    }
-                };
-                for e in backlog {
-                    if e.pos <= cur.0[e.stream] {
-                        continue;
-                    }
-                    cur.0[e.stream] = e.pos;
-                    if wanted(&e) && tx.send((cur, e)).await.is_err() {
-                        return;
-                    }
-                }
-                loop {
-                    let r = tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tx.closed() => return,
-                        r = live.recv() => r,
-                    };
-                    match r {
-                        Ok(e) => {
-                            if e.pos <= cur.0[e.stream] {
-                                continue;
-                            }
-                            cur.0[e.stream] = e.pos;
-                            if wanted(&e) && tx.send((cur, (*e).clone())).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(broadcast::error::RecvError::Lagged(_)) => break,
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    }
-                }
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tx.closed() => {}
+                _ = hub.feed(from, task.as_deref(), &tx) => {}
             }
         });
         rx
+    }
+
+    /// [`Self::follow`]'s body: returns when the follower ends or the receiver is gone.
+    async fn feed(
+        &self,
+        from: Option<Cursor>,
+        task: Option<&str>,
+        tx: &mpsc::Sender<(Cursor, Event)>,
+    ) {
+        let wanted = |e: &Event| task.is_none() || e.task_id.as_deref() == task;
+        let ends = |e: &Event| task.is_some() && e.ends_task();
+        let mut ended = match from {
+            Some(c) if task.is_some() => self
+                .event_at(&c)
+                .await
+                .is_some_and(|e| wanted(&e) && ends(&e)),
+            _ => false,
+        };
+        let mut resume = from;
+        loop {
+            // Catch up from the cursor to the head (at the start, and after falling behind
+            // the broadcast), then follow the broadcast from that head.
+            let (mut live, head) = self.subscribe();
+            let cur = resume.get_or_insert(head);
+            let backlog = loop {
+                match self.backlog(cur, &head).await {
+                    Ok(b) => break b,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event backlog read failed; retrying");
+                        tokio::time::sleep(reconnect_wait()).await;
+                    }
+                }
+            };
+            let rerun = backlog
+                .iter()
+                .rposition(|e| wanted(e) && e.name == "task.created");
+            if std::mem::take(&mut ended) && rerun.is_none() {
+                return;
+            }
+            for (k, e) in backlog.into_iter().enumerate() {
+                if e.pos <= cur.0[e.stream] {
+                    continue;
+                }
+                cur.0[e.stream] = e.pos;
+                if wanted(&e) {
+                    let last = ends(&e) && rerun.is_none_or(|r| r < k);
+                    if tx.send((*cur, e)).await.is_err() || last {
+                        return;
+                    }
+                }
+            }
+            loop {
+                let e = match live.recv().await {
+                    Ok(e) => e,
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if e.pos <= cur.0[e.stream] {
+                    continue;
+                }
+                cur.0[e.stream] = e.pos;
+                if wanted(&e) && (tx.send((*cur, (*e).clone())).await.is_err() || ends(&e)) {
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -887,5 +1021,51 @@ mod tests {
         let rest = entries_to_events(2, &entries, Some(0), &none);
         let names: Vec<&str> = rest.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, vec!["task.completed", "stage.started"]);
+    }
+
+    #[test]
+    fn live_release_follows_the_replay_order() {
+        let none = |_: &str| None;
+        let e = |id: &str, kind: &str, job: &str| -> Entry {
+            (id.into(), kv(&[("event", kind), ("jobId", job)]))
+        };
+        let s0 = vec![
+            e("100-0", "active", "dl-a"),
+            e("100-1", "completed", "dl-a"),
+            e("101-0", "active", "dl-b"),
+        ];
+        let s1 = vec![e("100-0", "active", "tr-c")];
+        let s2 = vec![e("99-5", "completed", "sum-d")];
+        let events = |i: usize, entries: &[Entry]| entries_to_events(i, entries, None, &none);
+        let replay = merge(vec![events(0, &s0), events(1, &s1), events(2, &s2)]);
+        // The reader sees ms 100 in two reads: stream 0's first entry and stream 1's with TIME
+        // at 100, then stream 0's second with TIME at 101.
+        let reads = [
+            (
+                100,
+                vec![events(0, &s0[..1]), events(1, &s1), events(2, &s2)],
+            ),
+            (101, vec![events(0, &s0[1..2])]),
+            (102, vec![events(0, &s0[2..])]),
+        ];
+        let (mut held, mut live, mut per_read) = (Vec::new(), Vec::new(), Vec::new());
+        for (time_ms, lists) in reads {
+            per_read.extend(merge(lists.clone()));
+            held.extend(lists.into_iter().flatten());
+            live.extend(release(&mut held, time_ms));
+        }
+        assert!(held.is_empty());
+        let ids = |v: &[Event]| -> Vec<String> {
+            v.iter()
+                .map(|e| format!("{}:{}", e.stream, e.pos))
+                .collect()
+        };
+        assert_eq!(
+            ids(&live),
+            ["2:99-5~0", "2:99-5", "0:100-0", "0:100-1", "1:100-0", "0:101-0"]
+        );
+        assert_eq!(live, replay);
+        // Sorting each read on its own (the old reader) gave another order.
+        assert_ne!(ids(&per_read), ids(&replay));
     }
 }

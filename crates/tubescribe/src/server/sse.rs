@@ -1,7 +1,15 @@
 //! Server-Sent Events: `GET /api/events/stream` (all tasks, from now) and
 //! `GET /api/tasks/{id}/events` (one task, from the oldest retained event). A client that
 //! sends `Last-Event-ID` (browsers do on reconnect; `?lastEventId=` works too) resumes right
-//! after that event. Keep-alive comments (`: keep-alive`) flow while nothing happens.
+//! after that event: the same events, ids and order the live stream sent (the one order of
+//! `observe/cursor.rs`). Keep-alive comments (`: keep-alive`) flow while nothing happens.
+//!
+//! A task's stream may be opened before the task exists (it waits, then delivers the task's
+//! events; an id that no task can have is 404) and ends, the response finishing, right after
+//! the task's final event (`task.completed`, `task.failed`, `task.cancelled`). Reconnecting
+//! with that event's id ends at once with nothing; with an earlier id it delivers the rest,
+//! the final event included, and ends. A task run again (retry) starts with a new
+//! `task.created`: a stream opened after that goes on to the new run's end.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -11,8 +19,10 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 
-use super::api::{self, ApiError};
+use super::api::ApiError;
 use super::Shared;
+use crate::app::tasks::TaskOpError;
+use crate::domain::keys::valid_task_id;
 use crate::observe::cursor::Cursor;
 
 fn last_event_id(headers: &HeaderMap, q: &HashMap<String, String>) -> Option<Cursor> {
@@ -53,14 +63,17 @@ pub async fn all_events(
 }
 
 /// `GET /api/tasks/{id}/events`: one task's events, from the oldest retained one (or after
-/// `Last-Event-ID`). 404 for an unknown task.
+/// `Last-Event-ID`), ending after its final event; a task not created yet is waited for.
+/// 404 for an id no task can have ([`valid_task_id`]).
 pub async fn task_events(
     State(st): State<Shared>,
     Path(id): Path<String>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    api::get(&st, &id)?;
+    if !valid_task_id(&id) {
+        return Err(TaskOpError::NotFound(id).into());
+    }
     let from = last_event_id(&headers, &q).unwrap_or_default();
     Ok(stream(&st, Some(from), Some(id)))
 }
