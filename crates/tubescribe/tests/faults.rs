@@ -1,7 +1,8 @@
 //! Fault tests: separate worker processes on a private Redis, killed with SIGKILL, stopped
 //! with SIGTERM, deprived of Redis, made to panic (debug-build test hook) and to exceed their
-//! time limit. Every test asserts that each task ends exactly once (completed, or failed with
-//! its reason), that no job is left active and that no temp file or program is left behind.
+//! time limit; media servers that send truncated files and a yt-dlp that hangs. Every test
+//! asserts that each task ends exactly once (completed, or failed with its reason), that no
+//! job is left active and that no temp file or program is left behind.
 //!
 //! Lock and stalled-check settings are tuned down (lock 2 s, check every 0.5 s) so a killed
 //! worker's job is recovered within seconds. Prerequisites come from `scripts/setup.sh --test`.
@@ -12,6 +13,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -433,12 +435,21 @@ fn stand_in(path: &Path, body: &str) -> String {
 
 /// The pids the stand-in at `path` recorded, in start order.
 fn stand_in_pids(path: &str) -> Vec<u32> {
-    std::fs::read_to_string(format!("{path}.pids"))
+    pids_in(&format!("{path}.pids"))
+}
+
+/// The pids listed in `file`, one a line.
+fn pids_in(file: &str) -> Vec<u32> {
+    std::fs::read_to_string(file)
         .unwrap()
         .lines()
         .map(|l| l.parse().unwrap())
         .collect()
 }
+
+/// The start of a stand-in ffmpeg's body that acts only when it is asked to decode to WAV (the
+/// download stage's packet read passes through): continue with the commands, `;;` and `esac`.
+const DECODE_ONLY: &str = "case \"$*\" in *pcm_s16le*) ";
 
 /// Figures of one kill run.
 struct KillRun {
@@ -763,8 +774,14 @@ fn a_stage_over_its_time_limit_is_killed_retried_and_fails_with_timeout() {
             "attempts = 2\ntimeout_base_s = 1.5\ntimeout_per_media_s = 0",
         )],
     );
-    // An ffmpeg that hangs: records its pid, then sleeps far beyond the limit.
-    let fake_s = stand_in(&tmp.path().join("hanging-ffmpeg"), "exec sleep 600");
+    // An ffmpeg whose decode hangs: records its pid, then sleeps far beyond the limit (the
+    // download stage's packet read runs the real one).
+    let fake_s = stand_in(
+        &tmp.path().join("hanging-ffmpeg"),
+        &format!(
+            "{DECODE_ONLY}echo $$ >> \"$0.decodes\"; exec sleep 600;; esac\nexec ffmpeg \"$@\""
+        ),
+    );
     c.spawn_worker(
         "download,transcribe,summarize",
         &[("TUBESCRIBE_FFMPEG", fake_s.as_str())],
@@ -785,9 +802,9 @@ fn a_stage_over_its_time_limit_is_killed_retried_and_fails_with_timeout() {
     let log = m["stages"]["transcribe"]["attempt_log"].as_array().unwrap();
     assert_eq!(log.len(), 2, "retried once: {log:#?}");
     assert!(log.iter().all(|a| a["outcome"] == "failed"));
-    let started = stand_in_pids(&fake_s);
-    assert_eq!(started.len(), 2, "one hanging ffmpeg per attempt");
-    for p in started {
+    let hung = pids_in(&format!("{fake_s}.decodes"));
+    assert_eq!(hung.len(), 2, "one hanging ffmpeg per attempt");
+    for p in stand_in_pids(&fake_s) {
         assert!(!alive(p), "ffmpeg {p} survived its stage's timeout");
     }
     c.stop_all();
@@ -800,7 +817,7 @@ fn graceful_shutdown_finishes_or_hands_over_active_jobs() {
     // Worker A decodes through an ffmpeg that first sleeps SLOW seconds.
     let slow_s = stand_in(
         &tmp.path().join("slow-ffmpeg"),
-        "sleep \"$SLOW\"\nexec ffmpeg \"$@\"",
+        &format!("{DECODE_ONLY}sleep \"$SLOW\";; esac\nexec ffmpeg \"$@\""),
     );
     // Waits (≤ 30 s) for worker `pid` to be transcribing; returns the task.
     let transcribing_by = |c: &Cluster, pid: u32| {
@@ -1117,5 +1134,300 @@ fn a_redis_restarted_without_its_data_gets_the_lost_flows_back() {
     assert_eq!(m["stages"]["download"]["completions"], 1);
     assert_eq!(outcomes(&m, "download"), ["completed", "reused"]);
     assert_eq!(m["stages"]["transcribe"]["completions"], 1);
+    c.stop_all();
+}
+
+/// Request counts per path of a [`serve_media`] server.
+type Requests = Arc<Mutex<BTreeMap<String, usize>>>;
+
+/// A faststart M4A (index first, as yt-dlp and most servers deliver) of ≈ 20 s of real speech:
+/// two clips with a 1 s pause.
+fn faststart_talk(root: &Path) -> Vec<u8> {
+    let talk = clip_talk(root, "talk", Some(&[0, 4]), 0.0, 1.0);
+    let out = root.join("talk.m4a");
+    let st = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-y", "-i"])
+        .arg(&talk.wav)
+        .args(["-c:a", "aac", "-movflags", "+faststart"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::read(&out).unwrap()
+}
+
+/// Serves `media` on loopback as `/whole.m4a`, `/once.m4a` (its first 60 % on the first
+/// request — with a matching Content-Length, so the transfer itself looks complete — and all
+/// of it afterwards) and `/always.m4a` (the first 60 % every time); counts the requests.
+fn serve_media(media: Vec<u8>) -> (String, Requests) {
+    use axum::extract::Path as UrlPath;
+    let requests: Requests = Arc::default();
+    let media = Arc::new(media);
+    let r2 = requests.clone();
+    let handler = move |UrlPath(name): UrlPath<String>| {
+        let (requests, media) = (r2.clone(), media.clone());
+        async move {
+            let n = {
+                let mut r = requests.lock().unwrap();
+                let n = r.entry(name.clone()).or_insert(0);
+                *n += 1;
+                *n
+            };
+            let cut = media.len() * 6 / 10;
+            let body = match (name.as_str(), n) {
+                ("whole.m4a", _) | ("once.m4a", 2..) => media.to_vec(),
+                ("once.m4a", 1) | ("always.m4a", _) => media[..cut].to_vec(),
+                _ => return Err(axum::http::StatusCode::NOT_FOUND),
+            };
+            Ok(([(axum::http::header::CONTENT_TYPE, "audio/mp4")], body))
+        }
+    };
+    let router = axum::Router::new().route("/{name}", axum::routing::get(handler));
+    (serve_router(router).to_string(), requests)
+}
+
+/// The manifest of the cluster's task whose input ends with `suffix`.
+fn manifest_ending(c: &Cluster, suffix: &str) -> Value {
+    c.manifests()
+        .into_values()
+        .find(|m| m["input"].as_str().unwrap_or_default().ends_with(suffix))
+        .unwrap_or_else(|| panic!("no task for {suffix}"))
+}
+
+/// Waits (≤ `limit`) until `done` holds for the manifest of the task ending with `suffix`.
+fn wait_manifest(c: &Cluster, suffix: &str, limit: Duration, done: impl Fn(&Value) -> bool) {
+    let t0 = Instant::now();
+    loop {
+        if c.manifests()
+            .values()
+            .find(|m| m["input"].as_str().unwrap_or_default().ends_with(suffix))
+            .is_some_and(&done)
+        {
+            return;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "{suffix}: not there within {limit:?}: {:#}",
+            c.manifests().into_values().next().unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Issue 13, finding 7: a direct URL whose server sends a faststart M4A cut at 60 % (with a
+/// Content-Length that matches what it sends, so only the media check can tell) is caught by
+/// the download stage, downloaded once more and completes; one cut every time fails for good
+/// after exactly two downloads, with the cause first.
+#[test]
+fn a_truncated_download_is_downloaded_once_more_then_fails_for_good() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(tmp.path(), 0, &[]);
+    let (host, requests) = serve_media(faststart_talk(tmp.path()));
+    c.host = host.clone();
+    c.spawn_worker("download,transcribe,summarize", &[]);
+    let urls = [
+        format!("http://{host}/once.m4a"),
+        format!("http://{host}/always.m4a"),
+    ];
+    let mut sub = c.submit(&urls);
+    assert_eq!(wait_submitter(&mut sub, Duration::from_secs(120)), 1);
+    let cut = "the downloaded media is truncated: its audio ends at ";
+
+    let m = manifest_ending(&c, "/once.m4a");
+    assert_eq!(m["status"], "completed", "{m:#}");
+    assert_eq!(outcomes(&m, "download"), ["failed", "completed"], "{m:#}");
+    let first = attempt_log(&m, "download")[0]["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        first.starts_with(cut) && first.ends_with("; downloading it once more"),
+        "{first}"
+    );
+    let dl = &m["stages"]["download"];
+    assert_eq!(dl["detail"]["broken_downloads"], 1, "{dl:#}");
+    assert_eq!(dl["detail"]["attempt_1_error"], first.as_str());
+    assert_eq!(dl["completions"], 1);
+    assert!(dl.get("invalidated").is_none(), "{dl:#}");
+    let whole_s = m["video"]["duration_s"].as_f64().unwrap();
+    assert!(
+        (m["stages"]["transcribe"]["detail"]["audio_s"]
+            .as_f64()
+            .unwrap()
+            - whole_s)
+            .abs()
+            < 1.0,
+        "{m:#}"
+    );
+
+    let m = manifest_ending(&c, "/always.m4a");
+    assert_eq!(m["status"], "failed", "{m:#}");
+    assert_eq!(m["error"]["stage"], "download");
+    assert_eq!(m["error"]["retryable"], false);
+    let msg = m["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with(cut)
+            && msg.ends_with(&format!(
+                "but the file declares {whole_s:.1} s; downloaded twice"
+            )),
+        "{msg}"
+    );
+    assert_eq!(m["stages"]["download"]["attempts"], 2, "{m:#}");
+    assert_eq!(outcomes(&m, "download"), ["failed", "failed"]);
+    let dir = c.data.join("tasks").join(m["task_id"].as_str().unwrap());
+    let files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("manifest"))
+        .collect();
+    assert!(files.is_empty(), "the cut file was kept: {files:?}");
+
+    let requests = requests.lock().unwrap().clone();
+    assert_eq!(requests.get("once.m4a"), Some(&2), "{requests:?}");
+    assert_eq!(requests.get("always.m4a"), Some(&2), "{requests:?}");
+    eprintln!(
+        "truncated download: once.m4a completed after 2 downloads ({first}); always.m4a: {msg}"
+    );
+    c.stop_all();
+}
+
+/// Issue 13, finding 7: media that passed the download stage but that the transcribe stage
+/// decodes short (here: a task downloaded before the download stage checked packets — its
+/// file cut to 60 % and the manifest's record made to match, as such a download recorded it)
+/// fails the task with the cause first and invalidates the download record, so `retry`
+/// downloads the media again (and says so) instead of reusing the file, and the task completes.
+#[test]
+fn retry_downloads_media_that_the_transcribe_stage_found_truncated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(tmp.path(), 0, &[]);
+    let (host, requests) = serve_media(faststart_talk(tmp.path()));
+    c.host = host.clone();
+    c.spawn_worker("download", &[]);
+    let mut sub = c.submit(&[format!("http://{host}/whole.m4a")]);
+    wait_manifest(&c, "/whole.m4a", Duration::from_secs(60), |m| {
+        m["stages"]["download"]["state"] == "completed"
+    });
+    // Cut the media and record the cut file as the download's output.
+    let m = manifest_ending(&c, "/whole.m4a");
+    let id = m["task_id"].as_str().unwrap().to_string();
+    let dir = c.data.join("tasks").join(&id);
+    let name = m["stages"]["download"]["outputs"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let whole = std::fs::read(dir.join(&name)).unwrap();
+    let cut = &whole[..whole.len() * 6 / 10];
+    std::fs::write(dir.join(&name), cut).unwrap();
+    let mut edited = m.clone();
+    use sha2::Digest;
+    edited["stages"]["download"]["outputs"][0]["bytes"] = serde_json::json!(cut.len());
+    edited["stages"]["download"]["outputs"][0]["sha256"] =
+        serde_json::json!(hex::encode(sha2::Sha256::digest(cut)));
+    let tmp_manifest = dir.join("manifest.json.edit");
+    std::fs::write(&tmp_manifest, edited.to_string()).unwrap();
+    std::fs::rename(&tmp_manifest, dir.join("manifest.json")).unwrap();
+
+    c.spawn_worker("transcribe,summarize", &[]);
+    assert_eq!(wait_submitter(&mut sub, Duration::from_secs(60)), 1);
+    let m = manifest(&c.data, &id);
+    assert_eq!(m["status"], "failed", "{m:#}");
+    assert_eq!(m["error"]["stage"], "transcribe");
+    assert_eq!(m["error"]["retryable"], false);
+    let msg = m["error"]["message"].as_str().unwrap();
+    let (sentence, tail) = msg.split_once("; ").unwrap();
+    assert!(
+        sentence.starts_with("the downloaded media is truncated: its audio ends at "),
+        "{msg}"
+    );
+    assert_eq!(tail, "retrying the task downloads it again");
+    assert_eq!(
+        m["stages"]["transcribe"]["attempts"], 1,
+        "not retried on the same file"
+    );
+    let dl = &m["stages"]["download"];
+    assert_eq!(dl["invalidated"], sentence, "{dl:#}");
+    assert_eq!(dl["detail"]["broken_downloads"], 1, "{dl:#}");
+
+    // `tubescribe retry` through the server: the answer says the media is downloaded again.
+    let mut server = c
+        .command(&["serve", "--no-workers", "--listen", "127.0.0.1:0"], &[])
+        .start();
+    let base = server.wait_base_url();
+    let run = c.command(&["retry", "--server", &base, &id], &[]).run();
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let note = format!("the media will be downloaded again: {sentence}");
+    assert_eq!(
+        run.stdout.lines().nth(1).map(str::trim),
+        Some(note.as_str()),
+        "{}",
+        run.stdout
+    );
+    wait_manifest(&c, "/whole.m4a", Duration::from_secs(90), |m| {
+        m["status"]
+            .as_str()
+            .is_some_and(|s| s != "queued" && s != "running")
+    });
+    let m = manifest(&c.data, &id);
+    assert_eq!(m["status"], "completed", "{m:#}");
+    assert_eq!(
+        outcomes(&m, "download"),
+        ["completed", "completed"],
+        "{m:#}"
+    );
+    assert_eq!(outcomes(&m, "transcribe"), ["failed", "completed"], "{m:#}");
+    let dl = &m["stages"]["download"];
+    assert_eq!(dl["completions"], 2, "downloaded again, not reused: {dl:#}");
+    assert!(dl.get("invalidated").is_none(), "{dl:#}");
+    assert!(dl["detail"].get("broken_downloads").is_none(), "{dl:#}");
+    assert_eq!(std::fs::read(dir.join(&name)).unwrap(), whole);
+    assert_eq!(requests.lock().unwrap().get("whole.m4a"), Some(&2));
+    eprintln!("retry after a truncated decode: {}", note);
+    drop(server);
+    c.stop_all();
+}
+
+/// Issue 13, finding 7: a yt-dlp that prints one progress line and then hangs holds its slot
+/// only for the no-progress limit (2 s here), not the stage's hour: it is killed with its
+/// process group, the attempt fails as retryable with the cause first, the retry meets the
+/// same, and the task fails with nothing left running.
+#[test]
+fn a_download_without_progress_is_killed_retried_then_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(
+        tmp.path(),
+        0,
+        &[("download", "attempts = 2\nno_progress_timeout_s = 2")],
+    );
+    let hung = stand_in(
+        &tmp.path().join("hung-yt-dlp"),
+        "echo 'PROG {\"status\":\"downloading\",\"downloaded_bytes\":1024,\"total_bytes\":1048576}'\nexec sleep 600",
+    );
+    c.spawn_worker(
+        "download,transcribe,summarize",
+        &[("TUBESCRIBE_YTDLP", hung.as_str())],
+    );
+    let mut sub = c.submit(&["https://www.youtube.com/watch?v=aaaaaaaaaaa".to_string()]);
+    assert_eq!(wait_submitter(&mut sub, Duration::from_secs(60)), 1);
+    let m = c.manifests().into_values().next().unwrap();
+    assert_eq!(m["status"], "failed", "{m:#}");
+    assert_eq!(m["error"]["stage"], "download");
+    assert_eq!(m["error"]["retryable"], true);
+    let want = "yt-dlp made no progress for 2 s (no new data) and was killed";
+    assert_eq!(m["error"]["message"], want);
+    let log = attempt_log(&m, "download");
+    assert_eq!(log.len(), 2, "retried once: {log:#?}");
+    for a in &log {
+        assert_eq!(a["outcome"], "failed");
+        assert_eq!(a["error"], want);
+        // Killed by the no-progress limit: after 2 s without news, long before the hour.
+        let held_ms = a["finished_at"].as_u64().unwrap() - a["started_at"].as_u64().unwrap();
+        assert!((2_000..60_000).contains(&held_ms), "{a}");
+    }
+    let started = stand_in_pids(&hung);
+    assert_eq!(started.len(), 2, "one yt-dlp per attempt");
+    for p in started {
+        assert!(!alive(p), "yt-dlp {p} survived the no-progress limit");
+    }
     c.stop_all();
 }

@@ -38,12 +38,7 @@ fn serve_env(data: &Path, extra: &[&str], vars: &[(&str, &str)]) -> (Proc, Strin
     let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
     args.extend_from_slice(extra);
     let mut p = start_env(data, &args, vars);
-    let line = p.wait_line("listening on http://");
-    let base = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_string();
+    let base = p.wait_base_url();
     (p, base)
 }
 

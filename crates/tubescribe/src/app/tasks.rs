@@ -5,7 +5,8 @@
 //! submitting the same video with the same model again joins the existing task instead of
 //! running it twice, while another model gets its own task — which reuses the media another
 //! model's task already downloaded. A task that failed or was cancelled is reset and run
-//! again; `fresh` forces a new task.
+//! again — its complete, intact stages are reused, except media a later stage found broken,
+//! which is downloaded again (and the answer says so); `fresh` forces a new task.
 
 use crate::domain::input;
 use crate::domain::input::{Input, InputPolicy};
@@ -14,6 +15,7 @@ use crate::domain::ModelRef;
 use crate::domain::Stage;
 use crate::engine::producer::Producer;
 use crate::engine::redis::QueueError;
+use crate::pipeline::download::BROKEN_DOWNLOADS;
 use crate::store::{DataDir, StoreError};
 
 /// Why a submission was refused or failed.
@@ -42,6 +44,10 @@ pub struct Submitted {
     pub video_id: Option<String>,
     /// True when the input matched a queued, running or completed task that was reused.
     pub existing: bool,
+    /// For a restarted task: what runs again that the caller may not expect, one sentence
+    /// (`the media will be downloaded again: the downloaded media is truncated: …`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 fn source_of(i: &Input) -> Source {
@@ -90,10 +96,11 @@ pub async fn submit(
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
     }
-    let answer = |existing| Submitted {
+    let answer = |existing, note| Submitted {
         task_id: task_id.clone(),
         video_id: video_id_of(&source_of(&parsed)),
         existing,
+        note,
     };
     let task = data.task(&task_id);
     if !task.exists() {
@@ -111,19 +118,19 @@ pub async fn submit(
                 }
                 return Err(e.into());
             }
-            return Ok(answer(false));
+            return Ok(answer(false, None));
         }
         // Another submit created it a moment ago: join it like any existing task.
     }
     match restart_if_ended::<SubmitError>(producer, &task, task.read_manifest()?).await? {
-        Restart::Restarted(_) => Ok(answer(false)),
+        Restart::Restarted(_, note) => Ok(answer(false, note)),
         Restart::Busy => Err(SubmitError::Busy(task_id)),
         Restart::NotEnded(m) => {
             // Re-adding is a no-op when the jobs exist; it repairs a lost flow otherwise.
             if !m.status.is_completed() {
                 producer.add_task(&task_id).await?;
             }
-            Ok(answer(true))
+            Ok(answer(true, None))
         }
     }
 }
@@ -137,8 +144,9 @@ fn video_id_of(source: &Source) -> Option<String> {
 
 /// What [`restart_if_ended`] found and did.
 enum Restart {
-    /// The task was failed or cancelled (this manifest) and runs again now.
-    Restarted(Manifest),
+    /// The task was failed or cancelled (this manifest) and runs again now; the note of
+    /// [`restart`].
+    Restarted(Manifest, Option<String>),
     /// The task is queued, running or completed (this manifest), perhaps restarted by another
     /// caller a moment ago; nothing was changed.
     NotEnded(Manifest),
@@ -181,9 +189,9 @@ where
     if !producer.remove_task_jobs(&m.task_id).await? {
         return Ok(Restart::Busy);
     }
-    restart(task, &m)?;
+    let note = restart(task, &m)?;
     producer.add_task(&m.task_id).await?;
-    Ok(Restart::Restarted(m))
+    Ok(Restart::Restarted(m, note))
 }
 
 /// Gives the new task `task` (manifest `m`, source key `key`) the completed download of
@@ -202,6 +210,7 @@ fn adopt_download(data: &DataDir, key: &str, task: &crate::store::TaskDir, m: &M
             let r = sm.stage(Stage::Download)?;
             let usable = sm.source == m.source
                 && r.state == StageState::Completed
+                && r.invalidated.is_none()
                 && r.result.is_some()
                 && !r.outputs.is_empty();
             usable.then(|| (id.clone(), sm.video.clone(), r.clone()))
@@ -246,15 +255,39 @@ fn adopt_download(data: &DataDir, key: &str, task: &crate::store::TaskDir, m: &M
 
 /// Resets a failed or cancelled task (manifest `old`) to run again: stages whose outputs are
 /// complete and intact are kept and will be reused, not run again (a failed summary never
-/// re-downloads); the others wait again; the attempt history stays; temp files are removed.
-fn restart(task: &crate::store::TaskDir, old: &Manifest) -> Result<(), StoreError> {
+/// re-downloads); the others wait again; the attempt history stays; temp files are removed;
+/// the count of broken downloads starts again ([`BROKEN_DOWNLOADS`]).
+///
+/// Returns a note when media that was downloaded is downloaded again — a later stage found it
+/// broken ([`StageRecord::invalidated`]) or the file changed — also recorded as the download's
+/// waiting phase: `the media will be downloaded again: <why>`.
+fn restart(task: &crate::store::TaskDir, old: &Manifest) -> Result<Option<String>, StoreError> {
     let keep: Vec<Stage> = Stage::ALL
         .into_iter()
         .filter(|s| crate::pipeline::completed_earlier(*s, task, old).is_some())
         .collect();
+    let note = old
+        .stage(Stage::Download)
+        .filter(|r| !keep.contains(&Stage::Download) && r.result.is_some())
+        .map(|r| {
+            let why = r.invalidated.as_deref().unwrap_or(
+                "the media file no longer matches what was downloaded (missing, or another size or SHA-256)",
+            );
+            format!("the media will be downloaded again: {why}")
+        });
     task.clear_tmp();
-    task.update_manifest(|m| m.reset_for_retry(&keep))?;
-    Ok(())
+    task.update_manifest(|m| {
+        m.reset_for_retry(&keep);
+        let d = &mut m.stage_mut(Stage::Download).detail;
+        d.remove(BROKEN_DOWNLOADS);
+        if let Some(n) = &note {
+            d.insert("phase".into(), serde_json::json!(format!("waiting: {n}")));
+        }
+    })?;
+    if let Some(n) = &note {
+        tracing::info!(task = %old.task_id, "{n}");
+    }
+    Ok(note)
 }
 
 /// Why a task operation (get, retry, cancel) was refused or failed.
@@ -350,10 +383,11 @@ pub async fn retry(
 ) -> Result<Submitted, TaskOpError> {
     let old = get(data, task_id)?;
     match restart_if_ended::<TaskOpError>(producer, &data.task(task_id), old).await? {
-        Restart::Restarted(old) => Ok(Submitted {
+        Restart::Restarted(old, note) => Ok(Submitted {
             task_id: task_id.to_string(),
             video_id: video_id_of(&old.source),
             existing: false,
+            note,
         }),
         Restart::NotEnded(m) => Err(TaskOpError::Conflict(format!(
             "task {task_id} is {}; only failed or cancelled tasks can be retried",

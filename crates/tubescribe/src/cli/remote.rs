@@ -147,7 +147,8 @@ fn print_manifest(m: &serde_json::Value) {
     }
 }
 
-/// Prints the answer of a cancel or retry request (`{taskId, status}`) and returns the exit code.
+/// Prints the answer of a cancel or retry request (`{taskId, status}`, and a retry's `note`
+/// on its own line) and returns the exit code.
 fn task_action(id: &str, answer: Result<serde_json::Value, ClientError>, json: bool) -> i32 {
     match answer {
         Ok(v) if json => {
@@ -156,6 +157,9 @@ fn task_action(id: &str, answer: Result<serde_json::Value, ClientError>, json: b
         }
         Ok(v) => {
             println!("{}  {}", status_str(&v["taskId"]), status_str(&v["status"]));
+            if let Some(note) = v["note"].as_str() {
+                println!("    {note}");
+            }
             0
         }
         Err(e) => failed(id, &e),

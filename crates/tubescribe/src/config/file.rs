@@ -103,6 +103,9 @@ pub struct StagePolicyFile {
     pub timeout_base_s: Option<f64>,
     /// Seconds of time limit added per second of media.
     pub timeout_per_media_s: Option<f64>,
+    /// `[stages.download]` only: seconds a download may go without a new byte before it is
+    /// stopped and retried (default 120; 0 = no limit).
+    pub no_progress_timeout_s: Option<f64>,
 }
 
 /// `[worker]` in the TOML file.

@@ -926,6 +926,37 @@ mod tests {
         })
         .unwrap();
         assert_eq!(c.shutdown_grace, Duration::from_millis(1500));
+        assert_eq!(
+            c.policy(Stage::Download).no_progress_timeout,
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(c.policy(Stage::Transcribe).no_progress_timeout, None);
+        for (toml, want) in [
+            (
+                "no_progress_timeout_s = 2.5",
+                Some(Duration::from_millis(2500)),
+            ),
+            ("no_progress_timeout_s = 0", None),
+        ] {
+            std::fs::write(&f, format!("[stages.download]\n{toml}\n")).unwrap();
+            let c = with_file(&f).unwrap();
+            assert_eq!(
+                c.policy(Stage::Download).no_progress_timeout,
+                want,
+                "{toml}"
+            );
+        }
+        std::fs::write(&f, "[stages.transcribe]\nno_progress_timeout_s = 5\n").unwrap();
+        assert_eq!(
+            with_file(&f).unwrap_err().to_string(),
+            "invalid setting stages.transcribe.no_progress_timeout_s: only the download stage \
+             has a no-progress timeout ([stages.download])"
+        );
+        std::fs::write(&f, "[stages.download]\nno_progress_timeout_s = -1\n").unwrap();
+        assert!(with_file(&f)
+            .unwrap_err()
+            .to_string()
+            .contains("stages.download.no_progress_timeout_s"),);
         std::fs::write(&f, "[stages.summarize]\nattempts = 0\n").unwrap();
         let e = with_file(&f).unwrap_err();
         assert_eq!(

@@ -1,6 +1,7 @@
 //! Per-stage queue and run policy ([`StagePolicy`]): attempts and backoff, stalled-job
-//! recovery, the cluster-wide concurrency cap and the time limit, with each stage's built-in
-//! defaults and their resolution from a `[stages.<stage>]` table.
+//! recovery, the cluster-wide concurrency cap, the time limit and (downloads) the no-progress
+//! timeout, with each stage's built-in defaults and their resolution from a
+//! `[stages.<stage>]` table.
 
 use std::time::Duration;
 
@@ -36,14 +37,22 @@ pub struct StagePolicy {
     /// Seconds of time limit per second of media (the media duration is known once the
     /// download has probed it; before that only the base applies).
     pub timeout_per_media_s: f64,
+    /// Download stage only: a download that gets no new bytes for this long is stopped
+    /// (yt-dlp killed, our HTTP client's transfer dropped) and the attempt fails as
+    /// retryable. `None`: no such limit (other stages; `no_progress_timeout_s = 0`).
+    pub no_progress_timeout: Option<Duration>,
 }
+
+/// Default of `[stages.download] no_progress_timeout_s`: two minutes without a new byte.
+pub const DEFAULT_NO_PROGRESS_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl StagePolicy {
     /// Built-in defaults. Downloads meet flaky networks (3 attempts), transcription rarely
     /// fails twice (2), summaries may meet a busy LLM (3). A job may stall 5 times, so a long
     /// transcription survives several worker restarts. Time limits: download 1 h + 1 × media,
     /// transcribe 10 min + 4 × media (tiny.en runs at RTF ≈ 0.1 on 2 cores; larger models on
-    /// CPU approach RTF 1), summarize 5 min + 0.5 × media (LLM calls).
+    /// CPU approach RTF 1), summarize 5 min + 0.5 × media (LLM calls). A download stops after
+    /// [`DEFAULT_NO_PROGRESS_TIMEOUT`] without a new byte.
     pub fn default_for(stage: Stage) -> StagePolicy {
         let (attempts, backoff_s, base_s, per_media) = match stage {
             Stage::Download => (3, 2, 3600, 1.0),
@@ -60,6 +69,7 @@ impl StagePolicy {
             global_concurrency: None,
             timeout_base: Duration::from_secs(base_s),
             timeout_per_media_s: per_media,
+            no_progress_timeout: (stage == Stage::Download).then_some(DEFAULT_NO_PROGRESS_TIMEOUT),
         }
     }
 
@@ -106,6 +116,19 @@ impl StagePolicy {
                 message: format!("{per_media} must be a number ≥ 0"),
             });
         }
+        let no_progress_timeout = match f.no_progress_timeout_s {
+            None => d.no_progress_timeout,
+            Some(_) if stage != Stage::Download => {
+                return Err(ConfigError::Invalid {
+                    key: key("no_progress_timeout_s"),
+                    message: "only the download stage has a no-progress timeout \
+                              ([stages.download])"
+                        .into(),
+                });
+            }
+            Some(0.0) => None,
+            v => Some(secs("no_progress_timeout_s", v, Duration::ZERO, 0.1)?),
+        };
         Ok(StagePolicy {
             attempts,
             backoff: secs("backoff_s", f.backoff_s, d.backoff, 0.0)?,
@@ -121,6 +144,7 @@ impl StagePolicy {
             global_concurrency: f.global_concurrency.or(d.global_concurrency),
             timeout_base: secs("timeout_base_s", f.timeout_base_s, d.timeout_base, 0.1)?,
             timeout_per_media_s: per_media,
+            no_progress_timeout,
         })
     }
 }

@@ -224,6 +224,11 @@ pub struct StageRecord {
     /// re-runs that reuse complete outputs do not count).
     #[serde(default)]
     pub completions: u32,
+    /// Why the stage's outputs, though in place, must not be reused: a later stage found them
+    /// broken (the downloaded media is truncated). A re-run of the task runs this stage again;
+    /// cleared when it completes again or is reset ([`Manifest::invalidate_outputs`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalidated: Option<String>,
     /// Intermediate files committed by a running stage (e.g. `audio.wav` before whisper), so a
     /// re-run after a crash resumes from them once their size and SHA-256 check out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -263,6 +268,7 @@ impl Default for StageRecord {
             outputs: Vec::new(),
             result: None,
             completions: 0,
+            invalidated: None,
             checkpoints: Vec::new(),
             attempt_log: Vec::new(),
             detail: serde_json::Map::new(),
@@ -373,8 +379,15 @@ impl Manifest {
             r.result = None;
             r.outputs.clear();
             r.fallback = None;
+            r.invalidated = None;
             r.detail.remove("phase");
         }
+    }
+
+    /// Marks `stage`'s outputs as not to be reused, for `reason` (one sentence): the files stay,
+    /// but the stage counts as incomplete for every re-run ([`StageRecord::invalidated`]).
+    pub fn invalidate_outputs(&mut self, stage: Stage, reason: &str) {
+        self.stage_mut(stage).invalidated = Some(reason.to_string());
     }
 
     /// The record of `stage`, if present.
@@ -477,6 +490,7 @@ impl Manifest {
         let r = self.stage_mut(stage);
         r.completions += 1;
         r.result = Some(result);
+        r.invalidated = None;
         r.checkpoints.clear();
     }
 
@@ -672,6 +686,27 @@ mod tests {
         assert!(m.summary_fallback().is_none() && m.warnings.is_empty());
         let v = serde_json::to_value(&m).unwrap();
         assert!(v["stages"]["summarize"].get("fallback").is_none(), "{v}");
+    }
+
+    #[test]
+    fn invalidated_outputs_last_until_the_stage_completes_again_or_is_reset() {
+        let mut m = m();
+        let media = serde_json::json!({"media": "x.m4a"});
+        m.record_completion(Stage::Download, vec![], media.clone());
+        let why = "the downloaded media is truncated: its audio ends at 6.0 s but the file declares 10.0 s";
+        m.invalidate_outputs(Stage::Download, why);
+        assert_eq!(
+            m.stage(Stage::Download).unwrap().invalidated.as_deref(),
+            Some(why)
+        );
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["stages"]["download"]["invalidated"], why);
+        m.record_completion(Stage::Download, vec![], media.clone());
+        assert_eq!(m.stage(Stage::Download).unwrap().invalidated, None);
+        m.invalidate_outputs(Stage::Download, why);
+        m.reset_for_retry(&[]);
+        assert_eq!(m.stage(Stage::Download).unwrap().invalidated, None);
+        assert_eq!(m.stage(Stage::Download).unwrap().result, None);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! * **admit** — a job whose task was cancelled does not run; the attempt becomes the job's
 //!   current one in the task's manifest (its [`Fence`] record; a stale run sees it is no longer
 //!   current and records nothing); a stage whose outputs are already complete (size + SHA-256
-//!   match the manifest) hands back its recorded result without running again (checkpoint);
+//!   match the manifest, and no later stage invalidated them — media found truncated is
+//!   downloaded again) hands back its recorded result without running again (checkpoint);
 //!   the attempt gets a time limit scaled by the media duration (BullMQ has no job timeout).
 //! * **supervise** — the body runs under `catch_unwind` (a panicking handler would otherwise
 //!   leave its job active forever); its progress is forwarded to the manifest (and to BullMQ

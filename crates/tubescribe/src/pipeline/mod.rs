@@ -429,7 +429,10 @@ pub async fn wait_for_free_space(job: &JobCtx, need: u64, what: &str) -> Result<
 }
 
 /// The result recorded by an earlier run that completed `stage`, when every output it
-/// recorded is still in place with the same size and SHA-256; `None` means the stage must run.
+/// recorded is still in place with the same size and SHA-256 and no later stage found them
+/// broken ([`StageRecord::invalidated`](crate::domain::manifest::StageRecord::invalidated):
+/// media whose decode came out truncated is downloaded again, never reused); `None` means the
+/// stage must run.
 ///
 /// This is what makes a re-run after a crash cheap and exactly-once: a worker killed between
 /// writing the manifest's completion and telling BullMQ leaves a job that runs again, finds
@@ -437,8 +440,11 @@ pub async fn wait_for_free_space(job: &JobCtx, need: u64, what: &str) -> Result<
 pub fn completed_earlier(stage: Stage, task: &TaskDir, m: &Manifest) -> Option<serde_json::Value> {
     let r = m.stage(stage)?;
     let result = r.result.clone()?;
-    (r.completions > 0 && !r.outputs.is_empty() && r.outputs.iter().all(|o| task.verify_output(o)))
-        .then_some(result)
+    (r.completions > 0
+        && r.invalidated.is_none()
+        && !r.outputs.is_empty()
+        && r.outputs.iter().all(|o| task.verify_output(o)))
+    .then_some(result)
 }
 
 /// Runs `stage` for one job.

@@ -423,7 +423,8 @@ pub(crate) fn write_transcript(
 }
 
 /// Decodes `media` to `audio.wav` (16 kHz mono s16) and checks its length against the
-/// expected duration. Returns the output record and the decoded duration in seconds.
+/// expected duration (too short: [`super::download::broken_media`], which invalidates the
+/// download). Returns the output record and the decoded duration in seconds.
 pub(crate) async fn decode(
     ctx: &StageCtx,
     job: &JobCtx,
@@ -502,8 +503,10 @@ pub(crate) async fn decode(
         })?
     };
     if let Some(expected) = expected_s {
-        media::check_decoded_length(expected, decoded_s)
-            .map_err(|e| fail(StageError::permanent(e.to_string())))?;
+        // The download's check missed it (or ran before there was one): the task must not
+        // keep this file, so the download record is invalidated and the next run fetches again.
+        media::check_length(expected, decoded_s)
+            .map_err(|e| fail(super::download::broken_media(job, &e)))?;
     }
     if decoded_s <= 0.0 {
         return Err(fail(StageError::permanent(

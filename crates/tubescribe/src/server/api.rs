@@ -213,6 +213,10 @@ pub struct CreateOutput {
     pub existing: bool,
     /// The task's status now.
     pub status: TaskStatus,
+    /// For a retried task: what runs again that the caller may not expect, one sentence
+    /// (`the media will be downloaded again: …`); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Input naming one task (`tasks.get`, `tasks.cancel`, `tasks.retry`).
@@ -260,6 +264,7 @@ pub async fn create(st: &Shared, input: CreateInput) -> Result<CreateOutput, Api
         video_id: s.video_id,
         existing: s.existing,
         status,
+        note: s.note,
     })
 }
 
@@ -344,5 +349,6 @@ pub async fn retry(st: &Shared, id: &str) -> Result<CreateOutput, ApiError> {
         video_id: s.video_id,
         existing: false,
         status: m.status,
+        note: s.note,
     })
 }

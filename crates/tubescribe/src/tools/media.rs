@@ -1,17 +1,22 @@
-//! Pure ffprobe/ffmpeg plumbing for stage 2 (16 kHz mono WAV for whisper):
-//! argument vectors for `ffprobe` and `ffmpeg`, parsers for ffprobe's JSON
-//! and ffmpeg's `-progress pipe:1` lines, and the decoded-length check that
-//! catches truncated inputs.
+//! Pure ffprobe/ffmpeg plumbing: argument vectors for `ffprobe` and `ffmpeg`, parsers for
+//! ffprobe's JSON and ffmpeg's `-progress pipe:1` lines, and the checks that catch media that
+//! is not whole ([`MediaError::is_broken`]).
 //!
 //! Nothing here spawns a process; `crate::tools::process` runs the vectors and
 //! feeds the output back in. Facts come from `/work/shared/design/download.md`
 //! §5 and were re-checked with Debian's ffmpeg/ffprobe 5.1.9 (the captured
 //! outputs are the test fixtures below).
 //!
-//! Stage-2 order (download.md §5.2): [`ffprobe_args`] → [`parse_ffprobe`] →
-//! [`MediaInfo::require_audio`] (no audio ⇒ permanent) → [`ffmpeg_to_wav_args`]
-//! (exit ≠ 0 ⇒ failure, keep the stderr tail; log non-empty stderr even on
-//! exit 0) → probe the WAV → [`check_decoded_length`].
+//! Download stage: [`ffprobe_args`] → [`parse_ffprobe`] (a failure naming a missing
+//! `moov` atom is [`MediaError::MissingIndex`], [`missing_index`]) → [`MediaInfo::require_audio`]
+//! (no audio ⇒ permanent) → [`wav_data_sizes`] (a WAV cut short) → [`audio_packets_args`], a
+//! stream copy of the audio packets whose end is compared with the declared duration by
+//! [`check_length`] — a faststart MP4 cut at 60 % still probes with its full duration, and
+//! this read (≈ 0.09 s for 10 min of AAC, against 0.37 s for the decode) is what finds it.
+//!
+//! Transcribe stage: [`ffmpeg_to_wav_args`] (exit ≠ 0 ⇒ failure, keep the stderr tail; log
+//! non-empty stderr even on exit 0) → probe the WAV → [`check_length`] again, on the decoded
+//! audio.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -25,16 +30,14 @@ pub const WAV_CHANNELS: u16 = 1;
 /// Bytes per second of 16 kHz mono `pcm_s16le` audio (16000 × 2).
 pub const WAV_BYTES_PER_SECOND: u64 = 32_000;
 
-/// Minimum absolute shortfall, in seconds, tolerated by
-/// [`check_decoded_length`].
+/// Minimum absolute shortfall, in seconds, tolerated by [`check_length`].
 pub const TRUNCATION_TOLERANCE_MIN_S: f64 = 2.0;
-/// Relative shortfall (fraction of the expected duration) tolerated by
-/// [`check_decoded_length`].
+/// Relative shortfall (fraction of the expected duration) tolerated by [`check_length`].
 pub const TRUNCATION_TOLERANCE_FRACTION: f64 = 0.02;
 
-/// Stage-2 media errors. None of them is fixed by re-running ffprobe/ffmpeg
-/// on the same file, so [`MediaError::is_retryable`] is always `false`;
-/// [`MediaError::needs_redownload`] says when re-running stage 1 may help.
+/// Media errors. None of them is fixed by re-running ffprobe/ffmpeg on the same file, so
+/// [`MediaError::is_retryable`] is always `false`; [`MediaError::is_broken`] says when the
+/// file is not whole, so that fetching it again may help.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum MediaError {
     /// ffprobe found no audio stream (video-only file, or not media at all:
@@ -42,19 +45,31 @@ pub enum MediaError {
     /// stream, download.md §5.2). Permanent.
     #[error("the media has no audio stream")]
     NoAudioStream,
-    /// The decoded WAV is much shorter than the input claims: the input was
-    /// cut short, yet ffmpeg exited 0 (download.md §5.2).
-    #[error(
-        "decoded audio is {decoded_s:.2} s but the input is {expected_s:.2} s long; \
-         the downloaded file is truncated or corrupt"
-    )]
+    /// The audio (its packets, or the decoded WAV) ends well before the duration the file
+    /// declares: the file was cut short, yet ffmpeg exited 0 (download.md §5.2).
+    #[error("{}", self.describe("the media"))]
     Truncated {
-        /// Expected duration in seconds (ffprobe `format.duration` of the
+        /// Declared duration in seconds (ffprobe `format.duration` of the
         /// input, else yt-dlp's `duration`).
         expected_s: f64,
-        /// Duration of the decoded WAV in seconds.
+        /// Where the audio ends, in seconds (last packet, or decoded length).
         decoded_s: f64,
     },
+    /// A WAV file whose header declares more audio bytes than the file holds.
+    #[error("{}", self.describe("the media"))]
+    TruncatedWav {
+        /// Audio bytes the `data` chunk header declares.
+        declared_bytes: u64,
+        /// Audio bytes the file holds.
+        present_bytes: u64,
+    },
+    /// An MP4/M4A without its index (`moov atom not found`): a file whose index comes last
+    /// (no `faststart`) and that was cut before it.
+    #[error("{}", self.describe("the media"))]
+    MissingIndex,
+    /// ffmpeg could not read the audio packets to the end (its last error line).
+    #[error("{}", self.describe("the media"))]
+    Corrupt(String),
     /// ffprobe output could not be used (not JSON, no streams, …). Holds a
     /// human description.
     #[error("could not probe the media: {0}")]
@@ -62,17 +77,56 @@ pub enum MediaError {
 }
 
 impl MediaError {
-    /// Whether retrying the same stage-2 step on the same file can succeed.
+    /// Whether retrying the same ffprobe/ffmpeg step on the same file can succeed.
     /// Always `false`: ffmpeg/ffprobe are deterministic on a given file.
     pub fn is_retryable(&self) -> bool {
         false
     }
 
-    /// Whether downloading the media again (stage 1) may fix it: `true` only
-    /// for [`MediaError::Truncated`] (download.md §5.2 (c): "retry stage 1").
-    pub fn needs_redownload(&self) -> bool {
-        matches!(self, MediaError::Truncated { .. })
+    /// Whether the file is not whole (truncated or corrupt), so that fetching it again may
+    /// fix it (download.md §5.2 (c): "retry stage 1").
+    pub fn is_broken(&self) -> bool {
+        matches!(
+            self,
+            MediaError::Truncated { .. }
+                | MediaError::TruncatedWav { .. }
+                | MediaError::MissingIndex
+                | MediaError::Corrupt(_)
+        )
     }
+
+    /// The error as one sentence about `subject` ("the downloaded media", "the media file"):
+    /// `<subject> is truncated: its audio ends at 21.4 s but the file declares 35.6 s`. For
+    /// the errors that are not about a broken file, the usual message.
+    pub fn describe(&self, subject: &str) -> String {
+        match self {
+            MediaError::Truncated {
+                expected_s,
+                decoded_s,
+            } => format!(
+                "{subject} is truncated: its audio ends at {decoded_s:.1} s but the file declares {expected_s:.1} s"
+            ),
+            MediaError::TruncatedWav {
+                declared_bytes,
+                present_bytes,
+            } => format!(
+                "{subject} is truncated: its WAV header declares {declared_bytes} bytes of audio but it holds {present_bytes}"
+            ),
+            MediaError::MissingIndex => format!(
+                "{subject} is truncated: its MP4 index (moov atom) is missing, as in a file cut short"
+            ),
+            MediaError::Corrupt(line) => {
+                format!("{subject} is corrupt: ffmpeg could not read its audio to the end ({line})")
+            }
+            e => e.to_string(),
+        }
+    }
+}
+
+/// Whether ffprobe's or ffmpeg's standard error says the MP4 index is missing
+/// (`[mov,mp4,m4a,3gp,3g2,mj2 @ 0x…] moov atom not found`, ffmpeg 5.1.9).
+pub fn missing_index(stderr: &str) -> bool {
+    stderr.contains("moov atom not found")
 }
 
 /// Argument vector (without the program name) for
@@ -211,21 +265,7 @@ pub fn parse_ffprobe(json: &str) -> Result<MediaInfo, MediaError> {
 /// Paths starting with `-` are passed as `./-…` so ffmpeg cannot read them
 /// as options.
 pub fn ffmpeg_to_wav_args(input: &Path, output: &Path) -> Vec<OsString> {
-    let mut v: Vec<OsString> = Vec::with_capacity(28);
-    for a in [
-        "-nostdin",
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-nostats",
-        "-progress",
-        "pipe:1",
-        "-y",
-        "-i",
-    ] {
-        v.push(OsString::from(a));
-    }
-    v.push(input_arg(input));
+    let mut v = ffmpeg_reading(&["-y"], input);
     for a in [
         "-map",
         "0:a:0",
@@ -244,6 +284,25 @@ pub fn ffmpeg_to_wav_args(input: &Path, output: &Path) -> Vec<OsString> {
         v.push(OsString::from(a));
     }
     v.push(input_arg(output));
+    v
+}
+
+/// The start of an ffmpeg argument vector reading `input`: no stdin, errors only, progress
+/// blocks on stdout (`-nostdin -hide_banner -loglevel error -nostats -progress pipe:1`), then
+/// `options` and `-i INPUT`.
+fn ffmpeg_reading(options: &[&str], input: &Path) -> Vec<OsString> {
+    let quiet = [
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-nostats",
+        "-progress",
+        "pipe:1",
+    ];
+    let mut v: Vec<OsString> = quiet.iter().chain(options).map(OsString::from).collect();
+    v.push(OsString::from("-i"));
+    v.push(input_arg(input));
     v
 }
 
@@ -328,7 +387,8 @@ fn parse_hms(s: &str) -> Option<f64> {
     (t.is_finite() && t >= 0.0 && h >= 0.0).then_some(t)
 }
 
-/// Checks that the decoded WAV is not much shorter than the input.
+/// Checks that the audio — its last packet ([`audio_packets_args`]) or the decoded WAV — does
+/// not end much before the duration the file declares.
 ///
 /// Tolerance: a shortfall of up to `max(2 s, 2 % of expected_s)` is
 /// accepted. Container durations and decoded lengths legitimately differ a
@@ -336,14 +396,15 @@ fn parse_hms(s: &str) -> Option<f64> {
 /// duration estimates for VBR streams), and the 2 s floor keeps short clips
 /// from failing on that. A truncated download is far outside it: ffmpeg
 /// 5.1.9 exited **0** while producing 3.78 s of a 21.8 s MP4 and 7.95 s of
-/// a 21.85 s WebM (download.md §5.2), and 1.86 s of a 10.6 s MP4 here.
+/// a 21.85 s WebM (download.md §5.2), and 1.86 s of a 10.6 s MP4 here; its
+/// stream copy of a 600 s faststart M4A cut at 60 % ended at 357.4 s.
 /// Longer-than-expected output is fine. A non-finite or non-positive
 /// `expected_s` means "unknown" and passes.
 ///
 /// # Errors
 /// [`MediaError::Truncated`] when `expected_s - decoded_s` exceeds the
 /// tolerance.
-pub fn check_decoded_length(expected_s: f64, decoded_s: f64) -> Result<(), MediaError> {
+pub fn check_length(expected_s: f64, decoded_s: f64) -> Result<(), MediaError> {
     if !expected_s.is_finite() || expected_s <= 0.0 {
         return Ok(());
     }
@@ -360,6 +421,42 @@ pub fn check_decoded_length(expected_s: f64, decoded_s: f64) -> Result<(), Media
         })
     } else {
         Ok(())
+    }
+}
+
+/// Argument vector (without the program name) reading every packet of the first audio
+/// stream without decoding it: `-nostdin -hide_banner -loglevel error -nostats -progress
+/// pipe:1 -i IN -map 0:a:0 -c copy -f null -`.
+///
+/// The last `out_time_us=` of its progress output ([`parse_ffmpeg_progress_line`]) is where
+/// the audio ends, to compare with the declared duration ([`check_length`]). On a file cut
+/// short ffmpeg 5.1.9 still exits 0, after `stream 0, offset 0x…: partial file` (MP4) or
+/// `File ended prematurely` (WebM) on stderr. Measured on 10 min of audio (page cache, 2
+/// cores): 92 ms for AAC in M4A (9.7 MB), 102 ms for Opus in WebM; ffprobe alone takes 65 ms,
+/// the decode to WAV 370–730 ms.
+pub fn audio_packets_args(input: &Path) -> Vec<OsString> {
+    let mut v = ffmpeg_reading(&[], input);
+    for a in ["-map", "0:a:0", "-c", "copy", "-f", "null", "-"] {
+        v.push(OsString::from(a));
+    }
+    v
+}
+
+/// Checks a WAV file's first bytes `head` (e.g. 64 KiB) and length `file_len`: a `data` chunk
+/// declaring more than 1 % more audio than the file holds means the file was cut short
+/// (ffmpeg still reads what is there). Other files pass.
+///
+/// # Errors
+/// [`MediaError::TruncatedWav`].
+pub fn check_wav(head: &[u8], file_len: u64) -> Result<(), MediaError> {
+    match wav_data_sizes(head, file_len) {
+        Some((declared, present)) if present + present / 100 < declared => {
+            Err(MediaError::TruncatedWav {
+                declared_bytes: declared,
+                present_bytes: present,
+            })
+        }
+        _ => Ok(()),
     }
 }
 
@@ -503,7 +600,7 @@ mod tests {
         assert_eq!(err, MediaError::NoAudioStream);
         assert_eq!(err.to_string(), "the media has no audio stream");
         assert!(!err.is_retryable());
-        assert!(!err.needs_redownload());
+        assert!(!err.is_broken());
     }
 
     #[test]
@@ -628,11 +725,11 @@ progress=end\n";
     #[test]
     fn decoded_length_boundaries() {
         // Short clips: the 2 s floor applies.
-        assert_eq!(check_decoded_length(10.0, 8.0), Ok(()));
-        assert!(check_decoded_length(10.0, 7.99).is_err());
+        assert_eq!(check_length(10.0, 8.0), Ok(()));
+        assert!(check_length(10.0, 7.99).is_err());
         // 2 % applies above 100 s: 600 s → 12 s tolerance.
-        assert_eq!(check_decoded_length(600.0, 588.0), Ok(()));
-        let e = check_decoded_length(600.0, 587.9).expect_err("truncated");
+        assert_eq!(check_length(600.0, 588.0), Ok(()));
+        let e = check_length(600.0, 587.9).expect_err("truncated");
         assert_eq!(
             e,
             MediaError::Truncated {
@@ -641,24 +738,27 @@ progress=end\n";
             }
         );
         assert!(!e.is_retryable());
-        assert!(e.needs_redownload());
+        assert!(e.is_broken());
         // Exactly 100 s: both rules give 2 s.
-        assert_eq!(check_decoded_length(100.0, 98.0), Ok(()));
-        assert!(check_decoded_length(100.0, 97.9).is_err());
+        assert_eq!(check_length(100.0, 98.0), Ok(()));
+        assert!(check_length(100.0, 97.9).is_err());
         // Longer output and unknown expectations pass.
-        assert_eq!(check_decoded_length(10.6, 10.432), Ok(()));
-        assert_eq!(check_decoded_length(10.0, 12.0), Ok(()));
-        assert_eq!(check_decoded_length(0.0, 0.0), Ok(()));
-        assert_eq!(check_decoded_length(f64::NAN, 1.0), Ok(()));
+        assert_eq!(check_length(10.6, 10.432), Ok(()));
+        assert_eq!(check_length(10.0, 12.0), Ok(()));
+        assert_eq!(check_length(0.0, 0.0), Ok(()));
+        assert_eq!(check_length(f64::NAN, 1.0), Ok(()));
         // Real truncations (download.md §5.2 and this box).
-        assert!(check_decoded_length(21.8, 3.776).is_err());
-        assert!(check_decoded_length(21.85, 7.95).is_err());
-        assert!(check_decoded_length(10.6, 1.856).is_err());
-        assert!(check_decoded_length(10.0, f64::NAN).is_err());
-        let msg = check_decoded_length(21.85, 7.95)
+        assert!(check_length(21.8, 3.776).is_err());
+        assert!(check_length(21.85, 7.95).is_err());
+        assert!(check_length(10.6, 1.856).is_err());
+        assert!(check_length(10.0, f64::NAN).is_err());
+        let msg = check_length(21.85, 7.95)
             .expect_err("truncated")
             .to_string();
-        assert!(msg.contains("7.95 s") && msg.contains("21.85 s"), "{msg}");
+        assert_eq!(
+            msg,
+            "the media is truncated: its audio ends at 8.0 s but the file declares 21.9 s"
+        );
     }
 
     #[test]
@@ -674,10 +774,73 @@ progress=end\n";
         h.extend_from_slice(&32_000u32.to_le_bytes());
         assert_eq!(wav_data_sizes(&h, 44 + 32_000), Some((32_000, 32_000)));
         assert_eq!(wav_data_sizes(&h, 44 + 10_000), Some((32_000, 10_000)));
+        assert_eq!(check_wav(&h, 44 + 32_000), Ok(()));
+        // Within 1 %: passes; beyond: the file was cut short.
+        assert_eq!(check_wav(&h, 44 + 31_700), Ok(()));
+        let e = check_wav(&h, 44 + 10_000).expect_err("cut short");
+        assert!(e.is_broken());
+        assert_eq!(
+            e.describe("the media file"),
+            "the media file is truncated: its WAV header declares 32000 bytes of audio but it holds 10000"
+        );
+        assert_eq!(check_wav(b"ID3\x04 not a wav file", 100), Ok(()));
         assert_eq!(wav_data_sizes(b"ID3\x04 not a wav file", 100), None);
         // Streamed WAV (size unknown) is not judged.
         let n = h.len();
         h[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(wav_data_sizes(&h, 1000), None);
+    }
+
+    #[test]
+    fn audio_packets_arg_vector() {
+        let v = audio_packets_args(Path::new("/job/.tmp/media.m4a"));
+        let v: Vec<&str> = v.iter().filter_map(|s| s.to_str()).collect();
+        assert_eq!(
+            v.join(" "),
+            "-nostdin -hide_banner -loglevel error -nostats -progress pipe:1 \
+             -i /job/.tmp/media.m4a -map 0:a:0 -c copy -f null -"
+        );
+        let v = audio_packets_args(Path::new("-x.m4a"));
+        assert!(v.iter().any(|a| a == "./-x.m4a"));
+    }
+
+    #[test]
+    fn broken_media_sentences() {
+        // Captured: ffprobe 5.1.9 on the first 60 % of an M4A without faststart.
+        let stderr = "[mov,mp4,m4a,3gp,3g2,mj2 @ 0x5585d293c400] moov atom not found\n\
+                      nofs-cut.m4a: Invalid data found when processing input\n";
+        assert!(missing_index(stderr));
+        assert!(!missing_index(
+            "x.mp4: Invalid data found when processing input"
+        ));
+        let subject = "the downloaded media";
+        assert_eq!(
+            MediaError::MissingIndex.describe(subject),
+            "the downloaded media is truncated: its MP4 index (moov atom) is missing, as in a file cut short"
+        );
+        let cut = MediaError::Truncated {
+            expected_s: 600.0,
+            decoded_s: 357.424762,
+        };
+        assert_eq!(
+            cut.describe(subject),
+            "the downloaded media is truncated: its audio ends at 357.4 s but the file declares 600.0 s"
+        );
+        assert_eq!(
+            MediaError::Corrupt("Invalid data found when processing input".into()).describe(subject),
+            "the downloaded media is corrupt: ffmpeg could not read its audio to the end (Invalid data found when processing input)"
+        );
+        assert!([
+            MediaError::MissingIndex,
+            cut,
+            MediaError::Corrupt(String::new())
+        ]
+        .iter()
+        .all(MediaError::is_broken));
+        assert!(!MediaError::Probe("x".into()).is_broken());
+        assert_eq!(
+            MediaError::NoAudioStream.describe(subject),
+            "the media has no audio stream"
+        );
     }
 }

@@ -268,6 +268,15 @@ impl Proc {
         }
     }
 
+    /// Waits (≤ 60 s) for a server's `listening on http://…` line and returns that base URL.
+    pub fn wait_base_url(&mut self) -> String {
+        let line = self.wait_line("listening on http://");
+        line.split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap()
+            .to_string()
+    }
+
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

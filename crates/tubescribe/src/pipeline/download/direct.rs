@@ -9,6 +9,9 @@
 //!   allow-list check.
 //! * The body streams into `.tmp/`; ENOSPC/EDQUOT fails with `disk full: …` (retryable) and
 //!   the partial file is removed at once; any other failure removes it too.
+//! * A server that sends nothing for the no-progress limit (`[stages.download]
+//!   no_progress_timeout_s`) — no answer, or no new body bytes — fails the attempt as
+//!   retryable: `the media server sent no data for N s …`.
 //!
 //! HTTP statuses: 404/410 and other 4xx are permanent, 429 is a cool-down, 408 and 5xx are
 //! retryable (the queue's backoff retries them).
@@ -28,8 +31,8 @@ use crate::store::is_disk_full_io;
 
 /// Redirect hops followed before giving up.
 pub const MAX_REDIRECTS: usize = 5;
-/// Connect timeout and the longest silence between two body chunks.
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connect timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A DNS resolver that refuses non-public answers for names not explicitly allowed.
 struct CheckedResolver {
@@ -61,13 +64,20 @@ pub struct Fetched {
     pub title: Option<String>,
 }
 
-/// Downloads `url` into the task's `.tmp/` under `policy`.
+/// Downloads `url` into the task's `.tmp/` under `policy`; a server silent for `no_progress`
+/// (no answer, or no new body bytes) is given up on (`None`: waits as long as the stage's
+/// time limit allows).
 ///
 /// # Errors
 /// Permanent: a refused URL or redirect hop (reason from [`crate::domain::input::InputError`]), HTTP
 /// 4xx (except 408/429). Cool-down: HTTP 429. Retryable: 408, 5xx, network errors and
-/// timeouts, `disk full: …`. Cancellation gives `cancelled`.
-pub async fn fetch(job: &JobCtx, policy: &InputPolicy, url: &Url) -> Result<Fetched, StageError> {
+/// timeouts, no data for `no_progress`, `disk full: …`. Cancellation gives `cancelled`.
+pub async fn fetch(
+    job: &JobCtx,
+    policy: &InputPolicy,
+    url: &Url,
+    no_progress: Option<Duration>,
+) -> Result<Fetched, StageError> {
     policy
         .check_fetch_url(url)
         .map_err(|e| StageError::permanent(e.to_string()))?;
@@ -91,14 +101,14 @@ pub async fn fetch(job: &JobCtx, policy: &InputPolicy, url: &Url) -> Result<Fetc
         .dns_resolver(Arc::new(CheckedResolver {
             policy: policy.clone(),
         }))
-        .connect_timeout(IO_TIMEOUT)
-        .read_timeout(IO_TIMEOUT)
+        .connect_timeout(CONNECT_TIMEOUT)
         .user_agent(concat!("tubescribe/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| StageError::permanent(format!("HTTP client: {e}")))?;
     let send = client.get(url.clone()).send();
     let resp = tokio::select! {
         r = send => r,
+        () = silence(no_progress) => return Err(silent(no_progress)),
         _ = job.cancel.cancelled() => return Err(StageError::cancelled()),
     }
     .map_err(request_error)?;
@@ -138,7 +148,7 @@ pub async fn fetch(job: &JobCtx, policy: &InputPolicy, url: &Url) -> Result<Fetc
         })
         .unwrap_or_else(|| "bin".into());
     let tmp = job.task.tmp_file(&format!("media.{ext}"))?;
-    let result = stream_to(job, resp, &tmp, total).await;
+    let result = stream_to(job, resp, &tmp, total, no_progress).await;
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
@@ -155,12 +165,30 @@ pub async fn fetch(job: &JobCtx, policy: &InputPolicy, url: &Url) -> Result<Fetc
     Ok(Fetched { path: tmp, title })
 }
 
-/// Streams the body into `path`, reporting progress; maps write errors (`disk full`).
+/// Waits `limit` (forever for `None`).
+async fn silence(limit: Option<Duration>) {
+    match limit {
+        Some(l) => tokio::time::sleep(l).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The error for a server that sent nothing for `limit`.
+fn silent(limit: Option<Duration>) -> StageError {
+    StageError::retryable(format!(
+        "the media server sent no data for {} s; the download was stopped",
+        limit.unwrap_or_default().as_secs_f64()
+    ))
+}
+
+/// Streams the body into `path`, reporting progress; maps write errors (`disk full`) and
+/// gives up when no new bytes come for `no_progress`.
 async fn stream_to(
     job: &JobCtx,
     mut resp: reqwest::Response,
     path: &std::path::Path,
     total: Option<u64>,
+    no_progress: Option<Duration>,
 ) -> Result<(), StageError> {
     let write_err = |e: std::io::Error| {
         if is_disk_full_io(&e) {
@@ -177,6 +205,7 @@ async fn stream_to(
     loop {
         let chunk = tokio::select! {
             c = resp.chunk() => c.map_err(request_error)?,
+            () = silence(no_progress) => return Err(silent(no_progress)),
             _ = job.cancel.cancelled() => return Err(StageError::cancelled()),
         };
         let Some(chunk) = chunk else { break };

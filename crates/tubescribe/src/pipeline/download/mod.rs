@@ -1,24 +1,41 @@
-//! The download stage: gets the task's media into its directory and proves it holds audio.
+//! The download stage: gets the task's media into its directory and proves it holds audio
+//! and is whole.
 //!
 //! YouTube videos go through yt-dlp (one subprocess per job, arguments built in [`ytdlp`]),
 //! always as the canonical watch URL; allowed direct URLs are fetched by our own client
 //! ([`direct`]), which keeps every redirect and DNS answer inside the allow-list; local files
 //! are copied. Before any of this the filesystem must have the configured minimum free space,
-//! otherwise the job pauses ([`super::wait_for_free_space`]). Success means: the program exited 0, the file
-//! exists, and ffprobe finds an audio stream in it. The media lands in `.tmp/` first and is
-//! renamed into the task directory as `<video id or "media">.<ext>`.
+//! otherwise the job pauses ([`super::wait_for_free_space`]). A download that gets no new
+//! bytes for `[stages.download] no_progress_timeout_s` is stopped (yt-dlp killed) and fails as
+//! retryable: `yt-dlp made no progress for N s …`.
+//!
+//! Success means: the program exited 0, the file exists, ffprobe finds an audio stream in it,
+//! and it is whole (`inspect`: a WAV holds what its header declares; the audio packets, read
+//! without decoding, reach the declared duration). Media that is not whole — here, or when the
+//! transcribe stage's decode comes out short — is downloaded once more: `broken_media`
+//! counts it in the download record (`detail.broken_downloads`) and the second one fails the
+//! task for good (`…; downloaded twice`); a local file fails at once. The media lands in
+//! `.tmp/` first and is renamed into the task directory as `<video id or "media">.<ext>`.
 
 pub mod direct;
 pub mod ytdlp;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use super::{JobCtx, StageCtx, StageError, StageOutput};
 use crate::domain::manifest::{Source, VideoInfo};
-use crate::domain::{retry, Progress};
+use crate::domain::{retry, Progress, Stage};
 use crate::tools::media;
+use crate::tools::media::MediaError;
 use crate::tools::process;
 use crate::tools::process::Cmd;
+
+/// The download record's detail key counting, in this run of the task, downloads whose media
+/// turned out truncated or corrupt ([`broken_media`]); a retry of the task starts again at 0.
+pub const BROKEN_DOWNLOADS: &str = "broken_downloads";
 
 /// The download stage's result, read by the transcribe job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,7 +78,8 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
                 allow_hosts,
                 remote: false,
             };
-            let f = direct::fetch(job, &policy, &url).await?;
+            let limit = ctx.cfg.policy(Stage::Download).no_progress_timeout;
+            let f = direct::fetch(job, &policy, &url, limit).await?;
             (
                 f.path,
                 VideoInfo {
@@ -72,20 +90,16 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
         }
     };
     job.report(100.0, Some("checking media"));
-    let info = probe(ctx, job, &tmp_media).await;
-    let info = match info {
+    let info = match inspect(ctx, job, &tmp_media).await {
         Ok(i) => i,
-        Err(e) => {
+        Err(bad) => {
             let _ = std::fs::remove_file(&tmp_media);
-            return Err(e);
+            return Err(match bad {
+                Bad::Unusable(e) => e,
+                Bad::Broken(e) => broken_media(job, &e),
+            });
         }
     };
-    if info.audio_streams.is_empty() {
-        let _ = std::fs::remove_file(&tmp_media);
-        return Err(StageError::permanent(
-            media::MediaError::NoAudioStream.to_string(),
-        ));
-    }
     let ext = tmp_media
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
@@ -191,33 +205,69 @@ async fn fetch(
     let mut file: Option<std::path::PathBuf> = None;
     job.report(0.0, Some("starting yt-dlp"));
     let progress = job.progress.clone();
-    let res = process::run(
-        &cmd,
-        &job.cancel,
-        &mut |line: &str| match ytdlp::parse_stdout_line(line) {
-            ytdlp::YtdlpLine::Meta(m) => meta = Some(m),
-            ytdlp::YtdlpLine::File(p) => file = Some(p),
-            ytdlp::YtdlpLine::Progress(p) => {
-                let percent = p.percent.unwrap_or(0.0);
-                progress.send_modify(|cur| {
-                    *cur = Progress {
-                        percent: percent.clamp(0.0, 100.0),
-                        bytes: p.downloaded_bytes.map(|b| b.max(0.0) as u64),
-                        total_bytes: p.total_bytes.map(|b| b.max(0.0) as u64),
-                        speed_bps: p.speed_bytes_per_s,
-                        eta_s: p.eta_s,
-                        phase: Some("downloading".into()),
-                    }
-                });
+    // What counts as progress: bytes in the run's directory (`.part` files, fragments, a
+    // remux), the bytes yt-dlp reports, and the lines saying it moved on (metadata, file).
+    let (reported, steps) = (AtomicU64::new(0), AtomicU64::new(0));
+    let stop = job.cancel.child_token();
+    let mut on_line = |line: &str| match ytdlp::parse_stdout_line(line) {
+        ytdlp::YtdlpLine::Meta(m) => {
+            steps.fetch_add(1, Ordering::Relaxed);
+            meta = Some(m)
+        }
+        ytdlp::YtdlpLine::File(p) => {
+            steps.fetch_add(1, Ordering::Relaxed);
+            file = Some(p)
+        }
+        ytdlp::YtdlpLine::Progress(p) => {
+            if let Some(b) = p.downloaded_bytes {
+                reported.store(b.max(0.0) as u64, Ordering::Relaxed);
             }
-            ytdlp::YtdlpLine::Other(_) => {}
-        },
-    )
-    .await;
+            let percent = p.percent.unwrap_or(0.0);
+            progress.send_modify(|cur| {
+                *cur = Progress {
+                    percent: percent.clamp(0.0, 100.0),
+                    bytes: p.downloaded_bytes.map(|b| b.max(0.0) as u64),
+                    total_bytes: p.total_bytes.map(|b| b.max(0.0) as u64),
+                    speed_bps: p.speed_bytes_per_s,
+                    eta_s: p.eta_s,
+                    phase: Some("downloading".into()),
+                }
+            });
+        }
+        ytdlp::YtdlpLine::Other(_) => {}
+    };
+    let limit = ctx.cfg.policy(Stage::Download).no_progress_timeout;
+    let mark = || {
+        (
+            dir_bytes(&out_dir),
+            reported.load(Ordering::Relaxed),
+            steps.load(Ordering::Relaxed),
+        )
+    };
+    let (res, stalled) = {
+        let run = process::run(&cmd, &stop, &mut on_line);
+        tokio::pin!(run);
+        tokio::select! {
+            r = &mut run => (r, false),
+            () = no_progress(limit, mark) => {
+                // Killed like a cancel: the whole process group, reaped before `run` returns.
+                stop.cancel();
+                (run.await, true)
+            }
+        }
+    };
     // Removes the run's directory and what is in it (`remove_dir_all` follows no symlinks).
     let cleanup = || {
         let _ = std::fs::remove_dir_all(&out_dir);
     };
+    if let (true, Some(limit)) = (stalled && !job.cancel.is_cancelled(), limit) {
+        cleanup();
+        tracing::warn!(task = %job.task_id, limit_s = limit.as_secs_f64(), "yt-dlp made no progress; killed");
+        return Err(StageError::retryable(format!(
+            "yt-dlp made no progress for {} s (no new data) and was killed",
+            limit.as_secs_f64()
+        )));
+    }
     let out = match res {
         Ok(o) => o,
         Err(e) => {
@@ -301,21 +351,81 @@ fn file_inside(
     (real.parent() == Some(dir_real)).then_some(real)
 }
 
-/// Runs ffprobe on `path`.
-pub(crate) async fn probe(
+/// Total size in bytes of the regular files directly inside `dir` (0 when unreadable).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Ends when `mark()` (any measure of progress: bytes, lines) has not changed for `limit`,
+/// looking every quarter of it (at most every second); never ends when `limit` is `None`.
+async fn no_progress<M: PartialEq>(limit: Option<Duration>, mut mark: impl FnMut() -> M) {
+    let Some(limit) = limit else {
+        return std::future::pending().await;
+    };
+    let tick = (limit / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
+    let (mut last, mut since) = (mark(), Instant::now());
+    loop {
+        tokio::time::sleep(tick).await;
+        let now = mark();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        } else if since.elapsed() >= limit {
+            return;
+        }
+    }
+}
+
+/// Why fetched media was refused.
+enum Bad {
+    /// Not usable (empty, unreadable, no audio): fetching it again would not help. The
+    /// stage's error.
+    Unusable(StageError),
+    /// Not whole (truncated, corrupt): fetching it again may help ([`broken_media`]).
+    Broken(MediaError),
+}
+
+impl From<StageError> for Bad {
+    fn from(e: StageError) -> Self {
+        Bad::Unusable(e)
+    }
+}
+
+impl From<process::ProcessError> for Bad {
+    fn from(e: process::ProcessError) -> Self {
+        Bad::Unusable(e.into())
+    }
+}
+
+/// Inspects the fetched file at `path`: ffprobe must read it and find an audio stream, and it
+/// must be whole — a WAV holds the audio its header declares ([`media::check_wav`]), and the
+/// audio packets, read to the end without decoding ([`media::audio_packets_args`]), reach the
+/// duration the file declares ([`media::check_length`]; skipped when it declares none). The
+/// cost is one read of the file (≈ 0.1 s for 10 min of AAC, against ≈ 0.4 s for the decode
+/// that would find it later).
+async fn inspect(
     ctx: &StageCtx,
     job: &JobCtx,
     path: &std::path::Path,
-) -> Result<media::MediaInfo, StageError> {
-    let cmd = Cmd::new(&ctx.cfg.programs.ffprobe)
-        .args(media::ffprobe_args(path))
-        .timeout(std::time::Duration::from_secs(120));
+) -> Result<media::MediaInfo, Bad> {
     let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     if len == 0 {
-        return Err(StageError::permanent("the media file is empty (0 bytes)"));
+        return Err(StageError::permanent("the media file is empty (0 bytes)").into());
     }
+    let cmd = Cmd::new(&ctx.cfg.programs.ffprobe)
+        .args(media::ffprobe_args(path))
+        .timeout(Duration::from_secs(120));
     let (out, stdout) = process::run_collect(&cmd, &job.cancel).await?;
     if !out.success() {
+        if media::missing_index(&out.stderr_tail) {
+            return Err(Bad::Broken(MediaError::MissingIndex));
+        }
         // ffprobe names our temp path first; the user knows the file by its input.
         let line = out.last_stderr_line();
         let shown = path.display().to_string();
@@ -325,21 +435,111 @@ pub(crate) async fn probe(
             .unwrap_or(line);
         return Err(StageError::permanent(format!(
             "the media file is unreadable (ffprobe: {line})"
-        )));
+        ))
+        .into());
     }
     let info = media::parse_ffprobe(&stdout).map_err(|e| StageError::permanent(e.to_string()))?;
-    // A WAV cut short still probes and decodes (ffmpeg reads what is there), so compare the
-    // header's declared data size with what the file holds.
+    info.require_audio()
+        .map_err(|e| StageError::permanent(e.to_string()))?;
     let mut head = vec![0u8; 64 * 1024];
     let n = std::fs::File::open(path)
         .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
         .unwrap_or(0);
-    if let Some((declared, present)) = media::wav_data_sizes(&head[..n], len) {
-        if present + present / 100 < declared {
-            return Err(StageError::permanent(format!(
-                "the WAV file is truncated: its header declares {declared} bytes of audio but it holds {present}"
-            )));
+    media::check_wav(&head[..n], len).map_err(Bad::Broken)?;
+    let Some(declared_s) = info.duration_s else {
+        return Ok(info);
+    };
+    let cmd = Cmd::new(&ctx.cfg.programs.ffmpeg)
+        .args(media::audio_packets_args(path))
+        .timeout(Duration::from_secs(600));
+    let mut end_s = 0.0f64;
+    let out = process::run(&cmd, &job.cancel, &mut |line: &str| {
+        if let Some(t) = media::parse_ffmpeg_progress_line(line).and_then(|p| p.out_time_s) {
+            end_s = end_s.max(t);
         }
+    })
+    .await?;
+    if out.signal().is_some() {
+        // A crash says nothing about the file: another attempt may pass.
+        process::ensure_success(&out, "ffmpeg (reading the audio packets)")?;
     }
+    if !out.success() {
+        return Err(Bad::Broken(MediaError::Corrupt(
+            out.last_stderr_line().to_string(),
+        )));
+    }
+    media::check_length(declared_s, end_s).map_err(Bad::Broken)?;
     Ok(info)
+}
+
+/// The stage error for media found not whole (`e`) by `job` — the download stage's own check,
+/// or the transcribe stage's decode ([`media::check_length`]). Recorded in the manifest under
+/// its lock (fenced: a stale attempt gets [`StageError::superseded`]):
+///
+/// * found after the download: the download record is invalidated
+///   ([`Manifest::invalidate_outputs`](crate::domain::manifest::Manifest::invalidate_outputs)),
+///   so the next run of the task downloads again instead of reusing the file;
+/// * a local file: permanent, `the media file is truncated: …`;
+/// * otherwise the run's count of broken downloads ([`BROKEN_DOWNLOADS`]) goes up: the first
+///   fails the download attempt as retryable (`the downloaded media is truncated: …;
+///   downloading it once more`) — or, found by the transcribe stage, permanently (`…; retrying
+///   the task downloads it again`); the second is permanent (`…; downloaded twice`).
+pub(crate) fn broken_media(job: &JobCtx, e: &MediaError) -> StageError {
+    let recorded = job.task.modify_manifest(|m| {
+        if !m.is_current_attempt(job.stage, job.attempt) {
+            return None;
+        }
+        let local = matches!(m.source, Source::File { .. });
+        let sentence = e.describe(if local {
+            "the media file"
+        } else {
+            "the downloaded media"
+        });
+        let found_later = job.stage != Stage::Download;
+        if found_later {
+            m.invalidate_outputs(Stage::Download, &sentence);
+        }
+        if local {
+            return Some(StageError::permanent(sentence));
+        }
+        let detail = &mut m.stage_mut(Stage::Download).detail;
+        let n = detail
+            .get(BROKEN_DOWNLOADS)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+            + 1;
+        detail.insert(BROKEN_DOWNLOADS.into(), serde_json::json!(n));
+        Some(match (n, found_later) {
+            (2.., _) => StageError::permanent(format!("{sentence}; downloaded twice")),
+            (_, false) => StageError::retryable(format!("{sentence}; downloading it once more")),
+            (_, true) => {
+                StageError::permanent(format!("{sentence}; retrying the task downloads it again"))
+            }
+        })
+    });
+    match recorded {
+        Ok(Some(err)) => {
+            tracing::warn!(task = %job.task_id, stage = %job.stage, error = %err.message, "media is not whole");
+            err
+        }
+        Ok(None) => StageError::superseded(),
+        Err(store) => store.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn no_progress_waits_for_the_limit_after_the_last_change() {
+        let limit = Duration::from_millis(200);
+        let t0 = Instant::now();
+        // The mark changes for 0.5 s, then stays.
+        no_progress(Some(limit), || t0.elapsed().min(Duration::from_millis(500))).await;
+        let waited = t0.elapsed();
+        assert!(waited >= Duration::from_millis(700), "{waited:?}");
+        let none = tokio::time::timeout(limit * 2, no_progress(None, || 0)).await;
+        assert!(none.is_err(), "no limit: never ends");
+    }
 }
