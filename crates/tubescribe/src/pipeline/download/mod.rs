@@ -201,78 +201,15 @@ async fn fetch(
     let cmd = Cmd::new(&ctx.cfg.programs.ytdlp)
         .args(ytdlp::build_args(&args))
         .timeout(std::time::Duration::from_secs(6 * 3600));
-    let mut meta: Option<ytdlp::VideoMeta> = None;
-    let mut file: Option<std::path::PathBuf> = None;
-    job.report(0.0, Some("starting yt-dlp"));
-    let progress = job.progress.clone();
-    // What counts as progress: bytes in the run's directory (`.part` files, fragments, a
-    // remux), the bytes yt-dlp reports, and the lines saying it moved on (metadata, file).
-    let (reported, steps) = (AtomicU64::new(0), AtomicU64::new(0));
-    let stop = job.cancel.child_token();
-    let mut on_line = |line: &str| match ytdlp::parse_stdout_line(line) {
-        ytdlp::YtdlpLine::Meta(m) => {
-            steps.fetch_add(1, Ordering::Relaxed);
-            meta = Some(m)
-        }
-        ytdlp::YtdlpLine::File(p) => {
-            steps.fetch_add(1, Ordering::Relaxed);
-            file = Some(p)
-        }
-        ytdlp::YtdlpLine::Progress(p) => {
-            if let Some(b) = p.downloaded_bytes {
-                reported.store(b.max(0.0) as u64, Ordering::Relaxed);
-            }
-            let percent = p.percent.unwrap_or(0.0);
-            progress.send_modify(|cur| {
-                *cur = Progress {
-                    percent: percent.clamp(0.0, 100.0),
-                    bytes: p.downloaded_bytes.map(|b| b.max(0.0) as u64),
-                    total_bytes: p.total_bytes.map(|b| b.max(0.0) as u64),
-                    speed_bps: p.speed_bytes_per_s,
-                    eta_s: p.eta_s,
-                    phase: Some("downloading".into()),
-                }
-            });
-        }
-        ytdlp::YtdlpLine::Other(_) => {}
-    };
-    let limit = ctx.cfg.policy(Stage::Download).no_progress_timeout;
-    let mark = || {
-        (
-            dir_bytes(&out_dir),
-            reported.load(Ordering::Relaxed),
-            steps.load(Ordering::Relaxed),
-        )
-    };
-    let (res, stalled) = {
-        let run = process::run(&cmd, &stop, &mut on_line);
-        tokio::pin!(run);
-        tokio::select! {
-            r = &mut run => (r, false),
-            () = no_progress(limit, mark) => {
-                // Killed like a cancel: the whole process group, reaped before `run` returns.
-                stop.cancel();
-                (run.await, true)
-            }
-        }
-    };
     // Removes the run's directory and what is in it (`remove_dir_all` follows no symlinks).
     let cleanup = || {
         let _ = std::fs::remove_dir_all(&out_dir);
     };
-    if let (true, Some(limit)) = (stalled && !job.cancel.is_cancelled(), limit) {
-        cleanup();
-        tracing::warn!(task = %job.task_id, limit_s = limit.as_secs_f64(), "yt-dlp made no progress; killed");
-        return Err(StageError::retryable(format!(
-            "yt-dlp made no progress for {} s (no new data) and was killed",
-            limit.as_secs_f64()
-        )));
-    }
-    let out = match res {
-        Ok(o) => o,
+    let Watched { out, meta, file } = match run_watched(ctx, job, &cmd, &out_dir).await {
+        Ok(w) => w,
         Err(e) => {
             cleanup();
-            return Err(e.into());
+            return Err(e);
         }
     };
     if !out.success() {
@@ -327,6 +264,90 @@ async fn fetch(
         })
         .unwrap_or_default();
     Ok((tmp, video))
+}
+
+/// What a yt-dlp run left: its exit, and the metadata and file it printed.
+struct Watched {
+    out: process::Output,
+    meta: Option<ytdlp::VideoMeta>,
+    file: Option<std::path::PathBuf>,
+}
+
+/// Runs yt-dlp's `cmd` writing into `out_dir`, streaming its progress into the job, and kills
+/// it when it makes no progress for the download policy's `no_progress_timeout`.
+///
+/// # Errors
+/// Retryable "made no progress" when killed for that; the program's spawn/run error.
+async fn run_watched(
+    ctx: &StageCtx,
+    job: &JobCtx,
+    cmd: &Cmd,
+    out_dir: &std::path::Path,
+) -> Result<Watched, StageError> {
+    let mut meta: Option<ytdlp::VideoMeta> = None;
+    let mut file: Option<std::path::PathBuf> = None;
+    job.report(0.0, Some("starting yt-dlp"));
+    let progress = job.progress.clone();
+    // What counts as progress: bytes in the run's directory (`.part` files, fragments, a
+    // remux), the bytes yt-dlp reports, and the lines saying it moved on (metadata, file).
+    let (reported, steps) = (AtomicU64::new(0), AtomicU64::new(0));
+    let stop = job.cancel.child_token();
+    let mut on_line = |line: &str| match ytdlp::parse_stdout_line(line) {
+        ytdlp::YtdlpLine::Meta(m) => {
+            steps.fetch_add(1, Ordering::Relaxed);
+            meta = Some(m)
+        }
+        ytdlp::YtdlpLine::File(p) => {
+            steps.fetch_add(1, Ordering::Relaxed);
+            file = Some(p)
+        }
+        ytdlp::YtdlpLine::Progress(p) => {
+            if let Some(b) = p.downloaded_bytes {
+                reported.store(b.max(0.0) as u64, Ordering::Relaxed);
+            }
+            let percent = p.percent.unwrap_or(0.0);
+            progress.send_modify(|cur| {
+                *cur = Progress {
+                    percent: percent.clamp(0.0, 100.0),
+                    bytes: p.downloaded_bytes.map(|b| b.max(0.0) as u64),
+                    total_bytes: p.total_bytes.map(|b| b.max(0.0) as u64),
+                    speed_bps: p.speed_bytes_per_s,
+                    eta_s: p.eta_s,
+                    phase: Some("downloading".into()),
+                }
+            });
+        }
+        ytdlp::YtdlpLine::Other(_) => {}
+    };
+    let limit = ctx.cfg.policy(Stage::Download).no_progress_timeout;
+    let mark = || {
+        (
+            dir_bytes(out_dir),
+            reported.load(Ordering::Relaxed),
+            steps.load(Ordering::Relaxed),
+        )
+    };
+    let (res, stalled) = {
+        let run = process::run(cmd, &stop, &mut on_line);
+        tokio::pin!(run);
+        tokio::select! {
+            r = &mut run => (r, false),
+            () = no_progress(limit, mark) => {
+                // Killed like a cancel: the whole process group, reaped before `run` returns.
+                stop.cancel();
+                (run.await, true)
+            }
+        }
+    };
+    if let (true, Some(limit)) = (stalled && !job.cancel.is_cancelled(), limit) {
+        tracing::warn!(task = %job.task_id, limit_s = limit.as_secs_f64(), "yt-dlp made no progress; killed");
+        return Err(StageError::retryable(format!(
+            "yt-dlp made no progress for {} s (no new data) and was killed",
+            limit.as_secs_f64()
+        )));
+    }
+    let out = res?;
+    Ok(Watched { out, meta, file })
 }
 
 /// Returns `path` resolved when it names a regular file (not a symlink, no other hard link)
