@@ -1310,6 +1310,34 @@ fn fs_free(dir: &Path) -> u64 {
         .unwrap()
 }
 
+/// Issue 13 finding 8: a `TUBESCRIBE_LLM_*` variable replaces its own setting of the file's
+/// `[llm]` table and nothing else — through a real `process` run, the request the LLM server
+/// sees carries the file's model, not the built-in default.
+#[test]
+fn llm_variable_keeps_the_rest_of_the_files_llm_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let wav = d.join("talk.wav");
+    espeak("en-us", "Postgres is reliable. Redis is fast.", &wav);
+    let reply = chat_reply(&serde_json::json!({"tldr": "Two databases.", "key_points": [{"segment": "{SEG}", "text": "Postgres is reliable."}]}).to_string().replace("\"{SEG}\"", "{SEG}"));
+    let (url, seen) = fake_llm(vec![(200, vec![], reply)]);
+    let config = d.join("tubescribe.toml");
+    std::fs::write(
+        &config,
+        "[llm]\nbase_url = \"http://127.0.0.1:9/unused/v1\"\nmodel = \"model-from-the-file\"\ntimeout_s = 5\n",
+    )
+    .unwrap();
+    let run = env(&d.join("data"))
+        .config_file(&config)
+        .vars(&[("TUBESCRIBE_LLM_BASE_URL", url.as_str())])
+        .bin(&["process", p(&wav)])
+        .run();
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1, "the variable's server was asked once");
+    assert_eq!(seen[0].body["model"], "model-from-the-file");
+}
+
 /// Class 8: the LLM API through the whole pipeline. 401 fails the task at once with a clear
 /// message; 429 with `Retry-After: 2` is waited out in the call and `Retry-After: 61` by a
 /// queue retry, and the LLM summary is used; a reply that

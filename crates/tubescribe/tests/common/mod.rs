@@ -522,6 +522,8 @@ pub struct LlmRequest {
     pub at: Instant,
     /// The prompt's transcript lines, joined by newlines.
     pub transcript: String,
+    /// The whole request body (model, messages, limits).
+    pub body: serde_json::Value,
 }
 
 /// A scripted OpenAI-compatible server on loopback: answers `POST /v1/chat/completions` with
@@ -559,7 +561,11 @@ pub fn fake_llm(script: Vec<FakeReply>) -> (String, Arc<Mutex<Vec<LlmRequest>>>)
                     .join("\n");
                 let n = {
                     let mut v = seen.lock().unwrap();
-                    v.push(LlmRequest { at, transcript });
+                    v.push(LlmRequest {
+                        at,
+                        transcript,
+                        body: req.clone(),
+                    });
                     v.len() - 1
                 };
                 let (status, headers, reply) = script[n.min(script.len() - 1)].clone();
