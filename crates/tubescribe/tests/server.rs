@@ -1678,3 +1678,56 @@ async fn task_stream_waits_for_its_task_and_ends_after_the_final_event() {
         }
     }
 }
+
+/// Issue 13 finding 3: after Redis comes back, `/readyz` tells the truth and the first submit
+/// succeeds (no stale pooled connection answering "broken pipe"); while Redis is down,
+/// `/readyz` says 503 and a submit is refused with 503, leaving no task behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_readyz_and_the_first_submit_after_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("media");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (wav, _) = speech(tmp.path(), "jfk", JFK_FALLBACK);
+    std::fs::copy(&wav, dir.join("a.wav")).unwrap();
+    std::fs::copy(&wav, dir.join("b.wav")).unwrap();
+    let maddr = serve_dir(&dir);
+    let mut redis = Redis::start(&tmp.path().join("redis"));
+    let data = tmp.path().join("data");
+    let (_srv, base) = serve(
+        &data,
+        &[
+            "--no-workers",
+            "--allow-host",
+            &maddr.to_string(),
+            "--redis-url",
+            &redis.url(),
+        ],
+    );
+    let ready = |base: String| async move { get(&format!("{base}/readyz")).await.0 };
+    assert_eq!(ready(base.clone()).await, 200);
+    redis.stop();
+    assert_eq!(ready(base.clone()).await, 503, "Redis is down");
+    let (s, _, r) = post(
+        &format!("{base}/api/tasks"),
+        json!({"link": format!("http://{maddr}/a.wav")}),
+    )
+    .await;
+    assert_eq!(s, 503, "{r}");
+    assert!(
+        task_ids(&data).is_empty(),
+        "a refused submit left a task behind"
+    );
+    redis.restart();
+    // The first request of each kind after Redis is back succeeds, and keeps succeeding.
+    let (s, _, r) = post(
+        &format!("{base}/api/tasks"),
+        json!({"link": format!("http://{maddr}/b.wav")}),
+    )
+    .await;
+    assert_eq!(s, 201, "{r}");
+    for _ in 0..5 {
+        assert_eq!(ready(base.clone()).await, 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(task_ids(&data).len(), 1);
+}
