@@ -10,3 +10,6 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace -- --test-threads 2
 # The web page in headless Chromium (screenshot in test-output/browser.png).
 node tests/browser/web.test.mjs
+# Its harder states: 401 and the saved token, retrying, cancelled, long errors at 400 and 1400 px
+# (screenshots test-output/browser-400.png, browser-1400.png).
+node tests/browser/web-states.test.mjs

@@ -5,107 +5,19 @@
 // warnings and its summary the LLM fallback (as its manifest would say) and checks the badge,
 // the warnings and the summary's fallback note, and saves a screenshot to
 // test-output/browser.png. Run by scripts/test.sh; prerequisites from scripts/setup.sh --test.
-import { chromium } from "playwright-core";
-import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
-import http from "node:http";
-import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
+import { assert, run, screenshot, sendWav, serveHttp, speechWav, startServer, openBrowser } from "./harness.mjs";
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const BIN = process.env.TUBESCRIBE_BIN || path.join(process.env.CARGO_TARGET_DIR || path.join(ROOT, "target"), "debug/tubescribe");
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const OUT = path.join(ROOT, "test-output");
-const LIMIT_MS = 150_000;
-
-function need(file, hint) {
-  if (!fs.existsSync(file)) throw new Error(`${file} is missing: ${hint}`);
-}
-need(BIN, "build it with cargo build (scripts/setup.sh --test)");
-need(CHROMIUM, "install Debian's chromium (scripts/setup.sh --test)");
-need(path.join(ROOT, "models/ggml-tiny.en.bin"), "run scripts/setup.sh --test");
-need(path.join(ROOT, ".venv/bin/yt-dlp"), "run scripts/setup.sh --test");
-
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "ts-browser-"));
-const cleanup = [];
-const t0 = Date.now();
-const log = (...a) => console.error(`[browser ${((Date.now() - t0) / 1000).toFixed(1)}s]`, ...a);
-const watchdog = setTimeout(() => { console.error(`browser test: over ${LIMIT_MS / 1000} s`); finish(1); }, LIMIT_MS);
-
-async function finish(code) {
-  clearTimeout(watchdog);
-  for (const f of cleanup.reverse()) { try { await f(); } catch (e) { console.error("cleanup:", e.message); } }
-  fs.rmSync(tmp, { recursive: true, force: true });
-  process.exit(code);
-}
-
-// Speech: the shared JFK sample when present, else espeak-ng.
-function speechWav() {
-  const sample = path.join(ROOT, "../shared/samples/jfk.wav");
-  if (fs.existsSync(sample)) return sample;
-  const out = path.join(tmp, "jfk.wav");
-  const r = spawnSync("espeak-ng", ["-v", "en-us", "-s", "150", "-w", out,
-    "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."]);
-  if (r.status !== 0) throw new Error("espeak-ng is required when ../shared/samples is absent");
-  return out;
-}
-
-async function serveMedia(file) {
-  const server = http.createServer((req, res) => {
-    if (req.url !== "/jfk.wav") { res.writeHead(404).end(); return; }
-    const body = fs.readFileSync(file);
-    res.writeHead(200, { "content-type": "audio/wav", "content-length": body.length });
-    res.end(req.method === "HEAD" ? undefined : body);
+await run("browser", 150_000, async (h) => {
+  const { log, tmp } = h;
+  const wav = speechWav(h);
+  const mediaPort = await serveHttp(h, (req, res) => {
+    if (req.url === "/jfk.wav") sendWav(req, res, wav); else res.writeHead(404).end();
   });
-  await new Promise((ok) => server.listen(0, "127.0.0.1", ok));
-  cleanup.push(() => new Promise((ok) => server.close(ok)));
-  return server.address().port;
-}
-
-async function startServer(mediaPort) {
-  const child = spawn(BIN, ["serve", "--listen", "127.0.0.1:0", "--allow-host", `127.0.0.1:${mediaPort}`], {
-    env: { ...process.env, TUBESCRIBE_DATA_DIR: path.join(tmp, "data"),
-           TUBESCRIBE_MODEL: path.join(ROOT, "models/ggml-tiny.en.bin"),
-           TUBESCRIBE_YTDLP: path.join(ROOT, ".venv/bin/yt-dlp"),
-           TUBESCRIBE_REDIS_URL: "", TUBESCRIBE_API_TOKEN: "", TUBESCRIBE_LLM_BASE_URL: "" },
-    stdio: ["ignore", "ignore", "pipe"],
-  });
-  cleanup.push(() => new Promise((ok) => {
-    if (child.exitCode !== null) return ok();
-    child.on("exit", ok); child.kill("SIGTERM");
-    setTimeout(() => { child.kill("SIGKILL"); ok(); }, 35_000);
-  }));
-  return await new Promise((ok, fail) => {
-    let buf = "";
-    child.stderr.on("data", (d) => {
-      buf += d; process.stderr.write(`[tubescribe] ${d}`);
-      // The whole address: stderr may arrive in pieces ("http://127.0.0" then "1:8080 …").
-      const m = buf.match(/listening on (http:\/\/[0-9.]+:\d+) /);
-      if (m) ok(m[1]);
-    });
-    child.on("exit", (c) => fail(new Error(`tubescribe serve exited ${c}: ${buf}`)));
-  });
-}
-
-function assert(cond, msg) { if (!cond) throw new Error("assertion failed: " + msg); }
-
-try {
-  const mediaPort = await serveMedia(speechWav());
-  const base = await startServer(mediaPort);
+  const base = await startServer(h, mediaPort);
   log("server at", base);
-  // A fresh profile directory (playwright passes it as --user-data-dir).
-  const context = await chromium.launchPersistentContext(path.join(tmp, "chromium-profile"), {
-    executablePath: CHROMIUM,
-    headless: true,
-    viewport: { width: 1280, height: 900 },
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
-  cleanup.push(() => context.close());
-  const page = context.pages()[0] || await context.newPage();
-  const pageErrors = [];
-  page.on("pageerror", (e) => pageErrors.push(e.message));
+  const { page, pageErrors } = await openBrowser(h, { width: 1280, height: 900 });
   await page.goto(base + "/");
   const title = await page.title();
   assert(title === "tubescribe", `page title: ${JSON.stringify(title)} (${page.url()})`);
@@ -182,11 +94,6 @@ try {
   assert((await fb.innerText()).includes(`the LLM failed (${reason})`), `fallback note: ${await fb.innerText()}`);
   assert(await fb.locator("i").count() === 0, "fallback markup stays text");
   assert(pageErrors.length === 0, `page errors: ${pageErrors.join("; ")}`);
-  fs.mkdirSync(OUT, { recursive: true });
-  await page.screenshot({ path: path.join(OUT, "browser.png"), fullPage: true });
+  await screenshot(page, "browser.png");
   log("ok; screenshot in test-output/browser.png");
-  await finish(0);
-} catch (e) {
-  console.error("browser test failed:", e);
-  await finish(1);
-}
+});

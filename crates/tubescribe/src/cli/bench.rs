@@ -61,8 +61,10 @@ fn run_err<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> BenchE
 pub struct BenchOptions {
     /// Smaller batch (a few minutes).
     pub quick: bool,
-    /// Directory of sample clips (`<name>.wav` + `<name>.txt`); none = look for
-    /// `../shared/samples` and `shared/samples` from the working directory, else synthesize.
+    /// Directory of sample clips (`<name>.wav` + `<name>.txt`; relative to the working
+    /// directory), or [`SYNTHESIZE`] for espeak-ng speech; none = the first of
+    /// `<data dir>/samples` and the checkout's `../shared/samples` that holds the clips (see
+    /// [`speech_source`]).
     pub samples: Option<PathBuf>,
     /// Directory of the Node anchor (`flows.js` + `node_modules`); default `bench/node`.
     pub node_dir: Option<PathBuf>,
@@ -168,35 +170,90 @@ async fn to_16k(cfg: &Config, input: &Path, out: &Path) -> Result<Vec<i16>, Benc
         .map_err(setup("resampled clip"))
 }
 
+/// The `--samples` value that asks for speech synthesized with espeak-ng instead of clips.
+pub const SYNTHESIZE: &str = "espeak-ng";
+
+/// Where the benchmark's speech comes from.
+#[derive(Debug, PartialEq)]
+enum Speech {
+    /// A directory holding every clip of [`SAMPLE_NAMES`] (absolute).
+    Clips(PathBuf),
+    /// espeak-ng reading [`SYNTH_TEXT`].
+    Synthesized,
+}
+
+/// Where the clips are looked for when `--samples` is not given, in order: `<data_dir>/samples`
+/// and the checkout's `../shared/samples` (found from where this binary was built, so the
+/// working directory does not matter).
+fn default_sample_dirs(data_dir: &Path) -> Vec<PathBuf> {
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/samples");
+    vec![
+        data_dir.join("samples"),
+        checkout.canonicalize().unwrap_or(checkout),
+    ]
+}
+
+/// Resolves the speech before anything starts: `given` (relative to the working directory;
+/// [`SYNTHESIZE`] unless such a directory exists = espeak-ng), else the first of `defaults`
+/// that holds every clip.
+///
+/// # Errors
+/// [`BenchError::Setup`]: `given` lacks a clip (named), or no default directory holds them
+/// (the places looked at and how to choose).
+fn speech_source(given: Option<&Path>, defaults: &[PathBuf]) -> Result<Speech, BenchError> {
+    let missing = |dir: &Path| {
+        SAMPLE_NAMES
+            .iter()
+            .map(|n| dir.join(format!("{n}.wav")))
+            .find(|w| !w.is_file())
+    };
+    if let Some(given) = given {
+        if given == Path::new(SYNTHESIZE) && !given.exists() {
+            return Ok(Speech::Synthesized);
+        }
+        let dir = std::path::absolute(given).map_err(setup("--samples"))?;
+        return match missing(&dir) {
+            None => Ok(Speech::Clips(dir)),
+            Some(w) => Err(BenchError::Setup(format!(
+                "sample {} is missing (--samples needs {})",
+                w.display(),
+                clip_list()
+            ))),
+        };
+    }
+    if let Some(dir) = defaults.iter().find(|d| missing(d).is_none()) {
+        return Ok(Speech::Clips(dir.clone()));
+    }
+    let looked: Vec<String> = defaults.iter().map(|d| d.display().to_string()).collect();
+    Err(BenchError::Setup(format!(
+        "no speech samples in {}: pass --samples DIR (a directory with {}) or --samples {SYNTHESIZE} for synthesized speech",
+        looked.join(" or "),
+        clip_list()
+    )))
+}
+
+/// The clip files a sample directory needs, for messages.
+fn clip_list() -> String {
+    SAMPLE_NAMES.map(|n| format!("{n}.wav")).join(", ")
+}
+
 async fn clips(
     cfg: &Config,
     work: &Path,
-    samples: Option<&Path>,
+    speech: &Speech,
 ) -> Result<(Vec<Clip>, String), BenchError> {
-    let dir = samples.map(Path::to_path_buf).or_else(|| {
-        ["../shared/samples", "shared/samples"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|d| d.join("jfk.wav").is_file())
-    });
     let mut out = Vec::new();
     let source;
-    if let Some(dir) = dir {
+    if let Speech::Clips(dir) = speech {
         source = format!("real speech from {}", dir.display());
         for n in SAMPLE_NAMES {
             let wav = dir.join(format!("{n}.wav"));
-            if !wav.is_file() {
-                return Err(BenchError::Setup(format!(
-                    "sample {} missing",
-                    wav.display()
-                )));
-            }
             out.push(Clip {
                 pcm: to_16k(cfg, &wav, &work.join(format!("{n}.16k.wav"))).await?,
             });
         }
     } else {
-        source = "synthesized with espeak-ng (no sample directory found)".into();
+        source = format!("synthesized with espeak-ng (--samples {SYNTHESIZE})");
         for (i, t) in SYNTH_TEXT.iter().enumerate() {
             let raw = work.join(format!("synth{i}.wav"));
             let cmd = Cmd::new("espeak-ng")
@@ -549,6 +606,7 @@ pub async fn run(
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    let speech = speech_source(opts.samples.as_deref(), &default_sample_dirs(&cfg.data_dir))?;
     let root = DataDir::open(&cfg.data_dir).map_err(setup("data dir"))?;
     let work = root.bench_dir(&format!("{}-{}", now_ms(), std::process::id()));
     std::fs::create_dir_all(&work).map_err(setup("bench dir"))?;
@@ -566,7 +624,7 @@ pub async fn run(
         .start()
         .await
         .map_err(setup("redis"))?;
-    let result = run_inner(opts, progress, &work, &mut rt, cores).await;
+    let result = run_inner(opts, &speech, progress, &work, &mut rt, cores).await;
     rt.shutdown(Duration::from_secs(10)).await;
     let _ = std::fs::remove_dir_all(&work);
     let mut r = result?;
@@ -719,6 +777,7 @@ async fn throughput(
 
 async fn run_inner(
     opts: &BenchOptions,
+    speech: &Speech,
     progress: &(dyn Fn(&str) + Sync),
     work: &Path,
     rt: &mut Runtime,
@@ -737,7 +796,7 @@ async fn run_inner(
         (60.0, 590.0, 4000, 200)
     };
     progress("preparing speech");
-    let (clips, source) = clips(cfg, work, opts.samples.as_deref()).await?;
+    let (clips, source) = clips(cfg, work, speech).await?;
     let long = work.join("long.wav");
     let long_len = write_talk(&long, &clips, 0, long_s)?;
     let mut shorts = Vec::new();
@@ -956,6 +1015,72 @@ mod tests {
         assert_eq!(percentile(&mut v, 0.5), 3.0);
         assert_eq!(percentile(&mut v, 0.99), 5.0);
         assert!(percentile(&mut [], 0.5).is_nan());
+    }
+
+    #[test]
+    fn speech_comes_from_a_named_place_or_fails_saying_where_it_looked() {
+        let root = tempfile::tempdir().unwrap();
+        let (given, first, second) = (
+            root.path().join("given"),
+            root.path().join("data/samples"),
+            root.path().join("shared/samples"),
+        );
+        let fill = |dir: &Path| {
+            std::fs::create_dir_all(dir).unwrap();
+            for n in SAMPLE_NAMES {
+                std::fs::write(dir.join(format!("{n}.wav")), b"").unwrap();
+            }
+        };
+        let defaults = [first.clone(), second.clone()];
+        // A given directory without the clips: the first missing one is named.
+        std::fs::create_dir_all(&given).unwrap();
+        let Err(BenchError::Setup(e)) = speech_source(Some(&given), &defaults) else {
+            panic!("a directory without clips was accepted");
+        };
+        assert!(
+            e.starts_with(&format!(
+                "sample {} is missing",
+                given.join("jfk.wav").display()
+            )),
+            "{e}"
+        );
+        fill(&given);
+        assert_eq!(
+            speech_source(Some(&given), &defaults).unwrap(),
+            Speech::Clips(given)
+        );
+        assert_eq!(
+            speech_source(Some(Path::new(SYNTHESIZE)), &defaults).unwrap(),
+            Speech::Synthesized
+        );
+        // No default holds every clip: the error names each place and both ways out.
+        fill(&first);
+        std::fs::remove_file(first.join("jfk.wav")).unwrap();
+        let Err(BenchError::Setup(e)) = speech_source(None, &defaults) else {
+            panic!("no samples anywhere was accepted");
+        };
+        assert_eq!(
+            e,
+            format!("no speech samples in {} or {}: pass --samples DIR (a directory with jfk.wav, \
+                librispeech-1272-128104-0000.wav, librispeech-1995-1837-0001.wav, ljspeech-LJ001-0001.wav, \
+                ljspeech-LJ001-0007.wav) or --samples espeak-ng for synthesized speech",
+                first.display(), second.display())
+        );
+        // The first default that holds them all.
+        fill(&second);
+        assert_eq!(
+            speech_source(None, &defaults).unwrap(),
+            Speech::Clips(second)
+        );
+        fill(&first);
+        assert_eq!(
+            speech_source(None, &defaults).unwrap(),
+            Speech::Clips(first)
+        );
+        // The defaults are absolute whatever the working directory.
+        assert!(default_sample_dirs(Path::new("/d"))
+            .iter()
+            .all(|d| d.is_absolute()));
     }
 
     #[test]

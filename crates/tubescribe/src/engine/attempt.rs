@@ -46,6 +46,9 @@ use crate::store::TaskDir;
 pub const WIND_DOWN: Duration = Duration::from_secs(30);
 /// How often a running attempt checks its fence record and its task's status.
 const FENCE_PERIOD: Duration = Duration::from_millis(500);
+/// Progress is written at most once per this period; a change inside it is written when the
+/// period ends, so the last value before a pause (a stalled download) is never lost.
+const PROGRESS_PERIOD: Duration = Duration::from_millis(250);
 /// The manifest key (in the transcribe stage's detail) holding each segment's current
 /// attempt: `{"<index>": <attemptsStarted>}` — the segment jobs' fencing record.
 const SEGMENT_ATTEMPTS: &str = "segment_attempts";
@@ -367,6 +370,10 @@ async fn supervise(
     let mut stopped: Option<Stop> = None;
     let mut fence = tokio::time::interval(FENCE_PERIOD);
     let mut last_sent = Instant::now() - Duration::from_secs(1);
+    // Armed while a change waits for the end of the throttle period.
+    let trailing = tokio::time::sleep(Duration::MAX / 4);
+    tokio::pin!(trailing);
+    let mut pending = false;
     let outcome = loop {
         let stop = tokio::select! {
             r = &mut run => break Some(r),
@@ -384,12 +391,23 @@ async fn supervise(
                 break None;
             }
             changed = progress.changed() => {
-                // Throttle: at most ~4 progress writes per second.
-                if changed.is_ok() && last_sent.elapsed() >= Duration::from_millis(250) {
+                // Throttle: at most ~4 progress writes per second; a change inside the
+                // period is written when it ends (`changed()` marks it seen either way).
+                if changed.is_ok() && last_sent.elapsed() >= PROGRESS_PERIOD {
                     last_sent = Instant::now();
                     let p = progress.borrow_and_update().clone();
                     forward_progress(job, at, &p).await;
+                } else if changed.is_ok() && !pending {
+                    pending = true;
+                    trailing.as_mut().reset((last_sent + PROGRESS_PERIOD).into());
                 }
+                continue;
+            }
+            _ = &mut trailing, if pending => {
+                pending = false;
+                last_sent = Instant::now();
+                let p = progress.borrow_and_update().clone();
+                forward_progress(job, at, &p).await;
                 continue;
             }
         };

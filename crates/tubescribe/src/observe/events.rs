@@ -192,7 +192,7 @@ pub fn map_entry(
     };
     let Some(task) = Stage::task_id_of(job_id) else {
         return match crate::domain::keys::task_of_segment_job(job_id) {
-            Some(task) => map_segment_entry(stage, kind, job_id, task, at_ms, manifest),
+            Some(task) => map_segment_entry(stage, kind, job_id, &f, task, at_ms, manifest),
             None => vec![],
         };
     };
@@ -348,7 +348,8 @@ impl JobEvent<'_> {
         ]
     }
 
-    /// `delayed`: a failed attempt waiting for its retry, `stage.failed` with `willRetry`.
+    /// `delayed`: a failed attempt waiting for its retry, `stage.failed` with `willRetry` and
+    /// `retryAt` (when the next attempt may start, from BullMQ's `delay` field).
     fn retrying(&self) -> Vec<Mapped> {
         let reason = self
             .manifest()
@@ -356,7 +357,10 @@ impl JobEvent<'_> {
             .unwrap_or_else(|| "attempt failed".into());
         vec![self.event(
             "stage.failed",
-            self.data(serde_json::json!({"reason": reason, "retryable": true, "willRetry": true})),
+            self.data(
+                serde_json::json!({"reason": reason, "retryable": true, "willRetry": true,
+                "retryAt": retry_at(self.fields)}),
+            ),
         )]
     }
 
@@ -393,6 +397,12 @@ impl JobEvent<'_> {
     }
 }
 
+/// When a `delayed` job may run again: BullMQ's `delay` field, the absolute time in ms since the
+/// epoch (`moveToDelayed-11.lua`, `addDelayedJob` in `moveToFinished-14.lua`); `None` when absent.
+fn retry_at(fields: &HashMap<&str, &str>) -> Option<u64> {
+    fields.get("delay").and_then(|d| d.parse().ok())
+}
+
 /// Maps an event of a long-audio segment job (`seg<i>-<task>` in the transcribe queue, see
 /// `segments.rs`) onto its task's transcribe stage. The stage itself starts, completes and
 /// fails with the task's `tr-` job, so segment jobs only add progress: `active` and
@@ -404,6 +414,7 @@ fn map_segment_entry(
     stage: Stage,
     kind: &str,
     job_id: &str,
+    fields: &HashMap<&str, &str>,
     task: &str,
     at_ms: u64,
     manifest: ManifestLookup<'_>,
@@ -428,7 +439,7 @@ fn map_segment_entry(
             Some(task.to_string()),
             serde_json::json!({"taskId": task, "stage": stage, "at": at_ms, "segment": index,
                 "reason": format!("segment {} attempt failed", index.map(|i| i + 1).unwrap_or(0)),
-                "retryable": true, "willRetry": true}),
+                "retryable": true, "willRetry": true, "retryAt": retry_at(fields)}),
         )],
         _ => vec![],
     }
@@ -812,6 +823,17 @@ mod tests {
             .collect()
     }
 
+    /// A task `t1` of a direct URL.
+    fn url_task() -> Manifest {
+        Manifest::new(
+            "t1",
+            "x",
+            Source::Url {
+                url: "http://h/x".into(),
+            },
+        )
+    }
+
     #[test]
     fn stream_keys() {
         assert_eq!(stream_key(1), "bull:transcribe:events");
@@ -869,13 +891,7 @@ mod tests {
 
     #[test]
     fn failures_use_the_manifest_and_skip_deferred_parents() {
-        let mut m = Manifest::new(
-            "t1",
-            "x",
-            Source::Url {
-                url: "http://h/x".into(),
-            },
-        );
+        let mut m = url_task();
         m.start_stage(Stage::Download, 1);
         m.fail_stage(Stage::Download, "HTTP 404", false, true);
         let lookup = move |_: &str| Some(m.clone());
@@ -920,13 +936,7 @@ mod tests {
 
     #[test]
     fn task_completed_carries_status_warnings_and_fallback() {
-        let mut m = Manifest::new(
-            "t1",
-            "x",
-            Source::Url {
-                url: "http://h/x".into(),
-            },
-        );
+        let mut m = url_task();
         let done = kv(&[("event", "completed"), ("jobId", "sum-t1")]);
         // A manifest that is not (yet) completed does not contradict the event.
         let plain = m.clone();
@@ -995,11 +1005,40 @@ mod tests {
         let ev = map_entry(
             1,
             5,
-            &kv(&[("event", "delayed"), ("jobId", "seg0-yt-abc")]),
+            &kv(&[
+                ("event", "delayed"),
+                ("jobId", "seg0-yt-abc"),
+                ("delay", "1700000004000"),
+            ]),
             &none,
         );
         assert_eq!(ev[0].0, "stage.failed");
         assert_eq!(ev[0].2["willRetry"], true);
+        assert_eq!(ev[0].2["retryAt"], 1_700_000_004_000u64);
+    }
+
+    #[test]
+    fn a_delayed_stage_job_says_why_and_when_it_runs_again() {
+        let mut m = url_task();
+        m.start_stage(Stage::Download, 1);
+        m.fail_stage(Stage::Download, "HTTP 503", true, false);
+        let lookup = move |_: &str| Some(m.clone());
+        let delayed = |delay: Option<&str>| {
+            let mut f = vec![("event", "delayed"), ("jobId", "dl-t1")];
+            f.extend(delay.map(|d| ("delay", d)));
+            map_entry(0, 8, &kv(&f), &lookup)
+        };
+        assert_eq!(
+            delayed(Some("1700000002000")),
+            vec![(
+                "stage.failed".to_string(),
+                Some("t1".to_string()),
+                serde_json::json!({"taskId":"t1","stage":"download","at":8,"reason":"HTTP 503",
+                    "retryable":true,"willRetry":true,"retryAt":1_700_000_002_000u64})
+            )]
+        );
+        // Without BullMQ's `delay` the time is unknown: `retryAt` is null.
+        assert_eq!(delayed(None)[0].2["retryAt"], serde_json::Value::Null);
     }
 
     #[test]
