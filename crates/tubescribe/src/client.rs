@@ -1,4 +1,4 @@
-//! The HTTP client behind `tubescribe submit|status|cancel|retry`: talks to a running
+//! The HTTP client behind `tubescribe submit|status|get|cancel|retry`: talks to a running
 //! `tubescribe serve` over its REST API (`/api/tasks…`, see `server/`).
 
 use serde_json::Value;
@@ -74,34 +74,43 @@ impl Client {
         Ok(format!("{}/api/tasks/{id}{rest}", self.base))
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+    /// Sends `req` and returns the answer's body; an error status becomes
+    /// [`ClientError::Api`] with the problem's `detail` and `code`.
+    async fn send_raw(&self, req: reqwest::RequestBuilder) -> Result<Vec<u8>, ClientError> {
         let req = match &self.token {
             Some(t) => req.bearer_auth(t),
             None => req,
         };
-        let resp = req.send().await.map_err(|source| ClientError::Transport {
+        let transport = |source| ClientError::Transport {
             url: self.base.clone(),
             source,
-        })?;
+        };
+        let resp = req.send().await.map_err(transport)?;
         let status = resp.status().as_u16();
-        let text = resp.text().await.map_err(|source| ClientError::Transport {
-            url: self.base.clone(),
-            source,
-        })?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| {
-            ClientError::Decode(format!(
-                "{e}: {}",
-                text.chars().take(200).collect::<String>()
-            ))
-        })?;
+        let body = resp.bytes().await.map_err(transport)?.to_vec();
         if status >= 400 {
+            let text = String::from_utf8_lossy(&body);
+            let v: Value = serde_json::from_slice(&body).unwrap_or_default();
             return Err(ClientError::Api {
                 status,
                 code: v["code"].as_str().unwrap_or("").to_string(),
                 message: v["detail"].as_str().unwrap_or(&text).to_string(),
             });
         }
-        Ok(v)
+        Ok(body)
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+        let body = self.send_raw(req).await?;
+        serde_json::from_slice(&body).map_err(|e| {
+            ClientError::Decode(format!(
+                "{e}: {}",
+                String::from_utf8_lossy(&body)
+                    .chars()
+                    .take(200)
+                    .collect::<String>()
+            ))
+        })
     }
 
     /// Submits `url`; answers `{taskId, videoId, existing, status}`.
@@ -117,6 +126,14 @@ impl Client {
     /// The manifest of `id`.
     pub async fn get(&self, id: &str) -> Result<Value, ClientError> {
         self.send(self.http.get(self.task_url(id, "")?)).await
+    }
+
+    /// The output file `name` of task `id` (`transcript.srt`, `summary.md`, …; see the
+    /// server's `GET /api/tasks/{id}/{file}`), byte for byte. A task whose file does not exist
+    /// yet answers [`ClientError::Api`] 404 saying the task's status.
+    pub async fn file(&self, id: &str, name: &str) -> Result<Vec<u8>, ClientError> {
+        self.send_raw(self.http.get(self.task_url(id, &format!("/{name}"))?))
+            .await
     }
 
     /// The newest tasks: `{tasks: [manifest…], total, offset, limit}`.

@@ -71,8 +71,9 @@ fn source_of(i: &Input) -> Source {
 /// A new task whose flow cannot be added (Redis down) is removed again before the error is
 /// returned: a submit either leaves a task with its jobs, or nothing.
 ///
-/// Errors: [`SubmitError::Input`] before anything is created; `Busy` when a failed task's
-/// job is somehow still active; `Store`/`Queue` on IO or Redis failures.
+/// Errors: [`SubmitError::Input`] before anything is created; `Busy` when a failed or
+/// cancelled task's job is still active after [`BUSY_WAIT`]; `Store`/`Queue` on IO or Redis
+/// failures.
 pub async fn submit(
     data: &DataDir,
     producer: &Producer,
@@ -115,7 +116,7 @@ pub async fn submit(
         }
         // Another submit created it a moment ago: join it like any existing task.
     }
-    match restart_if_ended::<SubmitError>(producer, &task, task.read_manifest()?).await? {
+    match restart_when_free::<SubmitError>(producer, &task, task.read_manifest()?).await? {
         Restart::Restarted(_) => Ok(answer(false)),
         Restart::Busy => Err(SubmitError::Busy(task_id)),
         Restart::NotEnded(m) => {
@@ -145,6 +146,34 @@ enum Restart {
     /// The task is failed or cancelled but one of its jobs is still active (a cancel that
     /// has not reached its worker yet); nothing was changed.
     Busy,
+}
+
+/// How long a retry (or a submit of the same input) waits for a cancelled task's running job
+/// to stop before it gives up: a program is killed at once, whisper stops at its next encoder
+/// pass (3–12 s measured on 2 cores).
+pub const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// [`restart_if_ended`], waiting up to [`BUSY_WAIT`] while the task's previous job is still
+/// active (a cancelled task whose worker has not stopped the job yet).
+async fn restart_when_free<E>(
+    producer: &Producer,
+    task: &crate::store::TaskDir,
+    m: Manifest,
+) -> Result<Restart, E>
+where
+    E: From<StoreError> + From<QueueError>,
+{
+    let deadline = tokio::time::Instant::now() + BUSY_WAIT;
+    let mut m = m;
+    loop {
+        match restart_if_ended::<E>(producer, task, m).await? {
+            Restart::Busy if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                m = task.read_manifest()?;
+            }
+            r => return Ok(r),
+        }
+    }
 }
 
 /// Runs `task` (manifest `m`, as read by the caller) again if it failed or was cancelled: its
@@ -341,15 +370,18 @@ pub fn list(
 /// new flow is added. Of concurrent retries (and submits) of the task only one restarts it
 /// ([`restart_if_ended`]); the others get `Conflict`, the task being queued by then.
 ///
+/// Right after a cancel the task's running job may still be stopping (whisper ends at its
+/// next encoder pass): the retry waits for it, up to [`BUSY_WAIT`].
+///
 /// Errors: `NotFound`; `Conflict` when the task is queued, running or completed, or when one
-/// of its jobs is still active (a cancel that has not reached the worker yet).
+/// of its jobs is still active after [`BUSY_WAIT`].
 pub async fn retry(
     data: &DataDir,
     producer: &Producer,
     task_id: &str,
 ) -> Result<Submitted, TaskOpError> {
     let old = get(data, task_id)?;
-    match restart_if_ended::<TaskOpError>(producer, &data.task(task_id), old).await? {
+    match restart_when_free::<TaskOpError>(producer, &data.task(task_id), old).await? {
         Restart::Restarted(old) => Ok(Submitted {
             task_id: task_id.to_string(),
             video_id: video_id_of(&old.source),

@@ -728,7 +728,7 @@ mod tests {
             },
         );
         m.start_stage(Stage::Download, 1);
-        m.fail_stage(Stage::Download, "HTTP 404", false, true);
+        m.fail_stage(Stage::Download, "HTTP 404", None, false, true);
         let lookup = move |_: &str| Some(m.clone());
         let dl = map_entry(
             0,
