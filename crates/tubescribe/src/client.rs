@@ -8,7 +8,10 @@ use serde_json::Value;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The server could not be reached or the connection broke (retryable).
-    #[error("cannot reach the tubescribe server at {url}: {source}")]
+    #[error(
+        "cannot reach the tubescribe server at {url}: {}",
+        transport_cause(source)
+    )]
     Transport {
         /// The server URL.
         url: String,
@@ -32,6 +35,23 @@ pub enum ClientError {
     /// any request, so it never becomes part of a URL path.
     #[error("invalid task id {0:?}: task ids are 1–100 characters of A–Z, a–z, 0–9, '-' and '_'")]
     InvalidId(String),
+}
+
+/// The innermost cause of a transport error (reqwest's own text only says "error sending
+/// request"), with a hint when nothing listens there.
+fn transport_cause(e: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    let text = cause.to_string();
+    if text.to_lowercase().contains("connection refused") {
+        format!("{text} — is `tubescribe serve` running there?")
+    } else if e.is_timeout() {
+        "no answer within 30 s".to_string()
+    } else {
+        text
+    }
 }
 
 impl ClientError {

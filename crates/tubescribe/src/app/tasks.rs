@@ -164,10 +164,12 @@ where
     E: From<StoreError> + From<QueueError>,
 {
     let deadline = tokio::time::Instant::now() + BUSY_WAIT;
+    let id = m.task_id.clone();
     let mut m = m;
     loop {
         match restart_if_ended::<E>(producer, task, m).await? {
             Restart::Busy if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(task = %id, "waiting for the task's stopping job to end");
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 m = task.read_manifest()?;
             }

@@ -160,7 +160,7 @@ pub(super) async fn status(a: &ClientArgs, id: Option<&str>) -> i32 {
     };
     let v = match r {
         Ok(v) => v,
-        Err(e) => return failed(id.unwrap_or("status"), &e, a.json),
+        Err(e) => return failed(id.unwrap_or(""), &e, a.json),
     };
     match (id, a.json) {
         (Some(_), true) => println!("{v}"),
@@ -191,13 +191,15 @@ pub(super) async fn retry(a: &ClientArgs, t: &TokenArgs, id: &str) -> i32 {
     task_action(id, a.server.client(Some(t)).retry(id).await, a.json)
 }
 
-/// Prints a client error (as a JSON line on stdout when `json`: the message, and the HTTP
-/// status and code for an API error) and returns the exit code: 2 for a refused input (HTTP
-/// 400, or a task id refused before sending), 1 otherwise.
+/// Prints a client error about `what` (a URL or task id; empty for none) — as a JSON line on
+/// stdout when `json`: the message, and the HTTP status and code for an API error — and
+/// returns the exit code: 2 for a refused input (HTTP 400, or a task id refused before
+/// sending), 1 otherwise.
 fn failed(what: &str, e: &ClientError, json: bool) -> i32 {
     match e {
         _ if json => {
-            let mut v = super::error_json(Some(what), &e.to_string());
+            let input = Some(what).filter(|w| !w.is_empty());
+            let mut v = super::error_json(input, &e.to_string());
             if let ClientError::Api {
                 status,
                 code,
@@ -211,6 +213,7 @@ fn failed(what: &str, e: &ClientError, json: bool) -> i32 {
         }
         // The message already quotes the id.
         ClientError::InvalidId(_) => eprintln!("error: {e}"),
+        _ if what.is_empty() => eprintln!("error: {e}"),
         _ => eprintln!("error: {what}: {e}"),
     }
     match e {
