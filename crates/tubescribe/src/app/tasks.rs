@@ -116,7 +116,7 @@ pub async fn submit(
         }
         // Another submit created it a moment ago: join it like any existing task.
     }
-    match restart_when_free::<SubmitError>(producer, &task, task.read_manifest()?).await? {
+    match restart_if_ended::<SubmitError>(producer, &task, task.read_manifest()?).await? {
         Restart::Restarted(_) => Ok(answer(false)),
         Restart::Busy => Err(SubmitError::Busy(task_id)),
         Restart::NotEnded(m) => {
@@ -143,8 +143,8 @@ enum Restart {
     /// The task is queued, running or completed (this manifest), perhaps restarted by another
     /// caller a moment ago; nothing was changed.
     NotEnded(Manifest),
-    /// The task is failed or cancelled but one of its jobs is still active (a cancel that
-    /// has not reached its worker yet); nothing was changed.
+    /// The task is failed or cancelled but one of its jobs is still active after
+    /// [`BUSY_WAIT`] (a cancel its worker has not carried out); nothing was changed.
     Busy,
 }
 
@@ -153,33 +153,9 @@ enum Restart {
 /// pass (3–12 s measured on 2 cores).
 pub const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
-/// [`restart_if_ended`], waiting up to [`BUSY_WAIT`] while the task's previous job is still
-/// active (a cancelled task whose worker has not stopped the job yet).
-async fn restart_when_free<E>(
-    producer: &Producer,
-    task: &crate::store::TaskDir,
-    m: Manifest,
-) -> Result<Restart, E>
-where
-    E: From<StoreError> + From<QueueError>,
-{
-    let deadline = tokio::time::Instant::now() + BUSY_WAIT;
-    let id = m.task_id.clone();
-    let mut m = m;
-    loop {
-        match restart_if_ended::<E>(producer, task, m).await? {
-            Restart::Busy if tokio::time::Instant::now() < deadline => {
-                tracing::debug!(task = %id, "waiting for the task's stopping job to end");
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                m = task.read_manifest()?;
-            }
-            r => return Ok(r),
-        }
-    }
-}
-
 /// Runs `task` (manifest `m`, as read by the caller) again if it failed or was cancelled: its
-/// old jobs are removed, it is reset ([`restart`]) and its flow added. Checked and done under
+/// old jobs are removed (a job still active is waited for, up to [`BUSY_WAIT`]), it is reset
+/// ([`restart`]) and its flow added. Checked and done under
 /// the task's restart lock ([`TaskDir::lock_restart`](crate::store::TaskDir::lock_restart),
 /// waited for on a blocking thread), so of concurrent callers — submits and retries, in any
 /// process — exactly one restarts the task and the others find it queued.
@@ -209,9 +185,17 @@ where
     if !ended(&m) {
         return Ok(Restart::NotEnded(m));
     }
-    if !producer.remove_task_jobs(&m.task_id).await? {
-        return Ok(Restart::Busy);
+    // A job still active (a cancel whose worker is stopping the job) cannot be removed yet.
+    let deadline = tokio::time::Instant::now() + BUSY_WAIT;
+    while !producer.remove_task_jobs(&m.task_id).await? {
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(Restart::Busy);
+        }
+        tracing::debug!(task = %m.task_id, "waiting for the task's stopping job to end");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+    // The stopped attempt has recorded its end by now.
+    let m = task.read_manifest()?;
     restart(task, &m)?;
     producer.add_task(&m.task_id).await?;
     Ok(Restart::Restarted(m))
@@ -383,7 +367,7 @@ pub async fn retry(
     task_id: &str,
 ) -> Result<Submitted, TaskOpError> {
     let old = get(data, task_id)?;
-    match restart_when_free::<TaskOpError>(producer, &data.task(task_id), old).await? {
+    match restart_if_ended::<TaskOpError>(producer, &data.task(task_id), old).await? {
         Restart::Restarted(old) => Ok(Submitted {
             task_id: task_id.to_string(),
             video_id: video_id_of(&old.source),

@@ -35,12 +35,6 @@ pub struct Cli {
     command: Command,
 }
 
-/// Fills the settings a group of flags gives into [`Overrides`] (precedence: flag >
-/// environment > config file > default; clap applies the first two).
-trait Setting {
-    fn apply(&self, o: &mut Overrides);
-}
-
 /// The settings every local command reads: the config file and the data directory.
 #[derive(Debug, Args)]
 struct SettingsArgs {
@@ -53,13 +47,6 @@ struct SettingsArgs {
     data_dir: Option<PathBuf>,
 }
 
-impl Setting for SettingsArgs {
-    fn apply(&self, o: &mut Overrides) {
-        o.config = self.config.clone();
-        o.data_dir = self.data_dir.clone();
-    }
-}
-
 /// The queue's Redis.
 #[derive(Debug, Args)]
 struct RedisArgs {
@@ -69,12 +56,6 @@ struct RedisArgs {
     redis_url: Option<String>,
 }
 
-impl Setting for RedisArgs {
-    fn apply(&self, o: &mut Overrides) {
-        o.redis_url = self.redis_url.clone();
-    }
-}
-
 /// The transcription model.
 #[derive(Debug, Args)]
 struct ModelArgs {
@@ -82,30 +63,6 @@ struct ModelArgs {
     /// `tubescribe model list`). Default: <data-dir>/models/ggml-tiny.en.bin.
     #[arg(long, env = "TUBESCRIBE_MODEL")]
     model: Option<PathBuf>,
-}
-
-impl Setting for ModelArgs {
-    fn apply(&self, o: &mut Overrides) {
-        o.model = self.model.clone();
-    }
-}
-
-/// The direct-URL allow-list (used where inputs are parsed and where media is fetched).
-#[derive(Debug, Args)]
-struct AllowHostsArgs {
-    /// Allow direct media URLs on this host (or host:port); repeatable. Off by default.
-    #[arg(
-        long = "allow-host",
-        env = "TUBESCRIBE_ALLOW_HOSTS",
-        value_delimiter = ','
-    )]
-    allow_hosts: Option<Vec<String>>,
-}
-
-impl Setting for AllowHostsArgs {
-    fn apply(&self, o: &mut Overrides) {
-        o.allow_hosts = self.allow_hosts.clone();
-    }
 }
 
 /// How the stage workers of this process run.
@@ -134,30 +91,65 @@ struct WorkerTuning {
     shutdown_grace_s: Option<f64>,
 }
 
-impl Setting for WorkerTuning {
-    fn apply(&self, o: &mut Overrides) {
-        o.download_concurrency = self.download_concurrency;
-        o.transcribe_concurrency = self.transcribe_concurrency;
-        o.summarize_concurrency = self.summarize_concurrency;
-        o.threads = self.threads;
-        o.shutdown_grace_s = self.shutdown_grace_s;
-    }
-}
-
-/// Log detail of the commands that run workers.
+/// The flags of the commands that run workers (`process`, `worker`, `serve`).
 #[derive(Debug, Args)]
-struct LogArgs {
+struct RunArgs {
     /// Log what every attempt does, with the programs' own error text (also
     /// TUBESCRIBE_LOG=info,tubescribe=debug).
     #[arg(short, long)]
     verbose: bool,
+    /// Allow direct media URLs on this host (or host:port); repeatable. Off by default.
+    #[arg(
+        long = "allow-host",
+        env = "TUBESCRIBE_ALLOW_HOSTS",
+        value_delimiter = ','
+    )]
+    allow_hosts: Option<Vec<String>>,
+    #[command(flatten)]
+    settings: SettingsArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    tuning: WorkerTuning,
 }
 
-/// The configuration from `groups` (each a group of flags a command has).
-fn resolve(groups: &[&dyn Setting]) -> Result<Config> {
-    let mut o = Overrides::default();
-    for g in groups {
-        g.apply(&mut o);
+impl RunArgs {
+    fn config(&self) -> Result<Config> {
+        resolve(
+            &self.settings,
+            Some(&self.redis),
+            Some(&self.model),
+            Some(&self.tuning),
+            self.allow_hosts.clone(),
+        )
+    }
+}
+
+/// The configuration from the flag groups a command has (precedence: flag > environment >
+/// config file > default; clap applies the first two).
+fn resolve(
+    settings: &SettingsArgs,
+    redis: Option<&RedisArgs>,
+    model: Option<&ModelArgs>,
+    tuning: Option<&WorkerTuning>,
+    allow_hosts: Option<Vec<String>>,
+) -> Result<Config> {
+    let mut o = Overrides {
+        config: settings.config.clone(),
+        data_dir: settings.data_dir.clone(),
+        redis_url: redis.and_then(|r| r.redis_url.clone()),
+        model: model.and_then(|m| m.model.clone()),
+        allow_hosts,
+        ..Overrides::default()
+    };
+    if let Some(t) = tuning {
+        o.download_concurrency = t.download_concurrency;
+        o.transcribe_concurrency = t.transcribe_concurrency;
+        o.summarize_concurrency = t.summarize_concurrency;
+        o.threads = t.threads;
+        o.shutdown_grace_s = t.shutdown_grace_s;
     }
     Ok(Config::resolve(&o)?)
 }
@@ -275,17 +267,7 @@ struct ProcessArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    log: LogArgs,
-    #[command(flatten)]
-    settings: SettingsArgs,
-    #[command(flatten)]
-    redis: RedisArgs,
-    #[command(flatten)]
-    model: ModelArgs,
-    #[command(flatten)]
-    allow: AllowHostsArgs,
-    #[command(flatten)]
-    tuning: WorkerTuning,
+    run: RunArgs,
 }
 
 /// Flags of `worker`.
@@ -305,17 +287,7 @@ struct WorkerArgs {
     #[arg(long, env = "TUBESCRIBE_MEMORY_BUDGET_MB")]
     memory_budget_mb: Option<u64>,
     #[command(flatten)]
-    log: LogArgs,
-    #[command(flatten)]
-    settings: SettingsArgs,
-    #[command(flatten)]
-    redis: RedisArgs,
-    #[command(flatten)]
-    model: ModelArgs,
-    #[command(flatten)]
-    allow: AllowHostsArgs,
-    #[command(flatten)]
-    tuning: WorkerTuning,
+    run: RunArgs,
 }
 
 /// Flags of `serve`.
@@ -342,17 +314,7 @@ struct ServeArgs {
     #[arg(long, default_value_t = 15, hide = true)]
     keep_alive_s: u64,
     #[command(flatten)]
-    log: LogArgs,
-    #[command(flatten)]
-    settings: SettingsArgs,
-    #[command(flatten)]
-    redis: RedisArgs,
-    #[command(flatten)]
-    model: ModelArgs,
-    #[command(flatten)]
-    allow: AllowHostsArgs,
-    #[command(flatten)]
-    tuning: WorkerTuning,
+    run: RunArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -447,17 +409,11 @@ pub async fn main(cli: Cli) -> Result<i32> {
     }
     match cli.command {
         Command::Process(a) => {
-            let cfg = resolve(&[&a.settings, &a.redis, &a.model, &a.allow, &a.tuning])?;
+            let cfg = a.run.config()?;
             process(cfg, a.inputs, a.fresh, a.no_workers, a.json).await
         }
-        Command::Worker(a) => {
-            let cfg = resolve(&[&a.settings, &a.redis, &a.model, &a.allow, &a.tuning])?;
-            worker(cfg, a.stages, a.memory_budget_mb).await
-        }
-        Command::Serve(a) => {
-            let cfg = resolve(&[&a.settings, &a.redis, &a.model, &a.allow, &a.tuning])?;
-            serve(cfg, a).await
-        }
+        Command::Worker(a) => worker(a.run.config()?, a.stages, a.memory_budget_mb).await,
+        Command::Serve(a) => serve(a.run.config()?, a).await,
         Command::Bench {
             quick,
             json,
@@ -467,14 +423,14 @@ pub async fn main(cli: Cli) -> Result<i32> {
             model,
             tuning,
         } => {
-            let cfg = resolve(&[&settings, &model, &tuning])?;
+            let cfg = resolve(&settings, None, Some(&model), Some(&tuning), None)?;
             bench(cfg, quick, json, samples, node_dir).await
         }
         Command::Stats {
             json,
             settings,
             redis,
-        } => stats::run(resolve(&[&settings, &redis])?, json).await,
+        } => stats::run(resolve(&settings, Some(&redis), None, None, None)?, json).await,
         Command::Model {
             command:
                 ModelCommand::Install {
@@ -482,7 +438,7 @@ pub async fn main(cli: Cli) -> Result<i32> {
                     dir,
                     settings,
                 },
-        } => model_install(&resolve(&[&settings])?, &name, dir).await,
+        } => model_install(&resolve(&settings, None, None, None, None)?, &name, dir).await,
         Command::Model {
             command:
                 ModelCommand::List {
@@ -490,7 +446,7 @@ pub async fn main(cli: Cli) -> Result<i32> {
                     settings,
                     model,
                 },
-        } => model_list(&resolve(&[&settings, &model])?, json),
+        } => model_list(&resolve(&settings, None, Some(&model), None, None)?, json),
         Command::Submit { .. }
         | Command::Status { .. }
         | Command::Get { .. }
@@ -522,13 +478,13 @@ impl Cli {
     pub fn default_log_filter(&self) -> &'static str {
         // bullmq's worker warns when `close` finds a fetcher parked in its blocking pop, which
         // is how we always close (the jobs were handed back first): noise for users.
-        let (log, quiet_attempts) = match &self.command {
-            Command::Process(a) => (Some(&a.log), true),
-            Command::Worker(a) => (Some(&a.log), false),
-            Command::Serve(a) => (Some(&a.log), false),
+        let (run, quiet_attempts) = match &self.command {
+            Command::Process(a) => (Some(&a.run), true),
+            Command::Worker(a) => (Some(&a.run), false),
+            Command::Serve(a) => (Some(&a.run), false),
             _ => (None, false),
         };
-        match (log.is_some_and(|l| l.verbose), quiet_attempts) {
+        match (run.is_some_and(|r| r.verbose), quiet_attempts) {
             (true, _) => "info,tubescribe=debug,bullmq::worker=error",
             (false, true) => "warn,tubescribe::engine::attempt=error,bullmq::worker=error",
             (false, false) => "warn,bullmq::worker=error",
