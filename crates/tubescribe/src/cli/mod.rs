@@ -832,3 +832,24 @@ pub fn error_json(input: Option<&str>, message: &str) -> serde_json::Value {
 pub fn parse() -> Cli {
     Cli::parse()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_listen;
+
+    #[test]
+    fn listen_forms() {
+        for (given, want) in [
+            ("8080", "127.0.0.1:8080"),
+            ("0", "127.0.0.1:0"),
+            ("localhost:8080", "127.0.0.1:8080"),
+            ("0.0.0.0:9000", "0.0.0.0:9000"),
+            ("[::1]:8080", "[::1]:8080"),
+        ] {
+            assert_eq!(parse_listen(given).unwrap().to_string(), want, "{given}");
+        }
+        for bad in ["localhost", "localhost:http", "127.0.0.1:70000", ""] {
+            assert!(parse_listen(bad).is_err(), "{bad}");
+        }
+    }
+}
