@@ -1,4 +1,4 @@
-//! The HTTP client behind `tubescribe submit|status|cancel|retry`: talks to a running
+//! The HTTP client behind `tubescribe submit|status|get|cancel|retry`: talks to a running
 //! `tubescribe serve` over its REST API (`/api/tasks…`, see `server/`).
 
 use serde_json::Value;
@@ -8,7 +8,10 @@ use serde_json::Value;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The server could not be reached or the connection broke (retryable).
-    #[error("cannot reach the tubescribe server at {url}: {source}")]
+    #[error(
+        "cannot reach the tubescribe server at {url}: {}",
+        transport_cause(source)
+    )]
     Transport {
         /// The server URL.
         url: String,
@@ -32,6 +35,23 @@ pub enum ClientError {
     /// any request, so it never becomes part of a URL path.
     #[error("invalid task id {0:?}: task ids are 1–100 characters of A–Z, a–z, 0–9, '-' and '_'")]
     InvalidId(String),
+}
+
+/// The innermost cause of a transport error (reqwest's own text only says "error sending
+/// request"), with a hint when nothing listens there.
+fn transport_cause(e: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    let text = cause.to_string();
+    if text.to_lowercase().contains("connection refused") {
+        format!("{text} — is `tubescribe serve` running there?")
+    } else if e.is_timeout() {
+        "no answer within 30 s".to_string()
+    } else {
+        text
+    }
 }
 
 impl ClientError {
@@ -74,34 +94,43 @@ impl Client {
         Ok(format!("{}/api/tasks/{id}{rest}", self.base))
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+    /// Sends `req` and returns the answer's body; an error status becomes
+    /// [`ClientError::Api`] with the problem's `detail` and `code`.
+    async fn send_raw(&self, req: reqwest::RequestBuilder) -> Result<Vec<u8>, ClientError> {
         let req = match &self.token {
             Some(t) => req.bearer_auth(t),
             None => req,
         };
-        let resp = req.send().await.map_err(|source| ClientError::Transport {
+        let transport = |source| ClientError::Transport {
             url: self.base.clone(),
             source,
-        })?;
+        };
+        let resp = req.send().await.map_err(transport)?;
         let status = resp.status().as_u16();
-        let text = resp.text().await.map_err(|source| ClientError::Transport {
-            url: self.base.clone(),
-            source,
-        })?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| {
-            ClientError::Decode(format!(
-                "{e}: {}",
-                text.chars().take(200).collect::<String>()
-            ))
-        })?;
+        let body = resp.bytes().await.map_err(transport)?.to_vec();
         if status >= 400 {
+            let text = String::from_utf8_lossy(&body);
+            let v: Value = serde_json::from_slice(&body).unwrap_or_default();
             return Err(ClientError::Api {
                 status,
                 code: v["code"].as_str().unwrap_or("").to_string(),
                 message: v["detail"].as_str().unwrap_or(&text).to_string(),
             });
         }
-        Ok(v)
+        Ok(body)
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+        let body = self.send_raw(req).await?;
+        serde_json::from_slice(&body).map_err(|e| {
+            ClientError::Decode(format!(
+                "{e}: {}",
+                String::from_utf8_lossy(&body)
+                    .chars()
+                    .take(200)
+                    .collect::<String>()
+            ))
+        })
     }
 
     /// Submits `url`; answers `{taskId, videoId, existing, status}`.
@@ -117,6 +146,14 @@ impl Client {
     /// The manifest of `id`.
     pub async fn get(&self, id: &str) -> Result<Value, ClientError> {
         self.send(self.http.get(self.task_url(id, "")?)).await
+    }
+
+    /// The output file `name` of task `id` (`transcript.srt`, `summary.md`, …; see the
+    /// server's `GET /api/tasks/{id}/{file}`), byte for byte. A task whose file does not exist
+    /// yet answers [`ClientError::Api`] 404 saying the task's status.
+    pub async fn file(&self, id: &str, name: &str) -> Result<Vec<u8>, ClientError> {
+        self.send_raw(self.http.get(self.task_url(id, &format!("/{name}"))?))
+            .await
     }
 
     /// The newest tasks: `{tasks: [manifest…], total, offset, limit}`.

@@ -1,23 +1,26 @@
 //! The `tubescribe` binary: installs logging, runs the CLI, prints the error chain once.
 
+use std::io::IsTerminal;
+
 #[tokio::main]
 async fn main() {
+    let cli = tubescribe::cli::parse();
     let filter = tubescribe::config::log_filter()
         .and_then(|dirs| tracing_subscriber::EnvFilter::try_new(dirs).ok())
-        .unwrap_or_else(|| {
-            tracing_subscriber::EnvFilter::new(
-                // bullmq's worker warns when `close` finds a fetcher parked in its blocking pop, which is
-                // how we always close (the jobs were handed back first): noise for users.
-                "warn,bullmq::worker=error",
-            )
-        });
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(cli.default_log_filter()));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into a file or a pipe.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let cli = tubescribe::cli::parse();
+    let json = cli.json();
     match tubescribe::cli::main(cli).await {
         Ok(code) => std::process::exit(code),
+        Err(e) if json => {
+            println!("{}", tubescribe::cli::error_json(None, &chain_message(&e)));
+            std::process::exit(1);
+        }
         Err(e) => {
             eprintln!("error: {}", chain_message(&e));
             std::process::exit(1);

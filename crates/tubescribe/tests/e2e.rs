@@ -205,9 +205,9 @@ fn three_tasks_run_concurrently_and_a_failing_download_stays_isolated() {
         .collect();
     assert!(leftovers.is_empty(), "partial files left: {leftovers:?}");
     assert!(
-        run.stdout.contains("404"),
+        run.stderr.contains("404"),
         "the CLI must print the reason: {}",
-        run.stdout
+        run.stderr
     );
 
     let ok: Vec<_> = manifests

@@ -667,7 +667,7 @@ async fn worker_in_another_process_and_cancel_during_transcribe() {
     let m: Value = serde_json::from_str(run.stdout.trim()).unwrap();
     assert_eq!(m["status"], "cancelled");
     assert_eq!(m["stages"]["download"]["state"], "completed");
-    assert_eq!(m["stages"]["transcribe"]["state"], "failed");
+    assert_eq!(m["stages"]["transcribe"]["state"], "cancelled");
     assert_eq!(m["stages"]["transcribe"]["error"], "cancelled");
     assert_eq!(m["stages"]["summarize"]["state"], "skipped");
     let dir = data.join("tasks").join(&id);

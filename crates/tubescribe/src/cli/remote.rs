@@ -1,72 +1,166 @@
-//! The client commands (`submit`, `status`, `cancel`, `retry`): requests to a running server
-//! (`tubescribe serve`) through [`crate::client`], printed for people or as JSON lines.
+//! The client commands (`submit`, `status`, `get`, `cancel`, `retry`): requests to a running
+//! server (`tubescribe serve`) through [`crate::client`], printed for people or, with
+//! `--json`, as JSON lines on stdout — errors included (`{"error": {…}, "input": …}`).
 //!
 //! Exit codes: 0 on success, 2 for a refused input (HTTP 400, or a task id refused before
 //! sending), 1 for any other failure.
 
+use std::io::Write;
+
 use clap::Args;
 
 use crate::client::{Client, ClientError};
-use crate::domain::manifest::TaskStatus;
+use crate::domain::manifest::{Source, TaskStatus};
 use crate::domain::Stage;
+use crate::store::names;
 
-/// Flags of the client subcommands.
+/// The server a client command talks to.
 #[derive(Debug, Args)]
-pub(super) struct ClientArgs {
+pub(super) struct ServerArgs {
     /// The server's base URL.
     #[arg(
         long,
         env = "TUBESCRIBE_SERVER",
-        default_value = "http://127.0.0.1:8080"
+        default_value = DEFAULT_SERVER
     )]
     server: String,
-    /// Bearer token for submit, cancel and retry.
-    #[arg(long, env = "TUBESCRIBE_API_TOKEN", hide_env_values = true)]
-    api_token: Option<String>,
-    /// Print JSON (one object per line) for scripts.
-    #[arg(long)]
-    json: bool,
 }
 
-impl ClientArgs {
-    fn client(&self) -> Client {
-        Client::new(&self.server, self.api_token.clone())
+/// The `--server` default.
+const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+
+/// Flags of the client subcommands that answer JSON for scripts.
+#[derive(Debug, Args)]
+pub(super) struct ClientArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Print JSON (one object per line) for scripts; errors too.
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+/// The bearer token of the commands that change tasks (`submit`, `cancel`, `retry`).
+#[derive(Debug, Args)]
+pub(super) struct TokenArgs {
+    /// Bearer token, when the server requires one (`serve --api-token`).
+    #[arg(long, env = "TUBESCRIBE_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+}
+
+impl ServerArgs {
+    fn client(&self, token: Option<&TokenArgs>) -> Client {
+        Client::new(&self.server, token.and_then(|t| t.api_token.clone()))
+    }
+
+    /// ` --server URL` when it is not the default, for the commands we suggest.
+    fn flag(&self) -> String {
+        let s = self.server.trim_end_matches('/');
+        if s == DEFAULT_SERVER {
+            String::new()
+        } else {
+            format!(" --server {s}")
+        }
     }
 }
 
-/// `submit`: one line per URL (`<task id>  <status>`, `(existing task)` when joined).
-pub(super) async fn submit(a: &ClientArgs, urls: &[String], fresh: bool) -> i32 {
-    let c = a.client();
+/// What `get` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum Format {
+    /// The transcript as plain text.
+    Txt,
+    /// The transcript as SubRip subtitles.
+    Srt,
+    /// The transcript as WebVTT subtitles.
+    Vtt,
+    /// The transcript with segment and word times, as JSON.
+    Json,
+    /// The summary (Markdown).
+    Summary,
+}
+
+impl Format {
+    /// The output file the server serves for it.
+    fn file(self) -> &'static str {
+        match self {
+            Format::Txt => names::TRANSCRIPT_TXT,
+            Format::Srt => names::TRANSCRIPT_SRT,
+            Format::Vtt => names::TRANSCRIPT_VTT,
+            Format::Json => names::TRANSCRIPT_JSON,
+            Format::Summary => names::SUMMARY_MD,
+        }
+    }
+}
+
+/// `submit`: one line per URL (`<task id>  <status>`, `(existing task)` when joined), then
+/// the next step on stderr: how to follow the tasks and fetch their results, and the web page.
+pub(super) async fn submit(a: &ClientArgs, t: &TokenArgs, urls: &[String], fresh: bool) -> i32 {
+    let c = a.server.client(Some(t));
     let mut code = 0;
+    let mut ids = Vec::new();
     for u in urls {
         match c.submit(u, fresh).await {
-            Ok(v) if a.json => println!("{v}"),
-            Ok(v) => println!(
-                "{}  {}{}",
-                status_str(&v["taskId"]),
-                status_str(&v["status"]),
-                if v["existing"] == true {
-                    "  (existing task)"
+            Ok(v) => {
+                if a.json {
+                    println!("{v}");
                 } else {
-                    ""
+                    println!(
+                        "{}  {}{}",
+                        status_str(&v["taskId"]),
+                        status_str(&v["status"]),
+                        if v["existing"] == true {
+                            "  (existing task)"
+                        } else {
+                            ""
+                        }
+                    );
                 }
-            ),
-            Err(e) => code = code.max(failed(u, &e)),
+                ids.push(status_str(&v["taskId"]).to_string());
+            }
+            Err(e) => code = code.max(failed(u, &e, a.json)),
         }
+    }
+    if !a.json && !ids.is_empty() {
+        let flag = a.server.flag();
+        let (follow, id) = match ids.as_slice() {
+            [one] => (format!("tubescribe status {one}{flag}"), one.as_str()),
+            _ => (format!("tubescribe status{flag}"), "ID"),
+        };
+        eprintln!(
+            "next: follow with `{follow}`, then print the transcript with \
+             `tubescribe get {id} --format srt{flag}`; web page: {}/",
+            a.server.server.trim_end_matches('/')
+        );
     }
     code
 }
 
+/// `get`: writes the task's output file of `format` to stdout as the server serves it.
+pub(super) async fn get(a: &ServerArgs, id: &str, format: Format) -> i32 {
+    match a.client(None).file(id, format.file()).await {
+        Ok(bytes) => {
+            let mut out = std::io::stdout().lock();
+            match out.write_all(&bytes).and_then(|()| out.flush()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: cannot write to stdout: {e}");
+                    1
+                }
+            }
+        }
+        Err(e) => failed(id, &e, false),
+    }
+}
+
 /// `status`: the task `id`, or the newest 50 tasks and their count.
 pub(super) async fn status(a: &ClientArgs, id: Option<&str>) -> i32 {
-    let c = a.client();
+    let c = a.server.client(None);
     let r = match id {
         Some(id) => c.get(id).await,
         None => c.list(50).await,
     };
     let v = match r {
         Ok(v) => v,
-        Err(e) => return failed(id.unwrap_or("status"), &e),
+        Err(e) => return failed(id.unwrap_or(""), &e, a.json),
     };
     match (id, a.json) {
         (Some(_), true) => println!("{v}"),
@@ -88,21 +182,38 @@ pub(super) async fn status(a: &ClientArgs, id: Option<&str>) -> i32 {
 }
 
 /// `cancel`: asks the server to cancel task `id`.
-pub(super) async fn cancel(a: &ClientArgs, id: &str) -> i32 {
-    task_action(id, a.client().cancel(id).await, a.json)
+pub(super) async fn cancel(a: &ClientArgs, t: &TokenArgs, id: &str) -> i32 {
+    task_action(id, a.server.client(Some(t)).cancel(id).await, a.json)
 }
 
 /// `retry`: asks the server to run task `id` again.
-pub(super) async fn retry(a: &ClientArgs, id: &str) -> i32 {
-    task_action(id, a.client().retry(id).await, a.json)
+pub(super) async fn retry(a: &ClientArgs, t: &TokenArgs, id: &str) -> i32 {
+    task_action(id, a.server.client(Some(t)).retry(id).await, a.json)
 }
 
-/// Prints a client error and returns the exit code: 2 for a refused input (HTTP 400, or a
-/// task id refused before sending), 1 otherwise.
-fn failed(what: &str, e: &ClientError) -> i32 {
+/// Prints a client error about `what` (a URL or task id; empty for none) — as a JSON line on
+/// stdout when `json`: the message, and the HTTP status and code for an API error — and
+/// returns the exit code: 2 for a refused input (HTTP 400, or a task id refused before
+/// sending), 1 otherwise.
+fn failed(what: &str, e: &ClientError, json: bool) -> i32 {
     match e {
+        _ if json => {
+            let input = Some(what).filter(|w| !w.is_empty());
+            let mut v = super::error_json(input, &e.to_string());
+            if let ClientError::Api {
+                status,
+                code,
+                message,
+            } = e
+            {
+                v["error"] =
+                    serde_json::json!({"message": message, "status": status, "code": code});
+            }
+            println!("{v}");
+        }
         // The message already quotes the id.
         ClientError::InvalidId(_) => eprintln!("error: {e}"),
+        _ if what.is_empty() => eprintln!("error: {e}"),
         _ => eprintln!("error: {what}: {e}"),
     }
     match e {
@@ -140,7 +251,12 @@ fn print_manifest(m: &serde_json::Value) {
         );
     }
     if let Some(e) = m["error"]["message"].as_str() {
-        println!("    failed in {}: {e}", status_str(&m["error"]["stage"]));
+        // The step in the user's words ("reading the file" for a local file's download).
+        let step = serde_json::from_value::<Stage>(m["error"]["stage"].clone())
+            .ok()
+            .zip(serde_json::from_value::<Source>(m["source"].clone()).ok())
+            .map_or("running", |(stage, source)| source.step(stage));
+        println!("    failed while {step}: {e}");
     }
     for w in m["warnings"].as_array().into_iter().flatten() {
         println!("    warning: {}", status_str(&w["message"]));
@@ -162,6 +278,6 @@ fn task_action(id: &str, answer: Result<serde_json::Value, ClientError>, json: b
             }
             0
         }
-        Err(e) => failed(id, &e),
+        Err(e) => failed(id, &e, json),
     }
 }

@@ -28,8 +28,9 @@ struct Figures {
     by_status: BTreeMap<&'static str, usize>,
 }
 
-/// Runs the command: reads the queue counts, then the manifests, and prints the table.
-pub(super) async fn run(cfg: Config) -> Result<i32> {
+/// Runs the command: reads the queue counts, then the manifests, and prints the table (or,
+/// with `json`, the same figures as one JSON object, see [`to_json`]).
+pub(super) async fn run(cfg: Config, json: bool) -> Result<i32> {
     let rt = Runtime::builder(cfg).start().await?;
     let producer = rt.producer().await?;
     let mut counts = Vec::new();
@@ -39,8 +40,41 @@ pub(super) async fn run(cfg: Config) -> Result<i32> {
     producer.close().await;
     let data = rt.data().clone();
     rt.shutdown(Duration::ZERO).await;
-    print(&counts, &figures(&data)?);
+    let f = figures(&data)?;
+    if json {
+        println!("{}", to_json(&counts, &f));
+    } else {
+        print(&counts, &f);
+    }
     Ok(0)
+}
+
+/// The figures as JSON: `{"stages": {"<stage>": {waiting, children, delayed, active,
+/// completed, failed, skipped, runs, mean_s, [rtf, peak_rss_mb]}}, "tasks": {"<status>": n}}`;
+/// `mean_s`, `rtf` and `peak_rss_mb` are null before the first run.
+fn to_json(counts: &[JobCounts], f: &Figures) -> serde_json::Value {
+    let mut stages = serde_json::Map::new();
+    for (i, s) in Stage::ALL.iter().enumerate() {
+        let c = &counts[i];
+        let mut v = serde_json::json!({
+            "waiting": c.waiting + c.prioritized + c.paused,
+            "children": c.waiting_children,
+            "delayed": c.delayed,
+            "active": c.active,
+            "completed": c.completed,
+            "failed": c.failed,
+            "skipped": f.skipped[i],
+            "runs": f.runs[i],
+            "mean_s": (f.runs[i] > 0).then(|| f.wall[i] / f.runs[i] as f64),
+        });
+        if *s == Stage::Transcribe {
+            let measured = f.rtf.1 > 0;
+            v["rtf"] = serde_json::json!(measured.then(|| f.rtf.0 / f.rtf.1 as f64));
+            v["peak_rss_mb"] = serde_json::json!(measured.then_some(f.peak));
+        }
+        stages.insert(s.queue_name().to_string(), v);
+    }
+    serde_json::json!({ "stages": stages, "tasks": f.by_status })
 }
 
 fn figures(data: &DataDir) -> Result<Figures> {

@@ -110,6 +110,7 @@ fn stage_message(m: &Manifest, s: Stage, r: &StageRecord) -> String {
             .map_or("done".to_string(), |w| format!("done ⚠ {}", w.message)),
         StageState::Failed => format!("failed: {}", r.error.clone().unwrap_or_default()),
         StageState::Skipped => "skipped".to_string(),
+        StageState::Cancelled => "cancelled".to_string(),
     }
 }
 
@@ -155,13 +156,12 @@ pub(super) fn report(data: &DataDir, tasks: &[String], json: bool) -> Result<usi
             }
             _ => {
                 failed += 1;
+                // A failure is an error: on stderr, once, in the user's words.
                 let why = m
-                    .error
-                    .as_ref()
-                    .map(|e| format!("{} stage: {}", e.stage, e.message))
+                    .failure_line()
                     .unwrap_or_else(|| m.status.as_str().to_string());
                 if !json {
-                    println!("✘ {id}  {}  failed: {why}", task_label(&m));
+                    eprintln!("✘ {id}  {}  {why}", task_label(&m));
                 }
             }
         }

@@ -36,12 +36,19 @@ pub enum ConfigError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The config file is not valid TOML for our schema.
-    #[error("invalid config file {path}: {message}")]
+    /// The config file is not valid TOML for our schema; shown as
+    /// `invalid config file <path>:<line>:<column>: <message>`.
+    #[error(
+        "invalid config file {}{}: {message}",
+        path.display(),
+        at.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default()
+    )]
     Parse {
         /// The file.
         path: PathBuf,
-        /// The parser's message (line and column included).
+        /// Line and column (1-based) of the mistake, when the parser knows it.
+        at: Option<(usize, usize)>,
+        /// The parser's message.
         message: String,
     },
     /// A value is out of range or malformed.

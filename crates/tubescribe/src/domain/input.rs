@@ -226,11 +226,10 @@ impl InputPolicy {
     }
 }
 
-/// Why an input was refused.
-///
-/// Every variant about URLs (everything except the file variants) renders
-/// with the prefix `Invalid YouTube URL:` so a user who pasted the wrong
-/// thing sees a consistent message.
+/// Why an input was refused: one sentence, cause first. Only a refused
+/// YouTube URL starts with `Invalid YouTube URL:`; the others say what the
+/// input is (empty, another host, another scheme, a file) and what to give
+/// instead.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
     /// The input is not an acceptable YouTube video reference: empty input,
@@ -239,11 +238,32 @@ pub enum InputError {
     #[error("Invalid YouTube URL: {0}")]
     InvalidYouTube(String),
 
+    /// Nothing was given (empty or only whitespace). `remote`: submitted over HTTP, where
+    /// files are not an option.
+    #[error("empty input: give a YouTube video URL{}", if *remote { "" } else { " or a media file" })]
+    Empty {
+        /// Submitted over HTTP.
+        remote: bool,
+    },
+
+    /// Text that is no URL, no video id and (`remote` = false) names no file, e.g.
+    /// `not a url`.
+    #[error(
+        "{input:?} is not a YouTube URL{}",
+        if *remote { " or video id" } else { ", a video id or an existing file" }
+    )]
+    Unrecognized {
+        /// The input (trimmed, shortened).
+        input: String,
+        /// Submitted over HTTP.
+        remote: bool,
+    },
+
     /// An `http`/`https` URL whose host is neither a YouTube host nor on the
     /// direct-URL allow-list (this includes lookalikes such as
     /// `youtube.com.evil.com`). `host` includes `:port` when one was given.
     #[error(
-        "Invalid YouTube URL: host {host} is not a YouTube host and is not allowed for \
+        "host {host} is not a YouTube host and is not allowed for \
          direct media URLs; to fetch it anyway, allow it with `--allow-host {host}` \
          or TUBESCRIBE_ALLOW_HOSTS={host}"
     )]
@@ -258,7 +278,7 @@ pub enum InputError {
     /// DNS answer is such an address (see [`InputPolicy::check_resolved`]).
     /// Server-side request forgery protection.
     #[error(
-        "Invalid YouTube URL: host {host} is a {class} address; private, loopback and \
+        "host {host} is a {class} address; private, loopback and \
          link-local addresses are refused unless allowed explicitly with `--allow-host`"
     )]
     PrivateAddress {
@@ -270,7 +290,7 @@ pub enum InputError {
 
     /// A URL with a scheme other than `http`, `https` or `file`
     /// (`ftp:`, `javascript:`, `data:`, …).
-    #[error("Invalid YouTube URL: scheme `{scheme}:` is not supported; use a YouTube URL, or an http(s):// URL on a host allowed with `--allow-host`")]
+    #[error("scheme `{scheme}:` is not supported; use a YouTube URL, or an http(s):// URL on a host allowed with `--allow-host`")]
     UnsupportedScheme {
         /// The refused scheme, lowercased, without `:`.
         scheme: String,
@@ -278,9 +298,7 @@ pub enum InputError {
 
     /// A scheme-less URL on an allowed direct host (`localhost:8080/a.mp3`):
     /// we do not guess between `http` and `https`.
-    #[error(
-        "Invalid YouTube URL: `{input}` has no scheme; write http://{input} or https://{input}"
-    )]
+    #[error("`{input}` has no scheme; write http://{input} or https://{input}")]
     MissingScheme {
         /// The input as given (trimmed).
         input: String,
@@ -288,7 +306,7 @@ pub enum InputError {
 
     /// Something that looks like a URL but could not be parsed, or carries
     /// features we refuse (embedded credentials, remote `file://` host).
-    #[error("Invalid YouTube URL: {0}")]
+    #[error("invalid URL: {0}")]
     InvalidUrl(String),
 
     /// A local path or `file:` URL submitted over the network (see [`InputPolicy::remote`]);
@@ -743,7 +761,7 @@ fn parse_youtube_inner(s: &str, allow_attribution: bool) -> Result<(String, Stri
 /// Validates and normalizes a user submission.
 ///
 /// Decision order (the first that applies wins):
-/// 1. Empty (after trimming) → [`InputError::InvalidYouTube`].
+/// 1. Empty (after trimming) → [`InputError::Empty`].
 /// 2. Input without `://` that names an **existing** path → local file
 ///    ([`Input::LocalFile`], canonicalized; an existing file wins over a
 ///    same-named bare id). Existing non-regular files (directories…) →
@@ -764,16 +782,20 @@ fn parse_youtube_inner(s: &str, allow_attribution: bool) -> Result<(String, Stri
 ///    [`parse_youtube_url`] (11 chars, not starting with `-`), otherwise
 ///    [`InputError::InvalidYouTube`] ("neither a video id nor an existing
 ///    file").
-/// 7. Anything else is taken as a missing local path →
-///    [`InputError::FileNotFound`].
+/// 7. Anything else that reads as a path ([`looks_like_path`]: `/`, `~`,
+///    `.`, or a file extension) is a missing local file →
+///    [`InputError::FileNotFound`] ([`InputError::LocalFileRefused`] for a
+///    remote policy); other text → [`InputError::Unrecognized`].
 ///
 /// # Errors
-/// See [`InputError`]; all URL-related errors display with the prefix
-/// `Invalid YouTube URL:`.
+/// See [`InputError`]; a refused YouTube URL displays with the prefix
+/// `Invalid YouTube URL:`, the others name their cause first.
 pub fn parse_input(s: &str, policy: &InputPolicy) -> Result<Input, InputError> {
     let s = s.trim();
     if s.is_empty() {
-        return Err(invalid("empty input; submit a YouTube video URL"));
+        return Err(InputError::Empty {
+            remote: policy.remote,
+        });
     }
 
     if !s.contains("://") && !policy.remote {
@@ -865,12 +887,30 @@ pub fn parse_input(s: &str, policy: &InputPolicy) -> Result<Input, InputError> {
         });
     }
 
+    if !looks_like_path(s) {
+        return Err(InputError::Unrecognized {
+            input: echo(s),
+            remote: policy.remote,
+        });
+    }
     if policy.remote {
         return Err(InputError::LocalFileRefused);
     }
     Err(InputError::FileNotFound {
         path: PathBuf::from(s),
     })
+}
+
+/// Whether text that is no URL reads as a file path: it has a directory part (`/`, `\`),
+/// starts with `~` or `.`, or ends in an extension of 1–5 letters or digits (`talk.mp3`).
+/// Purely by its spelling: over HTTP the disk is never looked at.
+fn looks_like_path(s: &str) -> bool {
+    let ext = s.rsplit_once('.').is_some_and(|(stem, ext)| {
+        !stem.is_empty()
+            && (1..=5).contains(&ext.len())
+            && ext.chars().all(|c| c.is_ascii_alphanumeric())
+    });
+    s.contains(['/', '\\']) || s.starts_with(['~', '.']) || ext
 }
 
 fn youtube_input(s: &str) -> Result<Input, InputError> {
@@ -1028,6 +1068,8 @@ mod tests {
         Scheme,
         NotFound,
         Private,
+        Empty,
+        Unrecognized,
     }
 
     fn kind(e: &InputError) -> Kind {
@@ -1037,6 +1079,8 @@ mod tests {
             InputError::UnsupportedScheme { .. } => Kind::Scheme,
             InputError::FileNotFound { .. } => Kind::NotFound,
             InputError::PrivateAddress { .. } => Kind::Private,
+            InputError::Empty { .. } => Kind::Empty,
+            InputError::Unrecognized { .. } => Kind::Unrecognized,
             other => panic!("unexpected error kind {other:?}"),
         }
     }
@@ -1045,8 +1089,9 @@ mod tests {
     fn rejected_forms_table() {
         const P: &str = "Invalid YouTube URL: ";
         let cases: &[(&str, Kind, &str)] = &[
-            ("", Kind::Yt, "Invalid YouTube URL: empty input"),
-            ("   \t\n", Kind::Yt, "Invalid YouTube URL: empty input"),
+            ("", Kind::Empty, "empty input: give a YouTube video URL or a media file"),
+            ("   \t\n", Kind::Empty, "empty input: give a YouTube video URL or a media file"),
+            ("not a url", Kind::Unrecognized, "\"not a url\" is not a YouTube URL, a video id or an existing file"),
             ("https://www.youtube.com/playlist?list=PLx0sYbCqOb8TBPRdmBHs5Iftvv9TPboYG", Kind::Yt,
              "Invalid YouTube URL: playlists are not supported; submit a single video URL"),
             ("https://www.youtube.com/watch?list=PLx0sYbCqOb8TBPRdmBHs5Iftvv9TPboYG", Kind::Yt,
@@ -1062,14 +1107,14 @@ mod tests {
             ("https://www.youtube.com/", Kind::Yt, "Invalid YouTube URL: the YouTube home page"),
             ("youtube.com", Kind::Yt, "Invalid YouTube URL: the YouTube home page"),
             ("https://www.youtube.com/clip/UgkxAbc", Kind::Yt, "Invalid YouTube URL: clips are not supported"),
-            ("https://vimeo.com/76979871", Kind::Host, "Invalid YouTube URL: host vimeo.com is not a YouTube host"),
-            ("vimeo.com/76979871", Kind::Host, "Invalid YouTube URL: host vimeo.com is not a YouTube host"),
+            ("https://vimeo.com/76979871", Kind::Host, "host vimeo.com is not a YouTube host"),
+            ("vimeo.com/76979871", Kind::Host, "host vimeo.com is not a YouTube host"),
             ("https://youtube.com.evil.com/watch?v=dQw4w9WgXcQ", Kind::Host,
-             "Invalid YouTube URL: host youtube.com.evil.com is not a YouTube host"),
+             "host youtube.com.evil.com is not a YouTube host"),
             ("https://notyoutube.com/watch?v=dQw4w9WgXcQ", Kind::Host,
-             "Invalid YouTube URL: host notyoutube.com is not a YouTube host"),
+             "host notyoutube.com is not a YouTube host"),
             ("https://www.youtube.com@evil.com/watch?v=dQw4w9WgXcQ", Kind::Host,
-             "Invalid YouTube URL: host evil.com is not a YouTube host"),
+             "host evil.com is not a YouTube host"),
             ("https://www.youtube.com/watch?v=dQw4w9WgXc", Kind::Yt,
              "Invalid YouTube URL: video id \"dQw4w9WgXc\" has 10 characters"),
             ("https://www.youtube.com/watch?v=dQw4w9WgXcQQ", Kind::Yt,
@@ -1082,14 +1127,14 @@ mod tests {
             ("https://www.youtube.com/shorts/", Kind::Yt, "Invalid YouTube URL: \"/shorts/\" has no video id"),
             ("dQw4w9WgXc", Kind::Yt, "Invalid YouTube URL: \"dQw4w9WgXc\" is neither an 11-character video id nor an existing file"),
             ("-abcDEF_123", Kind::Yt, "Invalid YouTube URL: bare video ids starting with '-' are not accepted"),
-            ("ftp://example.com/a.mp3", Kind::Scheme, "Invalid YouTube URL: scheme `ftp:` is not supported"),
-            ("javascript:alert(1)", Kind::Scheme, "Invalid YouTube URL: scheme `javascript:` is not supported"),
-            ("data:text/plain,hello", Kind::Scheme, "Invalid YouTube URL: scheme `data:` is not supported"),
+            ("ftp://example.com/a.mp3", Kind::Scheme, "scheme `ftp:` is not supported"),
+            ("javascript:alert(1)", Kind::Scheme, "scheme `javascript:` is not supported"),
+            ("data:text/plain,hello", Kind::Scheme, "scheme `data:` is not supported"),
             ("http://media.example.org:8080/a.mp3", Kind::Host,
-             "Invalid YouTube URL: host media.example.org:8080 is not a YouTube host and is not allowed for direct media URLs; \
+             "host media.example.org:8080 is not a YouTube host and is not allowed for direct media URLs; \
               to fetch it anyway, allow it with `--allow-host media.example.org:8080` or TUBESCRIBE_ALLOW_HOSTS=media.example.org:8080"),
             ("http://localhost:8080/a.mp3", Kind::Private,
-             "Invalid YouTube URL: host localhost:8080 is a loopback address; private, loopback and link-local addresses \
+             "host localhost:8080 is a loopback address; private, loopback and link-local addresses \
               are refused unless allowed explicitly with `--allow-host`"),
             ("/definitely/not/here/talk.mp3", Kind::NotFound, "file not found: /definitely/not/here/talk.mp3"),
             ("talk-that-does-not-exist.mp3", Kind::NotFound, "file not found: talk-that-does-not-exist.mp3"),
@@ -1106,9 +1151,8 @@ mod tests {
                 msg.starts_with(want_prefix),
                 "{input:?}: got {msg:?}, want prefix {want_prefix:?}"
             );
-            if *want_kind != Kind::NotFound {
-                assert!(msg.starts_with(P), "{msg}");
-            }
+            // Only a refused YouTube URL is called one.
+            assert_eq!(msg.starts_with(P), *want_kind == Kind::Yt, "{msg}");
         }
     }
 
@@ -1280,7 +1324,7 @@ mod tests {
             assert_eq!(kind(&err), Kind::Private, "{input}: {err}");
             let msg = err.to_string();
             assert!(msg.contains(want), "{input}: {msg}");
-            assert!(msg.starts_with("Invalid YouTube URL: host "), "{msg}");
+            assert!(msg.starts_with("host "), "{msg}");
         }
         // Public hosts not on the list stay HostNotAllowed.
         for input in ["http://8.8.8.8/a.mp3", "https://[2606:4700::1]/a.mp3"] {
@@ -1337,7 +1381,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "Invalid YouTube URL: host media.example.org (169.254.169.254) is a link-local address; \
+            "host media.example.org (169.254.169.254) is a link-local address; \
              private, loopback and link-local addresses are refused unless allowed explicitly with `--allow-host`"
         );
         assert!(named

@@ -93,6 +93,8 @@ pub enum StageState {
     Failed,
     /// Not run because an earlier stage failed or the task was cancelled.
     Skipped,
+    /// Stopped while it ran (or was about to be retried) because the task was cancelled.
+    Cancelled,
 }
 
 /// What the user submitted, after parsing.
@@ -116,6 +118,19 @@ pub enum Source {
         /// The URL.
         url: String,
     },
+}
+
+impl Source {
+    /// What `stage` does for this input, as messages say it: "reading the file" (the download
+    /// stage of a local file), "downloading", "transcribing", "summarizing".
+    pub fn step(&self, stage: Stage) -> &'static str {
+        match (stage, self) {
+            (Stage::Download, Source::File { .. }) => "reading the file",
+            (Stage::Download, _) => "downloading",
+            (Stage::Transcribe, _) => "transcribing",
+            (Stage::Summarize, _) => "summarizing",
+        }
+    }
 }
 
 /// Video metadata captured by the download stage.
@@ -155,6 +170,10 @@ pub struct ErrorInfo {
     pub message: String,
     /// Whether a retry could succeed.
     pub retryable: bool,
+    /// The failing program's or service's own words (e.g. yt-dlp's error line), for
+    /// diagnosis; `message` is what to tell the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// How one attempt (one run of a stage's job by one worker) ended.
@@ -170,6 +189,8 @@ pub enum AttemptOutcome {
     Failed,
     /// The worker shut down before the stage ended and put the job back in the queue.
     Released,
+    /// The task was cancelled while the attempt ran; it stopped.
+    Cancelled,
     /// Long audio (transcribe only): the audio was split and handed to segment jobs
     /// (`segments.rs`); the job's next attempt merges their results.
     Split,
@@ -196,6 +217,9 @@ pub struct AttemptRecord {
     /// The failure message, for failed attempts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The failing program's own words, when it said more than `error` tells.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// One stage's record in the manifest.
@@ -422,6 +446,7 @@ impl Manifest {
             finished_at: None,
             outcome: None,
             error: None,
+            detail: None,
         });
     }
 
@@ -551,38 +576,85 @@ impl Manifest {
         }
     }
 
-    /// Records a failed attempt. When `final_attempt`, the stage and the task fail and the later
-    /// stages are marked skipped; otherwise the stage waits for its retry.
+    /// Records a failed attempt (`detail`: the program's own words, if any). When
+    /// `final_attempt`, the stage and the task fail and the later stages are marked skipped;
+    /// otherwise the stage waits for its retry. In a cancelled task the stage is marked
+    /// cancelled instead, and the task stays cancelled.
     pub fn fail_stage(
         &mut self,
         stage: Stage,
         message: &str,
+        detail: Option<&str>,
         retryable: bool,
         final_attempt: bool,
     ) {
+        let cancelled = self.status == TaskStatus::Cancelled;
         let r = self.stage_mut(stage);
         r.error = Some(message.to_string());
         r.finished_at = Some(now_ms());
         r.detail.remove("phase");
+        if cancelled {
+            r.state = StageState::Cancelled;
+            self.skip_later(stage);
+            return;
+        }
         if !final_attempt {
             r.state = StageState::Waiting;
             return;
         }
         r.state = StageState::Failed;
+        self.skip_later(stage);
+        self.status = TaskStatus::Failed;
+        self.error = Some(ErrorInfo {
+            stage,
+            message: message.to_string(),
+            retryable,
+            detail: detail.map(str::to_string),
+        });
+    }
+
+    /// Marks the stages after `stage` that have not completed as skipped.
+    fn skip_later(&mut self, stage: Stage) {
         for later in stage.later() {
             let l = self.stage_mut(later);
             if l.state != StageState::Completed {
                 l.state = StageState::Skipped;
             }
         }
-        if self.status != TaskStatus::Cancelled {
-            self.status = TaskStatus::Failed;
-            self.error = Some(ErrorInfo {
-                stage,
-                message: message.to_string(),
-                retryable,
-            });
+    }
+
+    /// Cancels the task (a user asked): it is `cancelled` without an error; a running stage is
+    /// marked cancelled at once (its worker stops it), waiting ones skipped. Returns false
+    /// (and changes nothing) when the task had already ended.
+    pub fn cancel(&mut self) -> bool {
+        if self.status.is_final() {
+            return false;
         }
+        self.status = TaskStatus::Cancelled;
+        self.error = None;
+        for r in self.stages.values_mut() {
+            match r.state {
+                StageState::Waiting => r.state = StageState::Skipped,
+                StageState::Active => {
+                    r.state = StageState::Cancelled;
+                    r.finished_at = Some(now_ms());
+                    r.detail.remove("phase");
+                }
+                _ => {}
+            }
+        }
+        true
+    }
+
+    /// Why the task failed, as one line for people: `failed while reading the file: <reason>`
+    /// (the step in the words of [`Source::step`]); `None` unless the task failed.
+    pub fn failure_line(&self) -> Option<String> {
+        let e = self.error.as_ref()?;
+        Some(format!(
+            "failed while {}: {}",
+            self.source.step(e.stage),
+            e.message
+        ))
     }
 
     /// Overall progress in percent: the mean of the stages' progress.
@@ -716,12 +788,12 @@ mod tests {
         m.stage_mut(Stage::Download)
             .detail
             .insert("phase".into(), serde_json::json!("downloading"));
-        m.fail_stage(Stage::Download, "network is unreachable", true, false);
+        m.fail_stage(Stage::Download, "network is unreachable", None, true, false);
         assert_eq!(m.stage(Stage::Download).unwrap().detail.get("phase"), None);
         assert_eq!(m.stage(Stage::Download).unwrap().state, StageState::Waiting);
         assert_eq!(m.status, TaskStatus::Running);
         m.start_stage(Stage::Download, 2);
-        m.fail_stage(Stage::Download, "video is private", false, true);
+        m.fail_stage(Stage::Download, "video is private", None, false, true);
         assert_eq!(m.status, TaskStatus::Failed);
         assert_eq!(m.stage(Stage::Download).unwrap().attempts, 2);
         assert_eq!(

@@ -37,6 +37,14 @@ impl ModelName {
         }
     }
 
+    /// The languages it transcribes: `English only` or `multilingual`.
+    pub fn languages(self) -> &'static str {
+        match self {
+            ModelName::TinyEn => "English only",
+            ModelName::Base => "multilingual",
+        }
+    }
+
     /// File name in the models directory, as whisper.cpp names it: `ggml-tiny.en.bin`.
     pub fn file_name(self) -> &'static str {
         match self {

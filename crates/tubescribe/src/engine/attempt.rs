@@ -579,7 +579,14 @@ fn fail(
     // BullMQ retries while attemptsMade (failures so far, not stalls) + 1 < attempts.
     let max_attempts = job.opts().attempts.unwrap_or(1).max(1);
     let final_attempt = !e.is_retryable() || job.attempts_made() + 1 >= max_attempts;
-    tracing::warn!(fence = %at.fence, task = %at.task_id, attempt = at.number, final_attempt, error = %e.message, "attempt failed");
+    // A retry is routine (the user sees "retrying after …" in the task's record): info. The
+    // program's own words go with it, so `--verbose` shows them.
+    let detail = e.detail.as_deref().unwrap_or("");
+    if final_attempt && e.class != crate::domain::FailureClass::Cancelled {
+        tracing::warn!(fence = %at.fence, task = %at.task_id, attempt = at.number, detail, "failed: {}", e.message);
+    } else {
+        tracing::info!(fence = %at.fence, task = %at.task_id, attempt = at.number, final_attempt, detail, "attempt failed: {}", e.message);
+    }
     let current = |m: &Manifest| at.fence.is_current(m, at.number);
     match at.fence {
         Fence::Stage(stage) => {
@@ -594,8 +601,17 @@ fn fail(
                     let key = format!("attempt_{}_error", at.number);
                     let r = m.stage_mut(stage);
                     r.detail.insert(key, serde_json::json!(e.message));
-                    m.end_attempt(stage, at.number, AttemptOutcome::Failed, Some(&e.message));
-                    m.fail_stage(stage, &e.message, e.is_retryable(), final_attempt);
+                    let outcome = if e.class == crate::domain::FailureClass::Cancelled {
+                        AttemptOutcome::Cancelled
+                    } else {
+                        AttemptOutcome::Failed
+                    };
+                    m.end_attempt(stage, at.number, outcome, Some(&e.message));
+                    if let Some(a) = m.stage_mut(stage).attempt_log.last_mut() {
+                        a.detail = e.detail.clone();
+                    }
+                    let d = e.detail.as_deref();
+                    m.fail_stage(stage, &e.message, d, e.is_retryable(), final_attempt);
                     true
                 }
             });
@@ -615,7 +631,8 @@ fn fail(
             );
             let r = at.task.modify_manifest(|m| {
                 current(m) && {
-                    m.fail_stage(Stage::Transcribe, &message, e.is_retryable(), true);
+                    let d = e.detail.as_deref();
+                    m.fail_stage(Stage::Transcribe, &message, d, e.is_retryable(), true);
                     true
                 }
             });

@@ -365,7 +365,7 @@ fn apply(m: &mut Manifest, repair: &Repair) {
     match repair {
         Repair::Failed { stage, reason } => {
             m.interrupt_open_attempts(*stage);
-            m.fail_stage(*stage, reason, true, true);
+            m.fail_stage(*stage, reason, None, true, true);
         }
         Repair::Requeued => {
             m.requeues += 1;

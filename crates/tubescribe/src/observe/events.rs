@@ -893,7 +893,7 @@ mod tests {
     fn failures_use_the_manifest_and_skip_deferred_parents() {
         let mut m = url_task();
         m.start_stage(Stage::Download, 1);
-        m.fail_stage(Stage::Download, "HTTP 404", false, true);
+        m.fail_stage(Stage::Download, "HTTP 404", None, false, true);
         let lookup = move |_: &str| Some(m.clone());
         let dl = map_entry(
             0,
@@ -1021,7 +1021,7 @@ mod tests {
     fn a_delayed_stage_job_says_why_and_when_it_runs_again() {
         let mut m = url_task();
         m.start_stage(Stage::Download, 1);
-        m.fail_stage(Stage::Download, "HTTP 503", true, false);
+        m.fail_stage(Stage::Download, "HTTP 503", None, true, false);
         let lookup = move |_: &str| Some(m.clone());
         let delayed = |delay: Option<&str>| {
             let mut f = vec![("event", "delayed"), ("jobId", "dl-t1")];

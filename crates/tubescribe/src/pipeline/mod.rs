@@ -32,8 +32,12 @@ use crate::tools::process::ProcessError;
 pub struct StageError {
     /// What the queue should do (for a cool-down, with the wait the service asked for).
     pub class: FailureClass,
-    /// Human-readable reason, e.g. "video is private".
+    /// Human-readable reason, e.g. "video is private": one sentence, cause first.
     pub message: String,
+    /// The failing program's or service's own words (yt-dlp's error line, ffmpeg's stderr
+    /// tail), kept in the manifest and logged under `--verbose`; never shown instead of
+    /// `message`.
+    pub detail: Option<String>,
 }
 
 impl StageError {
@@ -45,7 +49,15 @@ impl StageError {
         Self {
             class,
             message: message.into(),
+            detail: None,
         }
+    }
+
+    /// The same failure with the program's own words (`detail`; empty text is none).
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        let d: String = detail.into();
+        self.detail = Some(d).filter(|d| !d.trim().is_empty());
+        self
     }
 
     /// A failure that retrying cannot fix.
@@ -112,16 +124,18 @@ impl From<StoreError> for StageError {
 }
 
 impl From<ProcessError> for StageError {
-    /// The message is the error's one sentence; a failed program's raw stderr tail goes to
-    /// the log.
+    /// The message is the error's one sentence; a failed program's raw stderr tail is the
+    /// detail.
     fn from(e: ProcessError) -> Self {
-        if let Some(tail) = e.stderr_tail() {
-            tracing::warn!(stderr = %tail, "{e}");
-        }
-        match e {
+        let tail = e.stderr_tail().map(str::to_string);
+        let se = match e {
             ProcessError::Cancelled { .. } => StageError::cancelled(),
             e if e.is_retryable() => StageError::retryable(e.to_string()),
             e => StageError::permanent(e.to_string()),
+        };
+        match tail {
+            Some(t) => se.with_detail(t),
+            None => se,
         }
     }
 }

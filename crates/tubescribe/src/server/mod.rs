@@ -53,12 +53,12 @@ const OPENAPI_JSON: &str = include_str!("openapi.json");
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("{}", bind_message(addr, error))]
     Bind {
         /// The address.
         addr: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (told in the message, so not a separate cause).
+        error: std::io::Error,
     },
     /// The queue connection failed.
     #[error(transparent)]
@@ -71,11 +71,31 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
+/// The sentence for a bind failure, cause first: a busy port says so and how to pick another.
+fn bind_message(addr: &SocketAddr, e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "address {addr} is already in use (another tubescribe serve?); pick another with \
+             --listen, e.g. --listen {}:0 for any free port",
+            addr.ip()
+        ),
+        _ => format!("cannot listen on {addr}: {e}"),
+    }
+}
+
+/// Binds the listen address `addr` (port 0 = any free port), before anything else starts, so
+/// that a busy port is the first and only thing a user hears about.
+///
+/// Errors: [`ServerError::Bind`].
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServerError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|error| ServerError::Bind { addr, error })
+}
+
 /// Server settings.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// Address to listen on (port 0 = any free port; the bound address is reported).
-    pub listen: SocketAddr,
     /// Bearer token required on every `POST`; `None` = open.
     pub api_token: Option<String>,
     /// Interval of SSE keep-alive comments.
@@ -91,10 +111,9 @@ pub struct ServeOptions {
 }
 
 impl ServeOptions {
-    /// Defaults for `listen`: no token, keep-alive every 15 s, 64 KiB bodies, no local files.
-    pub fn new(listen: SocketAddr) -> Self {
+    /// Defaults: no token, keep-alive every 15 s, 64 KiB bodies, no local files.
+    pub fn new() -> Self {
         Self {
-            listen,
             api_token: None,
             keep_alive: Duration::from_secs(15),
             body_limit: 64 * 1024,
@@ -117,9 +136,17 @@ pub(crate) struct AppState {
 
 pub(crate) type Shared = Arc<AppState>;
 
-/// Runs the server on Redis at `redis_url` until `shutdown` fires, then finishes open
-/// requests (SSE streams end at once). `on_bound` receives the bound address.
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Runs the server on `listener` ([`bind`]) and Redis at `redis_url` until `shutdown` fires,
+/// then finishes open requests (SSE streams end at once). `on_bound` receives the bound
+/// address.
 pub async fn run(
+    listener: tokio::net::TcpListener,
     data: DataDir,
     redis_url: &str,
     mut policy: InputPolicy,
@@ -131,12 +158,6 @@ pub async fn run(
     let producer = Producer::connect(redis_url).await?;
     let log = EventLog::connect(redis_url).await?;
     let hub = EventHub::start(redis_url, data.clone(), shutdown.clone()).await?;
-    let listener = tokio::net::TcpListener::bind(opts.listen)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: opts.listen,
-            source,
-        })?;
     let addr = listener.local_addr()?;
     let state = Arc::new(AppState {
         data,

@@ -252,17 +252,26 @@ pub async fn choose(
     }
 }
 
-/// What to tell the user when the model file `path` is missing: where it was looked for and the
-/// `model install` command that writes it (`tiny.en` unless the file name is another model's).
+/// What to tell the user when the model file `path` is missing: where it was looked for and,
+/// when its name is an installable model's, the `model install` command that writes it;
+/// otherwise the models that can be installed (never another model than the one asked for).
 pub fn missing_message(path: &Path) -> String {
-    let name = path
+    let asked = path
         .file_name()
-        .and_then(|n| ModelName::parse(&n.to_string_lossy()))
-        .map_or("tiny.en", ModelName::as_str);
-    format!(
-        "Whisper model not found at {}: run `tubescribe model install {name}` or set --model / TUBESCRIBE_MODEL",
-        path.display()
-    )
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match ModelName::parse(&asked) {
+        Some(name) => format!(
+            "Whisper model not found at {}: run `tubescribe model install {name}` or set --model / TUBESCRIBE_MODEL",
+            path.display()
+        ),
+        None => format!(
+            "Whisper model not found at {}: {asked:?} is neither a model file nor an installable \
+             model ({}); see `tubescribe model list`",
+            path.display(),
+            ModelName::ALL.map(ModelName::as_str).join(", ")
+        ),
+    }
 }
 
 /// True if `path` exists with `name`'s pinned size and SHA-256.

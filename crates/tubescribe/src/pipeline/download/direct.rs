@@ -238,7 +238,9 @@ async fn stream_to(
     Ok(())
 }
 
-/// Classifies a reqwest error: refused redirects are permanent, the rest is network trouble.
+/// Classifies a reqwest error: refused redirects are permanent, the rest is network trouble,
+/// told in one sentence naming the host and where it broke (the client's own words are the
+/// detail).
 fn request_error(e: reqwest::Error) -> StageError {
     let mut chain = e.to_string();
     let mut src = std::error::Error::source(&e);
@@ -248,12 +250,31 @@ fn request_error(e: reqwest::Error) -> StageError {
         src = s.source();
     }
     if e.is_redirect() || chain.contains("are refused unless allowed") {
-        StageError::permanent(format!("download refused: {chain}"))
-    } else if e.is_timeout() {
-        StageError::retryable(format!("network timeout: {chain}"))
-    } else {
-        StageError::retryable(format!("network error: {chain}"))
+        return StageError::permanent(format!("download refused: {chain}"));
     }
+    let host = e
+        .url()
+        .and_then(|u| u.host_str())
+        .unwrap_or("the media server")
+        .to_string();
+    let lower = chain.to_lowercase();
+    let has = |words: &[&str]| words.iter().any(|w| lower.contains(w));
+    let message = if e.is_timeout() {
+        format!("network timeout while fetching from {host}")
+    } else if has(&[
+        "dns error",
+        "failed to lookup address",
+        "name or service not known",
+    ]) {
+        format!("cannot reach {host}: DNS lookup failed — offline?")
+    } else if has(&["network is unreachable", "no route to host"]) {
+        format!("cannot reach {host}: the network is unreachable — offline?")
+    } else if has(&["connection refused"]) {
+        format!("cannot reach {host}: connection refused")
+    } else {
+        format!("network error while fetching from {host}")
+    };
+    StageError::retryable(message).with_detail(chain)
 }
 
 /// The URL path's extension when it is 1–5 ASCII alphanumerics (`.m4a`, `.opus`).

@@ -223,8 +223,11 @@ async fn fetch(
         if f.ops_alert {
             tracing::error!(task = %job.task_id, code = %f.code, error = %f.reason, "yt-dlp failed because of our setup");
         }
-        let message = f.user_message();
-        return Err(StageError::new(f.class, message));
+        let se = StageError::new(f.class, f.user_message());
+        return Err(match f.detail() {
+            Some(d) => se.with_detail(d),
+            None => se,
+        });
     }
     let Some(path) = file else {
         cleanup();

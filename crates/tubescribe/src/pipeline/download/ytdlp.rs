@@ -466,18 +466,17 @@ pub struct DownloadFailure {
 }
 
 impl DownloadFailure {
-    /// The message for the manifest and the API: the human reason, and for transient classes
-    /// (which cover many causes, e.g. "network error") also yt-dlp's own words, at most 300
-    /// characters, so the user sees which host, status or socket error it was.
+    /// The message for the user (manifest, API, CLI): the human reason alone, cause first,
+    /// e.g. "cannot reach YouTube: DNS lookup failed — offline?".
     pub fn user_message(&self) -> String {
-        match (&self.class, &self.message) {
-            (FailureClass::Permanent, _) | (_, None) => self.reason.clone(),
-            (_, Some(m)) if m.is_empty() || self.reason.contains(m.as_str()) => self.reason.clone(),
-            (_, Some(m)) => {
-                let m: String = m.chars().take(300).collect();
-                format!("{} (yt-dlp: {m})", self.reason)
-            }
-        }
+        self.reason.clone()
+    }
+
+    /// yt-dlp's own words for the manifest's `detail` and `--verbose`: its last `ERROR:`
+    /// line verbatim (at most 1000 characters).
+    pub fn detail(&self) -> Option<String> {
+        let line = self.last_error_line.as_deref()?;
+        Some(line.chars().take(1000).collect())
     }
 }
 
@@ -898,28 +897,54 @@ static TRANSPORT_RULES: &[Rule] = {
             "incomplete",
             "the transfer was cut short",
         ),
+        // Transport failures, most specific first: each tells the user where it broke
+        // (`network` for all; yt-dlp's own words are the detail).
+        Rule::new(
+            Text(&[
+                "name or service not known",
+                "temporary failure in name resolution",
+                "failed to resolve",
+                "nodename nor servname",
+                "no address associated with hostname",
+                "getaddrinfo failed",
+            ]),
+            Retryable,
+            "network",
+            "cannot reach YouTube: DNS lookup failed — offline?",
+        ),
+        Rule::new(
+            Text(&["network is unreachable", "no route to host"]),
+            Retryable,
+            "network",
+            "cannot reach YouTube: the network is unreachable — offline?",
+        ),
         Rule::new(
             Text(&[
                 "connection refused",
                 "connection reset",
                 "connection aborted",
                 "remote end closed",
-                "name or service not known",
-                "temporary failure in name resolution",
-                "failed to resolve",
-                "network is unreachable",
-                "no route to host",
-                "transporterror",
                 "failed to establish a new connection",
-                "sslerror",
-                "ssl: ",
-                "eof occurred",
+            ]),
+            Retryable,
+            "network",
+            "cannot reach YouTube: the connection was refused or cut",
+        ),
+        Rule::new(
+            Text(&["sslerror", "ssl: ", "eof occurred"]),
+            Retryable,
+            "network",
+            "cannot reach YouTube: the secure (TLS) connection failed",
+        ),
+        Rule::new(
+            Text(&[
+                "transporterror",
                 "unable to download api page",
                 "unable to download webpage",
             ]),
             Retryable,
             "network",
-            "network error",
+            "cannot reach YouTube: network error",
         ),
     ]
 };
@@ -1461,21 +1486,20 @@ total_bytes_estimate,eta,speed,elapsed,fragment_index,fragment_count})j"
         let f = classify_failure(1, "");
         assert_eq!(f.reason, "yt-dlp failed with exit code 1");
         assert_eq!(f.last_error_line, None);
-        // A transient class keeps yt-dlp's words (which host, which socket error).
-        let f = classify_failure(
-            1,
-            "ERROR: [youtube] dQw4w9WgXcQ: Unable to download webpage: <urlopen error [Errno -3] Temporary failure in name resolution> (caused by TransportError('<urlopen error [Errno -3] Temporary failure in name resolution>'))",
-        );
+        // A network failure says where it broke in one sentence; yt-dlp's words are the detail.
+        let line = "ERROR: [youtube] dQw4w9WgXcQ: Unable to download webpage: <urlopen error [Errno -3] Temporary failure in name resolution> (caused by TransportError('<urlopen error [Errno -3] Temporary failure in name resolution>'))";
+        let f = classify_failure(1, line);
         assert_eq!(f.class, FailureClass::Retryable);
         assert_eq!(
             f.user_message(),
-            format!("{} (yt-dlp: {})", f.reason, f.message.clone().unwrap())
+            "cannot reach YouTube: DNS lookup failed — offline?"
         );
-        assert!(
-            f.user_message()
-                .contains("Temporary failure in name resolution"),
-            "{}",
-            f.user_message()
+        assert_eq!(f.detail().as_deref(), Some(line));
+        assert_eq!(
+            classify_failure(1, "ERROR: [youtube] x: Private video")
+                .detail()
+                .as_deref(),
+            Some("ERROR: [youtube] x: Private video")
         );
     }
 
