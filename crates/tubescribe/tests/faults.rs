@@ -1052,7 +1052,15 @@ fn a_job_failed_for_stalling_too_often_fails_its_task_with_the_reason() {
     // than `max_stalled_count`; no worker records that, so the reconciler must.
     let tmp = tempfile::tempdir().unwrap();
     let mut c = Cluster::new(tmp.path(), 1, &[("transcribe", "max_stalled_count = 2")]);
-    let hang = stand_in(&tmp.path().join("hanging-ffmpeg"), "exec sleep 600");
+    // An ffmpeg that hangs in the WAV decode only (the download's media check runs the real
+    // one); each decode records its pid in `<path>.decodes`.
+    let hang = stand_in(
+        &tmp.path().join("hanging-ffmpeg"),
+        &format!(
+            "{DECODE_ONLY}echo $$ >> \"$0.decodes\"; exec sleep 600;; esac\nexec ffmpeg \"$@\""
+        ),
+    );
+    let decodes = format!("{hang}.decodes");
     let env = [("TUBESCRIBE_FFMPEG", hang.as_str())];
     let urls = c.urls.clone();
     let mut sub = c.submit(&urls);
@@ -1068,9 +1076,7 @@ fn a_job_failed_for_stalling_too_often_fails_its_task_with_the_reason() {
                     .as_array()
                     .and_then(|log| log.last())
                     .is_some_and(|a| a["worker"] == worker.as_str() && a.get("outcome").is_none())
-                    && std::fs::read_to_string(format!("{hang}.pids"))
-                        .map_or(0, |p| p.lines().count())
-                        == kill
+                    && std::fs::read_to_string(&decodes).map_or(0, |p| p.lines().count()) == kill
             },
         );
         c.kill9(pid);
@@ -1097,8 +1103,8 @@ fn a_job_failed_for_stalling_too_often_fails_its_task_with_the_reason() {
     );
     let states: Vec<String> = c.job_states().into_iter().map(|(_, _, st)| st).collect();
     assert_eq!(states, ["Some(Completed)", "Some(Failed)", "Some(Failed)"]);
-    for p in stand_in_pids(&hang) {
-        signal(p, libc::SIGKILL);
+    for p in std::fs::read_to_string(&decodes).unwrap().lines() {
+        signal(p.parse().unwrap(), libc::SIGKILL);
     }
     c.stop_all();
 }
