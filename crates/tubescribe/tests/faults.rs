@@ -949,10 +949,11 @@ fn workers_apply_the_cluster_wide_cap_from_the_config() {
 }
 
 /// Long audio under kill -9: a 3-segment task (segment length 60 s) whose workers are all
-/// killed while its second segment job runs. A new worker recovers the stalled segment job,
-/// the chain goes on and the merge writes the transcript once: the task completes, segment 2
-/// ran twice (its fencing record says attempt 2), the others once, the merged transcript is
-/// monotonic and has every clip's words, and nothing is left active or half-written.
+/// killed while at least two of its segment jobs run in parallel. A new worker recovers the
+/// stalled segment jobs and the merge writes the transcript once: the task completes, each
+/// segment completed once, the killed ones ran again (their fencing record says attempt 2),
+/// the merged transcript is monotonic and has every clip's words, and nothing is left active
+/// or half-written.
 #[test]
 fn kill9_during_a_segment_job_loses_no_segment() {
     let tmp = tempfile::tempdir().unwrap();
@@ -983,21 +984,23 @@ fn kill9_during_a_segment_job_loses_no_segment() {
     c.spawn_worker("download,transcribe,summarize", &[]);
     c.spawn_worker("transcribe", &[]);
     let mut sub = c.submit(std::slice::from_ref(&url));
-    // Wait until the second segment job is running, then kill every worker.
+    // Wait until segment jobs are running in parallel, then kill every worker.
     let t0 = Instant::now();
     loop {
-        let phase = c
+        let d = c
             .manifests()
             .values()
             .next()
-            .map(|m| m["stages"]["transcribe"]["detail"]["phase"].to_string())
+            .map(|m| m["stages"]["transcribe"]["detail"].clone())
             .unwrap_or_default();
-        if phase.contains("transcribing segment 2/3") {
+        let started = d["segment_attempts"].as_object().map_or(0, |o| o.len());
+        let done = d["segment_runs"].as_object().map_or(0, |o| o.len());
+        if started >= 2 && done == 0 {
             break;
         }
         assert!(
             t0.elapsed() < Duration::from_secs(180),
-            "segment 2 never started (phase {phase})"
+            "no two segments ran at once: {d}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -1012,9 +1015,15 @@ fn kill9_during_a_segment_job_loses_no_segment() {
     let m = ms.values().next().unwrap();
     let d = &m["stages"]["transcribe"]["detail"];
     assert_eq!(d["segments_merged"], 3, "{d}");
-    assert_eq!(d["segment_attempts"]["0"], 1, "{d}");
-    assert_eq!(d["segment_attempts"]["1"], 2, "segment 2 re-ran once: {d}");
-    assert_eq!(d["segment_attempts"]["2"], 1, "{d}");
+    // Each segment completed once; those running at the kill ran again (attempt 2).
+    for i in ["0", "1", "2"] {
+        assert_eq!(d["segment_runs"][i]["completions"], 1, "segment {i}: {d}");
+    }
+    let reran = ["0", "1", "2"]
+        .iter()
+        .filter(|i| d["segment_attempts"][**i] == 2)
+        .count();
+    assert!(reran >= 2, "the killed segments ran again: {d}");
     let dir = c.data.join("tasks").join(m["task_id"].as_str().unwrap());
     let t: tubescribe::domain::transcript::Transcript =
         serde_json::from_str(&std::fs::read_to_string(dir.join("transcript.json")).unwrap())

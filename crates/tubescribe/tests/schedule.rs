@@ -125,3 +125,84 @@ async fn one_slot_transcribes_shortest_first() {
         .collect();
     assert_eq!(started, vec![1, 5, 10, 40]);
 }
+
+/// Issue 15: a segment job's priority is its *task's* remaining audio, not its own length. A
+/// 10-minute task is split into 30 s segments (all ready at once, the fan-out); a 1-minute
+/// task's transcribe job arrives after the first segment started on the only slot. It must
+/// start next — before the long task's second segment (which, ranked by its own 30 s, would
+/// have gone first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_task_goes_before_the_rest_of_a_long_tasks_segments() {
+    use tubescribe::engine::schedule::{priority, Scheduler};
+    use tubescribe::engine::segments::segment_jobs;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = Env::new(&tmp.path().join("data")).config(|_| {});
+    let app = TestApp::start(cfg).await;
+    let sched = Scheduler::connect(app.url(), 1.0).await.unwrap();
+    // The long task's flow (its transcribe job is the segments' parent), then its segments.
+    app.producer.add_task("long").await.unwrap();
+    let bounds: Vec<u64> = (0..=20).map(|i| i * 30_000).collect();
+    for seg in segment_jobs("long", &bounds).unwrap() {
+        sched.add_flow(seg).await.unwrap();
+    }
+
+    let order: Arc<Mutex<Vec<String>>> = Arc::default();
+    let first_started = Arc::new(tokio::sync::Notify::new());
+    let go_on = Arc::new(tokio::sync::Notify::new());
+    let (o2, f2, g2) = (order.clone(), first_started.clone(), go_on.clone());
+    let processor = move |job: Job, _t: CancellationToken| {
+        let (order, first_started, go_on) = (o2.clone(), f2.clone(), g2.clone());
+        async move {
+            let n = {
+                let mut o = order.lock().unwrap();
+                o.push(job.id().to_string());
+                o.len()
+            };
+            if n == 1 {
+                // Hold the slot until the short task has arrived.
+                first_started.notify_one();
+                go_on.notified().await;
+            }
+            Ok(serde_json::json!({}))
+        }
+    };
+    let tr = Worker::with_options(
+        "transcribe",
+        processor,
+        WorkerOptions::new()
+            .connection(connection(app.url()))
+            .prefix(PREFIX)
+            .concurrency(1),
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), first_started.notified())
+        .await
+        .expect("the first segment started");
+    // The short task's transcribe job, with the priority its download would give it.
+    let short = bullmq::FlowJob::new(
+        "transcribe",
+        "transcribe",
+        serde_json::json!({"task_id": "short", "audio_s": 60.0}),
+    )
+    .unwrap()
+    .options(
+        bullmq::JobOptions::new()
+            .job_id("tr-short")
+            .priority(priority(60.0, 0.0, 1.0)),
+    );
+    sched.add_flow(short).await.unwrap();
+    go_on.notify_one();
+    let t0 = Instant::now();
+    while order.lock().unwrap().len() < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "jobs did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = tr.close(5_000).await;
+    let order = order.lock().unwrap().clone();
+    assert!(order[0].starts_with("seg"), "{order:?}");
+    assert_eq!(order[1], "tr-short", "{order:?}");
+    assert!(order[2].starts_with("seg"), "{order:?}");
+    sched.close().await;
+    app.stop(Duration::from_secs(5)).await;
+}

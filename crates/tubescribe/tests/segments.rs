@@ -3,7 +3,8 @@
 //! 10-minute segment length. It must be split into at least two segment jobs with every cut
 //! inside a pause, the merged transcript must be monotonic, and its WER must be no more than
 //! 2 points worse than one unsplit whisper run over the same audio with the same model (and
-//! under 15 % outright). Splitting may also come out *better*: a single 12-minute decode drifts
+//! under 15 % outright). The segments are a fan-out: with the default two transcribe slots
+//! both run at the same time. Splitting may also come out *better*: a single 12-minute decode drifts
 //! (CI measured unsplit 13.45 % vs split 10.20 % on one run, 10.2 % vs 10.5 % on another with
 //! a different thread count), and avoiding that drift is part of why segments exist.
 
@@ -60,6 +61,29 @@ fn long_audio_is_split_in_pauses_and_merged_like_one_run() {
         Some(bounds.len() - 1),
         "{d}"
     );
+    // Issue 15: the segments are a fan-out, so with two transcribe slots they run at once.
+    let runs = d["segment_runs"]
+        .as_object()
+        .expect("segment runs recorded");
+    assert_eq!(runs.len(), bounds.len() - 1, "{d}");
+    let spans: Vec<(u64, u64)> = runs
+        .values()
+        .map(|r| {
+            assert_eq!(r["completions"], 1, "each segment completed once: {r}");
+            (
+                r["started_at"].as_u64().unwrap(),
+                r["finished_at"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let overlap = spans
+        .iter()
+        .map(|(s, _)| spans.iter().filter(|(a, b)| a <= s && s < b).count())
+        .max()
+        .unwrap();
+    eprintln!("segment runs {spans:?}: at most {overlap} at once");
+    assert_eq!(overlap, 2, "segments ran one after another: {spans:?}");
+    assert_eq!(m["stages"]["transcribe"]["progress"], 100.0);
     for cut in &bounds[1..bounds.len() - 1] {
         assert!(
             gaps.iter().any(|(a, b)| cut >= a && cut <= b),

@@ -280,6 +280,21 @@ pub struct Fallback {
     pub at: u64,
 }
 
+impl StageRecord {
+    /// The JSON object under `key` in [`StageRecord::detail`]: created empty when missing,
+    /// and replacing a value that is not an object.
+    pub fn detail_object(&mut self, key: &str) -> &mut serde_json::Map<String, serde_json::Value> {
+        let v = self
+            .detail
+            .entry(key.to_string())
+            .or_insert_with(|| serde_json::json!({}));
+        if !v.is_object() {
+            *v = serde_json::json!({});
+        }
+        v.as_object_mut().expect("an object")
+    }
+}
+
 impl Default for StageRecord {
     fn default() -> Self {
         Self {

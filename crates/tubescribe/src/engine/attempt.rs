@@ -39,7 +39,7 @@ use crate::engine::schedule::Scheduler;
 use crate::observe::alerts::{self, Alert};
 use crate::observe::events::EventLog;
 use crate::observe::metrics;
-use crate::pipeline::{budget, JobCtx, Measure, StageCtx, StageError, StageOutput};
+use crate::pipeline::{budget, segmenting, JobCtx, Measure, StageCtx, StageError, StageOutput};
 use crate::store::TaskDir;
 
 /// Seconds a stopped body gets to wind down before its job is given up on anyway.
@@ -111,14 +111,8 @@ impl Fence {
             Fence::Stage(s) => m.start_attempt(s, attempt, worker),
             Fence::Segment(slot) => {
                 let r = m.stage_mut(Stage::Transcribe);
-                let record = r
-                    .detail
-                    .entry(SEGMENT_ATTEMPTS.to_string())
-                    .or_insert_with(|| serde_json::json!({}));
-                if !record.is_object() {
-                    *record = serde_json::json!({});
-                }
-                record[slot.index.to_string()] = serde_json::json!(attempt);
+                r.detail_object(SEGMENT_ATTEMPTS)
+                    .insert(slot.index.to_string(), serde_json::json!(attempt));
                 // A segment picked up again after a shutdown makes the stage active again.
                 if r.state == StageState::Waiting {
                     r.state = StageState::Active;
@@ -447,7 +441,13 @@ async fn forward_progress(job: &mut Job, at: &Attempt, p: &Progress) {
         if r.state != StageState::Active {
             return;
         }
-        r.progress = p.percent;
+        match at.fence {
+            Fence::Stage(_) => r.progress = p.percent,
+            // A segment reports its own percent; the stage's sums every segment's.
+            Fence::Segment(slot) => {
+                segmenting::record_segment_progress(r, slot.index, p.percent);
+            }
+        }
         if let Some(ph) = &p.phase {
             r.detail.insert("phase".into(), serde_json::json!(ph));
         }

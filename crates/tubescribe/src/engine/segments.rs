@@ -12,24 +12,23 @@
 //! (default 600 s) runs in two steps, BullMQ's "step job" idiom:
 //!
 //! 1. **split** — decode `audio.wav`, choose cut points in silence
-//!    ([`segmenting::find_cuts`]), store them in the job's data (`cuts_ms`), add the
-//!    segment jobs as a *chain flow* whose root's parent is the running transcribe job, and
-//!    move the job to `waiting-children`
-//!    (`Job::move_to_waiting_children` + `Error::WaitingChildren`):
+//!    ([`segmenting::find_cuts`]), store them in the job's data (`cuts_ms`), add one segment
+//!    job per range as a child of the running transcribe job (a *fan-out*), and move the job
+//!    to `waiting-children` (`Job::move_to_waiting_children` + `Error::WaitingChildren`):
 //!
 //!    ```text
 //!    tr-<task>  (waiting-children; child dl-<task> already completed)
-//!      └─ seg<n-1>-<task>   queue "transcribe", name "segment"
-//!           └─ …
-//!                └─ seg0-<task>   runs first
+//!      ├─ seg0-<task>     queue "transcribe", name "segment"
+//!      ├─ seg1-<task>
+//!      └─ …               all ready at once: any free slot of any worker takes one
 //!    ```
 //!
-//!    Each segment job is an ordinary transcribe-queue job with its own priority (its own
-//!    length, aged like any other — see `schedule.rs`), so segments of a long video
-//!    interleave with short tasks on any worker of any machine and obey the memory budget.
-//!    The chain makes segment `i` wait for `i−1` (no text passes between them: each segment
-//!    is transcribed exactly like a chunk of the unsplit path); it also means one long task never occupies
-//!    more than one transcribe slot.
+//!    Each segment job is an ordinary transcribe-queue job, so the segments of one long video
+//!    run in parallel on every free transcribe slot of every machine and obey the memory
+//!    budget. No text passes between segments (each is transcribed exactly like a chunk of the
+//!    unsplit path), so nothing orders them. Their priority is the *task's* audio length when
+//!    it was split — its remaining work — aged like any other job (`schedule.rs`), so a short
+//!    task that arrives meanwhile goes before the long task's remaining segments.
 //! 2. **merge** — when the last segment completes BullMQ releases the transcribe job again;
 //!    it reads every segment job's return value, offsets are already applied, and
 //!    [`segmenting::join`] joins them (monotonic, no repeated text at the cuts) into the usual
@@ -39,9 +38,11 @@
 //! has fixed job ids (a second add is a no-op), and `move_to_waiting_children` tells whether
 //! children are still pending.
 //!
-//! Progress of the transcribe stage while segments run is the duration-weighted sum:
-//! `10 % (decode) + 90 % × (Σ finished segment ms + p × current segment ms) / total ms`
-//! (the chain runs segments in order, so Σ finished = the current segment's start).
+//! Progress of the transcribe stage while segments run is the duration-weighted sum
+//! [`segmenting::ranges_percent`]: `10 % (decode) + 90 % × Σ (pᵢ × segment i ms) / total ms`
+//! over each segment's own progress `pᵢ` (kept in the stage detail's `segment_progress`). Each
+//! segment's run is recorded in `segment_runs.<i>` (`started_at`, `finished_at`, ms since the
+//! epoch, and `completions`).
 
 use std::time::Duration;
 
@@ -64,6 +65,10 @@ use crate::pipeline::transcribe::{TranscribeResult, DECODE_SHARE};
 use crate::pipeline::{JobCtx, Measure, StageCtx, StageError, StageOutput};
 use crate::store::names;
 
+/// The transcribe stage detail key recording each segment's completed run:
+/// `{"<i>": {"started_at", "finished_at", "completions"}}` (ms since the epoch).
+pub const SEGMENT_RUNS: &str = "segment_runs";
+
 /// BullMQ attempts of one segment job.
 const SEGMENT_JOB_ATTEMPTS: u32 = 2;
 
@@ -82,7 +87,8 @@ pub struct SegmentData {
     pub end_ms: u64,
     /// Duration of the whole audio, ms.
     pub total_ms: u64,
-    /// This segment's length in seconds (read by the priority ager).
+    /// The priority basis in seconds, read by the priority ager: the task's audio length when
+    /// it was split (its remaining work then), not this segment's own length.
     pub audio_s: f64,
 }
 
@@ -96,17 +102,9 @@ impl SegmentData {
             end_ms: self.end_ms,
         }
     }
-
-    /// The transcribe stage's progress when this segment is `p` percent done: decoding's
-    /// share, then the rest weighted by duration (the chain runs segments in order, so the
-    /// finished ones end where this one starts).
-    fn stage_percent(&self, p: f64) -> f64 {
-        let done = self.start_ms as f64 + p / 100.0 * (self.end_ms - self.start_ms) as f64;
-        DECODE_SHARE + (100.0 - DECODE_SHARE) * done / self.total_ms.max(1) as f64
-    }
 }
 
-/// What a segment job returns (read by the next segment and by the merge step).
+/// What a segment job returns (read by the merge step).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SegmentResult {
     /// 0-based segment index.
@@ -127,51 +125,48 @@ pub struct SegmentResult {
     pub coverage: Coverage,
 }
 
-/// The chain flow of segment jobs for `task_id` with boundaries `bounds_ms` (0, cuts…, total),
-/// attached to the task's transcribe job.
-pub fn segment_flow(task_id: &str, bounds_ms: &[u64]) -> Result<FlowJob, bullmq::Error> {
+/// The segment jobs of `task_id` with boundaries `bounds_ms` (0, cuts…, total): one job per
+/// range, each a child of the task's transcribe job (a fan-out), all with the task's audio
+/// length as their priority basis.
+pub fn segment_jobs(task_id: &str, bounds_ms: &[u64]) -> Result<Vec<FlowJob>, bullmq::Error> {
     let count = bounds_ms.len().saturating_sub(1);
     let total_ms = *bounds_ms.last().unwrap_or(&0);
-    let mut node: Option<FlowJob> = None;
-    for i in 0..count {
-        let (start_ms, end_ms) = (bounds_ms[i], bounds_ms[i + 1]);
-        let audio_s = (end_ms - start_ms) as f64 / 1000.0;
-        let data = SegmentData {
-            task_id: task_id.to_string(),
-            index: i,
-            count,
-            start_ms,
-            end_ms,
-            total_ms,
-            audio_s,
-        };
-        let mut opts = JobOptions::new()
-            .job_id(segment_job_id(task_id, i))
-            .priority(schedule::priority(audio_s, 0.0, 0.0))
-            .attempts(SEGMENT_JOB_ATTEMPTS)
-            // The stage jobs' strategy: the transcribe policy's backoff, jittered.
-            .backoff(BackoffStrategy::Custom(BACKOFF_NAME.into()))
-            .fail_parent_on_failure();
-        if i + 1 == count {
-            opts = opts.parent(ParentOptions {
-                queue: Stage::Transcribe.queue_name().into(),
-                id: Stage::Transcribe.job_id(task_id),
-                wait_children: None,
-            });
-        }
-        // FlowJob::new(job name, queue name, data).
-        let mut j = FlowJob::new(
-            SEGMENT_JOB,
-            Stage::Transcribe.queue_name(),
-            serde_json::to_value(&data).expect("serializable"),
-        )?
-        .options(opts);
-        if let Some(child) = node.take() {
-            j = j.add_child(child);
-        }
-        node = Some(j);
+    let audio_s = total_ms as f64 / 1000.0;
+    if count == 0 {
+        return Err(bullmq::Error::InvalidConfig("no segments".into()));
     }
-    node.ok_or_else(|| bullmq::Error::InvalidConfig("no segments".into()))
+    (0..count)
+        .map(|i| {
+            let data = SegmentData {
+                task_id: task_id.to_string(),
+                index: i,
+                count,
+                start_ms: bounds_ms[i],
+                end_ms: bounds_ms[i + 1],
+                total_ms,
+                audio_s,
+            };
+            let opts = JobOptions::new()
+                .job_id(segment_job_id(task_id, i))
+                .priority(schedule::priority(audio_s, 0.0, 0.0))
+                .attempts(SEGMENT_JOB_ATTEMPTS)
+                // The stage jobs' strategy: the transcribe policy's backoff, jittered.
+                .backoff(BackoffStrategy::Custom(BACKOFF_NAME.into()))
+                .fail_parent_on_failure()
+                .parent(ParentOptions {
+                    queue: Stage::Transcribe.queue_name().into(),
+                    id: Stage::Transcribe.job_id(task_id),
+                    wait_children: None,
+                });
+            // FlowJob::new(job name, queue name, data).
+            Ok(FlowJob::new(
+                SEGMENT_JOB,
+                Stage::Transcribe.queue_name(),
+                serde_json::to_value(&data).expect("serializable"),
+            )?
+            .options(opts))
+        })
+        .collect()
 }
 
 /// The download result among a transcribe job's children (the key names the queue).
@@ -226,10 +221,13 @@ pub async fn run_long(
             bounds
         }
     };
-    sched
-        .add_flow(segment_flow(&jctx.task_id, &bounds).map_err(retryable("segment flow"))?)
-        .await
-        .map_err(retryable("cannot add segment jobs"))?;
+    // Fixed job ids: adding them again after a crash is a no-op for those already there.
+    for seg in segment_jobs(&jctx.task_id, &bounds).map_err(retryable("segment jobs"))? {
+        sched
+            .add_flow(seg)
+            .await
+            .map_err(retryable("cannot add segment jobs"))?;
+    }
     let waiting = job
         .move_to_waiting_children(None)
         .await
@@ -276,7 +274,7 @@ async fn split(ctx: &StageCtx, jctx: &JobCtx) -> Result<Vec<u64>, StageError> {
         .and_then(|r| r.started_at);
     jctx.task.update_manifest(move |m| {
         let d = &mut m.stage_mut(Stage::Transcribe).detail;
-        d.insert("segment_bounds_ms".into(), serde_json::json!(b2));
+        d.insert(segmenting::SEGMENT_BOUNDS.into(), serde_json::json!(b2));
         d.insert("segments_planned".into(), serde_json::json!(b2.len() - 1));
         if let Some(t) = started {
             d.insert("split_started_at".into(), serde_json::json!(t));
@@ -429,7 +427,8 @@ pub async fn transcribe_segment(
     // boundaries either, and the same words must come out of both paths.
     let opts = transcribe::options(ctx);
     let threads = opts.threads;
-    let phase = format!("transcribing segment {}/{}", d.index + 1, d.count);
+    let phase = format!("transcribing {} segments", d.count);
+    let started_at = crate::domain::manifest::now_ms();
     // The recognition loop of a whole short file (speech gate, loop cutting, language
     // check) over this slice; timestamps come back on audio.wav's timeline.
     let recognized = transcribe::recognize(
@@ -439,7 +438,8 @@ pub async fn transcribe_segment(
         opts,
         &jctx.cancel,
         Duration::from_millis(500),
-        |p| jctx.report(d.stage_percent(p), Some(&phase)),
+        // The segment's own percent; the engine sums the segments into the stage's.
+        |p| jctx.report(p, Some(&phase)),
     )
     .await;
     let rss = probe.finish();
@@ -452,14 +452,31 @@ pub async fn transcribe_segment(
     let recorded = task.modify_manifest(|m| {
         fence.is_current(m, jctx.attempt) && {
             let r = m.stage_mut(Stage::Transcribe);
+            segmenting::record_segment_progress(r, d.index, 100.0);
+            let runs = r.detail_object(SEGMENT_RUNS);
+            let key = d.index.to_string();
+            let completions = runs
+                .get(&key)
+                .and_then(|run| run["completions"].as_u64())
+                .unwrap_or(0)
+                + 1;
+            runs.insert(
+                key,
+                serde_json::json!({
+                    "started_at": started_at,
+                    "finished_at": crate::domain::manifest::now_ms(),
+                    "completions": completions,
+                }),
+            );
+            let done = runs.len();
             if r.state == StageState::Active {
-                r.progress = d.stage_percent(100.0).min(100.0);
+                let phase = format!("transcribing segments: {done} of {} done", d.count);
                 r.detail.insert("phase".into(), serde_json::json!(phase));
             }
             let detail = &mut r.detail;
             detail.insert("model".into(), serde_json::json!(model_name));
             detail.insert("threads".into(), serde_json::json!(threads));
-            detail.insert("segments_done".into(), serde_json::json!(d.index + 1));
+            detail.insert("segments_done".into(), serde_json::json!(done));
             // The language guard of the first segment judged the task's first speech.
             if d.index == 0 {
                 detail.insert("language_id".into(), serde_json::json!(language_id));
@@ -499,15 +516,19 @@ mod tests {
             Some("yt-abc")
         );
         assert_eq!(crate::domain::keys::task_of_segment_job("sum-yt-abc"), None);
-        let f = segment_flow("t", &[0, 600_000, 1_200_000, 1_500_000]).unwrap();
-        let v = format!("{f:?}");
-        let (a, b, c) = (
-            v.find("seg2-t").unwrap(),
-            v.find("seg1-t").unwrap(),
-            v.find("seg0-t").unwrap(),
-        );
-        assert!(a < b && b < c, "the last segment is the root: {v}");
-        assert!(v.contains("queue_name: \"transcribe\""), "{v}");
+        let jobs = segment_jobs("t", &[0, 600_000, 1_200_000, 1_500_000]).unwrap();
+        assert_eq!(jobs.len(), 3);
+        for (i, j) in jobs.iter().enumerate() {
+            let v = format!("{j:?}");
+            // Every segment is a direct child of the transcribe job, none waits for another.
+            assert!(v.contains(&format!("seg{i}-t")), "{v}");
+            assert!(v.contains("tr-t"), "{v}");
+            assert!(v.contains("children: None"), "{v}");
+            assert!(v.contains("queue_name: \"transcribe\""), "{v}");
+            // The task's 1 500 s, not the segment's own length, is the priority basis.
+            assert!(v.contains("priority: Some(1500)"), "{v}");
+        }
+        let v = format!("{jobs:?}");
         assert!(!v.contains("queue_name: \"segment\""), "{v}");
     }
 }

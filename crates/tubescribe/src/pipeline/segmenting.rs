@@ -14,6 +14,57 @@ use super::StageError;
 /// Analysis frame for silence detection: 20 ms at 16 kHz.
 const FRAME: usize = 320;
 
+/// The transcribe stage's percent while the ranges `bounds_ms` (0, cuts…, total) are
+/// transcribed, each `done[i]` percent (missing = 0): decoding's share (`decode_share`
+/// percent, done before the split), then the rest weighted by each range's length. Ranges run
+/// in any order and in parallel, so this is the one way to sum them.
+pub fn ranges_percent(bounds_ms: &[u64], done: impl Fn(usize) -> f64, decode_share: f64) -> f64 {
+    let total = bounds_ms.last().copied().unwrap_or(0).max(1) as f64;
+    let covered: f64 = bounds_ms
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| (w[1] - w[0]) as f64 * done(i).clamp(0.0, 100.0) / 100.0)
+        .sum();
+    (decode_share + (100.0 - decode_share) * covered / total).min(100.0)
+}
+
+/// The transcribe stage detail key holding each segment's own progress, `{"<i>": percent}`.
+pub const SEGMENT_PROGRESS: &str = "segment_progress";
+/// The transcribe stage detail key holding the segment boundaries (ms), set by the split.
+pub const SEGMENT_BOUNDS: &str = "segment_bounds_ms";
+
+/// Records that segment `index` is `percent` done in the transcribe stage's record `r` and
+/// sets the stage's progress to [`ranges_percent`] over every segment's (a record without
+/// boundaries keeps its progress).
+pub fn record_segment_progress(
+    r: &mut crate::domain::manifest::StageRecord,
+    index: usize,
+    percent: f64,
+) {
+    let progress = r.detail_object(SEGMENT_PROGRESS);
+    progress.insert(
+        index.to_string(),
+        serde_json::json!(percent.clamp(0.0, 100.0)),
+    );
+    let done = progress.clone();
+    let Some(bounds) = r
+        .detail
+        .get(SEGMENT_BOUNDS)
+        .and_then(|b| serde_json::from_value::<Vec<u64>>(b.clone()).ok())
+    else {
+        return;
+    };
+    r.progress = ranges_percent(
+        &bounds,
+        |i| {
+            done.get(&i.to_string())
+                .and_then(serde_json::Value::as_f64)
+                .unwrap_or(0.0)
+        },
+        super::transcribe::DECODE_SHARE,
+    );
+}
+
 /// True when audio of `duration_s` seconds (the download's figure; `None` = unknown) is
 /// transcribed in ranges of about `segment_s` seconds rather than in one run.
 pub fn is_long(duration_s: Option<f64>, segment_s: f64) -> bool {
@@ -214,6 +265,30 @@ pub fn join(parts: Vec<RangeText>) -> Joined {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parallel_segments_sum_into_the_stage_progress_by_length() {
+        let bounds = [0, 60_000, 90_000, 100_000];
+        // Nothing yet: decoding's share.
+        assert_eq!(ranges_percent(&bounds, |_| 0.0, 10.0), 10.0);
+        // The 30 s middle segment done alone: 10 + 90 × 30/100.
+        let p = ranges_percent(&bounds, |i| if i == 1 { 100.0 } else { 0.0 }, 10.0);
+        assert!((p - 37.0).abs() < 1e-9, "{p}");
+        // Half of the first and all of the last, in any order.
+        let p = ranges_percent(&bounds, |i| [50.0, 0.0, 100.0][i], 10.0);
+        assert!((p - 46.0).abs() < 1e-9, "{p}");
+        assert_eq!(ranges_percent(&bounds, |_| 100.0, 10.0), 100.0);
+        assert_eq!(ranges_percent(&bounds, |_| 250.0, 10.0), 100.0);
+
+        let mut r = crate::domain::manifest::StageRecord::default();
+        record_segment_progress(&mut r, 2, 100.0);
+        assert_eq!(r.progress, 0.0, "no boundaries yet: progress kept");
+        r.detail
+            .insert(SEGMENT_BOUNDS.into(), serde_json::json!(bounds));
+        record_segment_progress(&mut r, 0, 50.0);
+        assert!((r.progress - 46.0).abs() < 1e-9, "{}", r.progress);
+        assert_eq!(r.detail[SEGMENT_PROGRESS]["0"], 50.0);
+    }
     use crate::domain::transcript::Word;
 
     fn seg(a: u64, b: u64, t: &str) -> Segment {
