@@ -76,6 +76,7 @@ pub(super) async fn progress(
     let mut workers = WorkerCheck::new(probe);
     // ≤ 10 redraws a second; more tasks are read less often.
     let tick = Duration::from_millis((100 + 2 * tasks.len() as u64).min(1000));
+    let mut stopped = false;
     loop {
         let ms: Vec<Option<Manifest>> = tasks
             .iter()
@@ -112,6 +113,9 @@ pub(super) async fn progress(
             }
             None => {}
         }
+        if stopped {
+            return true;
+        }
         if ms
             .iter()
             .all(|m| m.as_ref().is_some_and(|m| m.status.is_final()))
@@ -123,7 +127,14 @@ pub(super) async fn progress(
         }
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
-            _ = stop.cancelled() => return true,
+            _ = stop.cancelled() => {
+                // Plain mode says once more what happened since the last look; a live
+                // block is erased anyway.
+                if out != Output::Plain {
+                    return true;
+                }
+                stopped = true;
+            }
         }
     }
 }
@@ -551,8 +562,15 @@ fn events(before: Option<&Seen>, m: &Manifest) -> Vec<String> {
         return out;
     }
     let first_final = before.is_none() && m.status.is_final();
-    if before.is_none() && m.status == TaskStatus::Queued {
-        out.push("queued".to_string());
+    if before.is_none() && !first_final {
+        // First sight of a task under way (e.g. joined from an earlier run): where it is,
+        // not a replay of its record.
+        out.push(match current(m) {
+            Some((s, r)) if r.state == StageState::Active => format!("{s} running"),
+            Some((s, _)) if m.status != TaskStatus::Queued => format!("{s} queued"),
+            _ => "queued".to_string(),
+        });
+        return out;
     }
     for (i, s) in Stage::ALL.into_iter().enumerate() {
         let (Some(r), false) = (m.stage(s), first_final) else {
@@ -921,6 +939,7 @@ mod tests {
         let r2 = running("t", Stage::Transcribe, 55.0, "transcribing");
         assert_eq!(events(Some(&Seen::of(&r)), &r2), ["transcribe 50%"]);
         assert_eq!(events(None, &done("t")), ["done"]);
+        assert_eq!(events(None, &r2), ["transcribe running"]);
     }
 
     #[test]
