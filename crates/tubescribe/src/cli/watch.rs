@@ -11,7 +11,8 @@
 //!   (`term.rs`), so a run writes a few kB per task, not megabytes;
 //! * **plain** (a file or pipe): one line per event — a stage started, its phase changed, it
 //!   passed a quarter, it is retried, done or failed — with the time since the start and no
-//!   escape codes;
+//!   escape codes (`[0:12] talk.mp3: transcribe done in 9.8 s`); causes and warnings are left
+//!   to the result lines, so each is said once;
 //! * **quiet** (`--json`): nothing.
 //!
 //! With `--no-workers`, the queues' worker lists are checked every 5 s and a missing worker is
@@ -554,7 +555,8 @@ fn quarter(r: &StageRecord) -> u8 {
 }
 
 /// Plain mode's lines for what changed in `m` since `before` (`None`: first seen — a task
-/// found final says only how it ended).
+/// found final says only how it ended). They never repeat a failure's cause or a warning:
+/// the result lines say those once.
 fn events(before: Option<&Seen>, m: &Manifest) -> Vec<String> {
     let now = Seen::of(m);
     let mut out = Vec::new();
@@ -597,9 +599,10 @@ fn events(before: Option<&Seen>, m: &Manifest) -> Vec<String> {
                     out.push(format!("{s} {}%", *q as u32 * 25));
                 }
             }
+            // Causes are not repeated here: a failure is said once, by its `✘` line (and each
+            // attempt's with --verbose).
             StageState::Waiting if moved && *attempts > 0 => {
-                let why = r.error.as_deref().unwrap_or("no reason recorded");
-                out.push(format!("{s} will be retried after: {why}"));
+                out.push(format!("{s} attempt {attempts} failed; retrying"));
             }
             StageState::Completed if moved && old.is_some() => {
                 let took = match (r.started_at, r.finished_at) {
@@ -610,28 +613,19 @@ fn events(before: Option<&Seen>, m: &Manifest) -> Vec<String> {
                 };
                 out.push(format!("{s} done{took}"));
             }
-            StageState::Failed if moved => {
-                out.push(format!(
-                    "{s} failed: {}",
-                    r.error.as_deref().unwrap_or("no reason recorded")
-                ));
-            }
+            StageState::Failed if moved => out.push(format!("{s} failed")),
             _ => {}
         }
     }
     if m.status.is_final() && before.is_none_or(|b| !b.status.is_final()) {
         out.push(match m.status {
             TaskStatus::Completed => "done".to_string(),
-            TaskStatus::CompletedWithWarnings => format!(
-                "done with warnings: {}",
-                m.warnings
-                    .iter()
-                    .map(|w| w.message.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
+            TaskStatus::CompletedWithWarnings => match m.warnings.len() {
+                1 => "done, with a warning".to_string(),
+                n => format!("done, with {n} warnings"),
+            },
             TaskStatus::Cancelled => "cancelled".to_string(),
-            _ => m.failure_line().unwrap_or_else(|| "failed".to_string()),
+            _ => "failed".to_string(),
         });
     }
     out.into_iter().map(|e| term::clean(&e)).collect()
@@ -940,6 +934,15 @@ mod tests {
         assert_eq!(events(Some(&Seen::of(&r)), &r2), ["transcribe 50%"]);
         assert_eq!(events(None, &done("t")), ["done"]);
         assert_eq!(events(None, &r2), ["transcribe running"]);
+        // A retry and a failure say what happened, never why (the ✘ line does, once).
+        let mut retry = r2.clone();
+        let rr = retry.stages.get_mut(&Stage::Transcribe).unwrap();
+        rr.state = StageState::Waiting;
+        rr.error = Some("the cause".into());
+        assert_eq!(
+            events(Some(&Seen::of(&r2)), &retry),
+            ["transcribe attempt 1 failed; retrying"]
+        );
     }
 
     #[test]
