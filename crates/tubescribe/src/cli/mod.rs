@@ -264,10 +264,12 @@ struct ProcessArgs {
     /// Run again even if a task for the same input exists.
     #[arg(long)]
     fresh: bool,
-    /// Do not start workers here (they run in other processes on the same Redis).
+    /// Do not start workers here (they run in other processes on the same Redis); says after
+    /// about 5 s which queues no worker takes jobs from.
     #[arg(long)]
     no_workers: bool,
-    /// Print the final manifests as JSON lines instead of progress bars.
+    /// Print each final manifest as one JSON line, with `task_dir` and `output_paths`, instead
+    /// of progress and result lines.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
