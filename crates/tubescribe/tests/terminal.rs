@@ -109,11 +109,12 @@ fn process_fits_an_80x24_terminal() {
     let (master, slave) = pty(COLS, ROWS);
     let out = Stdio::from(slave.try_clone().unwrap());
     let err = Stdio::from(slave);
-    let mut child = env
-        .bin(&args)
-        .env("TERM", "xterm-256color")
-        .output_to(out, err)
-        .spawn();
+    let mut child = Running(
+        env.bin(&args)
+            .env("TERM", "xterm-256color")
+            .output_to(out, err)
+            .spawn(),
+    );
     // Chunks as the terminal receives them; the read ends (EIO) when the last writer closes.
     let (tx, rx) = mpsc::channel::<Vec<u8>>();
     let mut reader = std::fs::File::from(master);
@@ -164,7 +165,7 @@ fn process_fits_an_80x24_terminal() {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         if exited.is_none() {
-            exited = child.try_wait().unwrap();
+            exited = child.0.try_wait().unwrap();
         }
         assert!(
             t0.elapsed() < Duration::from_secs(900),
@@ -174,7 +175,7 @@ fn process_fits_an_80x24_terminal() {
     }
     let status = match exited {
         Some(s) => s,
-        None => child.wait().unwrap(),
+        None => child.0.wait().unwrap(),
     };
     let screen = parser.screen().contents();
     eprintln!(
@@ -273,7 +274,6 @@ impl Captured {
                 return (st.code().unwrap_or(-1), t0.elapsed());
             }
             if t0.elapsed() > limit {
-                let _ = self.child.kill();
                 panic!(
                     "still running after {limit:?}\nstdout:\n{}\nstderr:\n{}",
                     self.stdout(),
@@ -287,10 +287,33 @@ impl Captured {
 
 impl Drop for Captured {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        stop(&mut self.child);
+    }
+}
+
+/// A binary still running when its test failed: SIGTERM (so its embedded Redis stops too),
+/// then SIGKILL after 40 s.
+fn stop(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        signal(child.id(), libc::SIGTERM);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(40) {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Stops its binary when dropped ([`stop`]).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        stop(&mut self.0);
     }
 }
 
