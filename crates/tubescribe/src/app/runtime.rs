@@ -75,6 +75,7 @@ pub struct RuntimeBuilder {
     retry_redis: bool,
     reconcile: bool,
     shutdown: CancellationToken,
+    hurry: CancellationToken,
 }
 
 impl RuntimeBuilder {
@@ -114,6 +115,14 @@ impl RuntimeBuilder {
         self
     }
 
+    /// A token that, once cancelled, ends the grace period of a shutdown at once (default: a
+    /// new one, never cancelled): active jobs are released to the queue without waiting for
+    /// them (the CLI cancels it on a second Ctrl-C).
+    pub fn hurry_token(mut self, token: CancellationToken) -> Self {
+        self.hurry = token;
+        self
+    }
+
     /// Brings the runtime up in order: data directory, Redis, workers (with the cancel
     /// watcher), memory watch.
     ///
@@ -138,6 +147,7 @@ impl RuntimeBuilder {
             url,
             redis,
             shutdown: self.shutdown,
+            hurry: self.hurry,
             workers: None,
             reconciler: None,
         };
@@ -193,6 +203,7 @@ pub struct Runtime {
     url: String,
     redis: Option<EmbeddedRedis>,
     shutdown: CancellationToken,
+    hurry: CancellationToken,
     workers: Option<Running>,
     reconciler: Option<tokio::task::JoinHandle<()>>,
 }
@@ -207,6 +218,7 @@ impl Runtime {
             retry_redis: false,
             reconcile: false,
             shutdown: CancellationToken::new(),
+            hurry: CancellationToken::new(),
         }
     }
 
@@ -286,13 +298,14 @@ impl Runtime {
     }
 
     /// Graceful stop of the workers: their cancel watcher stops, they take no new job, active
-    /// ones get `grace` to finish, the rest go back to the queue. A no-op without workers.
+    /// ones get `grace` to finish (cut short by the [`RuntimeBuilder::hurry_token`]), the rest
+    /// go back to the queue. A no-op without workers.
     pub async fn stop_workers(&mut self, grace: Duration) {
         if let Some(r) = self.workers.take() {
             // The watcher's Redis connection is closed once this returns.
             r.stop_watcher.cancel();
             let _ = r.watcher.await;
-            r.workers.close(grace).await;
+            r.workers.close(grace, &self.hurry).await;
         }
     }
 

@@ -1,13 +1,17 @@
 //! The command line: flags, subcommands and everything printed to the terminal. This file
 //! parses the arguments and dispatches; the local commands (`process`, `worker`, `serve`,
-//! `bench`) start through [`crate::app::runtime`], the progress display is in `watch.rs`, the
-//! client commands talking to a server in `remote.rs`, `stats` in `stats.rs`. Signals are
-//! handled here and nowhere else (`shutdown_on_signal`).
+//! `bench`) start through [`crate::app::runtime`], the progress display is in `watch.rs` (over
+//! the terminal of `term.rs`), the client commands talking to a server in `remote.rs`, `stats`
+//! in `stats.rs`. Signals are handled here and nowhere else (`signals`: a first Ctrl-C stops
+//! gracefully, a second at once).
 
 pub mod bench;
 mod remote;
 mod stats;
+mod term;
 mod watch;
+
+pub use term::log_writer;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -260,10 +264,12 @@ struct ProcessArgs {
     /// Run again even if a task for the same input exists.
     #[arg(long)]
     fresh: bool,
-    /// Do not start workers here (they run in other processes on the same Redis).
+    /// Do not start workers here (they run in other processes on the same Redis); says after
+    /// about 5 s which queues no worker takes jobs from.
     #[arg(long)]
     no_workers: bool,
-    /// Print the final manifests as JSON lines instead of progress bars.
+    /// Print each final manifest as one JSON line, with `task_dir` and `output_paths`, instead
+    /// of progress and result lines.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -384,22 +390,39 @@ fn stdout_may_close() {
     }
 }
 
-/// A token cancelled on SIGINT (Ctrl-C) or SIGTERM: the program's only signal handling. The
-/// handlers are installed before it returns.
-fn shutdown_on_signal() -> Result<CancellationToken> {
+/// What SIGINT (Ctrl-C) and SIGTERM mean to a command: `stop` is cancelled by the first
+/// signal (stop gracefully), `now` by the second (stop at once).
+struct Signals {
+    stop: CancellationToken,
+    now: CancellationToken,
+}
+
+/// The program's only signal handling: [`Signals`], with the handlers installed before it
+/// returns.
+fn signals() -> Result<Signals> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let token = CancellationToken::new();
-    let cancel = token.clone();
+    let s = Signals {
+        stop: CancellationToken::new(),
+        now: CancellationToken::new(),
+    };
+    let (stop, now) = (s.stop.clone(), s.now.clone());
     tokio::spawn(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
+        for token in [stop, now] {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            token.cancel();
         }
-        cancel.cancel();
     });
-    Ok(token)
+    Ok(s)
+}
+
+/// A token cancelled on the first SIGINT (Ctrl-C) or SIGTERM ([`signals`]).
+fn shutdown_on_signal() -> Result<CancellationToken> {
+    Ok(signals()?.stop)
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -648,46 +671,93 @@ async fn process(
     if !no_workers && !cfg.model.is_file() {
         anyhow::bail!(crate::tools::model::missing_message(&cfg.model));
     }
-    let stop = shutdown_on_signal()?;
-    let mut rt = Runtime::builder(cfg).shutdown_token(stop.clone());
+    let signals = signals()?;
+    let stop = signals.stop.clone();
+    let mut rt = Runtime::builder(cfg)
+        .shutdown_token(stop.clone())
+        .hurry_token(signals.now.clone());
     if !no_workers {
         rt = rt.reconcile();
     }
     let mut rt = rt.start().await?;
     let tasks = submit_all(&rt, &policy, &inputs, fresh).await?;
-    if !no_workers {
-        rt.start_workers(&Stage::ALL).await?;
-    }
-    let interrupted = watch::progress(rt.data(), &tasks, json, &stop).await;
-    let mut grace = rt.config().shutdown_grace;
-    if interrupted {
-        grace = grace.min(Duration::from_secs(5));
-        if rt.has_workers() {
-            eprintln!(
-                "interrupted: running stages get up to {} s to finish, then go back to the queue",
-                grace.as_secs()
-            );
+    // Without workers here, someone else's must take the jobs: say so when none does.
+    let producer = match no_workers {
+        true => Some(rt.producer().await?),
+        false => {
+            rt.start_workers(&Stage::ALL).await?;
+            None
         }
+    };
+    let probe = producer.as_ref().map(|producer| watch::WorkerProbe {
+        producer,
+        url: rt.url(),
+    });
+    let out = term::Output::detect(json);
+    let interrupted = watch::progress(rt.data(), &tasks, out, probe, &stop).await;
+    if let Some(p) = producer {
+        p.close().await;
     }
     let data = rt.data().clone();
-    rt.shutdown(grace).await;
-    if interrupted {
-        eprintln!("interrupted; unfinished tasks continue the next time workers run");
-        return Ok(130);
+    if !interrupted {
+        let grace = rt.config().shutdown_grace;
+        rt.shutdown(grace).await;
+        stdout_may_close();
+        let failed = watch::report(&data, &tasks, json)?;
+        return Ok(if failed > 0 { 1 } else { 0 });
     }
+    let grace = rt.config().shutdown_grace.min(Duration::from_secs(5));
+    if rt.has_workers() {
+        eprintln!(
+            "interrupted: running stages get up to {} s to finish; Ctrl-C again to stop now",
+            grace.as_secs()
+        );
+    } else {
+        eprintln!("interrupted");
+    }
+    let left_early = stop_within(rt, grace, &signals.now).await;
     stdout_may_close();
-    let failed = watch::report(&data, &tasks, json)?;
-    Ok(if failed > 0 { 1 } else { 0 })
+    watch::interrupted(&data, &tasks, json, fresh)?;
+    if left_early {
+        exit_now(130);
+    }
+    Ok(130)
 }
 
-/// Submits each input (saying when it joined an existing task); returns the task ids without
+/// How long a second Ctrl-C lets active jobs move back to the queue before the process
+/// leaves; jobs still running then are recovered as stalled by the next worker.
+const RELEASE_WAIT: Duration = Duration::from_millis(400);
+
+/// Shuts `rt` down within `grace`; when `now` is cancelled (a second Ctrl-C) the grace ends
+/// at once (the runtime's hurry token) and this returns after at most [`RELEASE_WAIT`], true
+/// when the shutdown was left unfinished.
+async fn stop_within(rt: Runtime, grace: Duration, now: &CancellationToken) -> bool {
+    let down = rt.shutdown(grace);
+    tokio::pin!(down);
+    tokio::select! {
+        _ = &mut down => false,
+        _ = now.cancelled() => tokio::time::timeout(RELEASE_WAIT, &mut down).await.is_err(),
+    }
+}
+
+/// Ends the process with `code` at once, after flushing stdout and stderr: no destructors
+/// run, so a whisper thread still decoding cannot trip over a torn-down runtime.
+fn exit_now(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: _exit(2) ends the process; nothing in this process runs afterwards.
+    unsafe { libc::_exit(code) }
+}
+
+/// Submits each input (saying when it joined an existing task); returns the tasks without
 /// repeats, in input order.
 async fn submit_all(
     rt: &Runtime,
     policy: &InputPolicy,
     inputs: &[String],
     fresh: bool,
-) -> Result<Vec<String>> {
+) -> Result<Vec<watch::Watched>> {
     let producer = rt.producer().await?;
     // The model is part of each task's identity: its hash, not the spelling of --model.
     let model = crate::tools::model::identify(&rt.config().model).await?;
@@ -697,8 +767,11 @@ async fn submit_all(
         if s.existing {
             eprintln!("{i}: joined existing task {}", s.task_id);
         }
-        if !tasks.contains(&s.task_id) {
-            tasks.push(s.task_id);
+        if !tasks.iter().any(|t: &watch::Watched| t.id == s.task_id) {
+            tasks.push(watch::Watched {
+                id: s.task_id,
+                input: i.clone(),
+            });
         }
     }
     producer.close().await;

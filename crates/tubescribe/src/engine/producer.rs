@@ -51,6 +51,16 @@ impl Producer {
         Ok(resending(|| self.queue(stage).get_job_counts()).await?)
     }
 
+    /// How many workers are connected to `stage`'s queue now, in any process (BullMQ's worker
+    /// list: the connections a worker names in Redis' `CLIENT LIST`). 0 also when the server
+    /// refuses `CLIENT LIST` (some managed Redis services do).
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn worker_count(&self, stage: Stage) -> Result<usize, QueueError> {
+        Ok(self.queue(stage).get_workers_count().await?)
+    }
+
     /// Connects to Redis at `url`.
     pub async fn connect(url: &str) -> Result<Self, QueueError> {
         let flows = FlowProducer::with_options(

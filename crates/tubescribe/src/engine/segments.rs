@@ -427,7 +427,11 @@ pub async fn transcribe_segment(
     // boundaries either, and the same words must come out of both paths.
     let opts = transcribe::options(ctx);
     let threads = opts.threads;
-    let phase = format!("transcribing {} segments", d.count);
+    // Audio with no pause to cut in is one segment: nothing to count.
+    let phase = match d.count {
+        1 => "transcribing".to_string(),
+        n => format!("transcribing {n} segments"),
+    };
     let started_at = crate::domain::manifest::now_ms();
     // The recognition loop of a whole short file (speech gate, loop cutting, language
     // check) over this slice; timestamps come back on audio.wav's timeline.

@@ -173,16 +173,20 @@ impl Workers {
         self.running.load(Ordering::SeqCst)
     }
 
-    /// Graceful shutdown: stops taking jobs, waits up to `grace` for active ones to finish,
-    /// then cancels the rest (their programs are killed) and moves them back to `wait` so
-    /// another worker takes them at once; finally closes the workers.
-    pub async fn close(self, grace: Duration) {
+    /// Graceful shutdown: stops taking jobs, waits up to `grace` (less if `now` is cancelled
+    /// meanwhile) for active ones to finish, then cancels the rest (their programs are
+    /// killed) and moves them back to `wait` so another worker takes them at once; finally
+    /// closes the workers.
+    pub async fn close(self, grace: Duration, now: &CancellationToken) {
         for (_, w) in &self.workers {
             w.pause();
         }
         let deadline = tokio::time::Instant::now() + grace;
         while self.active_count().await > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = now.cancelled() => break,
+            }
         }
         let left = self.active_count().await;
         // Close the workers first: a paused worker still parks a blocking BZPOPMIN on the

@@ -209,7 +209,11 @@ async fn transcribe_ranges(
     let mut runs = Vec::with_capacity(n);
     for (i, r) in bounds.windows(2).enumerate() {
         let (start_ms, end_ms) = (r[0], r[1]);
-        let phase = format!("transcribing segment {}/{n}", i + 1);
+        // Audio with no pause to cut in is one range: nothing to count.
+        let phase = match n {
+            1 => "transcribing".to_string(),
+            n => format!("transcribing segment {}/{n}", i + 1),
+        };
         let report = |p: f64| {
             let done = start_ms as f64 + p / 100.0 * (end_ms - start_ms) as f64;
             let percent = DECODE_SHARE + (100.0 - DECODE_SHARE) * done / total_ms.max(1) as f64;
