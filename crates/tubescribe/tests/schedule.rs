@@ -35,6 +35,20 @@ fn silence(path: &std::path::Path, minutes: u32) {
     assert!(st.success(), "ffmpeg failed for {}", path.display());
 }
 
+/// A transcribe worker with one slot running `processor` (a recording stand-in for whisper).
+async fn one_slot(url: &str, processor: impl bullmq::worker::IntoProcessor) -> Worker {
+    Worker::with_options(
+        "transcribe",
+        processor,
+        WorkerOptions::new()
+            .connection(connection(url))
+            .prefix(PREFIX)
+            .concurrency(1),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_slot_transcribes_shortest_first() {
     let tmp = tempfile::tempdir().unwrap();
@@ -96,16 +110,7 @@ async fn one_slot_transcribes_shortest_first() {
             Ok(serde_json::json!({}))
         }
     };
-    let tr = Worker::with_options(
-        "transcribe",
-        processor,
-        WorkerOptions::new()
-            .connection(connection(app.url()))
-            .prefix(PREFIX)
-            .concurrency(1),
-    )
-    .await
-    .unwrap();
+    let tr = one_slot(app.url(), processor).await;
     let t0 = Instant::now();
     while order.lock().unwrap().len() < 4 {
         assert!(
@@ -166,16 +171,7 @@ async fn a_short_task_goes_before_the_rest_of_a_long_tasks_segments() {
             Ok(serde_json::json!({}))
         }
     };
-    let tr = Worker::with_options(
-        "transcribe",
-        processor,
-        WorkerOptions::new()
-            .connection(connection(app.url()))
-            .prefix(PREFIX)
-            .concurrency(1),
-    )
-    .await
-    .unwrap();
+    let tr = one_slot(app.url(), processor).await;
     tokio::time::timeout(Duration::from_secs(30), first_started.notified())
         .await
         .expect("the first segment started");
