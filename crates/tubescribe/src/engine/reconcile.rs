@@ -44,7 +44,7 @@ pub const MAX_REQUEUES: u32 = 3;
 /// The least time a task's record must have been left alone before a pass looks at it: a
 /// submit or retry between writing the record and adding the flow is far quicker.
 pub const MIN_QUIET: Duration = Duration::from_secs(5);
-/// How deep `child … failed` links are followed (stage → segment chain); deeper is a loop.
+/// How deep `child … failed` links are followed (stage → segment); deeper is a loop.
 const MAX_DEPTH: usize = 64;
 
 /// What one pass did to one task.

@@ -173,7 +173,7 @@ impl Scheduler {
         &self.transcribe
     }
 
-    /// Adds a flow atomically (the segment chain of a long task; a no-op when its jobs exist).
+    /// Adds a flow atomically (a segment job of a long task; a no-op when its jobs exist).
     pub async fn add_flow(&self, flow: FlowJob) -> Result<(), QueueError> {
         self.flows.add(flow).await?;
         Ok(())

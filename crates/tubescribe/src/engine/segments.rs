@@ -1,4 +1,4 @@
-//! Long audio as segment jobs: the segment chain and its split/merge orchestration, and the
+//! Long audio as segment jobs: the fan-out of segment jobs and its split/merge orchestration, and the
 //! work of one segment ([`transcribe_segment`]). The cut points, the join of the segments'
 //! transcripts and the recognition loop are the pipeline's (`pipeline::segmenting`,
 //! `pipeline::transcribe`), shared with the transcribe stage's in-process path, so both give
