@@ -52,11 +52,13 @@ await run("browser-states", 240_000, async (h) => {
   async function submitted(link) {
     const before = await message();
     await submit(link);
-    await page.waitForFunction((prev) => {
+    // The text is taken when it appears: a task that fails at once replaces it within ms.
+    const seen = await page.waitForFunction((prev) => {
       const m = document.querySelector("#message");
-      return m.className === "ok" && m.textContent !== prev && m.textContent.startsWith("Submitted: task ");
+      const ok = m.className === "ok" && m.textContent !== prev && m.textContent.startsWith("Submitted: task ");
+      return ok && m.textContent;
     }, before, { timeout: 10_000 });
-    const m = await message();
+    const m = await seen.jsonValue();
     const id = m.match(/^Submitted: task (\S+?)\.$/);
     assert(id, `submit message: ${m}`);
     return id[1];
