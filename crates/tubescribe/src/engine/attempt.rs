@@ -724,8 +724,8 @@ async fn set_transcribe_priority(sched: &Scheduler, task_id: &str, result: &serd
     }
 }
 
-/// This worker's name in attempt records: `<hostname>:<pid>`.
-fn worker_name() -> String {
+/// This process's name in attempt records and the reconciler's lease: `<hostname>:<pid>`.
+pub(crate) fn worker_name() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname(2) writes at most `buf.len()` bytes into our buffer.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };

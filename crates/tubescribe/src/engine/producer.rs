@@ -123,10 +123,20 @@ impl Producer {
         stage: Stage,
         task_id: &str,
     ) -> Result<Option<JobState>, QueueError> {
-        let (id, q) = (stage.job_id(task_id), self.queue(stage));
-        match resending(|| q.get_job(&id)).await? {
+        self.state_of(stage, &stage.job_id(task_id)).await
+    }
+
+    /// The BullMQ state of the job `job_id` in `stage`'s queue (stage or segment job), if the
+    /// job exists.
+    pub async fn state_of(
+        &self,
+        stage: Stage,
+        job_id: &str,
+    ) -> Result<Option<JobState>, QueueError> {
+        let q = self.queue(stage);
+        match resending(|| q.get_job(job_id)).await? {
             None => Ok(None),
-            Some(_) => Ok(Some(resending(|| q.get_job_state(&id)).await?)),
+            Some(_) => Ok(Some(resending(|| q.get_job_state(job_id)).await?)),
         }
     }
 

@@ -88,12 +88,11 @@ impl Reconciler {
     /// A reconciler over the tasks in `data` and the queues of `producer`, leaving alone tasks
     /// whose record changed within the last `quiet`.
     pub fn new(data: DataDir, producer: Producer, quiet: Duration) -> Self {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         Self {
             data,
             producer,
             quiet,
-            me: format!("{}:{}", host.trim(), std::process::id()),
+            me: crate::engine::attempt::worker_name(),
         }
     }
 
@@ -188,7 +187,7 @@ impl Reconciler {
         }
         let mut queued = Vec::new();
         for stage in Stage::ALL {
-            let state = self.state(stage, &stage.job_id(task_id)).await?;
+            let state = self.producer.job_state(stage, task_id).await?;
             if matches!(
                 state,
                 Some(JobState::Waiting | JobState::Prioritized | JobState::Delayed)
@@ -197,14 +196,6 @@ impl Reconciler {
             }
         }
         Ok(Verdict::Live { queued })
-    }
-
-    async fn state(&self, stage: Stage, job_id: &str) -> Result<Option<JobState>, QueueError> {
-        let q = self.producer.queue(stage);
-        if resending(|| q.get_job(job_id)).await?.is_none() {
-            return Ok(None);
-        }
-        Ok(Some(resending(|| q.get_job_state(job_id)).await?))
     }
 
     /// If the job failed for good (or carries a deferred failure from a child, which fails it
@@ -250,7 +241,7 @@ impl Reconciler {
             if seen > MAX_DEPTH * 4 {
                 return Ok(true);
             }
-            match self.state(stage, &id).await? {
+            match self.producer.state_of(stage, &id).await? {
                 None | Some(JobState::Completed | JobState::Failed) => {}
                 Some(JobState::WaitingChildren) => {
                     let q = self.producer.queue(stage);
