@@ -101,8 +101,7 @@ fn wait_exit(child: &mut Child, limit: Duration, what: &str) -> i32 {
 }
 
 fn stop(mut child: Child) {
-    signal(child.id(), libc::SIGTERM);
-    wait_exit(&mut child, Duration::from_secs(40), "a stopping worker");
+    terminate(&mut child, Duration::from_secs(40));
 }
 
 fn sha256_hex(b: &[u8]) -> String {

@@ -732,6 +732,41 @@ pub fn threads_per_job(cores: usize, slots: usize) -> usize {
 mod tests {
     use super::*;
 
+    #[test]
+    fn storage_urls() {
+        let data = Path::new("/d");
+        let r = |u: &str| resolve_storage(Some(u.to_string()), data);
+        assert_eq!(
+            resolve_storage(None, data).unwrap(),
+            Storage::Local("/d".into())
+        );
+        assert_eq!(r("").unwrap(), Storage::Local("/d".into()));
+        assert_eq!(
+            r("file:///srv/ts").unwrap(),
+            Storage::Local("/srv/ts".into())
+        );
+        assert_eq!(
+            r("s3://b/p/q/").unwrap(),
+            Storage::S3 {
+                bucket: "b".into(),
+                prefix: "p/q".into()
+            }
+        );
+        assert_eq!(
+            r("s3://b").unwrap(),
+            Storage::S3 {
+                bucket: "b".into(),
+                prefix: String::new()
+            }
+        );
+        assert_eq!(
+            r("gs://b/p").unwrap_err().to_string(),
+            "invalid setting storage_url: \"gs://b/p\" has the unsupported scheme gs: \
+             (write file:///path or s3://bucket/prefix)"
+        );
+        assert!(r("s3:///p").is_err());
+    }
+
     /// A fresh scratch directory `<tmp>/<tag>-<pid>` and the path of a `c.toml` in it.
     fn scratch(tag: &str) -> (PathBuf, PathBuf) {
         let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));

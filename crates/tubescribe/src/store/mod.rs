@@ -414,10 +414,12 @@ impl TaskDir {
         let _ = fs::remove_dir_all(self.root.join(".tmp"));
     }
 
-    /// Whether the task has a manifest (a record).
+    /// Whether the task has a manifest (a record). A record backend that cannot be reached
+    /// answers true, so the caller's next read reports the error (retryable) instead of the
+    /// task being taken for unknown.
     pub fn exists(&self) -> bool {
         match &self.remote {
-            Some(r) => r.records.get(&self.id).is_ok_and(|rec| rec.is_some()),
+            Some(r) => r.records.get(&self.id).map_or(true, |rec| rec.is_some()),
             None => self.file(names::MANIFEST).exists(),
         }
     }
