@@ -294,18 +294,7 @@ impl Drop for Captured {
 /// A binary still running when its test failed: SIGTERM (so its embedded Redis stops too),
 /// then SIGKILL after 40 s.
 fn stop(child: &mut Child) {
-    if let Ok(None) = child.try_wait() {
-        signal(child.id(), libc::SIGTERM);
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(40) {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    terminate(child, Duration::from_secs(40));
 }
 
 /// Stops its binary when dropped ([`stop`]).

@@ -5,7 +5,9 @@
 //!
 //! 1. the data directory;
 //! 2. Redis: the configured URL, or the embedded `redis-server` in the data directory
-//!    ([`redis_embed`]);
+//!    ([`redis_embed`]); then where tasks live (`storage_url`): the data directory, another
+//!    local directory, or shared storage — objects in S3, records in this Redis
+//!    ([`RedisRecords`]);
 //! 3. the stage workers of the chosen stages, over a fresh [`StageCtx`] (each with the
 //!    configured per-process concurrency and its stage's policy; the engine adds the
 //!    scheduler's ager with the transcribe worker), and with them the cancel watcher that
@@ -29,14 +31,16 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, Storage};
 use crate::domain::Stage;
 use crate::engine::producer::Producer;
 use crate::engine::reconcile;
+use crate::engine::records::RedisRecords;
 use crate::engine::redis::QueueError;
 use crate::engine::workers::{WorkerSettings, Workers};
 use crate::observe::events::{EventError, EventLog};
 use crate::pipeline::StageCtx;
+use crate::store::remote::{Objects, Remote};
 use crate::store::{DataDir, StoreError};
 use crate::tools::redis_embed;
 use crate::tools::redis_embed::{EmbeddedRedis, RedisError};
@@ -141,6 +145,7 @@ impl RuntimeBuilder {
                 (r.url.clone(), Some(r))
             }
         };
+        let data = storage(data, &cfg.storage, &url)?;
         let mut rt = Runtime {
             cfg,
             data,
@@ -183,6 +188,19 @@ impl RuntimeBuilder {
             }
         }
         Ok(rt)
+    }
+}
+
+/// The data directory with its tasks where `storage` says: the data directory itself, another
+/// local directory, or shared storage (objects in S3, records in the Redis at `url`).
+fn storage(data: DataDir, storage: &Storage, url: &str) -> Result<DataDir, StoreError> {
+    match storage {
+        Storage::Local(dir) if dir == data.root() => Ok(data),
+        Storage::Local(dir) => data.with_tasks_in(dir),
+        Storage::S3 { bucket, prefix } => Ok(data.with_remote(Remote {
+            objects: Objects::s3(bucket, prefix)?,
+            records: Arc::new(RedisRecords::new(url)?),
+        })),
     }
 }
 

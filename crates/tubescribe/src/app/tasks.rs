@@ -108,6 +108,13 @@ pub async fn submit(
         let mut manifest = Manifest::new(&task_id, raw.trim(), source_of(&parsed));
         manifest.model = Some(model.clone());
         if task.create(&manifest)? {
+            if let Source::File { path } = &manifest.source {
+                // Shared storage: the file goes up now, so no worker reads this disk.
+                if let Err(e) = task.upload_input(std::path::Path::new(path)) {
+                    let _ = task.remove();
+                    return Err(e.into());
+                }
+            }
             if !fresh {
                 adopt_download(data, &key, &task, &manifest);
             }

@@ -58,6 +58,10 @@ struct RedisArgs {
     /// Without it, tubescribe runs its own redis-server in the data directory.
     #[arg(long, env = "TUBESCRIBE_REDIS_URL")]
     redis_url: Option<String>,
+    /// Where tasks live: file:///path (default: the data directory) or s3://bucket/prefix
+    /// (S3-compatible storage configured by the AWS_* variables; task records in Redis).
+    #[arg(long, env = "TUBESCRIBE_STORAGE_URL")]
+    storage_url: Option<String>,
 }
 
 /// The transcription model.
@@ -144,6 +148,7 @@ fn resolve(
         config: settings.config.clone(),
         data_dir: settings.data_dir.clone(),
         redis_url: redis.and_then(|r| r.redis_url.clone()),
+        storage_url: redis.and_then(|r| r.storage_url.clone()),
         model: model.and_then(|m| m.model.clone()),
         allow_hosts,
         ..Overrides::default()

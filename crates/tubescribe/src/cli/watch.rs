@@ -689,7 +689,7 @@ fn print_result(dir: &TaskDir, m: &Manifest, input: &str) {
                 println!("    warning: {}", term::clean(&w.message));
             }
             for n in LISTED {
-                println!("    {}", dir.file(n).display());
+                println!("    {}", location(dir, n));
             }
         }
         TaskStatus::Failed | TaskStatus::Cancelled => {
@@ -715,19 +715,24 @@ fn json_line(dir: &TaskDir, m: &Manifest) -> Result<String> {
         .stages
         .values()
         .flat_map(|r| &r.outputs)
-        .map(|o| {
-            let p = absolute(dir.file(&o.name));
-            (o.name.clone(), serde_json::json!(p))
-        })
+        .map(|o| (o.name.clone(), serde_json::json!(location(dir, &o.name))))
         .collect();
     if let Some(obj) = v.as_object_mut() {
-        obj.insert(
-            "task_dir".into(),
-            serde_json::json!(absolute(dir.path().to_path_buf())),
-        );
+        let task_dir = match dir.object_url("") {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => absolute(dir.path().to_path_buf()).display().to_string(),
+        };
+        obj.insert("task_dir".into(), serde_json::json!(task_dir));
         obj.insert("output_paths".into(), serde_json::Value::Object(paths));
     }
     Ok(serde_json::to_string(&v)?)
+}
+
+/// Where output `name` of `dir` is: its absolute path, or with shared storage its object's
+/// `s3://` URL.
+fn location(dir: &TaskDir, name: &str) -> String {
+    dir.object_url(name)
+        .unwrap_or_else(|| absolute(dir.file(name)).display().to_string())
 }
 
 fn absolute(p: PathBuf) -> PathBuf {

@@ -17,6 +17,9 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     /// Redis URL (`redis://host:port/db`, `redis+unix:///path/sock`); none = embedded Redis.
     pub redis_url: Option<String>,
+    /// Where tasks live: `file:///path` (default: the data directory) or
+    /// `s3://bucket/prefix` (S3-compatible storage, records in Redis).
+    pub storage_url: Option<String>,
     /// Hosts allowed for direct media URLs (besides YouTube).
     pub allow_hosts: Option<Vec<String>>,
     /// Path of the ggml Whisper model; default `<data_dir>/models/ggml-tiny.en.bin`.

@@ -71,6 +71,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// `--redis-url` / `TUBESCRIBE_REDIS_URL`.
     pub redis_url: Option<String>,
+    /// `--storage-url` / `TUBESCRIBE_STORAGE_URL`.
+    pub storage_url: Option<String>,
     /// `--allow-host` (repeatable) / `TUBESCRIBE_ALLOW_HOSTS` (comma-separated).
     pub allow_hosts: Option<Vec<String>>,
     /// `--model` / `TUBESCRIBE_MODEL`.
@@ -165,6 +167,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Redis URL; `None` = start/reuse the embedded redis-server in the data directory.
     pub redis_url: Option<String>,
+    /// Where task artifacts and records live (`storage_url`); default: the data directory.
+    pub storage: Storage,
     /// Hosts allowed for direct media URLs (lower-case host or host:port).
     pub allow_hosts: Vec<String>,
     /// ggml Whisper model file.
@@ -291,8 +295,10 @@ impl Config {
         let allow_hosts = resolve_allow_hosts(o.allow_hosts.clone().or(file.allow_hosts))?;
         let min_coverage = resolve_min_coverage(file.transcribe.min_coverage)?;
         let llm = resolve_llm(file.llm.as_ref())?;
+        let storage = resolve_storage(o.storage_url.clone().or(file.storage_url), &data_dir)?;
         Ok(Config {
             data_dir,
+            storage,
             redis_url: o
                 .redis_url
                 .clone()
@@ -423,6 +429,55 @@ fn resolve_worker(o: &Overrides, f: &WorkerFile) -> Result<(Duration, Duration),
 
 /// The allow-list of direct-URL hosts: every given entry split at commas, lower-cased, and
 /// checked to be a host or host:port.
+/// Where a deployment keeps its tasks (`--storage-url` / `TUBESCRIBE_STORAGE_URL` /
+/// `storage_url`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// A local directory holding `tasks/` (`file:///path`; default: the data directory):
+    /// task records are `manifest.json` files under file locks, as on one machine.
+    Local(PathBuf),
+    /// S3-compatible object storage (`s3://bucket/prefix`): outputs are objects under
+    /// `<prefix>/tasks/<task-id>/`, task records live in Redis, stages run in this process's
+    /// own data directory as scratch. Endpoint and credentials come from the `AWS_*`
+    /// variables (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_REGION`, `AWS_ALLOW_HTTP`).
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// Key prefix without leading or trailing `/` (may be empty).
+        prefix: String,
+    },
+}
+
+/// `storage_url`: `file:///path`, `s3://bucket[/prefix]` or none (the data directory).
+fn resolve_storage(given: Option<String>, data_dir: &Path) -> Result<Storage, ConfigError> {
+    let Some(raw) = given.filter(|s| !s.trim().is_empty()) else {
+        return Ok(Storage::Local(data_dir.to_path_buf()));
+    };
+    let bad = |why: &str| ConfigError::Invalid {
+        key: "storage_url".into(),
+        message: format!("{raw:?} {why} (write file:///path or s3://bucket/prefix)"),
+    };
+    let url = url::Url::parse(raw.trim()).map_err(|e| bad(&format!("is not a URL: {e}")))?;
+    match url.scheme() {
+        "file" => {
+            let p = url
+                .to_file_path()
+                .map_err(|_| bad("is not an absolute local path"))?;
+            Ok(Storage::Local(p))
+        }
+        "s3" => {
+            let bucket = url.host_str().unwrap_or_default().to_string();
+            if bucket.is_empty() {
+                return Err(bad("names no bucket"));
+            }
+            let prefix = url.path().trim_matches('/').to_string();
+            Ok(Storage::S3 { bucket, prefix })
+        }
+        other => Err(bad(&format!("has the unsupported scheme {other}:"))),
+    }
+}
+
 fn resolve_allow_hosts(given: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
     let hosts: Vec<String> = given
         .unwrap_or_default()
@@ -676,6 +731,41 @@ pub fn threads_per_job(cores: usize, slots: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn storage_urls() {
+        let data = Path::new("/d");
+        let r = |u: &str| resolve_storage(Some(u.to_string()), data);
+        assert_eq!(
+            resolve_storage(None, data).unwrap(),
+            Storage::Local("/d".into())
+        );
+        assert_eq!(r("").unwrap(), Storage::Local("/d".into()));
+        assert_eq!(
+            r("file:///srv/ts").unwrap(),
+            Storage::Local("/srv/ts".into())
+        );
+        assert_eq!(
+            r("s3://b/p/q/").unwrap(),
+            Storage::S3 {
+                bucket: "b".into(),
+                prefix: "p/q".into()
+            }
+        );
+        assert_eq!(
+            r("s3://b").unwrap(),
+            Storage::S3 {
+                bucket: "b".into(),
+                prefix: String::new()
+            }
+        );
+        assert_eq!(
+            r("gs://b/p").unwrap_err().to_string(),
+            "invalid setting storage_url: \"gs://b/p\" has the unsupported scheme gs: \
+             (write file:///path or s3://bucket/prefix)"
+        );
+        assert!(r("s3:///p").is_err());
+    }
 
     /// A fresh scratch directory `<tmp>/<tag>-<pid>` and the path of a `c.toml` in it.
     fn scratch(tag: &str) -> (PathBuf, PathBuf) {

@@ -43,3 +43,17 @@ pub const ALERT_STREAM_MAXLEN: usize = 1000;
 /// The lease the reconciler takes before a pass (`SET NX PX`), so that of many processes
 /// only one reconciles per period; its value names the holder (`<host>:<pid>`).
 pub const RECONCILER_LEASE: &str = "tubescribe:reconciler";
+
+/// With shared storage (`storage_url = s3://…`): the hash holding a task's record
+/// (`json`, the manifest; `v`, its version), `tubescribe:task:<task-id>`.
+pub fn task_record(task_id: &str) -> String {
+    format!("tubescribe:task:{task_id}")
+}
+
+/// With shared storage: a lock of a task's record (`name`: `manifest` or `restart`).
+pub fn task_record_lock(task_id: &str, name: &str) -> String {
+    format!("tubescribe:task:{task_id}:lock:{name}")
+}
+
+/// With shared storage: the set of the ids of all tasks that have a record.
+pub const TASK_RECORDS: &str = "tubescribe:tasks";

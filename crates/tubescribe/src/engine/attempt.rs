@@ -239,6 +239,8 @@ where
         Admission::Run(at, children) => (at, children),
         Admission::Reused(result) => return Ok(result),
     };
+    // With shared storage the task's scratch goes when this process's last job of it ends.
+    let _scratch = at.task.scratch();
     let (ptx, prx) = watch::channel(Progress::default());
     // Kept alive until settled: the progress channel stays open while the body runs.
     let jctx = Arc::new(JobCtx {
@@ -428,12 +430,16 @@ fn watch_fence(at: &Attempt) -> Option<Stop> {
     Some(Stop::Superseded)
 }
 
-/// Writes progress `p` into the stage's manifest record (while it is active) and, for stage
-/// jobs, into the BullMQ job.
+/// Writes progress `p` into the stage's manifest record (while it is active; not with shared
+/// storage, whose records take no ticks) and, for stage jobs, into the BullMQ job.
 async fn forward_progress(job: &mut Job, at: &Attempt, p: &Progress) {
     if let Fence::Stage(_) = at.fence {
         let v = serde_json::to_value(p).unwrap_or_default();
         let _ = job.update_progress(JobProgress::Object(v)).await;
+    }
+    if !at.task.records_progress() {
+        // Shared storage: ticks stay in BullMQ (job progress and its event stream).
+        return;
     }
     let stage = at.fence.stage();
     let _ = at.task.update_manifest(|m| {

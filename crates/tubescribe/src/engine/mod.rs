@@ -8,7 +8,8 @@
 //! * [`attempt`] — ONE protocol for stage and segment jobs: admit → supervise → settle;
 //! * [`schedule`] — the fair-share priorities of transcribe jobs;
 //! * [`segments`] — long audio as segment jobs: the split/merge orchestration;
-//! * [`reconcile`] — repairs task records that disagree with their jobs after faults.
+//! * [`reconcile`] — repairs task records that disagree with their jobs after faults;
+//! * [`records`] — task records in Redis when no filesystem is shared (the store's backend).
 //!
 //! Imports inside the engine point one way: `workers` → `attempt`, `segments`, `schedule`,
 //! `flow`, `producer`, `redis`; `attempt` never imports `segments` or `workers`; `schedule`
@@ -18,6 +19,7 @@ pub mod attempt;
 pub mod flow;
 pub mod producer;
 pub mod reconcile;
+pub mod records;
 pub mod redis;
 pub mod schedule;
 pub mod segments;

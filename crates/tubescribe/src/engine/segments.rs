@@ -253,7 +253,7 @@ pub async fn run_long(
 /// (0, cuts…, total).
 async fn split(ctx: &StageCtx, jctx: &JobCtx) -> Result<Vec<u64>, StageError> {
     let dl = download_result(jctx)?;
-    let media = jctx.task.file(&dl.media);
+    let media = jctx.task.input(&dl.media)?;
     if !media.is_file() {
         return Err(StageError::permanent(format!(
             "downloaded media {} is missing from the task directory",
@@ -421,7 +421,7 @@ pub async fn transcribe_segment(
     let task = &jctx.task;
     let model = ctx.task_asr(task).await?;
     let probe = crate::observe::rss::RssProbe::start();
-    let wav = task.file(names::AUDIO_WAV);
+    let wav = task.input(names::AUDIO_WAV)?;
     let range = Some((d.start_ms, d.end_ms));
     // No prompt from the previous segment: the unsplit path has none at its chunk
     // boundaries either, and the same words must come out of both paths.

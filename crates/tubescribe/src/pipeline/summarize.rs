@@ -23,7 +23,7 @@ use crate::store::names;
 /// Runs the summarize stage for one job.
 pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError> {
     let tr: TranscribeResult = job.child_result()?;
-    let path = job.task.file(&tr.transcript);
+    let path = job.task.input(&tr.transcript)?;
     let text = std::fs::read_to_string(&path)
         .map_err(|e| StageError::permanent(format!("cannot read {}: {e}", tr.transcript)))?;
     let transcript: Transcript = serde_json::from_str(&text)

@@ -122,7 +122,7 @@ pub async fn recognize(
 /// `schedule.segment_s` ([`segmenting::is_long`]) — in ranges cut in pauses, joined.
 pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError> {
     let dl: DownloadResult = job.child_result()?;
-    let media_path = job.task.file(&dl.media);
+    let media_path = job.task.input(&dl.media)?;
     if !media_path.is_file() {
         return Err(StageError::permanent(format!(
             "downloaded media {} is missing from the task directory",
@@ -397,7 +397,7 @@ async fn resume_decoded(job: &JobCtx) -> Option<(OutputFile, f64)> {
         if !task.verify_output(&rec) {
             return None;
         }
-        let r = hound::WavReader::open(task.file(names::AUDIO_WAV)).ok()?;
+        let r = hound::WavReader::open(task.input(names::AUDIO_WAV).ok()?).ok()?;
         let secs = r.duration() as f64 / r.spec().sample_rate as f64;
         tracing::info!(task = %task.path().display(), "resuming from the decoded audio.wav checkpoint");
         (secs > 0.0).then_some((rec, secs))

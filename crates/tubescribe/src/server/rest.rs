@@ -73,8 +73,9 @@ pub const FILES: [(&str, &str); 6] = [
     (names::SUMMARY_JSON, "application/json"),
 ];
 
-/// `GET /api/tasks/{id}/transcript.{txt,srt,vtt,json}` and `summary.{md,json}`; 404 while
-/// the file does not exist yet (the detail says the task's status).
+/// `GET /api/tasks/{id}/transcript.{txt,srt,vtt,json}` and `summary.{md,json}`, streamed from
+/// the artifact store; 404 while the file does not exist yet (the detail says the task's
+/// status).
 pub async fn file(
     State(st): State<Shared>,
     Path((id, file)): Path<(String, String)>,
@@ -86,20 +87,20 @@ pub async fn file(
         )));
     };
     let m = api::get(&st, &id)?;
-    let path = st.data.task(&id).file(name);
-    match tokio::fs::read(&path).await {
-        Ok(bytes) => Ok((
+    match st.data.task(&id).output_stream(name).await {
+        Ok(Some((size, chunks))) => Ok((
             [
                 (header::CONTENT_TYPE, ctype.to_string()),
                 (
                     header::CONTENT_DISPOSITION,
                     format!("inline; filename=\"{id}.{name}\""),
                 ),
+                (header::CONTENT_LENGTH, size.to_string()),
             ],
-            bytes,
+            axum::body::Body::from_stream(chunks),
         )
             .into_response()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Ok(None) => {
             let why = match m.status {
                 TaskStatus::Completed | TaskStatus::CompletedWithWarnings => {
                     "it was not produced".to_string()

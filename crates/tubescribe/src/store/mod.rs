@@ -15,14 +15,26 @@
 //! ```
 //! Every file a stage produces is first written under `.tmp/` and renamed into the task
 //! directory only when complete, so a crash or failure never leaves a partial output.
+//!
+//! Two artifact stores sit behind [`DataDir`] and [`TaskDir`]: the local directory above
+//! (the default; `tasks/` may live elsewhere with `storage_url = file:///path`), and shared
+//! storage for many machines ([`remote`]: S3-compatible objects plus records in Redis), where
+//! the task directory is this process's own scratch: inputs are fetched into it on demand
+//! ([`TaskDir::input`]), outputs are uploaded at the commit and kept there only while a job of
+//! the task runs ([`TaskDir::scratch`]).
+
+pub mod remote;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
 use crate::domain::manifest::{Manifest, OutputFile};
+use remote::{Held, Remote};
 
 /// Errors of the task directory. IO errors are retryable unless the disk is full.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +60,16 @@ pub enum StoreError {
         /// The parser's message.
         message: String,
     },
+    /// Shared storage (object store or record backend) failed or is unreachable.
+    #[error("{op} {what}: {message}")]
+    Remote {
+        /// What was being done.
+        op: &'static str,
+        /// The object key, record or bucket.
+        what: String,
+        /// The client's message.
+        message: String,
+    },
 }
 
 impl StoreError {
@@ -71,21 +93,47 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> St
     }
 }
 
-/// The data directory root.
+/// The data directory root, and where its tasks live.
 #[derive(Debug, Clone)]
 pub struct DataDir {
     root: PathBuf,
+    /// `<tasks root>/tasks`: the task directories (with shared storage: scratch).
+    tasks: PathBuf,
+    remote: Option<Arc<Remote>>,
 }
 
 impl DataDir {
-    /// Opens (creating if needed) the data directory at `root`.
+    /// Opens (creating if needed) the data directory at `root`, tasks in `root/tasks`.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
         for d in [root.to_path_buf(), root.join("tasks")] {
             fs::create_dir_all(&d).map_err(io("create directory", &d))?;
         }
         Ok(Self {
             root: root.to_path_buf(),
+            tasks: root.join("tasks"),
+            remote: None,
         })
+    }
+
+    /// Keeps the tasks in `<dir>/tasks` instead (`storage_url = file:///dir`), created if
+    /// needed.
+    pub fn with_tasks_in(mut self, dir: &Path) -> Result<Self, StoreError> {
+        let t = dir.join("tasks");
+        fs::create_dir_all(&t).map_err(io("create directory", &t))?;
+        self.tasks = t;
+        Ok(self)
+    }
+
+    /// Keeps the tasks in shared storage: records in `remote.records`, outputs in
+    /// `remote.objects`; `<data>/tasks/` becomes this process's scratch.
+    pub fn with_remote(mut self, remote: Remote) -> Self {
+        self.remote = Some(Arc::new(remote));
+        self
+    }
+
+    /// True when tasks live in shared storage (no shared filesystem).
+    pub fn is_shared(&self) -> bool {
+        self.remote.is_some()
     }
 
     /// The root path.
@@ -124,13 +172,18 @@ impl DataDir {
     /// The task directory of `task_id` (not created; see [`TaskDir::create`]).
     pub fn task(&self, task_id: &str) -> TaskDir {
         TaskDir {
-            root: self.root.join("tasks").join(task_id),
+            root: self.tasks.join(task_id),
+            id: task_id.to_string(),
+            remote: self.remote.clone(),
         }
     }
 
-    /// Ids of all tasks that have a manifest, sorted.
+    /// Ids of all tasks that have a manifest (a record), sorted.
     pub fn task_ids(&self) -> Result<Vec<String>, StoreError> {
-        let dir = self.root.join("tasks");
+        if let Some(r) = &self.remote {
+            return r.records.ids();
+        }
+        let dir = self.tasks.clone();
         let mut ids = Vec::new();
         for e in fs::read_dir(&dir).map_err(io("list", &dir))? {
             let e = e.map_err(io("list", &dir))?;
@@ -162,18 +215,164 @@ pub mod names {
     pub const SUMMARY_MD: &str = "summary.md";
     /// Summary, JSON.
     pub const SUMMARY_JSON: &str = "summary.json";
+    /// With shared storage: a local file given to `process`, uploaded at submission.
+    pub const UPLOAD: &str = "upload";
 }
 
-/// One task's directory.
+/// An output's size in bytes and its content as chunks ([`TaskDir::output_stream`]).
+pub type OutputStream = (
+    u64,
+    futures::stream::BoxStream<'static, Result<bytes::Bytes, StoreError>>,
+);
+
+/// How long a record lock outlives a holder that died (kill -9) before others may take it.
+const MANIFEST_LOCK_TTL: Duration = Duration::from_secs(30);
+/// Like [`MANIFEST_LOCK_TTL`] for the restart lock, held while old jobs are removed.
+const RESTART_LOCK_TTL: Duration = Duration::from_secs(90);
+
+/// One task's directory (with shared storage: its scratch directory, its record and its
+/// objects).
 #[derive(Debug, Clone)]
 pub struct TaskDir {
     root: PathBuf,
+    id: String,
+    remote: Option<Arc<Remote>>,
+}
+
+/// Scratch directories in use by this process's jobs, with how many jobs use each.
+fn scratch_users() -> &'static std::sync::Mutex<std::collections::HashMap<PathBuf, usize>> {
+    static USERS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<PathBuf, usize>>> =
+        std::sync::OnceLock::new();
+    USERS.get_or_init(Default::default)
+}
+
+/// A job's use of its task's scratch directory ([`TaskDir::scratch`]); with shared storage
+/// the directory is removed when the last job of the task in this process drops its guard.
+#[derive(Debug)]
+pub struct Scratch {
+    root: Option<PathBuf>,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let Some(root) = self.root.take() else { return };
+        let mut users = scratch_users().lock().unwrap_or_else(|e| e.into_inner());
+        let n = users.get_mut(&root).map(|n| {
+            *n -= 1;
+            *n
+        });
+        if n == Some(0) {
+            users.remove(&root);
+            let _ = fs::remove_dir_all(&root);
+        }
+    }
 }
 
 impl TaskDir {
-    /// The directory path.
+    /// The directory path (with shared storage: this process's scratch for the task).
     pub fn path(&self) -> &Path {
         &self.root
+    }
+
+    /// With shared storage, the `s3://` URL of the task's object `name` (`""`: of its
+    /// folder, ending in `/`); `None` with the local directory.
+    pub fn object_url(&self, name: &str) -> Option<String> {
+        let r = self.remote.as_ref()?;
+        Some(format!("{}/{}/{name}", r.objects.url(), self.id))
+    }
+
+    /// True when the task lives in shared storage ([`remote`]).
+    pub fn is_shared(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// Whether progress ticks are written into the task record: with the local directory
+    /// yes; with shared storage no (they travel in BullMQ's job progress and events only).
+    pub fn records_progress(&self) -> bool {
+        self.remote.is_none()
+    }
+
+    /// Marks the scratch directory in use by one job until the guard drops. With shared
+    /// storage the last guard of the task in this process removes the directory (inputs
+    /// fetched and outputs kept there), so a worker keeps nothing once its jobs end; jobs of
+    /// one task running together share what was fetched (a segment job's `audio.wav`).
+    pub fn scratch(&self) -> Scratch {
+        if self.remote.is_none() {
+            return Scratch { root: None };
+        }
+        let mut users = scratch_users().lock().unwrap_or_else(|e| e.into_inner());
+        *users.entry(self.root.clone()).or_default() += 1;
+        Scratch {
+            root: Some(self.root.clone()),
+        }
+    }
+
+    /// The local path of input `name` (an output of an earlier stage): with shared storage
+    /// it is fetched into the scratch directory first unless it is there already.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`]-free: a missing object leaves no file (the caller's check of
+    /// the path reports it); transfer and IO errors.
+    pub fn input(&self, name: &str) -> Result<PathBuf, StoreError> {
+        let p = self.file(name);
+        let Some(r) = &self.remote else {
+            return Ok(p);
+        };
+        if p.is_file() {
+            return Ok(p);
+        }
+        fs::create_dir_all(&self.root).map_err(io("create directory", &self.root))?;
+        let tmp = self.tmp_file(name)?;
+        if r.objects.download(&r.objects.key(&self.id, name), &tmp)? {
+            fs::rename(&tmp, &p).map_err(io("rename", &tmp))?;
+        }
+        Ok(p)
+    }
+
+    /// With shared storage, uploads the local file `path` as the task's [`names::UPLOAD`], so
+    /// the download stage on any machine reads it from there; with the local directory,
+    /// nothing (the stage copies `path` itself).
+    pub fn upload_input(&self, path: &Path) -> Result<(), StoreError> {
+        match &self.remote {
+            Some(r) => r
+                .objects
+                .upload(path, &r.objects.key(&self.id, names::UPLOAD)),
+            None => Ok(()),
+        }
+    }
+
+    /// Deletes the output `name` (both stores; absent: nothing to do). Its record in the
+    /// manifest is the caller's.
+    pub fn delete_output(&self, name: &str) -> Result<(), StoreError> {
+        let p = self.file(name);
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("remove", &p)(e)),
+        }
+        match &self.remote {
+            Some(r) => r.objects.delete(&r.objects.key(&self.id, name)),
+            None => Ok(()),
+        }
+    }
+
+    /// An output as its size in bytes and a stream of chunks (the server's downloads),
+    /// `None` when it does not exist: the local file, or the object streamed from shared
+    /// storage.
+    pub async fn output_stream(&self, name: &str) -> Result<Option<OutputStream>, StoreError> {
+        use futures::StreamExt;
+        if let Some(r) = &self.remote {
+            return r.objects.stream(&r.objects.key(&self.id, name)).await;
+        }
+        let p = self.file(name);
+        match tokio::fs::read(&p).await {
+            Ok(b) => Ok(Some((
+                b.len() as u64,
+                futures::stream::once(async move { Ok(bytes::Bytes::from(b)) }).boxed(),
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("read", &p)(e)),
+        }
     }
 
     /// Absolute path of the file `name` inside the task directory. `name` must be one of the
@@ -201,8 +400,12 @@ impl TaskDir {
     }
 
     /// Bytes available to us on the filesystem holding this task directory (statvfs
-    /// `f_bavail × f_frsize`, via `fs4::available_space`). The directory must exist.
+    /// `f_bavail × f_frsize`, via `fs4::available_space`). The directory must exist (with
+    /// shared storage the scratch directory is created).
     pub fn free_bytes(&self) -> Result<u64, StoreError> {
+        if self.remote.is_some() {
+            fs::create_dir_all(&self.root).map_err(io("create directory", &self.root))?;
+        }
         fs4::available_space(&self.root).map_err(io("statvfs", &self.root))
     }
 
@@ -211,9 +414,14 @@ impl TaskDir {
         let _ = fs::remove_dir_all(self.root.join(".tmp"));
     }
 
-    /// Whether the task has a manifest.
+    /// Whether the task has a manifest (a record). A record backend that cannot be reached
+    /// answers true, so the caller's next read reports the error (retryable) instead of the
+    /// task being taken for unknown.
     pub fn exists(&self) -> bool {
-        self.file(names::MANIFEST).exists()
+        match &self.remote {
+            Some(r) => r.records.get(&self.id).map_or(true, |rec| rec.is_some()),
+            None => self.file(names::MANIFEST).exists(),
+        }
     }
 
     /// Creates the directory and writes `manifest` unless a manifest exists already.
@@ -221,6 +429,14 @@ impl TaskDir {
     /// written under the manifest lock, so of concurrent creators (threads or processes)
     /// exactly one gets true.
     pub fn create(&self, manifest: &Manifest) -> Result<bool, StoreError> {
+        if let Some(r) = &self.remote {
+            let json = serde_json::to_vec_pretty(manifest).expect("manifest serializes");
+            let created = r.records.put_if(&self.id, None, &json)?;
+            if created {
+                self.mirror(r, json);
+            }
+            return Ok(created);
+        }
         fs::create_dir_all(&self.root).map_err(io("create directory", &self.root))?;
         let _lock = self.lock()?;
         if self.exists() {
@@ -236,11 +452,49 @@ impl TaskDir {
     /// flow is added, so of concurrent restarters only the first finds the task ended. It is
     /// separate from the manifest lock, which stages take briefly for every update.
     pub fn lock_restart(&self) -> Result<TaskLock, StoreError> {
-        self.flock("restart.lock")
+        match &self.remote {
+            Some(r) => Ok(TaskLock::Held(r.records.lock(
+                &self.id,
+                "restart",
+                RESTART_LOCK_TTL,
+            )?)),
+            None => self.flock("restart.lock"),
+        }
     }
 
     fn lock(&self) -> Result<TaskLock, StoreError> {
-        self.flock("manifest.lock")
+        match &self.remote {
+            Some(r) => Ok(TaskLock::Held(r.records.lock(
+                &self.id,
+                "manifest",
+                MANIFEST_LOCK_TTL,
+            )?)),
+            None => self.flock("manifest.lock"),
+        }
+    }
+
+    /// Writes the user's copy of the record, `manifest.json`, next to the task's objects
+    /// (best effort: the record in [`remote::Records`] is the truth).
+    fn mirror(&self, r: &Remote, json: Vec<u8>) {
+        if let Err(e) = r
+            .objects
+            .put(&r.objects.key(&self.id, names::MANIFEST), json)
+        {
+            tracing::warn!(task = %self.id, "cannot write the manifest.json copy: {e}");
+        }
+    }
+
+    /// The record and its version (shared storage).
+    fn read_record(&self, r: &Remote) -> Result<(Manifest, u64), StoreError> {
+        let rec = r
+            .records
+            .get(&self.id)?
+            .ok_or_else(|| StoreError::NotFound(self.id.clone()))?;
+        let m = serde_json::from_slice(&rec.json).map_err(|e| StoreError::Corrupt {
+            path: PathBuf::from(format!("record of {}", self.id)),
+            message: e.to_string(),
+        })?;
+        Ok((m, rec.version))
     }
 
     fn flock(&self, name: &str) -> Result<TaskLock, StoreError> {
@@ -252,11 +506,14 @@ impl TaskDir {
             .open(&p)
             .map_err(io("open", &p))?;
         fs4::fs_std::FileExt::lock_exclusive(&f).map_err(io("lock", &p))?;
-        Ok(TaskLock(f))
+        Ok(TaskLock::File(f))
     }
 
     /// Reads the manifest. Errors: [`StoreError::NotFound`] when absent, `Corrupt`.
     pub fn read_manifest(&self) -> Result<Manifest, StoreError> {
+        if let Some(r) = &self.remote {
+            return self.read_record(r).map(|(m, _)| m);
+        }
         let p = self.file(names::MANIFEST);
         let text = match fs::read(&p) {
             Ok(t) => t,
@@ -313,7 +570,28 @@ impl TaskDir {
     }
 
     /// Like [`TaskDir::update_manifest`], returning what `f` returns.
+    ///
+    /// With shared storage the record is read, changed and written back by compare-and-set
+    /// under the task's record lock; a write that finds another version (the lock lapsed
+    /// under a paused holder) is refused as an error, never lost silently.
     pub fn modify_manifest<R>(&self, f: impl FnOnce(&mut Manifest) -> R) -> Result<R, StoreError> {
+        if let Some(r) = &self.remote {
+            let lock = self.lock()?;
+            let (mut m, version) = self.read_record(r)?;
+            let out = f(&mut m);
+            m.updated_at = crate::domain::manifest::now_ms();
+            let json = serde_json::to_vec_pretty(&m).expect("manifest serializes");
+            if !r.records.put_if(&self.id, Some(version), &json)? {
+                return Err(StoreError::Remote {
+                    op: "update",
+                    what: format!("record of {}", self.id),
+                    message: "it changed while locked (the lock lapsed); not written".into(),
+                });
+            }
+            drop(lock);
+            self.mirror(r, json);
+            return Ok(out);
+        }
         let _lock = self.lock()?;
         let mut m = self.read_manifest()?;
         let r = f(&mut m);
@@ -332,12 +610,58 @@ impl TaskDir {
         name: &str,
         allowed: impl FnOnce(&Manifest) -> bool,
     ) -> Result<Option<OutputFile>, StoreError> {
+        if let Some(r) = &self.remote {
+            return self.commit_remote(r, tmp, name, allowed);
+        }
         let _lock = self.lock()?;
         if !allowed(&self.read_manifest()?) {
             let _ = fs::remove_file(tmp);
             return Ok(None);
         }
         self.commit(tmp, name).map(Some)
+    }
+
+    /// [`TaskDir::commit_if`] with shared storage: the file is uploaded to a staged key first
+    /// (outside the lock: uploads take long), then, under the record lock and only while
+    /// `allowed`, copied to its name inside the store; the staged object is removed either
+    /// way. The local file stays in the scratch directory under its name.
+    fn commit_remote(
+        &self,
+        r: &Remote,
+        tmp: &Path,
+        name: &str,
+        allowed: impl FnOnce(&Manifest) -> bool,
+    ) -> Result<Option<OutputFile>, StoreError> {
+        let staged = r.objects.staged_key(&self.id, name);
+        if let Err(e) = r.objects.upload(tmp, &staged) {
+            let _ = fs::remove_file(tmp);
+            let _ = r.objects.delete(&staged);
+            return Err(e);
+        }
+        let done = (|| {
+            let _lock = self.lock()?;
+            if !allowed(&self.read_record(r)?.0) {
+                return Ok(false);
+            }
+            r.objects.copy(&staged, &r.objects.key(&self.id, name))?;
+            Ok(true)
+        })();
+        let _ = r.objects.delete(&staged);
+        match done {
+            Ok(true) => {
+                let dest = self.file(name);
+                fs::rename(tmp, &dest).map_err(io("rename", tmp))?;
+                output_record(&dest, name).map(Some)
+            }
+            Ok(false) => {
+                let _ = fs::remove_file(tmp);
+                Ok(None)
+            }
+            Err(e) => {
+                let _ = fs::remove_file(tmp);
+                Err(e)
+            }
+        }
     }
 
     /// Writes `bytes` to a temp file and commits it with [`TaskDir::commit_if`].
@@ -371,6 +695,9 @@ impl TaskDir {
 
     /// Moves a finished temp file (from [`TaskDir::tmp_file`]) to `name` and returns its record.
     pub fn commit(&self, tmp: &Path, name: &str) -> Result<OutputFile, StoreError> {
+        if let Some(r) = &self.remote {
+            r.objects.upload(tmp, &r.objects.key(&self.id, name))?;
+        }
         let dest = self.file(name);
         fs::rename(tmp, &dest).map_err(io("rename", tmp))?;
         output_record(&dest, name)
@@ -378,19 +705,30 @@ impl TaskDir {
 
     /// The record of an existing output `name` (size and SHA-256), if the file exists.
     pub fn existing_output(&self, name: &str) -> Option<OutputFile> {
-        let p = self.file(name);
+        let p = self.input(name).ok()?;
         p.is_file().then(|| output_record(&p, name).ok()).flatten()
     }
 
     /// True when the output `rec` is at its place with the recorded size and SHA-256 (a
     /// checkpoint or a completed stage's output that a re-run may reuse).
+    ///
+    /// With shared storage a copy in the scratch directory is checked the same way; otherwise
+    /// the object must exist with the recorded size (its SHA-256 was checked when it was
+    /// committed; it is not read back).
     pub fn verify_output(&self, rec: &OutputFile) -> bool {
         let p = self.file(&rec.name);
-        match fs::metadata(&p) {
-            Ok(md) if md.is_file() && md.len() == rec.bytes => {
-                output_record(&p, &rec.name).is_ok_and(|r| r.sha256 == rec.sha256)
-            }
-            _ => false,
+        let local = |md: fs::Metadata| {
+            md.is_file()
+                && md.len() == rec.bytes
+                && output_record(&p, &rec.name).is_ok_and(|r| r.sha256 == rec.sha256)
+        };
+        match (&self.remote, fs::metadata(&p)) {
+            (_, Ok(md)) => local(md),
+            (Some(r), Err(_)) => r
+                .objects
+                .size(&r.objects.key(&self.id, &rec.name))
+                .is_ok_and(|s| s == Some(rec.bytes)),
+            (None, Err(_)) => false,
         }
     }
 
@@ -398,6 +736,18 @@ impl TaskDir {
     /// link when both are on one filesystem, a copy otherwise (temp name, then rename) — and
     /// returns whether it has the recorded size and SHA-256; a file that does not is removed.
     pub fn adopt_output(&self, other: &TaskDir, rec: &OutputFile) -> Result<bool, StoreError> {
+        if let Some(r) = &self.remote {
+            let (from, to) = (
+                r.objects.key(&other.id, &rec.name),
+                r.objects.key(&self.id, &rec.name),
+            );
+            r.objects.copy(&from, &to)?;
+            let ok = self.verify_output(rec);
+            if !ok {
+                r.objects.delete(&to)?;
+            }
+            return Ok(ok);
+        }
         let src = other.file(&rec.name);
         let tmp = self.tmp_file(&rec.name)?;
         if fs::hard_link(&src, &tmp).is_err() {
@@ -412,16 +762,28 @@ impl TaskDir {
         Ok(ok)
     }
 
-    /// Deletes the task directory and everything in it.
+    /// Deletes the task directory and everything in it; with shared storage every object of
+    /// the task, its record and this process's scratch of it.
     pub fn remove(&self) -> Result<(), StoreError> {
+        if let Some(r) = &self.remote {
+            r.objects.delete_task(&self.id)?;
+            r.records.delete(&self.id)?;
+            let _ = fs::remove_dir_all(&self.root);
+            return Ok(());
+        }
         fs::remove_dir_all(&self.root).map_err(io("remove", &self.root))
     }
 }
 
-/// An exclusive lock on one of a task's lock files ([`TaskDir::lock_restart`]); the kernel
-/// releases it when this guard drops or the process dies.
+/// An exclusive lock of a task ([`TaskDir::lock_restart`]): a `flock` the kernel releases when
+/// this guard drops or the process dies, or with shared storage a record lock that expires.
 #[derive(Debug)]
-pub struct TaskLock(#[allow(dead_code)] File);
+pub enum TaskLock {
+    /// A lock file held open.
+    File(#[allow(dead_code)] File),
+    /// A lock in the record backend.
+    Held(#[allow(dead_code)] Held),
+}
 
 /// Size and SHA-256 of `path`, recorded under `name`.
 fn output_record(path: &Path, name: &str) -> Result<OutputFile, StoreError> {

