@@ -168,12 +168,14 @@ impl Format {
             "srt" => Format::Srt,
             "vtt" => Format::Vtt,
             "verbose_json" => Format::VerboseJson,
-            other => return Err(OpenAiError::invalid(
-                Some("response_format"),
-                format!(
+            other => {
+                return Err(OpenAiError::invalid(
+                    Some("response_format"),
+                    format!(
                     "unknown response_format {other:?}; use json, text, srt, verbose_json or vtt"
                 ),
-            )),
+                ))
+            }
         })
     }
 

@@ -67,6 +67,18 @@ fn venv_bin() -> PathBuf {
     repo_root().join(".venv/bin")
 }
 
+/// The venv's Python with the test packages of `scripts/requirements-test.txt` (the `openai`
+/// client…); fails loudly when missing.
+pub fn venv_python() -> PathBuf {
+    let p = venv_bin().join("python");
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/setup.sh --test",
+        p.display()
+    );
+    p
+}
+
 // ---------------------------------------------------------------------------------------
 // One environment: for the binary and for this process
 
