@@ -326,10 +326,14 @@ mod tests {
             "/api/tasks/{id}/retry",
             "/api/tasks/{id}/events",
             "/api/events/stream",
+            "/v1/audio/transcriptions",
+            "/v1/audio/translations",
+            "/v1/models",
         ] {
             assert!(doc["paths"].get(p).is_some(), "{p} missing");
         }
         assert!(INDEX_HTML.contains("<form"));
+        assert!(INDEX_HTML.contains(r#"type="file""#));
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
