@@ -20,7 +20,7 @@ const CLIENT: &str = r#"
 import json, sys, time
 import openai
 base, token, wav = sys.argv[1:4]
-client = openai.OpenAI(base_url=base + "/v1", api_key=token, max_retries=0, timeout=300)
+client = openai.OpenAI(base_url=base + "/v1", api_key=token, max_retries=0, timeout=600)
 out = {}
 t0 = time.time()
 with open(wav, "rb") as f:
@@ -69,7 +69,7 @@ fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"))
 }
 
-/// Polls `GET /api/tasks/{id}` until the task has ended (≤ 180 s) and returns its manifest.
+/// Polls `GET /api/tasks/{id}` until the task has ended (≤ 300 s) and returns its manifest.
 fn wait_ended(base: &str, id: &str) -> Value {
     let t0 = Instant::now();
     loop {
@@ -88,7 +88,7 @@ fn wait_ended(base: &str, id: &str) -> Value {
             return m;
         }
         assert!(
-            t0.elapsed() < Duration::from_secs(180),
+            t0.elapsed() < Duration::from_secs(300),
             "{id} still {status}"
         );
         std::thread::sleep(Duration::from_millis(300));
@@ -265,16 +265,17 @@ fn curl_form_uploads_make_tasks_and_are_limited() {
     assert_eq!(json(&body)["taskId"], id.as_str());
     assert_eq!(json(&body)["existing"], true);
 
-    // The OpenAI route with curl: json is {text}, the same task.
-    let (code, body) = curl(&[
-        "-H",
-        &auth,
-        "-F",
-        &file,
-        "-F",
-        "model=whisper-1",
-        &format!("{base}/v1/audio/transcriptions"),
-    ]);
+    // `curl -F` to the OpenAI route with `whisper-1`, with and without the token.
+    let transcribe = |file: &str, token: bool| {
+        let url = format!("{base}/v1/audio/transcriptions");
+        let mut args = vec!["-F", file, "-F", "model=whisper-1", &url];
+        if token {
+            args.extend(["-H", &auth]);
+        }
+        curl(&args)
+    };
+    // json is {text}, the same task.
+    let (code, body) = transcribe(&file, true);
     assert_eq!(code, 200, "{body}");
     let t = json(&body);
     assert_eq!(t.as_object().unwrap().len(), 1, "{t}");
@@ -289,13 +290,7 @@ fn curl_form_uploads_make_tasks_and_are_limited() {
     assert_eq!(task_ids(&data), vec![id.clone()]);
 
     // No token: 401 in each route's format.
-    let (code, body) = curl(&[
-        "-F",
-        &file,
-        "-F",
-        "model=whisper-1",
-        &format!("{base}/v1/audio/transcriptions"),
-    ]);
+    let (code, body) = transcribe(&file, false);
     assert_eq!(code, 401);
     assert_eq!(json(&body)["error"]["code"], "invalid_api_key", "{body}");
     let (code, body) = curl(&["-F", &file, &format!("{base}/api/tasks")]);
@@ -319,15 +314,7 @@ fn curl_form_uploads_make_tasks_and_are_limited() {
         detail,
         "the uploaded file is larger than the server's limit of 1 MiB (--max-upload-mb)"
     );
-    let (code, body) = curl(&[
-        "-H",
-        &auth,
-        "-F",
-        &big_file,
-        "-F",
-        "model=whisper-1",
-        &format!("{base}/v1/audio/transcriptions"),
-    ]);
+    let (code, body) = transcribe(&big_file, true);
     assert_eq!(code, 413, "{body}");
     let e = json(&body);
     assert_eq!(

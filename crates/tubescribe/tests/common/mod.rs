@@ -53,7 +53,12 @@ pub fn model() -> PathBuf {
 
 /// yt-dlp from the project's venv; fails loudly when missing.
 pub fn ytdlp() -> PathBuf {
-    let p = venv_bin().join("yt-dlp");
+    venv_program("yt-dlp")
+}
+
+/// The program `name` in the project's venv; fails loudly when missing.
+fn venv_program(name: &str) -> PathBuf {
+    let p = venv_bin().join(name);
     assert!(
         p.is_file(),
         "{} is missing: run scripts/setup.sh --test",
@@ -70,13 +75,7 @@ fn venv_bin() -> PathBuf {
 /// The venv's Python with the test packages of `scripts/requirements-test.txt` (the `openai`
 /// client…); fails loudly when missing.
 pub fn venv_python() -> PathBuf {
-    let p = venv_bin().join("python");
-    assert!(
-        p.is_file(),
-        "{} is missing: run scripts/setup.sh --test",
-        p.display()
-    );
-    p
+    venv_program("python")
 }
 
 // ---------------------------------------------------------------------------------------
