@@ -1,8 +1,9 @@
 //! The OpenAI-compatible API and uploads through real clients against `tubescribe serve`
 //! (private data dir, embedded Redis, tiny.en): the official `openai` Python client
 //! (`scripts/requirements-test.txt`) for `verbose_json` with word timestamps, SRT, a
-//! translation and a wrong model; `curl -F` for `json`, the bearer token, the upload limit
-//! and `POST /api/tasks` as a form (a task that completes, and the same bytes joining it).
+//! translation and a wrong model; `curl -F` for `json`, the bearer token, the upload limit,
+//! a refused translation of Mandarin and `POST /api/tasks` as a form (a task that completes,
+//! and the same bytes joining it).
 
 mod common;
 
@@ -326,6 +327,44 @@ fn curl_form_uploads_make_tasks_and_are_limited() {
         .count();
     assert_eq!(part_files, 0);
     assert_eq!(task_ids(&data), vec![id]);
+
+    // Translating other speech is refused, naming the language, once base has transcribed it
+    // (`text` has no keep-alive padding, so the status is the error's).
+    let zh = repo_root().join("../shared/samples/aishell-BAC009S0724W0121.wav");
+    let zh = if zh.is_file() {
+        zh
+    } else {
+        let f = tmp.path().join("zh.wav");
+        let st = Command::new("espeak-ng")
+            .args(["-v", "cmn", "-w"])
+            .arg(&f)
+            .arg("广州市房地产中介协会分析今年的市场情况")
+            .status()
+            .expect("espeak-ng is required when ../shared/samples is absent");
+        assert!(st.success());
+        f
+    };
+    let (code, body) = curl(&[
+        "-H",
+        &auth,
+        "-F",
+        &format!("file=@{}", zh.display()),
+        "-F",
+        "model=base",
+        "-F",
+        "response_format=text",
+        &format!("{base}/v1/audio/translations"),
+    ]);
+    assert_eq!(code, 400, "{body}");
+    let e = &json(&body)["error"];
+    assert_eq!(e["code"], "unsupported_language", "{body}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("translating chinese speech into English is not supported"),
+        "{body}"
+    );
 
     // A form without a file: 400 naming the field.
     let (code, body) = curl(&[
