@@ -13,3 +13,5 @@ node tests/browser/web.test.mjs
 # Its harder states: 401 and the saved token, retrying, cancelled, long errors at 400 and 1400 px
 # (screenshots test-output/browser-400.png, browser-1400.png).
 node tests/browser/web-states.test.mjs
+# Uploads: the file picker and drag-and-drop, both tasks complete (test-output/browser-upload.png).
+node tests/browser/upload.test.mjs

@@ -56,11 +56,16 @@ export async function run(name, limitMs, body) {
 
 /// Speech: the shared JFK sample when present, else espeak-ng.
 export function speechWav(h) {
-  const sample = path.join(ROOT, "../shared/samples/jfk.wav");
+  return clipWav(h, "jfk",
+    "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.");
+}
+
+/// The shared sample `../shared/samples/<name>.wav` when present, else espeak-ng saying `text`.
+export function clipWav(h, name, text) {
+  const sample = path.join(ROOT, `../shared/samples/${name}.wav`);
   if (fs.existsSync(sample)) return sample;
-  const out = path.join(h.tmp, "jfk.wav");
-  const r = spawnSync("espeak-ng", ["-v", "en-us", "-s", "150", "-w", out,
-    "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."]);
+  const out = path.join(h.tmp, `${name}.wav`);
+  const r = spawnSync("espeak-ng", ["-v", "en-us", "-s", "150", "-w", out, text]);
   if (r.status !== 0) throw new Error("espeak-ng is required when ../shared/samples is absent");
   return out;
 }

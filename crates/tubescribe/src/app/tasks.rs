@@ -56,7 +56,7 @@ fn source_of(i: &Input) -> Source {
             video_id: video_id.clone(),
             url: url.clone(),
         },
-        Input::LocalFile { path } => Source::File {
+        Input::LocalFile { path } | Input::Upload { path, .. } => Source::File {
             path: path.to_string_lossy().into_owned(),
         },
         Input::DirectUrl { url } => Source::Url {
@@ -89,6 +89,37 @@ pub async fn submit(
     model: &ModelRef,
 ) -> Result<Submitted, SubmitError> {
     let parsed = input::parse_input(raw, policy)?;
+    submit_input(data, producer, parsed, raw.trim(), fresh, model).await
+}
+
+/// [`submit`] for a file uploaded over HTTP and kept by the store (`upload`): the task is
+/// `upload-<16 hex of the content's SHA-256>` plus the model's suffix, so the same bytes with
+/// the same model join one task whatever the file was called; `name` (the client's file
+/// name) is the manifest's `input`. Errors as [`submit`], without `Input`.
+pub async fn submit_upload(
+    data: &DataDir,
+    producer: &Producer,
+    upload: &crate::store::StoredUpload,
+    name: &str,
+    fresh: bool,
+    model: &ModelRef,
+) -> Result<Submitted, SubmitError> {
+    let parsed = Input::Upload {
+        sha256: upload.sha256.clone(),
+        path: upload.path.clone(),
+    };
+    submit_input(data, producer, parsed, name, fresh, model).await
+}
+
+/// The common part of [`submit`] and [`submit_upload`]: `parsed` (given as `raw`) → task.
+async fn submit_input(
+    data: &DataDir,
+    producer: &Producer,
+    parsed: Input,
+    raw: &str,
+    fresh: bool,
+    model: &ModelRef,
+) -> Result<Submitted, SubmitError> {
     let key = parsed.source_key();
     let mut task_id = format!("{key}{}", model.task_suffix());
     if fresh {
@@ -105,7 +136,7 @@ pub async fn submit(
     };
     let task = data.task(&task_id);
     if !task.exists() {
-        let mut manifest = Manifest::new(&task_id, raw.trim(), source_of(&parsed));
+        let mut manifest = Manifest::new(&task_id, raw, source_of(&parsed));
         manifest.model = Some(model.clone());
         if task.create(&manifest)? {
             if let Source::File { path } = &manifest.source {
@@ -344,6 +375,41 @@ pub fn get(data: &DataDir, task_id: &str) -> Result<Manifest, TaskOpError> {
         return Err(TaskOpError::NotFound(task_id.to_string()));
     }
     Ok(data.task(task_id).read_manifest()?)
+}
+
+/// How [`wait_for_stage`] ended.
+#[derive(Debug, Clone)]
+pub enum StageWait {
+    /// The stage completed; the manifest read then.
+    Done(Manifest),
+    /// The task failed or was cancelled before the stage completed; the manifest read then
+    /// (`status`, `error`).
+    Ended(Manifest),
+}
+
+/// Waits until `stage` of `task_id` has completed (its outputs are in the task directory) or
+/// the task failed or was cancelled, reading the manifest every `poll`; the task record is
+/// the only truth, so any process's workers may run the task.
+///
+/// Errors: `NotFound` (unknown or removed task), `Store`.
+pub async fn wait_for_stage(
+    data: &DataDir,
+    task_id: &str,
+    stage: Stage,
+    poll: std::time::Duration,
+) -> Result<StageWait, TaskOpError> {
+    loop {
+        let m = get(data, task_id)?;
+        if m.stage(stage)
+            .is_some_and(|r| r.state == StageState::Completed)
+        {
+            return Ok(StageWait::Done(m));
+        }
+        if matches!(m.status, TaskStatus::Failed | TaskStatus::Cancelled) {
+            return Ok(StageWait::Ended(m));
+        }
+        tokio::time::sleep(poll).await;
+    }
 }
 
 /// One page of tasks.

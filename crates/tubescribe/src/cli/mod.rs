@@ -318,6 +318,10 @@ struct ServeArgs {
     /// Largest request body in KiB.
     #[arg(long, env = "TUBESCRIBE_MAX_BODY_KB", default_value_t = 64)]
     max_body_kb: usize,
+    /// Largest uploaded media file in MiB (`POST /api/tasks` as a form, `/v1/audio/*`);
+    /// streamed to disk, never held in memory.
+    #[arg(long, env = "TUBESCRIBE_MAX_UPLOAD_MB", default_value_t = 2048)]
+    max_upload_mb: u64,
     /// Emit an `alert` event when this process uses more memory (RSS) than this.
     #[arg(long, env = "TUBESCRIBE_MEMORY_BUDGET_MB")]
     memory_budget_mb: Option<u64>,
@@ -577,6 +581,7 @@ async fn serve(cfg: Config, args: ServeArgs) -> Result<i32> {
     let mut opts = crate::server::ServeOptions::new();
     opts.api_token = token;
     opts.body_limit = args.max_body_kb.max(1) * 1024;
+    opts.max_upload = args.max_upload_mb.max(1) * 1024 * 1024;
     opts.keep_alive = Duration::from_secs(args.keep_alive_s.max(1));
     opts.model = Some(rt.config().model.clone());
     let policy = rt.config().input_policy();

@@ -84,6 +84,14 @@ pub enum Input {
         /// The parsed URL (normalized by the `url` crate, WHATWG URL rules).
         url: Url,
     },
+    /// A media file uploaded over HTTP and kept by the store; identified by its content, so
+    /// the same bytes uploaded again (under any name) are the same input.
+    Upload {
+        /// Lowercase hex SHA-256 of the uploaded bytes (64 characters).
+        sha256: String,
+        /// Where the store keeps the bytes.
+        path: PathBuf,
+    },
 }
 
 /// Operator policy for what non-YouTube input is accepted.
@@ -965,6 +973,7 @@ impl Input {
     ///   file can be stat'ed, so a file changed in place is a new task.
     /// - Direct URL: `url-<first 16 hex chars of SHA-256 of the normalized
     ///   URL string>`.
+    /// - Upload: `upload-<first 16 hex chars of the content's SHA-256>`.
     ///
     /// The result contains only `[A-Za-z0-9_-]` (no `:`, which BullMQ uses as
     /// its key separator) and always starts with a letter, so it is never
@@ -987,6 +996,7 @@ impl Input {
                 format!("file-{}", sha256_16(&bytes))
             }
             Input::DirectUrl { url } => format!("url-{}", sha256_16(url.as_str().as_bytes())),
+            Input::Upload { sha256, .. } => format!("upload-{}", &sha256[..sha256.len().min(16)]),
         }
     }
 }
@@ -1596,6 +1606,18 @@ mod tests {
             lf.source_key(),
             format!("file-{}", &hex::encode(Sha256::digest(b"/a/b.wav"))[..16])
         );
+        // An upload is its content: another path with the same bytes is the same source.
+        let sha = hex::encode(Sha256::digest(b"RIFF"));
+        let up = |p: &str| Input::Upload {
+            sha256: sha.clone(),
+            path: PathBuf::from(p),
+        };
+        assert_eq!(
+            up("/u/1/a.wav").source_key(),
+            format!("upload-{}", &sha[..16])
+        );
+        assert_eq!(up("/u/1/a.wav").source_key(), up("/u/2/b.mp3").source_key());
+        assert!(valid_job_fragment(&up("/x").source_key()));
         std::fs::remove_file(p).ok();
     }
 }

@@ -11,6 +11,8 @@ use crate::app::cancel::Cancelled;
 use crate::app::tasks;
 use crate::app::tasks::{SubmitError, TaskOpError, TaskPage};
 use crate::domain::manifest::{Manifest, TaskStatus};
+use crate::domain::ModelRef;
+use crate::store::StoredUpload;
 use crate::tools::model::ModelChoiceError;
 
 /// An API error: HTTP status, tRPC error code name and a message for humans.
@@ -247,8 +249,7 @@ pub async fn create(st: &Shared, input: CreateInput) -> Result<CreateOutput, Api
     // Input errors become 400s; with `allow_local_files` off the policy is `remote`, so
     // parsing never looks at this machine's disk.
     let fresh = input.fresh || input.options.fresh;
-    let (default, dir) = model_files(st);
-    let model = crate::tools::model::choose(input.options.model.as_deref(), &default, &dir).await?;
+    let model = choose_model(st, input.options.model.as_deref()).await?;
     let s = tasks::submit(
         &st.data,
         &st.producer,
@@ -258,6 +259,32 @@ pub async fn create(st: &Shared, input: CreateInput) -> Result<CreateOutput, Api
         &model,
     )
     .await?;
+    created(st, s)
+}
+
+/// Creates (or joins) the task for a file uploaded as `name` and kept by the store
+/// ([`tasks::submit_upload`]: one task per content and model).
+pub async fn create_upload(
+    st: &Shared,
+    upload: &StoredUpload,
+    name: &str,
+    options: &CreateOptions,
+) -> Result<CreateOutput, ApiError> {
+    let model = choose_model(st, options.model.as_deref()).await?;
+    let s =
+        tasks::submit_upload(&st.data, &st.producer, upload, name, options.fresh, &model).await?;
+    created(st, s)
+}
+
+/// The model for a submission that names `asked` (`None` = the server's default).
+/// Errors: [`ModelChoiceError`] (an unknown name is `NotInstalled`).
+pub async fn choose_model(st: &Shared, asked: Option<&str>) -> Result<ModelRef, ModelChoiceError> {
+    let (default, dir) = model_files(st);
+    crate::tools::model::choose(asked, &default, &dir).await
+}
+
+/// The answer to a submission `s`, with the task's status now.
+fn created(st: &Shared, s: tasks::Submitted) -> Result<CreateOutput, ApiError> {
     let status = tasks::get(&st.data, &s.task_id)?.status;
     Ok(CreateOutput {
         task_id: s.task_id,

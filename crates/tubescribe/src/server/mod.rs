@@ -7,21 +7,24 @@
 //! | `GET /` | the web page (`web/index.html`, embedded) |
 //! | `POST /trpc/tasks.create`, `tasks.cancel`, `tasks.retry` | tRPC mutations (JSON body) |
 //! | `GET /trpc/tasks.get`, `tasks.list` `?input=<json>` | tRPC queries |
-//! | `POST /api/tasks`, `GET /api/tasks`, `GET /api/tasks/{id}` | REST |
+//! | `POST /api/tasks` (JSON, or `multipart/form-data` with a `file`), `GET /api/tasks`, `GET /api/tasks/{id}` | REST |
 //! | `POST /api/tasks/{id}/cancel`, `POST /api/tasks/{id}/retry` | REST |
 //! | `GET /api/tasks/{id}/transcript.{txt,srt,vtt,json}`, `summary.{md,json}` | outputs |
 //! | `GET /api/events/stream`, `GET /api/tasks/{id}/events` | SSE (see `events.rs`) |
 //! | `GET /api/openapi.json` | OpenAPI 3.1 document |
 //! | `GET /metrics` | Prometheus text (`metrics.rs`; queue counts refreshed from Redis) |
 //! | `GET /healthz`, `GET /readyz` | liveness; readiness (Redis answers) |
+//! | `POST /v1/audio/transcriptions`, `/v1/audio/translations`, `GET /v1/models` | OpenAI-compatible speech-to-text (`openai.rs`) |
 //!
 //! Every `POST` needs `Authorization: Bearer <token>` when a token is configured. Request
-//! bodies are limited (64 KiB by default).
+//! bodies are limited (64 KiB by default); uploads (`upload.rs`) by `--max-upload-mb`.
 
 mod api;
+mod openai;
 mod rest;
 mod sse;
 mod trpc;
+mod upload;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -100,8 +103,10 @@ pub struct ServeOptions {
     pub api_token: Option<String>,
     /// Interval of SSE keep-alive comments.
     pub keep_alive: Duration,
-    /// Largest accepted request body in bytes.
+    /// Largest accepted request body in bytes (JSON, tRPC).
     pub body_limit: usize,
+    /// Largest accepted uploaded file in bytes (`POST /api/tasks` multipart, `/v1/audio/*`).
+    pub max_upload: u64,
     /// Whether local file paths may be submitted over HTTP (off: a remote user must not make
     /// the server read its files).
     pub allow_local_files: bool,
@@ -111,12 +116,14 @@ pub struct ServeOptions {
 }
 
 impl ServeOptions {
-    /// Defaults: no token, keep-alive every 15 s, 64 KiB bodies, no local files.
+    /// Defaults: no token, keep-alive every 15 s, 64 KiB bodies, 2048 MiB uploads, no local
+    /// files.
     pub fn new() -> Self {
         Self {
             api_token: None,
             keep_alive: Duration::from_secs(15),
             body_limit: 64 * 1024,
+            max_upload: 2048 * 1024 * 1024,
             allow_local_files: false,
             model: None,
         }
@@ -182,7 +189,22 @@ fn router(state: Shared) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/api/openapi.json", get(openapi))
-        .route("/api/tasks", post(rest::create).get(rest::list))
+        // Uploads count their own bytes (`upload.rs`); JSON bodies too (`rest::create`).
+        .route(
+            "/api/tasks",
+            post(rest::create)
+                .get(rest::list)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/v1/audio/transcriptions",
+            post(openai::transcriptions).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/v1/audio/translations",
+            post(openai::translations).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/models", get(openai::models))
         .route("/api/models", get(rest::models))
         .route("/api/tasks/{id}", get(rest::get))
         .route("/api/tasks/{id}/cancel", post(rest::cancel))
@@ -266,6 +288,8 @@ async fn auth(State(st): State<Shared>, req: Request, next: Next) -> Response {
             return if req.uri().path().starts_with("/trpc/") {
                 let path = req.uri().path().trim_start_matches("/trpc/").to_string();
                 trpc::error_response(&e, &path)
+            } else if req.uri().path().starts_with("/v1/") {
+                openai::OpenAiError::from(e).into_response()
             } else {
                 e.into_response()
             };
@@ -302,10 +326,14 @@ mod tests {
             "/api/tasks/{id}/retry",
             "/api/tasks/{id}/events",
             "/api/events/stream",
+            "/v1/audio/transcriptions",
+            "/v1/audio/translations",
+            "/v1/models",
         ] {
             assert!(doc["paths"].get(p).is_some(), "{p} missing");
         }
         assert!(INDEX_HTML.contains("<form"));
+        assert!(INDEX_HTML.contains(r#"type="file""#));
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));

@@ -1,26 +1,48 @@
 //! The REST routes under `/api`: the same operations as the tRPC procedures, JSON answers,
 //! errors as `application/problem+json`, and the task's output files.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures::StreamExt;
 
-use super::api::{self, ApiError, CreateInput, ListInput};
+use super::api::{self, ApiError, CreateInput, CreateOptions, ListInput};
+use super::upload::{self, FormError};
 use super::Shared;
 use crate::domain::manifest::TaskStatus;
 use crate::store::names;
 
 /// `POST /api/tasks` → 201 with `{taskId, videoId, existing, status}` and a `Location`
 /// header for a new task, 200 when an existing task was joined.
-pub async fn create(
-    State(st): State<Shared>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let input: CreateInput = api::parse_json(body)?;
-    let out = api::create(&st, input).await?;
+///
+/// The body is JSON (`{link, options}`, at most `--max-body-kb`) or `multipart/form-data`
+/// with the media in the field `file` (at most `--max-upload-mb`, streamed into the store)
+/// and an optional field `options` (the JSON object of the JSON form); other fields are
+/// ignored. One task per content and model (`upload-<hash>`).
+pub async fn create(State(st): State<Shared>, req: Request) -> Result<Response, ApiError> {
+    let out = if upload::is_multipart(req.headers()) {
+        let form = upload::read_form(&st, req, "file")
+            .await
+            .map_err(form_error)?;
+        let options: CreateOptions = match form.field("options") {
+            Some(o) if !o.trim().is_empty() => {
+                serde_json::from_str(o).map_err(|e| api::invalid_input(&e))?
+            }
+            _ => CreateOptions::default(),
+        };
+        let Some((stored, name)) = &form.file else {
+            return Err(ApiError::bad_request(
+                "the form has no file: send the media in the field \"file\"",
+            ));
+        };
+        api::create_upload(&st, stored, name, &options).await?
+    } else {
+        let body = read_limited(req.into_body(), st.opts.body_limit).await?;
+        let input: CreateInput = api::parse_json(Ok(body))?;
+        api::create(&st, input).await?
+    };
     let status = if out.existing {
         StatusCode::OK
     } else {
@@ -28,6 +50,30 @@ pub async fn create(
     };
     let location = format!("/api/tasks/{}", out.task_id);
     Ok((status, [(header::LOCATION, location)], Json(out)).into_response())
+}
+
+/// An upload form's error as a problem: 413, 400 or 503.
+fn form_error(e: FormError) -> ApiError {
+    match e {
+        FormError::TooLarge { .. } => ApiError::too_large(e.to_string()),
+        FormError::Bad { .. } => ApiError::bad_request(e.to_string()),
+        FormError::Store(_) => ApiError::unavailable(e.to_string()),
+    }
+}
+
+/// The whole of `body`, refused with 413 once it passes `limit` bytes.
+async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let mut out = Vec::new();
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("cannot read the body: {e}")))?;
+        if out.len() + chunk.len() > limit {
+            return Err(ApiError::too_large("request body is too large"));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.into())
 }
 
 /// `GET /api/tasks?status=&limit=&offset=` → `{tasks, total, offset, limit}`.
@@ -115,9 +161,14 @@ pub async fn file(
     }
 }
 
-/// Any other path: 404 problem.
-pub async fn not_found(uri: axum::http::Uri) -> ApiError {
-    ApiError::not_found(format!("no route for {}", uri.path()))
+/// Any other path: 404 problem (in OpenAI's shape under `/v1/`).
+pub async fn not_found(uri: axum::http::Uri) -> Response {
+    let e = ApiError::not_found(format!("no route for {}", uri.path()));
+    if uri.path().starts_with("/v1/") {
+        super::openai::OpenAiError::from(e).into_response()
+    } else {
+        e.into_response()
+    }
 }
 
 /// 405 (problem+json) for a known path with a method it does not have.

@@ -10,6 +10,8 @@
 //!     transcript.{json,txt,srt,vtt}
 //!     summary.{md,json}
 //!     .tmp/                temp files of running stages (renamed into place on success)
+//!   uploads/<sha256>/<name> media uploaded over HTTP, by content (the first name it came with)
+//!   uploads/.tmp/          uploads being received (renamed into place when complete)
 //!   models/                ggml Whisper models
 //!   redis/                 embedded redis-server: socket, AOF, pid and log
 //! ```
@@ -193,6 +195,149 @@ impl DataDir {
         }
         ids.sort();
         Ok(ids)
+    }
+}
+
+impl DataDir {
+    /// Starts receiving an upload: a temp file under `<data>/uploads/.tmp/`, written chunk by
+    /// chunk ([`UploadSink::write`]) and hashed on the way, never held whole in memory. This is
+    /// the one way media enters the data directory over HTTP (the seam for other stores).
+    ///
+    /// Errors: IO creating the directory or the file.
+    pub async fn begin_upload(&self) -> Result<UploadSink, StoreError> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = self.root.join("uploads").join(".tmp");
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(io("create directory", &dir))?;
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!("{}.{n}.part", std::process::id()));
+        let file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(io("create", &tmp))?;
+        Ok(UploadSink {
+            file: Some(file),
+            uploads: self.root.join("uploads"),
+            tmp,
+            hasher: Sha256::new(),
+            size: 0,
+        })
+    }
+}
+
+/// An upload being received ([`DataDir::begin_upload`]). Dropped without a successful
+/// [`UploadSink::finish`], its temp file is removed.
+#[derive(Debug)]
+pub struct UploadSink {
+    file: Option<tokio::fs::File>,
+    uploads: PathBuf,
+    tmp: PathBuf,
+    hasher: Sha256,
+    size: u64,
+}
+
+/// An upload kept by the store ([`UploadSink::finish`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredUpload {
+    /// Lowercase hex SHA-256 of the bytes.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Where the bytes are: `<data>/uploads/<sha256>/<name>`.
+    pub path: PathBuf,
+}
+
+impl UploadSink {
+    /// Appends `chunk`. Errors: IO (ENOSPC: [`StoreError::is_disk_full`]).
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+        use tokio::io::AsyncWriteExt;
+        let f = self.file.as_mut().expect("open until finished");
+        f.write_all(chunk).await.map_err(io("write", &self.tmp))?;
+        self.hasher.update(chunk);
+        self.size += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Completes the upload: flushed to disk and kept at `<data>/uploads/<sha256>/<name>`,
+    /// where `name` is `client_name` reduced to `[A-Za-z0-9._-]` (at most 100 characters,
+    /// never starting with a dot; `upload` when nothing is left). When these bytes were
+    /// uploaded before, the file kept then is returned and this copy is dropped, so equal
+    /// content is stored once and keeps its first name.
+    ///
+    /// Errors: IO.
+    pub async fn finish(mut self, client_name: &str) -> Result<StoredUpload, StoreError> {
+        use tokio::io::AsyncWriteExt;
+        let mut f = self.file.take().expect("open until finished");
+        f.flush().await.map_err(io("write", &self.tmp))?;
+        f.sync_all().await.map_err(io("sync", &self.tmp))?;
+        drop(f);
+        let sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        let dir = self.uploads.join(&sha256);
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(io("create directory", &dir))?;
+        let existing = fs::read_dir(&dir)
+            .map_err(io("list", &dir))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.is_file());
+        let path = match existing {
+            Some(p) => {
+                let _ = tokio::fs::remove_file(&self.tmp).await;
+                p
+            }
+            None => {
+                let p = dir.join(upload_name(client_name));
+                tokio::fs::rename(&self.tmp, &p)
+                    .await
+                    .map_err(io("rename", &self.tmp))?;
+                p
+            }
+        };
+        Ok(StoredUpload {
+            sha256,
+            size: self.size,
+            path,
+        })
+    }
+}
+
+impl Drop for UploadSink {
+    fn drop(&mut self) {
+        // After `finish` renamed it there is nothing left to remove.
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+/// The file name an upload is kept under: `client` reduced to `[A-Za-z0-9._-]` (other
+/// characters become `_`, path separators end the directory part), at most 100 characters,
+/// no leading dot; `upload` when nothing is left.
+fn upload_name(client: &str) -> String {
+    let base = client.rsplit(['/', '\\']).next().unwrap_or("");
+    let mut name: String = base
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect();
+    while name.starts_with('.') {
+        name.remove(0);
+    }
+    if name.is_empty() {
+        "upload".into()
+    } else {
+        name
     }
 }
 
@@ -816,6 +961,46 @@ mod tests {
         let p = std::env::temp_dir().join(format!("ts-td-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&p);
         p
+    }
+
+    #[test]
+    fn uploads_are_kept_by_content_under_a_safe_name() {
+        assert_eq!(upload_name("jfk.wav"), "jfk.wav");
+        assert_eq!(upload_name("C:\\x\\../ä b.mp3"), "__b.mp3");
+        assert_eq!(upload_name("../../.."), "upload");
+        assert_eq!(upload_name(".hidden"), "hidden");
+        assert_eq!(upload_name(""), "upload");
+        let root = tmp_root("upload");
+        let dd = DataDir::open(&root).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let put = |name: &'static str, parts: &'static [&'static [u8]]| {
+            rt.block_on(async {
+                let mut s = dd.begin_upload().await.unwrap();
+                for p in parts {
+                    s.write(p).await.unwrap();
+                }
+                assert_eq!(s.size(), parts.iter().map(|p| p.len() as u64).sum::<u64>());
+                s.finish(name).await.unwrap()
+            })
+        };
+        let a = put("a.wav", &[b"RI", b"FF"]);
+        assert_eq!(a.sha256, hex::encode(Sha256::digest(b"RIFF")));
+        assert_eq!(a.size, 4);
+        assert_eq!(a.path, root.join("uploads").join(&a.sha256).join("a.wav"));
+        assert_eq!(fs::read(&a.path).unwrap(), b"RIFF");
+        // The same bytes under another name: stored once, under the first name.
+        assert_eq!(put("b.wav", &[b"RIFF"]), a);
+        assert_ne!(put("a.wav", &[b"RIFX"]).sha256, a.sha256);
+        // An abandoned upload leaves nothing behind.
+        rt.block_on(async {
+            let mut s = dd.begin_upload().await.unwrap();
+            s.write(b"partial").await.unwrap();
+        });
+        let tmp = root.join("uploads/.tmp");
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
+        let _ = fs::remove_dir_all(&root);
     }
 
     #[test]

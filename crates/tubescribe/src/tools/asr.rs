@@ -274,6 +274,15 @@ impl LanguageId {
 }
 
 /// `german` → `German`.
+/// Whisper's full, lower-case name of the language `code` (ISO 639-1: `en` → `english`,
+/// `de` → `german`), as OpenAI's API reports languages; `code` itself when whisper does not
+/// know it.
+pub fn language_name(code: &str) -> String {
+    whisper_rs::get_lang_id(code)
+        .and_then(whisper_rs::get_lang_str_full)
+        .map_or_else(|| code.to_string(), str::to_string)
+}
+
 fn capitalised(s: &str) -> String {
     let mut c = s.chars();
     c.next()

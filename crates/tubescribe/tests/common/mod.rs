@@ -54,7 +54,12 @@ pub fn model() -> PathBuf {
 
 /// yt-dlp from the project's venv; fails loudly when missing.
 pub fn ytdlp() -> PathBuf {
-    let p = venv_bin().join("yt-dlp");
+    venv_program("yt-dlp")
+}
+
+/// The program `name` in the project's venv; fails loudly when missing.
+fn venv_program(name: &str) -> PathBuf {
+    let p = venv_bin().join(name);
     assert!(
         p.is_file(),
         "{} is missing: run scripts/setup.sh --test",
@@ -66,6 +71,12 @@ pub fn ytdlp() -> PathBuf {
 /// The project's venv `bin` directory (yt-dlp, python with pip, deno).
 fn venv_bin() -> PathBuf {
     repo_root().join(".venv/bin")
+}
+
+/// The venv's Python with the test packages of `scripts/requirements-test.txt` (the `openai`
+/// client…); fails loudly when missing.
+pub fn venv_python() -> PathBuf {
+    venv_program("python")
 }
 
 // ---------------------------------------------------------------------------------------
