@@ -98,7 +98,11 @@ impl IntoResponse for ApiError {
 impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         match e {
-            SubmitError::Input(e) => ApiError::bad_request(e.to_string()),
+            SubmitError::Input(_) | SubmitError::Options(_) => ApiError::bad_request(e.to_string()),
+            SubmitError::List {
+                retryable: false, ..
+            } => ApiError::bad_request(e.to_string()),
+            SubmitError::List { .. } => ApiError::unavailable(e.to_string()),
             SubmitError::Busy(_) => ApiError::conflict(e.to_string()),
             SubmitError::Store(_) | SubmitError::Queue(_) => ApiError::unavailable(e.to_string()),
         }
