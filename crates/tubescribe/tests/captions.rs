@@ -359,3 +359,90 @@ fn batch_files(data: &Path) -> Vec<serde_json::Value> {
         .map(|p| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
         .collect()
 }
+
+/// The API: `options.expand` + `maxVideos` in `POST /api/tasks` answer with the batch, and
+/// `GET /api/batches/{id}` shows it with its tasks' statuses; a bad captions mode and a
+/// playlist without `expand` are 400s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_expands_a_playlist_into_a_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = tmp.path().join("fake");
+    std::fs::create_dir_all(&fake).unwrap();
+    let script = fake_ytdlp(&fake);
+    let (wav, _) = speech(tmp.path(), "jfk", ENGLISH_CLIPS[0].1);
+    let mut entries = Vec::new();
+    for id in ["ApiItem0001", "ApiItem0002", "ApiItem0003"] {
+        scenario(
+            &fake,
+            id,
+            serde_json::json!({"meta": {"id": id, "duration": 11}, "media": wav.to_str().unwrap(), "subs": {"en": HUMAN_VTT}}),
+        );
+        entries.push(
+            serde_json::json!({"_type": "url", "ie_key": "Youtube", "id": id,
+            "url": format!("https://www.youtube.com/watch?v={id}")}),
+        );
+    }
+    let flat = serde_json::json!({"_type": "playlist", "id": "PLapi", "title": "API list", "entries": entries});
+    std::fs::write(fake.join("flat.json"), flat.to_string()).unwrap();
+    let data = tmp.path().join("data");
+    let mut server = Env::new(&data)
+        .var("TUBESCRIBE_MIN_FREE_MB", "1")
+        .var("TUBESCRIBE_YTDLP", script.to_str().unwrap())
+        .bin(&["serve", "--listen", "127.0.0.1:0"])
+        .start();
+    let base = server.wait_base_url();
+    let c = reqwest::Client::new();
+    let post = |body: serde_json::Value| {
+        let c = c.clone();
+        let url = format!("{base}/api/tasks");
+        async move {
+            let r = c.post(url).json(&body).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let url = "https://www.youtube.com/playlist?list=PLapi";
+    let (s, body) = post(serde_json::json!({"link": url})).await;
+    assert_eq!(s, 400, "{body}");
+    let (s, body) = post(
+        serde_json::json!({"link": url, "options": {"expand": true, "captions": "sometimes"}}),
+    )
+    .await;
+    assert_eq!(s, 400, "{body}");
+    assert!(
+        body.to_string()
+            .contains("is not one of prefer, only, never"),
+        "{body}"
+    );
+    let (s, body) = post(serde_json::json!({"link": url,
+        "options": {"expand": true, "maxVideos": 2, "captions": "prefer"}}))
+    .await;
+    assert_eq!(s, 201, "{body}");
+    let b = &body["batch"];
+    assert_eq!(b["items"].as_array().unwrap().len(), 2, "{body:#}");
+    assert_eq!(body["taskId"], "yt-ApiItem0001-ccp-en");
+    let bid = b["batch_id"].as_str().unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        let r = c
+            .get(format!("{base}/api/batches/{bid}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let got: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(got["title"], "API list");
+        if got["statuses"] == serde_json::json!(["completed", "completed"]) {
+            break;
+        }
+        assert!(t0.elapsed().as_secs() < 120, "{got:#}");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    let r = c
+        .get(format!("{base}/api/batches/batch-0000000000000000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    drop(server);
+}

@@ -613,6 +613,7 @@ async fn serve(cfg: Config, args: ServeArgs) -> Result<i32> {
     opts.body_limit = args.max_body_kb.max(1) * 1024;
     opts.keep_alive = Duration::from_secs(args.keep_alive_s.max(1));
     opts.model = Some(rt.config().model.clone());
+    opts.ytdlp = rt.config().programs.ytdlp.clone();
     let policy = rt.config().input_policy();
     let with_workers = rt.has_workers();
     let r = crate::server::run(

@@ -108,6 +108,8 @@ pub struct ServeOptions {
     /// The Whisper model used when a submission names none (`--model`); `None` =
     /// `<data>/models/ggml-tiny.en.bin`. Submissions may name any installed model instead.
     pub model: Option<std::path::PathBuf>,
+    /// yt-dlp, which lists a playlist or channel submitted with `options.expand`.
+    pub ytdlp: std::path::PathBuf,
 }
 
 impl ServeOptions {
@@ -119,6 +121,7 @@ impl ServeOptions {
             body_limit: 64 * 1024,
             allow_local_files: false,
             model: None,
+            ytdlp: std::path::PathBuf::from("yt-dlp"),
         }
     }
 }
@@ -184,6 +187,7 @@ fn router(state: Shared) -> Router {
         .route("/api/openapi.json", get(openapi))
         .route("/api/tasks", post(rest::create).get(rest::list))
         .route("/api/models", get(rest::models))
+        .route("/api/batches/{id}", get(rest::batch))
         .route("/api/tasks/{id}", get(rest::get))
         .route("/api/tasks/{id}/cancel", post(rest::cancel))
         .route("/api/tasks/{id}/retry", post(rest::retry))
