@@ -22,6 +22,13 @@ fn run(data: &Path, script: &Path, args: &[&str]) -> Run {
         .run()
 }
 
+/// [`run`], asserting that it succeeded.
+fn run_ok(data: &Path, script: &Path, args: &[&str]) -> Run {
+    let r = run(data, script, args);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    r
+}
+
 /// The video's human-made English captions as YouTube serves them through yt-dlp.
 const HUMAN_VTT: &str = "WEBVTT\nKind: captions\nLanguage: en\n\n\
 00:00:00.500 --> 00:00:04.000\nAnd so, my fellow Americans,\n\n\
@@ -83,7 +90,7 @@ fn captions_first_and_chapters() {
             "media": media, "auto_subs": {"en": AUTO_VTT}}),
     );
     let data = tmp.path().join("data");
-    let r = run(
+    run_ok(
         &data,
         &script,
         &[
@@ -94,7 +101,6 @@ fn captions_first_and_chapters() {
             "https://youtu.be/HumanCapt01",
         ],
     );
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
 
     // No captions: Whisper ran.
     let t = "yt-NoCaptions1-ccp-en";
@@ -210,7 +216,7 @@ fn captions_first_and_chapters() {
     );
 
     // The same video with automatic captions allowed: its rolling lines, once each.
-    let r = run(
+    run_ok(
         &data,
         &script,
         &[
@@ -221,7 +227,6 @@ fn captions_first_and_chapters() {
             "https://youtu.be/AutoCapt001",
         ],
     );
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let t = "yt-AutoCapt001-ccoa-en";
     let m = manifest(&data, t);
     assert_eq!(m["stages"]["transcribe"]["detail"]["captions_kind"], "auto");
@@ -271,12 +276,11 @@ fn playlists_expand_into_tasks_and_a_batch() {
         r.stderr
     );
 
-    let r = run(
+    let r = run_ok(
         &data,
         &script,
         &["process", "--playlist", "--captions", "prefer", url],
     );
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let tasks: Vec<String> = ids.iter().map(|id| format!("yt-{id}-ccp-en")).collect();
     assert_eq!(task_ids(&data), tasks);
     let batches = batch_files(&data);
@@ -319,7 +323,7 @@ fn playlists_expand_into_tasks_and_a_batch() {
     assert_eq!(&list_call[list_call.len() - 2..], ["--", url]);
 
     // --max-videos 2: two videos, each joining its existing task.
-    let r = run(
+    run_ok(
         &data,
         &script,
         &[
@@ -332,7 +336,6 @@ fn playlists_expand_into_tasks_and_a_batch() {
             url,
         ],
     );
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let batches = batch_files(&data);
     assert_eq!(batches.len(), 2);
     let b2 = batches.iter().find(|b| b["batch_id"] != bid).unwrap();
@@ -343,8 +346,7 @@ fn playlists_expand_into_tasks_and_a_batch() {
     assert_eq!(task_ids(&data).len(), 3);
     let last = calls(&fake)
         .into_iter()
-        .filter(|a| a.contains(&"--flat-playlist".to_string()))
-        .last()
+        .rfind(|a| a.contains(&"--flat-playlist".to_string()))
         .unwrap();
     let i = last.iter().position(|a| a == "--playlist-items").unwrap();
     assert_eq!(last[i + 1], "1:2");

@@ -656,15 +656,8 @@ fn parse_youtube_inner(s: &str, allow_attribution: bool) -> Result<(String, Stri
             other => other,
         });
     }
-    let with_scheme;
-    let text = match scheme_of(s) {
-        Some(_) => s,
-        None => {
-            with_scheme = format!("https://{}", s.trim_start_matches('/'));
-            &with_scheme
-        }
-    };
-    let url = Url::parse(text)
+    let text = with_https(s);
+    let url = Url::parse(&text)
         .map_err(|e| InputError::InvalidUrl(format!("cannot parse {:?}: {e}", echo(s))))?;
     match url.scheme() {
         "http" | "https" => {}
@@ -758,6 +751,14 @@ fn parse_youtube_inner(s: &str, allow_attribution: bool) -> Result<(String, Stri
     }
 }
 
+/// `s` with `https://` in front when it has no scheme (`youtube.com/…`, `//youtu.be/…`).
+fn with_https(s: &str) -> std::borrow::Cow<'_, str> {
+    match scheme_of(s) {
+        Some(_) => s.into(),
+        None => format!("https://{}", s.trim_start_matches('/')).into(),
+    }
+}
+
 /// A YouTube playlist or channel, normalized for a listing by yt-dlp (`expand`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Collection {
@@ -781,15 +782,8 @@ pub struct Collection {
 pub fn parse_collection_url(s: &str) -> Option<Collection> {
     use crate::domain::options::CollectionKind;
     let s = s.trim();
-    let with_scheme;
-    let text = match scheme_of(s) {
-        Some(_) => s,
-        None => {
-            with_scheme = format!("https://{}", s.trim_start_matches('/'));
-            &with_scheme
-        }
-    };
-    let url = Url::parse(text).ok()?;
+    let text = with_https(s);
+    let url = Url::parse(&text).ok()?;
     if !matches!(url.scheme(), "http" | "https")
         || !url.username().is_empty()
         || url.password().is_some()

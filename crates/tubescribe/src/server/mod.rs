@@ -9,6 +9,7 @@
 //! | `GET /trpc/tasks.get`, `tasks.list` `?input=<json>` | tRPC queries |
 //! | `POST /api/tasks`, `GET /api/tasks`, `GET /api/tasks/{id}` | REST |
 //! | `POST /api/tasks/{id}/cancel`, `POST /api/tasks/{id}/retry` | REST |
+//! | `GET /api/batches/{id}` | a playlist or channel expanded into tasks (`options.expand`) |
 //! | `GET /api/tasks/{id}/transcript.{txt,srt,vtt,json}`, `summary.{md,json}` | outputs |
 //! | `GET /api/events/stream`, `GET /api/tasks/{id}/events` | SSE (see `events.rs`) |
 //! | `GET /api/openapi.json` | OpenAPI 3.1 document |
@@ -306,6 +307,7 @@ mod tests {
             "/api/tasks/{id}/retry",
             "/api/tasks/{id}/events",
             "/api/events/stream",
+            "/api/batches/{id}",
         ] {
             assert!(doc["paths"].get(p).is_some(), "{p} missing");
         }

@@ -387,7 +387,7 @@ fn pick_captions(
     found.sort();
     let (_, lang, path) = found.into_iter().next()?;
     let path = file_inside(out_dir, out_dir_real, &path)?;
-    let is_human = !req.auto || human.is_some_and(|h| h.iter().any(|l| *l == lang));
+    let is_human = !req.auto || human.is_some_and(|h| h.contains(&lang));
     Some((
         path,
         CaptionsFile {
