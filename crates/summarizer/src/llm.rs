@@ -50,7 +50,7 @@ use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 
 use crate::extractive;
-use crate::{format_timestamp, KeyPoint, Segment, Summary, SummaryKind};
+use crate::{format_timestamp, Chapter, KeyPoint, Segment, Summary, SummaryKind};
 
 /// Which `response_format` to request from the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -364,6 +364,8 @@ impl LlmClient {
             model: self.cfg.model.clone(),
         };
         let lines = build_lines(&extractive::sentences(segments));
+        let mut video_chapters = opts.chapters.clone();
+        video_chapters.sort_by_key(|c| c.start_ms);
         let starts: Vec<u64> = lines.iter().map(|l| l.start_ms).collect();
         if lines.is_empty() {
             let mut s = extractive::no_speech(kind);
@@ -380,6 +382,7 @@ impl LlmClient {
             starts: &starts,
             transcript_lower: &transcript_text,
             language: language.and_then(language_label),
+            chapters: &video_chapters,
         };
         let budget = prompt_budget(&self.cfg);
         let total = estimate_lines(&lines);
@@ -498,7 +501,14 @@ impl LlmClient {
         max_points: usize,
     ) -> Result<ModelSummary, LlmError> {
         let nonce = format!("{:016x}", fastrand::u64(..));
-        let (system, user) = build_prompt(kind, lines, &nonce, max_points, ctx.language.as_deref());
+        let (system, user) = build_prompt(
+            kind,
+            lines,
+            &nonce,
+            max_points,
+            ctx.language.as_deref(),
+            ctx.chapters,
+        );
         let mut messages = vec![
             json!({"role": "system", "content": system}),
             json!({"role": "user", "content": user}),
@@ -692,6 +702,9 @@ struct Ctx<'a> {
     transcript_lower: &'a str,
     /// How the prompt names the transcript's language (`"German"`), if known.
     language: Option<String>,
+    /// The video's own chapters (`Options::chapters`), sorted by start; the prompt marks
+    /// where each begins.
+    chapters: &'a [Chapter],
 }
 
 fn transport_error(e: reqwest::Error) -> AttemptError {
@@ -964,14 +977,21 @@ fn close_delim(nonce: &str) -> String {
     format!("<<<END DATA {nonce}>>>")
 }
 
-/// Builds the (system, user) messages.
+/// Builds the (system, user) messages. `chapters` (the video's own, sorted by start) are
+/// marked in a transcript's data as `## Chapter: <title>` lines before their first line, and
+/// the model is asked to cover every chapter with at least one key point.
 fn build_prompt(
     kind: InputKind,
     lines: &[Line],
     nonce: &str,
     max_points: usize,
     language: Option<&str>,
+    chapters: &[Chapter],
 ) -> (String, String) {
+    let chapters = match kind {
+        InputKind::Transcript => chapters,
+        InputKind::Notes => &[],
+    };
     let (open, close) = (open_delim(nonce), close_delim(nonce));
     let what = match kind {
         InputKind::Transcript => "a video transcript",
@@ -997,11 +1017,29 @@ fn build_prompt(
         ),
         None => system,
     };
+    let system = if chapters.is_empty() {
+        system
+    } else {
+        format!(
+            "{system}\nThe video is divided into chapters: a data line \"## Chapter: <title>\" starts one. \
+             Give at least one key point for every chapter that has data lines, as far as the number of key \
+             points allows; a chapter line is not a segment and has no id."
+        )
+    };
     let mut user =
         String::with_capacity(lines.iter().map(|l| l.text.len() + 24).sum::<usize>() + 512);
     user.push_str(&open);
     user.push('\n');
+    let mut next_chapter = 0;
     for l in lines {
+        while let Some(c) = chapters
+            .get(next_chapter)
+            .filter(|c| c.start_ms <= l.start_ms)
+        {
+            let title = c.title.replace(['\n', '\r'], " ");
+            user.push_str(&format!("## Chapter: {title}\n"));
+            next_chapter += 1;
+        }
         user.push_str(&format!(
             "[{}] [{}] {}\n",
             l.id,
@@ -1169,6 +1207,47 @@ fn strip_foreign_urls(s: &str, transcript_lower: &str) -> (String, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prompt_marks_the_videos_chapters() {
+        let line = |id: usize, start_ms: u64, text: &str| Line {
+            id,
+            start_ms,
+            text: text.to_string(),
+        };
+        let lines = [
+            line(0, 500, "And so, my fellow Americans,"),
+            line(1, 4000, "ask not what your country can do for you."),
+            line(2, 8000, "Ask what you can do for your country."),
+        ];
+        let chapters = [
+            Chapter {
+                start_ms: 0,
+                end_ms: 4000,
+                title: "Opening".into(),
+            },
+            Chapter {
+                start_ms: 4000,
+                end_ms: 11000,
+                title: "The\nask".into(),
+            },
+        ];
+        let (system, user) = build_prompt(InputKind::Transcript, &lines, "n1", 5, None, &chapters);
+        assert!(system.contains("divided into chapters"), "{system}");
+        let data: Vec<&str> = user.lines().skip(1).take(5).collect();
+        assert_eq!(
+            data,
+            [
+                "## Chapter: Opening",
+                "[0] [00:00] And so, my fellow Americans,",
+                "## Chapter: The ask",
+                "[1] [00:04] ask not what your country can do for you.",
+                "[2] [00:08] Ask what you can do for your country.",
+            ]
+        );
+        let (system, user) = build_prompt(InputKind::Transcript, &lines, "n1", 5, None, &[]);
+        assert!(!system.contains("chapters") && !user.contains("## Chapter"));
+    }
     use crate::Word;
 
     fn segs(n: usize) -> Vec<Segment> {
@@ -1246,6 +1325,7 @@ mod tests {
             starts: &starts,
             transcript_lower: "segment number 0 https://ok.example",
             language: None,
+            chapters: &[],
         };
         let reply = "Sure! ```json\n{\"tldr\": \"A  talk.\", \"key_points\": [\
             {\"segment\": 1, \"text\": \"one\"}, {\"segment\": \"2\", \"text\": \"two\"},\

@@ -124,66 +124,6 @@ fn assert_failed(
     }
 }
 
-/// A stand-in for yt-dlp: for the video id at the end of the canonical URL it reads
-/// `<dir>/<id>.json` (`meta`: the META object to print, `stderr`, `exit`, `media`: a file to
-/// "download"; hostile: `report`, a path to print as the result without writing anything;
-/// `link_to` / `hardlink_to`, a target for a symlink / hard link it leaves as the result;
-/// `swap_dir_to` + `name`, a directory it puts in place of its `-P` directory as a symlink
-/// before naming `name` inside), logs the full command line to `<dir>/calls.log` and behaves like yt-dlp with
-/// our `--print` templates.
-fn fake_ytdlp(dir: &Path) -> PathBuf {
-    let script = dir.join("fake-yt-dlp");
-    std::fs::write(
-        &script,
-        format!(
-            r#"#!/usr/bin/env python3
-import sys, os, json, shutil
-args = sys.argv[1:]
-d = {dir:?}
-with open(os.path.join(d, "calls.log"), "a") as f:
-    f.write(json.dumps(args) + "\n")
-url = args[-1]
-assert args[-2] == "--", args
-vid = url.split("v=")[-1]
-sc = json.load(open(os.path.join(d, vid + ".json")))
-if "meta" in sc:
-    print("META " + json.dumps(sc["meta"]), flush=True)
-if sc.get("stderr"):
-    sys.stderr.write(sc["stderr"] + "\n")
-if sc.get("exit", 0) != 0:
-    sys.exit(sc["exit"])
-out_dir = args[args.index("-P") + 1]
-tmpl = args[args.index("-o") + 1]
-if "link_to" in sc:
-    dst = os.path.join(out_dir, tmpl.replace("%(ext)s", "m4a"))
-    os.symlink(sc["link_to"], dst)
-elif "hardlink_to" in sc:
-    dst = os.path.join(out_dir, tmpl.replace("%(ext)s", "m4a"))
-    os.link(sc["hardlink_to"], dst)
-elif "swap_dir_to" in sc:
-    os.rename(out_dir, out_dir + ".orig")
-    os.symlink(sc["swap_dir_to"], out_dir)
-    dst = os.path.join(out_dir, sc["name"])
-elif "report" in sc:
-    dst = sc["report"]
-else:
-    ext = sc["media"].rsplit(".", 1)[1]
-    dst = os.path.join(out_dir, tmpl.replace("%(ext)s", ext))
-    shutil.copy(sc["media"], dst)
-print("FILE " + dst, flush=True)
-"#
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    script
-}
-
-fn scenario(dir: &Path, id: &str, v: serde_json::Value) {
-    std::fs::write(dir.join(format!("{id}.json")), v.to_string()).unwrap();
-}
-
 /// Class 1: URL forms and SSRF. Refused inputs exit 2 before any task exists; a watch URL
 /// with `&list=` reaches yt-dlp as the canonical single-video URL after `--`; redirects from
 /// an allowed host to a non-allowed one (another loopback port, the metadata address) fail

@@ -7,10 +7,16 @@
 //! model's task already downloaded. A task that failed or was cancelled is reset and run
 //! again — its complete, intact stages are reused, except media a later stage found broken,
 //! which is downloaded again (and the answer says so); `fresh` forces a new task.
+//!
+//! Options ([`TaskOptions`]: the video's own captions instead of Whisper) are part of a
+//! task's identity too ([`TaskOptions::task_suffix`]). A playlist or channel submitted with
+//! `expand` ([`expand`]) is listed by yt-dlp and becomes one ordinary submit per video plus a
+//! batch record ([`Batch`], kept by the store) naming their tasks.
 
 use crate::domain::input;
 use crate::domain::input::{Input, InputPolicy};
 use crate::domain::manifest::{Manifest, Source, StageRecord, StageState, TaskStatus};
+use crate::domain::options::{Batch, BatchItem, CaptionsMode, TaskOptions};
 use crate::domain::ModelRef;
 use crate::domain::Stage;
 use crate::engine::producer::Producer;
@@ -33,6 +39,18 @@ pub enum SubmitError {
     /// The task's previous run is still active in a worker; it cannot be reset now.
     #[error("task {0} is still running; wait for it or cancel it first")]
     Busy(String),
+    /// The options are not valid (not retryable), e.g. an unknown captions language form.
+    #[error("{0}")]
+    Options(String),
+    /// yt-dlp could not list the playlist or channel (`retryable` says whether trying again
+    /// may help: a network error, not a private playlist).
+    #[error("{message}")]
+    List {
+        /// One sentence, cause first.
+        message: String,
+        /// Whether trying again may help.
+        retryable: bool,
+    },
 }
 
 /// The answer to a submission.
@@ -88,8 +106,35 @@ pub async fn submit(
     fresh: bool,
     model: &ModelRef,
 ) -> Result<Submitted, SubmitError> {
+    submit_with(
+        data,
+        producer,
+        policy,
+        raw,
+        fresh,
+        model,
+        &TaskOptions::default(),
+    )
+    .await
+}
+
+/// [`submit`] with task options `opts` (recorded in the manifest, part of the task id). The
+/// captions options apply to YouTube videos only: `captions: prefer` on another input is
+/// dropped (there are no captions to prefer), `captions: only` is refused.
+///
+/// Errors: as [`submit`]; [`SubmitError::Options`] for invalid options.
+pub async fn submit_with(
+    data: &DataDir,
+    producer: &Producer,
+    policy: &InputPolicy,
+    raw: &str,
+    fresh: bool,
+    model: &ModelRef,
+    opts: &TaskOptions,
+) -> Result<Submitted, SubmitError> {
+    opts.validate().map_err(SubmitError::Options)?;
     let parsed = input::parse_input(raw, policy)?;
-    submit_input(data, producer, parsed, raw.trim(), fresh, model).await
+    submit_input(data, producer, parsed, raw.trim(), fresh, model, opts).await
 }
 
 /// [`submit`] for a file uploaded over HTTP and kept by the store (`upload`): the task is
@@ -108,10 +153,12 @@ pub async fn submit_upload(
         sha256: upload.sha256.clone(),
         path: upload.path.clone(),
     };
-    submit_input(data, producer, parsed, name, fresh, model).await
+    let opts = TaskOptions::default();
+    submit_input(data, producer, parsed, name, fresh, model, &opts).await
 }
 
-/// The common part of [`submit`] and [`submit_upload`]: `parsed` (given as `raw`) → task.
+/// The common part of [`submit_with`] and [`submit_upload`]: `parsed` (given as `raw`) with
+/// options `opts` → task.
 async fn submit_input(
     data: &DataDir,
     producer: &Producer,
@@ -119,9 +166,20 @@ async fn submit_input(
     raw: &str,
     fresh: bool,
     model: &ModelRef,
+    opts: &TaskOptions,
 ) -> Result<Submitted, SubmitError> {
+    let opts = match (&parsed, opts.captions) {
+        (input::Input::YouTube { .. }, _) | (_, CaptionsMode::Never) => opts.clone(),
+        (_, CaptionsMode::Prefer) => TaskOptions::default(),
+        (_, CaptionsMode::Only) => {
+            return Err(SubmitError::Options(
+                "captions: only needs a YouTube video; files and direct URLs have no captions"
+                    .into(),
+            ))
+        }
+    };
     let key = parsed.source_key();
-    let mut task_id = format!("{key}{}", model.task_suffix());
+    let mut task_id = format!("{key}{}{}", model.task_suffix(), opts.task_suffix());
     if fresh {
         task_id = format!(
             "{task_id}-{}",
@@ -138,6 +196,7 @@ async fn submit_input(
     if !task.exists() {
         let mut manifest = Manifest::new(&task_id, raw, source_of(&parsed));
         manifest.model = Some(model.clone());
+        manifest.options = opts.clone();
         if task.create(&manifest)? {
             if let Source::File { path } = &manifest.source {
                 // Shared storage: the file goes up now, so no worker reads this disk.
@@ -146,7 +205,9 @@ async fn submit_input(
                     return Err(e.into());
                 }
             }
-            if !fresh {
+            // A captions task needs the captions beside the media: another task's download
+            // has none, so it downloads itself.
+            if !fresh && opts.captions == CaptionsMode::Never {
                 adopt_download(data, &key, &task, &manifest);
             }
             if let Err(e) = producer.add_task(&task_id).await {
@@ -172,6 +233,111 @@ async fn submit_input(
             Ok(answer(true, None))
         }
     }
+}
+
+/// What [`expand`] needs to list a playlist or channel: yt-dlp and its cache directory.
+#[derive(Debug, Clone)]
+pub struct Lister {
+    /// The yt-dlp program.
+    pub program: std::path::PathBuf,
+    /// yt-dlp's persistent cache directory.
+    pub cache_dir: std::path::PathBuf,
+}
+
+/// How long listing a playlist or channel may take.
+pub const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Expands the playlist or channel `raw` ([`input::parse_collection_url`]) into one task per
+/// video: yt-dlp lists its first `max_videos` (1–[`MAX_MAX_VIDEOS`](crate::domain::options::MAX_MAX_VIDEOS))
+/// videos, each is submitted like a single video with `opts` ([`submit_with`]: deduplicated
+/// as usual, so a video already transcribed joins its task), and a batch record listing them
+/// is stored (`<data>/batches/<id>.json`) and named in each new task's manifest. Returns
+/// `None` when `raw` is no playlist or channel (the caller submits it as one input).
+///
+/// Errors: [`SubmitError::Options`] for a limit out of range; [`SubmitError::List`] when
+/// yt-dlp cannot list it or it holds no video; a video's submit error ends the expansion
+/// (the tasks submitted before it stay).
+#[allow(clippy::too_many_arguments)]
+pub async fn expand(
+    data: &DataDir,
+    producer: &Producer,
+    policy: &InputPolicy,
+    lister: &Lister,
+    raw: &str,
+    fresh: bool,
+    model: &ModelRef,
+    opts: &TaskOptions,
+    max_videos: usize,
+) -> Result<Option<Batch>, SubmitError> {
+    let Some(coll) = input::parse_collection_url(raw) else {
+        return Ok(None);
+    };
+    let max = crate::domain::options::MAX_MAX_VIDEOS;
+    if !(1..=max).contains(&max_videos) {
+        return Err(SubmitError::Options(format!(
+            "max videos {max_videos} is out of range; use 1 to {max}"
+        )));
+    }
+    opts.validate().map_err(SubmitError::Options)?;
+    let listing = crate::pipeline::download::listing::list(
+        &lister.program,
+        &coll.url,
+        max_videos,
+        lister.cache_dir.clone(),
+        &tokio_util::sync::CancellationToken::new(),
+        LIST_TIMEOUT,
+    )
+    .await
+    .map_err(|e| SubmitError::List {
+        retryable: e.class != crate::domain::FailureClass::Permanent,
+        message: e.message,
+    })?;
+    if listing.entries.is_empty() {
+        return Err(SubmitError::List {
+            message: format!("{} lists no videos", coll.url),
+            retryable: false,
+        });
+    }
+    let mut batch = Batch {
+        batch_id: format!("batch-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]),
+        input: raw.trim().to_string(),
+        url: coll.url,
+        kind: coll.kind,
+        title: listing.title,
+        max_videos,
+        created_at: crate::domain::manifest::now_ms(),
+        options: opts.clone(),
+        items: Vec::new(),
+        skipped: listing.skipped,
+    };
+    for e in listing.entries {
+        let s = submit_with(data, producer, policy, &e.url, fresh, model, opts).await?;
+        if !s.existing {
+            let id = batch.batch_id.clone();
+            data.task(&s.task_id).update_manifest(|m| {
+                m.batch_id.get_or_insert(id);
+            })?;
+        }
+        batch.items.push(BatchItem {
+            video_id: e.video_id,
+            title: e.title,
+            task_id: s.task_id,
+            existing: s.existing,
+        });
+        // Written after every video, so a failure part-way leaves a record of what exists.
+        data.write_batch(&batch)?;
+    }
+    tracing::info!(batch = %batch.batch_id, videos = batch.items.len(), url = %batch.url, "playlist expanded");
+    Ok(Some(batch))
+}
+
+/// The batch record `batch_id`. Errors: `NotFound` for unknown or malformed ids.
+pub fn get_batch(data: &DataDir, batch_id: &str) -> Result<Batch, TaskOpError> {
+    if !crate::domain::options::valid_batch_id(batch_id) {
+        return Err(TaskOpError::NotFound(batch_id.to_string()));
+    }
+    data.read_batch(batch_id)?
+        .ok_or_else(|| TaskOpError::NotFound(batch_id.to_string()))
 }
 
 fn video_id_of(source: &Source) -> Option<String> {

@@ -260,15 +260,54 @@ enum Command {
     },
 }
 
+/// What a submission asks besides its inputs (`process`, `submit`): captions and playlists.
+#[derive(Debug, Clone, Args)]
+struct SubmitFlags {
+    /// Use the YouTube video's own captions instead of Whisper: `prefer` (when it has
+    /// human-made captions in --captions-lang; Whisper otherwise), `only` (fail without
+    /// them) or `never`.
+    #[arg(long, value_name = "MODE", default_value = "never", value_parser = ["prefer", "only", "never"])]
+    captions: String,
+    /// With --captions: accept YouTube's automatic captions too.
+    #[arg(long)]
+    auto_captions: bool,
+    /// With --captions: the captions language (its regional variants count).
+    #[arg(long, value_name = "LANG", default_value = crate::domain::options::DEFAULT_CAPTIONS_LANG)]
+    captions_lang: String,
+    /// Expand playlist and channel URLs into one task per video (without it they are
+    /// refused).
+    #[arg(long)]
+    playlist: bool,
+    /// With --playlist: the most videos one playlist or channel becomes (its first ones).
+    #[arg(long, value_name = "N", default_value_t = crate::domain::options::DEFAULT_MAX_VIDEOS)]
+    max_videos: usize,
+}
+
+impl SubmitFlags {
+    /// The task options these flags ask for.
+    fn options(&self) -> crate::domain::options::TaskOptions {
+        use crate::domain::options::{CaptionsMode, TaskOptions, DEFAULT_CAPTIONS_LANG};
+        TaskOptions {
+            captions: CaptionsMode::parse(&self.captions).unwrap_or_default(),
+            auto_captions: self.auto_captions,
+            captions_lang: (self.captions_lang != DEFAULT_CAPTIONS_LANG)
+                .then(|| self.captions_lang.clone()),
+        }
+    }
+}
+
 /// Flags of `process`.
 #[derive(Debug, Args)]
 struct ProcessArgs {
-    /// YouTube URLs, local media files, or direct media URLs on allowed hosts.
+    /// YouTube URLs, local media files, or direct media URLs on allowed hosts (with
+    /// --playlist also playlist and channel URLs).
     #[arg(required = true)]
     inputs: Vec<String>,
     /// Run again even if a task for the same input exists.
     #[arg(long)]
     fresh: bool,
+    #[command(flatten)]
+    submit: SubmitFlags,
     /// Do not start workers here (they run in other processes on the same Redis); says after
     /// about 5 s which queues no worker takes jobs from.
     #[arg(long)]
@@ -442,7 +481,7 @@ pub async fn main(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Process(a) => {
             let cfg = a.run.config()?;
-            process(cfg, a.inputs, a.fresh, a.no_workers, a.json).await
+            process(cfg, a.inputs, a.fresh, &a.submit, a.no_workers, a.json).await
         }
         Command::Worker(a) => worker(a.run.config()?, a.stages, a.memory_budget_mb).await,
         Command::Serve(a) => serve(a.run.config()?, a).await,
@@ -584,6 +623,7 @@ async fn serve(cfg: Config, args: ServeArgs) -> Result<i32> {
     opts.max_upload = args.max_upload_mb.max(1) * 1024 * 1024;
     opts.keep_alive = Duration::from_secs(args.keep_alive_s.max(1));
     opts.model = Some(rt.config().model.clone());
+    opts.ytdlp = rt.config().programs.ytdlp.clone();
     let policy = rt.config().input_policy();
     let with_workers = rt.has_workers();
     let r = crate::server::run(
@@ -653,18 +693,26 @@ async fn process(
     cfg: Config,
     inputs: Vec<String>,
     fresh: bool,
+    flags: &SubmitFlags,
     no_workers: bool,
     json: bool,
 ) -> Result<i32> {
     let policy = cfg.input_policy();
-    // Refuse bad inputs before anything is created.
-    let bad: Vec<(&String, String)> = inputs
+    let opts = flags.options();
+    // Refuse bad inputs (and options) before anything is created.
+    let mut bad: Vec<(&String, String)> = inputs
         .iter()
         .filter_map(|i| {
+            if flags.playlist && crate::domain::input::parse_collection_url(i).is_some() {
+                return None;
+            }
             let e = crate::domain::input::parse_input(i, &policy).err()?;
             Some((i, e.to_string()))
         })
         .collect();
+    if let Err(e) = opts.validate() {
+        bad.extend(inputs.first().map(|i| (i, e)));
+    }
     if !bad.is_empty() {
         for (i, e) in &bad {
             if json {
@@ -690,7 +738,7 @@ async fn process(
         rt = rt.reconcile();
     }
     let mut rt = rt.start().await?;
-    let tasks = submit_all(&rt, &policy, &inputs, fresh).await?;
+    let tasks = submit_all(&rt, &policy, &inputs, fresh, flags).await?;
     // Without workers here, someone else's must take the jobs: say so when none does.
     let producer = match no_workers {
         true => Some(rt.producer().await?),
@@ -760,29 +808,59 @@ fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Submits each input (saying when it joined an existing task); returns the tasks without
-/// repeats, in input order.
+/// Submits each input (saying when it joined an existing task; with --playlist a playlist
+/// or channel becomes its videos' tasks and a batch, named on stderr); returns the tasks
+/// without repeats, in input order.
 async fn submit_all(
     rt: &Runtime,
     policy: &InputPolicy,
     inputs: &[String],
     fresh: bool,
+    flags: &SubmitFlags,
 ) -> Result<Vec<watch::Watched>> {
+    use crate::app::tasks;
     let producer = rt.producer().await?;
     // The model is part of each task's identity: its hash, not the spelling of --model.
     let model = crate::tools::model::identify(&rt.config().model).await?;
+    let opts = flags.options();
+    let lister = tasks::Lister {
+        program: rt.config().programs.ytdlp.clone(),
+        cache_dir: rt.data().root().join("cache").join("yt-dlp"),
+    };
     let mut tasks = Vec::new();
+    let mut add = |id: String, input: String| {
+        if !tasks.iter().any(|t: &watch::Watched| t.id == id) {
+            tasks.push(watch::Watched { id, input });
+        }
+    };
     for i in inputs {
-        let s = crate::app::tasks::submit(rt.data(), &producer, policy, i, fresh, &model).await?;
+        if flags.playlist {
+            let b = tasks::expand(
+                rt.data(),
+                &producer,
+                policy,
+                &lister,
+                i,
+                fresh,
+                &model,
+                &opts,
+                flags.max_videos,
+            )
+            .await?;
+            if let Some(b) = b {
+                eprintln!("{i}: batch {} with {} video(s)", b.batch_id, b.items.len());
+                for item in b.items {
+                    let url = format!("https://www.youtube.com/watch?v={}", item.video_id);
+                    add(item.task_id, url);
+                }
+                continue;
+            }
+        }
+        let s = tasks::submit_with(rt.data(), &producer, policy, i, fresh, &model, &opts).await?;
         if s.existing {
             eprintln!("{i}: joined existing task {}", s.task_id);
         }
-        if !tasks.iter().any(|t: &watch::Watched| t.id == s.task_id) {
-            tasks.push(watch::Watched {
-                id: s.task_id,
-                input: i.clone(),
-            });
-        }
+        add(s.task_id, i.clone());
     }
     producer.close().await;
     Ok(tasks)

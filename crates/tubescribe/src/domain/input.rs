@@ -664,15 +664,8 @@ fn parse_youtube_inner(s: &str, allow_attribution: bool) -> Result<(String, Stri
             other => other,
         });
     }
-    let with_scheme;
-    let text = match scheme_of(s) {
-        Some(_) => s,
-        None => {
-            with_scheme = format!("https://{}", s.trim_start_matches('/'));
-            &with_scheme
-        }
-    };
-    let url = Url::parse(text)
+    let text = with_https(s);
+    let url = Url::parse(&text)
         .map_err(|e| InputError::InvalidUrl(format!("cannot parse {:?}: {e}", echo(s))))?;
     match url.scheme() {
         "http" | "https" => {}
@@ -763,6 +756,93 @@ fn parse_youtube_inner(s: &str, allow_attribution: bool) -> Result<(String, Stri
             "unrecognised YouTube path {:?}; submit a single video URL",
             echo(url.path())
         ))),
+    }
+}
+
+/// `s` with `https://` in front when it has no scheme (`youtube.com/…`, `//youtu.be/…`).
+fn with_https(s: &str) -> std::borrow::Cow<'_, str> {
+    match scheme_of(s) {
+        Some(_) => s.into(),
+        None => format!("https://{}", s.trim_start_matches('/')).into(),
+    }
+}
+
+/// A YouTube playlist or channel, normalized for a listing by yt-dlp (`expand`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Collection {
+    /// Playlist or channel.
+    pub kind: crate::domain::options::CollectionKind,
+    /// The canonical URL, built from the validated id only:
+    /// `https://www.youtube.com/playlist?list=ID`, or a channel's uploads tab
+    /// `https://www.youtube.com/@handle/videos` (also `/channel/UC…/videos`, `/c/…/videos`,
+    /// `/user/…/videos`). This, and only this, is passed to yt-dlp.
+    pub url: String,
+}
+
+/// Recognizes a YouTube playlist or channel URL, for submissions with `expand`: a
+/// `/playlist?list=ID` page (also a `watch` URL with `list=` but no `v=`), or a channel page
+/// (`/@handle`, `/channel/UC…`, `/c/name`, `/user/name`, with or without a tab such as
+/// `/videos` or `/featured`: the uploads are always listed). `None` for anything else
+/// (single videos included), so the caller parses it as usual.
+///
+/// A list id is 2–64 characters of `[A-Za-z0-9_-]`; a handle or name 1–100 characters of
+/// `[A-Za-z0-9_.-]` (a `%40`-encoded `@` is accepted).
+pub fn parse_collection_url(s: &str) -> Option<Collection> {
+    use crate::domain::options::CollectionKind;
+    let s = s.trim();
+    let text = with_https(s);
+    let url = Url::parse(&text).ok()?;
+    if !matches!(url.scheme(), "http" | "https")
+        || !url.username().is_empty()
+        || url.password().is_some()
+        || url.port().is_some()
+    {
+        return None;
+    }
+    let host = normalize_host(url.host_str().unwrap_or_default());
+    if !is_youtube_host(&host) || host == YOUTU_BE {
+        return None;
+    }
+    let segments: Vec<&str> = url
+        .path_segments()
+        .map(|it| it.filter(|seg| !seg.is_empty()).collect())
+        .unwrap_or_default();
+    let query = |key: &str| {
+        url.query_pairs()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.into_owned())
+    };
+    let name_ok = |n: &str| {
+        (1..=100).contains(&n.len())
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    };
+    let channel = |path: String| {
+        Some(Collection {
+            kind: CollectionKind::Channel,
+            url: format!("https://www.youtube.com/{path}/videos"),
+        })
+    };
+    match segments.as_slice() {
+        ["playlist"] | ["watch"] | [] if query("v").is_none() => {
+            let id = query("list")?;
+            let ok = (2..=64).contains(&id.len()) && id.chars().all(is_id_char);
+            ok.then(|| Collection {
+                kind: CollectionKind::Playlist,
+                url: format!("https://www.youtube.com/playlist?list={id}"),
+            })
+        }
+        [first, ..] if first.starts_with('@') || first.starts_with("%40") => {
+            let handle = first
+                .strip_prefix('@')
+                .or_else(|| first.strip_prefix("%40"))?;
+            name_ok(handle).then_some(())?;
+            channel(format!("@{handle}"))
+        }
+        [kind @ ("channel" | "c" | "user"), name, ..] if name_ok(name) => {
+            channel(format!("{kind}/{name}"))
+        }
+        _ => None,
     }
 }
 
@@ -1004,6 +1084,59 @@ impl Input {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn collections_are_recognized_and_rebuilt() {
+        use crate::domain::options::CollectionKind::{Channel, Playlist};
+        for (input, want) in [
+            (
+                "https://www.youtube.com/playlist?list=PLx0sYbCqOb8TBPRdmBHs5Iftvv9TPboYG",
+                Some((
+                    Playlist,
+                    "https://www.youtube.com/playlist?list=PLx0sYbCqOb8TBPRdmBHs5Iftvv9TPboYG",
+                )),
+            ),
+            (
+                "youtube.com/watch?list=PLabc_-1&index=3",
+                Some((Playlist, "https://www.youtube.com/playlist?list=PLabc_-1")),
+            ),
+            (
+                "https://m.youtube.com/@RickAstleyYT",
+                Some((Channel, "https://www.youtube.com/@RickAstleyYT/videos")),
+            ),
+            (
+                "https://www.youtube.com/@Some.Handle-1/featured",
+                Some((Channel, "https://www.youtube.com/@Some.Handle-1/videos")),
+            ),
+            (
+                "https://www.youtube.com/channel/UCuAXFkgsw1L7xaCfnd5JJOw",
+                Some((
+                    Channel,
+                    "https://www.youtube.com/channel/UCuAXFkgsw1L7xaCfnd5JJOw/videos",
+                )),
+            ),
+            (
+                "https://www.youtube.com/user/RickAstleyVEVO/videos",
+                Some((
+                    Channel,
+                    "https://www.youtube.com/user/RickAstleyVEVO/videos",
+                )),
+            ),
+            (
+                "https://www.youtube.com/watch?v=dQw4w9WgXcQ&list=PLabc",
+                None,
+            ),
+            ("https://www.youtube.com/playlist?list=PL%22%3Bx", None),
+            ("https://www.youtube.com/@bad%20handle", None),
+            ("https://youtube.com.evil.example/playlist?list=PLabc", None),
+            ("https://www.youtube.com:8443/playlist?list=PLabc", None),
+            ("https://youtu.be/dQw4w9WgXcQ", None),
+            ("https://www.youtube.com/results?search_query=x", None),
+        ] {
+            let got = parse_collection_url(input).map(|c| (c.kind, c.url));
+            assert_eq!(got, want.map(|(k, u)| (k, u.to_string())), "{input}");
+        }
+    }
 
     const ID: &str = "dQw4w9WgXcQ";
 

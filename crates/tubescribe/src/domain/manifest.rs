@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::options::TaskOptions;
 use crate::domain::Stage;
 
 /// Manifest format version, bumped on incompatible changes.
@@ -342,6 +343,14 @@ pub struct Manifest {
     /// manifests written before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<crate::domain::ModelRef>,
+    /// What the submitter asked of the task besides its input (captions); absent when all
+    /// are defaults. Part of the task's identity ([`TaskOptions::task_suffix`]).
+    #[serde(default, skip_serializing_if = "TaskOptions::is_default")]
+    pub options: TaskOptions,
+    /// The batch (an expanded playlist or channel) this task was submitted with, when any:
+    /// the first batch that listed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<String>,
     /// Per-stage records, keyed by stage name.
     pub stages: BTreeMap<Stage, StageRecord>,
     /// What the user should know about a completed task (one sentence each, cause first);
@@ -383,6 +392,8 @@ impl Manifest {
             video: None,
             error: None,
             model: None,
+            options: TaskOptions::default(),
+            batch_id: None,
             warnings: Vec::new(),
             requeues: 0,
             stages: Stage::ALL

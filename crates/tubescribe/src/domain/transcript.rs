@@ -462,14 +462,20 @@ fn numbered_lines(s: &str) -> Vec<(usize, &str)> {
 
 /// Groups non-blank lines into blocks separated by blank (whitespace-only)
 /// lines.
-fn blocks<'a>(lines: &[(usize, &'a str)]) -> Vec<Vec<(usize, &'a str)>> {
+///
+/// `empty_only`: only a truly empty line ends a block (WebVTT: a cue ends at an empty line,
+/// and YouTube's captions hold lines of one space inside cues); otherwise a line of
+/// whitespace does too (SRT, which has no spec).
+fn blocks<'a>(lines: &[(usize, &'a str)], empty_only: bool) -> Vec<Vec<(usize, &'a str)>> {
     let mut out = Vec::new();
     let mut cur = Vec::new();
     for &(n, l) in lines {
-        if l.trim().is_empty() {
+        if l.is_empty() || (!empty_only && l.trim().is_empty()) {
             if !cur.is_empty() {
                 out.push(std::mem::take(&mut cur));
             }
+        } else if cur.is_empty() && l.trim().is_empty() {
+            // Whitespace before a block's first line belongs to no block.
         } else {
             cur.push((n, l));
         }
@@ -569,7 +575,7 @@ fn parse_timing(
 pub fn parse_srt(s: &str) -> Result<Vec<Cue>, FormatError> {
     let lines = numbered_lines(s);
     let mut out = Vec::new();
-    for block in blocks(&lines) {
+    for block in blocks(&lines, false) {
         let (n, num) = block[0];
         let num = num.trim();
         if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
@@ -627,7 +633,7 @@ pub fn parse_vtt(s: &str) -> Result<Vec<Cue>, FormatError> {
     }
     let mut out = Vec::new();
     // The first block is the header (signature plus optional header lines).
-    for block in blocks(&lines).into_iter().skip(1) {
+    for block in blocks(&lines, true).into_iter().skip(1) {
         let (n0, first) = block[0];
         let kw = first.split([' ', '\t']).next().unwrap_or_default();
         if matches!(kw, "NOTE" | "STYLE" | "REGION") && !first.contains("-->") {
@@ -654,6 +660,38 @@ pub fn parse_vtt(s: &str) -> Result<Vec<Cue>, FormatError> {
         });
     }
     Ok(out)
+}
+
+/// Transcript segments from the cues of a captions file (a video's own captions, parsed by
+/// [`parse_vtt`]): one segment per cue, its lines joined by spaces, no word times.
+///
+/// YouTube's automatic captions repeat text: each cue shows the line before it again above
+/// the new one (and a 10 ms cue holds the finished line). A line equal to one of the previous
+/// cue's lines is therefore dropped, and a cue left without new text gives no segment, so
+/// every spoken line appears once. Human-made captions have no such repeats and pass intact.
+pub fn segments_from_cues(cues: &[Cue]) -> Vec<Segment> {
+    let mut out = Vec::new();
+    let mut previous: &[String] = &[];
+    for cue in cues {
+        let new: Vec<&str> = cue
+            .lines
+            .iter()
+            .filter(|l| !previous.contains(l))
+            .map(|l| l.trim())
+            .filter(|l| !l.is_empty())
+            .collect();
+        previous = &cue.lines;
+        if new.is_empty() {
+            continue;
+        }
+        out.push(Segment {
+            start_ms: cue.start_ms,
+            end_ms: cue.end_ms.max(cue.start_ms),
+            text: new.join(" "),
+            words: Vec::new(),
+        });
+    }
+    out
 }
 
 /// Formats a time in milliseconds as a clock for summary stamps:
@@ -719,6 +757,31 @@ pub fn word_error_rate(reference: &str, hypothesis: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn captions_cues_become_segments_once() {
+        // yt-dlp's VTT of YouTube automatic captions: each cue repeats the previous line.
+        let auto = "WEBVTT\nKind: captions\nLanguage: en\n\n\
+00:00:00.160 --> 00:00:02.869 align:start position:0%\n \nand<00:00:00.480><c> so</c><00:00:00.719><c> my</c>\n\n\
+00:00:02.869 --> 00:00:02.879 align:start position:0%\nand so my\n \n\n\
+00:00:02.879 --> 00:00:05.110 align:start position:0%\nand so my\nfellow<00:00:03.199><c> Americans</c>\n\n";
+        let segs = segments_from_cues(&parse_vtt(auto).unwrap());
+        let got: Vec<(u64, u64, &str)> = segs
+            .iter()
+            .map(|s| (s.start_ms, s.end_ms, s.text.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [(160, 2869, "and so my"), (2879, 5110, "fellow Americans")]
+        );
+        // Human-made captions: two lines of one cue stay one segment.
+        let human =
+            "WEBVTT\n\n00:00:01.000 --> 00:00:04.000\nAsk not what your country\ncan do for you.\n";
+        let segs = segments_from_cues(&parse_vtt(human).unwrap());
+        assert_eq!(segs.len(), 1);
+        assert_eq!(segs[0].text, "Ask not what your country can do for you.");
+        assert!(segs[0].words.is_empty());
+    }
 
     fn seg(start_ms: u64, end_ms: u64, text: &str) -> Segment {
         Segment {

@@ -183,14 +183,17 @@ fn download_result(job: &JobCtx) -> Result<DownloadResult, StageError> {
 }
 
 /// True when this transcribe job must go the segment way: its audio (download duration) is
-/// longer than `schedule.segment_s`, or it was split already.
+/// longer than `schedule.segment_s` and its transcript does not come from the video's
+/// captions, or it was split already.
 pub fn is_long(ctx: &StageCtx, job: &Job, jctx: &JobCtx) -> bool {
     if job.data().get("cuts_ms").is_some() {
         return true;
     }
-    download_result(jctx)
-        .ok()
-        .is_some_and(|d| segmenting::is_long(d.duration_s, ctx.cfg.schedule.segment_s))
+    // A transcript from the video's captions needs no audio, so nothing to split.
+    download_result(jctx).ok().is_some_and(|d| {
+        segmenting::is_long(d.duration_s, ctx.cfg.schedule.segment_s)
+            && crate::pipeline::transcribe::captions_of(jctx, &d).is_none()
+    })
 }
 
 fn retryable<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> StageError {

@@ -8,6 +8,11 @@
 //! ([`super::segmenting`]) — here in one process, one range after the other; the engine
 //! runs the same ranges as segment jobs of the queue with the same pieces. Decoding takes
 //! the first 10 % of the stage's progress, recognition the rest.
+//!
+//! A task that asked for the video's own captions (`options.captions` prefer/only) and whose
+//! download stage found them ([`DownloadResult::captions`]) takes another path
+//! ([`from_captions`]): the captions become the transcript files, no audio is decoded and
+//! Whisper does not run; the stage's record says `source: captions`.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -17,10 +22,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use super::download::DownloadResult;
+use super::download::{CaptionsFile, DownloadResult};
 use super::segmenting;
 use super::{JobCtx, Measure, StageCtx, StageError, StageOutput};
 use crate::domain::manifest::OutputFile;
+use crate::domain::options::CaptionsMode;
 use crate::domain::transcript::Transcript;
 use crate::domain::Stage;
 use crate::observe::rss::RssReport;
@@ -122,6 +128,9 @@ pub async fn recognize(
 /// `schedule.segment_s` ([`segmenting::is_long`]) — in ranges cut in pauses, joined.
 pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError> {
     let dl: DownloadResult = job.child_result()?;
+    if let Some(c) = captions_of(job, &dl) {
+        return from_captions(ctx, job, &dl, &c);
+    }
     let media_path = job.task.input(&dl.media)?;
     if !media_path.is_file() {
         return Err(StageError::permanent(format!(
@@ -168,6 +177,100 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
         bounds,
     };
     finish(ctx, job, done, rss).await
+}
+
+/// The captions this task's transcript comes from: the download stage's captions file when
+/// the task asked for captions (`options.captions` prefer/only); `None` = Whisper runs.
+pub fn captions_of(job: &JobCtx, dl: &DownloadResult) -> Option<CaptionsFile> {
+    let asked = job
+        .task
+        .read_manifest()
+        .is_ok_and(|m| m.options.captions != CaptionsMode::Never);
+    dl.captions.clone().filter(|_| asked)
+}
+
+/// The captions path: `captions` (the video's own WebVTT) → `transcript.{json,txt,srt,vtt}`,
+/// one segment per caption line ([`crate::domain::transcript::segments_from_cues`]), no
+/// audio decoded and no Whisper. The transcript's `model` is `youtube-captions` (`-auto` for
+/// automatic captions), its language the captions' primary subtag; the stage's record says
+/// `source: captions` with the captions' language and kind.
+///
+/// # Errors
+/// Permanent when the file is missing, not WebVTT, or holds no text.
+fn from_captions(
+    ctx: &StageCtx,
+    job: &JobCtx,
+    dl: &DownloadResult,
+    captions: &CaptionsFile,
+) -> Result<StageOutput, StageError> {
+    job.report(DECODE_SHARE, Some("reading captions"));
+    let text = std::fs::read_to_string(job.task.file(&captions.file)).map_err(|e| {
+        StageError::permanent(format!(
+            "cannot read the video's captions ({}): {e}",
+            captions.file
+        ))
+    })?;
+    let cues = crate::domain::transcript::parse_vtt(&text).map_err(|e| {
+        StageError::permanent(format!("the video's captions are not valid WebVTT: {e}"))
+    })?;
+    let segments = crate::domain::transcript::segments_from_cues(&cues);
+    let end_ms = segments.iter().map(|s| s.end_ms).max().unwrap_or(0);
+    if segments.is_empty() {
+        return Err(StageError::permanent(
+            "the video's captions hold no text; submit it with captions never to transcribe its audio",
+        ));
+    }
+    let language = captions
+        .lang
+        .split('-')
+        .next()
+        .unwrap_or(&captions.lang)
+        .to_ascii_lowercase();
+    let model = match captions.kind.as_str() {
+        "auto" => "youtube-captions-auto",
+        _ => "youtube-captions",
+    };
+    let duration_ms = dl
+        .duration_s
+        .map(|d| (d * 1000.0).round() as u64)
+        .unwrap_or(end_ms);
+    let mut transcript = Transcript {
+        language,
+        model: model.to_string(),
+        duration_ms,
+        segments,
+    };
+    transcript.normalize();
+    let outputs = write_transcript(job, &transcript, &ctx.cfg.subtitles)?;
+    let result = TranscribeResult {
+        transcript: names::TRANSCRIPT_JSON.to_string(),
+        duration_s: duration_ms as f64 / 1000.0,
+        language: transcript.language.clone(),
+        segments: transcript.segments.len(),
+        rtf: 0.0,
+    };
+    let detail = serde_json::json!({
+        "source": "captions",
+        "captions_lang": captions.lang,
+        "captions_kind": captions.kind,
+        "language": result.language,
+        "segments": result.segments,
+        "audio_s": result.duration_s,
+        "model": transcript.model,
+    });
+    job.task.update_manifest(|m| {
+        let d = &mut m.stage_mut(Stage::Transcribe).detail;
+        if let serde_json::Value::Object(o) = detail {
+            d.extend(o);
+        }
+        m.set_warnings(Stage::Transcribe, Vec::new());
+    })?;
+    tracing::info!(task = %job.task_id, lang = %captions.lang, kind = %captions.kind, segments = result.segments, "transcript from the video's captions; whisper not run");
+    Ok(StageOutput {
+        result: serde_json::to_value(&result).expect("serializable"),
+        outputs,
+        measure: Default::default(),
+    })
 }
 
 /// The decoded `audio.wav`: an earlier attempt's checkpoint when it is intact, otherwise
@@ -340,6 +443,7 @@ async fn finish(
         rtf,
     };
     let mut detail = serde_json::json!({
+        "source": "whisper",
         "language": result.language,
         "segments": result.segments,
         "audio_s": duration_s,

@@ -11,6 +11,7 @@ use crate::app::cancel::Cancelled;
 use crate::app::tasks;
 use crate::app::tasks::{SubmitError, TaskOpError, TaskPage};
 use crate::domain::manifest::{Manifest, TaskStatus};
+use crate::domain::options::{Batch, CaptionsMode, TaskOptions};
 use crate::domain::ModelRef;
 use crate::store::StoredUpload;
 use crate::tools::model::ModelChoiceError;
@@ -100,7 +101,11 @@ impl IntoResponse for ApiError {
 impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         match e {
-            SubmitError::Input(e) => ApiError::bad_request(e.to_string()),
+            SubmitError::Input(_) | SubmitError::Options(_) => ApiError::bad_request(e.to_string()),
+            SubmitError::List {
+                retryable: false, ..
+            } => ApiError::bad_request(e.to_string()),
+            SubmitError::List { .. } => ApiError::unavailable(e.to_string()),
             SubmitError::Busy(_) => ApiError::conflict(e.to_string()),
             SubmitError::Store(_) | SubmitError::Queue(_) => ApiError::unavailable(e.to_string()),
         }
@@ -201,6 +206,37 @@ pub struct CreateOptions {
     /// `GET /api/models`). Absent = the server's default. Each model has its own task.
     #[serde(default)]
     pub model: Option<String>,
+    /// The video's own captions instead of Whisper: `prefer`, `only` or `never` (default).
+    #[serde(default)]
+    pub captions: Option<String>,
+    /// With `captions`: accept YouTube's automatic captions too.
+    #[serde(default, alias = "autoCaptions")]
+    pub auto_captions: bool,
+    /// With `captions`: the language (`en` by default; regional variants count).
+    #[serde(default, alias = "captionsLang")]
+    pub captions_lang: Option<String>,
+    /// A playlist or channel URL becomes one task per video and a batch (without it they
+    /// are refused).
+    #[serde(default)]
+    pub expand: bool,
+    /// With `expand`: the most videos (the first ones), default 50.
+    #[serde(default, alias = "maxVideos")]
+    pub max_videos: Option<usize>,
+}
+
+impl CreateOptions {
+    /// The task options asked for.
+    fn task_options(&self) -> Result<TaskOptions, ApiError> {
+        let captions = match &self.captions {
+            Some(c) => CaptionsMode::parse(c).map_err(ApiError::bad_request)?,
+            None => CaptionsMode::Never,
+        };
+        Ok(TaskOptions {
+            captions,
+            auto_captions: self.auto_captions,
+            captions_lang: self.captions_lang.clone(),
+        })
+    }
 }
 
 /// The answer to a create.
@@ -219,6 +255,37 @@ pub struct CreateOutput {
     /// (`the media will be downloaded again: …`); absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// For an expanded playlist or channel: its batch (`taskId` is then its first video's
+    /// task).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchOutput>,
+}
+
+/// A batch as the API shows it: the record (its own snake_case fields, like a manifest) plus
+/// each task's status now.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchOutput {
+    /// The record (`items`: `video_id`, `title`, `task_id`, `existing`).
+    #[serde(flatten)]
+    pub batch: Batch,
+    /// Each item's task status, in item order (`null` when its task is gone).
+    pub statuses: Vec<Option<TaskStatus>>,
+}
+
+/// The batch `id` with its tasks' statuses.
+pub fn batch(st: &Shared, id: &str) -> Result<BatchOutput, ApiError> {
+    let b = tasks::get_batch(&st.data, id)?;
+    Ok(batch_output(st, b))
+}
+
+fn batch_output(st: &Shared, b: Batch) -> BatchOutput {
+    let statuses = b
+        .items
+        .iter()
+        .map(|i| tasks::get(&st.data, &i.task_id).ok().map(|m| m.status))
+        .collect();
+    BatchOutput { batch: b, statuses }
 }
 
 /// Input naming one task (`tasks.get`, `tasks.cancel`, `tasks.retry`).
@@ -250,13 +317,49 @@ pub async fn create(st: &Shared, input: CreateInput) -> Result<CreateOutput, Api
     // parsing never looks at this machine's disk.
     let fresh = input.fresh || input.options.fresh;
     let model = choose_model(st, input.options.model.as_deref()).await?;
-    let s = tasks::submit(
+    let opts = input.options.task_options()?;
+    if input.options.expand {
+        let lister = tasks::Lister {
+            program: st.opts.ytdlp.clone(),
+            cache_dir: st.data.root().join("cache").join("yt-dlp"),
+        };
+        let max = input
+            .options
+            .max_videos
+            .unwrap_or(crate::domain::options::DEFAULT_MAX_VIDEOS);
+        let b = tasks::expand(
+            &st.data,
+            &st.producer,
+            &st.policy,
+            &lister,
+            &input.link,
+            fresh,
+            &model,
+            &opts,
+            max,
+        )
+        .await?;
+        if let Some(b) = b {
+            let first = &b.items[0];
+            let status = tasks::get(&st.data, &first.task_id)?.status;
+            return Ok(CreateOutput {
+                task_id: first.task_id.clone(),
+                video_id: Some(first.video_id.clone()),
+                existing: b.items.iter().all(|i| i.existing),
+                status,
+                note: None,
+                batch: Some(batch_output(st, b)),
+            });
+        }
+    }
+    let s = tasks::submit_with(
         &st.data,
         &st.producer,
         &st.policy,
         &input.link,
         fresh,
         &model,
+        &opts,
     )
     .await?;
     created(st, s)
@@ -292,6 +395,7 @@ fn created(st: &Shared, s: tasks::Submitted) -> Result<CreateOutput, ApiError> {
         existing: s.existing,
         status,
         note: s.note,
+        batch: None,
     })
 }
 
@@ -377,5 +481,6 @@ pub async fn retry(st: &Shared, id: &str) -> Result<CreateOutput, ApiError> {
         existing: false,
         status: m.status,
         note: s.note,
+        batch: None,
     })
 }

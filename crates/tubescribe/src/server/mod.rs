@@ -9,6 +9,7 @@
 //! | `GET /trpc/tasks.get`, `tasks.list` `?input=<json>` | tRPC queries |
 //! | `POST /api/tasks` (JSON, or `multipart/form-data` with a `file`), `GET /api/tasks`, `GET /api/tasks/{id}` | REST |
 //! | `POST /api/tasks/{id}/cancel`, `POST /api/tasks/{id}/retry` | REST |
+//! | `GET /api/batches/{id}` | a playlist or channel expanded into tasks (`options.expand`) |
 //! | `GET /api/tasks/{id}/transcript.{txt,srt,vtt,json}`, `summary.{md,json}` | outputs |
 //! | `GET /api/events/stream`, `GET /api/tasks/{id}/events` | SSE (see `events.rs`) |
 //! | `GET /api/openapi.json` | OpenAPI 3.1 document |
@@ -113,6 +114,8 @@ pub struct ServeOptions {
     /// The Whisper model used when a submission names none (`--model`); `None` =
     /// `<data>/models/ggml-tiny.en.bin`. Submissions may name any installed model instead.
     pub model: Option<std::path::PathBuf>,
+    /// yt-dlp, which lists a playlist or channel submitted with `options.expand`.
+    pub ytdlp: std::path::PathBuf,
 }
 
 impl ServeOptions {
@@ -126,6 +129,7 @@ impl ServeOptions {
             max_upload: 2048 * 1024 * 1024,
             allow_local_files: false,
             model: None,
+            ytdlp: std::path::PathBuf::from("yt-dlp"),
         }
     }
 }
@@ -206,6 +210,7 @@ fn router(state: Shared) -> Router {
         )
         .route("/v1/models", get(openai::models))
         .route("/api/models", get(rest::models))
+        .route("/api/batches/{id}", get(rest::batch))
         .route("/api/tasks/{id}", get(rest::get))
         .route("/api/tasks/{id}/cancel", post(rest::cancel))
         .route("/api/tasks/{id}/retry", post(rest::retry))
@@ -329,6 +334,7 @@ mod tests {
             "/v1/audio/transcriptions",
             "/v1/audio/translations",
             "/v1/models",
+            "/api/batches/{id}",
         ] {
             assert!(doc["paths"].get(p).is_some(), "{p} missing");
         }

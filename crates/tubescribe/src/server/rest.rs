@@ -91,6 +91,12 @@ pub async fn models(State(st): State<Shared>) -> Response {
     Json(api::models(&st)).into_response()
 }
 
+/// `GET /api/batches/{id}` → the batch record of an expanded playlist or channel, each item
+/// with its task's current status.
+pub async fn batch(State(st): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(api::batch(&st, &id)?).into_response())
+}
+
 /// `GET /api/tasks/{id}` → the manifest.
 pub async fn get(State(st): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
     Ok(Json(api::get(&st, &id)?).into_response())

@@ -6,12 +6,14 @@
 //!     manifest.json        written by every stage (temp + rename, under manifest.lock)
 //!     restart.lock         held while a failed or cancelled task is reset to run again
 //!     <stem>.<ext>         downloaded media; <stem> is the video id or "media", never a title
+//!     captions.vtt         the video's own captions (options.captions prefer/only)
 //!     audio.wav            16 kHz mono PCM
 //!     transcript.{json,txt,srt,vtt}
 //!     summary.{md,json}
 //!     .tmp/                temp files of running stages (renamed into place on success)
 //!   uploads/<sha256>/<name> media uploaded over HTTP, by content (the first name it came with)
 //!   uploads/.tmp/          uploads being received (renamed into place when complete)
+//!   batches/<batch-id>.json  a playlist or channel expanded into tasks (`expand`)
 //!   models/                ggml Whisper models
 //!   redis/                 embedded redis-server: socket, AOF, pid and log
 //! ```
@@ -178,6 +180,38 @@ impl DataDir {
             id: task_id.to_string(),
             remote: self.remote.clone(),
         }
+    }
+
+    /// Writes the batch record `b` as `batches/<id>.json` (atomically: temp file + rename;
+    /// the directory is created on demand).
+    pub fn write_batch(&self, b: &crate::domain::options::Batch) -> Result<(), StoreError> {
+        let dir = self.root.join("batches");
+        fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
+        let path = dir.join(format!("{}.json", b.batch_id));
+        let tmp = dir.join(format!(".{}.json.tmp", b.batch_id));
+        let body = serde_json::to_vec_pretty(b).expect("a batch serializes");
+        fs::write(&tmp, body).map_err(io("write", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io("rename", &path))
+    }
+
+    /// The batch record `batch_id` (a valid id, [`crate::domain::options::valid_batch_id`]),
+    /// `None` when there is none.
+    pub fn read_batch(
+        &self,
+        batch_id: &str,
+    ) -> Result<Option<crate::domain::options::Batch>, StoreError> {
+        let path = self.root.join("batches").join(format!("{batch_id}.json"));
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("read", &path)(e)),
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                path,
+                message: e.to_string(),
+            })
     }
 
     /// Ids of all tasks that have a manifest (a record), sorted.
@@ -356,6 +390,9 @@ pub mod names {
     pub const TRANSCRIPT_SRT: &str = "transcript.srt";
     /// Transcript, WebVTT.
     pub const TRANSCRIPT_VTT: &str = "transcript.vtt";
+    /// The video's own captions (WebVTT, as YouTube serves them), kept by the download stage
+    /// when the task asked for captions.
+    pub const CAPTIONS_VTT: &str = "captions.vtt";
     /// Summary, Markdown.
     pub const SUMMARY_MD: &str = "summary.md";
     /// Summary, JSON.

@@ -11,7 +11,8 @@
 //! * [`serve_router`] / [`serve_dir`]: the HTTP fixture server on loopback; [`fake_llm`]: a
 //!   scripted OpenAI-compatible server on it that records each request;
 //! * media: real speech ([`speech`], [`ENGLISH_CLIPS`]), conversions, WAV writing;
-//! * manifests: [`manifest`], [`task_ids`], [`max_overlap`].
+//! * manifests: [`manifest`], [`task_ids`], [`max_overlap`];
+//! * [`fake_ytdlp`]: the scripted stand-in for yt-dlp (videos, captions, playlists).
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -952,4 +953,99 @@ pub fn max_overlap(manifests: &[serde_json::Value], stage: &str) -> usize {
         max = max.max(cur);
     }
     max as usize
+}
+
+// ---------------------------------------------------------------------------------------
+// The scripted stand-in for yt-dlp
+
+/// A stand-in for yt-dlp: for the video id at the end of the canonical URL it reads
+/// `<dir>/<id>.json` (`meta`: the META object to print, `stderr`, `exit`, `media`: a file to
+/// "download"; hostile: `report`, a path to print as the result without writing anything;
+/// `link_to` / `hardlink_to`, a target for a symlink / hard link it leaves as the result;
+/// `swap_dir_to` + `name`, a directory it puts in place of its `-P` directory as a symlink
+/// before naming `name` inside), logs the full command line to `<dir>/calls.log` and behaves like yt-dlp with
+/// our `--print` templates.
+///
+/// Captions as yt-dlp writes them: `subs` / `auto_subs` map a language to WebVTT text (the
+/// video's human-made and automatic captions); with `--write-subs` (and `--write-auto-subs`)
+/// the languages `--sub-langs` matches (comma-separated regexes, full match, any case; a
+/// human-made language wins over an automatic one, `YoutubeDL.process_subtitles`) are
+/// written as `<stem>.<lang>.vtt` beside the media (`subtitles_filename`), and a
+/// `--print 'before_dl:SUBS %(subtitles)l'` prints the human-made languages joined by `, `
+/// (`NA` when none). A listing (`--flat-playlist -J`) prints `<dir>/flat.json` (yt-dlp's
+/// playlist object) with its `entries` cut to `--playlist-items 1:N`.
+pub fn fake_ytdlp(dir: &Path) -> PathBuf {
+    let script = dir.join("fake-yt-dlp");
+    std::fs::write(
+        &script,
+        format!(
+            r#"#!/usr/bin/env python3
+import sys, os, json, shutil, re
+args = sys.argv[1:]
+d = {dir:?}
+with open(os.path.join(d, "calls.log"), "a") as f:
+    f.write(json.dumps(args) + "\n")
+url = args[-1]
+assert args[-2] == "--", args
+if "--flat-playlist" in args:
+    pl = json.load(open(os.path.join(d, "flat.json")))
+    items = args[args.index("--playlist-items") + 1]
+    end = int(items.split(":")[1])
+    pl["entries"] = pl["entries"][:end]
+    print(json.dumps(pl), flush=True)
+    sys.exit(0)
+vid = url.split("v=")[-1]
+sc = json.load(open(os.path.join(d, vid + ".json")))
+if "meta" in sc:
+    print("META " + json.dumps(sc["meta"]), flush=True)
+if sc.get("stderr"):
+    sys.stderr.write(sc["stderr"] + "\n")
+if sc.get("exit", 0) != 0:
+    sys.exit(sc["exit"])
+out_dir = args[args.index("-P") + 1]
+tmpl = args[args.index("-o") + 1]
+human = sc.get("subs", {{}})
+if "--write-subs" in args:
+    avail = dict(human)
+    if "--write-auto-subs" in args:
+        for k, v in sc.get("auto_subs", {{}}).items():
+            avail.setdefault(k, v)
+    wanted = args[args.index("--sub-langs") + 1].split(",")
+    for lang, text in avail.items():
+        if any(re.fullmatch(w, lang, re.I) for w in wanted):
+            name = tmpl.replace("%(ext)s", lang + ".vtt")
+            with open(os.path.join(out_dir, name), "w") as f:
+                f.write(text)
+for i, a in enumerate(args):
+    if a == "--print" and args[i + 1] == "before_dl:SUBS %(subtitles)l":
+        print("SUBS " + (", ".join(human) if human else "NA"), flush=True)
+if "link_to" in sc:
+    dst = os.path.join(out_dir, tmpl.replace("%(ext)s", "m4a"))
+    os.symlink(sc["link_to"], dst)
+elif "hardlink_to" in sc:
+    dst = os.path.join(out_dir, tmpl.replace("%(ext)s", "m4a"))
+    os.link(sc["hardlink_to"], dst)
+elif "swap_dir_to" in sc:
+    os.rename(out_dir, out_dir + ".orig")
+    os.symlink(sc["swap_dir_to"], out_dir)
+    dst = os.path.join(out_dir, sc["name"])
+elif "report" in sc:
+    dst = sc["report"]
+else:
+    ext = sc["media"].rsplit(".", 1)[1]
+    dst = os.path.join(out_dir, tmpl.replace("%(ext)s", ext))
+    shutil.copy(sc["media"], dst)
+print("FILE " + dst, flush=True)
+"#
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+/// Writes the [`fake_ytdlp`] scenario of video `id` into `dir`.
+pub fn scenario(dir: &Path, id: &str, v: serde_json::Value) {
+    std::fs::write(dir.join(format!("{id}.json")), v.to_string()).unwrap();
 }

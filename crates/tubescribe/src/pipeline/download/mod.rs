@@ -18,6 +18,7 @@
 //! `.tmp/` first and is renamed into the task directory as `<video id or "media">.<ext>`.
 
 pub mod direct;
+pub mod listing;
 pub mod ytdlp;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{JobCtx, StageCtx, StageError, StageOutput};
 use crate::domain::manifest::{Source, VideoInfo};
+use crate::domain::options::CaptionsMode;
 use crate::domain::{retry, Progress, Stage};
 use crate::store::names;
 use crate::tools::media;
@@ -47,12 +49,37 @@ pub struct DownloadResult {
     pub duration_s: Option<f64>,
     /// Video metadata.
     pub video: VideoInfo,
+    /// The video's own captions, fetched beside the media when the task asked for them
+    /// (`options.captions` prefer/only) and the video has them in the wanted language.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub captions: Option<CaptionsFile>,
+}
+
+/// Captions the download stage kept (`captions.vtt` in the task directory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptionsFile {
+    /// File name inside the task directory ([`names::CAPTIONS_VTT`]).
+    pub file: String,
+    /// The captions' language as YouTube names it (`en`, `en-GB`).
+    pub lang: String,
+    /// `human` (made by people) or `auto` (YouTube's automatic captions).
+    pub kind: String,
 }
 
 /// Runs the download stage for one job.
 pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError> {
     let manifest = job.task.read_manifest()?;
     super::wait_for_free_space(job, ctx.cfg.min_free_bytes, "download").await?;
+    let wants = match (&manifest.source, manifest.options.captions) {
+        (Source::Youtube { .. }, CaptionsMode::Prefer | CaptionsMode::Only) => {
+            Some(ytdlp::CaptionsRequest {
+                lang: manifest.options.lang().to_string(),
+                auto: manifest.options.auto_captions,
+            })
+        }
+        _ => None,
+    };
+    let mut captions: Option<(std::path::PathBuf, CaptionsFile)> = None;
     let (tmp_media, mut video) = match &manifest.source {
         Source::File { path } => (
             copy_local(job, path).await?,
@@ -64,7 +91,23 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
                 ..VideoInfo::default()
             },
         ),
-        Source::Youtube { video_id, url } => fetch(ctx, job, url, video_id).await?,
+        Source::Youtube { video_id, url } => {
+            let f = fetch(ctx, job, url, video_id, wants.clone()).await?;
+            captions = f.captions;
+            if captions.is_none() && manifest.options.captions == CaptionsMode::Only {
+                let _ = std::fs::remove_file(&f.media);
+                let kind = if manifest.options.auto_captions {
+                    "captions"
+                } else {
+                    "human-made captions"
+                };
+                return Err(StageError::permanent(format!(
+                    "the video has no {kind} in {} (captions: only); submit it with captions prefer or never to transcribe its audio",
+                    manifest.options.lang()
+                )));
+            }
+            (f.media, f.video)
+        }
         Source::Url { url } => {
             let url = url::Url::parse(url)
                 .map_err(|e| StageError::permanent(format!("invalid URL {url}: {e}")))?;
@@ -111,7 +154,14 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
         _ => "media",
     };
     let name = format!("{stem}.{ext}");
-    let out = job.commit(&tmp_media, &name)?;
+    let mut outputs = vec![job.commit(&tmp_media, &name)?];
+    let captions = match captions {
+        Some((tmp, file)) => {
+            outputs.push(job.commit(&tmp, &file.file)?);
+            Some(file)
+        }
+        None => None,
+    };
     let duration_s = info.duration_s.or(video.duration_s);
     video.duration_s = duration_s;
     let v2 = video.clone();
@@ -120,10 +170,11 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
         media: name,
         duration_s,
         video,
+        captions,
     };
     Ok(StageOutput {
         result: serde_json::to_value(&result).expect("serializable"),
-        outputs: vec![out],
+        outputs,
         measure: Default::default(),
     })
 }
@@ -174,14 +225,26 @@ async fn copy_local(job: &JobCtx, path: &str) -> Result<std::path::PathBuf, Stag
     Ok(tmp)
 }
 
+/// What one yt-dlp run fetched, moved into `.tmp/`.
+struct Fetched {
+    /// The media file.
+    media: std::path::PathBuf,
+    /// The metadata yt-dlp printed.
+    video: VideoInfo,
+    /// The captions file (`.tmp/captions.vtt`) and its record, when asked for and found.
+    captions: Option<(std::path::PathBuf, CaptionsFile)>,
+}
+
 /// Runs yt-dlp on `url`, streaming its progress into the job, and returns the downloaded
-/// file (inside `.tmp/`) and the metadata it printed.
+/// file (inside `.tmp/`), the metadata it printed and, when `captions` asks for them and the
+/// video has them, its captions.
 async fn fetch(
     ctx: &StageCtx,
     job: &JobCtx,
     url: &str,
     stem: &str,
-) -> Result<(std::path::PathBuf, VideoInfo), StageError> {
+    captions: Option<ytdlp::CaptionsRequest>,
+) -> Result<Fetched, StageError> {
     let out_dir = job
         .task
         .tmp_dir()?
@@ -208,6 +271,7 @@ async fn fetch(
             .map(|d| d.join("deno"))
             .filter(|p| p.is_file()),
         retry_sleep_start: ytdlp::retry_sleep_start(retry::draw()),
+        captions: captions.clone(),
     };
     let cmd = Cmd::new(&ctx.cfg.programs.ytdlp)
         .args(ytdlp::build_args(&args))
@@ -216,7 +280,12 @@ async fn fetch(
     let cleanup = || {
         let _ = std::fs::remove_dir_all(&out_dir);
     };
-    let Watched { out, meta, file } = match run_watched(ctx, job, &cmd, &out_dir).await {
+    let Watched {
+        out,
+        meta,
+        file,
+        subs,
+    } = match run_watched(ctx, job, &cmd, &out_dir).await {
         Ok(w) => w,
         Err(e) => {
             cleanup();
@@ -256,6 +325,21 @@ async fn fetch(
             path
         )));
     };
+    // The captions file yt-dlp wrote beside the media (`<stem>.<lang>.vtt`), checked like it.
+    let captions = match &captions {
+        Some(req) => match pick_captions(&out_dir, &out_dir_real, stem, req, subs.as_deref()) {
+            Some((p, file)) => {
+                let tmp = job.task.tmp_file(names::CAPTIONS_VTT)?;
+                std::fs::rename(&p, &tmp).map_err(|e| {
+                    cleanup();
+                    StageError::retryable(format!("cannot move the captions: {e}"))
+                })?;
+                Some((tmp, file))
+            }
+            None => None,
+        },
+        None => None,
+    };
     // Move the file out of the per-run directory so the directory can go.
     let ext = path
         .extension()
@@ -277,14 +361,60 @@ async fn fetch(
             chapters: m.chapters,
         })
         .unwrap_or_default();
-    Ok((tmp, video))
+    Ok(Fetched {
+        media: tmp,
+        video,
+        captions,
+    })
 }
 
-/// What a yt-dlp run left: its exit, and the metadata and file it printed.
+/// The captions file a run left in `out_dir` for `req`: `<stem>.<lang>.vtt` whose language is
+/// the one asked for (preferred) or a regional variant of it (`en-GB` for `en`), a regular
+/// file inside the directory ([`file_inside`]). `human` names the video's human-made captions
+/// (yt-dlp's `SUBS` line); without automatic captions asked for every file is human-made.
+fn pick_captions(
+    out_dir: &std::path::Path,
+    out_dir_real: &std::path::Path,
+    stem: &str,
+    req: &ytdlp::CaptionsRequest,
+    human: Option<&[String]>,
+) -> Option<(std::path::PathBuf, CaptionsFile)> {
+    let prefix = format!("{}.", ytdlp::safe_stem(stem));
+    let want = req.lang.to_ascii_lowercase();
+    let mut found: Vec<(bool, String, std::path::PathBuf)> = std::fs::read_dir(out_dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let lang = name
+                .strip_prefix(&prefix)?
+                .strip_suffix(".vtt")?
+                .to_string();
+            let l = lang.to_ascii_lowercase();
+            (l == want || l.starts_with(&format!("{want}-"))).then(|| (l != want, lang, e.path()))
+        })
+        .collect();
+    found.sort();
+    let (_, lang, path) = found.into_iter().next()?;
+    let path = file_inside(out_dir, out_dir_real, &path)?;
+    let is_human = !req.auto || human.is_some_and(|h| h.contains(&lang));
+    Some((
+        path,
+        CaptionsFile {
+            file: names::CAPTIONS_VTT.to_string(),
+            lang,
+            kind: if is_human { "human" } else { "auto" }.to_string(),
+        },
+    ))
+}
+
+/// What a yt-dlp run left: its exit, and the metadata, file and captions languages it
+/// printed.
 struct Watched {
     out: process::Output,
     meta: Option<ytdlp::VideoMeta>,
     file: Option<std::path::PathBuf>,
+    subs: Option<Vec<String>>,
 }
 
 /// Runs yt-dlp's `cmd` writing into `out_dir`, streaming its progress into the job, and kills
@@ -300,6 +430,7 @@ async fn run_watched(
 ) -> Result<Watched, StageError> {
     let mut meta: Option<ytdlp::VideoMeta> = None;
     let mut file: Option<std::path::PathBuf> = None;
+    let mut subs: Option<Vec<String>> = None;
     job.report(0.0, Some("starting yt-dlp"));
     let progress = job.progress.clone();
     // What counts as progress: bytes in the run's directory (`.part` files, fragments, a
@@ -331,6 +462,7 @@ async fn run_watched(
                 }
             });
         }
+        ytdlp::YtdlpLine::Subs(langs) => subs = Some(langs),
         ytdlp::YtdlpLine::Other(_) => {}
     };
     let limit = ctx.cfg.policy(Stage::Download).no_progress_timeout;
@@ -361,7 +493,12 @@ async fn run_watched(
         )));
     }
     let out = res?;
-    Ok(Watched { out, meta, file })
+    Ok(Watched {
+        out,
+        meta,
+        file,
+        subs,
+    })
 }
 
 /// Returns `path` resolved when it names a regular file (not a symlink, no other hard link)

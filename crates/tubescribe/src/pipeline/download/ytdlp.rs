@@ -83,7 +83,27 @@ pub struct YtdlpArgs {
     /// to 10 ms). yt-dlp cannot jitter its sleeps, so each run gets its own start
     /// ([`retry_sleep_start`]) and parallel downloads do not retry in step.
     pub retry_sleep_start: Duration,
+    /// The video's own captions to fetch beside the media (`options.captions` prefer/only);
+    /// `None` fetches none.
+    pub captions: Option<CaptionsRequest>,
 }
+
+/// Which captions a run fetches: yt-dlp writes them as `<stem>.<lang>.vtt` next to the
+/// media (`--write-subs --sub-langs 'L,L-.*' --sub-format vtt`, plus `--write-auto-subs`
+/// when `auto`; human-made captions of a language win over automatic ones, yt-dlp's
+/// `process_subtitles`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptionsRequest {
+    /// Language code, validated by the caller (`TaskOptions::validate`): `en`, `pt-BR`.
+    pub lang: String,
+    /// Accept YouTube's automatic captions too.
+    pub auto: bool,
+}
+
+/// Prefix of the line naming the languages of the video's human-made captions
+/// (`--print 'before_dl:SUBS %(subtitles)l'`: the keys of yt-dlp's `subtitles`, joined by
+/// `, `; `NA` when it has none).
+pub const SUBS_PREFIX: &str = "SUBS ";
 
 /// The first retry sleep of one yt-dlp run: 1 s spread by up to half again
 /// ([`retry::backoff_wait`] with `draw`).
@@ -162,6 +182,18 @@ pub fn build_args(a: &YtdlpArgs) -> Vec<OsString> {
     push(&format!(
         "download:{PROG_PREFIX}%(progress.{{{PROG_FIELDS}}})j"
     ));
+    if let Some(c) = &a.captions {
+        push("--write-subs");
+        if c.auto {
+            push("--write-auto-subs");
+        }
+        push("--sub-langs");
+        push(&format!("{0},{0}-.*", c.lang));
+        push("--sub-format");
+        push("vtt");
+        push("--print");
+        push(&format!("before_dl:{SUBS_PREFIX}%(subtitles)l"));
+    }
     push("-o");
     push(&format!("{}.%(ext)s", safe_stem(&a.file_stem)));
     v.push(OsString::from("--cache-dir"));
@@ -224,6 +256,8 @@ pub enum YtdlpLine {
     Progress(DownloadProgress),
     /// `FILE path`: absolute path of the finished file, after the final move.
     File(PathBuf),
+    /// `SUBS en, de`: the languages of the video's human-made captions (empty: none).
+    Subs(Vec<String>),
     /// Anything else, including `META`/`PROG` lines whose JSON did not
     /// parse (the raw line, without the trailing newline).
     Other(String),
@@ -432,6 +466,13 @@ pub fn parse_stdout_line(line: &str) -> YtdlpLine {
         if let Ok(raw) = serde_json::from_str::<RawProgress>(json) {
             return YtdlpLine::Progress(raw.into());
         }
+    } else if let Some(langs) = line.strip_prefix(SUBS_PREFIX) {
+        let langs = langs.trim();
+        return YtdlpLine::Subs(if langs == "NA" || langs.is_empty() {
+            Vec::new()
+        } else {
+            langs.split(", ").map(str::to_owned).collect()
+        });
     } else if let Some(path) = line.strip_prefix(FILE_PREFIX) {
         let path = if path.starts_with('"') {
             serde_json::from_str::<String>(path).ok()
@@ -1101,6 +1142,7 @@ mod tests {
             socket_timeout_s: DEFAULT_SOCKET_TIMEOUT_S,
             js_runtime: Some(PathBuf::from("/opt/venv/bin/deno")),
             retry_sleep_start: retry_sleep_start(0.5),
+            captions: None,
         }
     }
 
