@@ -19,9 +19,11 @@ use std::time::Duration;
 
 use crate::domain::input::InputPolicy;
 use crate::domain::transcript::subtitles::CueRules;
+use crate::domain::webhook::{Endpoint, Event, Secret};
 use crate::domain::Stage;
 use file::{
-    ConcurrencyFile, FileConfig, LlmFile, ProgramsFile, ScheduleFile, SubtitlesFile, WorkerFile,
+    ConcurrencyFile, FileConfig, LlmFile, ProgramsFile, ScheduleFile, SubtitlesFile, WebhooksFile,
+    WorkerFile,
 };
 pub use policy::StagePolicy;
 
@@ -85,6 +87,23 @@ pub struct Overrides {
     pub threads: Option<usize>,
     /// `--shutdown-grace` / `TUBESCRIBE_SHUTDOWN_GRACE_S` (seconds).
     pub shutdown_grace_s: Option<f64>,
+    /// `--webhook-secret` / `TUBESCRIBE_WEBHOOK_SECRET`.
+    pub webhook_secret: Option<String>,
+}
+
+/// Webhook settings after resolution (`[webhooks]`, `--webhook-secret`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookSettings {
+    /// The signing secret; `None` = no webhooks can be signed, so callbacks are refused.
+    pub secret: Option<Secret>,
+    /// Receivers of every task's events (`[[webhooks.endpoints]]`).
+    pub endpoints: Vec<Endpoint>,
+    /// Attempts per delivery in total (≥ 1, default 10).
+    pub attempts: u32,
+    /// Wait before the first retry; doubles with each (default 5 s).
+    pub backoff: Duration,
+    /// Time one attempt may take (default 15 s, at least 1 s).
+    pub timeout: Duration,
 }
 
 /// The model file for a `--model` value: a path as given, or — for a bare model name such as
@@ -208,6 +227,8 @@ pub struct Config {
     pub reconcile_every: Duration,
     /// Subtitle cue limits (`[subtitles]`).
     pub subtitles: CueRules,
+    /// Signed webhooks (`[webhooks]`).
+    pub webhooks: WebhookSettings,
 }
 
 /// Default of `TUBESCRIBE_MIN_FREE_MB`: free space, in MiB, required before a download or
@@ -291,6 +312,7 @@ impl Config {
         let allow_hosts = resolve_allow_hosts(o.allow_hosts.clone().or(file.allow_hosts))?;
         let min_coverage = resolve_min_coverage(file.transcribe.min_coverage)?;
         let llm = resolve_llm(file.llm.as_ref())?;
+        let webhooks = resolve_webhooks(o.webhook_secret.clone(), &file.webhooks)?;
         Ok(Config {
             data_dir,
             redis_url: o
@@ -316,6 +338,7 @@ impl Config {
             redis_retry,
             reconcile_every,
             subtitles,
+            webhooks,
         })
     }
 
@@ -442,6 +465,65 @@ fn resolve_allow_hosts(given: Option<Vec<String>>) -> Result<Vec<String>, Config
         });
     }
     Ok(hosts)
+}
+
+/// `[webhooks]`: the secret (flag or variable > file; checked, never echoed), the endpoints
+/// (an `http`/`https` URL each, events known; none named = all), attempts (≥ 1, default 10),
+/// backoff (default 5 s) and the per-attempt timeout (default 15 s, at least 1 s).
+fn resolve_webhooks(
+    secret: Option<String>,
+    f: &WebhooksFile,
+) -> Result<WebhookSettings, ConfigError> {
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        key: key.into(),
+        message,
+    };
+    let secret = match secret.filter(|s| !s.is_empty()).or(f.secret.clone()) {
+        Some(s) => Some(Secret::parse(&s).map_err(|m| invalid("webhooks.secret", m))?),
+        None => None,
+    };
+    let mut endpoints = Vec::new();
+    for e in &f.endpoints {
+        let key = "webhooks.endpoints";
+        match url::Url::parse(&e.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+            _ => {
+                return Err(invalid(
+                    key,
+                    format!("{:?} is not an http or https URL", e.url),
+                ))
+            }
+        }
+        let events = match &e.events {
+            None => Event::ALL.to_vec(),
+            Some(names) => names
+                .iter()
+                .map(|n| {
+                    Event::parse(n).ok_or_else(|| {
+                        invalid(
+                            key,
+                            format!("unknown event {n:?}; use task.completed or task.failed"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        endpoints.push(Endpoint {
+            url: e.url.clone(),
+            events,
+        });
+    }
+    let attempts = f.attempts.unwrap_or(10);
+    if attempts == 0 {
+        return Err(invalid("webhooks.attempts", "must be at least 1".into()));
+    }
+    Ok(WebhookSettings {
+        secret,
+        endpoints,
+        attempts,
+        backoff: seconds("webhooks.backoff_s", f.backoff_s, 5.0)?,
+        timeout: seconds("webhooks.timeout_s", f.timeout_s, 15.0)?.max(Duration::from_secs(1)),
+    })
 }
 
 /// `[transcribe] min_coverage`: a share between 0 and 1, default [`DEFAULT_MIN_COVERAGE`].

@@ -353,6 +353,12 @@ pub struct Manifest {
     /// [`Manifest::reset_for_retry`] sets it back to 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub requeues: u32,
+    /// The task's callback URLs and the delivery log of its webhooks (absent when it has none).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::domain::webhook::Webhooks::is_empty"
+    )]
+    pub webhooks: crate::domain::webhook::Webhooks,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -385,6 +391,7 @@ impl Manifest {
             model: None,
             warnings: Vec::new(),
             requeues: 0,
+            webhooks: Default::default(),
             stages: Stage::ALL
                 .iter()
                 .map(|s| (*s, StageRecord::default()))
@@ -400,11 +407,13 @@ impl Manifest {
     /// Prepares a failed or cancelled task to run again: the task is `queued` without an error;
     /// the stages in `keep` (complete, outputs verified) stay as they are and are reused; every
     /// other stage waits again with no progress, error, result or outputs. Attempt logs and
-    /// completion counts are kept, so the manifest still tells the whole history.
+    /// completion counts are kept, so the manifest still tells the whole history. A new run
+    /// begins for webhooks: its end is delivered again ([`crate::domain::webhook::plan`]).
     pub fn reset_for_retry(&mut self, keep: &[Stage]) {
         self.status = TaskStatus::Queued;
         self.error = None;
         self.requeues = 0;
+        self.webhooks.run += 1;
         for s in Stage::ALL {
             if keep.contains(&s) {
                 continue;

@@ -11,6 +11,7 @@ pub mod models;
 pub mod retry;
 pub mod stage;
 pub mod transcript;
+pub mod webhook;
 
 pub use models::{ModelName, ModelRef};
 pub use stage::{FailureClass, Progress, Stage, MAX_RETRY_AFTER};

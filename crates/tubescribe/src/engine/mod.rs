@@ -8,11 +8,13 @@
 //! * [`attempt`] — ONE protocol for stage and segment jobs: admit → supervise → settle;
 //! * [`schedule`] — the fair-share priorities of transcribe jobs;
 //! * [`segments`] — long audio as segment jobs: the split/merge orchestration;
-//! * [`reconcile`] — repairs task records that disagree with their jobs after faults.
+//! * [`reconcile`] — repairs task records that disagree with their jobs after faults;
+//! * [`webhooks`] — the `webhook` queue: planning a task's deliveries when it ends, the
+//!   delivery worker.
 //!
 //! Imports inside the engine point one way: `workers` → `attempt`, `segments`, `schedule`,
-//! `flow`, `producer`, `redis`; `attempt` never imports `segments` or `workers`; `schedule`
-//! never imports `workers`.
+//! `webhooks`, `flow`, `producer`, `redis`; `attempt` never imports `segments`, `webhooks` or
+//! `workers`; `schedule` never imports `workers`.
 
 pub mod attempt;
 pub mod flow;
@@ -21,4 +23,5 @@ pub mod reconcile;
 pub mod redis;
 pub mod schedule;
 pub mod segments;
+pub mod webhooks;
 pub mod workers;

@@ -98,7 +98,9 @@ impl IntoResponse for ApiError {
 impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         match e {
-            SubmitError::Input(e) => ApiError::bad_request(e.to_string()),
+            SubmitError::Input(_) | SubmitError::Callback(_) => {
+                ApiError::bad_request(e.to_string())
+            }
             SubmitError::Busy(_) => ApiError::conflict(e.to_string()),
             SubmitError::Store(_) | SubmitError::Queue(_) => ApiError::unavailable(e.to_string()),
         }
@@ -187,6 +189,10 @@ pub struct CreateInput {
     /// Same as `options.fresh`.
     #[serde(default)]
     pub fresh: bool,
+    /// Where the task's end is POSTed as a signed webhook (`task.completed`, `task.failed`);
+    /// the server's allow-list applies as to media URLs.
+    #[serde(default, rename = "callbackUrl")]
+    pub callback_url: Option<String>,
 }
 
 /// Options of [`CreateInput`].
@@ -249,6 +255,10 @@ pub async fn create(st: &Shared, input: CreateInput) -> Result<CreateOutput, Api
     let fresh = input.fresh || input.options.fresh;
     let (default, dir) = model_files(st);
     let model = crate::tools::model::choose(input.options.model.as_deref(), &default, &dir).await?;
+    let callback = match input.callback_url.as_deref() {
+        Some(raw) => Some(tasks::check_callback(&st.policy, &st.producer, raw)?),
+        None => None,
+    };
     let s = tasks::submit(
         &st.data,
         &st.producer,
@@ -258,6 +268,9 @@ pub async fn create(st: &Shared, input: CreateInput) -> Result<CreateOutput, Api
         &model,
     )
     .await?;
+    if let Some(url) = &callback {
+        tasks::add_callback(&st.data, &st.producer, &s.task_id, url).await?;
+    }
     let status = tasks::get(&st.data, &s.task_id)?.status;
     Ok(CreateOutput {
         task_id: s.task_id,
