@@ -618,6 +618,7 @@ async fn serve(cfg: Config, args: ServeArgs) -> Result<i32> {
         listener,
         rt.data().clone(),
         rt.url(),
+        rt.producer().await?,
         policy,
         opts,
         stop,
