@@ -271,6 +271,11 @@ async fn callbacks_are_signed_retried_until_accepted_and_report_failures() {
     assert!(attempts
         .iter()
         .all(|a| a["finished_at"].as_u64() >= a["started_at"].as_u64()));
+    let outcomes: Vec<&str> = attempts
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["failed", "failed", "completed"]);
     // The failures-only endpoint heard nothing of a completion.
     assert!(rx.deliveries("/failed").is_empty());
 
@@ -362,7 +367,7 @@ async fn a_delivery_survives_its_worker_killed_mid_attempt() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|a| a["finished_at"].is_null())
+        .find(|a| a["outcome"].is_null())
         .cloned()
         .unwrap_or_else(|| panic!("no attempt in flight: {m:#}"));
     assert_eq!(open["attempt"], 2);
@@ -386,22 +391,22 @@ async fn a_delivery_survives_its_worker_killed_mid_attempt() {
     assert_eq!(got[2]["body"]["type"], "task.completed");
     let m = wait_manifest(&data, &id, Duration::from_secs(10), |m| delivered(m, &hook));
     let attempts = logged(&m, &hook)[0]["attempts"].as_array().unwrap().clone();
-    let log: Vec<(u64, Option<u64>, bool)> = attempts
+    let log: Vec<(u64, Option<u64>, &str)> = attempts
         .iter()
         .map(|a| {
             (
                 a["attempt"].as_u64().unwrap(),
                 a["status_code"].as_u64(),
-                a["interrupted"] == true,
+                a["outcome"].as_str().unwrap(),
             )
         })
         .collect();
     assert_eq!(
         log,
         [
-            (1, Some(500), false),
-            (2, None, true),
-            (3, Some(200), false)
+            (1, Some(500), "failed"),
+            (2, None, "interrupted"),
+            (3, Some(200), "completed")
         ]
     );
     assert_ne!(

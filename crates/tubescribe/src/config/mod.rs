@@ -792,6 +792,53 @@ mod tests {
     }
 
     #[test]
+    fn webhooks_resolve_with_the_flag_over_the_file() {
+        let (_dir, f) = scratch("ts-cfg-webhooks");
+        let file_secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+        std::fs::write(
+            &f,
+            format!(
+                "[webhooks]\nsecret = \"{file_secret}\"\nbackoff_s = 0.5\n\
+                 [[webhooks.endpoints]]\nurl = \"https://h.test/a\"\n\
+                 [[webhooks.endpoints]]\nurl = \"http://h.test/f\"\nevents = [\"task.failed\"]\n"
+            ),
+        )
+        .unwrap();
+        let w = with_file(&f).unwrap().webhooks;
+        assert_eq!(w.secret.as_ref().map(Secret::expose), Some(file_secret));
+        assert_eq!(
+            (w.attempts, w.backoff, w.timeout),
+            (10, Duration::from_millis(500), Duration::from_secs(15))
+        );
+        assert_eq!(w.endpoints[0].events, Event::ALL.to_vec());
+        assert_eq!(w.endpoints[1].events, vec![Event::TaskFailed]);
+        let flag = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let o = Overrides {
+            config: Some(f.clone()),
+            webhook_secret: Some(flag.into()),
+            ..Default::default()
+        };
+        let w = Config::resolve(&o).unwrap().webhooks;
+        assert_eq!(w.secret.as_ref().map(Secret::expose), Some(flag));
+        for (bad, says) in [
+            ("[webhooks]\nsecret = \"hunter2\"\n", "webhooks.secret"),
+            (
+                "[[webhooks.endpoints]]\nurl = \"ftp://x\"\n",
+                "is not an http or https URL",
+            ),
+            (
+                "[[webhooks.endpoints]]\nurl = \"http://x\"\nevents = [\"task.done\"]\n",
+                "unknown event \"task.done\"",
+            ),
+        ] {
+            std::fs::write(&f, bad).unwrap();
+            let e = with_file(&f).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+            assert!(!e.contains("hunter2"), "the secret is never echoed: {e}");
+        }
+    }
+
+    #[test]
     fn flag_beats_file_beats_default() {
         let (dir, f) = scratch("ts-cfg");
         std::fs::write(

@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::manifest::{now_ms, Manifest, TaskStatus};
+use crate::domain::manifest::{now_ms, AttemptOutcome, AttemptRecord, Manifest, TaskStatus};
 
 /// An event a webhook delivers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -123,28 +123,17 @@ pub enum DeliveryState {
     Failed,
 }
 
-/// One attempt of a delivery, as the manifest logs it.
+/// One attempt of a delivery, as the manifest logs it: a stage attempt's record (worker,
+/// times; outcome `completed` for a 2xx answer, `failed`, or `interrupted` when its worker
+/// died, set when the next attempt starts; the error) and the endpoint's HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryAttempt {
-    /// 1-based attempt number (BullMQ's `attemptsStarted`; a stalled re-run counts too).
-    pub attempt: u32,
-    /// The worker that made it: `<hostname>:<pid>`.
-    pub worker: String,
-    /// Start, ms since the epoch.
-    pub started_at: u64,
-    /// End, ms since the epoch (absent while running, or when its worker died).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<u64>,
+    /// Attempt number (BullMQ's `attemptsStarted`), worker, times, outcome and error.
+    #[serde(flatten)]
+    pub record: AttemptRecord,
     /// The endpoint's HTTP status, when it answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_code: Option<u16>,
-    /// Why it failed (one sentence), for failed attempts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// True when the attempt never reported an end: its worker died (kill -9) or lost Redis;
-    /// set when the next attempt starts.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub interrupted: bool,
 }
 
 /// One planned delivery of an event to one target (`webhooks.deliveries[]`).
@@ -217,17 +206,24 @@ impl Delivery {
         if self.state != DeliveryState::Pending {
             return false;
         }
-        for a in self.attempts.iter_mut().filter(|a| a.finished_at.is_none()) {
-            a.interrupted = true;
+        for a in self
+            .attempts
+            .iter_mut()
+            .filter(|a| a.record.outcome.is_none())
+        {
+            a.record.outcome = Some(AttemptOutcome::Interrupted);
         }
         self.attempts.push(DeliveryAttempt {
-            attempt,
-            worker: worker.to_string(),
-            started_at: now_ms(),
-            finished_at: None,
+            record: AttemptRecord {
+                attempt,
+                worker: worker.to_string(),
+                started_at: now_ms(),
+                finished_at: None,
+                outcome: None,
+                error: None,
+                detail: None,
+            },
             status_code: None,
-            error: None,
-            interrupted: false,
         });
         true
     }
@@ -245,11 +241,15 @@ impl Delivery {
             .attempts
             .iter_mut()
             .rev()
-            .find(|a| a.attempt == attempt && a.finished_at.is_none())
+            .find(|a| a.record.attempt == attempt && a.record.outcome.is_none())
         {
-            a.finished_at = Some(now_ms());
+            a.record.finished_at = Some(now_ms());
+            a.record.outcome = Some(match error {
+                None => AttemptOutcome::Completed,
+                Some(_) => AttemptOutcome::Failed,
+            });
+            a.record.error = error.map(str::to_string);
             a.status_code = status_code;
-            a.error = error.map(str::to_string);
         }
         self.state = match error {
             None => DeliveryState::Delivered,
@@ -431,23 +431,21 @@ mod tests {
         let log: Vec<_> = d
             .attempts
             .iter()
-            .map(|a| {
-                (
-                    a.attempt,
-                    a.status_code,
-                    a.interrupted,
-                    a.finished_at.is_some(),
-                )
-            })
+            .map(|a| (a.record.attempt, a.status_code, a.record.outcome))
             .collect();
+        use AttemptOutcome::{Failed, Interrupted};
         assert_eq!(
             log,
             [
-                (1, Some(500), false, true),
-                (2, None, true, false),
-                (3, None, false, true)
+                (1, Some(500), Some(Failed)),
+                (2, None, Some(Interrupted)),
+                (3, None, Some(Failed))
             ]
         );
+        let json = serde_json::to_value(&d.attempts[0]).unwrap();
+        assert_eq!(json["status_code"], 500);
+        assert_eq!(json["outcome"], "failed");
+        assert_eq!(json["error"], "HTTP 500");
     }
 
     #[test]
