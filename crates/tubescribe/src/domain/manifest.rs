@@ -222,6 +222,21 @@ pub struct AttemptRecord {
     pub detail: Option<String>,
 }
 
+impl AttemptRecord {
+    /// Attempt `attempt` on `worker`, started now and not ended.
+    pub fn start(attempt: u32, worker: &str) -> Self {
+        Self {
+            attempt,
+            worker: worker.to_string(),
+            started_at: now_ms(),
+            finished_at: None,
+            outcome: None,
+            error: None,
+            detail: None,
+        }
+    }
+}
+
 /// One stage's record in the manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StageRecord {
@@ -463,15 +478,8 @@ impl Manifest {
     pub fn start_attempt(&mut self, stage: Stage, attempt: u32, worker: &str) {
         self.start_stage(stage, attempt);
         self.interrupt_open_attempts(stage);
-        self.stage_mut(stage).attempt_log.push(AttemptRecord {
-            attempt,
-            worker: worker.to_string(),
-            started_at: now_ms(),
-            finished_at: None,
-            outcome: None,
-            error: None,
-            detail: None,
-        });
+        let record = AttemptRecord::start(attempt, worker);
+        self.stage_mut(stage).attempt_log.push(record);
     }
 
     /// Marks every attempt of `stage` that never reported an end as

@@ -214,15 +214,7 @@ impl Delivery {
             a.record.outcome = Some(AttemptOutcome::Interrupted);
         }
         self.attempts.push(DeliveryAttempt {
-            record: AttemptRecord {
-                attempt,
-                worker: worker.to_string(),
-                started_at: now_ms(),
-                finished_at: None,
-                outcome: None,
-                error: None,
-                detail: None,
-            },
+            record: AttemptRecord::start(attempt, worker),
             status_code: None,
         });
         true
