@@ -133,12 +133,22 @@ impl Client {
         })
     }
 
-    /// Submits `url`; answers `{taskId, videoId, existing, status}`.
-    pub async fn submit(&self, url: &str, fresh: bool) -> Result<Value, ClientError> {
+    /// Submits `url` (with `callback` as its `callbackUrl` when given); answers `{taskId,
+    /// videoId, existing, status}`.
+    pub async fn submit(
+        &self,
+        url: &str,
+        fresh: bool,
+        callback: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let mut body = serde_json::json!({"link": url, "fresh": fresh});
+        if let Some(c) = callback {
+            body["callbackUrl"] = serde_json::json!(c);
+        }
         self.send(
             self.http
                 .post(format!("{}/api/tasks", self.base))
-                .json(&serde_json::json!({"link": url, "fresh": fresh})),
+                .json(&body),
         )
         .await
     }

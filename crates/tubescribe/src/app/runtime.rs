@@ -167,6 +167,7 @@ impl RuntimeBuilder {
             rt.reconciler = Some(reconcile::spawn(
                 rt.url.clone(),
                 rt.data.clone(),
+                rt.cfg.clone(),
                 rt.cfg.reconcile_every,
                 rt.shutdown.child_token(),
             ));

@@ -21,6 +21,7 @@ use crate::domain::ModelRef;
 use crate::domain::Stage;
 use crate::engine::producer::Producer;
 use crate::engine::redis::QueueError;
+use crate::engine::webhooks::OutboxError;
 use crate::pipeline::download::BROKEN_DOWNLOADS;
 use crate::store::{DataDir, StoreError};
 
@@ -51,6 +52,57 @@ pub enum SubmitError {
         /// Whether trying again may help.
         retryable: bool,
     },
+    /// The callback URL is refused (not retryable): one sentence, cause first.
+    #[error("{0}")]
+    Callback(String),
+}
+
+/// Checks a submitter's callback URL before anything is created: an `http`/`https` URL that
+/// `policy` allows like a media URL (allow-list, no private addresses unless allowed), and a
+/// webhook secret to sign its deliveries with (`producer`'s configuration).
+///
+/// # Errors
+/// [`SubmitError::Callback`] saying why.
+pub fn check_callback(
+    policy: &InputPolicy,
+    producer: &Producer,
+    raw: &str,
+) -> Result<url::Url, SubmitError> {
+    let url = url::Url::parse(raw.trim())
+        .map_err(|e| SubmitError::Callback(format!("callback URL {raw:?} is not a URL: {e}")))?;
+    policy
+        .check_fetch_url(&url)
+        .map_err(|e| SubmitError::Callback(format!("callback URL {url} is refused: {e}")))?;
+    if !producer.outbox().can_sign() {
+        return Err(SubmitError::Callback(
+            "callbacks need a webhook secret to sign deliveries with; set --webhook-secret, \
+             TUBESCRIBE_WEBHOOK_SECRET or [webhooks] secret"
+                .into(),
+        ));
+    }
+    Ok(url)
+}
+
+/// Adds `url` (from [`check_callback`]) to the callbacks of task `task_id` (once); if the task
+/// has ended already, its delivery is queued now.
+///
+/// # Errors
+/// `Store` when the manifest cannot be updated, `Queue` when Redis refuses the delivery.
+pub async fn add_callback(
+    data: &DataDir,
+    producer: &Producer,
+    task_id: &str,
+    url: &url::Url,
+) -> Result<(), SubmitError> {
+    let task = data.task(task_id);
+    task.update_manifest(|m| {
+        m.webhooks.add_callback(url.as_str());
+    })?;
+    producer.outbox().notify(&task).await.map_err(|e| match e {
+        OutboxError::Store(e) => SubmitError::Store(e),
+        OutboxError::Queue(e) => SubmitError::Queue(e),
+    })?;
+    Ok(())
 }
 
 /// The answer to a submission.

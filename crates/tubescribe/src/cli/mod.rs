@@ -113,6 +113,15 @@ struct RunArgs {
         value_delimiter = ','
     )]
     allow_hosts: Option<Vec<String>>,
+    /// Secret that signs webhook deliveries (Standard Webhooks: `whsec_` + base64 key);
+    /// callbacks are refused without one.
+    #[arg(
+        long,
+        env = "TUBESCRIBE_WEBHOOK_SECRET",
+        hide_env_values = true,
+        value_name = "WHSEC"
+    )]
+    webhook_secret: Option<String>,
     #[command(flatten)]
     settings: SettingsArgs,
     #[command(flatten)]
@@ -125,13 +134,15 @@ struct RunArgs {
 
 impl RunArgs {
     fn config(&self) -> Result<Config> {
-        resolve(
+        let mut o = overrides(
             &self.settings,
             Some(&self.redis),
             Some(&self.model),
             Some(&self.tuning),
             self.allow_hosts.clone(),
-        )
+        );
+        o.webhook_secret = self.webhook_secret.clone();
+        Ok(Config::resolve(&o)?)
     }
 }
 
@@ -144,6 +155,18 @@ fn resolve(
     tuning: Option<&WorkerTuning>,
     allow_hosts: Option<Vec<String>>,
 ) -> Result<Config> {
+    let o = overrides(settings, redis, model, tuning, allow_hosts);
+    Ok(Config::resolve(&o)?)
+}
+
+/// The [`Overrides`] the flag groups a command has give.
+fn overrides(
+    settings: &SettingsArgs,
+    redis: Option<&RedisArgs>,
+    model: Option<&ModelArgs>,
+    tuning: Option<&WorkerTuning>,
+    allow_hosts: Option<Vec<String>>,
+) -> Overrides {
     let mut o = Overrides {
         config: settings.config.clone(),
         data_dir: settings.data_dir.clone(),
@@ -160,7 +183,7 @@ fn resolve(
         o.threads = t.threads;
         o.shutdown_grace_s = t.shutdown_grace_s;
     }
-    Ok(Config::resolve(&o)?)
+    o
 }
 
 #[derive(Debug, Subcommand)]
@@ -181,6 +204,10 @@ enum Command {
         /// Run again even if the video was processed before.
         #[arg(long)]
         fresh: bool,
+        /// POST each task's end (`task.completed`, `task.failed`) to this URL as a signed
+        /// webhook (the server's allow-list applies).
+        #[arg(long, value_name = "URL")]
+        callback: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
         #[command(flatten)]
@@ -308,6 +335,10 @@ struct ProcessArgs {
     fresh: bool,
     #[command(flatten)]
     submit: SubmitFlags,
+    /// POST each task's end (`task.completed`, `task.failed`) to this URL as a signed webhook
+    /// (needs --webhook-secret; the allow-list applies as to media URLs).
+    #[arg(long, value_name = "URL")]
+    callback: Option<String>,
     /// Do not start workers here (they run in other processes on the same Redis); says after
     /// about 5 s which queues no worker takes jobs from.
     #[arg(long)]
@@ -481,7 +512,14 @@ pub async fn main(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Process(a) => {
             let cfg = a.run.config()?;
-            process(cfg, a.inputs, a.fresh, &a.submit, a.no_workers, a.json).await
+            let opts = ProcessOptions {
+                fresh: a.fresh,
+                flags: &a.submit,
+                callback: a.callback,
+                no_workers: a.no_workers,
+                json: a.json,
+            };
+            process(cfg, a.inputs, opts).await
         }
         Command::Worker(a) => worker(a.run.config()?, a.stages, a.memory_budget_mb).await,
         Command::Serve(a) => serve(a.run.config()?, a).await,
@@ -570,9 +608,10 @@ async fn client_command(command: &Command) -> Option<i32> {
         Command::Submit {
             urls,
             fresh,
+            callback,
             client,
             token,
-        } => remote::submit(client, token, urls, *fresh).boxed_local(),
+        } => remote::submit(client, token, urls, *fresh, callback.as_deref()).boxed_local(),
         Command::Status { id, client } => remote::status(client, id.as_deref()).boxed_local(),
         Command::Get { id, format, server } => remote::get(server, id, *format).boxed_local(),
         Command::Cancel { id, client, token } => remote::cancel(client, token, id).boxed_local(),
@@ -630,6 +669,7 @@ async fn serve(cfg: Config, args: ServeArgs) -> Result<i32> {
         listener,
         rt.data().clone(),
         rt.url(),
+        rt.producer().await?,
         policy,
         opts,
         stop,
@@ -689,14 +729,23 @@ async fn worker(cfg: Config, stages: Vec<String>, memory_budget_mb: Option<u64>)
     Ok(0)
 }
 
-async fn process(
-    cfg: Config,
-    inputs: Vec<String>,
+/// What `process` was asked besides its inputs.
+struct ProcessOptions<'a> {
     fresh: bool,
-    flags: &SubmitFlags,
+    flags: &'a SubmitFlags,
+    callback: Option<String>,
     no_workers: bool,
     json: bool,
-) -> Result<i32> {
+}
+
+async fn process(cfg: Config, inputs: Vec<String>, opts: ProcessOptions<'_>) -> Result<i32> {
+    let ProcessOptions {
+        fresh,
+        flags,
+        callback,
+        no_workers,
+        json,
+    } = opts;
     let policy = cfg.input_policy();
     let opts = flags.options();
     // Refuse bad inputs (and options) before anything is created.
@@ -738,7 +787,7 @@ async fn process(
         rt = rt.reconcile();
     }
     let mut rt = rt.start().await?;
-    let tasks = submit_all(&rt, &policy, &inputs, fresh, flags).await?;
+    let tasks = submit_all(&rt, &policy, &inputs, fresh, flags, callback.as_deref()).await?;
     // Without workers here, someone else's must take the jobs: say so when none does.
     let producer = match no_workers {
         true => Some(rt.producer().await?),
@@ -809,17 +858,22 @@ fn exit_now(code: i32) -> ! {
 }
 
 /// Submits each input (saying when it joined an existing task; with --playlist a playlist
-/// or channel becomes its videos' tasks and a batch, named on stderr); returns the tasks
-/// without repeats, in input order.
+/// or channel becomes its videos' tasks and a batch, named on stderr), each task with
+/// `callback` when given; returns the tasks without repeats, in input order.
 async fn submit_all(
     rt: &Runtime,
     policy: &InputPolicy,
     inputs: &[String],
     fresh: bool,
     flags: &SubmitFlags,
+    callback: Option<&str>,
 ) -> Result<Vec<watch::Watched>> {
     use crate::app::tasks;
     let producer = rt.producer().await?;
+    let callback = match callback {
+        Some(raw) => Some(tasks::check_callback(policy, &producer, raw)?),
+        None => None,
+    };
     // The model is part of each task's identity: its hash, not the spelling of --model.
     let model = crate::tools::model::identify(&rt.config().model).await?;
     let opts = flags.options();
@@ -850,6 +904,9 @@ async fn submit_all(
             if let Some(b) = b {
                 eprintln!("{i}: batch {} with {} video(s)", b.batch_id, b.items.len());
                 for item in b.items {
+                    if let Some(url) = &callback {
+                        tasks::add_callback(rt.data(), &producer, &item.task_id, url).await?;
+                    }
                     let url = format!("https://www.youtube.com/watch?v={}", item.video_id);
                     add(item.task_id, url);
                 }
@@ -857,6 +914,9 @@ async fn submit_all(
             }
         }
         let s = tasks::submit_with(rt.data(), &producer, policy, i, fresh, &model, &opts).await?;
+        if let Some(url) = &callback {
+            tasks::add_callback(rt.data(), &producer, &s.task_id, url).await?;
+        }
         if s.existing {
             eprintln!("{i}: joined existing task {}", s.task_id);
         }

@@ -93,12 +93,18 @@ impl Format {
 
 /// `submit`: one line per URL (`<task id>  <status>`, `(existing task)` when joined), then
 /// the next step on stderr: how to follow the tasks and fetch their results, and the web page.
-pub(super) async fn submit(a: &ClientArgs, t: &TokenArgs, urls: &[String], fresh: bool) -> i32 {
+pub(super) async fn submit(
+    a: &ClientArgs,
+    t: &TokenArgs,
+    urls: &[String],
+    fresh: bool,
+    callback: Option<&str>,
+) -> i32 {
     let c = a.server.client(Some(t));
     let mut code = 0;
     let mut ids = Vec::new();
     for u in urls {
-        match c.submit(u, fresh).await {
+        match c.submit(u, fresh, callback).await {
             Ok(v) => {
                 if a.json {
                     println!("{v}");

@@ -48,6 +48,38 @@ pub struct FileConfig {
     /// Subtitle cue limits (`transcript.srt`, `transcript.vtt`).
     #[serde(default)]
     pub subtitles: SubtitlesFile,
+    /// Signed webhooks: the secret, delivery policy and global endpoints.
+    #[serde(default)]
+    pub webhooks: WebhooksFile,
+}
+
+/// `[webhooks]` in the TOML file; every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksFile {
+    /// The signing secret, `whsec_` + base64 (`--webhook-secret` and
+    /// `TUBESCRIBE_WEBHOOK_SECRET` take precedence).
+    pub secret: Option<String>,
+    /// Attempts per delivery in total (default 10).
+    pub attempts: Option<u32>,
+    /// Wait before the first retry, seconds; doubles with each retry, spread by up to half
+    /// again (default 5).
+    pub backoff_s: Option<f64>,
+    /// Seconds one attempt may take, connect to last byte (default 15).
+    pub timeout_s: Option<f64>,
+    /// `[[webhooks.endpoints]]`: receivers of every task's events.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointFile>,
+}
+
+/// One `[[webhooks.endpoints]]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointFile {
+    /// Where deliveries are POSTed (`http` or `https`).
+    pub url: String,
+    /// The events it receives (`task.completed`, `task.failed`); absent = all.
+    pub events: Option<Vec<String>>,
 }
 
 /// `[subtitles]` in the TOML file; every key is optional (defaults in

@@ -19,9 +19,11 @@ use std::time::Duration;
 
 use crate::domain::input::InputPolicy;
 use crate::domain::transcript::subtitles::CueRules;
+use crate::domain::webhook::{Endpoint, Event, Secret};
 use crate::domain::Stage;
 use file::{
-    ConcurrencyFile, FileConfig, LlmFile, ProgramsFile, ScheduleFile, SubtitlesFile, WorkerFile,
+    ConcurrencyFile, FileConfig, LlmFile, ProgramsFile, ScheduleFile, SubtitlesFile, WebhooksFile,
+    WorkerFile,
 };
 pub use policy::StagePolicy;
 
@@ -87,6 +89,23 @@ pub struct Overrides {
     pub threads: Option<usize>,
     /// `--shutdown-grace` / `TUBESCRIBE_SHUTDOWN_GRACE_S` (seconds).
     pub shutdown_grace_s: Option<f64>,
+    /// `--webhook-secret` / `TUBESCRIBE_WEBHOOK_SECRET`.
+    pub webhook_secret: Option<String>,
+}
+
+/// Webhook settings after resolution (`[webhooks]`, `--webhook-secret`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookSettings {
+    /// The signing secret; `None` = no webhooks can be signed, so callbacks are refused.
+    pub secret: Option<Secret>,
+    /// Receivers of every task's events (`[[webhooks.endpoints]]`).
+    pub endpoints: Vec<Endpoint>,
+    /// Attempts per delivery in total (≥ 1, default 10).
+    pub attempts: u32,
+    /// Wait before the first retry; doubles with each (default 5 s).
+    pub backoff: Duration,
+    /// Time one attempt may take (default 15 s, at least 1 s).
+    pub timeout: Duration,
 }
 
 /// The model file for a `--model` value: a path as given, or — for a bare model name such as
@@ -212,6 +231,8 @@ pub struct Config {
     pub reconcile_every: Duration,
     /// Subtitle cue limits (`[subtitles]`).
     pub subtitles: CueRules,
+    /// Signed webhooks (`[webhooks]`).
+    pub webhooks: WebhookSettings,
 }
 
 /// Default of `TUBESCRIBE_MIN_FREE_MB`: free space, in MiB, required before a download or
@@ -296,6 +317,7 @@ impl Config {
         let min_coverage = resolve_min_coverage(file.transcribe.min_coverage)?;
         let llm = resolve_llm(file.llm.as_ref())?;
         let storage = resolve_storage(o.storage_url.clone().or(file.storage_url), &data_dir)?;
+        let webhooks = resolve_webhooks(o.webhook_secret.clone(), &file.webhooks)?;
         Ok(Config {
             data_dir,
             storage,
@@ -322,6 +344,7 @@ impl Config {
             redis_retry,
             reconcile_every,
             subtitles,
+            webhooks,
         })
     }
 
@@ -497,6 +520,65 @@ fn resolve_allow_hosts(given: Option<Vec<String>>) -> Result<Vec<String>, Config
         });
     }
     Ok(hosts)
+}
+
+/// `[webhooks]`: the secret (flag or variable > file; checked, never echoed), the endpoints
+/// (an `http`/`https` URL each, events known; none named = all), attempts (≥ 1, default 10),
+/// backoff (default 5 s) and the per-attempt timeout (default 15 s, at least 1 s).
+fn resolve_webhooks(
+    secret: Option<String>,
+    f: &WebhooksFile,
+) -> Result<WebhookSettings, ConfigError> {
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        key: key.into(),
+        message,
+    };
+    let secret = match secret.filter(|s| !s.is_empty()).or(f.secret.clone()) {
+        Some(s) => Some(Secret::parse(&s).map_err(|m| invalid("webhooks.secret", m))?),
+        None => None,
+    };
+    let mut endpoints = Vec::new();
+    for e in &f.endpoints {
+        let key = "webhooks.endpoints";
+        match url::Url::parse(&e.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+            _ => {
+                return Err(invalid(
+                    key,
+                    format!("{:?} is not an http or https URL", e.url),
+                ))
+            }
+        }
+        let events = match &e.events {
+            None => Event::ALL.to_vec(),
+            Some(names) => names
+                .iter()
+                .map(|n| {
+                    Event::parse(n).ok_or_else(|| {
+                        invalid(
+                            key,
+                            format!("unknown event {n:?}; use task.completed or task.failed"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        endpoints.push(Endpoint {
+            url: e.url.clone(),
+            events,
+        });
+    }
+    let attempts = f.attempts.unwrap_or(10);
+    if attempts == 0 {
+        return Err(invalid("webhooks.attempts", "must be at least 1".into()));
+    }
+    Ok(WebhookSettings {
+        secret,
+        endpoints,
+        attempts,
+        backoff: seconds("webhooks.backoff_s", f.backoff_s, 5.0)?,
+        timeout: seconds("webhooks.timeout_s", f.timeout_s, 15.0)?.max(Duration::from_secs(1)),
+    })
 }
 
 /// `[transcribe] min_coverage`: a share between 0 and 1, default [`DEFAULT_MIN_COVERAGE`].
@@ -797,6 +879,53 @@ mod tests {
         }
         assert_eq!(threads_per_job(2, 1), 2);
         assert_eq!(threads_per_job(2, 2), 1);
+    }
+
+    #[test]
+    fn webhooks_resolve_with_the_flag_over_the_file() {
+        let (_dir, f) = scratch("ts-cfg-webhooks");
+        let file_secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+        std::fs::write(
+            &f,
+            format!(
+                "[webhooks]\nsecret = \"{file_secret}\"\nbackoff_s = 0.5\n\
+                 [[webhooks.endpoints]]\nurl = \"https://h.test/a\"\n\
+                 [[webhooks.endpoints]]\nurl = \"http://h.test/f\"\nevents = [\"task.failed\"]\n"
+            ),
+        )
+        .unwrap();
+        let w = with_file(&f).unwrap().webhooks;
+        assert_eq!(w.secret.as_ref().map(Secret::expose), Some(file_secret));
+        assert_eq!(
+            (w.attempts, w.backoff, w.timeout),
+            (10, Duration::from_millis(500), Duration::from_secs(15))
+        );
+        assert_eq!(w.endpoints[0].events, Event::ALL.to_vec());
+        assert_eq!(w.endpoints[1].events, vec![Event::TaskFailed]);
+        let flag = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let o = Overrides {
+            config: Some(f.clone()),
+            webhook_secret: Some(flag.into()),
+            ..Default::default()
+        };
+        let w = Config::resolve(&o).unwrap().webhooks;
+        assert_eq!(w.secret.as_ref().map(Secret::expose), Some(flag));
+        for (bad, says) in [
+            ("[webhooks]\nsecret = \"hunter2\"\n", "webhooks.secret"),
+            (
+                "[[webhooks.endpoints]]\nurl = \"ftp://x\"\n",
+                "is not an http or https URL",
+            ),
+            (
+                "[[webhooks.endpoints]]\nurl = \"http://x\"\nevents = [\"task.done\"]\n",
+                "unknown event \"task.done\"",
+            ),
+        ] {
+            std::fs::write(&f, bad).unwrap();
+            let e = with_file(&f).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+            assert!(!e.contains("hunter2"), "the secret is never echoed: {e}");
+        }
     }
 
     #[test]

@@ -8,6 +8,9 @@ pub const PREFIX: &str = "bull";
 /// The BullMQ job name of a segment job (in the `transcribe` queue).
 pub const SEGMENT_JOB: &str = "segment";
 
+/// The queue of webhook deliveries (one job per delivery; its id is the message id).
+pub const WEBHOOK_QUEUE: &str = "webhook";
+
 /// The job id of segment `index` of `task_id`: `seg<index>-<task_id>`.
 pub fn segment_job_id(task_id: &str, index: usize) -> String {
     format!("seg{index}-{task_id}")

@@ -223,6 +223,21 @@ pub struct AttemptRecord {
     pub detail: Option<String>,
 }
 
+impl AttemptRecord {
+    /// Attempt `attempt` on `worker`, started now and not ended.
+    pub fn start(attempt: u32, worker: &str) -> Self {
+        Self {
+            attempt,
+            worker: worker.to_string(),
+            started_at: now_ms(),
+            finished_at: None,
+            outcome: None,
+            error: None,
+            detail: None,
+        }
+    }
+}
+
 /// One stage's record in the manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StageRecord {
@@ -362,6 +377,12 @@ pub struct Manifest {
     /// [`Manifest::reset_for_retry`] sets it back to 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub requeues: u32,
+    /// The task's callback URLs and the delivery log of its webhooks (absent when it has none).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::domain::webhook::Webhooks::is_empty"
+    )]
+    pub webhooks: crate::domain::webhook::Webhooks,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -396,6 +417,7 @@ impl Manifest {
             batch_id: None,
             warnings: Vec::new(),
             requeues: 0,
+            webhooks: Default::default(),
             stages: Stage::ALL
                 .iter()
                 .map(|s| (*s, StageRecord::default()))
@@ -411,11 +433,13 @@ impl Manifest {
     /// Prepares a failed or cancelled task to run again: the task is `queued` without an error;
     /// the stages in `keep` (complete, outputs verified) stay as they are and are reused; every
     /// other stage waits again with no progress, error, result or outputs. Attempt logs and
-    /// completion counts are kept, so the manifest still tells the whole history.
+    /// completion counts are kept, so the manifest still tells the whole history. A new run
+    /// begins for webhooks: its end is delivered again ([`crate::domain::webhook::plan`]).
     pub fn reset_for_retry(&mut self, keep: &[Stage]) {
         self.status = TaskStatus::Queued;
         self.error = None;
         self.requeues = 0;
+        self.webhooks.run += 1;
         for s in Stage::ALL {
             if keep.contains(&s) {
                 continue;
@@ -465,15 +489,8 @@ impl Manifest {
     pub fn start_attempt(&mut self, stage: Stage, attempt: u32, worker: &str) {
         self.start_stage(stage, attempt);
         self.interrupt_open_attempts(stage);
-        self.stage_mut(stage).attempt_log.push(AttemptRecord {
-            attempt,
-            worker: worker.to_string(),
-            started_at: now_ms(),
-            finished_at: None,
-            outcome: None,
-            error: None,
-            detail: None,
-        });
+        let record = AttemptRecord::start(attempt, worker);
+        self.stage_mut(stage).attempt_log.push(record);
     }
 
     /// Marks every attempt of `stage` that never reported an end as

@@ -13,6 +13,7 @@ pub mod options;
 pub mod retry;
 pub mod stage;
 pub mod transcript;
+pub mod webhook;
 
 pub use models::{ModelName, ModelRef};
 pub use stage::{FailureClass, Progress, Stage, MAX_RETRY_AFTER};

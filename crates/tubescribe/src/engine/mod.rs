@@ -10,10 +10,12 @@
 //! * [`segments`] — long audio as segment jobs: the split/merge orchestration;
 //! * [`reconcile`] — repairs task records that disagree with their jobs after faults;
 //! * [`records`] — task records in Redis when no filesystem is shared (the store's backend).
+//! * [`webhooks`] — the `webhook` queue: planning a task's deliveries when it ends, the
+//!   delivery worker.
 //!
 //! Imports inside the engine point one way: `workers` → `attempt`, `segments`, `schedule`,
-//! `flow`, `producer`, `redis`; `attempt` never imports `segments` or `workers`; `schedule`
-//! never imports `workers`.
+//! `webhooks`, `flow`, `producer`, `redis`; `attempt` never imports `segments`, `webhooks` or
+//! `workers`; `schedule` never imports `workers`.
 
 pub mod attempt;
 pub mod flow;
@@ -23,4 +25,5 @@ pub mod records;
 pub mod redis;
 pub mod schedule;
 pub mod segments;
+pub mod webhooks;
 pub mod workers;

@@ -1,5 +1,6 @@
-//! The producer side of the flow: adding a task's flow, inspecting and removing its jobs, and
-//! cancelling a task's active jobs held by this process's workers ([`Canceller`]).
+//! The producer side of the flow: adding a task's flow, inspecting and removing its jobs,
+//! queueing a task's webhooks ([`Producer::outbox`]), and cancelling a task's active jobs held
+//! by this process's workers ([`Canceller`]).
 
 use std::sync::Arc;
 
@@ -10,12 +11,14 @@ use crate::domain::keys::PREFIX;
 use crate::domain::Stage;
 use crate::engine::flow::task_flow_with;
 use crate::engine::redis::{connection, queue, resending, QueueError};
+use crate::engine::webhooks::Outbox;
 
 /// A producer connection: adds flows and inspects or removes jobs.
 pub struct Producer {
     flows: FlowProducer,
     queues: Vec<(Stage, Queue)>,
     attempts: Vec<(Stage, u32)>,
+    outbox: Outbox,
 }
 
 impl Producer {
@@ -81,11 +84,19 @@ impl Producer {
             flows,
             queues,
             attempts,
+            outbox: Outbox::connect(url).await?,
         })
     }
 
-    /// Uses the attempts configured per stage in `cfg` for the flows it adds.
+    /// The webhook outbox on the same Redis (for a callback added to a task that ended).
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// Uses the attempts configured per stage in `cfg` for the flows it adds, and `cfg`'s
+    /// webhook settings.
     pub fn with_config(mut self, cfg: &Config) -> Self {
+        self.outbox = self.outbox.with_config(cfg);
         self.attempts = cfg
             .stage_policies
             .iter()
@@ -160,6 +171,7 @@ impl Producer {
         for (_, q) in &self.queues {
             q.close().await;
         }
+        self.outbox.close().await;
     }
 }
 

@@ -31,6 +31,7 @@ use std::time::Duration;
 use bullmq::JobState;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Config;
 use crate::domain::keys::{PREFIX, RECONCILER_LEASE};
 use crate::domain::manifest::{now_ms, Manifest, StageState};
 use crate::domain::Stage;
@@ -156,6 +157,12 @@ impl Reconciler {
         if repair == Repair::Requeued && !self.requeue(task_id).await? {
             return Ok(None);
         }
+        if let Repair::Failed { .. } = repair {
+            // The task ended here, not in a worker: its webhooks are queued here too.
+            if let Err(e) = self.producer.outbox().notify(&task).await {
+                tracing::warn!(task = %task_id, error = %e, "cannot queue the task's webhooks");
+            }
+        }
         Ok(Some(repair))
     }
 
@@ -257,11 +264,13 @@ impl Reconciler {
 }
 
 /// Runs a [`Reconciler`] over `data` on the Redis at `url` now and then every `period`, with
-/// `period` (at least [`MIN_QUIET`]) as its quiet time, until `stop` fires. While Redis is unreachable a pass is
+/// `period` (at least [`MIN_QUIET`]) as its quiet time, until `stop` fires. A task it fails
+/// sends its `task.failed` webhooks (`cfg`'s endpoints and the task's callbacks). While Redis is unreachable a pass is
 /// skipped (and connecting is tried again next period).
 pub fn spawn(
     url: String,
     data: DataDir,
+    cfg: Config,
     period: Duration,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -271,6 +280,7 @@ pub fn spawn(
             if rec.is_none() {
                 match Producer::connect(&url).await {
                     Ok(p) => {
+                        let p = p.with_config(&cfg);
                         rec = Some(Reconciler::new(data.clone(), p, period.max(MIN_QUIET)));
                     }
                     Err(e) => tracing::debug!("reconciler: {e}"),

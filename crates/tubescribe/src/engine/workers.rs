@@ -7,6 +7,9 @@
 //! every processor runs under `catch_unwind` (in `attempt.rs`) and every worker's event
 //! channel is drained (it is unbounded).
 //!
+//! Every worker process also runs the webhook worker (`webhooks.rs`), and after each stage or
+//! segment attempt that ended its task, plans and queues the task's webhook deliveries.
+//!
 //! Crash safety: stalled-job recovery is tuned per stage ([`StagePolicy`]); the attempt
 //! protocol (`attempt.rs`) logs every attempt, fences stale ones and limits their time. On
 //! shutdown, [`Workers::close`] stops fetching, lets active jobs finish within a grace period,
@@ -25,11 +28,12 @@ use crate::config::StagePolicy;
 use crate::domain::keys::{PREFIX, SEGMENT_JOB};
 use crate::domain::{retry, Stage};
 use crate::engine::attempt::{self, Done, Fence, Shared, WIND_DOWN};
-use crate::engine::flow::backoff_delay_ms;
+use crate::engine::flow::{backoff_delay_ms, JobData};
 use crate::engine::producer::Canceller;
 use crate::engine::redis::{connection, queue, QueueError};
 use crate::engine::schedule::Scheduler;
 use crate::engine::segments::{self, SegmentData};
+use crate::engine::webhooks::{self, Outbox};
 use crate::observe::events::EventLog;
 use crate::pipeline::budget::{self, Plan};
 use crate::pipeline::{JobCtx, StageCtx};
@@ -71,6 +75,10 @@ impl WorkerSettings {
 /// The stage workers of this process.
 pub struct Workers {
     workers: Vec<(Stage, Arc<Worker>)>,
+    /// The webhook delivery worker.
+    webhook: Arc<Worker>,
+    /// Plans and queues a task's webhooks when an attempt ended it.
+    outbox: Arc<Outbox>,
     /// Event drains and the priority ager.
     drains: Vec<tokio::task::JoinHandle<()>>,
     shared: Arc<Shared>,
@@ -98,7 +106,9 @@ impl Workers {
         });
         let running = Arc::new(AtomicUsize::new(0));
         let mut workers = Vec::new();
-        let mut drains = Vec::new();
+        let (webhook, drain) = webhooks::start_worker(url, ctx.clone()).await?;
+        let mut drains = vec![drain];
+        let outbox = Arc::new(Outbox::connect(url).await?.with_config(&ctx.cfg));
         for (stage, ws) in stages {
             let stage = *stage;
             if let Some(n) = ws.global_concurrency {
@@ -110,12 +120,17 @@ impl Workers {
             } else {
                 ws.concurrency
             };
-            let (sh, n) = (shared.clone(), running.clone());
+            let (sh, n, ob) = (shared.clone(), running.clone(), outbox.clone());
             let processor = move |job: Job, token: BullToken| {
-                let (sh, n) = (sh.clone(), n.clone());
+                let (sh, n, ob) = (sh.clone(), n.clone(), ob.clone());
                 async move {
                     let _count = RunningGuard::enter(n);
-                    process(stage, sh, job, token).await
+                    let task_id = serde_json::from_value::<JobData>(job.data().clone()).ok();
+                    let r = process(stage, sh.clone(), job, token).await;
+                    if let Some(d) = task_id {
+                        notify(&ob, &sh, &d.task_id).await;
+                    }
+                    r
                 }
             };
             let opts = worker_options(url, &ctx, stage, ws, concurrency);
@@ -125,6 +140,8 @@ impl Workers {
         }
         Ok(Self {
             workers,
+            webhook,
+            outbox,
             drains,
             shared,
             running,
@@ -181,6 +198,7 @@ impl Workers {
         for (_, w) in &self.workers {
             w.pause();
         }
+        self.webhook.pause();
         let deadline = tokio::time::Instant::now() + grace;
         while self.active_count().await > 0 && tokio::time::Instant::now() < deadline {
             tokio::select! {
@@ -193,7 +211,9 @@ impl Workers {
         // queue's marker and would swallow the wake-up meant for other workers when our jobs
         // go back to `wait`. Closing and dropping them closes those connections; the running
         // jobs keep their own handles and can still move themselves back.
-        futures::future::join_all(self.workers.iter().map(|(_, w)| w.close(0))).await;
+        let all = self.workers.iter().map(|(_, w)| w).chain([&self.webhook]);
+        futures::future::join_all(all.map(|w| w.close(0))).await;
+        self.outbox.close().await;
         for d in self.drains {
             d.abort();
             let _ = d.await;
@@ -247,6 +267,16 @@ async fn process(
         }
     };
     attempt::run(&sh, job, token, Fence::Stage(stage), body).await
+}
+
+/// Plans and queues the webhooks of `task_id` if its record says it ended (a no-op while it
+/// runs); a failure is logged, and the next attempt's end, a retry of the job or a callback
+/// added later plans them again.
+async fn notify(outbox: &Outbox, sh: &Shared, task_id: &str) {
+    let task = sh.ctx.data.task(task_id);
+    if let Err(e) = outbox.notify(&task).await {
+        tracing::warn!(task = %task_id, error = %e, "cannot queue the task's webhooks");
+    }
 }
 
 /// Computes this process's transcribe memory plan for `concurrency` configured jobs (with

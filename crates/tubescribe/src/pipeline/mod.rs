@@ -11,6 +11,7 @@ pub mod download;
 pub mod segmenting;
 pub mod summarize;
 pub mod transcribe;
+pub mod webhook;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -101,7 +101,9 @@ impl IntoResponse for ApiError {
 impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         match e {
-            SubmitError::Input(_) | SubmitError::Options(_) => ApiError::bad_request(e.to_string()),
+            SubmitError::Input(_) | SubmitError::Options(_) | SubmitError::Callback(_) => {
+                ApiError::bad_request(e.to_string())
+            }
             SubmitError::List {
                 retryable: false, ..
             } => ApiError::bad_request(e.to_string()),
@@ -194,6 +196,10 @@ pub struct CreateInput {
     /// Same as `options.fresh`.
     #[serde(default)]
     pub fresh: bool,
+    /// Where the task's end is POSTed as a signed webhook (`task.completed`, `task.failed`);
+    /// the server's allow-list applies as to media URLs.
+    #[serde(default, rename = "callbackUrl")]
+    pub callback_url: Option<String>,
 }
 
 /// Options of [`CreateInput`].
@@ -318,6 +324,10 @@ pub async fn create(st: &Shared, input: CreateInput) -> Result<CreateOutput, Api
     let fresh = input.fresh || input.options.fresh;
     let model = choose_model(st, input.options.model.as_deref()).await?;
     let opts = input.options.task_options()?;
+    let callback = match input.callback_url.as_deref() {
+        Some(raw) => Some(tasks::check_callback(&st.policy, &st.producer, raw)?),
+        None => None,
+    };
     if input.options.expand {
         let lister = tasks::Lister {
             program: st.opts.ytdlp.clone(),
@@ -340,6 +350,11 @@ pub async fn create(st: &Shared, input: CreateInput) -> Result<CreateOutput, Api
         )
         .await?;
         if let Some(b) = b {
+            if let Some(url) = &callback {
+                for item in &b.items {
+                    tasks::add_callback(&st.data, &st.producer, &item.task_id, url).await?;
+                }
+            }
             let first = &b.items[0];
             let status = tasks::get(&st.data, &first.task_id)?.status;
             return Ok(CreateOutput {
@@ -362,21 +377,27 @@ pub async fn create(st: &Shared, input: CreateInput) -> Result<CreateOutput, Api
         &opts,
     )
     .await?;
-    created(st, s)
+    created(st, s, callback.as_ref()).await
 }
 
 /// Creates (or joins) the task for a file uploaded as `name` and kept by the store
-/// ([`tasks::submit_upload`]: one task per content and model).
+/// ([`tasks::submit_upload`]: one task per content and model), with the form's
+/// `callbackUrl` when given (checked before the task is created).
 pub async fn create_upload(
     st: &Shared,
     upload: &StoredUpload,
     name: &str,
     options: &CreateOptions,
+    callback_url: Option<&str>,
 ) -> Result<CreateOutput, ApiError> {
     let model = choose_model(st, options.model.as_deref()).await?;
+    let callback = match callback_url {
+        Some(raw) => Some(tasks::check_callback(&st.policy, &st.producer, raw)?),
+        None => None,
+    };
     let s =
         tasks::submit_upload(&st.data, &st.producer, upload, name, options.fresh, &model).await?;
-    created(st, s)
+    created(st, s, callback.as_ref()).await
 }
 
 /// The model for a submission that names `asked` (`None` = the server's default).
@@ -386,8 +407,16 @@ pub async fn choose_model(st: &Shared, asked: Option<&str>) -> Result<ModelRef, 
     crate::tools::model::choose(asked, &default, &dir).await
 }
 
-/// The answer to a submission `s`, with the task's status now.
-fn created(st: &Shared, s: tasks::Submitted) -> Result<CreateOutput, ApiError> {
+/// The answer to a submission `s`, with the task's status now, after adding `callback` to
+/// its task.
+async fn created(
+    st: &Shared,
+    s: tasks::Submitted,
+    callback: Option<&url::Url>,
+) -> Result<CreateOutput, ApiError> {
+    if let Some(url) = callback {
+        tasks::add_callback(&st.data, &st.producer, &s.task_id, url).await?;
+    }
     let status = tasks::get(&st.data, &s.task_id)?.status;
     Ok(CreateOutput {
         task_id: s.task_id,

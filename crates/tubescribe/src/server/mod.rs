@@ -154,19 +154,21 @@ impl Default for ServeOptions {
 }
 
 /// Runs the server on `listener` ([`bind`]) and Redis at `redis_url` until `shutdown` fires,
-/// then finishes open requests (SSE streams end at once). `on_bound` receives the bound
-/// address.
+/// then finishes open requests (SSE streams end at once). Submissions go through `producer`
+/// (on the same Redis, with the configured attempts and webhook settings). `on_bound`
+/// receives the bound address.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     listener: tokio::net::TcpListener,
     data: DataDir,
     redis_url: &str,
+    producer: Producer,
     mut policy: InputPolicy,
     opts: ServeOptions,
     shutdown: CancellationToken,
     on_bound: impl FnOnce(SocketAddr),
 ) -> Result<(), ServerError> {
     policy.remote = !opts.allow_local_files;
-    let producer = Producer::connect(redis_url).await?;
     let log = EventLog::connect(redis_url).await?;
     let hub = EventHub::start(redis_url, data.clone(), shutdown.clone()).await?;
     let addr = listener.local_addr()?;

@@ -19,8 +19,8 @@ use crate::store::names;
 ///
 /// The body is JSON (`{link, options}`, at most `--max-body-kb`) or `multipart/form-data`
 /// with the media in the field `file` (at most `--max-upload-mb`, streamed into the store)
-/// and an optional field `options` (the JSON object of the JSON form); other fields are
-/// ignored. One task per content and model (`upload-<hash>`).
+/// and optional fields `options` (the JSON object of the JSON form) and `callbackUrl`; other
+/// fields are ignored. One task per content and model (`upload-<hash>`).
 pub async fn create(State(st): State<Shared>, req: Request) -> Result<Response, ApiError> {
     let out = if upload::is_multipart(req.headers()) {
         let form = upload::read_form(&st, req, "file")
@@ -37,7 +37,8 @@ pub async fn create(State(st): State<Shared>, req: Request) -> Result<Response, 
                 "the form has no file: send the media in the field \"file\"",
             ));
         };
-        api::create_upload(&st, stored, name, &options).await?
+        let callback = form.field("callbackUrl").filter(|c| !c.trim().is_empty());
+        api::create_upload(&st, stored, name, &options, callback).await?
     } else {
         let body = read_limited(req.into_body(), st.opts.body_limit).await?;
         let input: CreateInput = api::parse_json(Ok(body))?;

@@ -34,9 +34,17 @@ pub const MAX_REDIRECTS: usize = 5;
 /// Connect timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A DNS resolver that refuses non-public answers for names not explicitly allowed.
-struct CheckedResolver {
+/// A DNS resolver that refuses non-public answers for names not explicitly allowed (also
+/// used for webhook callbacks, `pipeline/webhook.rs`).
+pub(crate) struct CheckedResolver {
     policy: InputPolicy,
+}
+
+impl CheckedResolver {
+    /// A resolver checking every answer with `policy`.
+    pub(crate) fn new(policy: InputPolicy) -> Self {
+        Self { policy }
+    }
 }
 
 impl reqwest::dns::Resolve for CheckedResolver {
@@ -98,9 +106,7 @@ pub async fn fetch(
     };
     let client = reqwest::Client::builder()
         .redirect(redirect_policy)
-        .dns_resolver(Arc::new(CheckedResolver {
-            policy: policy.clone(),
-        }))
+        .dns_resolver(Arc::new(CheckedResolver::new(policy.clone())))
         .connect_timeout(CONNECT_TIMEOUT)
         .user_agent(concat!("tubescribe/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -238,17 +244,23 @@ async fn stream_to(
     Ok(())
 }
 
-/// Classifies a reqwest error: refused redirects are permanent, the rest is network trouble,
-/// told in one sentence naming the host and where it broke (the client's own words are the
-/// detail).
-fn request_error(e: reqwest::Error) -> StageError {
+/// `e` and its sources, joined by `: ` (the HTTP client's own words).
+pub(crate) fn error_chain(e: &reqwest::Error) -> String {
     let mut chain = e.to_string();
-    let mut src = std::error::Error::source(&e);
+    let mut src = std::error::Error::source(e);
     while let Some(s) = src {
         chain.push_str(": ");
         chain.push_str(&s.to_string());
         src = s.source();
     }
+    chain
+}
+
+/// Classifies a reqwest error: refused redirects are permanent, the rest is network trouble,
+/// told in one sentence naming the host and where it broke (the client's own words are the
+/// detail).
+fn request_error(e: reqwest::Error) -> StageError {
+    let chain = error_chain(&e);
     if e.is_redirect() || chain.contains("are refused unless allowed") {
         return StageError::permanent(format!("download refused: {chain}"));
     }
