@@ -6,6 +6,7 @@
 //! gracefully, a second at once).
 
 pub mod bench;
+mod prune;
 mod remote;
 mod stats;
 mod term;
@@ -215,6 +216,43 @@ enum Command {
         client: ClientArgs,
         #[command(flatten)]
         token: TokenArgs,
+    },
+    /// Delete tasks: every file and the record, and their jobs — through a running server, or
+    /// with --local in this machine's data directory. A running task is refused unless
+    /// --force, which cancels it first.
+    Delete {
+        /// Task ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Delete running tasks too: cancel them first.
+        #[arg(long)]
+        force: bool,
+        /// Delete in this machine's data directory (--data-dir, --config, --redis-url) instead
+        /// of through a server.
+        #[arg(long)]
+        local: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        token: TokenArgs,
+        #[command(flatten)]
+        settings: SettingsArgs,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
+    /// Apply the retention policy ([retention] in the config file) now: delete the media,
+    /// audio.wav and whole tasks that are due, in this machine's data directory.
+    Prune {
+        /// Only print what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print one JSON object per task.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        settings: SettingsArgs,
+        #[command(flatten)]
+        redis: RedisArgs,
     },
     /// Run the benchmark (P1–P5, see the README) and print its table.
     Bench {
@@ -454,6 +492,26 @@ pub async fn main(cli: Cli) -> Result<i32> {
             settings,
             redis,
         } => stats::run(resolve(&settings, Some(&redis), None, None, None)?, json).await,
+        Command::Prune {
+            dry_run,
+            json,
+            settings,
+            redis,
+        } => {
+            let cfg = resolve(&settings, Some(&redis), None, None, None)?;
+            prune::prune(cfg, dry_run, json).await
+        }
+        Command::Delete {
+            ids,
+            force,
+            client,
+            settings,
+            redis,
+            ..
+        } => {
+            let cfg = resolve(&settings, Some(&redis), None, None, None)?;
+            prune::delete_local(cfg, &ids, force, client.json).await
+        }
         Command::Model {
             command:
                 ModelCommand::Install {
@@ -486,8 +544,10 @@ impl Cli {
             Command::Submit { client, .. }
             | Command::Status { client, .. }
             | Command::Cancel { client, .. }
-            | Command::Retry { client, .. } => client.json,
+            | Command::Retry { client, .. }
+            | Command::Delete { client, .. } => client.json,
             Command::Stats { json, .. }
+            | Command::Prune { json, .. }
             | Command::Model {
                 command: ModelCommand::List { json, .. },
             } => *json,
@@ -515,8 +575,9 @@ impl Cli {
     }
 }
 
-/// Runs a client command (`submit`, `status`, `get`, `cancel`, `retry`: they need no local
-/// configuration) and returns its exit code; `None` for the other commands.
+/// Runs a client command (`submit`, `status`, `get`, `cancel`, `retry`, `delete` without
+/// `--local`: they need no local configuration) and returns its exit code; `None` for the
+/// other commands.
 async fn client_command(command: &Command) -> Option<i32> {
     let run = match command {
         Command::Submit {
@@ -529,6 +590,14 @@ async fn client_command(command: &Command) -> Option<i32> {
         Command::Get { id, format, server } => remote::get(server, id, *format).boxed_local(),
         Command::Cancel { id, client, token } => remote::cancel(client, token, id).boxed_local(),
         Command::Retry { id, client, token } => remote::retry(client, token, id).boxed_local(),
+        Command::Delete {
+            ids,
+            force,
+            local: false,
+            client,
+            token,
+            ..
+        } => remote::delete(client, token, ids, *force).boxed_local(),
         _ => return None,
     };
     // They talk HTTP over TCP (no SIGPIPE from sockets) and print at the end, so a closed
@@ -564,7 +633,8 @@ async fn serve(cfg: Config, args: ServeArgs) -> Result<i32> {
     let mut rt = Runtime::builder(cfg)
         .shutdown_token(stop.clone())
         .memory_budget_mb(args.memory_budget_mb)
-        .reconcile();
+        .reconcile()
+        .retention();
     if !args.no_workers {
         rt = rt.workers(&Stage::ALL);
     }
@@ -615,6 +685,7 @@ async fn worker(cfg: Config, stages: Vec<String>, memory_budget_mb: Option<u64>)
         .workers(&stages)
         .retry_redis()
         .reconcile()
+        .retention()
         .start()
         .await;
     let rt = match started {

@@ -43,3 +43,7 @@ pub const ALERT_STREAM_MAXLEN: usize = 1000;
 /// The lease the reconciler takes before a pass (`SET NX PX`), so that of many processes
 /// only one reconciles per period; its value names the holder (`<host>:<pid>`).
 pub const RECONCILER_LEASE: &str = "tubescribe:reconciler";
+
+/// The lease a worker takes before it applies the retention policy (`SET NX PX` for one
+/// period), so that of many workers only one prunes per period; its value names the holder.
+pub const RETENTION_LEASE: &str = "tubescribe:retention";

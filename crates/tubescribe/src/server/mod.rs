@@ -5,17 +5,18 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /` | the web page (`web/index.html`, embedded) |
-//! | `POST /trpc/tasks.create`, `tasks.cancel`, `tasks.retry` | tRPC mutations (JSON body) |
+//! | `POST /trpc/tasks.create`, `tasks.cancel`, `tasks.retry`, `tasks.delete` | tRPC mutations (JSON body) |
 //! | `GET /trpc/tasks.get`, `tasks.list` `?input=<json>` | tRPC queries |
 //! | `POST /api/tasks`, `GET /api/tasks`, `GET /api/tasks/{id}` | REST |
 //! | `POST /api/tasks/{id}/cancel`, `POST /api/tasks/{id}/retry` | REST |
-//! | `GET /api/tasks/{id}/transcript.{txt,srt,vtt,json}`, `summary.{md,json}` | outputs |
+//! | `DELETE /api/tasks/{id}[?force=true]`, `POST /trpc/tasks.delete` | delete a task |
+//! | `GET /api/tasks/{id}/transcript.{txt,srt,vtt,json}`, `summary.{md,json}`, `media` | outputs |
 //! | `GET /api/events/stream`, `GET /api/tasks/{id}/events` | SSE (see `events.rs`) |
 //! | `GET /api/openapi.json` | OpenAPI 3.1 document |
 //! | `GET /metrics` | Prometheus text (`metrics.rs`; queue counts refreshed from Redis) |
 //! | `GET /healthz`, `GET /readyz` | liveness; readiness (Redis answers) |
 //!
-//! Every `POST` needs `Authorization: Bearer <token>` when a token is configured. Request
+//! Every `POST` and `DELETE` needs `Authorization: Bearer <token>` when a token is configured. Request
 //! bodies are limited (64 KiB by default).
 
 mod api;
@@ -96,7 +97,7 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServerErr
 /// Server settings.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// Bearer token required on every `POST`; `None` = open.
+    /// Bearer token required on every `POST` and `DELETE`; `None` = open.
     pub api_token: Option<String>,
     /// Interval of SSE keep-alive comments.
     pub keep_alive: Duration,
@@ -184,7 +185,7 @@ fn router(state: Shared) -> Router {
         .route("/api/openapi.json", get(openapi))
         .route("/api/tasks", post(rest::create).get(rest::list))
         .route("/api/models", get(rest::models))
-        .route("/api/tasks/{id}", get(rest::get))
+        .route("/api/tasks/{id}", get(rest::get).delete(rest::delete))
         .route("/api/tasks/{id}/cancel", post(rest::cancel))
         .route("/api/tasks/{id}/retry", post(rest::retry))
         .route("/api/tasks/{id}/events", get(sse::task_events))
@@ -252,9 +253,11 @@ async fn readyz(State(st): State<Shared>) -> Response {
     }
 }
 
-/// Rejects `POST`s without the configured bearer token (401 in the route's error format).
+/// Rejects `POST`s and `DELETE`s without the configured bearer token (401 in the route's
+/// error format).
 async fn auth(State(st): State<Shared>, req: Request, next: Next) -> Response {
-    if let (Some(token), &Method::POST) = (&st.opts.api_token, req.method()) {
+    let changes = matches!(*req.method(), Method::POST | Method::DELETE);
+    if let (Some(token), true) = (&st.opts.api_token, changes) {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -302,9 +305,14 @@ mod tests {
             "/api/tasks/{id}/retry",
             "/api/tasks/{id}/events",
             "/api/events/stream",
+            "/api/tasks/{id}/media",
         ] {
             assert!(doc["paths"].get(p).is_some(), "{p} missing");
         }
+        assert_eq!(
+            doc["paths"]["/api/tasks/{id}"]["delete"]["operationId"],
+            "deleteTask"
+        );
         assert!(INDEX_HTML.contains("<form"));
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
