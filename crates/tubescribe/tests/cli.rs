@@ -68,6 +68,31 @@ fn each_command_lists_only_its_options() {
             vec!["--json", "--config", "--data-dir", "--redis-url", "--help"],
         ),
         (
+            vec!["prune"],
+            vec![
+                "--dry-run",
+                "--json",
+                "--config",
+                "--data-dir",
+                "--redis-url",
+                "--help",
+            ],
+        ),
+        (
+            vec!["delete"],
+            vec![
+                "--force",
+                "--local",
+                "--server",
+                "--json",
+                "--api-token",
+                "--config",
+                "--data-dir",
+                "--redis-url",
+                "--help",
+            ],
+        ),
+        (
             vec!["model", "list"],
             vec!["--json", "--config", "--data-dir", "--model", "--help"],
         ),

@@ -400,6 +400,34 @@ async fn delete_prune_and_the_media_download() {
     assert_eq!(task_ids(&data), Vec::<String>::new());
     assert_eq!(queued_jobs(&base).await, 0.0, "no job left in Redis");
 
+    // --- delete --local: on this machine's data directory, no server involved ------------
+    let local = submit(&base, &format!("http://{host}/slow.wav")).await;
+    wait_for(&base, &local, Duration::from_secs(60), |m| {
+        m["stages"]["download"]["state"] == "active"
+    })
+    .await;
+    let run = Env::new(&data).bin(&["delete", "--local", &local]).run();
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.starts_with(&format!(
+            "error: {local}: task {local} is running (its download stage)"
+        )),
+        "{}",
+        run.stderr
+    );
+    let run = Env::new(&data)
+        .bin(&["delete", "--local", "--force", &local])
+        .run();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.starts_with(&format!("{local}  deleted ("))
+            && run.stdout.ends_with("; cancelled first\n"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(task_ids(&data), Vec::<String>::new());
+    assert_eq!(queued_jobs(&base).await, 0.0, "no job left in Redis");
+
     // SSE saw the deletes, the prune and the cancel.
     tokio::time::sleep(Duration::from_millis(500)).await;
     events.abort();
@@ -412,6 +440,8 @@ async fn delete_prune_and_the_media_download() {
         ("task.pruned", &id),
         ("task.deleted", &id),
         ("task.deleted", &gone),
+        ("task.cancelled", &local),
+        ("task.deleted", &local),
     ] {
         let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
         assert!(saw(name, task), "no {name} for {task}: {names:?}");

@@ -771,6 +771,20 @@ async fn token_body_limit_alerts_and_keep_alive() {
         ),
         (Some(-32001), Some("UNAUTHORIZED"))
     );
+    // A delete needs the token too; with it, the request reaches the task lookup.
+    let r = c
+        .delete(format!("{base}/api/tasks/abc"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .delete(format!("{base}/api/tasks/abc"))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
     // With the token the request reaches validation.
     let r = c
         .post(format!("{base}/api/tasks"))
