@@ -349,7 +349,7 @@ fn listen_forms_busy_port_and_open_address() {
         warning,
         format!(
             "warning: listening on {} without an API token: anyone who can reach this port can \
-             submit and cancel tasks; set --api-token or TUBESCRIBE_API_TOKEN",
+             submit, cancel and delete tasks; set --api-token or TUBESCRIBE_API_TOKEN",
             addr.trim_start_matches("http://")
         )
     );

@@ -344,8 +344,8 @@ struct ServeArgs {
     /// Run only the API; workers run elsewhere (`tubescribe worker`) on the same Redis.
     #[arg(long)]
     no_workers: bool,
-    /// Bearer token required on every POST (submit, cancel, retry). Default: none (an empty
-    /// value counts as none).
+    /// Bearer token required on every POST and DELETE (submit, cancel, retry, delete).
+    /// Default: none (an empty value counts as none).
     #[arg(long, env = "TUBESCRIBE_API_TOKEN", hide_env_values = true)]
     api_token: Option<String>,
     /// Largest request body in KiB.
@@ -626,7 +626,7 @@ async fn serve(cfg: Config, args: ServeArgs) -> Result<i32> {
     if token.is_none() && !addr.ip().is_loopback() {
         eprintln!(
             "warning: listening on {addr} without an API token: anyone who can reach this port \
-             can submit and cancel tasks; set --api-token or TUBESCRIBE_API_TOKEN"
+             can submit, cancel and delete tasks; set --api-token or TUBESCRIBE_API_TOKEN"
         );
     }
     let stop = shutdown_on_signal()?;
