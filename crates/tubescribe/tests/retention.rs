@@ -64,25 +64,31 @@ fn media_server(tmp: &Path) -> (String, Vec<u8>) {
     (serve_router(router).to_string(), bytes)
 }
 
-async fn request(method: reqwest::Method, url: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .request(method, url)
-        .send()
-        .await
-        .unwrap();
+/// `method url` (with the JSON `body` when given): the status and the JSON answer (null when
+/// it is not JSON).
+async fn send(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, Value) {
+    let mut req = reqwest::Client::new().request(method, url);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
     let s = r.status().as_u16();
     (s, r.json().await.unwrap_or(Value::Null))
 }
 
+async fn request(method: reqwest::Method, url: &str) -> (u16, Value) {
+    send(method, url, None).await
+}
+
 async fn submit(base: &str, link: &str) -> String {
-    let r = reqwest::Client::new()
-        .post(format!("{base}/api/tasks"))
-        .json(&json!({"link": link, "fresh": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
-    let v: Value = r.json().await.unwrap();
+    let body = json!({"link": link, "fresh": true});
+    let (s, v) = send(
+        reqwest::Method::POST,
+        &format!("{base}/api/tasks"),
+        Some(body),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
     v["taskId"].as_str().unwrap().to_string()
 }
 
@@ -134,16 +140,20 @@ async fn queued_jobs(base: &str) -> f64 {
     metric(base, "tubescribe_queue_jobs", "queue=").await
 }
 
-const KEPT: [&str; 8] = [
-    "manifest.json",
-    "manifest.lock",
-    "summary.json",
-    "summary.md",
-    "transcript.json",
-    "transcript.srt",
-    "transcript.txt",
-    "transcript.vtt",
-];
+/// What a task keeps when its media and WAV are pruned: record, summary and transcripts
+/// (sorted).
+fn kept() -> Vec<String> {
+    let mut v: Vec<String> = [
+        "manifest.json",
+        "manifest.lock",
+        "summary.json",
+        "summary.md",
+    ]
+    .map(String::from)
+    .to_vec();
+    v.extend(["json", "srt", "txt", "vtt"].map(|e| format!("transcript.{e}")));
+    v
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_prune_and_the_media_download() {
@@ -168,25 +178,15 @@ async fn delete_prune_and_the_media_download() {
         e["detail"],
         format!("task {slow} is running (its download stage); cancel it first, or delete it with force, which cancels it")
     );
-    let r = reqwest::Client::new()
-        .post(format!("{base}/trpc/tasks.delete"))
-        .json(&json!({"taskId": slow}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 409);
-    let e: Value = r.json().await.unwrap();
+    let trpc = format!("{base}/trpc/tasks.delete");
+    let (s, e) = send(reqwest::Method::POST, &trpc, Some(json!({"taskId": slow}))).await;
+    assert_eq!(s, 409);
     assert_eq!(e["error"]["data"]["code"], "CONFLICT");
     assert!(files(&data, &slow).contains(&"manifest.json".to_string()));
     let t_force = Instant::now();
-    let r = reqwest::Client::new()
-        .post(format!("{base}/trpc/tasks.delete"))
-        .json(&json!({"taskId": slow, "force": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let d: Value = r.json().await.unwrap();
+    let forced_delete = json!({"taskId": slow, "force": true});
+    let (s, d) = send(reqwest::Method::POST, &trpc, Some(forced_delete)).await;
+    assert_eq!(s, 200, "{d}");
     let forced = t_force.elapsed();
     assert_eq!(d["result"]["data"]["deleted"], true);
     assert_eq!(d["result"]["data"]["cancelled"], true);
@@ -235,7 +235,7 @@ async fn delete_prune_and_the_media_download() {
         .find(|o| o["name"] == "audio.wav")
         .unwrap()
         .clone();
-    let mut all: Vec<String> = KEPT.iter().map(|s| s.to_string()).collect();
+    let mut all = kept();
     all.extend(["audio.wav".to_string(), "media.m4a".to_string()]);
     all.sort();
     assert_eq!(files(&data, &id), all);
@@ -280,7 +280,7 @@ async fn delete_prune_and_the_media_download() {
         m["pruned"].as_array().is_some_and(|p| p.len() == 2)
     })
     .await;
-    assert_eq!(files(&data, &id), KEPT, "transcript and summary kept");
+    assert_eq!(files(&data, &id), kept(), "transcript and summary kept");
     // The record and the API say what is gone; outputs list only what exists.
     assert_eq!(m["status"], "completed");
     assert_eq!(m["stages"]["download"]["outputs"], json!([]));
@@ -363,7 +363,12 @@ async fn delete_prune_and_the_media_download() {
     let d: Value = serde_json::from_str(run.stdout.trim()).unwrap();
     assert_eq!(
         (&d["taskId"], &d["deleted"], &d["cancelled"], &d["files"]),
-        (&json!(id), &json!(true), &json!(false), &json!(KEPT.len()))
+        (
+            &json!(id),
+            &json!(true),
+            &json!(false),
+            &json!(kept().len())
+        )
     );
     assert_eq!(task_ids(&data), Vec::<String>::new(), "nothing left");
     assert_eq!(queued_jobs(&base).await, 0.0, "no job left in Redis");

@@ -52,6 +52,22 @@ struct SettingsArgs {
     data_dir: Option<PathBuf>,
 }
 
+/// The flags of the commands that work on this machine's data directory and its Redis
+/// without running workers (`stats`, `prune`, `delete --local`).
+#[derive(Debug, Args)]
+struct LocalArgs {
+    #[command(flatten)]
+    settings: SettingsArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
+}
+
+impl LocalArgs {
+    fn config(&self) -> Result<Config> {
+        resolve(&self.settings, Some(&self.redis), None, None, None)
+    }
+}
+
 /// The queue's Redis.
 #[derive(Debug, Args)]
 struct RedisArgs {
@@ -236,9 +252,7 @@ enum Command {
         #[command(flatten)]
         token: TokenArgs,
         #[command(flatten)]
-        settings: SettingsArgs,
-        #[command(flatten)]
-        redis: RedisArgs,
+        data: LocalArgs,
     },
     /// Apply the retention policy ([retention] in the config file) now: delete the media,
     /// audio.wav and whole tasks that are due, in this machine's data directory.
@@ -250,9 +264,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        settings: SettingsArgs,
-        #[command(flatten)]
-        redis: RedisArgs,
+        data: LocalArgs,
     },
     /// Run the benchmark (P1–P5, see the README) and print its table.
     Bench {
@@ -282,9 +294,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        settings: SettingsArgs,
-        #[command(flatten)]
-        redis: RedisArgs,
+        data: LocalArgs,
     },
     /// Manage Whisper models.
     Model {
@@ -487,31 +497,19 @@ pub async fn main(cli: Cli) -> Result<i32> {
             let cfg = resolve(&settings, None, Some(&model), Some(&tuning), None)?;
             bench(cfg, quick, json, samples, node_dir).await
         }
-        Command::Stats {
-            json,
-            settings,
-            redis,
-        } => stats::run(resolve(&settings, Some(&redis), None, None, None)?, json).await,
+        Command::Stats { json, data } => stats::run(data.config()?, json).await,
         Command::Prune {
             dry_run,
             json,
-            settings,
-            redis,
-        } => {
-            let cfg = resolve(&settings, Some(&redis), None, None, None)?;
-            prune::prune(cfg, dry_run, json).await
-        }
+            data,
+        } => prune::prune(data.config()?, dry_run, json).await,
         Command::Delete {
             ids,
             force,
             client,
-            settings,
-            redis,
+            data,
             ..
-        } => {
-            let cfg = resolve(&settings, Some(&redis), None, None, None)?;
-            prune::delete_local(cfg, &ids, force, client.json).await
-        }
+        } => prune::delete_local(data.config()?, &ids, force, client.json).await,
         Command::Model {
             command:
                 ModelCommand::Install {
