@@ -4,7 +4,7 @@
 // the three stages to reach "done" and the summary to show, then marks the task completed with
 // warnings and its summary the LLM fallback (as its manifest would say) and checks the badge,
 // the warnings and the summary's fallback note, and saves a screenshot to
-// test-output/browser.png. Run by scripts/test.sh; prerequisites from scripts/setup.sh --test.
+// test-output/browser.png; then the audio link and Delete (confirm dismissed, then accepted). Run by scripts/test.sh; prerequisites from scripts/setup.sh --test.
 import fs from "node:fs";
 import path from "node:path";
 import { assert, run, screenshot, sendWav, serveHttp, speechWav, startServer, openBrowser } from "./harness.mjs";
@@ -93,7 +93,25 @@ await run("browser", 150_000, async (h) => {
   await fb.waitFor({ timeout: 10_000 });
   assert((await fb.innerText()).includes(`the LLM failed (${reason})`), `fallback note: ${await fb.innerText()}`);
   assert(await fb.locator("i").count() === 0, "fallback markup stays text");
+  // The downloaded audio is offered while it exists.
+  const audio = page.locator(`#view .downloads a[href="/api/tasks/${taskId}/media"]`);
+  assert(await audio.count() === 1 && (await audio.innerText()) === "audio (media.wav)", "audio link");
   assert(pageErrors.length === 0, `page errors: ${pageErrors.join("; ")}`);
   await screenshot(page, "browser.png");
+
+  // Delete asks first: dismissed, nothing happens; accepted, the task is gone everywhere.
+  const asked = [];
+  page.once("dialog", (d) => { asked.push(d.message()); d.dismiss(); });
+  await page.locator("#view button.danger").click();
+  assert(await item.count() === 1, "a dismissed confirm keeps the task");
+  page.once("dialog", (d) => { asked.push(d.message()); d.accept(); });
+  await page.locator("#view button.danger").click();
+  await item.waitFor({ state: "detached", timeout: 10_000 });
+  assert(asked.length === 2 && asked[1].startsWith(`Delete task ${taskId} with all its files`), `confirm: ${asked}`);
+  assert((await page.locator("#message").innerText()) === `Deleted ${taskId}.`, "delete message");
+  const gone = await fetch(`${base}/api/tasks/${taskId}`);
+  assert(gone.status === 404, `deleted task answers ${gone.status}`);
+  assert(!fs.existsSync(path.join(tmp, "data/tasks", taskId)), "task directory removed");
+  assert(pageErrors.length === 0, `page errors: ${pageErrors.join("; ")}`);
   log("ok; screenshot in test-output/browser.png");
 });

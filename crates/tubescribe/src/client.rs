@@ -1,4 +1,4 @@
-//! The HTTP client behind `tubescribe submit|status|get|cancel|retry`: talks to a running
+//! The HTTP client behind `tubescribe submit|status|get|cancel|retry|delete`: talks to a running
 //! `tubescribe serve` over its REST API (`/api/tasks…`, see `server/`).
 
 use serde_json::Value;
@@ -180,6 +180,13 @@ impl Client {
     pub async fn cancel(&self, id: &str) -> Result<Value, ClientError> {
         self.send(self.http.post(self.task_url(id, "/cancel")?))
             .await
+    }
+
+    /// Deletes `id` (`force`: a running task too, cancelled first): `{taskId, deleted,
+    /// cancelled, files, bytes}`.
+    pub async fn delete(&self, id: &str, force: bool) -> Result<Value, ClientError> {
+        let url = self.task_url(id, if force { "?force=true" } else { "" })?;
+        self.send(self.http.delete(url)).await
     }
 
     /// Retries `id`: `{taskId, videoId, existing, status}`.

@@ -68,6 +68,31 @@ fn each_command_lists_only_its_options() {
             vec!["--json", "--config", "--data-dir", "--redis-url", "--help"],
         ),
         (
+            vec!["prune"],
+            vec![
+                "--dry-run",
+                "--json",
+                "--config",
+                "--data-dir",
+                "--redis-url",
+                "--help",
+            ],
+        ),
+        (
+            vec!["delete"],
+            vec![
+                "--force",
+                "--local",
+                "--server",
+                "--json",
+                "--api-token",
+                "--config",
+                "--data-dir",
+                "--redis-url",
+                "--help",
+            ],
+        ),
+        (
             vec!["model", "list"],
             vec!["--json", "--config", "--data-dir", "--model", "--help"],
         ),
@@ -324,7 +349,7 @@ fn listen_forms_busy_port_and_open_address() {
         warning,
         format!(
             "warning: listening on {} without an API token: anyone who can reach this port can \
-             submit and cancel tasks; set --api-token or TUBESCRIBE_API_TOKEN",
+             submit, cancel and delete tasks; set --api-token or TUBESCRIBE_API_TOKEN",
             addr.trim_start_matches("http://")
         )
     );

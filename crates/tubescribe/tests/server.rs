@@ -771,6 +771,14 @@ async fn token_body_limit_alerts_and_keep_alive() {
         ),
         (Some(-32001), Some("UNAUTHORIZED"))
     );
+    // A delete needs the token too; with it, the request reaches the task lookup.
+    for (token, want) in [(None, 401), (Some("s3cret"), 404)] {
+        let mut r = c.delete(format!("{base}/api/tasks/abc"));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        assert_eq!(r.send().await.unwrap().status(), want, "token {token:?}");
+    }
     // With the token the request reaches validation.
     let r = c
         .post(format!("{base}/api/tasks"))

@@ -3,5 +3,7 @@
 //! (Redis, workers, watchers, shutdown).
 
 pub mod cancel;
+pub mod delete;
+pub mod retention;
 pub mod runtime;
 pub mod tasks;

@@ -15,7 +15,9 @@
 //! 4. the memory watch, when a memory budget is given;
 //! 5. the reconciler ([`reconcile`]), in processes that ask for it (`serve`, `worker`,
 //!    `process`): it repairs task records that disagree with their jobs, now and every
-//!    `[worker] reconcile_s`.
+//!    `[worker] reconcile_s`;
+//! 6. the retention pass ([`retention`]), in worker processes that ask for it (`serve` with
+//!    workers, `worker`): now and every `[retention] interval_s`, under a lease.
 //!
 //! [`Runtime::shutdown`] is the single way down: it cancels the shutdown token (the watchers
 //! and anything else the caller tied to it, such as the HTTP server, stop), closes the workers
@@ -31,6 +33,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::app::retention;
 use crate::config::{Config, Storage};
 use crate::domain::Stage;
 use crate::engine::producer::Producer;
@@ -78,11 +81,20 @@ pub struct RuntimeBuilder {
     memory_budget_mb: Option<u64>,
     retry_redis: bool,
     reconcile: bool,
+    retention: bool,
     shutdown: CancellationToken,
     hurry: CancellationToken,
 }
 
 impl RuntimeBuilder {
+    /// Applies the retention policy in this process when it runs workers (unless
+    /// `[retention] interval_s = 0`): a pass at start, then one per period, each under a
+    /// lease so one worker of many prunes ([`retention::spawn`]).
+    pub fn retention(mut self) -> Self {
+        self.retention = true;
+        self
+    }
+
     /// Runs the reconciler in this process (unless `[worker] reconcile_s = 0`): a pass at
     /// start, then one per period ([`reconcile`]).
     pub fn reconcile(mut self) -> Self {
@@ -155,6 +167,7 @@ impl RuntimeBuilder {
             hurry: self.hurry,
             workers: None,
             reconciler: None,
+            retention: None,
         };
         if !self.stages.is_empty() {
             if self.retry_redis {
@@ -169,6 +182,14 @@ impl RuntimeBuilder {
                 rt.data.clone(),
                 rt.cfg.clone(),
                 rt.cfg.reconcile_every,
+                rt.shutdown.child_token(),
+            ));
+        }
+        if self.retention && rt.workers.is_some() && !rt.cfg.retention.interval.is_zero() {
+            rt.retention = Some(retention::spawn(
+                rt.url.clone(),
+                rt.data.clone(),
+                rt.cfg.retention.clone(),
                 rt.shutdown.child_token(),
             ));
         }
@@ -225,6 +246,7 @@ pub struct Runtime {
     hurry: CancellationToken,
     workers: Option<Running>,
     reconciler: Option<tokio::task::JoinHandle<()>>,
+    retention: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Runtime {
@@ -236,6 +258,7 @@ impl Runtime {
             memory_budget_mb: None,
             retry_redis: false,
             reconcile: false,
+            retention: false,
             shutdown: CancellationToken::new(),
             hurry: CancellationToken::new(),
         }
@@ -333,7 +356,10 @@ impl Runtime {
     pub async fn shutdown(mut self, grace: Duration) {
         self.shutdown.cancel();
         self.stop_workers(grace).await;
-        if let Some(r) = self.reconciler.take() {
+        for r in [self.reconciler.take(), self.retention.take()]
+            .into_iter()
+            .flatten()
+        {
             // It stops at once, or after the pass it is in (bounded by Redis' timeouts).
             let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
         }

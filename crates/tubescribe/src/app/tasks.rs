@@ -541,9 +541,11 @@ fn restart(task: &crate::store::TaskDir, old: &Manifest) -> Result<Option<String
         .stage(Stage::Download)
         .filter(|r| !keep.contains(&Stage::Download) && r.result.is_some())
         .map(|r| {
-            let why = r.invalidated.as_deref().unwrap_or(
-                "the media file no longer matches what was downloaded (missing, or another size or SHA-256)",
-            );
+            let why = match r.invalidated.as_deref() {
+                Some(why) => why,
+                None if old.media_pruned() => "the retention policy deleted it",
+                None => "the media file no longer matches what was downloaded (missing, or another size or SHA-256)",
+            };
             format!("the media will be downloaded again: {why}")
         });
     task.clear_tmp();

@@ -6,6 +6,7 @@
 //! gracefully, a second at once).
 
 pub mod bench;
+mod prune;
 mod remote;
 mod stats;
 mod term;
@@ -49,6 +50,22 @@ struct SettingsArgs {
     /// (default: $XDG_DATA_HOME/tubescribe or ~/.local/share/tubescribe).
     #[arg(long, env = "TUBESCRIBE_DATA_DIR")]
     data_dir: Option<PathBuf>,
+}
+
+/// The flags of the commands that work on this machine's data directory and its Redis
+/// without running workers (`stats`, `prune`, `delete --local`).
+#[derive(Debug, Args)]
+struct LocalArgs {
+    #[command(flatten)]
+    settings: SettingsArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
+}
+
+impl LocalArgs {
+    fn config(&self) -> Result<Config> {
+        resolve(&self.settings, Some(&self.redis), None, None, None)
+    }
 }
 
 /// The queue's Redis.
@@ -248,6 +265,39 @@ enum Command {
         #[command(flatten)]
         token: TokenArgs,
     },
+    /// Delete tasks: every file and the record, and their jobs — through a running server, or
+    /// with --local in this machine's data directory. A running task is refused unless
+    /// --force, which cancels it first.
+    Delete {
+        /// Task ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Delete running tasks too: cancel them first.
+        #[arg(long)]
+        force: bool,
+        /// Delete in this machine's data directory (--data-dir, --config, --redis-url) instead
+        /// of through a server.
+        #[arg(long)]
+        local: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        token: TokenArgs,
+        #[command(flatten)]
+        data: LocalArgs,
+    },
+    /// Apply the retention policy ([retention] in the config file) now: delete the media,
+    /// audio.wav and whole tasks that are due, in this machine's data directory.
+    Prune {
+        /// Only print what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print one JSON object per task.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        data: LocalArgs,
+    },
     /// Run the benchmark (P1–P5, see the README) and print its table.
     Bench {
         /// Smaller batch: ≈20 s shorts, a 2 min long task (a few minutes in all).
@@ -276,9 +326,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        settings: SettingsArgs,
-        #[command(flatten)]
-        redis: RedisArgs,
+        data: LocalArgs,
     },
     /// Manage Whisper models.
     Model {
@@ -381,8 +429,8 @@ struct ServeArgs {
     /// Run only the API; workers run elsewhere (`tubescribe worker`) on the same Redis.
     #[arg(long)]
     no_workers: bool,
-    /// Bearer token required on every POST (submit, cancel, retry). Default: none (an empty
-    /// value counts as none).
+    /// Bearer token required on every POST and DELETE (submit, cancel, retry, delete).
+    /// Default: none (an empty value counts as none).
     #[arg(long, env = "TUBESCRIBE_API_TOKEN", hide_env_values = true)]
     api_token: Option<String>,
     /// Largest request body in KiB.
@@ -535,11 +583,19 @@ pub async fn main(cli: Cli) -> Result<i32> {
             let cfg = resolve(&settings, None, Some(&model), Some(&tuning), None)?;
             bench(cfg, quick, json, samples, node_dir).await
         }
-        Command::Stats {
+        Command::Stats { json, data } => stats::run(data.config()?, json).await,
+        Command::Prune {
+            dry_run,
             json,
-            settings,
-            redis,
-        } => stats::run(resolve(&settings, Some(&redis), None, None, None)?, json).await,
+            data,
+        } => prune::prune(data.config()?, dry_run, json).await,
+        Command::Delete {
+            ids,
+            force,
+            client,
+            data,
+            ..
+        } => prune::delete_local(data.config()?, &ids, force, client.json).await,
         Command::Model {
             command:
                 ModelCommand::Install {
@@ -572,8 +628,10 @@ impl Cli {
             Command::Submit { client, .. }
             | Command::Status { client, .. }
             | Command::Cancel { client, .. }
-            | Command::Retry { client, .. } => client.json,
+            | Command::Retry { client, .. }
+            | Command::Delete { client, .. } => client.json,
             Command::Stats { json, .. }
+            | Command::Prune { json, .. }
             | Command::Model {
                 command: ModelCommand::List { json, .. },
             } => *json,
@@ -601,8 +659,9 @@ impl Cli {
     }
 }
 
-/// Runs a client command (`submit`, `status`, `get`, `cancel`, `retry`: they need no local
-/// configuration) and returns its exit code; `None` for the other commands.
+/// Runs a client command (`submit`, `status`, `get`, `cancel`, `retry`, `delete` without
+/// `--local`: they need no local configuration) and returns its exit code; `None` for the
+/// other commands.
 async fn client_command(command: &Command) -> Option<i32> {
     let run = match command {
         Command::Submit {
@@ -616,6 +675,14 @@ async fn client_command(command: &Command) -> Option<i32> {
         Command::Get { id, format, server } => remote::get(server, id, *format).boxed_local(),
         Command::Cancel { id, client, token } => remote::cancel(client, token, id).boxed_local(),
         Command::Retry { id, client, token } => remote::retry(client, token, id).boxed_local(),
+        Command::Delete {
+            ids,
+            force,
+            local: false,
+            client,
+            token,
+            ..
+        } => remote::delete(client, token, ids, *force).boxed_local(),
         _ => return None,
     };
     // They talk HTTP over TCP (no SIGPIPE from sockets) and print at the end, so a closed
@@ -644,14 +711,15 @@ async fn serve(cfg: Config, args: ServeArgs) -> Result<i32> {
     if token.is_none() && !addr.ip().is_loopback() {
         eprintln!(
             "warning: listening on {addr} without an API token: anyone who can reach this port \
-             can submit and cancel tasks; set --api-token or TUBESCRIBE_API_TOKEN"
+             can submit, cancel and delete tasks; set --api-token or TUBESCRIBE_API_TOKEN"
         );
     }
     let stop = shutdown_on_signal()?;
     let mut rt = Runtime::builder(cfg)
         .shutdown_token(stop.clone())
         .memory_budget_mb(args.memory_budget_mb)
-        .reconcile();
+        .reconcile()
+        .retention();
     if !args.no_workers {
         rt = rt.workers(&Stage::ALL);
     }
@@ -705,6 +773,7 @@ async fn worker(cfg: Config, stages: Vec<String>, memory_budget_mb: Option<u64>)
         .workers(&stages)
         .retry_redis()
         .reconcile()
+        .retention()
         .start()
         .await;
     let rt = match started {

@@ -1,4 +1,4 @@
-//! The client commands (`submit`, `status`, `get`, `cancel`, `retry`): requests to a running
+//! The client commands (`submit`, `status`, `get`, `cancel`, `retry`, `delete`): requests to a running
 //! server (`tubescribe serve`) through [`crate::client`], printed for people or, with
 //! `--json`, as JSON lines on stdout — errors included (`{"error": {…}, "input": …}`).
 //!
@@ -39,7 +39,7 @@ pub(super) struct ClientArgs {
     pub(super) json: bool,
 }
 
-/// The bearer token of the commands that change tasks (`submit`, `cancel`, `retry`).
+/// The bearer token of the commands that change tasks (`submit`, `cancel`, `retry`, `delete`).
 #[derive(Debug, Args)]
 pub(super) struct TokenArgs {
     /// Bearer token, when the server requires one (`serve --api-token`).
@@ -195,6 +195,37 @@ pub(super) async fn cancel(a: &ClientArgs, t: &TokenArgs, id: &str) -> i32 {
 /// `retry`: asks the server to run task `id` again.
 pub(super) async fn retry(a: &ClientArgs, t: &TokenArgs, id: &str) -> i32 {
     task_action(id, a.server.client(Some(t)).retry(id).await, a.json)
+}
+
+/// `delete`: asks the server to delete each task of `ids` (`force`: running ones too, cancelled
+/// first); one line per task ([`print_deleted`]). Exit code: the worst of the tasks'.
+pub(super) async fn delete(a: &ClientArgs, t: &TokenArgs, ids: &[String], force: bool) -> i32 {
+    let c = a.server.client(Some(t));
+    let mut code = 0;
+    for id in ids {
+        match c.delete(id, force).await {
+            Ok(v) if a.json => println!("{v}"),
+            Ok(v) => print_deleted(&v),
+            Err(e) => code = code.max(failed(id, &e, a.json)),
+        }
+    }
+    code
+}
+
+/// One deleted task for people: `<id>  deleted (3 files, 1.2 MB)`, `; cancelled first` when it
+/// was queued or running. `v` is the answer of a delete (`{taskId, cancelled, files, bytes}`).
+pub(super) fn print_deleted(v: &serde_json::Value) {
+    println!(
+        "{}  deleted ({} files, {}){}",
+        status_str(&v["taskId"]),
+        v["files"].as_u64().unwrap_or(0),
+        super::megabytes(v["bytes"].as_u64().unwrap_or(0)),
+        if v["cancelled"] == true {
+            "; cancelled first"
+        } else {
+            ""
+        }
+    );
 }
 
 /// Prints a client error about `what` (a URL or task id; empty for none) — as a JSON line on

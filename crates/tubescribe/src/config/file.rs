@@ -51,6 +51,9 @@ pub struct FileConfig {
     /// Signed webhooks: the secret, delivery policy and global endpoints.
     #[serde(default)]
     pub webhooks: WebhooksFile,
+    /// What is deleted how long after a task ended (`[retention]`).
+    #[serde(default)]
+    pub retention: RetentionFile,
 }
 
 /// `[webhooks]` in the TOML file; every key is optional.
@@ -80,6 +83,32 @@ pub struct EndpointFile {
     pub url: String,
     /// The events it receives (`task.completed`, `task.failed`); absent = all.
     pub events: Option<Vec<String>>,
+}
+
+/// `[retention]` in the TOML file: how many days after a task ended its files are deleted.
+/// Each key is a number of days (fractions allowed; 0 = at the next pass) or `"never"`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionFile {
+    /// The downloaded media (default 30).
+    pub media_days: Option<Days>,
+    /// The decoded 16 kHz WAV, `audio.wav` (default 30).
+    pub audio_days: Option<Days>,
+    /// The whole task: transcript, summary and record (default `"never"`).
+    pub task_days: Option<Days>,
+    /// Seconds between the passes a worker makes (default 3600; 0 = workers never prune,
+    /// `tubescribe prune` still does).
+    pub interval_s: Option<f64>,
+}
+
+/// A retention period in the TOML file: a number of days, or the word `"never"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Days {
+    /// Days (≥ 0).
+    Days(f64),
+    /// Only `"never"` is valid (checked when resolved).
+    Word(String),
 }
 
 /// `[subtitles]` in the TOML file; every key is optional (defaults in

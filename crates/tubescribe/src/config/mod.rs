@@ -22,8 +22,8 @@ use crate::domain::transcript::subtitles::CueRules;
 use crate::domain::webhook::{Endpoint, Event, Secret};
 use crate::domain::Stage;
 use file::{
-    ConcurrencyFile, FileConfig, LlmFile, ProgramsFile, ScheduleFile, SubtitlesFile, WebhooksFile,
-    WorkerFile,
+    ConcurrencyFile, Days, FileConfig, LlmFile, ProgramsFile, RetentionFile, ScheduleFile,
+    SubtitlesFile, WebhooksFile, WorkerFile,
 };
 pub use policy::StagePolicy;
 
@@ -233,7 +233,27 @@ pub struct Config {
     pub subtitles: CueRules,
     /// Signed webhooks (`[webhooks]`).
     pub webhooks: WebhookSettings,
+    /// What is deleted how long after a task ended (`[retention]`).
+    pub retention: Retention,
 }
+
+/// The retention policy (`[retention]`; `TUBESCRIBE_RETENTION_*` variables override single
+/// keys): how long after a task ended (completed, failed or cancelled) each kind of file is
+/// deleted; `None` = kept. Applied by `tubescribe prune` and every `interval` by one worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retention {
+    /// The downloaded media (`media_days`, default 30 days).
+    pub media: Option<Duration>,
+    /// `audio.wav` (`audio_days`, default 30 days).
+    pub audio: Option<Duration>,
+    /// The whole task (`task_days`, default never).
+    pub task: Option<Duration>,
+    /// Time between the passes a worker makes (`interval_s`, default 1 h); zero = none.
+    pub interval: Duration,
+}
+
+/// Default `[retention] media_days` and `audio_days`.
+pub const DEFAULT_RETENTION_DAYS: f64 = 30.0;
 
 /// Default of `TUBESCRIBE_MIN_FREE_MB`: free space, in MiB, required before a download or
 /// decode starts.
@@ -318,6 +338,7 @@ impl Config {
         let llm = resolve_llm(file.llm.as_ref())?;
         let storage = resolve_storage(o.storage_url.clone().or(file.storage_url), &data_dir)?;
         let webhooks = resolve_webhooks(o.webhook_secret.clone(), &file.webhooks)?;
+        let retention = resolve_retention(&file.retention)?;
         Ok(Config {
             data_dir,
             storage,
@@ -345,6 +366,7 @@ impl Config {
             reconcile_every,
             subtitles,
             webhooks,
+            retention,
         })
     }
 
@@ -787,6 +809,60 @@ fn resolve_schedule(f: &ScheduleFile, cores: usize) -> Result<ScheduleSettings, 
     })
 }
 
+/// Resolves `[retention]` with its variables (`TUBESCRIBE_RETENTION_MEDIA_DAYS`, `…_AUDIO_DAYS`,
+/// `…_TASK_DAYS`: a number of days or `never`; `TUBESCRIBE_RETENTION_INTERVAL_S`), variable >
+/// file > default.
+fn resolve_retention(f: &RetentionFile) -> Result<Retention, ConfigError> {
+    let days = |key: &str, var: &str, file: &Option<Days>, default: Option<f64>| {
+        let given = match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => Some(match v.trim().parse::<f64>() {
+                Ok(n) => Days::Days(n),
+                Err(_) => Days::Word(v.trim().to_string()),
+            }),
+            _ => file.clone(),
+        };
+        let n = match given {
+            None => default,
+            Some(Days::Word(w)) if w == "never" => None,
+            Some(Days::Days(n)) if n.is_finite() && (0.0..1e6).contains(&n) => Some(n),
+            Some(v) => {
+                let shown = match v {
+                    Days::Days(n) => n.to_string(),
+                    Days::Word(w) => format!("{w:?}"),
+                };
+                return Err(ConfigError::Invalid {
+                    key: key.into(),
+                    message: format!("{shown} is neither a number of days ≥ 0 nor \"never\""),
+                });
+            }
+        };
+        Ok(n.map(|d| Duration::from_secs_f64(d * 86_400.0)))
+    };
+    let interval_s = env_parse::<f64>("TUBESCRIBE_RETENTION_INTERVAL_S", "retention.interval_s")?
+        .or(f.interval_s);
+    Ok(Retention {
+        media: days(
+            "retention.media_days",
+            "TUBESCRIBE_RETENTION_MEDIA_DAYS",
+            &f.media_days,
+            Some(DEFAULT_RETENTION_DAYS),
+        )?,
+        audio: days(
+            "retention.audio_days",
+            "TUBESCRIBE_RETENTION_AUDIO_DAYS",
+            &f.audio_days,
+            Some(DEFAULT_RETENTION_DAYS),
+        )?,
+        task: days(
+            "retention.task_days",
+            "TUBESCRIBE_RETENTION_TASK_DAYS",
+            &f.task_days,
+            None,
+        )?,
+        interval: seconds("retention.interval_s", interval_s, 3600.0)?,
+    })
+}
+
 /// Hooks for the fault tests, compiled into debug builds only (`cfg(debug_assertions)`), so a
 /// release binary never reads them. `scripts/test.sh` and `cargo test` use debug builds.
 #[cfg(debug_assertions)]
@@ -1065,6 +1141,56 @@ mod tests {
             resolve_subtitles(&f.subtitles).unwrap(),
             CueRules::default()
         );
+    }
+
+    #[test]
+    fn retention_days_file_variables_and_defaults() {
+        let (dir, f) = scratch("ts-cfg-retention");
+        let day = Duration::from_secs(86_400);
+        // Defaults: media and WAV 30 days, the task kept, a pass an hour.
+        std::fs::write(&f, "").unwrap();
+        let r = with_file(&f).unwrap().retention;
+        assert_eq!(
+            (r.media, r.audio, r.task, r.interval),
+            (
+                Some(day * 30),
+                Some(day * 30),
+                None,
+                Duration::from_secs(3600)
+            )
+        );
+        std::fs::write(
+            &f,
+            "[retention]\nmedia_days = 0\naudio_days = 1.5\ntask_days = 90\ninterval_s = 60\n",
+        )
+        .unwrap();
+        let r = with_file(&f).unwrap().retention;
+        assert_eq!(
+            (r.media, r.audio, r.task, r.interval),
+            (
+                Some(Duration::ZERO),
+                Some(day * 3 / 2),
+                Some(day * 90),
+                Duration::from_secs(60)
+            )
+        );
+        // A variable replaces its key only; "never" keeps the files.
+        std::env::set_var("TUBESCRIBE_RETENTION_AUDIO_DAYS", "never");
+        let r = with_file(&f).unwrap().retention;
+        std::env::remove_var("TUBESCRIBE_RETENTION_AUDIO_DAYS");
+        assert_eq!(
+            (r.media, r.audio, r.task),
+            (Some(Duration::ZERO), None, Some(day * 90))
+        );
+        for bad in ["media_days = -1", "task_days = \"forever\""] {
+            std::fs::write(&f, format!("[retention]\n{bad}\n")).unwrap();
+            let e = with_file(&f).unwrap_err().to_string();
+            assert!(
+                e.starts_with("invalid setting retention.") && e.contains("nor \"never\""),
+                "{e}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

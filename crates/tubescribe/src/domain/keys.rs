@@ -60,3 +60,7 @@ pub fn task_record_lock(task_id: &str, name: &str) -> String {
 
 /// With shared storage: the set of the ids of all tasks that have a record.
 pub const TASK_RECORDS: &str = "tubescribe:tasks";
+
+/// The lease a worker takes before it applies the retention policy (`SET NX PX` for one
+/// period), so that of many workers only one prunes per period; its value names the holder.
+pub const RETENTION_LEASE: &str = "tubescribe:retention";

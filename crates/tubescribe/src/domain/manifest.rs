@@ -383,6 +383,57 @@ pub struct Manifest {
         skip_serializing_if = "crate::domain::webhook::Webhooks::is_empty"
     )]
     pub webhooks: crate::domain::webhook::Webhooks,
+    /// Files the retention policy (or `tubescribe prune`) deleted, oldest first: they are no
+    /// longer among the stages' outputs, so nothing offers them, and a re-run that needs the
+    /// media downloads it again ([`Manifest::record_pruned`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pruned: Vec<PrunedFile>,
+}
+
+/// What the retention policy deletes from a task whose stages are done: the downloaded media
+/// (the download stage's output) or the 16 kHz WAV (the transcribe stage's `audio.wav`).
+/// Transcripts and summaries are never pruned; only deleting the whole task removes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PruneKind {
+    /// The downloaded (or imported) media file.
+    Media,
+    /// The decoded 16 kHz mono WAV.
+    Audio,
+}
+
+impl PruneKind {
+    /// Both kinds, media first.
+    pub const ALL: [PruneKind; 2] = [PruneKind::Media, PruneKind::Audio];
+
+    /// The stage whose output it is.
+    pub fn stage(self) -> Stage {
+        match self {
+            PruneKind::Media => Stage::Download,
+            PruneKind::Audio => Stage::Transcribe,
+        }
+    }
+
+    /// The wire name: `media` or `audio` (also the `kind` label of the pruning metrics).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PruneKind::Media => "media",
+            PruneKind::Audio => "audio",
+        }
+    }
+}
+
+/// One file deleted from a task by the retention policy (`pruned` in the manifest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrunedFile {
+    /// What it was.
+    pub kind: PruneKind,
+    /// Its name in the task directory.
+    pub name: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// When it was deleted, ms since the epoch.
+    pub at: u64,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -418,6 +469,7 @@ impl Manifest {
             warnings: Vec::new(),
             requeues: 0,
             webhooks: Default::default(),
+            pruned: Vec::new(),
             stages: Stage::ALL
                 .iter()
                 .map(|s| (*s, StageRecord::default()))
@@ -560,6 +612,8 @@ impl Manifest {
         r.result = Some(result);
         r.invalidated = None;
         r.checkpoints.clear();
+        // Its files are back: what was pruned of them is no longer news.
+        self.pruned.retain(|p| p.kind.stage() != stage);
     }
 
     /// Replaces `stage`'s warnings with `messages` (a re-run of a stage states its own anew).
@@ -687,6 +741,38 @@ impl Manifest {
             }
         }
         true
+    }
+
+    /// When the task ended, ms since the epoch: the latest end of a stage of a completed, failed
+    /// or cancelled task (its last update when no stage recorded an end); `None` while it is
+    /// queued or running. The retention policy counts its days from here.
+    pub fn ended_at(&self) -> Option<u64> {
+        if !self.status.is_final() {
+            return None;
+        }
+        let last = self.stages.values().filter_map(|r| r.finished_at).max();
+        Some(last.unwrap_or(self.updated_at))
+    }
+
+    /// Records that `file`, an output of `kind`'s stage, was deleted at `at`: it leaves the
+    /// stage's outputs and checkpoints (so no listing offers it and no re-run reuses it: a
+    /// download without outputs runs again) and is listed in [`Manifest::pruned`].
+    pub fn record_pruned(&mut self, kind: PruneKind, file: &OutputFile, at: u64) {
+        let r = self.stage_mut(kind.stage());
+        r.outputs.retain(|o| o.name != file.name);
+        r.checkpoints.retain(|o| o.name != file.name);
+        self.pruned.push(PrunedFile {
+            kind,
+            name: file.name.clone(),
+            bytes: file.bytes,
+            at,
+        });
+    }
+
+    /// True when the downloaded media was deleted by the retention policy and has not been
+    /// downloaded again.
+    pub fn media_pruned(&self) -> bool {
+        self.pruned.iter().any(|p| p.kind == PruneKind::Media)
     }
 
     /// Why the task failed, as one line for people: `failed while reading the file: <reason>`

@@ -165,6 +165,48 @@ impl Producer {
         Ok(all)
     }
 
+    /// Takes the lease `key` for `period` as `holder` (`SET key holder NX PX period`): true
+    /// when this caller got it, false while another holds it. A lease is never released; it
+    /// lapses after its period, so of many processes one acts per period (the reconciler, the
+    /// retention pass).
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn take_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        period: std::time::Duration,
+    ) -> Result<bool, QueueError> {
+        let ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX).max(1);
+        let conn = self.queue(Stage::LAST).connection();
+        let set: Option<String> = resending(|| async {
+            let mut set = redis::cmd("SET");
+            set.arg(key).arg(holder).arg("NX").arg("PX").arg(ms);
+            conn.cmd(&mut set).await
+        })
+        .await?;
+        Ok(set.is_some())
+    }
+
+    /// Gives up the lease `key` if `holder` still holds it (compare-and-delete in one script),
+    /// so that the next process need not wait out the period (a stopping worker).
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn release_lease(&self, key: &str, holder: &str) -> Result<(), QueueError> {
+        const SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+                              return redis.call('DEL', KEYS[1]) else return 0 end";
+        let conn = self.queue(Stage::LAST).connection();
+        let _: i64 = resending(|| async {
+            let mut eval = redis::cmd("EVAL");
+            eval.arg(SCRIPT).arg(1).arg(key).arg(holder);
+            conn.cmd(&mut eval).await
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Closes the connections.
     pub async fn close(&self) {
         self.flows.close().await;

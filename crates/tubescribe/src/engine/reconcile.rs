@@ -24,7 +24,9 @@
 //! ([`crate::domain::keys::RECONCILER_LEASE`], `SET NX PX` for one period), so one process
 //! reconciles per period. Each repair is compare-and-set on the record: it is written only if
 //! the record is exactly what the decision was made on, so a worker that touched the task
-//! meanwhile wins. Adding a flow is idempotent (job ids are the task's).
+//! meanwhile wins. Adding a flow is idempotent (job ids are the task's). A deleted task is
+//! gone from the list of tasks (its directory is renamed away first), and a flow is added
+//! again only while the task still exists, so the reconciler never brings a deleted task back.
 
 use std::time::Duration;
 
@@ -118,19 +120,9 @@ impl Reconciler {
     }
 
     async fn take_lease(&self, period: Duration) -> Result<bool, QueueError> {
-        let ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX).max(1);
-        let conn = self.producer.queue(Stage::LAST).connection();
-        let set: Option<String> = resending(|| async {
-            let mut set = redis::cmd("SET");
-            set.arg(RECONCILER_LEASE)
-                .arg(&self.me)
-                .arg("NX")
-                .arg("PX")
-                .arg(ms);
-            conn.cmd(&mut set).await
-        })
-        .await?;
-        Ok(set.is_some())
+        self.producer
+            .take_lease(RECONCILER_LEASE, &self.me, period)
+            .await
     }
 
     /// Decides and applies the repair of one task, if it needs one.
@@ -167,9 +159,13 @@ impl Reconciler {
     }
 
     /// Removes what is left of the task's flow and adds it again; false when a job of it is
-    /// active after all (the record says waiting; the worker's attempt will say otherwise).
+    /// active after all (the record says waiting; the worker's attempt will say otherwise), or
+    /// when the task was deleted meanwhile (a deleted task's flow is never added again).
     async fn requeue(&self, task_id: &str) -> Result<bool, QueueError> {
         if !self.producer.remove_task_jobs(task_id).await? {
+            return Ok(false);
+        }
+        if !self.data.task(task_id).exists() {
             return Ok(false);
         }
         self.producer.add_task(task_id).await?;

@@ -8,7 +8,7 @@
 //! | 0 | `bull:download:events` | BullMQ's Lua scripts | `added` (a new flow: `task.created`), `active`, `progress`, `delayed` (a retry), `completed`, `failed` |
 //! | 1 | `bull:transcribe:events` | same | `active`, `progress`, `delayed`, `completed`, `failed` |
 //! | 2 | `bull:summarize:events` | same | same (`completed`/`failed` also end the task) |
-//! | 3 | `tubescribe:events` | [`EventLog`] (cancel; alerts, see `alerts.rs`) | `task.cancelled`, `alert` |
+//! | 3 | `tubescribe:events` | [`EventLog`] (cancel, delete, prune; alerts, see `alerts.rs`) | `task.cancelled`, `task.deleted`, `task.pruned`, `alert` |
 //!
 //! BullMQ's events carry only a job id; our job ids are `dl-/tr-/sum-<task id>`, so each maps
 //! to a task and a stage (long audio's segment jobs `seg<i>-<task id>` map to their task's
@@ -32,7 +32,7 @@
 //!
 //! **A task's follower** ([`EventHub::follow`] with a task) waits for a task that does not
 //! exist yet and ends right after the task's final event (`task.completed`, `task.failed`,
-//! `task.cancelled`).
+//! `task.cancelled`, `task.deleted`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -79,7 +79,8 @@ pub struct Event {
     /// Its position in that stream.
     pub pos: Pos,
     /// Event name: `task.created`, `stage.started`, `stage.progress`, `stage.completed`,
-    /// `stage.failed`, `task.completed`, `task.failed`, `task.cancelled` or `alert`.
+    /// `stage.failed`, `task.completed`, `task.failed`, `task.cancelled`, `task.deleted`,
+    /// `task.pruned` or `alert`.
     pub name: String,
     /// The task it concerns (`None` for alerts).
     pub task_id: Option<String>,
@@ -95,11 +96,11 @@ impl Event {
     }
 
     /// True for the events that end a task: `task.completed`, `task.failed`,
-    /// `task.cancelled`.
+    /// `task.cancelled`, `task.deleted`.
     pub fn ends_task(&self) -> bool {
         matches!(
             self.name.as_str(),
-            "task.completed" | "task.failed" | "task.cancelled"
+            "task.completed" | "task.failed" | "task.cancelled" | "task.deleted"
         )
     }
 }
@@ -147,6 +148,24 @@ impl EventLog {
         self.emit("task.cancelled", &serde_json::json!({"taskId": task_id}))
             .await
             .map(|_| ())
+    }
+
+    /// `task.deleted` `{taskId, reason}`: the task and every file of it are gone; `reason` is
+    /// `user` (a delete) or `retention` (`[retention] task_days`).
+    pub async fn task_deleted(&self, task_id: &str, reason: &str) -> Result<(), EventError> {
+        let data = serde_json::json!({"taskId": task_id, "reason": reason});
+        self.emit("task.deleted", &data).await.map(|_| ())
+    }
+
+    /// `task.pruned` `{taskId, files: [{kind, name, bytes, at}]}`: the retention policy deleted
+    /// these files of the task (its manifest lists them under `pruned`).
+    pub async fn task_pruned(
+        &self,
+        task_id: &str,
+        files: &[crate::domain::manifest::PrunedFile],
+    ) -> Result<(), EventError> {
+        let data = serde_json::json!({"taskId": task_id, "files": files});
+        self.emit("task.pruned", &data).await.map(|_| ())
     }
 }
 
@@ -723,7 +742,7 @@ impl EventHub {
     /// in the same order and with the same ids.
     ///
     /// A task's follower ends (the receiver closes) right after the task's final event
-    /// (`task.completed`, `task.failed`, `task.cancelled`), unless the backlog it read
+    /// (`task.completed`, `task.failed`, `task.cancelled`, `task.deleted`), unless the backlog it read
     /// already shows the task run again (a later `task.created`: a retry); one resuming right
     /// after the final event ends at once. A task that does not exist yet is waited for.
     pub fn follow(

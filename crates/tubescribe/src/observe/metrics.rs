@@ -19,6 +19,9 @@
 //! | `job_rss_delta_bytes` | histogram | — | per-job attributed memory (see `budget.rs`) |
 //! | `alerts_total` | counter | `kind` | alerts raised (`memory`) |
 //! | `transcribe_slots`, `transcribe_threads`, `memory_budget_bytes` | gauge | — | the plan |
+//! | `pruned_files_total` | counter | `kind` | files the retention policy deleted: `media`, `audio`, `task` (every file of a task deleted whole) |
+//! | `pruned_bytes_total` | counter | `kind` | their bytes |
+//! | `tasks_deleted_total` | counter | `reason` | tasks deleted: `user` (delete), `retention` (`task_days`) |
 
 use std::sync::OnceLock;
 
@@ -43,6 +46,9 @@ struct Metrics {
     slots: IntGauge,
     threads: IntGauge,
     budget: Gauge,
+    pruned_files: IntCounterVec,
+    pruned_bytes: IntCounterVec,
+    deleted: IntCounterVec,
 }
 
 fn m() -> &'static Metrics {
@@ -111,6 +117,27 @@ fn m() -> &'static Metrics {
             IntGauge::new("transcribe_threads", "whisper threads per job").expect("metric");
         let budget = Gauge::new("memory_budget_bytes", "Transcription memory budget, bytes")
             .expect("metric");
+        let pruned_files = IntCounterVec::new(
+            Opts::new(
+                "pruned_files_total",
+                "Files deleted by the retention policy, by kind",
+            ),
+            &["kind"],
+        )
+        .expect("metric");
+        let pruned_bytes = IntCounterVec::new(
+            Opts::new(
+                "pruned_bytes_total",
+                "Bytes deleted by the retention policy, by kind",
+            ),
+            &["kind"],
+        )
+        .expect("metric");
+        let deleted = IntCounterVec::new(
+            Opts::new("tasks_deleted_total", "Tasks deleted, by reason"),
+            &["reason"],
+        )
+        .expect("metric");
         for c in [
             Box::new(queue_jobs.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(stage_runs.clone()),
@@ -123,6 +150,9 @@ fn m() -> &'static Metrics {
             Box::new(slots.clone()),
             Box::new(threads.clone()),
             Box::new(budget.clone()),
+            Box::new(pruned_files.clone()),
+            Box::new(pruned_bytes.clone()),
+            Box::new(deleted.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -139,6 +169,9 @@ fn m() -> &'static Metrics {
             slots,
             threads,
             budget,
+            pruned_files,
+            pruned_bytes,
+            deleted,
         }
     })
 }
@@ -201,6 +234,19 @@ pub fn observe_transcription(rtf: f64, rss: &RssReport) {
 /// Counts an alert of `kind` (e.g. `memory`).
 pub fn count_alert(kind: &str) {
     m().alerts.with_label_values(&[kind]).inc();
+}
+
+/// Counts `files` files of `bytes` bytes deleted by the retention policy, of `kind` (`media`,
+/// `audio`, or `task` for a task deleted whole).
+pub fn count_pruned(kind: &str, files: u64, bytes: u64) {
+    let m = m();
+    m.pruned_files.with_label_values(&[kind]).inc_by(files);
+    m.pruned_bytes.with_label_values(&[kind]).inc_by(bytes);
+}
+
+/// Counts a deleted task, for `reason` (`user` or `retention`).
+pub fn count_deleted(reason: &str) {
+    m().deleted.with_label_values(&[reason]).inc();
 }
 
 /// Publishes the memory plan: concurrent transcribe `slots`, whisper `threads` per job and

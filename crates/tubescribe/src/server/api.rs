@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use super::Shared;
 use crate::app::cancel;
 use crate::app::cancel::Cancelled;
+use crate::app::delete;
+use crate::app::delete::Deleted;
 use crate::app::tasks;
 use crate::app::tasks::{SubmitError, TaskOpError, TaskPage};
 use crate::domain::manifest::{Manifest, TaskStatus};
@@ -174,6 +176,10 @@ pub fn invalid_input(e: &serde_json::Error) -> ApiError {
             "a JSON object like {\"taskId\": \"…\"}",
         ),
         (
+            "struct DeleteInput",
+            "a JSON object like {\"taskId\": \"…\", \"force\": false}",
+        ),
+        (
             "struct ListInput",
             "a JSON object like {\"status\": \"failed\", \"limit\": 50}",
         ),
@@ -301,6 +307,18 @@ pub struct TaskIdInput {
     /// The task id.
     #[serde(alias = "id")]
     pub task_id: String,
+}
+
+/// `tasks.delete` input; `DELETE /api/tasks/{id}?force=true` takes `force` from the query.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteInput {
+    /// The task id (absent in the REST query, which has it in the path).
+    #[serde(alias = "id", default)]
+    pub task_id: String,
+    /// Delete a running task too: it is cancelled first.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// `tasks.list` / `GET /api/tasks` input.
@@ -512,4 +530,9 @@ pub async fn retry(st: &Shared, id: &str) -> Result<CreateOutput, ApiError> {
         note: s.note,
         batch: None,
     })
+}
+
+/// Deletes a task: every file and the record (see [`delete::delete_task`]).
+pub async fn delete(st: &Shared, id: &str, force: bool) -> Result<Deleted, ApiError> {
+    Ok(delete::delete_task(&st.data, &st.producer, &st.log, id, force).await?)
 }

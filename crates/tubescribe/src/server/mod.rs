@@ -5,20 +5,21 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /` | the web page (`web/index.html`, embedded) |
-//! | `POST /trpc/tasks.create`, `tasks.cancel`, `tasks.retry` | tRPC mutations (JSON body) |
+//! | `POST /trpc/tasks.create`, `tasks.cancel`, `tasks.retry`, `tasks.delete` | tRPC mutations (JSON body) |
 //! | `GET /trpc/tasks.get`, `tasks.list` `?input=<json>` | tRPC queries |
 //! | `POST /api/tasks` (JSON, or `multipart/form-data` with a `file`), `GET /api/tasks`, `GET /api/tasks/{id}` | REST |
 //! | `POST /api/tasks/{id}/cancel`, `POST /api/tasks/{id}/retry` | REST |
 //! | `GET /api/batches/{id}` | a playlist or channel expanded into tasks (`options.expand`) |
-//! | `GET /api/tasks/{id}/transcript.{txt,srt,vtt,json}`, `summary.{md,json}` | outputs |
+//! | `DELETE /api/tasks/{id}[?force=true]`, `POST /trpc/tasks.delete` | delete a task |
+//! | `GET /api/tasks/{id}/transcript.{txt,srt,vtt,json}`, `summary.{md,json}`, `media` | outputs |
 //! | `GET /api/events/stream`, `GET /api/tasks/{id}/events` | SSE (see `events.rs`) |
 //! | `GET /api/openapi.json` | OpenAPI 3.1 document |
 //! | `GET /metrics` | Prometheus text (`metrics.rs`; queue counts refreshed from Redis) |
 //! | `GET /healthz`, `GET /readyz` | liveness; readiness (Redis answers) |
 //! | `POST /v1/audio/transcriptions`, `/v1/audio/translations`, `GET /v1/models` | OpenAI-compatible speech-to-text (`openai.rs`) |
 //!
-//! Every `POST` needs `Authorization: Bearer <token>` when a token is configured. Request
-//! bodies are limited (64 KiB by default); uploads (`upload.rs`) by `--max-upload-mb`.
+//! Every `POST` and `DELETE` needs `Authorization: Bearer <token>` when a token is configured.
+//! Request bodies are limited (64 KiB by default); uploads (`upload.rs`) by `--max-upload-mb`.
 
 mod api;
 mod openai;
@@ -100,7 +101,7 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServerErr
 /// Server settings.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// Bearer token required on every `POST`; `None` = open.
+    /// Bearer token required on every `POST` and `DELETE`; `None` = open.
     pub api_token: Option<String>,
     /// Interval of SSE keep-alive comments.
     pub keep_alive: Duration,
@@ -213,7 +214,7 @@ fn router(state: Shared) -> Router {
         .route("/v1/models", get(openai::models))
         .route("/api/models", get(rest::models))
         .route("/api/batches/{id}", get(rest::batch))
-        .route("/api/tasks/{id}", get(rest::get))
+        .route("/api/tasks/{id}", get(rest::get).delete(rest::delete))
         .route("/api/tasks/{id}/cancel", post(rest::cancel))
         .route("/api/tasks/{id}/retry", post(rest::retry))
         .route("/api/tasks/{id}/events", get(sse::task_events))
@@ -281,9 +282,11 @@ async fn readyz(State(st): State<Shared>) -> Response {
     }
 }
 
-/// Rejects `POST`s without the configured bearer token (401 in the route's error format).
+/// Rejects `POST`s and `DELETE`s without the configured bearer token (401 in the route's
+/// error format).
 async fn auth(State(st): State<Shared>, req: Request, next: Next) -> Response {
-    if let (Some(token), &Method::POST) = (&st.opts.api_token, req.method()) {
+    let changes = matches!(*req.method(), Method::POST | Method::DELETE);
+    if let (Some(token), true) = (&st.opts.api_token, changes) {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -337,9 +340,14 @@ mod tests {
             "/v1/audio/translations",
             "/v1/models",
             "/api/batches/{id}",
+            "/api/tasks/{id}/media",
         ] {
             assert!(doc["paths"].get(p).is_some(), "{p} missing");
         }
+        assert_eq!(
+            doc["paths"]["/api/tasks/{id}"]["delete"]["operationId"],
+            "deleteTask"
+        );
         assert!(INDEX_HTML.contains("<form"));
         assert!(INDEX_HTML.contains(r#"type="file""#));
         assert!(constant_time_eq(b"abc", b"abc"));

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
 
-use super::api::{self, ApiError, CreateInput, CreateOptions, ListInput};
+use super::api::{self, ApiError, CreateInput, CreateOptions, DeleteInput, ListInput};
 use super::upload::{self, FormError};
 use super::Shared;
 use crate::domain::manifest::TaskStatus;
@@ -116,6 +116,21 @@ pub async fn retry(State(st): State<Shared>, Path(id): Path<String>) -> Result<R
     Ok((StatusCode::ACCEPTED, Json(api::retry(&st, &id).await?)).into_response())
 }
 
+/// `DELETE /api/tasks/{id}[?force=true]` → `{taskId, deleted, cancelled, files, bytes}`; 409
+/// while a stage runs unless `force` (which cancels the task first).
+pub async fn delete(
+    State(st): State<Shared>,
+    Path(id): Path<String>,
+    q: Result<Query<DeleteInput>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) =
+        q.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
+    Ok(Json(api::delete(&st, &id, q.force).await?).into_response())
+}
+
+/// The name under which `GET /api/tasks/{id}/{file}` serves the downloaded media.
+pub const MEDIA: &str = "media";
+
 /// Output files served by `GET /api/tasks/{id}/{file}` and their content types.
 pub const FILES: [(&str, &str); 6] = [
     (names::TRANSCRIPT_TXT, "text/plain; charset=utf-8"),
@@ -129,13 +144,18 @@ pub const FILES: [(&str, &str); 6] = [
 /// `GET /api/tasks/{id}/transcript.{txt,srt,vtt,json}` and `summary.{md,json}`, streamed from
 /// the artifact store; 404 while the file does not exist yet (the detail says the task's
 /// status).
+/// `GET /api/tasks/{id}/media`: the downloaded media while it exists ([`media`]).
 pub async fn file(
     State(st): State<Shared>,
     Path((id, file)): Path<(String, String)>,
+    req: axum::extract::Request,
 ) -> Result<Response, ApiError> {
+    if file == MEDIA {
+        return media(&st, &id, req).await;
+    }
     let Some((name, ctype)) = FILES.iter().find(|(n, _)| *n == file) else {
         return Err(ApiError::not_found(format!(
-            "no such output {file:?}; outputs are {}",
+            "no such output {file:?}; outputs are {}, {MEDIA}",
             FILES.map(|(n, _)| n).join(", ")
         )));
     };
@@ -166,6 +186,33 @@ pub async fn file(
         }
         Err(e) => Err(ApiError::unavailable(format!("cannot read {name}: {e}"))),
     }
+}
+
+/// `GET /api/tasks/{id}/media`: the downloaded (or imported) media, streamed with its content
+/// type guessed from its name, byte ranges honoured (an audio player can seek); 404 before the
+/// download completed or after the retention policy deleted it (the detail says which).
+async fn media(st: &Shared, id: &str, req: axum::extract::Request) -> Result<Response, ApiError> {
+    let m = api::get(st, id)?;
+    let Some((rec, path)) = st.data.task(id).media(&m) else {
+        let why = if m.media_pruned() {
+            "it was deleted by the retention policy".to_string()
+        } else {
+            format!("the task is {}", m.status.as_str())
+        };
+        return Err(ApiError::not_found(format!(
+            "the media of task {id} is not available: {why}"
+        )));
+    };
+    let served = tower_http::services::ServeFile::new(path)
+        .try_call(req)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("cannot read {}: {e}", rec.name)))?;
+    let ext = rec.name.rsplit_once('.').map_or("", |(_, e)| e);
+    let mut resp = served.map(axum::body::Body::new).into_response();
+    if let Ok(v) = format!("inline; filename=\"{id}.{ext}\"").parse() {
+        resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(resp)
 }
 
 /// Any other path: 404 problem (in OpenAI's shape under `/v1/`).

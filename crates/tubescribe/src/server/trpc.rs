@@ -1,7 +1,7 @@
 //! tRPC's HTTP wire format (no transformer), for clients of the old system.
 //!
 //! Queries (`tasks.get`, `tasks.list`) are `GET /trpc/<path>?input=<url-encoded JSON>`;
-//! mutations (`tasks.create`, `tasks.cancel`, `tasks.retry`) are `POST /trpc/<path>` with the
+//! mutations (`tasks.create`, `tasks.cancel`, `tasks.retry`, `tasks.delete`) are `POST /trpc/<path>` with the
 //! input as the JSON body. Success is `{"result":{"data":…}}`; failure is
 //! `{"error":{"message","code":<JSON-RPC number>,"data":{"code":"NOT_FOUND","httpStatus":404,"path"}}}`
 //! with that HTTP status. Batching (`?batch=1`, paths joined by `,`, inputs keyed `"0"`,
@@ -15,11 +15,16 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use super::api::{self, ApiError, CreateInput, ListInput, TaskIdInput};
+use super::api::{self, ApiError, CreateInput, DeleteInput, ListInput, TaskIdInput};
 use super::Shared;
 
 const QUERIES: [&str; 2] = ["tasks.get", "tasks.list"];
-const MUTATIONS: [&str; 3] = ["tasks.create", "tasks.cancel", "tasks.retry"];
+const MUTATIONS: [&str; 4] = [
+    "tasks.create",
+    "tasks.cancel",
+    "tasks.retry",
+    "tasks.delete",
+];
 
 fn error_json(e: &ApiError, path: &str) -> serde_json::Value {
     serde_json::json!({
@@ -72,6 +77,12 @@ async fn call(
         "tasks.retry" => {
             let i: TaskIdInput = input_of(input)?;
             to_json(serde_json::to_value(api::retry(st, &i.task_id).await?))
+        }
+        "tasks.delete" => {
+            let i: DeleteInput = input_of(input)?;
+            to_json(serde_json::to_value(
+                api::delete(st, &i.task_id, i.force).await?,
+            ))
         }
         _ => Err(ApiError::not_found(format!(
             "No procedure on path \"{path}\""

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::domain::manifest::{Manifest, OutputFile};
+use crate::domain::manifest::{now_ms, Manifest, OutputFile, PruneKind, PrunedFile};
 use remote::{Held, Remote};
 
 /// Errors of the task directory. IO errors are retryable unless the disk is full.
@@ -182,6 +182,27 @@ impl DataDir {
         }
     }
 
+    /// Removes what deletes interrupted by a crash left (hidden `.deleting-*` directories, see
+    /// [`TaskDir::delete`]) and older than a minute (a delete in progress renames and removes
+    /// within that). Returns how many it removed.
+    pub fn sweep_deleted(&self) -> usize {
+        let dir = self.root.join("tasks");
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return 0;
+        };
+        // The name ends in the time the delete began (ms since the epoch).
+        let old = |e: &fs::DirEntry| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix(".deleting-")
+                .and_then(|rest| rest.rsplit('-').next()?.parse::<u64>().ok())
+                .is_some_and(|began| now_ms().saturating_sub(began) >= 60_000)
+        };
+        entries
+            .flatten()
+            .filter(|e| old(e) && fs::remove_dir_all(e.path()).is_ok())
+            .count()
+    }
+
     /// Writes the batch record `b` as `batches/<id>.json` (atomically: temp file + rename;
     /// the directory is created on demand).
     pub fn write_batch(&self, b: &crate::domain::options::Batch) -> Result<(), StoreError> {
@@ -223,7 +244,11 @@ impl DataDir {
         let mut ids = Vec::new();
         for e in fs::read_dir(&dir).map_err(io("list", &dir))? {
             let e = e.map_err(io("list", &dir))?;
-            if e.path().join("manifest.json").exists() {
+            // A directory being deleted ([`TaskDir::delete`]) is no task.
+            if e.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if e.path().join(names::MANIFEST).exists() {
                 ids.push(e.file_name().to_string_lossy().into_owned());
             }
         }
@@ -955,6 +980,148 @@ impl TaskDir {
         }
         fs::remove_dir_all(&self.root).map_err(io("remove", &self.root))
     }
+
+    /// Deletes the task: every file and the record. Under the manifest lock (so no stage
+    /// update is half-way) the directory is first renamed to a hidden name beside it, so the
+    /// task is gone for every reader at once — a listing, a worker's next manifest update, the
+    /// reconciler — and then removed; a directory left hidden by a crash is removed by the next
+    /// delete or prune pass ([`DataDir::sweep_deleted`]). Returns the files and bytes removed.
+    ///
+    /// Errors: [`StoreError::NotFound`] when the task has no manifest; IO errors.
+    pub fn delete(&self) -> Result<Removed, StoreError> {
+        if !self.exists() {
+            return Err(StoreError::NotFound(self.id()));
+        }
+        let hidden = {
+            let _lock = self.lock()?;
+            if !self.exists() {
+                return Err(StoreError::NotFound(self.id()));
+            }
+            let hidden = self.root.with_file_name(format!(
+                ".deleting-{}-{}-{}",
+                self.id(),
+                std::process::id(),
+                now_ms()
+            ));
+            fs::rename(&self.root, &hidden).map_err(io("rename", &self.root))?;
+            hidden
+        };
+        let removed = tree_size(&hidden);
+        match fs::remove_dir_all(&hidden) {
+            Ok(()) => Ok(removed),
+            // Swept meanwhile by another process.
+            Err(_) if !hidden.exists() => Ok(removed),
+            Err(e) => Err(io("remove", &hidden)(e)),
+        }
+    }
+
+    /// The task id (the directory's name).
+    fn id(&self) -> String {
+        self.root
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The output files of `kind` that `m` lists: the download stage's outputs (the media) or
+    /// the transcribe stage's `audio.wav` (output or checkpoint).
+    pub fn outputs_of(m: &Manifest, kind: PruneKind) -> Vec<OutputFile> {
+        let Some(r) = m.stage(kind.stage()) else {
+            return Vec::new();
+        };
+        if kind == PruneKind::Media {
+            return r.outputs.clone();
+        }
+        // audio.wav: an output of a completed transcription, a checkpoint of an unfinished one.
+        let mut wav = r.outputs.iter().chain(&r.checkpoints);
+        wav.find(|o| o.name == names::AUDIO_WAV)
+            .cloned()
+            .into_iter()
+            .collect()
+    }
+
+    /// The downloaded media while it exists: its record and path (what the server streams).
+    pub fn media(&self, m: &Manifest) -> Option<(OutputFile, PathBuf)> {
+        let rec = Self::outputs_of(m, PruneKind::Media).into_iter().next()?;
+        let path = self.file(&rec.name);
+        path.is_file().then_some((rec, path))
+    }
+
+    /// Deletes the task's files of `kinds` (see [`TaskDir::outputs_of`]) and records each in
+    /// the manifest ([`Manifest::record_pruned`]), all under the manifest lock and only when
+    /// `allowed(manifest)` holds (the caller's policy, checked on the current record). A file
+    /// already gone is recorded all the same. Returns what was pruned (empty when not allowed
+    /// or nothing was left).
+    ///
+    /// Errors: [`StoreError::NotFound`]; IO errors (a file that cannot be removed stays listed).
+    pub fn prune_if(
+        &self,
+        kinds: &[PruneKind],
+        allowed: impl FnOnce(&Manifest) -> bool,
+    ) -> Result<Vec<PrunedFile>, StoreError> {
+        let _lock = self.lock()?;
+        let mut m = self.read_manifest()?;
+        if !allowed(&m) {
+            return Ok(Vec::new());
+        }
+        let at = now_ms();
+        let before = m.pruned.len();
+        let mut failed = None;
+        for &kind in kinds {
+            for rec in Self::outputs_of(&m, kind) {
+                let p = self.file(&rec.name);
+                match fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        failed = Some(io("remove", &p)(e));
+                        continue;
+                    }
+                }
+                m.record_pruned(kind, &rec, at);
+            }
+        }
+        let pruned = m.pruned[before..].to_vec();
+        if !pruned.is_empty() {
+            m.updated_at = now_ms();
+            self.write_manifest(&m)?;
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(pruned),
+        }
+    }
+}
+
+/// What deleting a task removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Removed {
+    /// Files removed.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// Files and bytes under `dir` (not following links).
+fn tree_size(dir: &Path) -> Removed {
+    let mut r = Removed::default();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(_) => {
+                    r.files += 1;
+                    r.bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    r
 }
 
 /// An exclusive lock of a task ([`TaskDir::lock_restart`]): a `flock` the kernel releases when
