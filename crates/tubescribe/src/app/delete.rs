@@ -6,8 +6,10 @@
 //! ([`cancel::cancel_task`]: the worker holding the job stops it) and deletes once the job has
 //! left `active`. The order keeps a deleted task deleted: the jobs are removed (so no flow is
 //! left that would run it again), then the directory is renamed away under the manifest lock
-//! (the task is gone for every reader at once; the reconciler adds a flow only for a task that
-//! exists), then the jobs are removed once more (a flow a reconciler pass added in between).
+//! (with shared storage: its objects and then its record are deleted under the record lock;
+//! either way the task is gone for every reader at once, and the reconciler adds a flow only
+//! for a task that exists), then the jobs are removed once more (a flow a reconciler pass
+//! added in between).
 
 use crate::app::cancel;
 use crate::app::tasks::{self, TaskOpError, BUSY_WAIT};

@@ -12,7 +12,7 @@ use super::api::{self, ApiError, CreateInput, CreateOptions, DeleteInput, ListIn
 use super::upload::{self, FormError};
 use super::Shared;
 use crate::domain::manifest::TaskStatus;
-use crate::store::names;
+use crate::store::{names, Media};
 
 /// `POST /api/tasks` → 201 with `{taskId, videoId, existing, status}` and a `Location`
 /// header for a new task, 200 when an existing task was joined.
@@ -189,11 +189,15 @@ pub async fn file(
 }
 
 /// `GET /api/tasks/{id}/media`: the downloaded (or imported) media, streamed with its content
-/// type guessed from its name, byte ranges honoured (an audio player can seek); 404 before the
-/// download completed or after the retention policy deleted it (the detail says which).
+/// type guessed from its name; 404 before the download completed or after the retention
+/// policy deleted it (the detail says which). From the local directory byte ranges are
+/// honoured (an audio player can seek); from shared storage the object is streamed whole
+/// (no `Range`).
 async fn media(st: &Shared, id: &str, req: axum::extract::Request) -> Result<Response, ApiError> {
     let m = api::get(st, id)?;
-    let Some((rec, path)) = st.data.task(id).media(&m) else {
+    let found = st.data.task(id).media(&m).await;
+    let found = found.map_err(|e| ApiError::unavailable(format!("cannot read the media: {e}")))?;
+    let Some((rec, media)) = found else {
         let why = if m.media_pruned() {
             "it was deleted by the retention policy".to_string()
         } else {
@@ -203,12 +207,27 @@ async fn media(st: &Shared, id: &str, req: axum::extract::Request) -> Result<Res
             "the media of task {id} is not available: {why}"
         )));
     };
-    let served = tower_http::services::ServeFile::new(path)
-        .try_call(req)
-        .await
-        .map_err(|e| ApiError::unavailable(format!("cannot read {}: {e}", rec.name)))?;
+    let mut resp = match media {
+        Media::File(path) => {
+            let served = tower_http::services::ServeFile::new(path)
+                .try_call(req)
+                .await
+                .map_err(|e| ApiError::unavailable(format!("cannot read {}: {e}", rec.name)))?;
+            served.map(axum::body::Body::new).into_response()
+        }
+        Media::Object((size, chunks)) => {
+            let ctype = mime_guess::from_path(&rec.name).first_or_octet_stream();
+            (
+                [
+                    (header::CONTENT_TYPE, ctype.to_string()),
+                    (header::CONTENT_LENGTH, size.to_string()),
+                ],
+                axum::body::Body::from_stream(chunks),
+            )
+                .into_response()
+        }
+    };
     let ext = rec.name.rsplit_once('.').map_or("", |(_, e)| e);
-    let mut resp = served.map(axum::body::Body::new).into_response();
     if let Ok(v) = format!("inline; filename=\"{id}.{ext}\"").parse() {
         resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
     }

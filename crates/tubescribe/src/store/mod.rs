@@ -782,29 +782,53 @@ impl TaskDir {
     /// under the task's record lock; a write that finds another version (the lock lapsed
     /// under a paused holder) is refused as an error, never lost silently.
     pub fn modify_manifest<R>(&self, f: impl FnOnce(&mut Manifest) -> R) -> Result<R, StoreError> {
-        if let Some(r) = &self.remote {
-            let lock = self.lock()?;
-            let (mut m, version) = self.read_record(r)?;
-            let out = f(&mut m);
-            m.updated_at = crate::domain::manifest::now_ms();
-            let json = serde_json::to_vec_pretty(&m).expect("manifest serializes");
-            if !r.records.put_if(&self.id, Some(version), &json)? {
-                return Err(StoreError::Remote {
-                    op: "update",
-                    what: format!("record of {}", self.id),
-                    message: "it changed while locked (the lock lapsed); not written".into(),
-                });
-            }
-            drop(lock);
-            self.mirror(r, json);
-            return Ok(out);
-        }
-        let _lock = self.lock()?;
-        let mut m = self.read_manifest()?;
-        let r = f(&mut m);
+        let lock = self.lock()?;
+        let (mut m, version) = self.read_locked()?;
+        let out = f(&mut m);
         m.updated_at = crate::domain::manifest::now_ms();
-        self.write_manifest(&m)?;
-        Ok(r)
+        let copy = self.write_locked(&m, version)?;
+        drop(lock);
+        self.mirror_after(copy);
+        Ok(out)
+    }
+
+    /// The manifest read under its lock, with (shared storage) the record's version.
+    fn read_locked(&self) -> Result<(Manifest, Option<u64>), StoreError> {
+        match &self.remote {
+            Some(r) => self.read_record(r).map(|(m, v)| (m, Some(v))),
+            None => self.read_manifest().map(|m| (m, None)),
+        }
+    }
+
+    /// Writes `m` over the manifest [`TaskDir::read_locked`] read as `version`, the lock
+    /// still held. With shared storage it is a compare-and-set (a record that changed while
+    /// locked — the lock lapsed under a paused holder — is refused as an error, never lost
+    /// silently) and the answer is the JSON for the `manifest.json` copy
+    /// ([`TaskDir::mirror_after`], once the lock is given up).
+    fn write_locked(
+        &self,
+        m: &Manifest,
+        version: Option<u64>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(r) = &self.remote else {
+            return self.write_manifest(m).map(|()| None);
+        };
+        let json = serde_json::to_vec_pretty(m).expect("manifest serializes");
+        if !r.records.put_if(&self.id, version, &json)? {
+            return Err(StoreError::Remote {
+                op: "update",
+                what: format!("record of {}", self.id),
+                message: "it changed while locked (the lock lapsed); not written".into(),
+            });
+        }
+        Ok(Some(json))
+    }
+
+    /// Writes the `manifest.json` copy [`TaskDir::write_locked`] returned (shared storage).
+    fn mirror_after(&self, copy: Option<Vec<u8>>) {
+        if let (Some(r), Some(json)) = (&self.remote, copy) {
+            self.mirror(r, json);
+        }
     }
 
     /// Moves a finished temp file to `name` like [`TaskDir::commit`], but only when
@@ -970,15 +994,17 @@ impl TaskDir {
     }
 
     /// Deletes the task directory and everything in it; with shared storage every object of
-    /// the task, its record and this process's scratch of it.
-    pub fn remove(&self) -> Result<(), StoreError> {
+    /// the task, its record and this process's scratch of it. Returns the files (objects) and
+    /// bytes removed (with the local directory, none are counted).
+    pub fn remove(&self) -> Result<Removed, StoreError> {
         if let Some(r) = &self.remote {
-            r.objects.delete_task(&self.id)?;
+            let removed = r.objects.delete_task(&self.id)?;
             r.records.delete(&self.id)?;
             let _ = fs::remove_dir_all(&self.root);
-            return Ok(());
+            return Ok(removed);
         }
-        fs::remove_dir_all(&self.root).map_err(io("remove", &self.root))
+        fs::remove_dir_all(&self.root).map_err(io("remove", &self.root))?;
+        Ok(Removed::default())
     }
 
     /// Deletes the task: every file and the record. Under the manifest lock (so no stage
@@ -987,10 +1013,30 @@ impl TaskDir {
     /// reconciler — and then removed; a directory left hidden by a crash is removed by the next
     /// delete or prune pass ([`DataDir::sweep_deleted`]). Returns the files and bytes removed.
     ///
-    /// Errors: [`StoreError::NotFound`] when the task has no manifest; IO errors.
+    /// With shared storage, under the record lock: every object of the task, then its record
+    /// (gone for every reader from then on), then this process's scratch ([`TaskDir::remove`]);
+    /// the objects are listed once more after the lock is given up, for a `manifest.json`
+    /// copy an update just before wrote after its own lock.
+    ///
+    /// Errors: [`StoreError::NotFound`] when the task has no manifest; IO errors;
+    /// [`StoreError::Remote`] (objects left stay listed under the record until a delete
+    /// succeeds).
     pub fn delete(&self) -> Result<Removed, StoreError> {
         if !self.exists() {
             return Err(StoreError::NotFound(self.id()));
+        }
+        if let Some(r) = &self.remote {
+            let mut removed = {
+                let _lock = self.lock()?;
+                if !self.exists() {
+                    return Err(StoreError::NotFound(self.id()));
+                }
+                self.remove()?
+            };
+            let late = r.objects.delete_task(&self.id)?;
+            removed.files += late.files;
+            removed.bytes += late.bytes;
+            return Ok(removed);
         }
         let hidden = {
             let _lock = self.lock()?;
@@ -1040,15 +1086,25 @@ impl TaskDir {
             .collect()
     }
 
-    /// The downloaded media while it exists: its record and path (what the server streams).
-    pub fn media(&self, m: &Manifest) -> Option<(OutputFile, PathBuf)> {
-        let rec = Self::outputs_of(m, PruneKind::Media).into_iter().next()?;
+    /// The downloaded media while it exists: its record and where it is (what the server
+    /// streams) — the local file, or with shared storage the object as a stream. `None` when
+    /// `m` lists no media or it is gone.
+    ///
+    /// Errors: with shared storage, the object store's ([`StoreError::Remote`]).
+    pub async fn media(&self, m: &Manifest) -> Result<Option<(OutputFile, Media)>, StoreError> {
+        let Some(rec) = Self::outputs_of(m, PruneKind::Media).into_iter().next() else {
+            return Ok(None);
+        };
+        if self.remote.is_some() {
+            let got = self.output_stream(&rec.name).await?;
+            return Ok(got.map(|s| (rec, Media::Object(s))));
+        }
         let path = self.file(&rec.name);
-        path.is_file().then_some((rec, path))
+        Ok(path.is_file().then_some((rec, Media::File(path))))
     }
 
-    /// Deletes the task's files of `kinds` (see [`TaskDir::outputs_of`]) and records each in
-    /// the manifest ([`Manifest::record_pruned`]), all under the manifest lock and only when
+    /// Deletes the task's files of `kinds` (see [`TaskDir::outputs_of`]; with shared storage
+    /// their objects, [`TaskDir::delete_output`]) and records each in the manifest ([`Manifest::record_pruned`]), all under the manifest lock and only when
     /// `allowed(manifest)` holds (the caller's policy, checked on the current record). A file
     /// already gone is recorded all the same. Returns what was pruned (empty when not allowed
     /// or nothing was left).
@@ -1059,8 +1115,8 @@ impl TaskDir {
         kinds: &[PruneKind],
         allowed: impl FnOnce(&Manifest) -> bool,
     ) -> Result<Vec<PrunedFile>, StoreError> {
-        let _lock = self.lock()?;
-        let mut m = self.read_manifest()?;
+        let lock = self.lock()?;
+        let (mut m, version) = self.read_locked()?;
         if !allowed(&m) {
             return Ok(Vec::new());
         }
@@ -1069,14 +1125,10 @@ impl TaskDir {
         let mut failed = None;
         for &kind in kinds {
             for rec in Self::outputs_of(&m, kind) {
-                let p = self.file(&rec.name);
-                match fs::remove_file(&p) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        failed = Some(io("remove", &p)(e));
-                        continue;
-                    }
+                // The file, and with shared storage its object (and any scratch copy).
+                if let Err(e) = self.delete_output(&rec.name) {
+                    failed = Some(e);
+                    continue;
                 }
                 m.record_pruned(kind, &rec, at);
             }
@@ -1084,11 +1136,30 @@ impl TaskDir {
         let pruned = m.pruned[before..].to_vec();
         if !pruned.is_empty() {
             m.updated_at = now_ms();
-            self.write_manifest(&m)?;
+            let copy = self.write_locked(&m, version)?;
+            drop(lock);
+            self.mirror_after(copy);
         }
         match failed {
             Some(e) => Err(e),
             None => Ok(pruned),
+        }
+    }
+}
+
+/// Where the downloaded media is ([`TaskDir::media`]).
+pub enum Media {
+    /// A local file (the server answers byte ranges from it).
+    File(PathBuf),
+    /// An object in shared storage: its size in bytes and its chunks, streamed whole.
+    Object(OutputStream),
+}
+
+impl std::fmt::Debug for Media {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Media::File(p) => f.debug_tuple("File").field(p).finish(),
+            Media::Object((size, _)) => f.debug_tuple("Object").field(size).finish(),
         }
     }
 }

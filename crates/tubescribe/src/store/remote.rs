@@ -270,23 +270,24 @@ impl Objects {
     }
 
     /// Deletes every object of `task` (its outputs, upload, manifest copy, staged uploads).
-    pub fn delete_task(&self, task: &str) -> Result<(), StoreError> {
+    /// Returns how many objects it listed and deleted, and their bytes.
+    pub fn delete_task(&self, task: &str) -> Result<super::Removed, StoreError> {
         let store = self.store.clone();
         let prefix = Key::from(format!("{}/{task}", self.root));
         let p2 = prefix.clone();
         block(async move {
-            let keys: Vec<Key> = store
-                .list(Some(&p2))
-                .map_ok(|m| m.location)
-                .try_collect()
-                .await?;
-            for k in keys {
-                match store.delete(&k).await {
+            let objects: Vec<object_store::ObjectMeta> =
+                store.list(Some(&p2)).try_collect().await?;
+            let mut removed = super::Removed::default();
+            for o in objects {
+                match store.delete(&o.location).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                     Err(e) => return Err(e),
                 }
+                removed.files += 1;
+                removed.bytes += o.size;
             }
-            Ok(())
+            Ok(removed)
         })
         .map_err(|e| remote("delete", &prefix, e))
     }
