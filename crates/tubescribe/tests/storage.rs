@@ -1,7 +1,8 @@
 //! Many machines, no shared disk (issue 14): one SeaweedFS (a real S3-compatible server), one
 //! Redis, a server with no workers and worker processes, each with its own private data
 //! directory; nothing else is shared. Tasks are submitted by `process --no-workers` from a
-//! fourth private directory (its local files are uploaded at submission).
+//! fourth private directory (its local files are uploaded at submission). Delete, `prune` and
+//! the media download are checked on the bucket's objects and the Redis record.
 //!
 //! Lock and stalled-check settings are tuned down (lock 2 s, check every 0.5 s) so a killed
 //! worker's job is recovered within seconds. Prerequisites come from `scripts/setup.sh --test`
@@ -55,6 +56,16 @@ impl Deployment {
             .var("TUBESCRIBE_THREADS", "1")
             .var("TUBESCRIBE_LOG", "info")
             .vars(&vars)
+    }
+
+    /// Starts the server (`serve --no-workers`) in `<root>/server`; it and its port.
+    fn server(&self) -> (Proc, u16) {
+        let mut server = self
+            .env("server")
+            .bin(&["serve", "--no-workers", "--listen", "127.0.0.1:0"])
+            .start();
+        let port = port_of(&server.wait_base_url());
+        (server, port)
     }
 
     /// Starts a worker of every stage in `<root>/<name>`, its log in `<root>/<name>.log`.
@@ -204,11 +215,7 @@ fn six_tasks_complete_with_nothing_shared_but_redis_and_s3() {
     let m4a = root.join("jfk.m4a");
     transcode(&inputs[0], &m4a);
     inputs.push(m4a);
-    let mut server = d
-        .env("server")
-        .bin(&["serve", "--no-workers", "--listen", "127.0.0.1:0"])
-        .start();
-    let port = port_of(&server.wait_base_url());
+    let (server, port) = d.server();
     let workers = [d.worker("worker-a"), d.worker("worker-b")];
     let pids: Vec<String> = workers.iter().map(|w| format!(":{}", w.id())).collect();
     let t0 = Instant::now();
@@ -277,11 +284,7 @@ fn a_worker_killed_during_transcribe_leaves_the_task_to_the_other() {
     let root = tmp.path();
     let d = Deployment::new(root, "kill");
     let (clip, _) = speech(root, ENGLISH_CLIPS[3].0, ENGLISH_CLIPS[3].1);
-    let mut server = d
-        .env("server")
-        .bin(&["serve", "--no-workers", "--listen", "127.0.0.1:0"])
-        .start();
-    let port = port_of(&server.wait_base_url());
+    let (server, port) = d.server();
     let mut first = d.worker("worker-a");
     let first_name = format!(":{}", first.id());
     let mut sub = d.submit(&[clip]);
@@ -366,5 +369,146 @@ fn a_worker_killed_during_transcribe_leaves_the_task_to_the_other() {
     );
     assert_scratch_empties(&root.join("worker-b"));
     stop(second);
+    drop(server);
+}
+
+/// The names of the objects in task `id`'s folder of the bucket, sorted.
+fn object_names(d: &Deployment, id: &str) -> Vec<String> {
+    let folder = d.key(id, "");
+    let mut names: Vec<String> =
+        d.s3.keys(&folder)
+            .iter()
+            .map(|k| k.strip_prefix(&folder).unwrap().to_string())
+            .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn media_prune_and_delete_work_on_the_bucket_and_the_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let d = Deployment::new(root, "del");
+    let (clip, _) = speech(root, ENGLISH_CLIPS[0].0, ENGLISH_CLIPS[0].1);
+    let (server, port) = d.server();
+    let worker = d.worker("worker-a");
+    let mut sub = d.submit(&[clip]);
+    let code = wait_exit(&mut sub, Duration::from_secs(300), "the task");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut sub.stdout.take().unwrap(), &mut out).unwrap();
+    assert_eq!(code, 0, "submitter: {out}");
+    let line: Value = serde_json::from_str(out.trim()).unwrap();
+    let id = line["task_id"].as_str().unwrap().to_string();
+    let m = api_task(port, &id);
+    assert_eq!(m["status"], "completed");
+
+    // --- the media downloads through the API, streamed from the bucket -------------------
+    let media = m["stages"]["download"]["outputs"][0].clone();
+    let media_name = media["name"].as_str().unwrap().to_string();
+    let (status, body) = http_get(port, &format!("/api/tasks/{id}/media")).unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body.len() as u64, media["bytes"].as_u64().unwrap());
+    assert_eq!(sha256_hex(&body), media["sha256"].as_str().unwrap());
+    let mut all = vec![
+        "audio.wav".to_string(),
+        "manifest.json".into(),
+        media_name.clone(),
+        "summary.json".into(),
+        "summary.md".into(),
+        "upload".into(),
+    ];
+    all.extend(["json", "srt", "txt", "vtt"].map(|e| format!("transcript.{e}")));
+    all.sort();
+    assert_eq!(object_names(&d, &id), all);
+
+    // --- prune with media_days = audio_days = 0, from a machine of its own --------------
+    let run = d
+        .env("pruner")
+        .var("TUBESCRIBE_RETENTION_MEDIA_DAYS", "0")
+        .var("TUBESCRIBE_RETENTION_AUDIO_DAYS", "0")
+        .bin(&["prune"])
+        .run();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout
+            .contains(&format!("deleted  {id}  {media_name}  media  "))
+            && run
+                .stdout
+                .contains(&format!("deleted  {id}  audio.wav  audio  "))
+            && run.stdout.ends_with(&format!(
+                "deleted 2 file(s) and 0 whole task(s), {:.1} MB\n",
+                (media["bytes"].as_u64().unwrap()
+                    + m["stages"]["transcribe"]["outputs"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|o| o["name"] == "audio.wav")
+                        .unwrap()["bytes"]
+                        .as_u64()
+                        .unwrap()) as f64
+                    / 1e6
+            )),
+        "{}",
+        run.stdout
+    );
+    // Media and WAV are gone from the bucket; transcripts, summaries, the record's copy and
+    // the submitted file (the task's input, which a retry reads) stay.
+    let kept: Vec<String> = all
+        .iter()
+        .filter(|n| **n != media_name && *n != "audio.wav")
+        .cloned()
+        .collect();
+    assert_eq!(object_names(&d, &id), kept);
+    let m = api_task(port, &id);
+    let pruned: Vec<&str> = m["pruned"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(pruned, [media_name.as_str(), "audio.wav"]);
+    assert_eq!(m["stages"]["download"]["outputs"], serde_json::json!([]));
+    // The user's manifest.json copy says so too.
+    let copy: Value =
+        serde_json::from_slice(&d.s3.object(&d.key(&id, "manifest.json")).unwrap()).unwrap();
+    assert_eq!(copy["pruned"], m["pruned"]);
+    let (status, body) = http_get(port, &format!("/api/tasks/{id}/media")).unwrap();
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+    let e: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        e["detail"],
+        format!("the media of task {id} is not available: it was deleted by the retention policy")
+    );
+    let (status, _) = http_get(port, &format!("/api/tasks/{id}/transcript.txt")).unwrap();
+    assert_eq!(status, 200);
+    assert_scratch_empties(&root.join("pruner"));
+
+    // --- DELETE: every object under the task's prefix and the Redis record ---------------
+    let (status, body) = http_request(port, "DELETE", &format!("/api/tasks/{id}")).unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["deleted"], true);
+    assert_eq!(answer["files"], kept.len() as u64, "{answer}");
+    assert_eq!(object_names(&d, &id), Vec::<String>::new(), "objects left");
+    let mut redis = redis::Client::open(d.redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let record: i64 = redis::cmd("EXISTS")
+        .arg(tubescribe::domain::keys::task_record(&id))
+        .query(&mut redis)
+        .unwrap();
+    let listed: i64 = redis::cmd("SISMEMBER")
+        .arg(tubescribe::domain::keys::TASK_RECORDS)
+        .arg(&id)
+        .query(&mut redis)
+        .unwrap();
+    assert_eq!((record, listed), (0, 0), "the record is gone");
+    let (status, _) = http_get(port, &format!("/api/tasks/{id}")).unwrap();
+    assert_eq!(status, 404);
+    let (status, _) = http_request(port, "DELETE", &format!("/api/tasks/{id}")).unwrap();
+    assert_eq!(status, 404);
+    assert_scratch_empties(&root.join("server"));
+    stop(worker);
     drop(server);
 }

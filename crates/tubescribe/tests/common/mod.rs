@@ -521,10 +521,16 @@ pub struct SeaweedFs {
 /// A plain HTTP/1.0 `GET path` on 127.0.0.1:`port`: status and body (`None` when
 /// unreachable).
 pub fn http_get(port: u16, path: &str) -> Option<(u16, Vec<u8>)> {
+    http_request(port, "GET", path)
+}
+
+/// A plain HTTP/1.0 `method path` with no body on 127.0.0.1:`port`: status and body (`None`
+/// when unreachable).
+pub fn http_request(port: u16, method: &str, path: &str) -> Option<(u16, Vec<u8>)> {
     use std::io::{Read, Write};
     let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     c.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(c, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    write!(c, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
     let mut buf = Vec::new();
     c.read_to_end(&mut buf).ok()?;
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
