@@ -1,7 +1,8 @@
 // Browser test of the tubescribe web page: Debian's headless Chromium, driven by playwright-core
 // (no browser download). Starts `tubescribe serve` with a private data dir and its own embedded
 // Redis, serves speech over loopback, submits the URL on the page with the keyboard, waits for
-// the three stages to reach "done" and the summary to show, then marks the task completed with
+// the three stages to reach "done" and the summary to show (before that: a playlist expanded into
+// a batch, listed by a stand-in yt-dlp, shown as one group; the callback URL field is sent), then marks the task completed with
 // warnings and its summary the LLM fallback (as its manifest would say) and checks the badge,
 // the warnings and the summary's fallback note, and saves a screenshot to
 // test-output/browser.png; then the audio link and Delete (confirm dismissed, then accepted). Run by scripts/test.sh; prerequisites from scripts/setup.sh --test.
@@ -15,7 +16,19 @@ await run("browser", 150_000, async (h) => {
   const mediaPort = await serveHttp(h, (req, res) => {
     if (req.url === "/jfk.wav") sendWav(req, res, wav); else res.writeHead(404).end();
   });
-  const base = await startServer(h, mediaPort);
+  // yt-dlp lists the playlist (`--flat-playlist -J`, yt-dlp's own shape); its videos fail.
+  const ytdlp = path.join(tmp, "fake-yt-dlp");
+  const entries = ["BatchVid001", "BatchVid002"].map((id, i) => ({ _type: "url", ie_key: "Youtube", id,
+    url: `https://www.youtube.com/watch?v=${id}`, title: `Talk ${i}` }));
+  fs.writeFileSync(ytdlp, `#!/usr/bin/env python3
+import sys
+if "--flat-playlist" in sys.argv:
+    print(${JSON.stringify(JSON.stringify({ _type: "playlist", id: "PL0123456789", title: "Two talks", entries }))})
+    sys.exit(0)
+sys.stderr.write("ERROR: [youtube] " + sys.argv[-1][-11:] + ": Video unavailable\\n")
+sys.exit(1)
+`, { mode: 0o755 });
+  const base = await startServer(h, mediaPort, { TUBESCRIBE_YTDLP: ytdlp });
   log("server at", base);
   const { page, pageErrors } = await openBrowser(h, { width: 1280, height: 900 });
   await page.goto(base + "/");
@@ -29,6 +42,24 @@ await run("browser", 150_000, async (h) => {
   const refused = await page.locator("#message").innerText();
   assert(refused.startsWith("Invalid YouTube URL:"), `refusal message: ${refused}`);
   log("refused:", refused);
+
+  // "Expand playlist or channel": the callback URL goes with the form (refused here: the server
+  // has no webhook secret), then the playlist becomes a batch shown as one group of its videos.
+  await page.getByLabel("Expand playlist or channel").check();
+  await page.getByLabel("Callback URL (optional)").fill(`http://127.0.0.1:${mediaPort}/hook`);
+  await page.getByRole("button", { name: "Transcribe" }).click();
+  await page.locator("#message.error").filter({ hasText: "webhook secret" }).waitFor({ timeout: 10_000 });
+  await page.getByLabel("Callback URL (optional)").fill("");
+  await page.getByRole("button", { name: "Transcribe" }).click();
+  await page.locator("#message.ok").waitFor({ timeout: 30_000 });
+  const expanded = await page.locator("#message").innerText();
+  assert(/^Submitted playlist Two talks: 2 videos \(batch-[0-9a-f]{16}\)\.$/.test(expanded), `expand message: ${expanded}`);
+  const group = page.locator("li.batch");
+  assert(await group.locator(".batch-head").innerText() === "playlist Two talks: 2 videos", "batch heading");
+  for (const v of ["BatchVid001", "BatchVid002"])
+    await group.locator(`li.task[data-task="yt-${v}"]`).waitFor({ timeout: 10_000 });
+  await page.getByLabel("Expand playlist or channel").uncheck();
+  log("batch shown:", expanded);
 
   // Submit the loopback media URL with the keyboard (Enter in the field).
   const link = `http://127.0.0.1:${mediaPort}/jfk.wav`;

@@ -3,6 +3,45 @@
 
 use serde_json::Value;
 
+use crate::domain::options::TaskOptions;
+
+/// What a submission asks besides its URL (the CLI's `submit` flags).
+#[derive(Debug, Clone, Default)]
+pub struct SubmitRequest {
+    /// Run again even when a task for the same input exists.
+    pub fresh: bool,
+    /// Where the task's end is POSTed as a signed webhook (`callbackUrl`).
+    pub callback: Option<String>,
+    /// Captions instead of Whisper (`options.captions`, `autoCaptions`, `captionsLang`).
+    pub options: TaskOptions,
+    /// Expand a playlist or channel into at most this many videos (`options.expand`,
+    /// `maxVideos`); `None` = a playlist is refused.
+    pub expand: Option<usize>,
+}
+
+impl SubmitRequest {
+    /// The JSON body of `POST /api/tasks` for `url`.
+    fn body(&self, url: &str) -> Value {
+        let o = &self.options;
+        let mut options = serde_json::json!({
+            "captions": o.captions.as_str(),
+            "autoCaptions": o.auto_captions,
+        });
+        if let Some(lang) = &o.captions_lang {
+            options["captionsLang"] = serde_json::json!(lang);
+        }
+        if let Some(max) = self.expand {
+            options["expand"] = serde_json::json!(true);
+            options["maxVideos"] = serde_json::json!(max);
+        }
+        let mut body = serde_json::json!({"link": url, "fresh": self.fresh, "options": options});
+        if let Some(c) = &self.callback {
+            body["callbackUrl"] = serde_json::json!(c);
+        }
+        body
+    }
+}
+
 /// Errors of an API call. Transport errors are retryable; API errors carry the server's
 /// problem details (4xx are not retryable, 5xx are).
 #[derive(Debug, thiserror::Error)]
@@ -133,22 +172,14 @@ impl Client {
         })
     }
 
-    /// Submits `url` (with `callback` as its `callbackUrl` when given); answers `{taskId,
-    /// videoId, existing, status}`.
-    pub async fn submit(
-        &self,
-        url: &str,
-        fresh: bool,
-        callback: Option<&str>,
-    ) -> Result<Value, ClientError> {
-        let mut body = serde_json::json!({"link": url, "fresh": fresh});
-        if let Some(c) = callback {
-            body["callbackUrl"] = serde_json::json!(c);
-        }
+    /// Submits `url` with what `req` asks (`options` as the API takes them, `callbackUrl`);
+    /// answers `{taskId, videoId, existing, status}`, plus `batch` (the record and its tasks'
+    /// `statuses`) when `req.expand` turned a playlist or channel into its videos' tasks.
+    pub async fn submit(&self, url: &str, req: &SubmitRequest) -> Result<Value, ClientError> {
         self.send(
             self.http
                 .post(format!("{}/api/tasks", self.base))
-                .json(&body),
+                .json(&req.body(url)),
         )
         .await
     }

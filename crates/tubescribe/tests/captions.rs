@@ -5,7 +5,8 @@
 //! comes from them (no `audio.wav`, no Whisper, `source: captions`); `--captions only` without
 //! them fails permanently with one sentence; a playlist of 3 becomes 3 tasks and a batch
 //! record, `--max-videos 2` two; the video's chapters stay in the manifest and head the
-//! summary's chapters.
+//! summary's chapters. Through a server: the same with `POST /api/tasks` and `tubescribe submit`,
+//! and the batch's `batch.created` event on SSE.
 
 mod common;
 
@@ -364,7 +365,9 @@ fn batch_files(data: &Path) -> Vec<serde_json::Value> {
 
 /// The API: `options.expand` + `maxVideos` in `POST /api/tasks` answer with the batch, and
 /// `GET /api/batches/{id}` shows it with its tasks' statuses; a bad captions mode and a
-/// playlist without `expand` are 400s.
+/// playlist without `expand` are 400s; the expansion is a `batch.created` SSE event. The client
+/// command `submit` sends its captions and playlist flags as these options and prints the
+/// batch (`--json`: the answer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_expands_a_playlist_into_a_batch() {
     let tmp = tempfile::tempdir().unwrap();
@@ -446,5 +449,116 @@ async fn api_expands_a_playlist_into_a_batch() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 404);
+
+    // SSE: the expansion was announced on the all-tasks stream with its batch and tasks.
+    let b0 = batch_event(&base, bid).await;
+    assert_eq!(b0["kind"], "playlist");
+    assert_eq!(b0["title"], "API list");
+    assert_eq!(
+        b0["taskIds"],
+        serde_json::json!(["yt-ApiItem0001-ccp-en", "yt-ApiItem0002-ccp-en"])
+    );
+
+    // The client command sends the same options: `submit --playlist --max-videos 3` answers
+    // with the batch, the first two videos joining their tasks. `submit` runs `tubescribe
+    // submit --server <base> <extra…> <input>` and checks its exit code.
+    let submit = |extra: &[&str], input: &str, code: i32| {
+        let mut a = vec!["submit".to_string(), "--server".to_string(), base.clone()];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.push(input.to_string());
+        let data = data.clone();
+        async move {
+            let r = tokio::task::spawn_blocking(move || {
+                let a: Vec<&str> = a.iter().map(String::as_str).collect();
+                Env::new(&data).bin(&a).run()
+            })
+            .await
+            .unwrap();
+            assert_eq!(r.code, code, "{}\n{}", r.stdout, r.stderr);
+            r
+        }
+    };
+    let video = "https://youtu.be/ApiItem0002";
+    for (extra, input, why) in [
+        (&[][..], url, "playlists are not supported"),
+        (
+            &["--captions-lang", "english", "--captions", "prefer"][..],
+            video,
+            "captions language \"english\" is not a language code",
+        ),
+    ] {
+        let r = submit(extra, input, 2).await;
+        assert!(r.stderr.contains(why), "{}", r.stderr);
+    }
+    let playlist = ["--playlist", "--captions", "prefer", "--max-videos"];
+    let r = submit(&[&playlist[..], &["3"]].concat(), url, 0).await;
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", r.stdout);
+    let (bid3, head) = lines[0].split_once("  ").unwrap();
+    assert!(bid3.starts_with("batch-") && bid3 != bid, "{}", r.stdout);
+    assert_eq!(head, "playlist \"API list\": 3 video(s)");
+    for (k, line) in lines[1..3].iter().enumerate() {
+        let want = format!("yt-ApiItem000{}-ccp-en  completed  (existing task)", k + 1);
+        assert_eq!(*line, want);
+    }
+    assert!(
+        lines[3].starts_with("yt-ApiItem0003-ccp-en  ") && !lines[3].contains("existing"),
+        "{}",
+        r.stdout
+    );
+    let b3 = batch_event(&base, bid3).await;
+    assert_eq!(b3["taskIds"].as_array().unwrap().len(), 3, "{b3}");
+    // --json: the API's answer, batch included.
+    let r = submit(&[&["--json"], &playlist[..], &["1"]].concat(), url, 0).await;
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(v["batch"]["items"][0]["task_id"], "yt-ApiItem0001-ccp-en");
+    assert_eq!(v["batch"]["statuses"], serde_json::json!(["completed"]));
+    // The captions flags reach the server: they name the task.
+    let captions = [
+        "--captions",
+        "only",
+        "--auto-captions",
+        "--captions-lang",
+        "de",
+    ];
+    let r = submit(&captions, video, 0).await;
+    assert!(
+        r.stdout.starts_with("yt-ApiItem0002-ccoa-de  "),
+        "{}",
+        r.stdout
+    );
     drop(server);
+}
+
+/// The data of the `batch.created` event of batch `bid`, replayed from the oldest event of
+/// the server's all-tasks stream (≤ 30 s).
+async fn batch_event(base: &str, bid: &str) -> serde_json::Value {
+    use eventsource_stream::Eventsource;
+    use futures::StreamExt;
+    let resp = reqwest::Client::new()
+        .get(format!("{base}/api/events/stream"))
+        .header("accept", "text/event-stream")
+        .header("last-event-id", "0-0_0-0_0-0_0-0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut events = resp.bytes_stream().eventsource();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let e = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .unwrap_or_else(|_| panic!("no batch.created for {bid}; saw {seen:?}"))
+            .expect("the stream stays open")
+            .unwrap();
+        if e.event == "batch.created" {
+            let d: serde_json::Value = serde_json::from_str(&e.data).unwrap();
+            if d["batchId"] == bid {
+                assert!(d["at"].as_u64().is_some(), "{d}");
+                return d;
+            }
+        }
+        seen.push(e.event);
+    }
 }

@@ -22,6 +22,7 @@ use crate::domain::Stage;
 use crate::engine::producer::Producer;
 use crate::engine::redis::QueueError;
 use crate::engine::webhooks::OutboxError;
+use crate::observe::events::EventLog;
 use crate::pipeline::download::BROKEN_DOWNLOADS;
 use crate::store::{DataDir, StoreError};
 
@@ -303,8 +304,9 @@ pub const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300
 /// video: yt-dlp lists its first `max_videos` (1–[`MAX_MAX_VIDEOS`](crate::domain::options::MAX_MAX_VIDEOS))
 /// videos, each is submitted like a single video with `opts` ([`submit_with`]: deduplicated
 /// as usual, so a video already transcribed joins its task), and a batch record listing them
-/// is stored (`<data>/batches/<id>.json`) and named in each new task's manifest. Returns
-/// `None` when `raw` is no playlist or channel (the caller submits it as one input).
+/// is stored (`<data>/batches/<id>.json`) and named in each new task's manifest, then
+/// announced on `log` (`batch.created`; a Redis error there is logged, the batch stands).
+/// Returns `None` when `raw` is no playlist or channel (the caller submits it as one input).
 ///
 /// Errors: [`SubmitError::Options`] for a limit out of range; [`SubmitError::List`] when
 /// yt-dlp cannot list it or it holds no video; a video's submit error ends the expansion
@@ -320,6 +322,7 @@ pub async fn expand(
     model: &ModelRef,
     opts: &TaskOptions,
     max_videos: usize,
+    log: &EventLog,
 ) -> Result<Option<Batch>, SubmitError> {
     let Some(coll) = input::parse_collection_url(raw) else {
         return Ok(None);
@@ -380,6 +383,9 @@ pub async fn expand(
         data.write_batch(&batch)?;
     }
     tracing::info!(batch = %batch.batch_id, videos = batch.items.len(), url = %batch.url, "playlist expanded");
+    if let Err(e) = log.batch_created(&batch).await {
+        tracing::warn!(batch = %batch.batch_id, error = %e, "cannot record batch.created");
+    }
     Ok(Some(batch))
 }
 

@@ -226,6 +226,8 @@ enum Command {
         #[arg(long, value_name = "URL")]
         callback: Option<String>,
         #[command(flatten)]
+        submit: SubmitFlags,
+        #[command(flatten)]
         client: ClientArgs,
         #[command(flatten)]
         token: TokenArgs,
@@ -668,9 +670,18 @@ async fn client_command(command: &Command) -> Option<i32> {
             urls,
             fresh,
             callback,
+            submit,
             client,
             token,
-        } => remote::submit(client, token, urls, *fresh, callback.as_deref()).boxed_local(),
+        } => {
+            let req = crate::client::SubmitRequest {
+                fresh: *fresh,
+                callback: callback.clone(),
+                options: submit.options(),
+                expand: submit.playlist.then_some(submit.max_videos),
+            };
+            async move { remote::submit(client, token, urls, &req).await }.boxed_local()
+        }
         Command::Status { id, client } => remote::status(client, id.as_deref()).boxed_local(),
         Command::Get { id, format, server } => remote::get(server, id, *format).boxed_local(),
         Command::Cancel { id, client, token } => remote::cancel(client, token, id).boxed_local(),
@@ -939,6 +950,7 @@ async fn submit_all(
 ) -> Result<Vec<watch::Watched>> {
     use crate::app::tasks;
     let producer = rt.producer().await?;
+    let log = crate::observe::events::EventLog::connect(rt.url()).await?;
     let callback = match callback {
         Some(raw) => Some(tasks::check_callback(policy, &producer, raw)?),
         None => None,
@@ -968,6 +980,7 @@ async fn submit_all(
                 &model,
                 &opts,
                 flags.max_videos,
+                &log,
             )
             .await?;
             if let Some(b) = b {

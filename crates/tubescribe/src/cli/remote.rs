@@ -9,7 +9,7 @@ use std::io::Write;
 
 use clap::Args;
 
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, SubmitRequest};
 use crate::domain::manifest::{Source, TaskStatus};
 use crate::domain::Stage;
 use crate::store::names;
@@ -91,36 +91,32 @@ impl Format {
     }
 }
 
-/// `submit`: one line per URL (`<task id>  <status>`, `(existing task)` when joined), then
-/// the next step on stderr: how to follow the tasks and fetch their results, and the web page.
+/// `submit`: one line per URL (`<task id>  <status>`, `(existing task)` when joined; for a
+/// playlist or channel expanded with `--playlist`, a line naming its batch, then one such line
+/// per video), then the next step on stderr: how to follow the tasks and fetch their results,
+/// and the web page.
 pub(super) async fn submit(
     a: &ClientArgs,
     t: &TokenArgs,
     urls: &[String],
-    fresh: bool,
-    callback: Option<&str>,
+    req: &SubmitRequest,
 ) -> i32 {
     let c = a.server.client(Some(t));
     let mut code = 0;
     let mut ids = Vec::new();
     for u in urls {
-        match c.submit(u, fresh, callback).await {
+        match c.submit(u, req).await {
+            Ok(v) if a.json => {
+                println!("{v}");
+                ids.extend(submitted_ids(&v));
+            }
             Ok(v) => {
-                if a.json {
-                    println!("{v}");
+                if v["batch"].is_object() {
+                    print_batch(&v["batch"]);
                 } else {
-                    println!(
-                        "{}  {}{}",
-                        status_str(&v["taskId"]),
-                        status_str(&v["status"]),
-                        if v["existing"] == true {
-                            "  (existing task)"
-                        } else {
-                            ""
-                        }
-                    );
+                    print_submitted(&v["taskId"], &v["status"], v["existing"] == true);
                 }
-                ids.push(status_str(&v["taskId"]).to_string());
+                ids.extend(submitted_ids(&v));
             }
             Err(e) => code = code.max(failed(u, &e, a.json)),
         }
@@ -138,6 +134,46 @@ pub(super) async fn submit(
         );
     }
     code
+}
+
+/// The task ids of a submission's answer: its batch's tasks, or its one task.
+fn submitted_ids(v: &serde_json::Value) -> Vec<String> {
+    match v["batch"]["items"].as_array() {
+        Some(items) => items
+            .iter()
+            .map(|i| status_str(&i["task_id"]).to_string())
+            .collect(),
+        None => vec![status_str(&v["taskId"]).to_string()],
+    }
+}
+
+/// One submitted task for people: `<task id>  <status>`, `  (existing task)` when joined.
+fn print_submitted(id: &serde_json::Value, status: &serde_json::Value, existing: bool) {
+    println!(
+        "{}  {}{}",
+        status_str(id),
+        status_str(status),
+        if existing { "  (existing task)" } else { "" }
+    );
+}
+
+/// A batch as `submit` answers it (`{batch_id, kind, title, items, statuses}`):
+/// `<batch id>  playlist "<title>": N video(s)`, then one [`print_submitted`] line per video.
+fn print_batch(b: &serde_json::Value) {
+    let items = b["items"].as_array().map_or(&[][..], Vec::as_slice);
+    let title = b["title"]
+        .as_str()
+        .map(|t| format!(" \"{}\"", crate::domain::manifest::display_title(t)))
+        .unwrap_or_default();
+    println!(
+        "{}  {}{title}: {} video(s)",
+        status_str(&b["batch_id"]),
+        status_str(&b["kind"]),
+        items.len()
+    );
+    for (k, i) in items.iter().enumerate() {
+        print_submitted(&i["task_id"], &b["statuses"][k], i["existing"] == true);
+    }
 }
 
 /// `get`: writes the task's output file of `format` to stdout as the server serves it.

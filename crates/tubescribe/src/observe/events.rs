@@ -8,7 +8,7 @@
 //! | 0 | `bull:download:events` | BullMQ's Lua scripts | `added` (a new flow: `task.created`), `active`, `progress`, `delayed` (a retry), `completed`, `failed` |
 //! | 1 | `bull:transcribe:events` | same | `active`, `progress`, `delayed`, `completed`, `failed` |
 //! | 2 | `bull:summarize:events` | same | same (`completed`/`failed` also end the task) |
-//! | 3 | `tubescribe:events` | [`EventLog`] (cancel, delete, prune; alerts, see `alerts.rs`) | `task.cancelled`, `task.deleted`, `task.pruned`, `alert` |
+//! | 3 | `tubescribe:events` | [`EventLog`] (cancel, delete, prune, playlist expansion; alerts, see `alerts.rs`) | `task.cancelled`, `task.deleted`, `task.pruned`, `batch.created`, `alert` |
 //!
 //! BullMQ's events carry only a job id; our job ids are `dl-/tr-/sum-<task id>`, so each maps
 //! to a task and a stage (long audio's segment jobs `seg<i>-<task id>` map to their task's
@@ -44,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::keys::PREFIX;
 use crate::domain::keys::{OWN_STREAM, OWN_STREAM_MAXLEN};
 use crate::domain::manifest::{Manifest, StageState, TaskStatus};
+use crate::domain::options::Batch;
 use crate::domain::retry;
 use crate::domain::Stage;
 use crate::observe::cursor::{order, Cursor, Pos, STREAMS};
@@ -80,9 +81,9 @@ pub struct Event {
     pub pos: Pos,
     /// Event name: `task.created`, `stage.started`, `stage.progress`, `stage.completed`,
     /// `stage.failed`, `task.completed`, `task.failed`, `task.cancelled`, `task.deleted`,
-    /// `task.pruned` or `alert`.
+    /// `task.pruned`, `batch.created` or `alert`.
     pub name: String,
-    /// The task it concerns (`None` for alerts).
+    /// The task it concerns (`None` for alerts and batches).
     pub task_id: Option<String>,
     /// JSON payload (camelCase keys; always has `taskId` for task events and `at`, the Redis
     /// stream time in ms since the epoch).
@@ -155,6 +156,16 @@ impl EventLog {
     pub async fn task_deleted(&self, task_id: &str, reason: &str) -> Result<(), EventError> {
         let data = serde_json::json!({"taskId": task_id, "reason": reason});
         self.emit("task.deleted", &data).await.map(|_| ())
+    }
+
+    /// `batch.created` `{batchId, kind, title, url, taskIds}`: a playlist or channel became
+    /// these tasks (in listing order; some may have existed already) and the batch record
+    /// `GET /api/batches/{batchId}`. Not a task event: only the all-tasks stream carries it.
+    pub async fn batch_created(&self, b: &Batch) -> Result<(), EventError> {
+        let ids: Vec<&str> = b.items.iter().map(|i| i.task_id.as_str()).collect();
+        let data = serde_json::json!({"batchId": b.batch_id, "kind": b.kind, "title": b.title,
+            "url": b.url, "taskIds": ids});
+        self.emit("batch.created", &data).await.map(|_| ())
     }
 
     /// `task.pruned` `{taskId, files: [{kind, name, bytes, at}]}`: the retention policy deleted

@@ -365,6 +365,7 @@ pub async fn create(st: &Shared, input: CreateInput) -> Result<CreateOutput, Api
             &model,
             &opts,
             max,
+            &st.log,
         )
         .await?;
         if let Some(b) = b {
