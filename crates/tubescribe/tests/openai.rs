@@ -1,9 +1,10 @@
 //! The OpenAI-compatible API and uploads through real clients against `tubescribe serve`
 //! (private data dir, embedded Redis, tiny.en): the official `openai` Python client
 //! (`scripts/requirements-test.txt`) for `verbose_json` with word timestamps, SRT, a
-//! translation and a wrong model; `curl -F` for `json`, the bearer token, the upload limit,
-//! a refused translation of Mandarin and `POST /api/tasks` as a form (a task that completes,
-//! and the same bytes joining it).
+//! translation refused by the English-only default model and a wrong model; `curl -F` for
+//! `json`, the bearer token, the upload limit, Mandarin translated into English by base (and
+//! refused by tiny.en) and `POST /api/tasks` as a form (a task that completes, and the same
+//! bytes joining it).
 
 mod common;
 
@@ -33,15 +34,17 @@ out["verbose"] = {"text": v.text, "language": v.language, "duration": v.duration
                   "words": [w.model_dump() for w in v.words]}
 with open(wav, "rb") as f:
     out["srt"] = client.audio.transcriptions.create(model="whisper-1", file=f, response_format="srt")
-with open(wav, "rb") as f:
-    out["translation"] = client.audio.translations.create(model="whisper-1", file=f).text
-try:
-    with open(wav, "rb") as f:
-        client.audio.transcriptions.create(model="no-such-model", file=f)
-    out["wrong_model"] = None
-except openai.NotFoundError as e:
-    out["wrong_model"] = {"status": e.status_code, "code": e.code, "type": e.type, "param": e.param,
-                          "body": e.response.json()}
+def refused(call, model, error):
+    """The error `call` (translations or transcriptions) raises for `model`, or None."""
+    try:
+        with open(wav, "rb") as f:
+            call.create(model=model, file=f)
+        return None
+    except error as e:
+        return {"status": e.status_code, "code": e.code, "type": e.type, "param": e.param,
+                "body": e.response.json()}
+out["translation"] = refused(client.audio.translations, "whisper-1", openai.BadRequestError)
+out["wrong_model"] = refused(client.audio.transcriptions, "no-such-model", openai.NotFoundError)
 try:
     bad = openai.OpenAI(base_url=base + "/v1", api_key="wrong", max_retries=0)
     with open(wav, "rb") as f:
@@ -116,6 +119,17 @@ fn serve(data: &Path) -> (Proc, String) {
     (p, base)
 }
 
+/// Checks an error the client script caught about the model: its `status`, OpenAI's `type`,
+/// `param` `model`, `code`, and a message saying each of `says`.
+fn model_error(e: &Value, status: u16, code: &str, says: &[&str]) {
+    assert_eq!(e["status"], status, "{e}");
+    assert_eq!(e["code"], code, "{e}");
+    assert_eq!(e["type"], "invalid_request_error", "{e}");
+    assert_eq!(e["param"], "model", "{e}");
+    let msg = e["body"]["error"]["message"].as_str().unwrap();
+    assert!(says.iter().all(|s| msg.contains(s)), "{msg}");
+}
+
 #[test]
 fn openai_client_gets_transcripts_and_errors_in_openai_shape() {
     let tmp = tempfile::tempdir().unwrap();
@@ -179,23 +193,14 @@ fn openai_client_gets_transcripts_and_errors_in_openai_shape() {
         "{cue_text}"
     );
 
-    // English speech translated into English is its transcript.
-    assert_eq!(
-        r["translation"].as_str().unwrap(),
-        v["text"].as_str().unwrap()
-    );
+    // whisper-1 is the default, English-only tiny.en: it cannot translate (400, OpenAI's shape,
+    // naming a multilingual model), and nothing is submitted.
+    let says = ["tiny.en is English-only", "model=base"];
+    model_error(&r["translation"], 400, "unsupported_value", &says);
 
     // A wrong model: 404 in OpenAI's error shape.
-    let w = &r["wrong_model"];
-    assert_eq!(w["status"], 404, "{w}");
-    assert_eq!(w["code"], "model_not_found");
-    assert_eq!(w["type"], "invalid_request_error");
-    assert_eq!(w["param"], "model");
-    let msg = w["body"]["error"]["message"].as_str().unwrap();
-    assert!(
-        msg.contains("no-such-model") && msg.contains("tiny.en"),
-        "{msg}"
-    );
+    let says = ["no-such-model", "tiny.en"];
+    model_error(&r["wrong_model"], 404, "model_not_found", &says);
     // A wrong key: 401, the client's AuthenticationError.
     assert_eq!(r["wrong_key"]["status"], 401);
     assert_eq!(r["wrong_key"]["code"], "invalid_api_key");
@@ -328,43 +333,109 @@ fn curl_form_uploads_make_tasks_and_are_limited() {
     assert_eq!(part_files, 0);
     assert_eq!(task_ids(&data), vec![id]);
 
-    // Translating other speech is refused, naming the language, once base has transcribed it
-    // (`text` has no keep-alive padding, so the status is the error's).
+    // Mandarin translated into English by base: whisper's translate task, a task of its own
+    // (`-base-tr`), English words and no Chinese characters; the answer's `language` is the
+    // output's (OpenAI documents a translation's as "english"), the task's transcript keeps
+    // the detected source language.
     let zh = repo_root().join("../shared/samples/aishell-BAC009S0724W0121.wav");
-    let zh = if zh.is_file() {
-        zh
-    } else {
-        let f = tmp.path().join("zh.wav");
-        let st = Command::new("espeak-ng")
-            .args(["-v", "cmn", "-w"])
-            .arg(&f)
-            .arg("广州市房地产中介协会分析今年的市场情况")
-            .status()
-            .expect("espeak-ng is required when ../shared/samples is absent");
-        assert!(st.success());
-        f
+    assert!(
+        zh.is_file(),
+        "the Mandarin sample {} is missing (../shared/samples)",
+        zh.display()
+    );
+    let zh_file = format!("file=@{}", zh.display());
+    let translate = |model: &str, format: &str| {
+        curl(&[
+            "-H",
+            &auth,
+            "-F",
+            &zh_file,
+            "-F",
+            &format!("model={model}"),
+            "-F",
+            &format!("response_format={format}"),
+            &format!("{base}/v1/audio/translations"),
+        ])
     };
-    let (code, body) = curl(&[
-        "-H",
-        &auth,
-        "-F",
-        &format!("file=@{}", zh.display()),
-        "-F",
-        "model=base",
-        "-F",
-        "response_format=text",
-        &format!("{base}/v1/audio/translations"),
-    ]);
+    let (code, body) = translate("base", "verbose_json");
+    assert_eq!(code, 200, "{body}");
+    let v = json(body.trim());
+    assert!(v.get("error").is_none(), "{body}");
+    assert_eq!(v["task"], "translate", "{v}");
+    assert_eq!(v["language"], "english", "{v}");
+    let text = v["text"].as_str().unwrap();
+    eprintln!("base translated the Mandarin sample as {text:?}");
+    assert!(
+        text.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c.is_ascii_punctuation() || c == ' '),
+        "not ASCII Latin text: {text:?}"
+    );
+    let lower = text.to_lowercase();
+    let words: Vec<&str> = lower
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let english = [
+        "the",
+        "of",
+        "and",
+        "a",
+        "is",
+        "in",
+        "to",
+        "this",
+        "year",
+        "market",
+        "real",
+        "estate",
+        "association",
+        "analysis",
+        "agency",
+        "city",
+        "housing",
+        "property",
+        "analyzes",
+        "analyses",
+        "analyzed",
+        "intermediary",
+    ];
+    let known = words.iter().filter(|w| english.contains(w)).count();
+    assert!(known >= 3, "fewer than 3 common English words in {text:?}");
+    let tr = task_ids(&data)
+        .into_iter()
+        .find(|t| t.ends_with("-base-tr"))
+        .expect("a translation task");
+    let (code, tj) = curl(&[&format!("{base}/api/tasks/{tr}/transcript.json")]);
+    assert_eq!(code, 200, "{tj}");
+    assert_eq!(json(&tj)["language"], "zh", "{tj}");
+    let (code, m) = curl(&[&format!("{base}/api/tasks/{tr}")]);
+    assert_eq!(code, 200);
+    assert_eq!(json(&m)["options"]["translate"], true, "{m}");
+    // `json` joins the same task.
+    let (code, body) = translate("base", "json");
+    assert_eq!(
+        (code, json(body.trim())["text"].clone()),
+        (200, v["text"].clone())
+    );
+    // tiny.en cannot translate: 400 in OpenAI's shape naming base, before any task exists.
+    let before = task_ids(&data);
+    let (code, body) = translate("tiny.en", "json");
     assert_eq!(code, 400, "{body}");
     let e = &json(&body)["error"];
-    assert_eq!(e["code"], "unsupported_language", "{body}");
-    assert!(
-        e["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("translating chinese speech into English is not supported"),
+    assert_eq!(
+        (e["type"].clone(), e["param"].clone(), e["code"].clone()),
+        (
+            "invalid_request_error".into(),
+            "model".into(),
+            "unsupported_value".into()
+        ),
         "{body}"
     );
+    assert!(
+        e["message"].as_str().unwrap().contains("model=base"),
+        "{body}"
+    );
+    assert_eq!(task_ids(&data), before);
 
     // A form without a file: 400 naming the field.
     let (code, body) = curl(&[

@@ -8,10 +8,10 @@
 //! again — its complete, intact stages are reused, except media a later stage found broken,
 //! which is downloaded again (and the answer says so); `fresh` forces a new task.
 //!
-//! Options ([`TaskOptions`]: the video's own captions instead of Whisper) are part of a
-//! task's identity too ([`TaskOptions::task_suffix`]). A playlist or channel submitted with
-//! `expand` ([`expand`]) is listed by yt-dlp and becomes one ordinary submit per video plus a
-//! batch record ([`Batch`], kept by the store) naming their tasks.
+//! Options ([`TaskOptions`]: the video's own captions instead of Whisper, a translation into
+//! English) are part of a task's identity too ([`TaskOptions::task_suffix`]). A playlist or
+//! channel submitted with `expand` ([`expand`]) is listed by yt-dlp and becomes one ordinary
+//! submit per video plus a batch record ([`Batch`], kept by the store) naming their tasks.
 
 use crate::domain::input;
 use crate::domain::input::{Input, InputPolicy};
@@ -191,9 +191,10 @@ pub async fn submit_with(
 }
 
 /// [`submit`] for a file uploaded over HTTP and kept by the store (`upload`): the task is
-/// `upload-<16 hex of the content's SHA-256>` plus the model's suffix, so the same bytes with
-/// the same model join one task whatever the file was called; `name` (the client's file
-/// name) is the manifest's `input`. Errors as [`submit`], without `Input`.
+/// `upload-<16 hex of the content's SHA-256>` plus the model's and the options' suffixes, so
+/// the same bytes with the same model and options join one task whatever the file was
+/// called; `name` (the client's file name) is the manifest's `input`; `opts` as for
+/// [`submit_with`] (a translation: `translate`). Errors as [`submit_with`], without `Input`.
 pub async fn submit_upload(
     data: &DataDir,
     producer: &Producer,
@@ -201,13 +202,14 @@ pub async fn submit_upload(
     name: &str,
     fresh: bool,
     model: &ModelRef,
+    opts: &TaskOptions,
 ) -> Result<Submitted, SubmitError> {
+    opts.validate().map_err(SubmitError::Options)?;
     let parsed = Input::Upload {
         sha256: upload.sha256.clone(),
         path: upload.path.clone(),
     };
-    let opts = TaskOptions::default();
-    submit_input(data, producer, parsed, name, fresh, model, &opts).await
+    submit_input(data, producer, parsed, name, fresh, model, opts).await
 }
 
 /// The common part of [`submit_with`] and [`submit_upload`]: `parsed` (given as `raw`) with

@@ -369,6 +369,7 @@ impl SubmitFlags {
             auto_captions: self.auto_captions,
             captions_lang: (self.captions_lang != DEFAULT_CAPTIONS_LANG)
                 .then(|| self.captions_lang.clone()),
+            translate: false,
         }
     }
 }

@@ -133,4 +133,35 @@ impl ModelRef {
             None => format!("-m{}", &self.sha256[..12.min(self.sha256.len())]),
         }
     }
+
+    /// True for an English-only model, which can neither detect a language nor translate:
+    /// tiny.en by its pinned SHA-256, another model file when its name ends in `.en`
+    /// (whisper's naming: `small.en`, `ggml-medium.en`).
+    pub fn english_only(&self) -> bool {
+        match ModelName::ALL
+            .into_iter()
+            .find(|m| m.sha256() == self.sha256)
+        {
+            Some(m) => m == ModelName::TinyEn,
+            None => self.name.to_ascii_lowercase().ends_with(".en"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn english_only_models_are_known_by_hash_or_name() {
+        let r = |name: &str, sha256: &str| ModelRef {
+            name: name.into(),
+            sha256: sha256.into(),
+            path: String::new(),
+        };
+        assert!(r("x", ModelName::TinyEn.sha256()).english_only());
+        assert!(!r("tiny.en", ModelName::Base.sha256()).english_only());
+        assert!(r("ggml-small.en", "ab").english_only());
+        assert!(!r("ggml-small", "ab").english_only());
+    }
 }

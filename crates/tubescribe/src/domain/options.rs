@@ -1,8 +1,9 @@
 //! What a submitter may ask of a task besides its input: whether a YouTube video's own
-//! captions stand in for Whisper ([`CaptionsMode`], [`TaskOptions`]), and the batch record a
+//! captions stand in for Whisper ([`CaptionsMode`], [`TaskOptions`]), whether Whisper
+//! translates the speech into English (`translate`), and the batch record a
 //! playlist or channel submitted with `expand` becomes ([`Batch`]). Plain data; the task id
-//! suffix that keeps a captions task apart from a Whisper task of the same video
-//! ([`TaskOptions::task_suffix`]) lives here too.
+//! suffix that keeps a captions task (or a translation) apart from a Whisper transcription of
+//! the same video ([`TaskOptions::task_suffix`]) lives here too.
 
 use serde::{Deserialize, Serialize};
 
@@ -68,6 +69,11 @@ pub struct TaskOptions {
     /// [`DEFAULT_CAPTIONS_LANG`]. Regional variants of it count (`en` takes `en-GB`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub captions_lang: Option<String>,
+    /// Whisper's translate task: the transcript is the speech translated into English
+    /// (multilingual models only), its `language` the detected source language. Off by
+    /// default (the speech is transcribed in its own language).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub translate: bool,
 }
 
 fn is_never(m: &CaptionsMode) -> bool {
@@ -88,11 +94,18 @@ impl TaskOptions {
     }
 
     /// Checks the options: a captions language is 2–3 letters, optionally followed by `-`
-    /// and up to three subtags of 2–8 letters or digits (`en`, `pt-BR`, `zh-Hant`).
+    /// and up to three subtags of 2–8 letters or digits (`en`, `pt-BR`, `zh-Hant`); a
+    /// translation runs Whisper, so it does not go with captions.
     ///
     /// # Errors
     /// One sentence, cause first.
     pub fn validate(&self) -> Result<(), String> {
+        if self.translate && self.captions != CaptionsMode::Never {
+            return Err(
+                "translate runs Whisper on the speech, so it cannot be combined with captions"
+                    .into(),
+            );
+        }
         if let Some(l) = &self.captions_lang {
             let mut parts = l.split('-');
             let primary = parts.next().unwrap_or_default();
@@ -112,18 +125,26 @@ impl TaskOptions {
         Ok(())
     }
 
-    /// What these options add to a task id, so a task whose transcript comes from captions
-    /// never joins (or is joined by) a Whisper task of the same video: nothing for
-    /// `captions: never`, else `-cc` + `p` (prefer) or `o` (only) + `a` when automatic
-    /// captions are accepted + `-` + the language, lowercased (`-ccp-en`, `-ccoa-pt-br`).
+    /// What these options add to a task id, so a task whose transcript comes from captions,
+    /// or is a translation, never joins (or is joined by) a Whisper transcription of the same
+    /// video: for captions (none for `captions: never`) `-cc` + `p` (prefer) or `o` (only) +
+    /// `a` when automatic captions are accepted + `-` + the language, lowercased (`-ccp-en`,
+    /// `-ccoa-pt-br`); then `-tr` for a translation.
     pub fn task_suffix(&self) -> String {
-        let mode = match self.captions {
-            CaptionsMode::Never => return String::new(),
-            CaptionsMode::Prefer => "p",
-            CaptionsMode::Only => "o",
+        let captions = match self.captions {
+            CaptionsMode::Never => String::new(),
+            mode => {
+                let mode = if mode == CaptionsMode::Prefer {
+                    "p"
+                } else {
+                    "o"
+                };
+                let auto = if self.auto_captions { "a" } else { "" };
+                format!("-cc{mode}{auto}-{}", self.lang().to_ascii_lowercase())
+            }
         };
-        let auto = if self.auto_captions { "a" } else { "" };
-        format!("-cc{mode}{auto}-{}", self.lang().to_ascii_lowercase())
+        let translate = if self.translate { "-tr" } else { "" };
+        format!("{captions}{translate}")
     }
 }
 
@@ -211,6 +232,20 @@ mod tests {
             "yt-dQw4w9WgXcQ{}",
             o.task_suffix()
         )));
+        // A translation is its own task, and does not go with captions.
+        let t = TaskOptions {
+            translate: true,
+            ..TaskOptions::default()
+        };
+        assert_eq!(t.task_suffix(), "-tr");
+        assert!(!t.is_default());
+        assert_eq!(t.validate(), Ok(()));
+        assert!(crate::domain::keys::valid_task_id(&format!(
+            "upload-0123456789abcdef-base{}",
+            t.task_suffix()
+        )));
+        o.translate = true;
+        assert!(o.validate().unwrap_err().contains("captions"));
     }
 
     #[test]

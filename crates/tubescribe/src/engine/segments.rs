@@ -428,7 +428,7 @@ pub async fn transcribe_segment(
     let range = Some((d.start_ms, d.end_ms));
     // No prompt from the previous segment: the unsplit path has none at its chunk
     // boundaries either, and the same words must come out of both paths.
-    let opts = transcribe::options(ctx);
+    let opts = transcribe::options(ctx, task)?;
     let threads = opts.threads;
     // Audio with no pause to cut in is one segment: nothing to count.
     let phase = match d.count {

@@ -7,7 +7,9 @@
 //! than `schedule.segment_s` is transcribed in ranges cut in pauses and joined
 //! ([`super::segmenting`]) — here in one process, one range after the other; the engine
 //! runs the same ranges as segment jobs of the queue with the same pieces. Decoding takes
-//! the first 10 % of the stage's progress, recognition the rest.
+//! the first 10 % of the stage's progress, recognition the rest. A task that asked for a
+//! translation (`options.translate`) runs every range with whisper's translate task
+//! ([`options`]): English text, the detected source language as the transcript's `language`.
 //!
 //! A task that asked for the video's own captions (`options.captions` prefer/only) and whose
 //! download stage found them ([`DownloadResult::captions`]) takes another path
@@ -30,7 +32,7 @@ use crate::domain::options::CaptionsMode;
 use crate::domain::transcript::Transcript;
 use crate::domain::Stage;
 use crate::observe::rss::RssReport;
-use crate::store::names;
+use crate::store::{names, TaskDir};
 use crate::tools::asr;
 use crate::tools::asr::{AsrModel, TranscribeOptions, WavTranscription};
 use crate::tools::media;
@@ -66,15 +68,20 @@ pub struct Recognized {
     pub wall_s: f64,
 }
 
-/// The recognition options of this worker: its thread share of the memory plan, the
+/// The recognition options of `task` on this worker: its thread share of the memory plan, the
 /// configured language, no prompt (ranges get none either, so a long file's words come out
-/// as an unsplit run's would).
-pub fn options(ctx: &StageCtx) -> TranscribeOptions {
-    TranscribeOptions {
+/// as an unsplit run's would), and Whisper's translate task when the task asked for a
+/// translation (`options.translate`).
+///
+/// # Errors
+/// The task's manifest cannot be read.
+pub fn options(ctx: &StageCtx, task: &TaskDir) -> Result<TranscribeOptions, StageError> {
+    Ok(TranscribeOptions {
         threads: ctx.job_threads(),
         language: ctx.cfg.language.clone(),
         initial_prompt: None,
-    }
+        translate: task.read_manifest()?.options.translate,
+    })
 }
 
 /// The recognition loop: transcribes the 16 kHz mono WAV at `wav` — the range
@@ -117,7 +124,8 @@ pub async fn recognize(
         .map_err(|e| StageError::permanent(format!("whisper panicked: {e}")))?
         .map_err(|e| match e {
             asr::AsrError::Aborted => StageError::cancelled(),
-            e @ asr::AsrError::UnsupportedLanguage { .. } => StageError::permanent(e.to_string()),
+            e @ (asr::AsrError::UnsupportedLanguage { .. }
+            | asr::AsrError::CannotTranslate { .. }) => StageError::permanent(e.to_string()),
             e if e.is_retryable() => StageError::retryable(format!("whisper failed: {e}")),
             e => StageError::permanent(format!("whisper failed: {e}")),
         })?;
@@ -161,7 +169,7 @@ pub async fn run(ctx: &StageCtx, job: &JobCtx) -> Result<StageOutput, StageError
             model.clone(),
             wav,
             None,
-            options(ctx),
+            options(ctx, &job.task)?,
             &job.cancel,
             TICK,
             report,
@@ -327,7 +335,7 @@ async fn transcribe_ranges(
             model.clone(),
             wav.clone(),
             range,
-            options(ctx),
+            options(ctx, &job.task)?,
             &job.cancel,
             TICK,
             report,

@@ -247,6 +247,7 @@ impl CreateOptions {
             captions,
             auto_captions: self.auto_captions,
             captions_lang: self.captions_lang.clone(),
+            translate: false,
         })
     }
 }
@@ -414,8 +415,16 @@ pub async fn create_upload(
         Some(raw) => Some(tasks::check_callback(&st.policy, &st.producer, raw)?),
         None => None,
     };
-    let s =
-        tasks::submit_upload(&st.data, &st.producer, upload, name, options.fresh, &model).await?;
+    let s = tasks::submit_upload(
+        &st.data,
+        &st.producer,
+        upload,
+        name,
+        options.fresh,
+        &model,
+        &TaskOptions::default(),
+    )
+    .await?;
     created(st, s, callback.as_ref()).await
 }
 

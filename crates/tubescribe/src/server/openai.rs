@@ -4,7 +4,7 @@
 //! | route | what |
 //! |---|---|
 //! | `POST /v1/audio/transcriptions` | multipart `file`, `model`, `language`, `prompt`, `response_format`, `timestamp_granularities[]`, `temperature` |
-//! | `POST /v1/audio/translations` | the same fields but `timestamp_granularities[]`; English speech only (below) |
+//! | `POST /v1/audio/translations` | the same fields but `timestamp_granularities[]`; into English, multilingual models only (below) |
 //! | `GET /v1/models` | the installed models, plus `whisper-1` (= the server's default model) |
 //!
 //! A request becomes an ordinary task ([`tasks::submit_upload`]: same queues, limits and
@@ -12,7 +12,8 @@
 //! summary is not awaited), from the task's transcript files:
 //!
 //! * `json` → `{text}`; `text` → the text; `srt`, `vtt` → the task's subtitle files;
-//! * `verbose_json` → `{task, language (whisper's full name, e.g. "english"), duration (s),
+//! * `verbose_json` → `{task, language (whisper's full name of the speech's language, e.g.
+//!   "german"; a translation's is `"english"`, as OpenAI documents it), duration (s),
 //!   text, segments: [{id, seek, start, end, text, tokens, temperature, avg_logprob,
 //!   compression_ratio, no_speech_prob}], words: [{word, start, end}] (only when
 //!   `timestamp_granularities[]` has `word`), usage: {type: "duration", seconds}}`. Times are
@@ -22,9 +23,12 @@
 //!   before whisper runs).
 //!
 //! `language`, `prompt` and `temperature` are accepted and checked for form, not applied (a
-//! task is identified by its content and model only). Translation into English is whisper's
-//! identity on English speech; other speech is refused with a 400 after transcription says
-//! which language it is.
+//! task is identified by its content, model and options only). A translation is a task of
+//! its own (`options.translate`, task id suffix `-tr`) run with whisper's translate task, so
+//! the text is English whatever was spoken; the task's `transcript.json` keeps the detected
+//! source language. English-only (`.en`) models have no translate task: asking one for a
+//! translation is a 400 (`param` `model`, `code` `unsupported_value`) before anything is
+//! submitted.
 //!
 //! **Long waits.** When the answer is not ready within the keep-alive interval (SSE's, 15 s by
 //! default), JSON answers (`json`, `verbose_json`) commit to 200 and send a space every
@@ -51,6 +55,7 @@ use super::upload::{self, FormError, UploadForm};
 use super::Shared;
 use crate::app::tasks::{self, StageWait};
 use crate::domain::manifest::{Manifest, TaskStatus};
+use crate::domain::options::TaskOptions;
 use crate::domain::transcript::Transcript;
 use crate::domain::Stage;
 use crate::store::names;
@@ -355,7 +360,22 @@ async fn start(
             }
             e => OpenAiError::from(ApiError::from(e)),
         })?;
-    let s = tasks::submit_upload(&st.data, &st.producer, stored, name, false, &model)
+    if task == "translate" && model.english_only() {
+        return Err(OpenAiError::invalid(
+            Some("model"),
+            format!(
+                "the model {} is English-only, so it cannot translate; send model=base \
+                 (or another multilingual model: GET /v1/models) to translate into English",
+                model.name
+            ),
+        )
+        .with(StatusCode::BAD_REQUEST, "unsupported_value"));
+    }
+    let opts = TaskOptions {
+        translate: task == "translate",
+        ..TaskOptions::default()
+    };
+    let s = tasks::submit_upload(&st.data, &st.producer, stored, name, false, &model, &opts)
         .await
         .map_err(|e| OpenAiError::from(ApiError::from(e)))?;
     tracing::info!(task = %s.task_id, existing = s.existing, endpoint = task, "OpenAI-compatible request");
@@ -367,10 +387,9 @@ async fn result(st: &Shared, task_id: &str, ask: &Ask) -> Result<Answer, OpenAiE
     let wait = tasks::wait_for_stage(&st.data, task_id, Stage::Transcribe, POLL)
         .await
         .map_err(|e| OpenAiError::from(ApiError::from(e)))?;
-    let m = match wait {
-        StageWait::Done(m) => m,
-        StageWait::Ended(m) => return Err(ended(&m)),
-    };
+    if let StageWait::Ended(m) = wait {
+        return Err(ended(&m));
+    }
     let task = st.data.task(task_id);
     let read = |name: &'static str| {
         std::fs::read_to_string(task.file(name)).map_err(|e| {
@@ -386,18 +405,6 @@ async fn result(st: &Shared, task_id: &str, ask: &Ask) -> Result<Answer, OpenAiE
                 names::TRANSCRIPT_JSON
             )))
         })?;
-    if ask.task == "translate" && transcript.language != "en" {
-        return Err(OpenAiError::invalid(
-            Some("file"),
-            format!(
-                "translating {} speech into English is not supported; \
-                 /v1/audio/transcriptions transcribes it in its own language (task {})",
-                crate::tools::asr::language_name(&transcript.language),
-                m.task_id
-            ),
-        )
-        .with(StatusCode::BAD_REQUEST, "unsupported_language"));
-    }
     Ok(match ask.format {
         Format::Json => (
             "application/json",
@@ -482,9 +489,15 @@ fn verbose(t: &Transcript, task: &str, words: bool) -> Value {
             })
         })
         .collect();
+    // OpenAI documents a translation's language as the output's, "english".
+    let language = if task == "translate" {
+        "en"
+    } else {
+        &t.language
+    };
     let mut v = json!({
         "task": task,
-        "language": crate::tools::asr::language_name(&t.language),
+        "language": crate::tools::asr::language_name(language),
         "duration": secs(t.duration_ms),
         "text": text_of(t),
         "segments": segments,
@@ -606,5 +619,12 @@ mod tests {
             json!([{"word": "And", "start": 0.32, "end": 0.9}, {"word": "so", "start": 0.9, "end": 2.5}])
         );
         assert!(verbose(&t, "transcribe", false).get("words").is_none());
+        // A translation's language is its output's, as OpenAI documents it.
+        let zh = Transcript {
+            language: "zh".into(),
+            ..t
+        };
+        assert_eq!(verbose(&zh, "transcribe", false)["language"], "chinese");
+        assert_eq!(verbose(&zh, "translate", false)["language"], "english");
     }
 }

@@ -78,6 +78,12 @@ pub enum AsrError {
         /// The model's name, e.g. `tiny.en`.
         model: String,
     },
+    /// Translation was asked of an English-only model, which has no translate task.
+    #[error("the model {model} is English-only, so it cannot translate; translation into English needs a multilingual model such as base")]
+    CannotTranslate {
+        /// The model's name, e.g. `ggml-tiny.en`.
+        model: String,
+    },
     /// The PCM buffer is empty.
     #[error("no audio samples to transcribe")]
     NoAudio,
@@ -135,6 +141,10 @@ pub struct TranscribeOptions {
     /// Text given to the decoder as preceding context (spellings, names, the previous chunk's
     /// tail). `None` = no prompt.
     pub initial_prompt: Option<String>,
+    /// Whisper's translate task: the text comes out in English whatever the speech's
+    /// language (multilingual models only; [`AsrError::CannotTranslate`] on `.en` models).
+    /// The reported language stays the detected (or forced) source language.
+    pub translate: bool,
 }
 
 impl Default for TranscribeOptions {
@@ -143,6 +153,7 @@ impl Default for TranscribeOptions {
             threads: 1,
             language: None,
             initial_prompt: None,
+            translate: false,
         }
     }
 }
@@ -462,6 +473,7 @@ impl AsrModel {
         if pcm.is_empty() {
             return Err(AsrError::NoAudio);
         }
+        self.check_translate(opts)?;
         let language: String = match (&opts.language, self.multilingual) {
             (None, true) => "auto".into(),
             (None, false) => "en".into(),
@@ -486,7 +498,7 @@ impl AsrModel {
         let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
         params.set_n_threads(opts.threads.clamp(1, i32::MAX as usize) as i32);
         params.set_language(Some(&language));
-        params.set_translate(false);
+        params.set_translate(opts.translate);
         params.set_n_max_text_ctx(PAST_TEXT_TOKENS);
         params.set_token_timestamps(true);
         params.set_print_special(false);
@@ -605,6 +617,7 @@ impl AsrModel {
         progress: Arc<AtomicU8>,
         abort: Arc<AtomicBool>,
     ) -> Result<WavTranscription, AsrError> {
+        self.check_translate(opts)?;
         let mut wav = WavSource::open(path)?;
         let file_len = wav.len;
         let to_sample = |ms: u64| ((ms * u64::from(SAMPLE_RATE) / 1000) as usize).min(file_len);
@@ -819,6 +832,16 @@ impl AsrModel {
                 segment_of(s.text, words)
             })
             .collect())
+    }
+
+    /// Refuses a translation on an English-only model ([`AsrError::CannotTranslate`]).
+    fn check_translate(&self, opts: &TranscribeOptions) -> Result<(), AsrError> {
+        if opts.translate && !self.multilingual {
+            return Err(AsrError::CannotTranslate {
+                model: self.name.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Refuses non-English speech on an English-only model ([`foreign_speech`]).
@@ -2159,6 +2182,14 @@ mod tests {
             ..Default::default()
         };
         assert!(m.transcribe(&[0.0; 16_000], &opts, p(), a()).is_err());
+        // tiny.en has no translate task.
+        let opts = TranscribeOptions {
+            translate: true,
+            ..Default::default()
+        };
+        let err = m.transcribe(&[0.0; 16_000], &opts, p(), a()).unwrap_err();
+        assert!(matches!(err, AsrError::CannotTranslate { .. }), "{err}");
+        assert!(err.to_string().contains("such as base"), "{err}");
     }
 
     /// The language guard's decision rule on measured identifications (base on the first
