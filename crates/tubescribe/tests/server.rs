@@ -96,22 +96,6 @@ async fn sse(
     }
 }
 
-async fn post(url: &str, body: Value) -> (u16, String, Value) {
-    let r = reqwest::Client::new()
-        .post(url)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let ct = r
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    (status, ct, r.json().await.unwrap_or(Value::Null))
-}
-
 async fn get(url: &str) -> (u16, String, String) {
     let r = reqwest::get(url).await.unwrap();
     let status = r.status().as_u16();

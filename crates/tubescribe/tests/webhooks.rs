@@ -118,14 +118,10 @@ fn config(tmp: &Path, backoff_s: f64, timeout_s: f64, extra: &str) -> PathBuf {
     p
 }
 
+/// [`common::post`] without the content type.
 async fn post(url: &str, body: Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(url)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    let (status, _, answer) = common::post(url, body).await;
+    (status, answer)
 }
 
 /// Waits (≤ `limit`) until `check` accepts task `id`'s manifest; returns it.

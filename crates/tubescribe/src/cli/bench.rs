@@ -978,14 +978,29 @@ async fn run_inner(
     })
 }
 
+/// A figure of the report's detail as `x.xx`, `-` when absent.
+fn fig(v: &serde_json::Value) -> String {
+    v.as_f64().map(|x| format!("{x:.2}")).unwrap_or("-".into())
+}
+
+/// A list of rates in the detail as `a/b` (jobs/s, no decimals).
+fn rates(v: &serde_json::Value) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_f64())
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join("/")
+        })
+        .unwrap_or_default()
+}
+
 /// One table row: figure, value, goal, ✔/✘ (blank where there is no goal), what it compares.
-fn row(
-    name: &str,
-    value: String,
-    goal: String,
-    met: Option<bool>,
-    note: impl Into<String>,
-) -> (String, String, String, &'static str, String) {
+type Row = (String, String, String, &'static str, String);
+
+/// A [`Row`]; `met` is `None` for a figure without a goal.
+fn row(name: &str, value: String, goal: String, met: Option<bool>, note: impl Into<String>) -> Row {
     let mark = match met {
         Some(true) => "✔",
         Some(false) => "✘",
@@ -995,25 +1010,13 @@ fn row(
 }
 
 impl BenchReport {
-    /// The figures as a text table (figure, value, goal, what it compares).
-    pub fn table(&self) -> String {
+    /// The rows of P1 and P2: the scheduler's figures.
+    fn scheduling_rows(&self) -> Vec<Row> {
         let d = &self.detail;
-        let f = |v: &serde_json::Value| v.as_f64().map(|x| format!("{x:.2}")).unwrap_or("-".into());
-        let rates = |v: &serde_json::Value| {
-            v.as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_f64())
-                        .map(|x| format!("{x:.0}"))
-                        .collect::<Vec<_>>()
-                        .join("/")
-                })
-                .unwrap_or_default()
-        };
+
         let floor = d["p1_floor"].as_f64().unwrap_or(f64::NAN);
         let p1_to_floor = self.p1_short_latency_ratio_max / floor;
-        let lat = |k: &str| f(&d["p6_latency_s"][k]);
-        let mut rows = vec![
+        vec![
             row(
                 "P1 short latency ratio (max)",
                 format!("{:.2}", self.p1_short_latency_ratio_max),
@@ -1028,8 +1031,8 @@ impl BenchReport {
                 Some(p1_to_floor <= 1.15),
                 format!(
                     "floor {} = the 5 shorts' CPU {} s ÷ cores ÷ longest solo latency: no scheduler can do better",
-                    f(&d["p1_floor"]),
-                    f(&d["solo_short_cpu_s"])
+                    fig(&d["p1_floor"]),
+                    fig(&d["solo_short_cpu_s"])
                 ),
             ),
             row(
@@ -1046,10 +1049,19 @@ impl BenchReport {
                 Some(self.p2_makespan_ratio <= 1.10),
                 format!(
                     "makespan {} s ÷ max(CPU {} s ÷ cores, chain)",
-                    f(&d["batch_makespan_s"]),
-                    f(&d["batch_cpu_s"])
+                    fig(&d["batch_makespan_s"]),
+                    fig(&d["batch_cpu_s"])
                 ),
             ),
+        ]
+    }
+
+    /// The rows of P3 to P6 and the load average: the stages', memory and queue figures.
+    fn stage_rows(&self) -> Vec<Row> {
+        let d = &self.detail;
+
+        let lat = |k: &str| fig(&d["p6_latency_s"][k]);
+        let mut rows = vec![
             row(
                 "P3 transcribe overhead ratio",
                 format!("{:.3}", self.p3_transcribe_overhead_ratio),
@@ -1057,8 +1069,8 @@ impl BenchReport {
                 Some(self.p3_transcribe_overhead_ratio <= 1.05),
                 format!(
                     "stage {} s ÷ whisper-rs {} s",
-                    f(&d["p3_stage_wall_s"]),
-                    f(&d["p3_direct_whisper_s"])
+                    fig(&d["p3_stage_wall_s"]),
+                    fig(&d["p3_direct_whisper_s"])
                 ),
             ),
             row(
@@ -1106,7 +1118,7 @@ impl BenchReport {
                 Some(self.p6_long_speedup >= 1.7),
                 format!(
                     "{} s talk in {} segments: 1×1 {} s ÷ 2×1 {} s (slots × threads); 1×2 {} s",
-                    f(&d["p6_long_audio_s"]),
+                    fig(&d["p6_long_audio_s"]),
                     d["p6_segments"],
                     lat("1x1"),
                     lat("2x1"),
@@ -1118,8 +1130,8 @@ impl BenchReport {
             "load average (1 min)",
             format!(
                 "{} → {}",
-                f(&d["load_avg_1m_start"]),
-                f(&d["load_avg_1m_end"])
+                fig(&d["load_avg_1m_start"]),
+                fig(&d["load_avg_1m_end"])
             ),
             "".into(),
             None,
@@ -1130,6 +1142,13 @@ impl BenchReport {
                 d["speech"].as_str().unwrap_or("")
             ),
         ));
+        rows
+    }
+
+    /// The figures as a text table (figure, value, goal, ✔/✘, what it compares).
+    pub fn table(&self) -> String {
+        let mut rows = self.scheduling_rows();
+        rows.extend(self.stage_rows());
         let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
         let w1 = rows.iter().map(|r| r.1.chars().count()).max().unwrap_or(0);
         let w2 = rows.iter().map(|r| r.2.chars().count()).max().unwrap_or(0);

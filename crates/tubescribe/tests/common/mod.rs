@@ -1055,3 +1055,24 @@ print("FILE " + dst, flush=True)
 pub fn scenario(dir: &Path, id: &str, v: serde_json::Value) {
     std::fs::write(dir.join(format!("{id}.json")), v.to_string()).unwrap();
 }
+
+/// POSTs `body` as JSON to `url`: (status, content type, the answer as JSON or `Null`).
+pub async fn post(url: &str, body: serde_json::Value) -> (u16, String, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (
+        status,
+        ct,
+        r.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
