@@ -300,7 +300,7 @@ enum Command {
         #[command(flatten)]
         data: LocalArgs,
     },
-    /// Run the benchmark (P1–P5, see the README) and print its table.
+    /// Run the benchmark (P1–P6, see the README) and print its table with each goal met (✔) or missed (✘).
     Bench {
         /// Smaller batch: ≈20 s shorts, a 2 min long task (a few minutes in all).
         #[arg(long)]
