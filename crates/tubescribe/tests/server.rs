@@ -99,11 +99,7 @@ async fn sse(
 async fn get(url: &str) -> (u16, String, String) {
     let r = reqwest::get(url).await.unwrap();
     let status = r.status().as_u16();
-    let ct = r
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
+    let ct = content_type(&r);
     (status, ct, r.text().await.unwrap())
 }
 
@@ -879,11 +875,7 @@ async fn class9_api_errors() {
         }
         let r = rq.send().await.unwrap();
         let s = r.status().as_u16();
-        let ct = r
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap().to_string())
-            .unwrap_or_default();
+        let ct = content_type(&r);
         let text = r.text().await.unwrap();
         (
             s,

@@ -1065,14 +1065,18 @@ pub async fn post(url: &str, body: serde_json::Value) -> (u16, String, serde_jso
         .await
         .unwrap();
     let status = r.status().as_u16();
-    let ct = r
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
+    let ct = content_type(&r);
     (
         status,
         ct,
         r.json().await.unwrap_or(serde_json::Value::Null),
     )
+}
+
+/// The `content-type` of answer `r`, empty when it has none.
+pub fn content_type(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
 }
