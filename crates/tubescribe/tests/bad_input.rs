@@ -993,6 +993,85 @@ fn class6_language_guard_keeps_english() {
     assert_thank_you_kept(&data, &manifest_for(&data, "thank_you_25.wav"));
 }
 
+/// Class 6 on the long-audio path (`segment_s` 60: segment jobs): the language guard listens
+/// once, at the split, to the first segment's speech. German speech over 60 s is refused
+/// there, before any segment job runs; 75 s of real English speech (LibriSpeech and jfk,
+/// twice) completes in two segments with base's English verdict recorded by the split, and
+/// both segments' words are in the transcript.
+#[test]
+fn class6_a_long_task_is_guarded_once_at_its_split() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let de_long = d.join("de_long.wav");
+    espeak("de", GERMAN_LONG, &de_long);
+    let twice_with_pauses = |clips: &[PathBuf], out: &Path| {
+        let mut samples = Vec::new();
+        for _ in 0..2 {
+            for c in clips {
+                samples.extend(pcm16k_i16(c, d));
+                samples.extend(std::iter::repeat_n(0i16, 16_000));
+            }
+        }
+        write_wav16k(out, &samples);
+    };
+    let de = d.join("de_long_twice.wav");
+    twice_with_pauses(&[de_long.clone(), de_long], &de);
+    let samples = repo_root().join("../shared/samples");
+    let en = d.join("english_twice.wav");
+    let clips: Vec<PathBuf> = [
+        "librispeech-1272-128104-0000.wav",
+        "librispeech-1995-1837-0001.wav",
+        "librispeech-2412-153948-0000.16k.wav",
+        "jfk.wav",
+    ]
+    .iter()
+    .map(|f| samples.join(f))
+    .collect();
+    twice_with_pauses(&clips, &en);
+    assert!(probe_duration(&de) > 90.0 && probe_duration(&en) > 70.0);
+    let data = d.join("data");
+    let run = run_with(
+        &data,
+        &["process", p(&de), p(&en)],
+        &[("TUBESCRIBE_SEGMENT_S", "60")],
+    );
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let m = manifest_for(&data, "de_long_twice.wav");
+    assert_failed(
+        &data,
+        &m,
+        "transcribe",
+        "unsupported language: no English speech was recognised (",
+        false,
+        1,
+    );
+    let msg = m["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("(the base model identified German (de, p = "),
+        "{msg}"
+    );
+    let detail = &m["stages"]["transcribe"]["detail"];
+    assert_eq!(
+        detail["segments_planned"],
+        serde_json::Value::Null,
+        "{detail}"
+    );
+    assert_eq!(detail["segment_runs"], serde_json::Value::Null, "{detail}");
+    let m = manifest_for(&data, "english_twice.wav");
+    assert_eq!(m["status"], "completed", "{m:#}");
+    let detail = &m["stages"]["transcribe"]["detail"];
+    assert_eq!(detail["segments_merged"], 2, "{detail}");
+    assert_eq!(detail["language_id"]["model"], "base", "{detail}");
+    assert_eq!(detail["language_id"]["language"], "en", "{detail}");
+    let text = words(&transcript_segments(&data, &m).join(" "));
+    assert_eq!(
+        text.matches("ask not what your country can do for you")
+            .count(),
+        2,
+        "{text}"
+    );
+}
+
 /// Class 6 (English-only model alone, no multilingual model installed): the text rules
 /// refuse German (a sentence and a 33 s passage) and Mandarin, and keep "Thank you for
 /// watching." ×25 because separate utterances each decode to it on their own.

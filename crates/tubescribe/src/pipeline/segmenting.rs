@@ -237,8 +237,8 @@ pub struct Joined {
 }
 
 /// Joins the ranges of one audio, given in order: [`merge`]s their segments, then cuts the
-/// repetition loops that run across a cut (those inside a range were cut already), and sums
-/// their figures.
+/// repetition loops that run across a cut ([`cut_loops_across`]; those inside a range were
+/// cut, or found real, by the range's own recognition), and sums their figures.
 pub fn join(parts: Vec<RangeText>) -> Joined {
     let mut joined = Joined {
         language: "en".into(),
@@ -246,6 +246,7 @@ pub fn join(parts: Vec<RangeText>) -> Joined {
     };
     let mut rtf_num = 0.0;
     let mut texts = Vec::with_capacity(parts.len());
+    let cuts: Vec<u64> = parts.iter().skip(1).map(|p| p.start_ms).collect();
     for p in parts {
         rtf_num += p.rtf * p.end_ms.saturating_sub(p.start_ms) as f64;
         joined.loops_cut += p.loops_cut;
@@ -255,11 +256,41 @@ pub fn join(parts: Vec<RangeText>) -> Joined {
         texts.push((p.end_ms, p.segments));
     }
     joined.segments = merge(&texts);
-    joined.loops_cut += asr::cut_repetition_loops(&mut joined.segments);
+    joined.loops_cut += cut_loops_across(&mut joined.segments, &cuts);
     if joined.total_ms > 0 {
         joined.rtf = rtf_num / joined.total_ms as f64;
     }
     joined
+}
+
+/// Cuts the repetition loops that run across the cuts `cuts_ms` of the joined `segments`
+/// (sorted by start) and returns how many it cut. A run of lines with the same words on both
+/// sides of a cut that has [`asr::LOOP_LINES`] or more on one side was checked by that
+/// range's recognition, which decodes a loop's audio again and keeps what comes back, so it
+/// is real speech (a phrase said again and again) and stays whole. A run with fewer lines on
+/// each side but [`asr::LOOP_LINES`] or more in all is a loop that neither range could see:
+/// its first line is kept.
+pub fn cut_loops_across(segments: &mut Vec<Segment>, cuts_ms: &[u64]) -> usize {
+    let mut cut = 0;
+    for &t in cuts_ms {
+        let next = segments.partition_point(|s| s.start_ms < t);
+        if next == 0 || next == segments.len() {
+            continue;
+        }
+        let words = asr::norm_words(&segments[next - 1].text);
+        if words.is_empty() {
+            continue;
+        }
+        let same = |s: &&Segment| asr::norm_words(&s.text) == words;
+        let before = segments[..next].iter().rev().take_while(same).count();
+        let after = segments[next..].iter().take_while(same).count();
+        let unseen = before < asr::LOOP_LINES && after < asr::LOOP_LINES;
+        if after > 0 && unseen && before + after >= asr::LOOP_LINES {
+            segments.drain(next - before + 1..next + after);
+            cut += 1;
+        }
+    }
+    cut
 }
 
 #[cfg(test)]
@@ -425,5 +456,23 @@ mod tests {
         assert_eq!(j.coverage.speech_ms, 30_000);
         assert!((j.rtf - (0.2 * 10.0 + 0.5 * 20.0) / 30.0).abs() < 1e-9);
         assert_eq!(join(Vec::new()).language, "en");
+        // A phrase said again and again: each range checked its own run of three or more
+        // lines, so the run across the cut is real speech and stays whole.
+        let said = |a: u64, n: u64| {
+            (0..n).map(move |k| seg(a + k * 2_000, a + k * 2_000 + 1_500, "Thank you."))
+        };
+        let j = join(vec![
+            part(0, 10_000, said(2_000, 4).collect(), 0.2, "en"),
+            part(10_000, 20_000, said(10_500, 3).collect(), 0.2, "en"),
+        ]);
+        assert_eq!(j.segments.len(), 7, "{:#?}", j.segments);
+        assert_eq!(j.loops_cut, 2, "the ranges' own counts only");
+        // Two lines before the cut, two after: a loop no range saw, kept once.
+        let mut segs: Vec<Segment> = said(4_000, 2).chain(said(10_000, 2)).collect();
+        assert_eq!(cut_loops_across(&mut segs, &[10_000]), 1);
+        assert_eq!(segs.len(), 1);
+        let mut segs: Vec<Segment> = said(4_000, 1).chain(said(10_000, 1)).collect();
+        assert_eq!(cut_loops_across(&mut segs, &[10_000]), 0);
+        assert_eq!(segs.len(), 2);
     }
 }

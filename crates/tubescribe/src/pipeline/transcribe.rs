@@ -81,7 +81,53 @@ pub fn options(ctx: &StageCtx, task: &TaskDir) -> Result<TranscribeOptions, Stag
         language: ctx.cfg.language.clone(),
         initial_prompt: None,
         translate: task.read_manifest()?.options.translate,
+        identified: None,
     })
+}
+
+/// The language guard once for a task transcribed in several runs: listens to the first
+/// speech of `[start_ms, end_ms)` of `wav` (the first segment) on a blocking thread
+/// ([`AsrModel::guard_range`]); its verdict goes to every run as
+/// [`TranscribeOptions::identified`], so no segment listens again. `None` when the guard
+/// does not apply.
+///
+/// # Errors
+/// As [`recognize`]: permanent for a refused language, `cancelled` after an abort.
+pub async fn identify(
+    model: Arc<AsrModel>,
+    wav: PathBuf,
+    range_ms: Option<(u64, u64)>,
+    opts: TranscribeOptions,
+    cancel: &CancellationToken,
+) -> Result<Option<asr::LanguageId>, StageError> {
+    let abort = Arc::new(AtomicBool::new(false));
+    let a2 = abort.clone();
+    let mut handle =
+        tokio::task::spawn_blocking(move || model.guard_range(&wav, range_ms, &opts, &a2));
+    let out = loop {
+        tokio::select! {
+            r = &mut handle => break r,
+            _ = cancel.cancelled(), if !abort.load(Ordering::Relaxed) => {
+                abort.store(true, Ordering::Relaxed);
+            }
+        }
+    };
+    out.map_err(|e| StageError::permanent(format!("the language guard panicked: {e}")))?
+        .map_err(stage_error)
+}
+
+/// The stage's failure class of a whisper error: `cancelled` after an abort; permanent for a
+/// refused language or translation and for a bad file; retryable for whisper failures that
+/// may pass.
+fn stage_error(e: asr::AsrError) -> StageError {
+    match e {
+        asr::AsrError::Aborted => StageError::cancelled(),
+        e @ (asr::AsrError::UnsupportedLanguage { .. } | asr::AsrError::CannotTranslate { .. }) => {
+            StageError::permanent(e.to_string())
+        }
+        e if e.is_retryable() => StageError::retryable(format!("whisper failed: {e}")),
+        e => StageError::permanent(format!("whisper failed: {e}")),
+    }
 }
 
 /// The recognition loop: transcribes the 16 kHz mono WAV at `wav` — the range
@@ -122,13 +168,7 @@ pub async fn recognize(
     let wall_s = started.elapsed().as_secs_f64();
     let out = out
         .map_err(|e| StageError::permanent(format!("whisper panicked: {e}")))?
-        .map_err(|e| match e {
-            asr::AsrError::Aborted => StageError::cancelled(),
-            e @ (asr::AsrError::UnsupportedLanguage { .. }
-            | asr::AsrError::CannotTranslate { .. }) => StageError::permanent(e.to_string()),
-            e if e.is_retryable() => StageError::retryable(format!("whisper failed: {e}")),
-            e => StageError::permanent(format!("whisper failed: {e}")),
-        })?;
+        .map_err(stage_error)?;
     Ok(Recognized { out, wall_s })
 }
 
@@ -317,6 +357,11 @@ async fn transcribe_ranges(
     let total_ms = *bounds.last().unwrap_or(&0);
     let n = bounds.len() - 1;
     tracing::info!(task = %job.task_id, segments = n, ?bounds, "long audio split (in process)");
+    // The language guard listens once, to the first range, for all of them.
+    let mut opts = options(ctx, &job.task)?;
+    let first = Some((bounds[0], bounds[1.min(n)]));
+    opts.identified =
+        identify(model.clone(), wav.clone(), first, opts.clone(), &job.cancel).await?;
     let mut runs = Vec::with_capacity(n);
     for (i, r) in bounds.windows(2).enumerate() {
         let (start_ms, end_ms) = (r[0], r[1]);
@@ -335,7 +380,7 @@ async fn transcribe_ranges(
             model.clone(),
             wav.clone(),
             range,
-            options(ctx, &job.task)?,
+            opts.clone(),
             &job.cancel,
             TICK,
             report,

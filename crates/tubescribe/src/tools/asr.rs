@@ -145,6 +145,11 @@ pub struct TranscribeOptions {
     /// language (multilingual models only; [`AsrError::CannotTranslate`] on `.en` models).
     /// The reported language stays the detected (or forced) source language.
     pub translate: bool,
+    /// The language guard's identification of this audio made once for the whole task
+    /// ([`AsrModel::guard_range`]: at the split of a long file, for every segment and range).
+    /// When set, the guard does not listen again: this verdict relaxes the text rules as if
+    /// it had. `None` = the guard listens to this run's first speech (when it applies).
+    pub identified: Option<LanguageId>,
 }
 
 impl Default for TranscribeOptions {
@@ -154,6 +159,7 @@ impl Default for TranscribeOptions {
             language: None,
             initial_prompt: None,
             translate: false,
+            identified: None,
         }
     }
 }
@@ -239,9 +245,10 @@ pub enum LanguageVerdict {
 }
 
 /// Seconds of speech (from the start, gate spans only) a multilingual model hears to
-/// identify the language: whisper's window is 30 s, and one encoder pass of base on it
-/// costs about as much as decoding 2–3 s of audio with tiny.en.
-pub const LANGUAGE_ID_SPEECH_S: usize = 30;
+/// identify the language. The encoder runs over that much audio only
+/// ([`AsrModel::identify_language`]): base on 15 s costs 0.9 s on 2 threads here against
+/// 2.2 s for whisper's whole 30 s window, with the same verdicts on the samples.
+pub const LANGUAGE_ID_SPEECH_S: usize = 15;
 /// [`LanguageVerdict::Foreign`] needs the top (non-English) language at least this probable …
 pub const LANGUAGE_ID_MIN_P: f32 = 0.5;
 /// … and English less probable than this. Measured with base (issue 11): English clips give
@@ -282,6 +289,13 @@ impl LanguageId {
             )
         })
     }
+}
+
+/// The encoder context (in encoder frames of 20 ms) that covers `samples` of 16 kHz audio,
+/// rounded up to a multiple of 64, at most whisper's 1500 (30 s).
+pub fn audio_ctx_for(samples: usize) -> i32 {
+    let frames = samples.div_ceil(320);
+    (frames.div_ceil(64) * 64).clamp(64, 1500) as i32
 }
 
 /// `german` → `German`.
@@ -393,7 +407,15 @@ impl AsrModel {
     /// Identifies the language of `pcm` (16 kHz mono f32; the first 30 s count): one mel
     /// spectrogram, one encoder pass and one decoder step (`whisper_pcm_to_mel` +
     /// `whisper_lang_auto_detect`), cheaper than a `full` run with language detection and
-    /// giving every language's probability. Blocks (≈0.5–2 s for base on 1–2 threads).
+    /// giving every language's probability.
+    ///
+    /// The encoder runs over `pcm`'s length only, not whisper's whole 30 s window
+    /// ([`audio_ctx_for`]): whisper.cpp's encoder uses the state's expected audio context,
+    /// which only a `full` run sets (`state->exp_n_audio_ctx = params.audio_ctx` in
+    /// `whisper_full_with_state`), so a `full` run over 100 ms (`duration_ms`, which returns
+    /// before encoding anything) sets it first. Measured with base on 2 threads here: 2.2 s
+    /// for any clip at 30 s, 0.27 s for 5 s of speech, 0.93 s for 15 s, the same top language
+    /// on English, Mandarin, German, Spanish and French clips (p within 0.15). Blocks.
     ///
     /// # Errors
     /// [`AsrError::NotMultilingual`] on an English-only model; [`AsrError::NoAudio`]; [`AsrError::State`] / [`AsrError::Transcription`]
@@ -412,6 +434,17 @@ impl AsrModel {
             .ctx
             .create_state()
             .map_err(|e| AsrError::State(e.to_string()))?;
+        let mut trim = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
+        trim.set_language(Some("en"));
+        trim.set_audio_ctx(audio_ctx_for(pcm.len()));
+        trim.set_duration_ms(100);
+        trim.set_print_progress(false);
+        trim.set_print_realtime(false);
+        trim.set_print_special(false);
+        trim.set_print_timestamps(false);
+        state
+            .full(trim, &[0.0; SAMPLE_RATE as usize])
+            .map_err(|e| AsrError::Transcription(format!("audio context: {e}")))?;
         state
             .pcm_to_mel(pcm, threads)
             .map_err(|e| AsrError::Transcription(format!("mel spectrogram: {e}")))?;
@@ -650,8 +683,10 @@ impl AsrModel {
             language_id: None,
             stock_confirmed: false,
         };
-        let guard = !self.multilingual && opts.language.is_none();
-        if let Some(lid) = self.language_id.as_deref().filter(|_| guard) {
+        if !self.multilingual && opts.language.is_none() {
+            out.language_id = opts.identified.clone();
+        }
+        if let Some(lid) = self.guard_model(opts) {
             out.language_id = self.guard_language(lid, &mut wav, &spans, opts.threads, &abort)?;
         }
         // Pass 2: one whisper run per chunk.
@@ -740,6 +775,48 @@ impl AsrModel {
         out.segments = segments;
         progress.store(100, Ordering::Relaxed);
         Ok(out)
+    }
+
+    /// The language guard alone over `[start_ms, end_ms)` of the WAV at `path` (the whole
+    /// file for `None`): what [`AsrModel::transcribe_wav_range`] would identify there, for a
+    /// task whose audio is transcribed in several runs, so that the guard listens once per
+    /// task (its result goes to every run as [`TranscribeOptions::identified`]). `Ok(None)`
+    /// when the guard does not apply (a multilingual model, a forced language, no
+    /// multilingual model attached) or the range has no speech.
+    ///
+    /// # Errors
+    /// [`AsrError::UnsupportedLanguage`] for a foreign verdict; [`AsrError::Aborted`]; a
+    /// file that cannot be read; whisper.cpp's errors.
+    pub fn guard_range(
+        &self,
+        path: &Path,
+        range_ms: Option<(u64, u64)>,
+        opts: &TranscribeOptions,
+        abort: &AtomicBool,
+    ) -> Result<Option<LanguageId>, AsrError> {
+        let Some(lid) = self.guard_model(opts) else {
+            return Ok(None);
+        };
+        let mut wav = WavSource::open(path)?;
+        let file_len = wav.len;
+        let to_sample = |ms: u64| ((ms * u64::from(SAMPLE_RATE) / 1000) as usize).min(file_len);
+        let (first, last) = match range_ms {
+            Some((a, b)) => (to_sample(a), to_sample(b).max(to_sample(a))),
+            None => (0, file_len),
+        };
+        let rms = wav.frame_rms(first, last - first)?;
+        let spans: Vec<(usize, usize)> = speech_spans(&rms, last - first)
+            .into_iter()
+            .map(|(a, b)| (a + first, b + first))
+            .collect();
+        self.guard_language(lid, &mut wav, &spans, opts.threads, abort)
+    }
+
+    /// The multilingual model the language guard listens with for a run with `opts`: the
+    /// attached one, on an English-only model with no language forced and no verdict given.
+    fn guard_model(&self, opts: &TranscribeOptions) -> Option<&AsrModel> {
+        let guard = !self.multilingual && opts.language.is_none() && opts.identified.is_none();
+        self.language_id.as_deref().filter(|_| guard)
     }
 
     /// Pass 2 of [`AsrModel::transcribe_wav_range`]: one whisper run per chunk of the speech
@@ -1683,8 +1760,12 @@ pub(crate) fn norm_words(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// Consecutive segments with the same words that make a repetition loop
+/// ([`cut_repetition_loops`]).
+pub const LOOP_LINES: usize = 3;
+
 /// Cuts Whisper's repetition loops in place and returns how many loops were cut:
-/// * three or more consecutive segments with the same words keep only the first;
+/// * [`LOOP_LINES`] or more consecutive segments with the same words keep only the first;
 /// * inside one segment, a phrase of 2–12 words repeated back to back four or more times,
 ///   or a single word six or more times, is kept once (the segment's text is rebuilt from
 ///   its words, keeping the original spelling of the first occurrence).
@@ -1744,7 +1825,7 @@ pub fn cut_repetition_loops(segments: &mut Vec<Segment>) -> usize {
         while j < segments.len() && !w.is_empty() && norm_words(&segments[j].text) == w {
             j += 1;
         }
-        if j - i >= 3 {
+        if j - i >= LOOP_LINES {
             cut += 1;
             out.push(segments[i].clone());
         } else {
@@ -1830,17 +1911,37 @@ mod tests {
     /// `shared/samples/jfk.wav` (11 s, 16 kHz mono s16): `$TUBESCRIBE_SAMPLES/jfk.wav`, else
     /// the `shared/` beside the repository, else `/work/shared/samples`.
     fn jfk() -> Vec<f32> {
+        read_wav_16k_mono(&sample("jfk.wav")).expect("read jfk.wav")
+    }
+
+    /// `shared/samples/<name>`: `$TUBESCRIBE_SAMPLES`, else the `shared/` beside the
+    /// repository, else `/work/shared/samples`.
+    fn sample(name: &str) -> PathBuf {
         let candidates = [
-            std::env::var_os("TUBESCRIBE_SAMPLES").map(|d| PathBuf::from(d).join("jfk.wav")),
-            Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/samples/jfk.wav")),
-            Some(PathBuf::from("/work/shared/samples/jfk.wav")),
+            std::env::var_os("TUBESCRIBE_SAMPLES").map(|d| PathBuf::from(d).join(name)),
+            Some(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../../shared/samples")
+                    .join(name),
+            ),
+            Some(PathBuf::from("/work/shared/samples").join(name)),
         ];
-        let path = candidates
+        candidates
             .into_iter()
             .flatten()
             .find(|p| p.is_file())
-            .expect("shared/samples/jfk.wav not found (set TUBESCRIBE_SAMPLES)");
-        read_wav_16k_mono(&path).expect("read jfk.wav")
+            .unwrap_or_else(|| panic!("shared/samples/{name} not found (set TUBESCRIBE_SAMPLES)"))
+    }
+
+    /// tiny.en with the multilingual base (`<workspace>/models/ggml-base.bin`, installed by
+    /// `scripts/setup.sh --test`) attached as the language guard's model.
+    fn guarded() -> &'static AsrModel {
+        static GUARDED: OnceLock<AsrModel> = OnceLock::new();
+        GUARDED.get_or_init(|| {
+            let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/ggml-base.bin");
+            let base = AsrModel::load(&base).expect("the base model (scripts/setup.sh --test)");
+            model().with_language_id(Arc::new(base))
+        })
     }
 
     fn normalise(s: &str) -> String {
@@ -2222,6 +2323,87 @@ mod tests {
         );
         assert_eq!(id("en", 0.96, 0.96).refusal(), None);
         assert_eq!(id("nl", 0.4, 0.3).refusal(), None);
+    }
+
+    /// The guard on whole files, with one thread and with two: English comes back with
+    /// base's identification, Mandarin is refused with base's verdict.
+    #[test]
+    fn the_guard_keeps_english_and_refuses_mandarin() {
+        let m = guarded();
+        for threads in [1, 2] {
+            let opts = TranscribeOptions {
+                threads,
+                ..TranscribeOptions::default()
+            };
+            let flags = || (Arc::new(AtomicU8::new(0)), Arc::new(AtomicBool::new(false)));
+            let (p, a) = flags();
+            let out = m.transcribe_wav(&sample("jfk.wav"), &opts, p, a).unwrap();
+            let id = out.language_id.expect("base listened");
+            assert_eq!((id.model.as_str(), id.language.as_str()), ("base", "en"));
+            assert!(id.p_en >= 0.5, "{id:?}");
+            assert!(normalise(&out.segments[0].text).starts_with("and so my fellow americans"));
+            let (p, a) = flags();
+            let zh = sample("aishell-BAC009S0724W0121.wav");
+            let err = m.transcribe_wav(&zh, &opts, p, a).unwrap_err();
+            assert!(
+                matches!(&err, AsrError::UnsupportedLanguage { reason, .. }
+                    if reason.starts_with("the base model identified Chinese (zh, p = ")),
+                "threads {threads}: {err}"
+            );
+        }
+    }
+
+    /// A verdict given in the options is taken as it is (nobody listens again: base would
+    /// say p_en ≈ 0.96 for jfk); [`AsrModel::guard_range`] listens to a range's first speech
+    /// and returns nothing when the guard does not apply.
+    #[test]
+    fn a_given_verdict_is_not_heard_again() {
+        let m = guarded();
+        let given = LanguageId {
+            model: "base".into(),
+            language: "en".into(),
+            p: 0.123,
+            p_en: 0.123,
+            speech_ms: 1,
+        };
+        let opts = TranscribeOptions {
+            identified: Some(given.clone()),
+            ..TranscribeOptions::default()
+        };
+        let abort = Arc::new(AtomicBool::new(false));
+        let jfk = sample("jfk.wav");
+        let out = m
+            .transcribe_wav(&jfk, &opts, Arc::new(AtomicU8::new(0)), abort.clone())
+            .unwrap();
+        assert_eq!(out.language_id, Some(given));
+        let plain = TranscribeOptions::default();
+        let id = m
+            .guard_range(&jfk, Some((0, 5_000)), &plain, &abort)
+            .unwrap();
+        let id = id.expect("base listened");
+        assert_eq!(id.language, "en");
+        assert!(id.speech_ms <= 5_000, "{id:?}");
+        assert_eq!(
+            model().guard_range(&jfk, None, &plain, &abort).unwrap(),
+            None
+        );
+        let forced = TranscribeOptions {
+            language: Some("en".into()),
+            ..TranscribeOptions::default()
+        };
+        assert_eq!(m.guard_range(&jfk, None, &forced, &abort).unwrap(), None);
+    }
+
+    /// The encoder context covers the audio: 20 ms per frame, in steps of 64 frames, between
+    /// 64 and whisper's 1500.
+    #[test]
+    fn the_encoder_context_covers_the_audio() {
+        assert_eq!(audio_ctx_for(0), 64);
+        assert_eq!(audio_ctx_for(16_000), 64); // 1 s = 50 frames
+        assert_eq!(audio_ctx_for(15 * 16_000), 768); // 750 frames
+        assert_eq!(audio_ctx_for(15 * 16_000 + 1), 768);
+        assert_eq!(audio_ctx_for(30 * 16_000), 1500);
+        assert_eq!(audio_ctx_for(60 * 16_000), 1500);
     }
 
     /// `identify_language` needs a multilingual model: tiny.en says so instead of guessing.
