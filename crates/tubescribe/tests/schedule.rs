@@ -147,7 +147,7 @@ async fn a_short_task_goes_before_the_rest_of_a_long_tasks_segments() {
     // The long task's flow (its transcribe job is the segments' parent), then its segments.
     app.producer.add_task("long").await.unwrap();
     let bounds: Vec<u64> = (0..=20).map(|i| i * 30_000).collect();
-    for seg in segment_jobs("long", &bounds, None).unwrap() {
+    for seg in segment_jobs("long", &bounds).unwrap() {
         sched.add_flow(seg).await.unwrap();
     }
 

@@ -8,7 +8,7 @@
 //!   and inside their segments;
 //! * a 12-minute recording of 12 announcements (real speech) separated by pauses of 20–80 s loses
 //!   none of them and places each within ±2 s of its true start, unsplit and through the real
-//!   pipeline's segment jobs at `segment_s` 120 and 600 (WER within 1 point of unsplit), and
+//!   pipeline's segment jobs at `segment_s` 60 and 600 (WER within 1 point of unsplit), and
 //!   no line repeats three times;
 //! * every subtitle cue of a ≥ 5 min talk obeys the cue rules.
 
@@ -299,7 +299,7 @@ fn announcements_survive_long_audio_split_or_not() {
     eprintln!("unsplit: WER {:.2} %", wer_unsplit * 100.0);
 
     let mut wers = Vec::new();
-    for segment_s in ["120", "600"] {
+    for segment_s in ["60", "600"] {
         let data = tmp.path().join(format!("data-{segment_s}"));
         let run = tubescribe_env(
             &data,

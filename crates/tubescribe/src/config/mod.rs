@@ -125,6 +125,12 @@ fn model_path(given: Option<PathBuf>, data_dir: &Path) -> PathBuf {
     }
 }
 
+/// Default `schedule.segment_s`: audio longer than 60 s is cut into segment jobs of about a
+/// minute. Measured with `tubescribe bench --quick` on a quiet 2-core machine (tiny.en, language
+/// guard on), 60 / 120 / 600 s: P1 ÷ floor 1.17 / 1.16 / 1.57, P2 1.03 / 1.07 / 1.04, the
+/// 12-minute talk's 2-slot speedup P6 1.97 / 1.71 / 1.76.
+pub const DEFAULT_SEGMENT_S: f64 = 60.0;
+
 /// Scheduling settings after resolution (`[schedule]`, `TUBESCRIBE_SEGMENT_S`,
 /// `TUBESCRIBE_AGING_RATE`, `TUBESCRIBE_MEMORY_BUDGET_MB`, `TUBESCRIBE_TRANSCRIBE_CORES`).
 #[derive(Debug, Clone, PartialEq)]
@@ -771,7 +777,7 @@ fn resolve_schedule(f: &ScheduleFile, cores: usize) -> Result<ScheduleSettings, 
     };
     let segment_s = env_parse::<f64>("TUBESCRIBE_SEGMENT_S", "schedule.segment_s")?
         .or(f.segment_s)
-        .unwrap_or(600.0);
+        .unwrap_or(DEFAULT_SEGMENT_S);
     if segment_s.is_nan() || segment_s < 60.0 {
         return Err(invalid("schedule.segment_s", "must be at least 60 seconds"));
     }

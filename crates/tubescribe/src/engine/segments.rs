@@ -9,7 +9,7 @@
 //! # Flow
 //!
 //! A task's transcribe job (`tr-<task>`) whose audio is longer than `schedule.segment_s`
-//! (default 600 s) runs in two steps, BullMQ's "step job" idiom:
+//! (default 60 s) runs in two steps, BullMQ's "step job" idiom:
 //!
 //! 1. **split** — decode `audio.wav`, choose cut points in silence
 //!    ([`segmenting::find_cuts`]), store them in the job's data (`cuts_ms`), add one segment
@@ -26,7 +26,10 @@
 //!    Each segment job is an ordinary transcribe-queue job, so the segments of one long video
 //!    run in parallel on every free transcribe slot of every machine and obey the memory
 //!    budget. No text passes between segments (each is transcribed exactly like a chunk of the
-//!    unsplit path), so nothing orders them. Their priority is the *task's* audio length when
+//!    unsplit path), so nothing orders them. The language guard (English-only model) listens
+//!    in the first segment only and its verdict stands for the task: a refusal there fails
+//!    the task; the other segments run with English set. So the split itself stays short
+//!    (decode and cut points) and holds its slot as briefly as possible. Their priority is the *task's* audio length when
 //!    it was split — its remaining work — aged like any other job (`schedule.rs`), so a short
 //!    task that arrives meanwhile goes before the long task's remaining segments.
 //! 2. **merge** — when the last segment completes BullMQ releases the transcribe job again;
@@ -64,7 +67,6 @@ use crate::pipeline::transcribe;
 use crate::pipeline::transcribe::{TranscribeResult, DECODE_SHARE};
 use crate::pipeline::{JobCtx, Measure, StageCtx, StageError, StageOutput};
 use crate::store::names;
-use crate::tools::asr::{LanguageId, TranscribeOptions};
 
 /// The transcribe stage detail key recording each segment's completed run:
 /// `{"<i>": {"started_at", "finished_at", "completions"}}` (ms since the epoch).
@@ -91,10 +93,6 @@ pub struct SegmentData {
     /// The priority basis in seconds, read by the priority ager: the task's audio length when
     /// it was split (its remaining work then), not this segment's own length.
     pub audio_s: f64,
-    /// The language guard's verdict, identified once at the split from the first segment's
-    /// speech; `None` when the guard does not apply. No segment listens again.
-    #[serde(default)]
-    pub language_id: Option<LanguageId>,
 }
 
 impl SegmentData {
@@ -132,12 +130,8 @@ pub struct SegmentResult {
 
 /// The segment jobs of `task_id` with boundaries `bounds_ms` (0, cuts…, total): one job per
 /// range, each a child of the task's transcribe job (a fan-out), all with the task's audio
-/// length as their priority basis and the split's language verdict `language_id`.
-pub fn segment_jobs(
-    task_id: &str,
-    bounds_ms: &[u64],
-    language_id: Option<&LanguageId>,
-) -> Result<Vec<FlowJob>, bullmq::Error> {
+/// length as their priority basis.
+pub fn segment_jobs(task_id: &str, bounds_ms: &[u64]) -> Result<Vec<FlowJob>, bullmq::Error> {
     let count = bounds_ms.len().saturating_sub(1);
     let total_ms = *bounds_ms.last().unwrap_or(&0);
     let audio_s = total_ms as f64 / 1000.0;
@@ -154,7 +148,6 @@ pub fn segment_jobs(
                 end_ms: bounds_ms[i + 1],
                 total_ms,
                 audio_s,
-                language_id: language_id.cloned(),
             };
             let opts = JobOptions::new()
                 .job_id(segment_job_id(task_id, i))
@@ -218,30 +211,24 @@ pub async fn run_long(
     job: &Job,
     sched: &Scheduler,
 ) -> Result<Done, StageError> {
-    let (bounds, language_id): (Vec<u64>, Option<LanguageId>) = match job.data().get("cuts_ms") {
-        Some(v) => (
-            serde_json::from_value(v.clone())
-                .map_err(|e| StageError::permanent(format!("malformed cut points: {e}")))?,
-            serde_json::from_value(job.data()["language_id"].clone()).unwrap_or(None),
-        ),
+    let bounds: Vec<u64> = match job.data().get("cuts_ms") {
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|e| StageError::permanent(format!("malformed cut points: {e}")))?,
         None => {
-            let (bounds, language_id) = split(ctx, jctx).await?;
+            let bounds = split(ctx, jctx).await?;
             let mut data = job.data().clone();
             if let Some(o) = data.as_object_mut() {
                 o.insert("cuts_ms".into(), serde_json::json!(bounds));
-                o.insert("language_id".into(), serde_json::json!(language_id));
             }
             let mut j = job.clone();
             j.update_data(data)
                 .await
                 .map_err(retryable("cannot store cut points"))?;
-            (bounds, language_id)
+            bounds
         }
     };
     // Fixed job ids: adding them again after a crash is a no-op for those already there.
-    let segments = segment_jobs(&jctx.task_id, &bounds, language_id.as_ref())
-        .map_err(retryable("segment jobs"))?;
-    for seg in segments {
+    for seg in segment_jobs(&jctx.task_id, &bounds).map_err(retryable("segment jobs"))? {
         sched
             .add_flow(seg)
             .await
@@ -268,17 +255,9 @@ pub async fn run_long(
     .map(Done::Output)
 }
 
-/// Split step: decode, find cuts, let the language guard listen to the first segment's
-/// speech once for all segments, record them in the manifest. Returns the boundaries in ms
-/// (0, cuts…, total) and the guard's verdict (`None` when it does not apply).
-///
-/// # Errors
-/// A missing model or media, a failed decode, the guard's refusal (permanent: the task fails
-/// before any segment runs).
-async fn split(
-    ctx: &StageCtx,
-    jctx: &JobCtx,
-) -> Result<(Vec<u64>, Option<LanguageId>), StageError> {
+/// Split step: decode, find cuts, record them in the manifest. Returns the boundaries in ms
+/// (0, cuts…, total).
+async fn split(ctx: &StageCtx, jctx: &JobCtx) -> Result<Vec<u64>, StageError> {
     let dl = download_result(jctx)?;
     let media = jctx.task.input(&dl.media)?;
     if !media.is_file() {
@@ -292,13 +271,7 @@ async fn split(
     jctx.report(DECODE_SHARE, Some("finding pauses"));
     let wav = jctx.task.file(names::AUDIO_WAV);
     let bounds = segmenting::plan(&wav, ctx.cfg.schedule.segment_s).await?;
-    jctx.report(DECODE_SHARE, Some("identifying the language"));
-    let model = ctx.task_asr(&jctx.task).await?;
-    let first = Some((bounds[0], bounds[1.min(bounds.len() - 1)]));
-    let opts = transcribe::options(ctx, &jctx.task)?;
-    let language_id = transcribe::identify(model, wav, first, opts, &jctx.cancel).await?;
     let b2 = bounds.clone();
-    let id2 = language_id.clone();
     let attempt = jctx.attempt;
     let started = jctx
         .task
@@ -314,12 +287,9 @@ async fn split(
         }
         d.insert("split_attempt".into(), serde_json::json!(attempt));
         d.insert("phase".into(), serde_json::json!("transcribing segments"));
-        if let Some(id) = id2 {
-            d.insert("language_id".into(), serde_json::json!(id));
-        }
     })?;
     tracing::info!(task = %jctx.task_id, segments = bounds.len() - 1, ?bounds, "long audio split");
-    Ok((bounds, language_id))
+    Ok(bounds)
 }
 
 /// The segment jobs' results as the ranges `bounds` (ms) of the task's audio, in order, and
@@ -444,8 +414,9 @@ async fn merge_step(
 }
 
 /// The work of one segment job (`attempt.rs` runs the protocol around it): transcribes its
-/// slice of `audio.wav` like a chunk of the unsplit path (same speech gate, loop cutting and
-/// language check; timestamps on `audio.wav`'s timeline), reports the task's
+/// slice of `audio.wav` like a chunk of the unsplit path (same speech gate and loop cutting;
+/// the first segment's language check stands for the task, [`transcribe::range_options`];
+/// timestamps on `audio.wav`'s timeline), reports the task's
 /// duration-weighted progress, records its figures in the transcribe stage's detail (fenced:
 /// a superseded run records nothing) and returns a [`SegmentResult`] with its measurement.
 pub async fn transcribe_segment(
@@ -461,10 +432,7 @@ pub async fn transcribe_segment(
     let range = Some((d.start_ms, d.end_ms));
     // No prompt from the previous segment: the unsplit path has none at its chunk
     // boundaries either, and the same words must come out of both paths.
-    let opts = TranscribeOptions {
-        identified: d.language_id.clone(),
-        ..transcribe::options(ctx, task)?
-    };
+    let opts = transcribe::range_options(ctx, task, &model, d.index)?;
     let threads = opts.threads;
     // Audio with no pause to cut in is one segment: nothing to count.
     let phase = match d.count {
@@ -490,6 +458,7 @@ pub async fn transcribe_segment(
     let audio_s = (d.end_ms - d.start_ms) as f64 / 1000.0;
     let rtf = if audio_s > 0.0 { wall / audio_s } else { 0.0 };
     let model_name = model.name().to_string();
+    let language_id = out.language_id.clone();
     // Fenced: a run superseded meanwhile records nothing.
     let recorded = task.modify_manifest(|m| {
         fence.is_current(m, jctx.attempt) && {
@@ -519,6 +488,10 @@ pub async fn transcribe_segment(
             detail.insert("model".into(), serde_json::json!(model_name));
             detail.insert("threads".into(), serde_json::json!(threads));
             detail.insert("segments_done".into(), serde_json::json!(done));
+            // The language guard of the first segment judged the task (`range_options`).
+            if d.index == 0 {
+                detail.insert("language_id".into(), serde_json::json!(language_id));
+            }
             true
         }
     })?;
@@ -554,7 +527,7 @@ mod tests {
             Some("yt-abc")
         );
         assert_eq!(crate::domain::keys::task_of_segment_job("sum-yt-abc"), None);
-        let jobs = segment_jobs("t", &[0, 600_000, 1_200_000, 1_500_000], None).unwrap();
+        let jobs = segment_jobs("t", &[0, 600_000, 1_200_000, 1_500_000]).unwrap();
         assert_eq!(jobs.len(), 3);
         for (i, j) in jobs.iter().enumerate() {
             let v = format!("{j:?}");

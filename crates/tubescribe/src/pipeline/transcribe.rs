@@ -81,53 +81,29 @@ pub fn options(ctx: &StageCtx, task: &TaskDir) -> Result<TranscribeOptions, Stag
         language: ctx.cfg.language.clone(),
         initial_prompt: None,
         translate: task.read_manifest()?.options.translate,
-        identified: None,
     })
 }
 
-/// The language guard once for a task transcribed in several runs: listens to the first
-/// speech of `[start_ms, end_ms)` of `wav` (the first segment) on a blocking thread
-/// ([`AsrModel::guard_range`]); its verdict goes to every run as
-/// [`TranscribeOptions::identified`], so no segment listens again. `None` when the guard
-/// does not apply.
+/// [`options`] for range `index` (0-based) of a task transcribed in ranges or segment jobs.
+/// The first range's language guard stands for the task: on an English-only model with no
+/// language configured, the other ranges run with English set, so the guard's multilingual
+/// model listens once per task (≈ 1–2 s of CPU each time) and a later range's text rules
+/// cannot refuse what the first range found to be English. A refusal by the first range
+/// fails the task.
 ///
 /// # Errors
-/// As [`recognize`]: permanent for a refused language, `cancelled` after an abort.
-pub async fn identify(
-    model: Arc<AsrModel>,
-    wav: PathBuf,
-    range_ms: Option<(u64, u64)>,
-    opts: TranscribeOptions,
-    cancel: &CancellationToken,
-) -> Result<Option<asr::LanguageId>, StageError> {
-    let abort = Arc::new(AtomicBool::new(false));
-    let a2 = abort.clone();
-    let mut handle =
-        tokio::task::spawn_blocking(move || model.guard_range(&wav, range_ms, &opts, &a2));
-    let out = loop {
-        tokio::select! {
-            r = &mut handle => break r,
-            _ = cancel.cancelled(), if !abort.load(Ordering::Relaxed) => {
-                abort.store(true, Ordering::Relaxed);
-            }
-        }
-    };
-    out.map_err(|e| StageError::permanent(format!("the language guard panicked: {e}")))?
-        .map_err(stage_error)
-}
-
-/// The stage's failure class of a whisper error: `cancelled` after an abort; permanent for a
-/// refused language or translation and for a bad file; retryable for whisper failures that
-/// may pass.
-fn stage_error(e: asr::AsrError) -> StageError {
-    match e {
-        asr::AsrError::Aborted => StageError::cancelled(),
-        e @ (asr::AsrError::UnsupportedLanguage { .. } | asr::AsrError::CannotTranslate { .. }) => {
-            StageError::permanent(e.to_string())
-        }
-        e if e.is_retryable() => StageError::retryable(format!("whisper failed: {e}")),
-        e => StageError::permanent(format!("whisper failed: {e}")),
+/// As [`options`].
+pub fn range_options(
+    ctx: &StageCtx,
+    task: &TaskDir,
+    model: &AsrModel,
+    index: usize,
+) -> Result<TranscribeOptions, StageError> {
+    let mut opts = options(ctx, task)?;
+    if index > 0 && !model.is_multilingual() && opts.language.is_none() {
+        opts.language = Some("en".into());
     }
+    Ok(opts)
 }
 
 /// The recognition loop: transcribes the 16 kHz mono WAV at `wav` — the range
@@ -168,7 +144,13 @@ pub async fn recognize(
     let wall_s = started.elapsed().as_secs_f64();
     let out = out
         .map_err(|e| StageError::permanent(format!("whisper panicked: {e}")))?
-        .map_err(stage_error)?;
+        .map_err(|e| match e {
+            asr::AsrError::Aborted => StageError::cancelled(),
+            e @ (asr::AsrError::UnsupportedLanguage { .. }
+            | asr::AsrError::CannotTranslate { .. }) => StageError::permanent(e.to_string()),
+            e if e.is_retryable() => StageError::retryable(format!("whisper failed: {e}")),
+            e => StageError::permanent(format!("whisper failed: {e}")),
+        })?;
     Ok(Recognized { out, wall_s })
 }
 
@@ -357,11 +339,6 @@ async fn transcribe_ranges(
     let total_ms = *bounds.last().unwrap_or(&0);
     let n = bounds.len() - 1;
     tracing::info!(task = %job.task_id, segments = n, ?bounds, "long audio split (in process)");
-    // The language guard listens once, to the first range, for all of them.
-    let mut opts = options(ctx, &job.task)?;
-    let first = Some((bounds[0], bounds[1.min(n)]));
-    opts.identified =
-        identify(model.clone(), wav.clone(), first, opts.clone(), &job.cancel).await?;
     let mut runs = Vec::with_capacity(n);
     for (i, r) in bounds.windows(2).enumerate() {
         let (start_ms, end_ms) = (r[0], r[1]);
@@ -380,7 +357,7 @@ async fn transcribe_ranges(
             model.clone(),
             wav.clone(),
             range,
-            opts.clone(),
+            range_options(ctx, &job.task, model, i)?,
             &job.cancel,
             TICK,
             report,

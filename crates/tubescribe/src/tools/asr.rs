@@ -145,11 +145,6 @@ pub struct TranscribeOptions {
     /// language (multilingual models only; [`AsrError::CannotTranslate`] on `.en` models).
     /// The reported language stays the detected (or forced) source language.
     pub translate: bool,
-    /// The language guard's identification of this audio made once for the whole task
-    /// ([`AsrModel::guard_range`]: at the split of a long file, for every segment and range).
-    /// When set, the guard does not listen again: this verdict relaxes the text rules as if
-    /// it had. `None` = the guard listens to this run's first speech (when it applies).
-    pub identified: Option<LanguageId>,
 }
 
 impl Default for TranscribeOptions {
@@ -159,7 +154,6 @@ impl Default for TranscribeOptions {
             language: None,
             initial_prompt: None,
             translate: false,
-            identified: None,
         }
     }
 }
@@ -683,10 +677,8 @@ impl AsrModel {
             language_id: None,
             stock_confirmed: false,
         };
-        if !self.multilingual && opts.language.is_none() {
-            out.language_id = opts.identified.clone();
-        }
-        if let Some(lid) = self.guard_model(opts) {
+        let guard = !self.multilingual && opts.language.is_none();
+        if let Some(lid) = self.language_id.as_deref().filter(|_| guard) {
             out.language_id = self.guard_language(lid, &mut wav, &spans, opts.threads, &abort)?;
         }
         // Pass 2: one whisper run per chunk.
@@ -775,48 +767,6 @@ impl AsrModel {
         out.segments = segments;
         progress.store(100, Ordering::Relaxed);
         Ok(out)
-    }
-
-    /// The language guard alone over `[start_ms, end_ms)` of the WAV at `path` (the whole
-    /// file for `None`): what [`AsrModel::transcribe_wav_range`] would identify there, for a
-    /// task whose audio is transcribed in several runs, so that the guard listens once per
-    /// task (its result goes to every run as [`TranscribeOptions::identified`]). `Ok(None)`
-    /// when the guard does not apply (a multilingual model, a forced language, no
-    /// multilingual model attached) or the range has no speech.
-    ///
-    /// # Errors
-    /// [`AsrError::UnsupportedLanguage`] for a foreign verdict; [`AsrError::Aborted`]; a
-    /// file that cannot be read; whisper.cpp's errors.
-    pub fn guard_range(
-        &self,
-        path: &Path,
-        range_ms: Option<(u64, u64)>,
-        opts: &TranscribeOptions,
-        abort: &AtomicBool,
-    ) -> Result<Option<LanguageId>, AsrError> {
-        let Some(lid) = self.guard_model(opts) else {
-            return Ok(None);
-        };
-        let mut wav = WavSource::open(path)?;
-        let file_len = wav.len;
-        let to_sample = |ms: u64| ((ms * u64::from(SAMPLE_RATE) / 1000) as usize).min(file_len);
-        let (first, last) = match range_ms {
-            Some((a, b)) => (to_sample(a), to_sample(b).max(to_sample(a))),
-            None => (0, file_len),
-        };
-        let rms = wav.frame_rms(first, last - first)?;
-        let spans: Vec<(usize, usize)> = speech_spans(&rms, last - first)
-            .into_iter()
-            .map(|(a, b)| (a + first, b + first))
-            .collect();
-        self.guard_language(lid, &mut wav, &spans, opts.threads, abort)
-    }
-
-    /// The multilingual model the language guard listens with for a run with `opts`: the
-    /// attached one, on an English-only model with no language forced and no verdict given.
-    fn guard_model(&self, opts: &TranscribeOptions) -> Option<&AsrModel> {
-        let guard = !self.multilingual && opts.language.is_none() && opts.identified.is_none();
-        self.language_id.as_deref().filter(|_| guard)
     }
 
     /// Pass 2 of [`AsrModel::transcribe_wav_range`]: one whisper run per chunk of the speech
@@ -2351,47 +2301,6 @@ mod tests {
                 "threads {threads}: {err}"
             );
         }
-    }
-
-    /// A verdict given in the options is taken as it is (nobody listens again: base would
-    /// say p_en ≈ 0.96 for jfk); [`AsrModel::guard_range`] listens to a range's first speech
-    /// and returns nothing when the guard does not apply.
-    #[test]
-    fn a_given_verdict_is_not_heard_again() {
-        let m = guarded();
-        let given = LanguageId {
-            model: "base".into(),
-            language: "en".into(),
-            p: 0.123,
-            p_en: 0.123,
-            speech_ms: 1,
-        };
-        let opts = TranscribeOptions {
-            identified: Some(given.clone()),
-            ..TranscribeOptions::default()
-        };
-        let abort = Arc::new(AtomicBool::new(false));
-        let jfk = sample("jfk.wav");
-        let out = m
-            .transcribe_wav(&jfk, &opts, Arc::new(AtomicU8::new(0)), abort.clone())
-            .unwrap();
-        assert_eq!(out.language_id, Some(given));
-        let plain = TranscribeOptions::default();
-        let id = m
-            .guard_range(&jfk, Some((0, 5_000)), &plain, &abort)
-            .unwrap();
-        let id = id.expect("base listened");
-        assert_eq!(id.language, "en");
-        assert!(id.speech_ms <= 5_000, "{id:?}");
-        assert_eq!(
-            model().guard_range(&jfk, None, &plain, &abort).unwrap(),
-            None
-        );
-        let forced = TranscribeOptions {
-            language: Some("en".into()),
-            ..TranscribeOptions::default()
-        };
-        assert_eq!(m.guard_range(&jfk, None, &forced, &abort).unwrap(), None);
     }
 
     /// The encoder context covers the audio: 20 ms per frame, in steps of 64 frames, between
