@@ -877,15 +877,7 @@ fn class6_language_on_english_only_model() {
     ];
     for (f, lang) in named {
         let m = manifest_for(&data, f.file_name().unwrap().to_str().unwrap());
-        assert_failed(
-            &data,
-            &m,
-            "transcribe",
-            "unsupported language: no English speech was recognised (",
-            false,
-            1,
-        );
-        let msg = m["error"]["message"].as_str().unwrap();
+        let msg = refused_language(&data, &m);
         assert!(
             msg.contains("only transcribes English; install a multilingual model"),
             "{msg}"
@@ -895,6 +887,20 @@ fn class6_language_on_english_only_model() {
         }
         assert!(!task_files(&data, &m).contains(&"transcript.txt".to_string()));
     }
+}
+
+/// Asserts that `m` failed in the transcribe stage with the language guard's refusal, not
+/// retried, and returns the task's error message.
+fn refused_language<'a>(data: &Path, m: &'a serde_json::Value) -> &'a str {
+    assert_failed(
+        data,
+        m,
+        "transcribe",
+        "unsupported language: no English speech was recognised (",
+        false,
+        1,
+    );
+    m["error"]["message"].as_str().unwrap()
 }
 
 /// espeak-ng German sentence (6 s).
@@ -1039,15 +1045,7 @@ fn class6_a_long_task_is_guarded_by_its_first_segment() {
     );
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
     let m = manifest_for(&data, "de_long_twice.wav");
-    assert_failed(
-        &data,
-        &m,
-        "transcribe",
-        "unsupported language: no English speech was recognised (",
-        false,
-        1,
-    );
-    let msg = m["error"]["message"].as_str().unwrap();
+    let msg = refused_language(&data, &m);
     assert!(
         msg.contains("(the base model identified German (de, p = "),
         "{msg}"
@@ -1099,15 +1097,7 @@ fn class6_language_guard_text_rules_only() {
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
     for f in [&zh, &de, &de_long] {
         let m = manifest_for(&data, f.file_name().unwrap().to_str().unwrap());
-        assert_failed(
-            &data,
-            &m,
-            "transcribe",
-            "unsupported language: no English speech was recognised (",
-            false,
-            1,
-        );
-        let msg = m["error"]["message"].as_str().unwrap();
+        let msg = refused_language(&data, &m);
         assert!(!msg.contains("identified"), "{msg}");
     }
     let m = manifest_for(&data, "thank_you_25.wav");

@@ -217,7 +217,7 @@ pub struct TranscribeFile {
 #[serde(deny_unknown_fields)]
 pub struct ScheduleFile {
     /// Audio longer than this many seconds is cut into segment jobs of about this length
-    /// (default 60, at least 60).
+    /// (default 600, at least 60).
     pub segment_s: Option<f64>,
     /// Priority aging: seconds of audio credited per second a transcribe job has waited
     /// (default 1.0; 0 = pure shortest-job-first).

@@ -125,11 +125,13 @@ fn model_path(given: Option<PathBuf>, data_dir: &Path) -> PathBuf {
     }
 }
 
-/// Default `schedule.segment_s`: audio longer than 60 s is cut into segment jobs of about a
-/// minute. Measured with `tubescribe bench --quick` on a quiet 2-core machine (tiny.en, language
-/// guard on), 60 / 120 / 600 s: P1 ÷ floor 1.17 / 1.16 / 1.57, P2 1.03 / 1.07 / 1.04, the
-/// 12-minute talk's 2-slot speedup P6 1.97 / 1.71 / 1.76.
-pub const DEFAULT_SEGMENT_S: f64 = 60.0;
+/// Default `schedule.segment_s`: audio longer than 600 s is cut into segment jobs of about ten
+/// minutes. Measured with `tubescribe bench --quick` on a quiet 2-core machine (tiny.en, language
+/// guard on), `segment_s` 60 / 120 / 600: P1 ÷ floor 1.17 / 1.16 / 1.57, P2 1.03 / 1.07 / 1.04,
+/// the 12-minute talk's 2-slot speedup P6 1.97 / 1.71 / 1.76 — 60 is better for latency; the
+/// default stays 600 until cancelling, pausing and the terminal view are tested on split tasks
+/// as they are on whole ones.
+pub const DEFAULT_SEGMENT_S: f64 = 600.0;
 
 /// Scheduling settings after resolution (`[schedule]`, `TUBESCRIBE_SEGMENT_S`,
 /// `TUBESCRIBE_AGING_RATE`, `TUBESCRIBE_MEMORY_BUDGET_MB`, `TUBESCRIBE_TRANSCRIBE_CORES`).

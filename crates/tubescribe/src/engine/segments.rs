@@ -9,7 +9,7 @@
 //! # Flow
 //!
 //! A task's transcribe job (`tr-<task>`) whose audio is longer than `schedule.segment_s`
-//! (default 60 s) runs in two steps, BullMQ's "step job" idiom:
+//! (default 600 s) runs in two steps, BullMQ's "step job" idiom:
 //!
 //! 1. **split** — decode `audio.wav`, choose cut points in silence
 //!    ([`segmenting::find_cuts`]), store them in the job's data (`cuts_ms`), add one segment
