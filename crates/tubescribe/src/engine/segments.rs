@@ -29,9 +29,10 @@
 //!    unsplit path), so nothing orders them. The language guard (English-only model) listens
 //!    in the first segment only and its verdict stands for the task: a refusal there fails
 //!    the task; the other segments run with English set. So the split itself stays short
-//!    (decode and cut points) and holds its slot as briefly as possible. Their priority is the *task's* audio length when
-//!    it was split — its remaining work — aged like any other job (`schedule.rs`), so a short
-//!    task that arrives meanwhile goes before the long task's remaining segments.
+//!    (decode and cut points) and holds its slot as briefly as possible. Their priority is
+//!    the *task's* audio length when it was split — its remaining work — aged like any other
+//!    job (`schedule.rs`), so a short task that arrives meanwhile goes before the long task's
+//!    remaining segments.
 //! 2. **merge** — when the last segment completes BullMQ releases the transcribe job again;
 //!    it reads every segment job's return value, offsets are already applied, and
 //!    [`segmenting::join`] joins them (monotonic, no repeated text at the cuts) into the usual
