@@ -945,7 +945,8 @@ async fn run_inner(
         .chain(std::iter::once(solo_long))
         .filter(one_job)
         .map(|r| r.peak_rss_mb)
-        .fold(0.0, f64::max);
+        // No one-job run (every task was split): not measured, NaN (✘), never 0.
+        .fold(f64::NAN, f64::max);
     let p4_two = batch
         .iter()
         .chain(std::iter::once(solo_long).filter(|r| !one_job(r)))
