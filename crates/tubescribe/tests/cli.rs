@@ -507,7 +507,9 @@ fn client_commands_next_step_get_cancel_and_retry() {
     let long_id = run.stdout.split_whitespace().next().unwrap().to_string();
     wait_for(&data, &base, &long_id, Duration::from_secs(120), |m| {
         m["stages"]["transcribe"]["state"] == "active"
-            && m["stages"]["transcribe"]["detail"]["phase"] == "transcribing"
+            && m["stages"]["transcribe"]["detail"]["phase"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("transcribing"))
     });
     let run = cli(&["cancel", &long_id]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -542,7 +544,13 @@ fn client_commands_next_step_get_cancel_and_retry() {
         .iter()
         .filter_map(|a| a["outcome"].as_str())
         .collect();
-    assert_eq!(outcomes, ["cancelled"], "{m:#}");
+    // A whole file's attempt was cancelled; a split task (5 minutes at `segment_s` 120) was
+    // cancelled during its split (the split attempt stops) or while its segments ran (the
+    // split attempt had ended as "split").
+    assert!(
+        outcomes == ["cancelled"] || outcomes == ["split"],
+        "{outcomes:?}: {m:#}"
+    );
     let run = cli(&["cancel", &long_id]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     drop(srv);

@@ -230,7 +230,7 @@ async fn long_file_is_split_and_merged_in_process() {
     let bounds: Vec<u64> = serde_json::from_value(d["segment_bounds_ms"].clone()).unwrap();
     eprintln!("split at {bounds:?}; transcribe detail {d:?}");
     let pcm = asr::read_wav_16k_mono(&ran.task.file("audio.wav")).unwrap();
-    assert_eq!(bounds, segmenting::bounds_ms(&pcm, SEGMENT_S));
+    assert_eq!(bounds, segmenting::bounds_ms(&pcm, SEGMENT_S, 1));
     let n = bounds.len() - 1;
     assert!(n >= 3, "at least three ranges: {bounds:?}");
     assert_eq!(d["segments_merged"], n);

@@ -338,11 +338,11 @@ fn ctrl_c_prints_finished_paths_and_paused_ids_and_a_second_one_exits_at_once() 
     let short = short_clips(tmp.path(), 1).remove(0);
     let long = clip_talk(tmp.path(), "long", None, 60.0, 0.3).wav;
     let data = tmp.path().join("data");
-    let mut p = Captured::start(Env::new(&data).bin(&[
-        "process",
-        short.to_str().unwrap(),
-        long.to_str().unwrap(),
-    ]));
+    // `segment_s` 60: the long input (just over a minute) is a split task, so the interrupt
+    // pauses segment jobs and the second run must resume them.
+    let env = Env::new(&data).var("TUBESCRIBE_SEGMENT_S", "60");
+    let args = ["process", short.to_str().unwrap(), long.to_str().unwrap()];
+    let mut p = Captured::start(env.bin(&args));
     let (done_id, paused_id) = (task_of(&data, &short), task_of(&data, &long));
 
     // Wait for the short input to finish while the long one still runs.
@@ -414,6 +414,24 @@ fn ctrl_c_prints_finished_paths_and_paused_ids_and_a_second_one_exits_at_once() 
             .any(|l| l.starts_with("[0:") && l.contains("clip0.wav: transcribe done in")),
         "{err}"
     );
+
+    // The same command again resumes the paused split task: it completes in its segments.
+    let run = env.bin(&args).run();
+    assert_eq!(
+        run.code, 0,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    let m = manifest(&data, &paused_id);
+    assert_eq!(m["status"], "completed", "{m:#}");
+    let d = &m["stages"]["transcribe"]["detail"];
+    assert!(
+        d["segments_planned"].as_u64() >= Some(2),
+        "not split: {d:#}"
+    );
+    let text = std::fs::read_to_string(data.join("tasks").join(&paused_id).join("transcript.txt"))
+        .unwrap();
+    assert!(text.split_whitespace().count() >= 80, "{text}");
 }
 
 #[test]

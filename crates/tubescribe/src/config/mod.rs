@@ -125,13 +125,15 @@ fn model_path(given: Option<PathBuf>, data_dir: &Path) -> PathBuf {
     }
 }
 
-/// Default `schedule.segment_s`: audio longer than 600 s is cut into segment jobs of about ten
+/// Default `schedule.segment_s`: audio longer than 120 s is cut into segment jobs of about two
 /// minutes. Measured with `tubescribe bench --quick` on a quiet 2-core machine (tiny.en, language
 /// guard on), `segment_s` 60 / 120 / 600: P1 ÷ floor 1.17 / 1.16 / 1.57, P2 1.03 / 1.07 / 1.04,
-/// the 12-minute talk's 2-slot speedup P6 1.97 / 1.71 / 1.76 — 60 is better for latency; the
-/// default stays 600 until cancelling, pausing and the terminal view are tested on split tasks
-/// as they are on whole ones.
-pub const DEFAULT_SEGMENT_S: f64 = 600.0;
+/// the 12-minute talk's 2-slot speedup P6 1.97 / 1.71 / 1.76. The full bench (≈ 60 s shorts
+/// behind a 10-minute task) separates 60 from 120: at 60 the shorts are split too, their
+/// segments share the slots and each short finishes late (P1 ÷ floor 2.16); at 120 a task of
+/// a minute or two stays one job and runs first, while a slot is never held by the long task
+/// for more than about two minutes of audio.
+pub const DEFAULT_SEGMENT_S: f64 = 120.0;
 
 /// Scheduling settings after resolution (`[schedule]`, `TUBESCRIBE_SEGMENT_S`,
 /// `TUBESCRIBE_AGING_RATE`, `TUBESCRIBE_MEMORY_BUDGET_MB`, `TUBESCRIBE_TRANSCRIBE_CORES`).

@@ -507,6 +507,8 @@ impl Manifest {
             r.fallback = None;
             r.invalidated = None;
             r.detail.remove("phase");
+            // The earlier run's segments' progress (a new run splits again).
+            r.detail.remove("segment_progress");
         }
     }
 
@@ -721,7 +723,8 @@ impl Manifest {
     }
 
     /// Cancels the task (a user asked): it is `cancelled` without an error; a running stage is
-    /// marked cancelled at once (its worker stops it), waiting ones skipped. Returns false
+    /// marked cancelled at once with the error "cancelled" (its worker stops it), waiting ones
+    /// skipped. Returns false
     /// (and changes nothing) when the task had already ended.
     pub fn cancel(&mut self) -> bool {
         if self.status.is_final() {
@@ -735,6 +738,9 @@ impl Manifest {
                 StageState::Active => {
                     r.state = StageState::Cancelled;
                     r.finished_at = Some(now_ms());
+                    // Said at once: a long task's segments may be all that runs, and the
+                    // transcribe job they belong to ends in Redis, where no stage code runs.
+                    r.error = Some("cancelled".into());
                     r.detail.remove("phase");
                 }
                 _ => {}
@@ -908,6 +914,34 @@ mod tests {
         m.reset_for_retry(&[]);
         assert_eq!(m.stage(Stage::Download).unwrap().invalidated, None);
         assert_eq!(m.stage(Stage::Download).unwrap().result, None);
+    }
+
+    /// A cancel marks the running stage cancelled with its reason at once; a retry starts
+    /// the stage afresh, without the earlier run's segment progress.
+    #[test]
+    fn cancel_says_why_and_a_retry_forgets_the_segments_progress() {
+        let mut m = m();
+        m.start_stage(Stage::Download, 1);
+        m.record_completion(Stage::Download, vec![], serde_json::json!({}));
+        m.start_stage(Stage::Transcribe, 1);
+        m.stage_mut(Stage::Transcribe)
+            .detail
+            .insert("segment_progress".into(), serde_json::json!({"3": 91.0}));
+        assert!(m.cancel());
+        let r = m.stage(Stage::Transcribe).unwrap();
+        assert_eq!(
+            (r.state, r.error.as_deref()),
+            (StageState::Cancelled, Some("cancelled"))
+        );
+        assert_eq!(
+            m.stage(Stage::Summarize).unwrap().state,
+            StageState::Skipped
+        );
+        assert_eq!(m.error, None);
+        m.reset_for_retry(&[Stage::Download]);
+        let r = m.stage(Stage::Transcribe).unwrap();
+        assert_eq!((r.state, r.error.as_deref()), (StageState::Waiting, None));
+        assert!(r.detail.get("segment_progress").is_none(), "{:?}", r.detail);
     }
 
     #[test]

@@ -228,6 +228,11 @@ pub async fn run_long(
             bounds
         }
     };
+    // A cancel that came during the split: no segment jobs for a cancelled task (they would
+    // be added after the cancel removed the task's jobs, and the split would end as "split").
+    if stopping(jctx) {
+        return Err(StageError::cancelled());
+    }
     // Fixed job ids: adding them again after a crash is a no-op for those already there.
     for seg in segment_jobs(&jctx.task_id, &bounds).map_err(retryable("segment jobs"))? {
         sched
@@ -256,6 +261,16 @@ pub async fn run_long(
     .map(Done::Output)
 }
 
+/// True when this attempt must stop: its cancel token fired or the task's record already
+/// says cancelled (the cancel writes the record before it tells the worker).
+fn stopping(jctx: &JobCtx) -> bool {
+    jctx.cancel.is_cancelled()
+        || jctx
+            .task
+            .read_manifest()
+            .is_ok_and(|m| m.status == crate::domain::manifest::TaskStatus::Cancelled)
+}
+
 /// Split step: decode, find cuts, record them in the manifest. Returns the boundaries in ms
 /// (0, cuts…, total).
 async fn split(ctx: &StageCtx, jctx: &JobCtx) -> Result<Vec<u64>, StageError> {
@@ -271,7 +286,11 @@ async fn split(ctx: &StageCtx, jctx: &JobCtx) -> Result<Vec<u64>, StageError> {
     crate::pipeline::transcribe::decode(ctx, jctx, &media, dl.duration_s).await?;
     jctx.report(DECODE_SHARE, Some("finding pauses"));
     let wav = jctx.task.file(names::AUDIO_WAV);
-    let bounds = segmenting::plan(&wav, ctx.cfg.schedule.segment_s).await?;
+    // As many segments per wave as this worker has transcribe slots.
+    let slots = ctx
+        .plan()
+        .map_or(ctx.cfg.transcribe_concurrency, |p| p.slots);
+    let bounds = segmenting::plan(&wav, ctx.cfg.schedule.segment_s, slots).await?;
     let b2 = bounds.clone();
     let attempt = jctx.attempt;
     let started = jctx

@@ -398,7 +398,19 @@ impl JobEvent<'_> {
     /// the last stage `task.failed` unless the task was cancelled.
     fn failed(&self) -> Vec<Mapped> {
         let m = self.manifest();
-        let reason = self.fields.get("failedReason").copied().unwrap_or("failed");
+        let raw = self.fields.get("failedReason").copied().unwrap_or("failed");
+        // A `tr-` job failed by one of its segment jobs (BullMQ's `failParentOnFailure`
+        // reason "child <key> failed") says why in the stage's record: the segment's error,
+        // or "cancelled" when the task was cancelled while its segments ran.
+        let from_record = m
+            .as_ref()
+            .filter(|_| raw.starts_with("child ") && raw.ends_with(" failed"))
+            .and_then(|m| m.stage(self.stage))
+            .and_then(|r| match r.state {
+                StageState::Cancelled => Some("cancelled".to_string()),
+                _ => r.error.clone(),
+            });
+        let reason = from_record.as_deref().unwrap_or(raw);
         let mut v = Vec::new();
         if !self.skipped(m.as_ref()) {
             let retryable = m
@@ -1045,6 +1057,44 @@ mod tests {
         assert_eq!(ev[0].0, "stage.failed");
         assert_eq!(ev[0].2["willRetry"], true);
         assert_eq!(ev[0].2["retryAt"], 1_700_000_004_000u64);
+    }
+
+    /// A `tr-` job failed by a segment job (BullMQ's reason "child … failed") reports the
+    /// stage record's error: "cancelled" when the task was cancelled while segments ran.
+    #[test]
+    fn a_transcribe_job_failed_by_a_segment_says_why() {
+        let mut m = url_task();
+        m.start_stage(Stage::Download, 1);
+        m.start_stage(Stage::Transcribe, 1);
+        assert!(m.cancel());
+        let lookup = move |_: &str| Some(m.clone());
+        let ev = map_entry(
+            1,
+            7,
+            &kv(&[
+                ("event", "failed"),
+                ("jobId", "tr-t1"),
+                ("failedReason", "child bull:transcribe:seg2-t1 failed"),
+            ]),
+            &lookup,
+        );
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(ev[0].0, "stage.failed");
+        assert_eq!(ev[0].2["reason"], "cancelled");
+        assert_eq!(ev[0].2["retryable"], false);
+        // Without a record the raw reason stays.
+        let none = |_: &str| None;
+        let ev = map_entry(
+            1,
+            7,
+            &kv(&[
+                ("event", "failed"),
+                ("jobId", "tr-t1"),
+                ("failedReason", "child bull:transcribe:seg2-t1 failed"),
+            ]),
+            &none,
+        );
+        assert_eq!(ev[0].2["reason"], "child bull:transcribe:seg2-t1 failed");
     }
 
     #[test]

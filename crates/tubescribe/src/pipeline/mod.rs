@@ -205,13 +205,21 @@ impl StageCtx {
     /// language is configured.
     pub async fn task_asr(&self, task: &TaskDir) -> Result<Arc<AsrModel>, StageError> {
         let model = self.task_model(task).await?;
+        Ok(self.guarded(model).await)
+    }
+
+    /// `model` as transcription uses it here: an English-only model gets the language
+    /// guard's multilingual model attached ([`AsrModel::with_language_id`],
+    /// [`StageCtx::language_id_model`]) unless a language is configured; any other comes
+    /// back as it is. (The bench gives whisper-rs the same pair, so P3 compares equal work.)
+    pub async fn guarded(&self, model: Arc<AsrModel>) -> Arc<AsrModel> {
         if model.is_multilingual() || self.cfg.language.is_some() {
-            return Ok(model);
+            return model;
         }
-        Ok(match self.language_id_model().await {
+        match self.language_id_model().await {
             Some(lid) => Arc::new(model.with_language_id(lid)),
             None => model,
-        })
+        }
     }
 
     /// A multilingual model installed here (the first of [`crate::tools::model::installed`] that is

@@ -115,12 +115,15 @@ fn longest_quiet_run(db: &[f32], lo: usize, hi: usize, thr: f32, aim: usize) -> 
 /// Cut points for `pcm` (16 kHz mono) into segments of about `segment_s` seconds, in
 /// samples, ascending, excluding 0 and the end. Audio no longer than `segment_s` gets none.
 ///
-/// Method: `n = ⌈duration / segment_s⌉` segments; cut `k` aims at `k × duration / n` and
-/// searches ± `min(60 s, segment_s / 4)` around it for the longest run of quiet frames
-/// (20 ms RMS below `min(−30 dBFS, 10th-percentile level + 12 dB)`), preferring the run
-/// closest to the aim on ties, and cuts at the run's middle. A window without any quiet
-/// frame is cut at its quietest frame. Never mid-word when there is a pause to find.
-pub fn find_cuts(pcm: &[f32], segment_s: f64) -> Vec<usize> {
+/// Method: `n = ⌈duration / segment_s⌉` segments, rounded up to a multiple of `slots` (the
+/// transcribe slots that will run them side by side; 0 counts as 1), so no wave of segments
+/// leaves a slot idle: 590 s at `segment_s` 120 on 2 slots is 6 segments of ≈ 98 s, not 5
+/// of 118 s where the fifth runs alone. Cut `k` aims at `k × duration / n` and searches
+/// ± `min(60 s, duration / n / 4)` around it for the longest run of quiet frames (20 ms RMS
+/// below `min(−30 dBFS, 10th-percentile level + 12 dB)`), preferring the run closest to the
+/// aim on ties, and cuts at the run's middle. A window without any quiet frame is cut at its
+/// quietest frame. Never mid-word when there is a pause to find.
+pub fn find_cuts(pcm: &[f32], segment_s: f64, slots: usize) -> Vec<usize> {
     let total_s = pcm.len() as f64 / SAMPLE_RATE as f64;
     if segment_s <= 0.0 || total_s <= segment_s {
         return Vec::new();
@@ -130,9 +133,11 @@ pub fn find_cuts(pcm: &[f32], segment_s: f64) -> Vec<usize> {
     sorted.sort_by(|a, b| a.total_cmp(b));
     let p10 = sorted[sorted.len() / 10];
     let thr = (p10 + 12.0).min(-30.0);
+    let slots = slots.max(1);
     let n = (total_s / segment_s).ceil() as usize;
+    let n = n.div_ceil(slots) * slots;
     let frames_per_s = SAMPLE_RATE as f64 / FRAME as f64;
-    let radius = (60.0f64.min(segment_s / 4.0) * frames_per_s) as usize;
+    let radius = (60.0f64.min(total_s / n as f64 / 4.0) * frames_per_s) as usize;
     let mut cuts = Vec::new();
     let mut last = 0usize;
     for k in 1..n {
@@ -154,10 +159,10 @@ pub fn find_cuts(pcm: &[f32], segment_s: f64) -> Vec<usize> {
 }
 
 /// The range boundaries of `pcm` in ms: `0`, the cut points of [`find_cuts`], the end.
-pub fn bounds_ms(pcm: &[f32], segment_s: f64) -> Vec<u64> {
+pub fn bounds_ms(pcm: &[f32], segment_s: f64, slots: usize) -> Vec<u64> {
     let to_ms = |s: usize| s as u64 * 1000 / SAMPLE_RATE as u64;
     let mut bounds = vec![0u64];
-    bounds.extend(find_cuts(pcm, segment_s).into_iter().map(to_ms));
+    bounds.extend(find_cuts(pcm, segment_s, slots).into_iter().map(to_ms));
     bounds.push(to_ms(pcm.len()));
     bounds
 }
@@ -166,10 +171,14 @@ pub fn bounds_ms(pcm: &[f32], segment_s: f64) -> Vec<u64> {
 ///
 /// # Errors
 /// Permanent: the file cannot be read as 16 kHz mono WAV, or the cut finder panicked.
-pub async fn plan(wav: &std::path::Path, segment_s: f64) -> Result<Vec<u64>, StageError> {
+pub async fn plan(
+    wav: &std::path::Path,
+    segment_s: f64,
+    slots: usize,
+) -> Result<Vec<u64>, StageError> {
     let wav = wav.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        asr::read_wav_16k_mono(&wav).map(|pcm| bounds_ms(&pcm, segment_s))
+        asr::read_wav_16k_mono(&wav).map(|pcm| bounds_ms(&pcm, segment_s, slots))
     })
     .await
     .map_err(|e| StageError::permanent(format!("cut finder panicked: {e}")))?
@@ -354,19 +363,40 @@ mod tests {
             .map(|i| (i as f64 * 5.0, i as f64 * 5.0 + 4.0))
             .collect();
         let pcm = synth(&spans, 25.0);
-        let cuts = find_cuts(&pcm, 10.0);
+        let cuts = find_cuts(&pcm, 10.0, 1);
         assert_eq!(cuts.len(), 2, "{cuts:?}");
         for c in &cuts {
             let t = *c as f64 / SAMPLE_RATE as f64;
             let in_pause = (0..5).any(|i| t > i as f64 * 5.0 + 4.0 && t < (i + 1) as f64 * 5.0);
             assert!(in_pause, "cut at {t} s is not in a pause");
         }
-        assert!(find_cuts(&pcm[..16_000 * 9], 10.0).is_empty());
-        let b = bounds_ms(&pcm, 10.0);
+        assert!(find_cuts(&pcm[..16_000 * 9], 10.0, 2).is_empty());
+        let b = bounds_ms(&pcm, 10.0, 1);
         assert_eq!(b.len(), 4, "{b:?}");
         assert_eq!((b[0], b[3]), (0, 25_000));
         assert_eq!(b[1], cuts[0] as u64 / 16);
-        assert_eq!(bounds_ms(&pcm[..16_000 * 9], 10.0), [0, 9_000]);
+        assert_eq!(bounds_ms(&pcm[..16_000 * 9], 10.0, 1), [0, 9_000]);
+    }
+
+    /// The segment count is rounded up to a multiple of the slots: 25 s at 10 s is 3
+    /// segments for one slot, 4 for two (every cut still in a pause), 3 again for three.
+    #[test]
+    fn segments_fill_every_slot() {
+        let spans: Vec<(f64, f64)> = (0..25).map(|i| (i as f64, i as f64 + 0.7)).collect();
+        let pcm = synth(&spans, 25.0);
+        assert_eq!(find_cuts(&pcm, 10.0, 1).len(), 2);
+        assert_eq!(find_cuts(&pcm, 10.0, 0).len(), 2);
+        let two = bounds_ms(&pcm, 10.0, 2);
+        assert_eq!(two.len(), 5, "{two:?}");
+        for w in two.windows(2) {
+            let len = w[1] - w[0];
+            assert!((5_000..=7_500).contains(&len), "uneven segments {two:?}");
+        }
+        for c in &two[1..4] {
+            let frac = (*c % 1_000) as f64 / 1_000.0;
+            assert!(frac > 0.7, "cut at {c} ms is not in a pause");
+        }
+        assert_eq!(find_cuts(&pcm, 10.0, 3).len(), 2);
     }
 
     #[test]

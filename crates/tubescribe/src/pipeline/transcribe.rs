@@ -335,7 +335,8 @@ async fn transcribe_ranges(
     wav: PathBuf,
 ) -> Result<(Recognized, Vec<u64>), StageError> {
     job.report(DECODE_SHARE, Some("finding pauses"));
-    let bounds = segmenting::plan(&wav, ctx.cfg.schedule.segment_s).await?;
+    // Ranges run one after another here: one slot.
+    let bounds = segmenting::plan(&wav, ctx.cfg.schedule.segment_s, 1).await?;
     let total_ms = *bounds.last().unwrap_or(&0);
     let n = bounds.len() - 1;
     tracing::info!(task = %job.task_id, segments = n, ?bounds, "long audio split (in process)");
