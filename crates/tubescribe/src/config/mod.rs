@@ -126,13 +126,14 @@ fn model_path(given: Option<PathBuf>, data_dir: &Path) -> PathBuf {
 }
 
 /// Default `schedule.segment_s`: audio longer than 120 s is cut into segment jobs of about two
-/// minutes. Measured with `tubescribe bench --quick` on a quiet 2-core machine (tiny.en, language
-/// guard on), `segment_s` 60 / 120 / 600: P1 ÷ floor 1.17 / 1.16 / 1.57, P2 1.03 / 1.07 / 1.04,
-/// the 12-minute talk's 2-slot speedup P6 1.97 / 1.71 / 1.76. The full bench (≈ 60 s shorts
-/// behind a 10-minute task) separates 60 from 120: at 60 the shorts are split too, their
-/// segments share the slots and each short finishes late (P1 ÷ floor 2.16); at 120 a task of
-/// a minute or two stays one job and runs first, while a slot is never held by the long task
-/// for more than about two minutes of audio.
+/// minutes. Measured with `tubescribe bench` on a quiet 2-core machine (tiny.en, language guard
+/// on). `bench --quick` (20 s clips behind a 2-minute one), `segment_s` 60 / 120 / 600: P1 ÷
+/// floor 1.17 / 1.19 / 1.57, P2 1.03 / 1.07 / 1.04. The full bench (≈ 65 s clips behind a
+/// 10-minute video) separates 60 from 120: at 60 the clips are split too and each finishes
+/// late (P1 ÷ floor 2.16, against 1.23 at 120 and 1.21 at 600), while at 600 the 10-minute
+/// video is one job (P2 1.29, job peak RSS 522 MB, against 1.09 and 443 MB at 120). A 12-minute
+/// talk alone is 1.65× faster on 2 slots than on 1 at 120 (1.76× at 600, 1.97× at 60 in one
+/// run; single runs vary by ± 10 % here).
 pub const DEFAULT_SEGMENT_S: f64 = 120.0;
 
 /// Scheduling settings after resolution (`[schedule]`, `TUBESCRIBE_SEGMENT_S`,
