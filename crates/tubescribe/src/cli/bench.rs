@@ -68,7 +68,8 @@ pub struct BenchOptions {
     /// `<data dir>/samples` and the checkout's `../shared/samples` that holds the clips (see
     /// [`speech_source`]).
     pub samples: Option<PathBuf>,
-    /// Directory of the Node anchor (`flows.js` + `node_modules`); default `bench/node`.
+    /// Directory of the Node anchor (`flows.js` + `node_modules`); default the checkout's
+    /// `bench/node` (wherever the bench is run from).
     pub node_dir: Option<PathBuf>,
 }
 
@@ -83,6 +84,9 @@ pub struct BenchReport {
     pub p2_makespan_ratio: f64,
     /// P3: transcribe stage wall ÷ direct whisper-rs wall.
     pub p3_transcribe_overhead_ratio: f64,
+    /// P3: transcribe stage wall ÷ PyPI faster-whisper on the same WAV, weights and threads
+    /// (its faster of int8 and float32); `None` when the anchor is not installed.
+    pub p3_engine_ratio_vs_faster_whisper: Option<f64>,
     /// P3: stage hop, median, ms.
     pub p3_hop_ms_p50: f64,
     /// P3: stage hop, 99th percentile, ms.
@@ -603,6 +607,77 @@ async fn node_throughput(
         .ok_or_else(|| format!("unexpected node output {stdout:?}"))
 }
 
+/// The faster-whisper anchor's directory: `bench/anchors` of the checkout this binary was
+/// built from (so the working directory does not matter), installed by
+/// `scripts/bench-anchors-setup.sh`.
+fn anchors_dir() -> PathBuf {
+    checkout_dir("bench/anchors")
+}
+
+/// `rel` in the checkout this binary was built from (the bench's anchors live there, wherever
+/// the bench is run from).
+fn checkout_dir(rel: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel);
+    p.canonicalize().unwrap_or(p)
+}
+
+/// PyPI faster-whisper (CTranslate2) on `wav` with the CTranslate2 model directory that
+/// `model` was converted from and `threads` CPU threads, greedy, no VAD, English given for
+/// `.en` models (`bench/anchors/faster_whisper_run.py`): for `int8` and `float32`, the faster
+/// of two runs in seconds, model load excluded. `Err` says why it did not run (not installed,
+/// a model without a CTranslate2 directory, the script failed).
+async fn faster_whisper(
+    model: &Path,
+    wav: &Path,
+    threads: usize,
+) -> Result<Vec<(&'static str, f64)>, String> {
+    let dir = anchors_dir();
+    let python = dir.join("venv/bin/python");
+    let name = crate::tools::model::model_name(model);
+    let model_dir = dir.join("models").join(&name);
+    if !python.is_file() || !model_dir.join("model.bin").is_file() {
+        return Err(format!(
+            "faster-whisper anchor for {name} not installed in {} (run scripts/bench-anchors-setup.sh)",
+            dir.display()
+        ));
+    }
+    let mut out = Vec::new();
+    for compute_type in ["int8", "float32"] {
+        let mut cmd = Cmd::new(&python)
+            .arg(dir.join("faster_whisper_run.py"))
+            .arg(wav)
+            .arg(&model_dir)
+            .arg(threads.to_string())
+            .arg(compute_type)
+            .arg("2")
+            .timeout(Duration::from_secs(1800));
+        if name.ends_with(".en") {
+            cmd = cmd.arg("en");
+        }
+        let (o, stdout) = process::run_collect(&cmd, &CancellationToken::new())
+            .await
+            .map_err(|e| e.to_string())?;
+        if !o.success() {
+            return Err(format!("faster-whisper failed: {}", o.last_stderr_line()));
+        }
+        let v: serde_json::Value = serde_json::from_str(stdout.trim())
+            .map_err(|e| format!("unexpected faster-whisper output {stdout:?}: {e}"))?;
+        let best = v["walls_s"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(serde_json::Value::as_f64)
+            .fold(f64::INFINITY, f64::min);
+        if !best.is_finite() {
+            return Err(format!("unexpected faster-whisper output {stdout:?}"));
+        }
+        out.push((compute_type, best));
+    }
+    Ok(out)
+}
+
 /// Runs the benchmark with `cfg` (its concurrency, memory budget and model) and `opts`.
 /// `progress` receives one line per phase.
 pub async fn run(
@@ -941,6 +1016,18 @@ async fn run_inner(
     let direct_s = direct_runs.iter().copied().fold(f64::INFINITY, f64::min);
     let p3 = solo_long.stage_wall_s[1] / direct_s;
 
+    progress("P3: faster-whisper on the same audio");
+    let (fw_runs, fw_note) = match faster_whisper(&cfg.model, &wav, direct_threads).await {
+        Ok(r) => (r, None),
+        Err(why) => (Vec::new(), Some(why)),
+    };
+    // The engine a user would pick instead: faster-whisper's faster compute type here.
+    let fw_s = fw_runs
+        .iter()
+        .map(|(_, s)| *s)
+        .fold(f64::INFINITY, f64::min);
+    let p3_fw = fw_s.is_finite().then(|| solo_long.stage_wall_s[1] / fw_s);
+
     progress("P3: stage hops (no-op flows)");
     let mut hop = hops(url, hop_flows).await?;
     let hop50 = percentile(&mut hop, 0.50);
@@ -950,7 +1037,7 @@ async fn run_inner(
     let node_dir = opts
         .node_dir
         .clone()
-        .unwrap_or_else(|| PathBuf::from("bench/node"));
+        .unwrap_or_else(|| checkout_dir("bench/node"));
     let (rust_rates, node_rates, node_note) = throughput(url, &node_dir, socket, p5_flows).await?;
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let p5 = (!node_rates.is_empty()).then(|| mean(&rust_rates) / mean(&node_rates));
@@ -992,6 +1079,10 @@ async fn run_inner(
         "p3_direct_whisper_s": direct_s,
         "p3_direct_threads": direct_threads,
         "p3_direct_language_guard": direct_guard,
+        "p3_faster_whisper_s": fw_runs.iter().map(|(t, s)| (t.to_string(), serde_json::json!(s))).collect::<serde_json::Map<_, _>>(),
+        "p3_faster_whisper_best_s": fw_s.is_finite().then_some(fw_s),
+        "p3_faster_whisper_note": fw_note,
+        "p3_whisper_rs_ratio_vs_faster_whisper": fw_s.is_finite().then(|| direct_s / fw_s),
         "p3_stage_segments": solo_long.segments,
         "p3_stage_runs_s": solo.long_stage_walls,
         "p3_direct_runs_s": direct_runs,
@@ -1006,6 +1097,7 @@ async fn run_inner(
         p1_baseline_short_latency_ratio_max: p1_base,
         p2_makespan_ratio: p2,
         p3_transcribe_overhead_ratio: p3,
+        p3_engine_ratio_vs_faster_whisper: p3_fw,
         p3_hop_ms_p50: hop50,
         p3_hop_ms_p99: hop99,
         p4_job_peak_rss_mb: p4,
@@ -1117,6 +1209,29 @@ impl BenchReport {
                     }
                 ),
             ),
+            match self.p3_engine_ratio_vs_faster_whisper {
+                Some(r) => row(
+                    "P3 engine ratio vs faster-whisper",
+                    format!("{r:.2}"),
+                    "≤ 1.0".into(),
+                    Some(r <= 1.0),
+                    format!(
+                        "stage {} s ÷ faster-whisper {} s (int8 {} s, float32 {} s; whisper-rs ÷ it {})",
+                        fig(&d["p3_stage_wall_s"]),
+                        fig(&d["p3_faster_whisper_best_s"]),
+                        fig(&d["p3_faster_whisper_s"]["int8"]),
+                        fig(&d["p3_faster_whisper_s"]["float32"]),
+                        fig(&d["p3_whisper_rs_ratio_vs_faster_whisper"])
+                    ),
+                ),
+                None => row(
+                    "P3 engine ratio vs faster-whisper",
+                    "n/a".into(),
+                    "≤ 1.0".into(),
+                    None,
+                    d["p3_faster_whisper_note"].as_str().unwrap_or(""),
+                ),
+            },
             row(
                 "P3 hop p50 / p99 (ms)",
                 format!("{:.1} / {:.1}", self.p3_hop_ms_p50, self.p3_hop_ms_p99),
@@ -1217,6 +1332,7 @@ mod tests {
             p1_baseline_short_latency_ratio_max: 9.0,
             p2_makespan_ratio: 1.05,
             p3_transcribe_overhead_ratio: f64::NAN,
+            p3_engine_ratio_vs_faster_whisper: None,
             p3_hop_ms_p50: 2.0,
             p3_hop_ms_p99: 80.0,
             p4_job_peak_rss_mb: 260.0,
@@ -1256,6 +1372,26 @@ mod tests {
         assert!(p6.contains("1.80") && p6.contains("✔"), "{table}");
         assert!(
             p6.contains("1×1 36.00 s ÷ 2×1 20.00 s") && p6.contains("1×2 22.00 s"),
+            "{table}"
+        );
+        // No faster-whisper anchor: n/a, neither mark; with one, judged against 1.0.
+        let fw = line("P3 engine ratio");
+        assert!(
+            fw.contains("n/a") && !fw.contains('✘') && !fw.contains('✔'),
+            "{table}"
+        );
+        let mut with_fw = report.clone();
+        with_fw.p3_engine_ratio_vs_faster_whisper = Some(1.31);
+        with_fw.detail["p3_faster_whisper_s"] = serde_json::json!({"int8": 3.1, "float32": 2.9});
+        with_fw.detail["p3_faster_whisper_best_s"] = serde_json::json!(2.9);
+        let table = with_fw.table();
+        let fw = table
+            .lines()
+            .find(|l| l.starts_with("P3 engine ratio"))
+            .unwrap();
+        assert!(fw.contains("1.31") && fw.contains('✘'), "{table}");
+        assert!(
+            fw.contains("faster-whisper 2.90 s (int8 3.10 s, float32 2.90 s"),
             "{table}"
         );
     }

@@ -150,6 +150,22 @@ impl ModelRef {
 
 #[cfg(test)]
 mod tests {
+    /// The bench's faster-whisper anchor installs the same CTranslate2 model wheels, pinned
+    /// the same way (`bench/anchors/models.txt`).
+    #[test]
+    fn the_bench_anchor_pins_the_same_model_wheels() {
+        let file = include_str!("../../../../bench/anchors/models.txt");
+        let pinned: Vec<&str> = file
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .collect();
+        let ours: Vec<&str> = ModelName::ALL
+            .iter()
+            .flat_map(|m| m.requirements().iter().copied())
+            .collect();
+        assert_eq!(pinned, ours);
+    }
+
     use super::*;
 
     #[test]
