@@ -36,7 +36,7 @@ use crate::engine::redis::connection;
 use crate::pipeline::StageCtx;
 use crate::store::{names, DataDir};
 use crate::tools::asr;
-use crate::tools::asr::{AsrModel, TranscribeOptions};
+use crate::tools::asr::TranscribeOptions;
 use crate::tools::process;
 use crate::tools::process::Cmd;
 
@@ -678,6 +678,37 @@ async fn faster_whisper(
     Ok(out)
 }
 
+/// P3 against the faster-whisper anchor ([`faster_whisper`]) on `wav`: the stage's wall
+/// `stage_s` ÷ the anchor's faster compute type (the engine a user would pick instead), and
+/// the detail keys `p3_faster_whisper_s` (per compute type), `p3_faster_whisper_best_s`,
+/// `p3_whisper_rs_ratio_vs_faster_whisper` (`direct_s` ÷ it) and `p3_faster_whisper_note`
+/// (why it did not run). `None` when it did not run.
+async fn engine_ratio(
+    model: &Path,
+    wav: &Path,
+    threads: usize,
+    stage_s: f64,
+    direct_s: f64,
+) -> (Option<f64>, serde_json::Value) {
+    let (runs, note) = match faster_whisper(model, wav, threads).await {
+        Ok(r) => (r, None),
+        Err(why) => (Vec::new(), Some(why)),
+    };
+    let best = runs.iter().map(|(_, s)| *s).fold(f64::INFINITY, f64::min);
+    let best = best.is_finite().then_some(best);
+    let per_type: serde_json::Map<String, serde_json::Value> = runs
+        .iter()
+        .map(|(t, s)| (t.to_string(), serde_json::json!(s)))
+        .collect();
+    let detail = serde_json::json!({
+        "p3_faster_whisper_s": per_type,
+        "p3_faster_whisper_best_s": best,
+        "p3_faster_whisper_note": note,
+        "p3_whisper_rs_ratio_vs_faster_whisper": best.map(|b| direct_s / b),
+    });
+    (best.map(|b| stage_s / b), detail)
+}
+
 /// Runs the benchmark with `cfg` (its concurrency, memory budget and model) and `opts`.
 /// `progress` receives one line per phase.
 pub async fn run(
@@ -819,16 +850,26 @@ impl P12 {
     }
 }
 
-/// Wall seconds of two whisper-rs runs directly on `wav` with `model` and `threads`, through
-/// [`AsrModel::transcribe`] on the whole file like the unsplit stage: the same calls the
-/// stage makes, including the language guard's identification when `model` carries one.
+/// Wall seconds of two whisper-rs runs directly on `wav` with `cfg`'s model and `threads`,
+/// through [`asr::AsrModel::transcribe`] on the whole file like the unsplit stage, and the name of
+/// the language guard's identifier when the model carries one as the stage's does
+/// ([`StageCtx::guarded`]): the same calls the stage makes, so the guard's pass (≈ 2 s on 1
+/// thread, a fifth of a 2-minute file's transcription) is not charged to overhead.
 async fn direct_whisper(
-    model: Arc<AsrModel>,
+    cfg: &Config,
+    data: &DataDir,
     wav: &Path,
     threads: usize,
-) -> Result<Vec<f64>, BenchError> {
+) -> Result<(Vec<f64>, Option<String>), BenchError> {
+    let ctx = StageCtx::new(cfg.clone(), data.clone());
+    let model = ctx
+        .asr()
+        .await
+        .map_err(|e| BenchError::Setup(format!("cannot load the model: {e}")))?;
+    let model = ctx.guarded(model).await;
+    let guard = model.language_id_model().map(|m| m.name().to_string());
     let wav = wav.to_path_buf();
-    tokio::task::spawn_blocking(move || -> Result<Vec<f64>, String> {
+    let runs = tokio::task::spawn_blocking(move || -> Result<Vec<f64>, String> {
         let m = model;
         let pcm = asr::read_wav_16k_mono(&wav).map_err(|e| e.to_string())?;
         let mut runs = Vec::new();
@@ -850,7 +891,8 @@ async fn direct_whisper(
     })
     .await
     .map_err(run_err("direct whisper"))?
-    .map_err(BenchError::Run)
+    .map_err(BenchError::Run)?;
+    Ok((runs, guard))
 }
 
 /// P5: `flows` no-op flows through bullmq-official and through Node BullMQ, two rounds each,
@@ -1002,31 +1044,19 @@ async fn run_inner(
         .segments
         .clamp(1, cfg.transcribe_concurrency.max(1) as u64);
     let direct_threads = (solo_long.threads * parallel) as usize;
-    // The model as the stage ran it: with the language guard's identifier when it had one,
-    // so both sides do the same whisper work (the guard's pass is ≈ 2 s on 1 thread, a fifth
-    // of a 2-minute file's transcription: without it P3 would charge the guard to overhead).
-    let ctx = StageCtx::new(cfg.clone(), data.clone());
-    let model = ctx
-        .asr()
-        .await
-        .map_err(|e| BenchError::Setup(format!("cannot load the model: {e}")))?;
-    let model = ctx.guarded(model).await;
-    let direct_guard = model.language_id_model().map(|m| m.name().to_string());
-    let direct_runs = direct_whisper(model, &wav, direct_threads).await?;
+    let (direct_runs, direct_guard) = direct_whisper(cfg, data, &wav, direct_threads).await?;
     let direct_s = direct_runs.iter().copied().fold(f64::INFINITY, f64::min);
     let p3 = solo_long.stage_wall_s[1] / direct_s;
 
     progress("P3: faster-whisper on the same audio");
-    let (fw_runs, fw_note) = match faster_whisper(&cfg.model, &wav, direct_threads).await {
-        Ok(r) => (r, None),
-        Err(why) => (Vec::new(), Some(why)),
-    };
-    // The engine a user would pick instead: faster-whisper's faster compute type here.
-    let fw_s = fw_runs
-        .iter()
-        .map(|(_, s)| *s)
-        .fold(f64::INFINITY, f64::min);
-    let p3_fw = fw_s.is_finite().then(|| solo_long.stage_wall_s[1] / fw_s);
+    let (p3_fw, fw_detail) = engine_ratio(
+        &cfg.model,
+        &wav,
+        direct_threads,
+        solo_long.stage_wall_s[1],
+        direct_s,
+    )
+    .await;
 
     progress("P3: stage hops (no-op flows)");
     let mut hop = hops(url, hop_flows).await?;
@@ -1057,7 +1087,7 @@ async fn run_inner(
         .chain(std::iter::once(solo_long).filter(|r| !one_job(r)))
         .map(|r| r.peak_rss_mb)
         .fold(0.0, f64::max);
-    let detail = serde_json::json!({
+    let mut detail = serde_json::json!({
         "quick": opts.quick,
         "build": if cfg!(debug_assertions) { "debug" } else { "release" },
         "cores": cores,
@@ -1079,10 +1109,6 @@ async fn run_inner(
         "p3_direct_whisper_s": direct_s,
         "p3_direct_threads": direct_threads,
         "p3_direct_language_guard": direct_guard,
-        "p3_faster_whisper_s": fw_runs.iter().map(|(t, s)| (t.to_string(), serde_json::json!(s))).collect::<serde_json::Map<_, _>>(),
-        "p3_faster_whisper_best_s": fw_s.is_finite().then_some(fw_s),
-        "p3_faster_whisper_note": fw_note,
-        "p3_whisper_rs_ratio_vs_faster_whisper": fw_s.is_finite().then(|| direct_s / fw_s),
         "p3_stage_segments": solo_long.segments,
         "p3_stage_runs_s": solo.long_stage_walls,
         "p3_direct_runs_s": direct_runs,
@@ -1092,6 +1118,9 @@ async fn run_inner(
         "p5_node_jobs_per_s": node_rates,
         "p5_note": node_note,
     });
+    if let (Some(d), serde_json::Value::Object(fw)) = (detail.as_object_mut(), fw_detail) {
+        d.extend(fw);
+    }
     Ok(BenchReport {
         p1_short_latency_ratio_max: p1,
         p1_baseline_short_latency_ratio_max: p1_base,

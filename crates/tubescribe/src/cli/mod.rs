@@ -311,7 +311,7 @@ enum Command {
         /// Directory of speech clips (<name>.wav + <name>.txt); default ../shared/samples.
         #[arg(long, value_name = "DIR")]
         samples: Option<PathBuf>,
-        /// Directory of the Node BullMQ anchor (default bench/node).
+        /// Directory of the Node BullMQ anchor (default: the checkout's bench/node).
         #[arg(long, value_name = "DIR")]
         node_dir: Option<PathBuf>,
         #[command(flatten)]
