@@ -11,6 +11,22 @@ pub const SEGMENT_JOB: &str = "segment";
 /// The queue of webhook deliveries (one job per delivery; its id is the message id).
 pub const WEBHOOK_QUEUE: &str = "webhook";
 
+/// The stage and job id of a BullMQ job key (`bull:<queue>:<job id>`).
+pub fn job_of_key(key: &str) -> Option<(crate::domain::Stage, String)> {
+    let rest = key.strip_prefix(PREFIX)?.strip_prefix(':')?;
+    let (queue, id) = rest.split_once(':')?;
+    Some((
+        crate::domain::Stage::from_queue_name(queue)?,
+        id.to_string(),
+    ))
+}
+
+/// The child named by BullMQ's parent failure text `child <key> failed`
+/// (`failParentOnFailure`): its stage and job id.
+pub fn failed_child(reason: &str) -> Option<(crate::domain::Stage, String)> {
+    job_of_key(reason.strip_prefix("child ")?.strip_suffix(" failed")?)
+}
+
 /// The job id of segment `index` of `task_id`: `seg<index>-<task_id>`.
 pub fn segment_job_id(task_id: &str, index: usize) -> String {
     format!("seg{index}-{task_id}")
@@ -64,3 +80,23 @@ pub const TASK_RECORDS: &str = "tubescribe:tasks";
 /// The lease a worker takes before it applies the retention policy (`SET NX PX` for one
 /// period), so that of many workers only one prunes per period; its value names the holder.
 pub const RETENTION_LEASE: &str = "tubescribe:retention";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Stage;
+
+    #[test]
+    fn child_failures_are_followed_to_the_job_that_failed_first() {
+        assert_eq!(
+            failed_child("child bull:transcribe:seg2-file-abc failed"),
+            Some((Stage::Transcribe, "seg2-file-abc".into()))
+        );
+        assert_eq!(
+            failed_child("child bull:download:dl-yt-x_y-base failed"),
+            Some((Stage::Download, "dl-yt-x_y-base".into()))
+        );
+        assert_eq!(failed_child("job stalled more than allowable limit"), None);
+        assert_eq!(failed_child("child other:download:dl-x failed"), None);
+    }
+}

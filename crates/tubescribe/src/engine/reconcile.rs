@@ -34,7 +34,7 @@ use bullmq::JobState;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::domain::keys::{PREFIX, RECONCILER_LEASE};
+use crate::domain::keys::{failed_child, job_of_key, RECONCILER_LEASE};
 use crate::domain::manifest::{now_ms, Manifest, StageState};
 use crate::domain::Stage;
 use crate::engine::flow::decode_failure;
@@ -298,18 +298,6 @@ pub fn spawn(
     })
 }
 
-/// The stage and job id of a BullMQ job key (`bull:<queue>:<job id>`).
-fn job_of_key(key: &str) -> Option<(Stage, String)> {
-    let rest = key.strip_prefix(PREFIX)?.strip_prefix(':')?;
-    let (queue, id) = rest.split_once(':')?;
-    Some((Stage::from_queue_name(queue)?, id.to_string()))
-}
-
-/// The child named by BullMQ's parent failure text `child <key> failed`.
-fn failed_child(reason: &str) -> Option<(Stage, String)> {
-    job_of_key(reason.strip_prefix("child ")?.strip_suffix(" failed")?)
-}
-
 /// BullMQ's reason for a job that failed outside any worker's attempt, in words.
 fn explain(stage: Stage, reason: &str) -> String {
     if reason.contains("stalled more than allowable limit") {
@@ -401,20 +389,6 @@ mod tests {
         );
         m.start_attempt(Stage::Transcribe, 3, "h:2");
         m
-    }
-
-    #[test]
-    fn child_failures_are_followed_to_the_job_that_failed_first() {
-        assert_eq!(
-            failed_child("child bull:transcribe:seg2-file-abc failed"),
-            Some((Stage::Transcribe, "seg2-file-abc".into()))
-        );
-        assert_eq!(
-            failed_child("child bull:download:dl-yt-x_y-base failed"),
-            Some((Stage::Download, "dl-yt-x_y-base".into()))
-        );
-        assert_eq!(failed_child("job stalled more than allowable limit"), None);
-        assert_eq!(failed_child("child other:download:dl-x failed"), None);
     }
 
     #[test]

@@ -404,12 +404,8 @@ impl JobEvent<'_> {
         // or "cancelled" when the task was cancelled while its segments ran.
         let from_record = m
             .as_ref()
-            .filter(|_| raw.starts_with("child ") && raw.ends_with(" failed"))
-            .and_then(|m| m.stage(self.stage))
-            .and_then(|r| match r.state {
-                StageState::Cancelled => Some("cancelled".to_string()),
-                _ => r.error.clone(),
-            });
+            .filter(|_| crate::domain::keys::failed_child(raw).is_some())
+            .and_then(|m| m.stage(self.stage).and_then(|r| r.error.clone()));
         let reason = from_record.as_deref().unwrap_or(raw);
         let mut v = Vec::new();
         if !self.skipped(m.as_ref()) {
