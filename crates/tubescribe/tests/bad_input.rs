@@ -1051,7 +1051,7 @@ fn class6_a_long_task_is_guarded_by_its_first_segment() {
         "{msg}"
     );
     let detail = &m["stages"]["transcribe"]["detail"];
-    // 135 s at 60: 3 segments, rounded up to a multiple of the 2 transcribe slots.
+    // 135 s at 60 on 2 transcribe slots: two waves of 2 (`segmenting::segment_lengths`).
     assert_eq!(detail["segments_planned"], 4, "{detail}");
     let m = manifest_for(&data, "english_twice.wav");
     assert_eq!(m["status"], "completed", "{m:#}");

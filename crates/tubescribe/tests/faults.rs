@@ -1014,7 +1014,7 @@ fn kill9_during_a_segment_job_loses_no_segment() {
     let ms = assert_all_completed_once(&c, 1);
     let m = ms.values().next().unwrap();
     let d = &m["stages"]["transcribe"]["detail"];
-    // ≈ 150 s at 60: 3 segments, rounded up to a multiple of the 2 transcribe slots.
+    // ≈ 150 s at 60 on 2 transcribe slots: two waves of 2 (`segmenting::segment_lengths`).
     assert_eq!(d["segments_merged"], 4, "{d}");
     // Each segment completed once; those running at the kill ran again (attempt 2).
     for i in ["0", "1", "2", "3"] {

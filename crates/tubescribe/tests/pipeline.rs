@@ -230,7 +230,17 @@ async fn long_file_is_split_and_merged_in_process() {
     let bounds: Vec<u64> = serde_json::from_value(d["segment_bounds_ms"].clone()).unwrap();
     eprintln!("split at {bounds:?}; transcribe detail {d:?}");
     let pcm = asr::read_wav_16k_mono(&ran.task.file("audio.wav")).unwrap();
-    assert_eq!(bounds, segmenting::bounds_ms(&pcm, SEGMENT_S, 1));
+    assert_eq!(
+        bounds,
+        segmenting::bounds_ms(
+            &pcm,
+            segmenting::CutRule {
+                segment_s: SEGMENT_S,
+                slots: 1,
+                lead_s: 0.0
+            }
+        )
+    );
     let n = bounds.len() - 1;
     assert!(n >= 3, "at least three ranges: {bounds:?}");
     assert_eq!(d["segments_merged"], n);

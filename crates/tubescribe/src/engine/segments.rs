@@ -9,10 +9,11 @@
 //! # Flow
 //!
 //! A task's transcribe job (`tr-<task>`) whose audio is longer than `schedule.segment_s`
-//! (default 600 s) runs in two steps, BullMQ's "step job" idiom:
+//! (default 120 s) runs in two steps, BullMQ's "step job" idiom:
 //!
-//! 1. **split** — decode `audio.wav`, choose cut points in silence
-//!    ([`segmenting::find_cuts`]), store them in the job's data (`cuts_ms`), add one segment
+//! 1. **split** — decode `audio.wav`, choose cut points in pauses
+//!    ([`segmenting::find_cuts`]: segments that shrink towards the end, the first one
+//!    shorter by the language guard's cost), store them in the job's data (`cuts_ms`), add one segment
 //!    job per range as a child of the running transcribe job (a *fan-out*), and move the job
 //!    to `waiting-children` (`Job::move_to_waiting_children` + `Error::WaitingChildren`):
 //!
@@ -282,7 +283,7 @@ async fn split(ctx: &StageCtx, jctx: &JobCtx) -> Result<Vec<u64>, StageError> {
             dl.media
         )));
     }
-    ctx.task_model(&jctx.task).await?; // a missing model fails before any work
+    let model = ctx.task_model(&jctx.task).await?; // a missing model fails before any work
     crate::pipeline::transcribe::decode(ctx, jctx, &media, dl.duration_s).await?;
     jctx.report(DECODE_SHARE, Some("finding pauses"));
     let wav = jctx.task.file(names::AUDIO_WAV);
@@ -290,7 +291,18 @@ async fn split(ctx: &StageCtx, jctx: &JobCtx) -> Result<Vec<u64>, StageError> {
     let slots = ctx
         .plan()
         .map_or(ctx.cfg.transcribe_concurrency, |p| p.slots);
-    let bounds = segmenting::plan(&wav, ctx.cfg.schedule.segment_s, slots).await?;
+    // The first segment carries the language guard's pass: it gets that much less audio.
+    let guarded = crate::pipeline::transcribe::first_range_guarded(ctx, &jctx.task, &model)?;
+    let rule = segmenting::CutRule {
+        segment_s: ctx.cfg.schedule.segment_s,
+        slots,
+        lead_s: if guarded {
+            segmenting::GUARD_LEAD_S
+        } else {
+            0.0
+        },
+    };
+    let bounds = segmenting::plan(&wav, rule).await?;
     let b2 = bounds.clone();
     let attempt = jctx.attempt;
     let started = jctx

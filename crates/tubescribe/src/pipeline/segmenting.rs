@@ -85,10 +85,15 @@ fn frame_db(pcm: &[f32]) -> Vec<f32> {
         .collect()
 }
 
-/// The longest run of frames below `thr` in `db[lo..=hi]` as `(length, middle frame)`; ties
-/// go to the run whose middle is closest to `aim`. `None` when no frame is below `thr`.
-fn longest_quiet_run(db: &[f32], lo: usize, hi: usize, thr: f32, aim: usize) -> Option<usize> {
-    let mut best: Option<(usize, usize)> = None; // (len, mid)
+/// A pause at least this long (frames of 20 ms: 0.5 s) is a sentence or phrase boundary,
+/// good enough to cut in; among such pauses the one nearest the aim wins.
+const CUT_PAUSE_FRAMES: usize = 25;
+
+/// Where to cut in `db[lo..=hi]`: the middle of the run of frames below `thr` that is at
+/// least [`CUT_PAUSE_FRAMES`] long and nearest to `aim`; without such a run, the middle of the
+/// longest run (ties to the one nearest `aim`). `None` when no frame is below `thr`.
+fn pause_near(db: &[f32], lo: usize, hi: usize, thr: f32, aim: usize) -> Option<usize> {
+    let mut runs: Vec<(usize, usize)> = Vec::new(); // (len, mid)
     let mut i = lo;
     while i <= hi {
         if db[i] < thr {
@@ -96,36 +101,80 @@ fn longest_quiet_run(db: &[f32], lo: usize, hi: usize, thr: f32, aim: usize) -> 
             while i <= hi && db[i] < thr {
                 i += 1;
             }
-            let len = i - s;
-            let mid = s + len / 2;
-            let better = match best {
-                None => true,
-                Some((bl, bm)) => len > bl || (len == bl && mid.abs_diff(aim) < bm.abs_diff(aim)),
-            };
-            if better {
-                best = Some((len, mid));
-            }
+            runs.push((i - s, s + (i - s) / 2));
         } else {
             i += 1;
         }
     }
-    best.map(|(_, mid)| mid)
+    let nearest = |r: &&(usize, usize)| r.1.abs_diff(aim);
+    runs.iter()
+        .filter(|r| r.0 >= CUT_PAUSE_FRAMES)
+        .min_by_key(nearest)
+        .or_else(|| {
+            runs.iter()
+                .max_by(|a, b| a.0.cmp(&b.0).then(nearest(b).cmp(&nearest(a))))
+        })
+        .map(|r| r.1)
 }
 
-/// Cut points for `pcm` (16 kHz mono) into segments of about `segment_s` seconds, in
-/// samples, ascending, excluding 0 and the end. Audio no longer than `segment_s` gets none.
+/// How a long audio is cut: the segment length aimed at, the slots that run the segments
+/// side by side and the extra work the first segment carries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CutRule {
+    /// Segment length aimed at, seconds (`schedule.segment_s`).
+    pub segment_s: f64,
+    /// Transcribe slots that run the segments side by side (0 counts as 1).
+    pub slots: usize,
+    /// Extra work of the first segment in seconds of audio: [`GUARD_LEAD_S`] when the
+    /// language guard runs there, else 0.
+    pub lead_s: f64,
+}
+
+/// The language guard's cost in seconds of the main model's audio: base identifying the
+/// language of 15 s of speech on 1 thread takes about as long as tiny.en transcribing 20 s
+/// (measured here, 1 thread: the guard ≈ 2.2 s, tiny.en ≈ 0.1 s per second of speech). The
+/// first segment of a guarded task is shortened by it, so the first wave's segments end
+/// together instead of the others' slots idling while the guard's segment finishes.
+pub const GUARD_LEAD_S: f64 = 20.0;
+
+/// Segment lengths in seconds for `total_s` seconds of work (the audio plus the first
+/// segment's lead) under `segment_s` and `slots` ("factoring", a guided self-scheduling
+/// rule): batches of `slots` equal segments, each batch covering about half the remaining
+/// work, a segment never longer than `segment_s` nor shorter than `segment_s / 2`; the last
+/// batch shares what remains equally. So the count is a multiple of the slots (no wave
+/// leaves a slot idle) and the segments get shorter towards the end, where a slot whose
+/// segment happened to be faster would otherwise idle while the other finishes a long one:
+/// 746 s at 120 on 2 slots is 4 × 120 s then 4 × 66.5 s.
+pub fn segment_lengths(total_s: f64, segment_s: f64, slots: usize) -> Vec<f64> {
+    let s = slots.max(1) as f64;
+    let min = segment_s / 2.0;
+    let mut left = total_s;
+    let mut out = Vec::new();
+    while left > 0.0 && segment_s > 0.0 {
+        let c = (left / (2.0 * s)).clamp(min, segment_s);
+        if left - s * c < s * min {
+            out.extend(std::iter::repeat_n(left / s, slots.max(1)));
+            break;
+        }
+        out.extend(std::iter::repeat_n(c, slots.max(1)));
+        left -= s * c;
+    }
+    out
+}
+
+/// Cut points for `pcm` (16 kHz mono) under `rule`, in samples, ascending, excluding 0 and
+/// the end. Audio no longer than `rule.segment_s` gets none.
 ///
-/// Method: `n = ⌈duration / segment_s⌉` segments, rounded up to a multiple of `slots` (the
-/// transcribe slots that will run them side by side; 0 counts as 1), so no wave of segments
-/// leaves a slot idle: 590 s at `segment_s` 120 on 2 slots is 6 segments of ≈ 98 s, not 5
-/// of 118 s where the fifth runs alone. Cut `k` aims at `k × duration / n` and searches
-/// ± `min(60 s, duration / n / 4)` around it for the longest run of quiet frames (20 ms RMS
-/// below `min(−30 dBFS, 10th-percentile level + 12 dB)`), preferring the run closest to the
-/// aim on ties, and cuts at the run's middle. A window without any quiet frame is cut at its
-/// quietest frame. Never mid-word when there is a pause to find.
-pub fn find_cuts(pcm: &[f32], segment_s: f64, slots: usize) -> Vec<usize> {
+/// Method: the lengths of [`segment_lengths`] over the audio plus the first segment's
+/// `lead_s` (capped at `segment_s / 4`), laid out from `−lead`, give the aims; cut `k`
+/// searches ± `min(60 s, the shorter neighbour / 4)` around its aim for quiet frames (20 ms
+/// RMS below `min(−30 dBFS, 10th-percentile level + 12 dB)`) and cuts in the middle of the
+/// pause of at least 0.5 s nearest the aim (so the segments keep the planned lengths), else
+/// of the longest pause. A window without any quiet frame is cut at its quietest frame.
+/// Never mid-word when there is a pause to find.
+pub fn find_cuts(pcm: &[f32], rule: CutRule) -> Vec<usize> {
     let total_s = pcm.len() as f64 / SAMPLE_RATE as f64;
-    if segment_s <= 0.0 || total_s <= segment_s {
+    if rule.segment_s <= 0.0 || total_s <= rule.segment_s {
         return Vec::new();
     }
     let db = frame_db(pcm);
@@ -133,21 +182,22 @@ pub fn find_cuts(pcm: &[f32], segment_s: f64, slots: usize) -> Vec<usize> {
     sorted.sort_by(|a, b| a.total_cmp(b));
     let p10 = sorted[sorted.len() / 10];
     let thr = (p10 + 12.0).min(-30.0);
-    let slots = slots.max(1);
-    let n = (total_s / segment_s).ceil() as usize;
-    let n = n.div_ceil(slots) * slots;
+    let lead = rule.lead_s.clamp(0.0, rule.segment_s / 4.0);
+    let lengths = segment_lengths(total_s + lead, rule.segment_s, rule.slots);
     let frames_per_s = SAMPLE_RATE as f64 / FRAME as f64;
-    let radius = (60.0f64.min(total_s / n as f64 / 4.0) * frames_per_s) as usize;
     let mut cuts = Vec::new();
     let mut last = 0usize;
-    for k in 1..n {
-        let aim = (db.len() * k) / n;
+    let mut at_s = -lead;
+    for w in lengths.windows(2) {
+        at_s += w[0];
+        let aim = (at_s.max(0.0) * frames_per_s).round() as usize;
+        let radius = (60.0f64.min(w[0].min(w[1]) / 4.0) * frames_per_s) as usize;
         let lo = aim.saturating_sub(radius).max(last + 1);
         let hi = (aim + radius).min(db.len().saturating_sub(1));
         if lo >= hi {
             continue;
         }
-        let frame = longest_quiet_run(&db, lo, hi, thr, aim).unwrap_or_else(|| {
+        let frame = pause_near(&db, lo, hi, thr, aim).unwrap_or_else(|| {
             (lo..=hi)
                 .min_by(|a, b| db[*a].total_cmp(&db[*b]))
                 .unwrap_or(aim)
@@ -159,10 +209,10 @@ pub fn find_cuts(pcm: &[f32], segment_s: f64, slots: usize) -> Vec<usize> {
 }
 
 /// The range boundaries of `pcm` in ms: `0`, the cut points of [`find_cuts`], the end.
-pub fn bounds_ms(pcm: &[f32], segment_s: f64, slots: usize) -> Vec<u64> {
+pub fn bounds_ms(pcm: &[f32], rule: CutRule) -> Vec<u64> {
     let to_ms = |s: usize| s as u64 * 1000 / SAMPLE_RATE as u64;
     let mut bounds = vec![0u64];
-    bounds.extend(find_cuts(pcm, segment_s, slots).into_iter().map(to_ms));
+    bounds.extend(find_cuts(pcm, rule).into_iter().map(to_ms));
     bounds.push(to_ms(pcm.len()));
     bounds
 }
@@ -171,14 +221,10 @@ pub fn bounds_ms(pcm: &[f32], segment_s: f64, slots: usize) -> Vec<u64> {
 ///
 /// # Errors
 /// Permanent: the file cannot be read as 16 kHz mono WAV, or the cut finder panicked.
-pub async fn plan(
-    wav: &std::path::Path,
-    segment_s: f64,
-    slots: usize,
-) -> Result<Vec<u64>, StageError> {
+pub async fn plan(wav: &std::path::Path, rule: CutRule) -> Result<Vec<u64>, StageError> {
     let wav = wav.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        asr::read_wav_16k_mono(&wav).map(|pcm| bounds_ms(&pcm, segment_s, slots))
+        asr::read_wav_16k_mono(&wav).map(|pcm| bounds_ms(&pcm, rule))
     })
     .await
     .map_err(|e| StageError::permanent(format!("cut finder panicked: {e}")))?
@@ -341,6 +387,14 @@ mod tests {
     }
 
     /// Tone bursts ("speech") with silent gaps at known places.
+    fn rule(segment_s: f64, slots: usize) -> CutRule {
+        CutRule {
+            segment_s,
+            slots,
+            lead_s: 0.0,
+        }
+    }
+
     fn synth(spans_s: &[(f64, f64)], total_s: f64) -> Vec<f32> {
         let n = (total_s * SAMPLE_RATE as f64) as usize;
         let mut v = vec![0.0f32; n];
@@ -363,19 +417,19 @@ mod tests {
             .map(|i| (i as f64 * 5.0, i as f64 * 5.0 + 4.0))
             .collect();
         let pcm = synth(&spans, 25.0);
-        let cuts = find_cuts(&pcm, 10.0, 1);
+        let cuts = find_cuts(&pcm, rule(10.0, 1));
         assert_eq!(cuts.len(), 2, "{cuts:?}");
         for c in &cuts {
             let t = *c as f64 / SAMPLE_RATE as f64;
             let in_pause = (0..5).any(|i| t > i as f64 * 5.0 + 4.0 && t < (i + 1) as f64 * 5.0);
             assert!(in_pause, "cut at {t} s is not in a pause");
         }
-        assert!(find_cuts(&pcm[..16_000 * 9], 10.0, 2).is_empty());
-        let b = bounds_ms(&pcm, 10.0, 1);
+        assert!(find_cuts(&pcm[..16_000 * 9], rule(10.0, 2)).is_empty());
+        let b = bounds_ms(&pcm, rule(10.0, 1));
         assert_eq!(b.len(), 4, "{b:?}");
         assert_eq!((b[0], b[3]), (0, 25_000));
         assert_eq!(b[1], cuts[0] as u64 / 16);
-        assert_eq!(bounds_ms(&pcm[..16_000 * 9], 10.0, 1), [0, 9_000]);
+        assert_eq!(bounds_ms(&pcm[..16_000 * 9], rule(10.0, 1)), [0, 9_000]);
     }
 
     /// The segment count is rounded up to a multiple of the slots: 25 s at 10 s is 3
@@ -384,9 +438,9 @@ mod tests {
     fn segments_fill_every_slot() {
         let spans: Vec<(f64, f64)> = (0..25).map(|i| (i as f64, i as f64 + 0.7)).collect();
         let pcm = synth(&spans, 25.0);
-        assert_eq!(find_cuts(&pcm, 10.0, 1).len(), 2);
-        assert_eq!(find_cuts(&pcm, 10.0, 0).len(), 2);
-        let two = bounds_ms(&pcm, 10.0, 2);
+        assert_eq!(find_cuts(&pcm, rule(10.0, 1)).len(), 2);
+        assert_eq!(find_cuts(&pcm, rule(10.0, 0)).len(), 2);
+        let two = bounds_ms(&pcm, rule(10.0, 2));
         assert_eq!(two.len(), 5, "{two:?}");
         for w in two.windows(2) {
             let len = w[1] - w[0];
@@ -396,7 +450,52 @@ mod tests {
             let frac = (*c % 1_000) as f64 / 1_000.0;
             assert!(frac > 0.7, "cut at {c} ms is not in a pause");
         }
-        assert_eq!(find_cuts(&pcm, 10.0, 3).len(), 2);
+        assert_eq!(find_cuts(&pcm, rule(10.0, 3)).len(), 2);
+    }
+
+    /// The guard's lead shortens the first segment by about the lead and spreads it over the
+    /// others: 60 s of speech at 40 s on 2 slots is 30 + 30 without a lead, ≈ 25 + 35 with a
+    /// 10 s lead; a lead longer than a quarter segment counts as a quarter segment.
+    #[test]
+    fn the_guards_segment_is_shorter_by_its_lead() {
+        let spans: Vec<(f64, f64)> = (0..60).map(|i| (i as f64, i as f64 + 0.7)).collect();
+        let pcm = synth(&spans, 60.0);
+        let first = |lead_s: f64| {
+            let b = bounds_ms(
+                &pcm,
+                CutRule {
+                    segment_s: 40.0,
+                    slots: 2,
+                    lead_s,
+                },
+            );
+            assert_eq!(b.len(), 3, "{b:?}");
+            b[1]
+        };
+        assert!((29_000..=31_000).contains(&first(0.0)), "{}", first(0.0));
+        assert!((24_000..=26_000).contains(&first(10.0)), "{}", first(10.0));
+        assert!(
+            (24_000..=26_000).contains(&first(100.0)),
+            "{}",
+            first(100.0)
+        );
+    }
+
+    /// Factoring: batches of `slots` equal segments, half the remaining work per batch, within
+    /// [segment_s / 2, segment_s]; the lengths add up to the whole.
+    #[test]
+    fn segments_shrink_towards_the_end() {
+        let l = segment_lengths(746.0, 120.0, 2);
+        assert_eq!(l, [120.0, 120.0, 120.0, 120.0, 66.5, 66.5, 66.5, 66.5]);
+        assert_eq!(segment_lengths(143.0, 120.0, 2), [71.5, 71.5]);
+        assert_eq!(segment_lengths(300.0, 120.0, 1), [120.0, 90.0, 90.0]);
+        for (total, slots) in [(121.0, 1), (250.0, 2), (610.0, 2), (3600.0, 3), (135.0, 4)] {
+            let l = segment_lengths(total, 120.0, slots);
+            assert_eq!(l.len() % slots, 0, "{total} {slots}: {l:?}");
+            assert!((l.iter().sum::<f64>() - total).abs() < 1e-6, "{l:?}");
+            assert!(l.iter().all(|&x| x <= 120.0), "{l:?}");
+            assert!(l.windows(2).all(|w| w[1] <= w[0] + 1e-9), "{l:?}");
+        }
     }
 
     #[test]
