@@ -88,6 +88,10 @@ struct ModelArgs {
     /// `tubescribe model list`). Default: <data-dir>/models/ggml-tiny.en.bin.
     #[arg(long, env = "TUBESCRIBE_MODEL")]
     model: Option<PathBuf>,
+    /// ASR engine: whisper-cpp (default) or ct2 (CTranslate2, in builds with the `ct2`
+    /// feature). A model name then means `ggml-NAME.bin` or the directory `ct2-NAME`.
+    #[arg(long, env = "TUBESCRIBE_ENGINE")]
+    engine: Option<crate::tools::asr::Engine>,
 }
 
 /// How the stage workers of this process run.
@@ -190,6 +194,7 @@ fn overrides(
         redis_url: redis.and_then(|r| r.redis_url.clone()),
         storage_url: redis.and_then(|r| r.storage_url.clone()),
         model: model.and_then(|m| m.model.clone()),
+        engine: model.and_then(|m| m.engine),
         allow_hosts,
         ..Overrides::default()
     };
@@ -856,7 +861,7 @@ async fn process(cfg: Config, inputs: Vec<String>, opts: ProcessOptions<'_>) -> 
         return Ok(2);
     }
     // With local transcribe workers, a missing model is refused before any task is created.
-    if !no_workers && !cfg.model.is_file() {
+    if !no_workers && !crate::tools::model::model_exists(&cfg.model) {
         anyhow::bail!(crate::tools::model::missing_message(&cfg.model));
     }
     let signals = signals()?;

@@ -17,10 +17,11 @@ impl ModelName {
     pub const ALL: [ModelName; 2] = [ModelName::TinyEn, ModelName::Base];
 
     /// Parses `tiny.en` (also `tiny-en`, `tiny_en`, `tinyen`) or `base`, case-insensitively; a
-    /// `ggml-` prefix and a `.bin` suffix are accepted too.
+    /// `ggml-` or `ct2-` prefix and a `.bin` suffix are accepted too.
     pub fn parse(s: &str) -> Option<ModelName> {
         let s = s.trim().to_ascii_lowercase();
         let s = s.strip_prefix("ggml-").unwrap_or(&s);
+        let s = s.strip_prefix("ct2-").unwrap_or(s);
         let s = s.strip_suffix(".bin").unwrap_or(s);
         match s {
             "tiny.en" | "tiny-en" | "tiny_en" | "tinyen" => Some(ModelName::TinyEn),
@@ -50,6 +51,15 @@ impl ModelName {
         match self {
             ModelName::TinyEn => "ggml-tiny.en.bin",
             ModelName::Base => "ggml-base.bin",
+        }
+    }
+
+    /// Directory name of the CTranslate2 model in the models directory ([`crate::tools::asr::Engine::Ct2`]):
+    /// `ct2-tiny.en`.
+    pub fn ct2_dir_name(self) -> &'static str {
+        match self {
+            ModelName::TinyEn => "ct2-tiny.en",
+            ModelName::Base => "ct2-base",
         }
     }
 

@@ -139,13 +139,27 @@ pub fn model_name(path: &Path) -> String {
     }
 }
 
-/// SHA-256 of the model file at `path`, hashed once per process per file (78–148 MB, about
-/// 0.3–0.6 s) and cached by path, size and modification time, so a replaced file is hashed
-/// again. Blocking: call from a blocking thread.
+/// True when `path` is a model either engine can load: a ggml file (whisper.cpp) or a
+/// CTranslate2 model directory ([`crate::tools::asr::is_ct2_model_dir`]).
+pub fn model_exists(path: &Path) -> bool {
+    path.is_file() || crate::tools::asr::is_ct2_model_dir(path)
+}
+
+/// SHA-256 of the model file at `path` (for a CTranslate2 model directory, of its
+/// `model.bin`), hashed once per process per file (78–148 MB, about 0.3–0.6 s) and cached by
+/// path, size and modification time, so a replaced file is hashed again. Blocking: call from
+/// a blocking thread.
 pub fn model_sha256(path: &Path) -> std::io::Result<String> {
     use std::collections::HashMap;
     use std::sync::Mutex;
     type Key = (PathBuf, u64, Option<std::time::SystemTime>);
+    let weights;
+    let path = if crate::tools::asr::is_ct2_model_dir(path) {
+        weights = path.join("model.bin");
+        weights.as_path()
+    } else {
+        path
+    };
     static CACHE: Mutex<Option<HashMap<Key, String>>> = Mutex::new(None);
     let md = std::fs::metadata(path)?;
     let key = (path.to_path_buf(), md.len(), md.modified().ok());
@@ -171,7 +185,7 @@ pub fn model_sha256(path: &Path) -> std::io::Result<String> {
 /// pinned SHA-256 (a submitter without local workers need not have the model); any other
 /// missing file is [`ModelChoiceError::Missing`] with the install hint.
 pub async fn identify(path: &Path) -> Result<ModelRef, ModelChoiceError> {
-    if !path.is_file() {
+    if !model_exists(path) {
         let pinned = path
             .file_name()
             .and_then(|n| ModelName::parse(&n.to_string_lossy()));
@@ -207,7 +221,9 @@ pub async fn identify(path: &Path) -> Result<ModelRef, ModelChoiceError> {
 /// `models_dir`.
 pub fn installed(default: &Path, models_dir: &Path) -> Vec<(String, PathBuf)> {
     let mut out: Vec<(String, PathBuf)> = Vec::new();
-    if default.is_file() {
+    // The default's engine decides which form of the other models counts.
+    let ct2 = crate::tools::asr::is_ct2_model_dir(default);
+    if model_exists(default) {
         out.push((model_name(default), default.to_path_buf()));
     }
     let dirs = [
@@ -221,8 +237,8 @@ pub fn installed(default: &Path, models_dir: &Path) -> Vec<(String, PathBuf)> {
         if let Some(p) = dirs
             .iter()
             .flatten()
-            .map(|d| d.join(m.file_name()))
-            .find(|p| p.is_file())
+            .map(|d| d.join(if ct2 { m.ct2_dir_name() } else { m.file_name() }))
+            .find(|p| model_exists(p))
         {
             out.push((m.as_str().to_string(), p));
         }
