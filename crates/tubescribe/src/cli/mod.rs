@@ -470,6 +470,8 @@ enum ModelCommand {
         dir: Option<PathBuf>,
         #[command(flatten)]
         settings: SettingsArgs,
+        #[command(flatten)]
+        model: ModelArgs,
     },
     /// List the installable models and the model files installed here: size, path, and which
     /// one is used by default.
@@ -610,8 +612,16 @@ pub async fn main(cli: Cli) -> Result<i32> {
                     name,
                     dir,
                     settings,
+                    model,
                 },
-        } => model_install(&resolve(&settings, None, None, None, None)?, &name, dir).await,
+        } => {
+            model_install(
+                &resolve(&settings, None, Some(&model), None, None)?,
+                &name,
+                dir,
+            )
+            .await
+        }
         Command::Model {
             command:
                 ModelCommand::List {
@@ -1050,7 +1060,8 @@ async fn model_install(cfg: &Config, name: &str, dir: Option<PathBuf>) -> Result
     // pip and the converter run in other directories: make a relative --dir absolute.
     let dir =
         std::path::absolute(&dir).with_context(|| format!("model directory {}", dir.display()))?;
-    let path = crate::tools::model::install(model, &dir, &cfg.programs.python).await?;
+    let path =
+        crate::tools::model::install_for(model, cfg.engine, &dir, &cfg.programs.python).await?;
     println!("{}", path.display());
     Ok(0)
 }

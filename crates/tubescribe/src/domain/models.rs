@@ -63,6 +63,23 @@ impl ModelName {
         }
     }
 
+    /// Lower-case hex SHA-256 of the CTranslate2 `model.bin` in [`ModelName::ct2_dir_name`]
+    /// (tiny.en: the wheel's own file; base: the concatenation of the two wheels' parts).
+    pub fn ct2_sha256(self) -> &'static str {
+        match self {
+            ModelName::TinyEn => "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+            ModelName::Base => "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+        }
+    }
+
+    /// Size of that `model.bin` in bytes.
+    pub fn ct2_size(self) -> u64 {
+        match self {
+            ModelName::TinyEn => 75_537_502,
+            ModelName::Base => 145_217_532,
+        }
+    }
+
     /// pip requirement lines, pinned by version and wheel SHA-256 (asr.md §4.2).
     pub fn requirements(self) -> &'static [&'static str] {
         match self {

