@@ -150,7 +150,19 @@ impl ModelRef {
     /// default, so existing task ids keep their meaning), `-base` for the pinned base model,
     /// `-m<first 12 hex of the SHA-256>` for any other model file. Equal models give equal
     /// suffixes whatever path or name they were asked for by.
+    ///
+    /// The pinned CTranslate2 models (identified by their `model.bin`) get `-ct2` and
+    /// `-ct2-base`: the same weights, but another engine's transcript.
     pub fn task_suffix(&self) -> String {
+        if let Some(m) = ModelName::ALL
+            .into_iter()
+            .find(|m| m.ct2_sha256() == self.sha256)
+        {
+            return match m {
+                ModelName::TinyEn => "-ct2".into(),
+                m => format!("-ct2-{}", m.as_str().replace('.', "-")),
+            };
+        }
         match ModelName::ALL
             .into_iter()
             .find(|m| m.sha256() == self.sha256)
@@ -167,7 +179,7 @@ impl ModelRef {
     pub fn english_only(&self) -> bool {
         match ModelName::ALL
             .into_iter()
-            .find(|m| m.sha256() == self.sha256)
+            .find(|m| m.sha256() == self.sha256 || m.ct2_sha256() == self.sha256)
         {
             Some(m) => m == ModelName::TinyEn,
             None => self.name.to_ascii_lowercase().ends_with(".en"),
@@ -203,6 +215,15 @@ mod tests {
             path: String::new(),
         };
         assert!(r("x", ModelName::TinyEn.sha256()).english_only());
+        assert!(r("x", ModelName::TinyEn.ct2_sha256()).english_only());
+        assert!(!r("x", ModelName::Base.ct2_sha256()).english_only());
+        // Another engine's transcript is another task.
+        assert_eq!(r("x", ModelName::TinyEn.sha256()).task_suffix(), "");
+        assert_eq!(r("x", ModelName::TinyEn.ct2_sha256()).task_suffix(), "-ct2");
+        assert_eq!(
+            r("x", ModelName::Base.ct2_sha256()).task_suffix(),
+            "-ct2-base"
+        );
         assert!(!r("tiny.en", ModelName::Base.sha256()).english_only());
         assert!(r("ggml-small.en", "ab").english_only());
         assert!(!r("ggml-small", "ab").english_only());

@@ -189,10 +189,13 @@ pub async fn identify(path: &Path) -> Result<ModelRef, ModelChoiceError> {
         let pinned = path
             .file_name()
             .and_then(|n| ModelName::parse(&n.to_string_lossy()));
+        let ct2 = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("ct2-"));
         return match pinned {
             Some(m) => Ok(ModelRef {
                 name: m.as_str().to_string(),
-                sha256: m.sha256().to_string(),
+                sha256: if ct2 { m.ct2_sha256() } else { m.sha256() }.to_string(),
                 path: path.to_string_lossy().into_owned(),
             }),
             None => Err(ModelChoiceError::Missing(missing_message(path))),

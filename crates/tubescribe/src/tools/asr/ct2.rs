@@ -917,9 +917,17 @@ mod tests {
         let max = mel.data.iter().copied().fold(f32::MIN, f32::max);
         let min = mel.data.iter().copied().fold(f32::MAX, f32::min);
         assert!((max - min - 2.0).abs() < 1e-4, "range {min}..{max}");
-        // The tone's band (440 Hz is mel band ~6-7) is loud in the middle of the second.
+        // The loudest band in the middle of the tone is 440 Hz's: 6.6 Slaney mels (linear
+        // below 1 kHz, 200/3 Hz each), with 80 bands 0.55 mel apart → band 11.
         let band = |m: usize| mel.data[m * mel.frames + 50];
-        assert!(band(6).max(band(7)) > band(60) + 0.5);
+        let loudest = (0..80)
+            .max_by(|&a, &b| band(a).total_cmp(&band(b)))
+            .unwrap();
+        assert!((10..=12).contains(&loudest), "loudest band {loudest}");
+        assert!(band(loudest) > band(60) + 0.5);
+        // Past the tone (and its 30 s of padding) every band is at the floor.
+        let floor = mel.data[mel.frames - 1];
+        assert!((floor - min).abs() < 1e-6);
         let w = mel.window(mel.frames - 10);
         assert_eq!(w.len(), 80 * WINDOW_FRAMES);
     }
