@@ -24,10 +24,12 @@ use tubescribe::domain::transcript::{word_error_rate, Segment};
 use tubescribe::domain::ModelName;
 use tubescribe::tools::asr::{AsrError, AsrModel, Engine, TranscribeOptions, WavTranscription};
 
+/// The models loaded so far: engine, name, model.
+type Loaded = Vec<(Engine, ModelName, &'static AsrModel)>;
+
 /// The installed model `name` for `engine`, loaded once per test process.
 fn load(engine: Engine, name: ModelName) -> &'static AsrModel {
-    static MODELS: OnceLock<std::sync::Mutex<Vec<(Engine, ModelName, &'static AsrModel)>>> =
-        OnceLock::new();
+    static MODELS: OnceLock<std::sync::Mutex<Loaded>> = OnceLock::new();
     let models = MODELS.get_or_init(Default::default);
     let mut models = models.lock().unwrap();
     if let Some((_, _, m)) = models.iter().find(|(e, n, _)| *e == engine && *n == name) {

@@ -421,7 +421,7 @@ impl Ct2Whisper {
                     .align(
                         &encoded,
                         &start,
-                        &[text_tokens.clone()],
+                        std::slice::from_ref(&text_tokens),
                         &[segment_size],
                         ALIGN_MEDIAN_FILTER,
                     )
@@ -532,7 +532,7 @@ impl Ct2Whisper {
                 suppress_tokens: self.specials.suppress.clone(),
             };
             let result = whisper
-                .generate(encoded, &[prompt_strs.clone()], &options)
+                .generate(encoded, std::slice::from_ref(&prompt_strs), &options)
                 .map_err(|e| AsrError::Transcription(format!("decoder: {e:#}")))?
                 .into_iter()
                 .next()
