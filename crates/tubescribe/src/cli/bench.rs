@@ -728,7 +728,7 @@ pub async fn run(
     cfg.data_dir = work.join("data");
     // Its own embedded Redis, whatever Redis the configuration names.
     cfg.redis_url = None;
-    if !cfg.model.is_file() {
+    if !crate::tools::model::model_exists(&cfg.model) {
         return Err(BenchError::Setup(format!(
             "model {} not found (tubescribe model install)",
             cfg.model.display()

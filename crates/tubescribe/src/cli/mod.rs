@@ -88,6 +88,10 @@ struct ModelArgs {
     /// `tubescribe model list`). Default: <data-dir>/models/ggml-tiny.en.bin.
     #[arg(long, env = "TUBESCRIBE_MODEL")]
     model: Option<PathBuf>,
+    /// ASR engine: whisper-cpp (default) or ct2 (CTranslate2, in builds with the `ct2`
+    /// feature). A model name then means `ggml-NAME.bin` or the directory `ct2-NAME`.
+    #[arg(long, env = "TUBESCRIBE_ENGINE")]
+    engine: Option<crate::tools::asr::Engine>,
 }
 
 /// How the stage workers of this process run.
@@ -190,6 +194,7 @@ fn overrides(
         redis_url: redis.and_then(|r| r.redis_url.clone()),
         storage_url: redis.and_then(|r| r.storage_url.clone()),
         model: model.and_then(|m| m.model.clone()),
+        engine: model.and_then(|m| m.engine),
         allow_hosts,
         ..Overrides::default()
     };
@@ -465,6 +470,8 @@ enum ModelCommand {
         dir: Option<PathBuf>,
         #[command(flatten)]
         settings: SettingsArgs,
+        #[command(flatten)]
+        model: ModelArgs,
     },
     /// List the installable models and the model files installed here: size, path, and which
     /// one is used by default.
@@ -605,8 +612,16 @@ pub async fn main(cli: Cli) -> Result<i32> {
                     name,
                     dir,
                     settings,
+                    model,
                 },
-        } => model_install(&resolve(&settings, None, None, None, None)?, &name, dir).await,
+        } => {
+            model_install(
+                &resolve(&settings, None, Some(&model), None, None)?,
+                &name,
+                dir,
+            )
+            .await
+        }
         Command::Model {
             command:
                 ModelCommand::List {
@@ -856,7 +871,7 @@ async fn process(cfg: Config, inputs: Vec<String>, opts: ProcessOptions<'_>) -> 
         return Ok(2);
     }
     // With local transcribe workers, a missing model is refused before any task is created.
-    if !no_workers && !cfg.model.is_file() {
+    if !no_workers && !crate::tools::model::model_exists(&cfg.model) {
         anyhow::bail!(crate::tools::model::missing_message(&cfg.model));
     }
     let signals = signals()?;
@@ -1045,7 +1060,8 @@ async fn model_install(cfg: &Config, name: &str, dir: Option<PathBuf>) -> Result
     // pip and the converter run in other directories: make a relative --dir absolute.
     let dir =
         std::path::absolute(&dir).with_context(|| format!("model directory {}", dir.display()))?;
-    let path = crate::tools::model::install(model, &dir, &cfg.programs.python).await?;
+    let path =
+        crate::tools::model::install_for(model, cfg.engine, &dir, &cfg.programs.python).await?;
     println!("{}", path.display());
     Ok(0)
 }

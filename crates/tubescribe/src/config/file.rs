@@ -205,6 +205,9 @@ pub struct ConcurrencyFile {
 pub struct TranscribeFile {
     /// whisper.cpp threads per job (default: cores / transcribe concurrency, at least 1).
     pub threads: Option<usize>,
+    /// ASR engine: `whisper-cpp` (default) or `ct2` (CTranslate2; builds with the `ct2`
+    /// feature). Decides which form of a named model is used (`ggml-NAME.bin` or `ct2-NAME/`).
+    pub engine: Option<String>,
     /// Spoken language code, e.g. "en"; default: "en" for `.en` models, else auto-detect.
     pub language: Option<String>,
     /// Least share of the detected speech the transcript must cover (0–1, default 0.9);

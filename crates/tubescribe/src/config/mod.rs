@@ -21,6 +21,7 @@ use crate::domain::input::InputPolicy;
 use crate::domain::transcript::subtitles::CueRules;
 use crate::domain::webhook::{Endpoint, Event, Secret};
 use crate::domain::Stage;
+use crate::tools::asr::Engine;
 use file::{
     ConcurrencyFile, Days, FileConfig, LlmFile, ProgramsFile, RetentionFile, ScheduleFile,
     SubtitlesFile, WebhooksFile, WorkerFile,
@@ -79,6 +80,8 @@ pub struct Overrides {
     pub allow_hosts: Option<Vec<String>>,
     /// `--model` / `TUBESCRIBE_MODEL`.
     pub model: Option<PathBuf>,
+    /// `--engine` / `TUBESCRIBE_ENGINE`.
+    pub engine: Option<Engine>,
     /// `--download-concurrency` / `TUBESCRIBE_DOWNLOAD_CONCURRENCY`.
     pub download_concurrency: Option<usize>,
     /// `--transcribe-concurrency` / `TUBESCRIBE_TRANSCRIBE_CONCURRENCY`.
@@ -108,21 +111,48 @@ pub struct WebhookSettings {
     pub timeout: Duration,
 }
 
-/// The model file for a `--model` value: a path as given, or — for a bare model name such as
-/// `base` or `tiny.en` that is not a file in the working directory — the file `tubescribe
-/// model install NAME` writes (`<data_dir>/models/ggml-NAME.bin`). `None` means tiny.en.
-fn model_path(given: Option<PathBuf>, data_dir: &Path) -> PathBuf {
+/// The model for a `--model` value: a path as given, or — for a bare model name such as
+/// `base` or `tiny.en` that is not a file in the working directory — what `tubescribe
+/// model install NAME` writes for `engine` (`<data_dir>/models/ggml-NAME.bin` for whisper.cpp,
+/// the directory `<data_dir>/models/ct2-NAME` for CTranslate2). `None` means tiny.en.
+fn model_path(given: Option<PathBuf>, data_dir: &Path, engine: Engine) -> PathBuf {
     let models = data_dir.join("models");
+    let installed = |name: crate::domain::ModelName| match engine {
+        Engine::WhisperCpp => models.join(name.file_name()),
+        Engine::Ct2 => models.join(name.ct2_dir_name()),
+    };
     match given {
-        None => models.join(crate::domain::ModelName::TinyEn.file_name()),
+        None => installed(crate::domain::ModelName::TinyEn),
         Some(p) if p.components().count() == 1 && !p.exists() => {
             match crate::domain::ModelName::parse(&p.to_string_lossy()) {
-                Some(name) => models.join(name.file_name()),
+                Some(name) => installed(name),
                 None => p,
             }
         }
         Some(p) => p,
     }
+}
+
+/// The ASR engine: `--engine` / `TUBESCRIBE_ENGINE`, else `[transcribe] engine`, else
+/// whisper.cpp. An engine this build lacks is refused here, before any work starts.
+fn resolve_engine(given: Option<Engine>, file: Option<&str>) -> Result<Engine, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        key: "transcribe.engine".into(),
+        message,
+    };
+    let engine = match (given, file) {
+        (Some(e), _) => e,
+        (None, Some(s)) => Engine::parse(s)
+            .ok_or_else(|| invalid(format!("unknown engine {s:?}: whisper-cpp or ct2")))?,
+        (None, None) => Engine::default(),
+    };
+    if !engine.available() {
+        return Err(invalid(format!(
+            "this build has no {engine} engine: build with `cargo build --features ct2` after \
+             scripts/ct2-setup.sh"
+        )));
+    }
+    Ok(engine)
 }
 
 /// Default `schedule.segment_s`: audio longer than 120 s is cut into segment jobs of about two
@@ -201,8 +231,11 @@ pub struct Config {
     pub storage: Storage,
     /// Hosts allowed for direct media URLs (lower-case host or host:port).
     pub allow_hosts: Vec<String>,
-    /// ggml Whisper model file.
+    /// Whisper model: a ggml file (whisper.cpp) or a CTranslate2 model directory.
     pub model: PathBuf,
+    /// The ASR engine (`--engine`, `[transcribe] engine`); the model's form follows it
+    /// for named models.
+    pub engine: Engine,
     /// Concurrent download jobs per worker process.
     pub download_concurrency: usize,
     /// Concurrent transcribe jobs per worker process.
@@ -328,9 +361,11 @@ impl Config {
                 .or(file.data_dir.clone())
                 .unwrap_or_else(default_data_dir),
         );
+        let engine = resolve_engine(o.engine, file.transcribe.engine.as_deref())?;
         let model = absolute(&model_path(
             o.model.clone().or(file.model.clone()),
             &data_dir,
+            engine,
         ));
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -360,6 +395,7 @@ impl Config {
                 .filter(|s| !s.is_empty()),
             allow_hosts,
             model,
+            engine,
             download_concurrency,
             transcribe_concurrency,
             summarize_concurrency,
@@ -953,6 +989,31 @@ mod tests {
     }
 
     #[test]
+    fn the_engine_comes_from_the_flag_then_the_file() {
+        assert_eq!(resolve_engine(None, None).unwrap(), Engine::WhisperCpp);
+        assert_eq!(
+            resolve_engine(Some(Engine::WhisperCpp), Some("ct2")).unwrap(),
+            Engine::WhisperCpp
+        );
+        assert_eq!(
+            resolve_engine(None, Some("whisper.cpp")).unwrap(),
+            Engine::WhisperCpp
+        );
+        match resolve_engine(None, Some("onnx")) {
+            Err(ConfigError::Invalid { key, message }) => {
+                assert_eq!(key, "transcribe.engine");
+                assert!(message.contains("onnx"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // ct2 is accepted exactly when this build has it.
+        assert_eq!(
+            resolve_engine(None, Some("ct2")).is_ok(),
+            cfg!(feature = "ct2")
+        );
+    }
+
+    #[test]
     fn threads_never_oversubscribe() {
         for cores in 1..=16 {
             for s in 1..=8 {
@@ -1038,21 +1099,31 @@ mod tests {
         // A bare model name means the installed file of that name.
         let d = Path::new("/srv/ts");
         assert_eq!(
-            model_path(Some("base".into()), d),
+            model_path(Some("base".into()), d, Engine::WhisperCpp),
             PathBuf::from("/srv/ts/models/ggml-base.bin")
         );
         assert_eq!(
-            model_path(Some("ggml-tiny.en.bin".into()), d),
+            model_path(Some("ggml-tiny.en.bin".into()), d, Engine::WhisperCpp),
             PathBuf::from("/srv/ts/models/ggml-tiny.en.bin")
         );
         assert_eq!(
-            model_path(Some("/m/x.bin".into()), d),
+            model_path(Some("/m/x.bin".into()), d, Engine::WhisperCpp),
             PathBuf::from("/m/x.bin")
         );
         assert_eq!(
-            model_path(Some("custom.bin".into()), d),
+            model_path(Some("custom.bin".into()), d, Engine::WhisperCpp),
             PathBuf::from("custom.bin")
         );
+        // With the CTranslate2 engine a name means its installed model directory.
+        assert_eq!(
+            model_path(Some("base".into()), d, Engine::Ct2),
+            PathBuf::from("/srv/ts/models/ct2-base")
+        );
+        assert_eq!(
+            model_path(None, d, Engine::Ct2),
+            PathBuf::from("/srv/ts/models/ct2-tiny.en")
+        );
+        assert_eq!(c.engine, Engine::WhisperCpp);
         assert!(c.threads >= 1);
         let o2 = Overrides {
             config: Some(f.clone()),

@@ -17,10 +17,11 @@ impl ModelName {
     pub const ALL: [ModelName; 2] = [ModelName::TinyEn, ModelName::Base];
 
     /// Parses `tiny.en` (also `tiny-en`, `tiny_en`, `tinyen`) or `base`, case-insensitively; a
-    /// `ggml-` prefix and a `.bin` suffix are accepted too.
+    /// `ggml-` or `ct2-` prefix and a `.bin` suffix are accepted too.
     pub fn parse(s: &str) -> Option<ModelName> {
         let s = s.trim().to_ascii_lowercase();
         let s = s.strip_prefix("ggml-").unwrap_or(&s);
+        let s = s.strip_prefix("ct2-").unwrap_or(s);
         let s = s.strip_suffix(".bin").unwrap_or(s);
         match s {
             "tiny.en" | "tiny-en" | "tiny_en" | "tinyen" => Some(ModelName::TinyEn),
@@ -50,6 +51,32 @@ impl ModelName {
         match self {
             ModelName::TinyEn => "ggml-tiny.en.bin",
             ModelName::Base => "ggml-base.bin",
+        }
+    }
+
+    /// Directory name of the CTranslate2 model in the models directory ([`crate::tools::asr::Engine::Ct2`]):
+    /// `ct2-tiny.en`.
+    pub fn ct2_dir_name(self) -> &'static str {
+        match self {
+            ModelName::TinyEn => "ct2-tiny.en",
+            ModelName::Base => "ct2-base",
+        }
+    }
+
+    /// Lower-case hex SHA-256 of the CTranslate2 `model.bin` in [`ModelName::ct2_dir_name`]
+    /// (tiny.en: the wheel's own file; base: the concatenation of the two wheels' parts).
+    pub fn ct2_sha256(self) -> &'static str {
+        match self {
+            ModelName::TinyEn => "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+            ModelName::Base => "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+        }
+    }
+
+    /// Size of that `model.bin` in bytes.
+    pub fn ct2_size(self) -> u64 {
+        match self {
+            ModelName::TinyEn => 75_537_502,
+            ModelName::Base => 145_217_532,
         }
     }
 
@@ -123,7 +150,19 @@ impl ModelRef {
     /// default, so existing task ids keep their meaning), `-base` for the pinned base model,
     /// `-m<first 12 hex of the SHA-256>` for any other model file. Equal models give equal
     /// suffixes whatever path or name they were asked for by.
+    ///
+    /// The pinned CTranslate2 models (identified by their `model.bin`) get `-ct2` and
+    /// `-ct2-base`: the same weights, but another engine's transcript.
     pub fn task_suffix(&self) -> String {
+        if let Some(m) = ModelName::ALL
+            .into_iter()
+            .find(|m| m.ct2_sha256() == self.sha256)
+        {
+            return match m {
+                ModelName::TinyEn => "-ct2".into(),
+                m => format!("-ct2-{}", m.as_str().replace('.', "-")),
+            };
+        }
         match ModelName::ALL
             .into_iter()
             .find(|m| m.sha256() == self.sha256)
@@ -140,7 +179,7 @@ impl ModelRef {
     pub fn english_only(&self) -> bool {
         match ModelName::ALL
             .into_iter()
-            .find(|m| m.sha256() == self.sha256)
+            .find(|m| m.sha256() == self.sha256 || m.ct2_sha256() == self.sha256)
         {
             Some(m) => m == ModelName::TinyEn,
             None => self.name.to_ascii_lowercase().ends_with(".en"),
@@ -176,6 +215,15 @@ mod tests {
             path: String::new(),
         };
         assert!(r("x", ModelName::TinyEn.sha256()).english_only());
+        assert!(r("x", ModelName::TinyEn.ct2_sha256()).english_only());
+        assert!(!r("x", ModelName::Base.ct2_sha256()).english_only());
+        // Another engine's transcript is another task.
+        assert_eq!(r("x", ModelName::TinyEn.sha256()).task_suffix(), "");
+        assert_eq!(r("x", ModelName::TinyEn.ct2_sha256()).task_suffix(), "-ct2");
+        assert_eq!(
+            r("x", ModelName::Base.ct2_sha256()).task_suffix(),
+            "-ct2-base"
+        );
         assert!(!r("tiny.en", ModelName::Base.sha256()).english_only());
         assert!(r("ggml-small.en", "ab").english_only());
         assert!(!r("ggml-small", "ab").english_only());

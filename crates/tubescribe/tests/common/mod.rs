@@ -40,14 +40,35 @@ pub fn repo_root() -> PathBuf {
         .unwrap()
 }
 
-/// The tiny.en model installed by `scripts/setup.sh --test`; fails loudly when missing.
+/// The ASR engine the tests run on: `TUBESCRIBE_ENGINE` (the product's own variable, so a
+/// spawned binary follows it too; `ct2` needs a build with the `ct2` feature), else
+/// whisper.cpp.
+pub fn engine() -> tubescribe::tools::asr::Engine {
+    std::env::var("TUBESCRIBE_ENGINE")
+        .ok()
+        .and_then(|s| tubescribe::tools::asr::Engine::parse(&s))
+        .unwrap_or_default()
+}
+
+/// The installed form of `name` for [`engine`]: `models/ggml-NAME.bin` (whisper.cpp, by
+/// `scripts/setup.sh --test`) or the directory `models/ct2-NAME` (CTranslate2).
+pub fn installed_model(name: tubescribe::domain::ModelName) -> PathBuf {
+    repo_root().join("models").join(match engine() {
+        tubescribe::tools::asr::Engine::WhisperCpp => name.file_name(),
+        tubescribe::tools::asr::Engine::Ct2 => name.ct2_dir_name(),
+    })
+}
+
+/// The tiny.en model for [`engine`] (`TUBESCRIBE_MODEL` overrides it); fails loudly when
+/// missing.
 pub fn model() -> PathBuf {
     let p = std::env::var_os("TUBESCRIBE_MODEL")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("models/ggml-tiny.en.bin"));
+        .unwrap_or_else(|| installed_model(tubescribe::domain::ModelName::TinyEn));
     assert!(
-        p.is_file(),
-        "model {} is missing: run scripts/setup.sh --test",
+        tubescribe::tools::model::model_exists(&p),
+        "model {} is missing: run scripts/setup.sh --test (for the ct2 engine also \
+         scripts/ct2-setup.sh --models)",
         p.display()
     );
     p
