@@ -8,6 +8,11 @@ export PATH="$PWD/.venv/bin:$PATH" TUBESCRIBE_PYTHON="$PWD/.venv/bin/python"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace -- --test-threads 2
+# The CTranslate2 engine (cargo feature `ct2`, off by default): the PyPI wheel's library and the
+# model directories, its lints, and both engines side by side (WER, language guard).
+scripts/ct2-setup.sh --models
+cargo clippy -p tubescribe --all-targets --features ct2 --quiet -- -D warnings
+cargo test -p tubescribe --features ct2 --test engines -- --test-threads 2
 # The web page in headless Chromium (screenshot in test-output/browser.png).
 node tests/browser/web.test.mjs
 # Its harder states: 401 and the saved token, retrying, cancelled, long errors at 400 and 1400 px

@@ -92,11 +92,25 @@ fn each_command_lists_only_its_options() {
         ),
         (
             vec!["model", "list"],
-            vec!["--json", "--config", "--data-dir", "--model", "--help"],
+            vec![
+                "--json",
+                "--config",
+                "--data-dir",
+                "--model",
+                "--engine",
+                "--help",
+            ],
         ),
         (
             vec!["model", "install"],
-            vec!["--dir", "--config", "--data-dir", "--help"],
+            vec![
+                "--dir",
+                "--config",
+                "--data-dir",
+                "--model",
+                "--engine",
+                "--help",
+            ],
         ),
     ] {
         assert_eq!(help_options(&cmd), want, "{cmd:?} --help");

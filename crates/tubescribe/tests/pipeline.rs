@@ -236,8 +236,7 @@ async fn long_file_is_split_and_merged_in_process() {
             &pcm,
             segmenting::CutRule {
                 segment_s: SEGMENT_S,
-                slots: 1,
-                lead_s: 0.0
+                slots: 1
             }
         )
     );

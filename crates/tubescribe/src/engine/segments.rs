@@ -12,10 +12,9 @@
 //! (default 120 s) runs in two steps, BullMQ's "step job" idiom:
 //!
 //! 1. **split** — decode `audio.wav`, choose cut points in pauses
-//!    ([`segmenting::find_cuts`]: segments that shrink towards the end, the first one
-//!    shorter by the language guard's cost), store them in the job's data (`cuts_ms`), add one segment
-//!    job per range as a child of the running transcribe job (a *fan-out*), and move the job
-//!    to `waiting-children` (`Job::move_to_waiting_children` + `Error::WaitingChildren`):
+//!    ([`segmenting::find_cuts`]: segments that shrink towards the end), store them in the
+//!    job's data (`cuts_ms`), add one segment job per range as a child of the running
+//!    transcribe job (a *fan-out*), and move the job to `waiting-children` (`Job::move_to_waiting_children` + `Error::WaitingChildren`):
 //!
 //!    ```text
 //!    tr-<task>  (waiting-children; child dl-<task> already completed)
@@ -283,7 +282,7 @@ async fn split(ctx: &StageCtx, jctx: &JobCtx) -> Result<Vec<u64>, StageError> {
             dl.media
         )));
     }
-    let model = ctx.task_model(&jctx.task).await?; // a missing model fails before any work
+    ctx.task_model(&jctx.task).await?; // a missing model fails before any work
     crate::pipeline::transcribe::decode(ctx, jctx, &media, dl.duration_s).await?;
     jctx.report(DECODE_SHARE, Some("finding pauses"));
     let wav = jctx.task.file(names::AUDIO_WAV);
@@ -291,16 +290,9 @@ async fn split(ctx: &StageCtx, jctx: &JobCtx) -> Result<Vec<u64>, StageError> {
     let slots = ctx
         .plan()
         .map_or(ctx.cfg.transcribe_concurrency, |p| p.slots);
-    // The first segment carries the language guard's pass: it gets that much less audio.
-    let guarded = crate::pipeline::transcribe::first_range_guarded(ctx, &jctx.task, &model)?;
     let rule = segmenting::CutRule {
         segment_s: ctx.cfg.schedule.segment_s,
         slots,
-        lead_s: if guarded {
-            segmenting::GUARD_LEAD_S
-        } else {
-            0.0
-        },
     };
     let bounds = segmenting::plan(&wav, rule).await?;
     let b2 = bounds.clone();

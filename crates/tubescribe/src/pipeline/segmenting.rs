@@ -117,28 +117,17 @@ fn pause_near(db: &[f32], lo: usize, hi: usize, thr: f32, aim: usize) -> Option<
         .map(|r| r.1)
 }
 
-/// How a long audio is cut: the segment length aimed at, the slots that run the segments
-/// side by side and the extra work the first segment carries.
+/// How a long audio is cut: the segment length aimed at and the slots that run the segments
+/// side by side.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CutRule {
     /// Segment length aimed at, seconds (`schedule.segment_s`).
     pub segment_s: f64,
     /// Transcribe slots that run the segments side by side (0 counts as 1).
     pub slots: usize,
-    /// Extra work of the first segment in seconds of audio: [`GUARD_LEAD_S`] when the
-    /// language guard runs there, else 0.
-    pub lead_s: f64,
 }
 
-/// The language guard's cost in seconds of the main model's audio: base identifying the
-/// language of 15 s of speech on 1 thread takes about as long as tiny.en transcribing 20 s
-/// (measured here, 1 thread: the guard ≈ 2.2 s, tiny.en ≈ 0.1 s per second of speech). The
-/// first segment of a guarded task is shortened by it, so the first wave's segments end
-/// together instead of the others' slots idling while the guard's segment finishes.
-pub const GUARD_LEAD_S: f64 = 20.0;
-
-/// Segment lengths in seconds for `total_s` seconds of work (the audio plus the first
-/// segment's lead) under `segment_s` and `slots` ("factoring", a guided self-scheduling
+/// Segment lengths in seconds for `total_s` seconds of audio under `segment_s` and `slots` ("factoring", a guided self-scheduling
 /// rule): batches of `slots` equal segments, each batch covering about half the remaining
 /// work, a segment never longer than `segment_s` nor shorter than `segment_s / 2`; the last
 /// batch shares what remains equally. So the count is a multiple of the slots (no wave
@@ -165,8 +154,7 @@ pub fn segment_lengths(total_s: f64, segment_s: f64, slots: usize) -> Vec<f64> {
 /// Cut points for `pcm` (16 kHz mono) under `rule`, in samples, ascending, excluding 0 and
 /// the end. Audio no longer than `rule.segment_s` gets none.
 ///
-/// Method: the lengths of [`segment_lengths`] over the audio plus the first segment's
-/// `lead_s` (capped at `segment_s / 4`), laid out from `−lead`, give the aims; cut `k`
+/// Method: the lengths of [`segment_lengths`], laid end to end, give the aims; cut `k`
 /// searches ± `min(60 s, the shorter neighbour / 4)` around its aim for quiet frames (20 ms
 /// RMS below `min(−30 dBFS, 10th-percentile level + 12 dB)`) and cuts in the middle of the
 /// pause of at least 0.5 s nearest the aim (so the segments keep the planned lengths), else
@@ -182,15 +170,14 @@ pub fn find_cuts(pcm: &[f32], rule: CutRule) -> Vec<usize> {
     sorted.sort_by(|a, b| a.total_cmp(b));
     let p10 = sorted[sorted.len() / 10];
     let thr = (p10 + 12.0).min(-30.0);
-    let lead = rule.lead_s.clamp(0.0, rule.segment_s / 4.0);
-    let lengths = segment_lengths(total_s + lead, rule.segment_s, rule.slots);
+    let lengths = segment_lengths(total_s, rule.segment_s, rule.slots);
     let frames_per_s = SAMPLE_RATE as f64 / FRAME as f64;
     let mut cuts = Vec::new();
     let mut last = 0usize;
-    let mut at_s = -lead;
+    let mut at_s = 0.0;
     for w in lengths.windows(2) {
         at_s += w[0];
-        let aim = (at_s.max(0.0) * frames_per_s).round() as usize;
+        let aim = (at_s * frames_per_s).round() as usize;
         let radius = (60.0f64.min(w[0].min(w[1]) / 4.0) * frames_per_s) as usize;
         let lo = aim.saturating_sub(radius).max(last + 1);
         let hi = (aim + radius).min(db.len().saturating_sub(1));
@@ -388,11 +375,7 @@ mod tests {
 
     /// Tone bursts ("speech") with silent gaps at known places.
     fn rule(segment_s: f64, slots: usize) -> CutRule {
-        CutRule {
-            segment_s,
-            slots,
-            lead_s: 0.0,
-        }
+        CutRule { segment_s, slots }
     }
 
     fn synth(spans_s: &[(f64, f64)], total_s: f64) -> Vec<f32> {
@@ -451,34 +434,6 @@ mod tests {
             assert!(frac > 0.7, "cut at {c} ms is not in a pause");
         }
         assert_eq!(find_cuts(&pcm, rule(10.0, 3)).len(), 2);
-    }
-
-    /// The guard's lead shortens the first segment by about the lead and spreads it over the
-    /// others: 60 s of speech at 40 s on 2 slots is 30 + 30 without a lead, ≈ 25 + 35 with a
-    /// 10 s lead; a lead longer than a quarter segment counts as a quarter segment.
-    #[test]
-    fn the_guards_segment_is_shorter_by_its_lead() {
-        let spans: Vec<(f64, f64)> = (0..60).map(|i| (i as f64, i as f64 + 0.7)).collect();
-        let pcm = synth(&spans, 60.0);
-        let first = |lead_s: f64| {
-            let b = bounds_ms(
-                &pcm,
-                CutRule {
-                    segment_s: 40.0,
-                    slots: 2,
-                    lead_s,
-                },
-            );
-            assert_eq!(b.len(), 3, "{b:?}");
-            b[1]
-        };
-        assert!((29_000..=31_000).contains(&first(0.0)), "{}", first(0.0));
-        assert!((24_000..=26_000).contains(&first(10.0)), "{}", first(10.0));
-        assert!(
-            (24_000..=26_000).contains(&first(100.0)),
-            "{}",
-            first(100.0)
-        );
     }
 
     /// Factoring: batches of `slots` equal segments, half the remaining work per batch, within

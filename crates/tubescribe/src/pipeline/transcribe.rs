@@ -106,22 +106,6 @@ pub fn range_options(
     Ok(opts)
 }
 
-/// True when the first range of `task` carries the language guard: an English-only `model`
-/// with a multilingual identifier attached and no language configured for the task
-/// ([`AsrModel::with_language_id`]; the guard listens in range 0 only, [`range_options`]).
-///
-/// # Errors
-/// As [`range_options`] (the task's options cannot be read).
-pub fn first_range_guarded(
-    ctx: &StageCtx,
-    task: &TaskDir,
-    model: &AsrModel,
-) -> Result<bool, StageError> {
-    Ok(!model.is_multilingual()
-        && model.language_id_model().is_some()
-        && options(ctx, task)?.language.is_none())
-}
-
 /// The recognition loop: transcribes the 16 kHz mono WAV at `wav` — the range
 /// `[start_ms, end_ms)` of it, or all of it for `None` — with `model` on a blocking thread
 /// (speech gate, chunks, loop cutting, language check: [`AsrModel::transcribe_wav_range`]),
@@ -355,7 +339,6 @@ async fn transcribe_ranges(
     let rule = segmenting::CutRule {
         segment_s: ctx.cfg.schedule.segment_s,
         slots: 1,
-        lead_s: 0.0,
     };
     let bounds = segmenting::plan(&wav, rule).await?;
     let total_ms = *bounds.last().unwrap_or(&0);

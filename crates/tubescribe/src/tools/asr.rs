@@ -45,58 +45,8 @@ use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextPar
 #[cfg(feature = "ct2")]
 pub mod ct2;
 
-/// Which Whisper implementation decodes (`--engine`, `TUBESCRIBE_ENGINE`, `[transcribe]
-/// engine`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Engine {
-    /// whisper.cpp in-process (whisper-rs), on ggml model files (`ggml-tiny.en.bin`). The
-    /// default.
-    #[default]
-    WhisperCpp,
-    /// CTranslate2 (ct2rs, feature `ct2`), on CTranslate2 model directories (`ct2-tiny.en/`):
-    /// 1.3–2× faster on CPU with the same weights.
-    Ct2,
-}
-
-impl Engine {
-    /// Both engines.
-    pub const ALL: [Engine; 2] = [Engine::WhisperCpp, Engine::Ct2];
-
-    /// Parses `whisper-cpp` (also `whisper.cpp`, `whispercpp`) or `ct2` (also
-    /// `ctranslate2`), case-insensitively.
-    pub fn parse(s: &str) -> Option<Engine> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "whisper-cpp" | "whisper.cpp" | "whispercpp" | "whisper_cpp" => {
-                Some(Engine::WhisperCpp)
-            }
-            "ct2" | "ctranslate2" => Some(Engine::Ct2),
-            _ => None,
-        }
-    }
-
-    /// The canonical name: `whisper-cpp` or `ct2`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Engine::WhisperCpp => "whisper-cpp",
-            Engine::Ct2 => "ct2",
-        }
-    }
-
-    /// True when this build can run the engine (`ct2` needs the cargo feature `ct2`).
-    pub fn available(self) -> bool {
-        match self {
-            Engine::WhisperCpp => true,
-            Engine::Ct2 => cfg!(feature = "ct2"),
-        }
-    }
-}
-
-impl std::fmt::Display for Engine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Which Whisper implementation decodes (the domain's [`crate::domain::models::Engine`]).
+pub use crate::domain::models::Engine;
 
 /// CTranslate2's numeric precision ([`Engine::Ct2`] only; whisper.cpp runs the ggml file's
 /// f16 weights).
