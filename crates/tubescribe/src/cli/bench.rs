@@ -964,9 +964,8 @@ async fn parallel_ceiling(cfg: &Config, data: &DataDir, talk: &Path) -> Result<f
                 threads: 1,
                 ..Default::default()
             };
-            let none = || (Arc::new(AtomicU8::new(0)), Arc::new(AtomicBool::new(false)));
-            let (p, a) = none();
-            m.transcribe(&h, &opts, p, a)
+            let (progress, abort) = (Arc::new(AtomicU8::new(0)), Arc::new(AtomicBool::new(false)));
+            m.transcribe(&h, &opts, progress, abort)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         })
@@ -1022,19 +1021,11 @@ async fn p6(
         let runs = run_tasks(&mut rt, std::slice::from_ref(&talk)).await;
         if slots == 2 {
             if let Ok((r, _, _)) = &runs {
-                let m = rt.data().task(&r[0].task_id).read_manifest().ok();
-                let d = m
-                    .as_ref()
-                    .and_then(|m| m.stage(Stage::Transcribe).map(|t| t.detail.clone()));
+                timeline = task_timeline(rt.data(), &r[0].task_id);
                 // Boundaries 0, cuts…, end: one more than the segments.
-                segments = d
-                    .as_ref()
-                    .and_then(|d| d.get("segment_bounds_ms")?.as_array().map(|b| b.len()))
-                    .unwrap_or(1)
-                    .saturating_sub(1);
-                if let Some(m) = &m {
-                    timeline = self::timeline(m);
-                }
+                segments = timeline["bounds_ms"]
+                    .as_array()
+                    .map_or(0, |b| b.len().saturating_sub(1));
             }
         }
         rt.shutdown(Duration::from_secs(10)).await;
