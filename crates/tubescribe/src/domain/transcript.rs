@@ -709,24 +709,115 @@ pub fn format_clock(ms: u64) -> String {
     }
 }
 
-/// Splits into normalized words: lowercased (Unicode), apostrophes (`'`,
-/// `’`) removed, every other non-alphanumeric character treated as a space.
+/// Whole words the WER normalizer spells out: the contractions and titles of OpenAI Whisper's
+/// `EnglishTextNormalizer` (`whisper/normalizers/english.py`, its `replacers`), the
+/// normalizer Whisper's and the Open ASR Leaderboard's WER figures are computed with.
+const SPELLED_OUT: [(&str, &str); 35] = [
+    ("won't", "will not"),
+    ("can't", "can not"),
+    ("let's", "let us"),
+    ("ain't", "aint"),
+    ("y'all", "you all"),
+    ("wanna", "want to"),
+    ("gotta", "got to"),
+    ("gonna", "going to"),
+    ("i'ma", "i am going to"),
+    ("imma", "i am going to"),
+    ("woulda", "would have"),
+    ("coulda", "could have"),
+    ("shoulda", "should have"),
+    ("ma'am", "madam"),
+    ("mr", "mister"),
+    ("mrs", "missus"),
+    ("st", "saint"),
+    ("dr", "doctor"),
+    ("prof", "professor"),
+    ("capt", "captain"),
+    ("gov", "governor"),
+    ("ald", "alderman"),
+    ("gen", "general"),
+    ("sen", "senator"),
+    ("rep", "representative"),
+    ("pres", "president"),
+    ("rev", "reverend"),
+    ("hon", "honorable"),
+    ("asst", "assistant"),
+    ("assoc", "associate"),
+    ("lt", "lieutenant"),
+    ("col", "colonel"),
+    ("jr", "junior"),
+    ("sr", "senior"),
+    ("esq", "esquire"),
+];
+
+/// Contraction endings and what they stand for, longest first (Whisper's `replacers` again:
+/// `n't` → `not`, `'re` → `are`, `'s` → `is`, `'d` → `would`, `'ll` → `will`, `'t` → `not`,
+/// `'ve` → `have`, `'m` → `am`; `'s` and `'d` before `been`, `gone`, `done`, `got` are
+/// `has` / `had`, see [`wer_words`]).
+const CONTRACTIONS: [(&str, &str); 8] = [
+    ("n't", "not"),
+    ("'re", "are"),
+    ("'ll", "will"),
+    ("'ve", "have"),
+    ("'s", "is"),
+    ("'d", "would"),
+    ("'t", "not"),
+    ("'m", "am"),
+];
+
+/// Splits into normalized words the way Whisper's English normalizer does for words
+/// (lowercased; contractions and titles spelled out: `we're` = `we are`, `Mr.` = `mister`,
+/// `it's been` = `it has been`), then drops the remaining apostrophes (`o'brien` =
+/// `obrien`) and treats every other non-alphanumeric character as a space
+/// (`state-of-the-art` = `state of the art`). Numbers are left as written (`42` ≠ `forty-two`).
 fn wer_words(s: &str) -> Vec<String> {
-    let cleaned: String = s
+    let lowered: String = s
         .to_lowercase()
         .chars()
-        .filter(|c| !matches!(c, '\'' | '\u{2019}'))
-        .map(|c| if c.is_alphanumeric() { c } else { ' ' })
+        .map(|c| match c {
+            '\u{2019}' | '\u{2018}' => '\'',
+            c if c.is_alphanumeric() || c == '\'' => c,
+            _ => ' ',
+        })
         .collect();
-    cleaned.split_whitespace().map(str::to_owned).collect()
+    let tokens: Vec<&str> = lowered
+        .split_whitespace()
+        .map(|t| t.trim_start_matches('\'').trim_end_matches('\''))
+        .filter(|t| !t.is_empty())
+        .collect();
+    let mut out = Vec::with_capacity(tokens.len());
+    for (i, &t) in tokens.iter().enumerate() {
+        let next = tokens.get(i + 1).copied().unwrap_or("");
+        let perfect = matches!(next, "been" | "gone" | "done" | "got");
+        if let Some((_, full)) = SPELLED_OUT.iter().find(|(short, _)| *short == t) {
+            out.extend(full.split(' ').map(str::to_owned));
+        } else if let Some((stem, full)) = CONTRACTIONS
+            .iter()
+            .find_map(|(end, full)| t.strip_suffix(end).map(|stem| (stem, *full)))
+            .filter(|(stem, _)| !stem.is_empty())
+        {
+            let full = match (t.ends_with("'s") || t.ends_with("'d"), perfect) {
+                (true, true) if t.ends_with("'s") => "has",
+                (true, true) => "had",
+                _ => full,
+            };
+            out.push(stem.replace('\'', ""));
+            out.push(full.to_owned());
+        } else {
+            out.push(t.replace('\'', ""));
+        }
+    }
+    out.retain(|w| !w.is_empty());
+    out
 }
 
 /// Word error rate of `hypothesis` against `reference`: word-level
 /// Levenshtein distance (substitutions + deletions + insertions, each cost 1)
 /// divided by the number of reference words.
 ///
-/// Both texts are normalized first: lowercased, apostrophes removed
-/// (`don't` = `dont`), all other punctuation treated as whitespace
+/// Both texts are normalized first ([`wer_words`]): lowercased, contractions and titles
+/// spelled out as Whisper's English normalizer does (`don't` = `do not`, `Mr.` = `mister`),
+/// other apostrophes removed, all other punctuation treated as whitespace
 /// (`state-of-the-art` = `state of the art`). The result is ≥ 0 and can
 /// exceed 1 when the hypothesis has many insertions.
 ///
@@ -1095,7 +1186,19 @@ mod tests {
             word_error_rate("The cat, sat down!", "the CAT sat... down"),
             0.0
         );
-        assert_eq!(word_error_rate("don't stop", "dont stop"), 0.0);
+        assert_eq!(word_error_rate("don't stop", "do not stop"), 0.0);
+        assert_eq!(word_error_rate("do not stop", "don't stop"), 0.0);
+        assert_eq!(word_error_rate("we are glad", "we're glad"), 0.0);
+        assert_eq!(word_error_rate("MISTER QUILTER", "Mr. Quilter"), 0.0);
+        assert_eq!(word_error_rate("it has been", "it's been"), 0.0);
+        assert_eq!(word_error_rate("it is here", "it’s here"), 0.0);
+        assert_eq!(word_error_rate("she had gone", "she'd gone"), 0.0);
+        assert_eq!(word_error_rate("i would go", "I'd go"), 0.0);
+        assert_eq!(word_error_rate("they will not", "they won't"), 0.0);
+        assert_eq!(word_error_rate("o'brien", "OBrien"), 0.0);
+        assert_eq!(word_error_rate("'quoted'", "quoted"), 0.0);
+        // A contraction is still its words: a wrong one is one error.
+        assert_eq!(word_error_rate("we are glad", "we were glad"), 1.0 / 3.0);
         assert_eq!(word_error_rate("state-of-the-art", "state of the art"), 0.0);
         assert_eq!(word_error_rate("a b c d", "a c d"), 0.25); // deletion
         assert_eq!(word_error_rate("a b", "a x b y"), 1.0); // two insertions
