@@ -21,9 +21,12 @@ command -v objdump >/dev/null && command -v nm >/dev/null || die "objdump and nm
 cmake_bool() { case "${1^^}" in ON | YES | TRUE | Y | [1-9]*) echo ON ;; *) echo OFF ;; esac; }
 want=$(cmake_bool "${GGML_NATIVE:-OFF}")
 
-# whisper.cpp's functions: every function symbol its archives define (the binary's profile dir).
-libs=$(ls -d "$(dirname "$BIN")"/build/whisper-rs-sys-*/out/lib 2>/dev/null) ||
-  die "no whisper-rs-sys build next to $BIN ($(dirname "$BIN")/build/whisper-rs-sys-*/out/lib)"
+# whisper.cpp's functions: every function symbol its archives define, in the binary's profile
+# directory (the binary's own directory, or its parent for examples/ and deps/).
+dir=$(dirname "$BIN")
+[[ -d $dir/build ]] || dir=$(dirname "$dir")
+libs=$(ls -d "$dir"/build/whisper-rs-sys-*/out/lib 2>/dev/null) ||
+  die "no whisper-rs-sys build next to $BIN ($dir/build/whisper-rs-sys-*/out/lib)"
 syms=$(mktemp)
 trap 'rm -f "$syms"' EXIT
 for d in $libs; do nm --defined-only "$d"/*.a 2>/dev/null; done | awk '$2 ~ /^[Tt]$/ {print $3}' | sort -u >"$syms"
