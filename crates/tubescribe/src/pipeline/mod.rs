@@ -257,11 +257,11 @@ impl StageCtx {
         let Some(want) = task.read_manifest()?.model else {
             return self.asr().await;
         };
-        let pinned = crate::domain::ModelName::parse(&want.name);
+        let pinned = crate::domain::ModelFile::parse(&want.name);
         let mut candidates = vec![self.cfg.model.clone()];
         if let Some(m) = pinned {
             candidates.push(self.data.models_dir().join(m.file_name()));
-            candidates.push(self.data.models_dir().join(m.ct2_dir_name()));
+            candidates.push(self.data.models_dir().join(m.model.ct2_dir_name()));
         }
         candidates.push(want.path.clone().into());
         let sha = want.sha256.clone();
