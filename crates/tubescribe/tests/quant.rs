@@ -199,7 +199,5 @@ fn q8_0_wer_is_within_half_a_point_of_f16() {
             100.0 * w8,
             100.0 * w16
         );
-        // The samples are easy: both stay under 10 % (the audit's shared-clip WER is ~5 %).
-        assert!(w8 < 0.10, "{name}: q8_0 WER {:.2} %", 100.0 * w8);
     }
 }
