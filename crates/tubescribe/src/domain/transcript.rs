@@ -791,14 +791,14 @@ fn wer_words(s: &str) -> Vec<String> {
         let perfect = matches!(next, "been" | "gone" | "done" | "got");
         if let Some((_, full)) = SPELLED_OUT.iter().find(|(short, _)| *short == t) {
             out.extend(full.split(' ').map(str::to_owned));
-        } else if let Some((stem, full)) = CONTRACTIONS
+        } else if let Some((stem, end, full)) = CONTRACTIONS
             .iter()
-            .find_map(|(end, full)| t.strip_suffix(end).map(|stem| (stem, *full)))
-            .filter(|(stem, _)| !stem.is_empty())
+            .find_map(|&(end, full)| t.strip_suffix(end).map(|stem| (stem, end, full)))
+            .filter(|(stem, _, _)| !stem.is_empty())
         {
-            let full = match (t.ends_with("'s") || t.ends_with("'d"), perfect) {
-                (true, true) if t.ends_with("'s") => "has",
-                (true, true) => "had",
+            let full = match (end, perfect) {
+                ("'s", true) => "has",
+                ("'d", true) => "had",
                 _ => full,
             };
             out.push(stem.replace('\'', ""));
