@@ -61,6 +61,27 @@ if [[ $MODE == --test ]]; then
   fi
 fi
 
+# --- whisper.cpp: portable, or native with GGML_NATIVE=ON ---------------------------------------
+# .cargo/config.toml builds whisper.cpp's CPU kernels portably (GGML_NATIVE=OFF: x86-64-v3, no
+# AVX-512); GGML_NATIVE=ON in the environment builds them for this machine's CPU. whisper-rs-sys
+# runs its CMake build again only when its own files change, not when GGML_* variables do, so a
+# whisper.cpp build of the other kind is removed here and built again (README: "Portable and
+# native builds").
+cmake_bool() { case "${1^^}" in ON | YES | TRUE | Y | [1-9]*) echo ON ;; *) echo OFF ;; esac; }
+want=$(cmake_bool "${GGML_NATIVE:-OFF}")
+TARGET="${CARGO_TARGET_DIR:-target}"
+for profile in debug release; do
+  for cache in "$TARGET/$profile"/build/whisper-rs-sys-*/out/build/CMakeCache.txt; do
+    [[ -f $cache ]] || continue
+    have=$(cmake_bool "$(sed -n 's/^GGML_NATIVE:[A-Z]*=//p' "$cache")")
+    if [[ $have != "$want" ]]; then
+      log "whisper.cpp in $TARGET/$profile was built with GGML_NATIVE=$have: cleaning it for GGML_NATIVE=$want"
+      cargo clean --quiet -p whisper-rs-sys --profile "$([[ $profile == debug ]] && echo dev || echo release)"
+      break
+    fi
+  done
+done
+
 # --- Build ------------------------------------------------------------------------------------
 if [[ $MODE == --test ]]; then
   log "cargo build (debug)"

@@ -8,6 +8,8 @@ export PATH="$PWD/.venv/bin:$PATH" TUBESCRIBE_PYTHON="$PWD/.venv/bin/python"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace -- --test-threads 2
+# whisper.cpp in the binary is portable (no AVX-512; native with GGML_NATIVE=ON): objdump, ~15 s.
+scripts/check-portable.sh "${CARGO_TARGET_DIR:-target}/debug/tubescribe"
 # The CTranslate2 engine (cargo feature `ct2`, off by default): the PyPI wheel's library and the
 # model directories, its lints, and both engines side by side (WER, language guard).
 scripts/ct2-setup.sh --models

@@ -6,9 +6,9 @@
 //! `--threads N` (default 2), `--precision int8|float32` (ct2 only, default int8),
 //! `--runs N` (default 1), `--ref TEXT_FILE` (prints the WER against it), `--lid MODEL` (a
 //! multilingual model attached as the language guard's). Prints one JSON line: load seconds,
-//! the wall seconds of each run, segments, words, WER, and the process's peak RSS in MB
-//! (`getrusage`, model and all runs included). Run one process per configuration so that
-//! the peak RSS is that configuration's own.
+//! the wall seconds of each run, segments, words, WER, the process's peak RSS in MB
+//! (`getrusage`, model and all runs included) and the whisper.cpp build (`ggml_cpu`). Run one
+//! process per configuration so that the peak RSS is that configuration's own.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8};
@@ -104,6 +104,7 @@ fn main() -> anyhow::Result<()> {
             "words": out.segments.iter().map(|s| s.words.len()).sum::<usize>(),
             "wer": wer,
             "peak_rss_mb": peak_rss_mb(),
+            "ggml_cpu": tubescribe::tools::asr::ggml_cpu_build(),
             "text": text,
         })
     );

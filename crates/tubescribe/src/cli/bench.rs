@@ -751,6 +751,8 @@ pub async fn run(
     if let serde_json::Value::Object(o) = &mut r.detail {
         o.insert("load_avg_1m_start".into(), serde_json::json!(load_start));
         o.insert("load_avg_1m_end".into(), serde_json::json!(load_avg()));
+        // Portable or native whisper.cpp (README: "Portable and native builds").
+        o.insert("ggml_cpu".into(), serde_json::json!(asr::ggml_cpu_build()));
         o.insert("p6_long_audio_s".into(), serde_json::json!(p6.audio_s));
         o.insert("p6_latency_s".into(), serde_json::json!(p6.latency_s));
         o.insert("p6_segments".into(), serde_json::json!(p6.segments));

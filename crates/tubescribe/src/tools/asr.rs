@@ -87,6 +87,48 @@ impl std::str::FromStr for Engine {
 /// Sample rate whisper.cpp expects, in Hz (`WHISPER_SAMPLE_RATE`).
 pub const SAMPLE_RATE: u32 = 16_000;
 
+/// How whisper.cpp's CPU kernels (ggml-cpu) were compiled into this binary (README: "Portable
+/// and native builds"). Recorded by `tubescribe bench` as `ggml_cpu`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GgmlCpuBuild {
+    /// `portable` (`GGML_NATIVE=OFF`, the default from `.cargo/config.toml`: the x86-64-v3
+    /// vector set) or `native` (`GGML_NATIVE=ON`: `-march=native`, the build machine's CPU):
+    /// what the switch said when this crate was compiled (cargo recompiles it when the
+    /// variable changes).
+    pub build: &'static str,
+    /// The instruction sets ggml says it was compiled with (its CPU backend's feature list in
+    /// `whisper_print_system_info`, e.g. `AVX2`, `FMA`, `AVX512`): what was really built.
+    /// whisper-rs-sys does not rebuild when `GGML_NATIVE` changes, so after a switch without
+    /// `cargo clean -p whisper-rs-sys` these disagree with `build`.
+    pub features: Vec<String>,
+}
+
+/// This binary's [`GgmlCpuBuild`].
+pub fn ggml_cpu_build() -> GgmlCpuBuild {
+    // CMake's truth values (`if(<constant>)`): ON, YES, TRUE, Y or a non-zero number. Unset
+    // means ggml's own default, which is native (ggml/CMakeLists.txt: GGML_NATIVE_DEFAULT).
+    let native = option_env!("GGML_NATIVE").is_none_or(|v| {
+        let v = v.trim().to_ascii_uppercase();
+        matches!(v.as_str(), "ON" | "YES" | "TRUE" | "Y")
+            || v.parse::<f64>().is_ok_and(|n| n != 0.0)
+    });
+    // "WHISPER : COREML = 0 | OPENVINO = 0 | CPU : SSE3 = 1 | AVX2 = 1 | … | REPACK = 1 | ":
+    // ggml-cpu lists only what it has (ggml_backend_cpu_get_features).
+    let info = whisper_rs::print_system_info();
+    let cpu = info.split_once("CPU : ").map_or("", |(_, rest)| rest);
+    let features = cpu
+        .split('|')
+        .filter_map(|kv| kv.split_once(" = "))
+        .take_while(|(k, _)| !k.contains(" : "))
+        .filter(|(_, v)| v.trim() == "1")
+        .map(|(k, _)| k.trim().to_string())
+        .collect();
+    GgmlCpuBuild {
+        build: if native { "native" } else { "portable" },
+        features,
+    }
+}
+
 /// Errors from loading a model, reading audio, or transcribing.
 #[derive(Debug, thiserror::Error)]
 pub enum AsrError {
@@ -2235,6 +2277,39 @@ mod tests {
         ] {
             assert!(!is_tag_only(t), "{t}");
         }
+    }
+
+    /// The portable build (the default) has no AVX-512 in whisper.cpp and the x86-64-v3 set
+    /// instead; the native one (`GGML_NATIVE=ON`) has AVX-512 where the CPU has it. Fails
+    /// when the switch changed but whisper-rs-sys was not rebuilt.
+    #[test]
+    fn ggml_cpu_build_is_what_the_switch_says() {
+        let b = ggml_cpu_build();
+        eprintln!("{b:?}");
+        let has = |f: &str| b.features.iter().any(|x| x == f);
+        let stale = "whisper-rs-sys does not rebuild when GGML_NATIVE changes: run \
+                     `cargo clean -p whisper-rs-sys` (scripts/setup.sh does it)";
+        #[cfg(target_arch = "x86_64")]
+        if b.build == "portable" {
+            for f in ["AVX", "AVX2", "FMA", "F16C"] {
+                assert!(has(f), "portable build without {f}: {b:?}");
+            }
+            assert!(
+                !b.features
+                    .iter()
+                    .any(|f| f.starts_with("AVX512") || f.starts_with("AMX")),
+                "GGML_NATIVE=OFF, but whisper.cpp was built with AVX-512: {b:?}; {stale}"
+            );
+        } else if std::arch::is_x86_feature_detected!("avx512f") {
+            assert!(
+                has("AVX512"),
+                "GGML_NATIVE=ON on an AVX-512 CPU, but whisper.cpp has no AVX-512: {b:?}; {stale}"
+            );
+        }
+        #[cfg(target_arch = "aarch64")]
+        assert!(has("NEON"), "{b:?}; {stale}");
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        let _ = (has, stale);
     }
 
     #[test]
