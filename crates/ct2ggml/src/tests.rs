@@ -33,6 +33,9 @@ enum Src {
 struct Synth {
     vars: BTreeMap<String, (Vec<usize>, u8, Vec<u8>)>,
     src: Src,
+    /// Width (n_state) and MLP width.
+    s: usize,
+    hidden: usize,
 }
 
 impl Synth {
@@ -57,10 +60,10 @@ impl Synth {
     }
 
     fn fused_bias(&mut self, name: &str, parts: usize, key_part: usize) {
-        self.float(name, &[parts * S], 0.5);
+        self.float(name, &[parts * self.s], 0.5);
         let entry = self.vars.get_mut(name).unwrap();
-        let es = entry.2.len() / (parts * S);
-        for b in &mut entry.2[key_part * S * es..(key_part + 1) * S * es] {
+        let es = entry.2.len() / (parts * self.s);
+        for b in &mut entry.2[key_part * self.s * es..(key_part + 1) * self.s * es] {
             *b = 0;
         }
     }
@@ -71,51 +74,58 @@ impl Synth {
     }
 
     fn ln(&mut self, name: &str) {
-        self.float(&format!("{name}/gamma"), &[S], 1.0);
-        self.float(&format!("{name}/beta"), &[S], -1.0);
+        self.float(&format!("{name}/gamma"), &[self.s], 1.0);
+        self.float(&format!("{name}/beta"), &[self.s], -1.0);
     }
 
     fn layer(&mut self, p: &str, cross: bool) {
         self.float(
             &format!("{p}/self_attention/linear_0/weight"),
-            &[3 * S, S],
+            &[3 * self.s, self.s],
             0.0,
         );
         self.fused_bias(&format!("{p}/self_attention/linear_0/bias"), 3, 1);
-        self.linear(&format!("{p}/self_attention/linear_1"), S, S);
+        self.linear(&format!("{p}/self_attention/linear_1"), self.s, self.s);
         self.ln(&format!("{p}/self_attention/layer_norm"));
         if cross {
-            self.linear(&format!("{p}/attention/linear_0"), S, S);
+            self.linear(&format!("{p}/attention/linear_0"), self.s, self.s);
             self.float(
                 &format!("{p}/attention/linear_1/weight"),
-                &[2 * S, S],
+                &[2 * self.s, self.s],
                 100.0,
             );
             self.fused_bias(&format!("{p}/attention/linear_1/bias"), 2, 0);
-            self.linear(&format!("{p}/attention/linear_2"), S, S);
+            self.linear(&format!("{p}/attention/linear_2"), self.s, self.s);
             self.ln(&format!("{p}/attention/layer_norm"));
         }
-        self.linear(&format!("{p}/ffn/linear_0"), HIDDEN, S);
-        self.linear(&format!("{p}/ffn/linear_1"), S, HIDDEN);
+        self.linear(&format!("{p}/ffn/linear_0"), self.hidden, self.s);
+        self.linear(&format!("{p}/ffn/linear_1"), self.s, self.hidden);
         self.ln(&format!("{p}/ffn/layer_norm"));
     }
 
     fn new(src: Src) -> Synth {
+        Synth::sized(src, S, HIDDEN)
+    }
+
+    /// The model with width `s` and MLP width `hidden`.
+    fn sized(src: Src, w: usize, hidden: usize) -> Synth {
         let mut s = Synth {
             vars: BTreeMap::new(),
             src,
+            s: w,
+            hidden,
         };
-        s.float("encoder/position_encodings/encodings", &[AUDIO_CTX, S], 0.0);
-        s.float("encoder/conv1/weight", &[S, N_MELS, 3], 0.0);
-        s.float("encoder/conv1/bias", &[S], 0.0);
-        s.float("encoder/conv2/weight", &[S, S, 3], 0.0);
-        s.float("encoder/conv2/bias", &[S], 0.0);
+        s.float("encoder/position_encodings/encodings", &[AUDIO_CTX, w], 0.0);
+        s.float("encoder/conv1/weight", &[w, N_MELS, 3], 0.0);
+        s.float("encoder/conv1/bias", &[w], 0.0);
+        s.float("encoder/conv2/weight", &[w, w, 3], 0.0);
+        s.float("encoder/conv2/bias", &[w], 0.0);
         for i in 0..ENC_LAYERS {
             s.layer(&format!("encoder/layer_{i}"), false);
         }
         s.ln("encoder/layer_norm");
-        s.float("decoder/position_encodings/encodings", &[TEXT_CTX, S], 0.0);
-        s.float("decoder/embeddings/weight", &[VOCAB.len(), S], 0.0);
+        s.float("decoder/position_encodings/encodings", &[TEXT_CTX, w], 0.0);
+        s.float("decoder/embeddings/weight", &[VOCAB.len(), w], 0.0);
         for i in 0..DEC_LAYERS {
             s.layer(&format!("decoder/layer_{i}"), true);
         }
@@ -200,6 +210,7 @@ impl Tensor {
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect(),
+            8 => q8_0::dequantize(&self.data),
             t => panic!("type {t}"),
         }
     }
@@ -242,7 +253,13 @@ fn parse_ggml(b: &[u8]) -> Ggml {
         let ne: Vec<i32> = (0..n_dims).map(|_| rd(&mut p)).collect();
         let name = String::from_utf8(b[p..p + name_len].to_vec()).unwrap();
         p += name_len;
-        let size = ne.iter().product::<i32>() as usize * if ftype == 1 { 2 } else { 4 };
+        let n = ne.iter().product::<i32>() as usize;
+        let size = match ftype {
+            0 => 4 * n,
+            1 => 2 * n,
+            8 => q8_0::bytes_for(n),
+            t => panic!("tensor {name} of type {t}"),
+        };
         tensors.push(Tensor {
             name,
             ne,
@@ -520,7 +537,10 @@ fn legacy_eot_adds_the_token() {
     let legacy = convert_with(
         &[&dir],
         &dir.join("b.bin"),
-        &ConvertOptions { legacy_eot: true },
+        &ConvertOptions {
+            legacy_eot: true,
+            ..ConvertOptions::default()
+        },
     )
     .unwrap();
     assert_eq!(legacy.bytes, plain.bytes + 4 + 13);
@@ -626,5 +646,232 @@ fn existing_output_is_untouched_on_failure() {
     fs::write(&out, b"previous").unwrap();
     assert!(convert(&[&dir], &out).is_err());
     assert_eq!(fs::read(&out).unwrap(), b"previous");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Converts `synth` in a fresh directory with `quant`; returns the report and the file's bytes.
+fn convert_synth(synth: &Synth, quant: Quant) -> (ConvertReport, Vec<u8>) {
+    let dir = tempdir("q");
+    write_model_dir(&dir, &synth.bytes(6));
+    let out = dir.join("o.bin");
+    let opts = ConvertOptions {
+        quant,
+        ..ConvertOptions::default()
+    };
+    let report = convert_with(&[&dir], &out, &opts).unwrap();
+    let bytes = fs::read(&out).unwrap();
+    fs::remove_dir_all(&dir).unwrap();
+    (report, bytes)
+}
+
+#[test]
+fn q8_0_file_is_the_f16_file_quantized_as_whisper_cpp_does() {
+    // Width 32, MLP 64: every matrix row is one or two q8_0 blocks.
+    let synth = Synth::sized(Src::F32, 32, 64);
+    let (r16, b16) = convert_synth(&synth, Quant::F16);
+    let (r8, b8) = convert_synth(&synth, Quant::Q8_0);
+    assert_eq!(r8.bytes, b8.len() as u64);
+    assert_eq!(r8.tensors, r16.tensors);
+    assert_eq!(r8.hparams.ftype, 2007);
+    assert_eq!(
+        HParams {
+            ftype: 1,
+            ..r8.hparams
+        },
+        r16.hparams
+    );
+    let (g16, g8) = (parse_ggml(&b16), parse_ggml(&b8));
+    // Header: the same but ftype = 7 (GGML_FTYPE_MOSTLY_Q8_0) + 2 · 1000 (qntvr 2).
+    assert_eq!(g16.header[11], 1);
+    assert_eq!(g8.header[11], 2007);
+    assert_eq!(g8.header[..11], g16.header[..11]);
+    assert_eq!(g8.mel.2, g16.mel.2);
+    assert_eq!(g8.vocab, g16.vocab);
+
+    let mut quantized = Vec::new();
+    let mut saved = 0usize;
+    for (t8, t16) in g8.tensors.iter().zip(&g16.tensors) {
+        assert_eq!((&t8.name, &t8.ne), (&t16.name, &t16.ne));
+        if is_quantized(&t8.name, t8.ne.len()) {
+            // Type 8, and exactly ggml's blocks of the f16 file's values.
+            assert_eq!(t8.ftype, 8, "{}", t8.name);
+            assert_eq!(t16.ftype, 1, "{}", t16.name);
+            assert_eq!(
+                t8.data,
+                q8_0::quantize(&t16.values()).unwrap(),
+                "{}",
+                t8.name
+            );
+            let n = t16.values().len();
+            saved += 2 * n - n / 32 * 34;
+            quantized.push(t8.name.clone());
+        } else {
+            assert_eq!((t8.ftype, &t8.data), (t16.ftype, &t16.data), "{}", t8.name);
+        }
+    }
+    assert_eq!(r8.bytes, r16.bytes - saved as u64);
+    // What is quantized: the linear weights (6 per encoder layer, 10 per decoder layer) and
+    // the token embedding; never the 3-D conv weights, the positional embeddings, the
+    // (n_state, 1) conv biases or anything 1-D.
+    assert_eq!(quantized.len(), ENC_LAYERS * 6 + 1 + DEC_LAYERS * 10);
+    assert!(quantized.iter().all(|n| n.ends_with(".weight")));
+    assert!(quantized.contains(&"decoder.token_embedding.weight".to_string()));
+    assert!(quantized.contains(&"decoder.blocks.1.cross_attn.key.weight".to_string()));
+    let t = |name: &str| g8.tensors.iter().find(|t| t.name == name).unwrap();
+    assert_eq!(
+        (
+            t("encoder.conv2.weight").ftype,
+            t("encoder.conv2.weight").ne.clone()
+        ),
+        (1, vec![3, 32, 32])
+    );
+    assert_eq!(
+        (
+            t("encoder.conv1.bias").ftype,
+            t("encoder.conv1.bias").ne.clone()
+        ),
+        (0, vec![1, 32])
+    );
+    assert_eq!(t("decoder.positional_embedding").ftype, 0);
+    assert_eq!(t("encoder.blocks.0.mlp.0.bias").ftype, 0);
+    assert_eq!(
+        (
+            t("encoder.blocks.0.mlp.2.weight").ftype,
+            t("encoder.blocks.0.mlp.2.weight").ne.clone()
+        ),
+        (8, vec![64, 32])
+    );
+    // Quantized from the f16 values: an f16 source gives the same file.
+    let (r8h, _) = convert_synth(&Synth::sized(Src::F16, 32, 64), Quant::Q8_0);
+    assert_eq!(r8h.sha256, r8.sha256);
+    // Deterministic.
+    assert_eq!(convert_synth(&synth, Quant::Q8_0).0.sha256, r8.sha256);
+}
+
+#[test]
+fn q8_0_refuses_rows_that_are_not_whole_blocks() {
+    // Width 4: the first tensor to quantize has rows of 4 values. ggml would assert; no file.
+    let dir = tempdir("q8bad");
+    write_model_dir(&dir, &Synth::new(Src::F16).bytes(6));
+    let out = dir.join("o.bin");
+    let opts = ConvertOptions {
+        quant: Quant::Q8_0,
+        ..ConvertOptions::default()
+    };
+    let err = convert_with(&[&dir], &out, &opts).unwrap_err();
+    assert!(
+        matches!(&err, ConvertError::NotBlockAligned { name, source: q8_0::NotBlockAligned(4) }
+            if name == "encoder.blocks.0.attn.query.weight"),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "tensor encoder.blocks.0.attn.query.weight cannot be quantized: 4 values do not split \
+         into q8_0 blocks of 32"
+    );
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 2, "output left behind");
+    fs::remove_dir_all(&dir).unwrap();
+
+    // A row of 48 (a multiple of 16, not of 32) is refused too, even though the tensor as a
+    // whole (48 × 32 × 3 values) would fill whole blocks.
+    let (_, ok) = convert_synth(&Synth::sized(Src::F16, 64, 128), Quant::Q8_0);
+    assert_eq!(parse_ggml(&ok).header[11], 2007);
+    let dir = tempdir("q8bad48");
+    write_model_dir(&dir, &Synth::sized(Src::F16, 48, 96).bytes(6));
+    let err = convert_with(&[&dir], &dir.join("o.bin"), &opts).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ConvertError::NotBlockAligned {
+                source: q8_0::NotBlockAligned(48),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn quantized_tensors_follow_whisper_cpp_rules() {
+    assert!(is_quantized("encoder.blocks.0.attn.query.weight", 2));
+    assert!(is_quantized("decoder.token_embedding.weight", 2));
+    for skipped in QUANT_SKIP {
+        assert!(!is_quantized(skipped, 2), "{skipped}");
+    }
+    assert!(!is_quantized("encoder.conv1.weight", 3));
+    assert!(!is_quantized("encoder.blocks.0.attn.query.bias", 1));
+    assert_eq!(Quant::default(), Quant::F16);
+    assert_eq!(Quant::F16.header_ftype(), 1);
+    assert_eq!(Quant::Q8_0.header_ftype(), 2007);
+}
+
+#[test]
+fn quantizing_the_f16_file_gives_the_q8_0_conversion() {
+    let dir = tempdir("qfile");
+    write_model_dir(&dir, &Synth::sized(Src::F32, 32, 64).bytes(6));
+    let f16 = dir.join("f16.bin");
+    convert(&[&dir], &f16).unwrap();
+    let direct = convert_with(
+        &[&dir],
+        &dir.join("direct.bin"),
+        &ConvertOptions {
+            quant: Quant::Q8_0,
+            ..ConvertOptions::default()
+        },
+    )
+    .unwrap();
+    let out = dir.join("q.bin");
+    let r = quantize_file(&f16, &out).unwrap();
+    assert_eq!(r.sha256, direct.sha256);
+    assert_eq!(r.bytes, direct.bytes);
+    assert_eq!(r.tensors, direct.tensors);
+    assert_eq!(r.hparams, direct.hparams);
+    assert_eq!(
+        fs::read(&out).unwrap(),
+        fs::read(dir.join("direct.bin")).unwrap()
+    );
+
+    // A q8_0 file is not quantized again; a truncated file is malformed; no output is left.
+    let again = dir.join("again.bin");
+    let err = quantize_file(&out, &again).unwrap_err();
+    assert!(
+        matches!(&err, ConvertError::Malformed(m) if m.ends_with("ftype 2007 (only f16 files, ftype 1, are quantized)")),
+        "{err}"
+    );
+    let bytes = fs::read(&f16).unwrap();
+    let cut = dir.join("cut.bin");
+    fs::write(&cut, &bytes[..bytes.len() - 10]).unwrap();
+    let err = quantize_file(&cut, &again).unwrap_err();
+    assert!(
+        matches!(&err, ConvertError::Malformed(m) if m.ends_with("truncated")),
+        "{err}"
+    );
+    fs::write(
+        &cut,
+        b"GGUF and more bytes than a header needs, surely enough now",
+    )
+    .unwrap();
+    let err = quantize_file(&cut, &again).unwrap_err();
+    assert!(
+        matches!(&err, ConvertError::Malformed(m) if m.ends_with("bad magic)")),
+        "{err}"
+    );
+    let mut names: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "cut.bin",
+            "direct.bin",
+            "f16.bin",
+            "model.bin",
+            "q.bin",
+            "vocabulary.txt"
+        ]
+    );
     fs::remove_dir_all(&dir).unwrap();
 }

