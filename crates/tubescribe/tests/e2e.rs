@@ -259,18 +259,18 @@ fn invalid_url_is_refused_before_any_task_exists() {
 /// the tiny.en task again.
 #[test]
 fn another_model_gets_its_own_task_and_reuses_the_download() {
-    let base = repo_root().join("models/ggml-base.bin");
+    let base = installed_model(tubescribe::domain::ModelName::Base);
     assert!(
-        base.is_file(),
+        tubescribe::tools::model::model_exists(&base),
         "model {} is missing: run scripts/setup.sh --test",
         base.display()
     );
     let tmp = tempfile::tempdir().unwrap();
     let (_, _, addr, media) = served_jfk(tmp.path());
     let data = tmp.path().join("data");
-    // `--model base` means <data-dir>/models/ggml-base.bin.
+    // `--model base` means the engine's <data-dir>/models/ct2-base (ggml-base.bin).
     std::fs::create_dir_all(data.join("models")).unwrap();
-    std::os::unix::fs::symlink(&base, data.join("models/ggml-base.bin")).unwrap();
+    std::os::unix::fs::symlink(&base, data.join("models").join(base.file_name().unwrap())).unwrap();
     let url = format!("http://{addr}/jfk.m4a");
     let host = addr.to_string();
     let process = |extra: &[&str]| {
@@ -290,7 +290,7 @@ fn another_model_gets_its_own_task_and_reuses_the_download() {
     assert_eq!(tiny["model"]["name"], "tiny.en");
     assert_eq!(
         tiny["model"]["sha256"],
-        tubescribe::domain::ModelName::TinyEn.sha256()
+        installed_sha256(tubescribe::domain::ModelName::TinyEn)
     );
     // From here on, a download would fail: the media is no longer served.
     std::fs::remove_file(media.join("jfk.m4a")).unwrap();
@@ -308,7 +308,7 @@ fn another_model_gets_its_own_task_and_reuses_the_download() {
     assert_eq!(m["model"]["name"], "base");
     assert_eq!(
         m["model"]["sha256"],
-        tubescribe::domain::ModelName::Base.sha256()
+        installed_sha256(tubescribe::domain::ModelName::Base)
     );
     assert_eq!(m["stages"]["transcribe"]["detail"]["model"], "base");
     let dir = data.join("tasks").join(&base_id);

@@ -1179,14 +1179,16 @@ async fn model_option_picks_the_task_and_unknown_models_are_refused() {
         (201, Some("yt-jNQXAC9IVRw")),
         "{v}"
     );
-    let (s, _, v) = create(Some("ggml-base.bin")).await;
+    // The same model by its installed file or directory name joins the task.
+    let base_form = installed_model(tubescribe::domain::ModelName::Base);
+    let (s, _, v) = create(Some(base_form.file_name().unwrap().to_str().unwrap())).await;
     assert_eq!((s, v["existing"].as_bool()), (200, Some(true)), "{v}");
     assert_eq!(v["taskId"], "yt-jNQXAC9IVRw-base");
     let (_, m) = get_json(&format!("{base}/api/tasks/yt-jNQXAC9IVRw-base")).await;
     assert_eq!(m["model"]["name"], "base");
     assert_eq!(
         m["model"]["sha256"],
-        tubescribe::domain::ModelName::Base.sha256()
+        installed_sha256(tubescribe::domain::ModelName::Base)
     );
 }
 

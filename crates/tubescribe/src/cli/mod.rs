@@ -84,12 +84,14 @@ struct RedisArgs {
 /// The transcription model.
 #[derive(Debug, Args)]
 struct ModelArgs {
-    /// ggml Whisper model: a file, or the name of an installed model (`tiny.en`, `base`; see
-    /// `tubescribe model list`). Default: <data-dir>/models/ggml-tiny.en.bin.
+    /// Whisper model: a ggml file or CTranslate2 directory, or the name of an installed model
+    /// (`tiny.en`, `base`; see `tubescribe model list`). Default: the engine's tiny.en,
+    /// <data-dir>/models/ggml-tiny.en.bin (whisper-cpp) or ct2-tiny.en (ct2).
     #[arg(long, env = "TUBESCRIBE_MODEL")]
     model: Option<PathBuf>,
     /// ASR engine: whisper-cpp (default) or ct2 (CTranslate2, in builds with the `ct2`
-    /// feature). A model name then means `ggml-NAME.bin` or the directory `ct2-NAME`.
+    /// feature, on by default). A model name then means `ggml-NAME.bin` or the directory
+    /// `ct2-NAME`.
     #[arg(long, env = "TUBESCRIBE_ENGINE")]
     engine: Option<crate::tools::asr::Engine>,
 }
@@ -1025,6 +1027,9 @@ async fn submit_all(
         if s.existing {
             eprintln!("{i}: joined existing task {}", s.task_id);
         }
+        if let Some(note) = &s.note {
+            eprintln!("{i}: {note}");
+        }
         add(s.task_id, i.clone());
     }
     producer.close().await;
@@ -1112,9 +1117,14 @@ fn model_list(cfg: &Config, json: bool) -> Result<i32> {
                 .iter()
                 .find(|(n, _)| n == m.as_str())
                 .map(|(_, p)| p);
+            let bytes = match cfg.engine {
+                crate::tools::asr::Engine::Ct2 => m.model.ct2_size(),
+                crate::tools::asr::Engine::WhisperCpp => m.size(),
+            };
             serde_json::json!({
                 "name": m.as_str(),
-                "bytes": m.size(),
+                "engine": cfg.engine.as_str(),
+                "bytes": bytes,
                 "quant": m.quant.as_str(),
                 "languages": m.model.languages(),
                 "installable": true,
@@ -1131,6 +1141,7 @@ fn model_list(cfg: &Config, json: bool) -> Result<i32> {
         rows.push(serde_json::json!({
             "name": name,
             "bytes": std::fs::metadata(path).map(|m| m.len()).ok(),
+            "engine": cfg.engine.as_str(),
             "quant": serde_json::Value::Null,
             "languages": serde_json::Value::Null,
             "installable": false,

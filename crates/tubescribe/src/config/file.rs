@@ -22,7 +22,8 @@ pub struct FileConfig {
     pub storage_url: Option<String>,
     /// Hosts allowed for direct media URLs (besides YouTube).
     pub allow_hosts: Option<Vec<String>>,
-    /// Path of the ggml Whisper model; default `<data_dir>/models/ggml-tiny.en.bin`.
+    /// Path or installed name of the Whisper model; default the engine's tiny.en
+    /// (`<data_dir>/models/ggml-tiny.en.bin` or `ct2-tiny.en`).
     pub model: Option<PathBuf>,
     /// Worker concurrency per stage.
     #[serde(default)]
@@ -206,7 +207,7 @@ pub struct TranscribeFile {
     /// whisper.cpp threads per job (default: cores / transcribe concurrency, at least 1).
     pub threads: Option<usize>,
     /// ASR engine: `whisper-cpp` (default) or `ct2` (CTranslate2; builds with the `ct2`
-    /// feature). Decides which form of a named model is used (`ggml-NAME.bin` or `ct2-NAME/`).
+    /// feature, on by default). Decides which form of a named model is used (`ggml-NAME.bin` or `ct2-NAME/`).
     pub engine: Option<String>,
     /// Spoken language code, e.g. "en"; default: "en" for `.en` models, else auto-detect.
     pub language: Option<String>,

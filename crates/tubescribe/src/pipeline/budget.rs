@@ -5,7 +5,7 @@
 //!
 //! A worker process may run `slots = clamp(⌊(budget − weights) / per_job⌋, 1, concurrency)`
 //! transcribe jobs at once, where `budget` is `schedule.memory_budget_mb` (default half the
-//! machine's RAM), `weights` the model file's size (loaded once, shared by all jobs) and
+//! machine's RAM), `weights` the model's size ([`weights_bytes`]; loaded once, shared by all jobs) and
 //! `per_job` the larger of the model's measured per-job peak (kept in
 //! `<data>/models/<model>.rss.json` by earlier jobs) and the a-priori estimate
 //! [`estimate_per_job_bytes`] (asr.md §3: ~250 MB of whisper state and compute buffers
@@ -55,6 +55,26 @@ pub fn slots(concurrency: usize, budget: u64, weights: u64, per_job: u64) -> usi
     fit.clamp(1, concurrency.max(1))
 }
 
+/// The size of the model at `path` in bytes: a ggml file's length, or the sum of the files in
+/// a CTranslate2 model directory (`model.bin` is nearly all of it); 0 when it cannot be read.
+pub fn weights_bytes(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// The resolved plan of a transcribe worker process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
@@ -75,7 +95,7 @@ pub struct Plan {
 /// Computes the plan for `cfg` with `concurrency` configured transcribe jobs and the measured
 /// per-job peak `measured` (bytes), if any.
 pub fn plan(cfg: &Config, concurrency: usize, measured: Option<u64>) -> Plan {
-    let weights = std::fs::metadata(&cfg.model).map(|m| m.len()).unwrap_or(0);
+    let weights = weights_bytes(&cfg.model);
     let per_job = estimate_per_job_bytes(cfg.schedule.segment_s * 1.25).max(measured.unwrap_or(0));
     let budget = cfg.schedule.memory_budget_bytes;
     let slots = slots(concurrency, budget, weights, per_job);
@@ -171,6 +191,20 @@ mod tests {
         assert_eq!(slots(4, 100 * MB, 78 * MB, 320 * MB), 1);
         assert_eq!(slots(4, 1400 * MB, 78 * MB, 320 * MB), 4);
         assert_eq!(slots(8, 1400 * MB, 78 * MB, 320 * MB), 4);
+    }
+
+    #[test]
+    fn weights_are_a_file_or_a_model_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("ggml-x.bin");
+        std::fs::write(&file, vec![0u8; 1000]).unwrap();
+        assert_eq!(weights_bytes(&file), 1000);
+        let dir = d.path().join("ct2-x");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("model.bin"), vec![0u8; 3000]).unwrap();
+        std::fs::write(dir.join("config.json"), b"{}").unwrap();
+        assert_eq!(weights_bytes(&dir), 3002);
+        assert_eq!(weights_bytes(&d.path().join("missing")), 0);
     }
 
     #[test]

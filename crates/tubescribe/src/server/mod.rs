@@ -112,8 +112,8 @@ pub struct ServeOptions {
     /// Whether local file paths may be submitted over HTTP (off: a remote user must not make
     /// the server read its files).
     pub allow_local_files: bool,
-    /// The Whisper model used when a submission names none (`--model`); `None` =
-    /// `<data>/models/ggml-tiny.en.bin`. Submissions may name any installed model instead.
+    /// The Whisper model used when a submission names none (`--model`); `None` = the
+    /// engine's installed tiny.en. Submissions may name any installed model instead.
     pub model: Option<std::path::PathBuf>,
     /// yt-dlp, which lists a playlist or channel submitted with `options.expand`.
     pub ytdlp: std::path::PathBuf,

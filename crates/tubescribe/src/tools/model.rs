@@ -500,21 +500,37 @@ pub async fn install_with_cancel(
     })
     .await
     .map_err(|e| ModelError::Package(format!("conversion task failed: {e}")))??;
-    if report.bytes != name.size() || report.sha256 != name.sha256() {
+    let placed = place_verified(name, (report.bytes, report.sha256), &converted, &dest).await;
+    drop(work);
+    placed
+}
+
+/// Checks the written model file `converted` (its size and SHA-256, `written`) against
+/// `name`'s pin and renames it to `dest`.
+///
+/// # Errors
+/// [`ModelError::Verify`] on a mismatch (the file stays in its work directory); the rename's
+/// I/O error.
+async fn place_verified(
+    name: ModelFile,
+    (bytes, sha256): (u64, String),
+    converted: &Path,
+    dest: &Path,
+) -> Result<PathBuf, ModelError> {
+    if bytes != name.size() || sha256 != name.sha256() {
         return Err(ModelError::Verify {
             model: name,
-            size: report.bytes,
-            sha256: report.sha256,
+            size: bytes,
+            sha256,
             expected_size: name.size(),
             expected_sha256: name.sha256(),
         });
     }
-    tokio::fs::rename(&converted, &dest)
+    tokio::fs::rename(converted, dest)
         .await
         .map_err(io_err(format!("moving the model to {}", dest.display())))?;
-    tracing::info!(model = %name, path = %dest.display(), bytes = report.bytes, "model installed");
-    drop(work);
-    Ok(dest)
+    tracing::info!(model = %name, path = %dest.display(), bytes, "model installed");
+    Ok(dest.to_path_buf())
 }
 
 /// Installs the q8_0 file `name` by quantizing its model's installed (pinned) f16 file
@@ -542,21 +558,9 @@ async fn quantize_installed(
         .await
         .map_err(|e| ModelError::Package(format!("quantization task failed: {e}")))??;
     let dest = models_dir.join(name.file_name());
-    if report.bytes != name.size() || report.sha256 != name.sha256() {
-        return Err(ModelError::Verify {
-            model: name,
-            size: report.bytes,
-            sha256: report.sha256,
-            expected_size: name.size(),
-            expected_sha256: name.sha256(),
-        });
-    }
-    tokio::fs::rename(&converted, &dest)
-        .await
-        .map_err(io_err(format!("moving the model to {}", dest.display())))?;
-    tracing::info!(model = %name, path = %dest.display(), bytes = report.bytes, "model installed");
+    let placed = place_verified(name, (report.bytes, report.sha256), &converted, &dest).await;
     drop(work);
-    Ok(dest)
+    placed
 }
 
 /// The converter's options for a weight format.

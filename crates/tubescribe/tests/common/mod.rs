@@ -41,8 +41,8 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// The ASR engine the tests run on: `TUBESCRIBE_ENGINE` (the product's own variable, so a
-/// spawned binary follows it too; `ct2` needs a build with the `ct2` feature), else
-/// whisper.cpp.
+/// spawned binary follows it too; `ct2` needs a build with the `ct2` feature), else the
+/// build's default engine (CTranslate2 with the default features).
 pub fn engine() -> tubescribe::tools::asr::Engine {
     std::env::var("TUBESCRIBE_ENGINE")
         .ok()
@@ -57,6 +57,15 @@ pub fn installed_model(name: tubescribe::domain::ModelName) -> PathBuf {
         tubescribe::tools::asr::Engine::WhisperCpp => name.file_name(),
         tubescribe::tools::asr::Engine::Ct2 => name.ct2_dir_name(),
     })
+}
+
+/// The pinned SHA-256 of `name`'s installed form for [`engine`] (a manifest's
+/// `model.sha256`): the ggml file's, or the CTranslate2 directory's `model.bin`.
+pub fn installed_sha256(name: tubescribe::domain::ModelName) -> &'static str {
+    match engine() {
+        tubescribe::tools::asr::Engine::WhisperCpp => name.sha256(),
+        tubescribe::tools::asr::Engine::Ct2 => name.ct2_sha256(),
+    }
 }
 
 /// The tiny.en model for [`engine`] (`TUBESCRIBE_MODEL` overrides it); fails loudly when

@@ -22,8 +22,10 @@
 //! * **Decoding**: greedy, with whisper.cpp's temperature fallback (0.0, 0.2 … 1.0): a window
 //!   whose mean token log-probability is under −1.0, or whose last 32 tokens have an entropy
 //!   under 2.4 nats (sequences of more than 32 tokens), is decoded again at the next
-//!   temperature; a window with no-speech probability over 0.6 and a low log-probability is
-//!   skipped. Earlier text is forgotten after a window that needed a temperature over 0.5.
+//!   temperature, where the most probable of 5 samples counts (`best_of`; CTranslate2's
+//!   sampler is seeded once per process, so runs repeat); a window with no-speech probability
+//!   over 0.6 and a low log-probability is skipped. Earlier text is forgotten after a window
+//!   that needed a temperature over 0.5.
 //! * **Segments and seeking**: split at consecutive timestamp tokens; the next window starts
 //!   at the last complete segment's end timestamp, or after the whole window when it ended on
 //!   a single timestamp or had none (OpenAI's rule).
@@ -72,6 +74,14 @@ const MS_PER_STEP: u64 = 20;
 const MAX_LENGTH: usize = 448;
 /// The decode temperatures tried in turn (whisper.cpp's `temperature_inc` 0.2).
 const TEMPERATURES: [f32; 6] = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0];
+/// Samples drawn at each fallback temperature; the most probable one is kept (whisper's and
+/// faster-whisper's `best_of` 5, whisper.cpp's `greedy.best_of`). One sample alone turned a
+/// window of clean speech into two words in some runs and whole sentences in others.
+const BEST_OF: usize = 5;
+/// The seed of CTranslate2's sampling generator, set once per process before any decode, so
+/// that the fallback's samples, and the transcript, are the same from run to run
+/// (CTranslate2 seeds each thread's generator from it on the thread's first sample).
+const RANDOM_SEED: u32 = 0x7ad5_c41b;
 /// A decode whose mean token log-probability is under this failed (whisper.cpp
 /// `logprob_thold`).
 const LOGPROB_THRESHOLD: f32 = -1.0;
@@ -186,6 +196,8 @@ impl Ct2Whisper {
                 "not a CTranslate2 model directory (model.bin and vocabulary.txt)".into(),
             ));
         }
+        static SEED: std::sync::Once = std::sync::Once::new();
+        SEED.call_once(|| ct2rs::set_random_seed(RANDOM_SEED));
         let vocab: Vec<String> = fs::read_to_string(dir.join("vocabulary.txt"))
             .map_err(|e| err(format!("vocabulary.txt: {e}")))?
             .lines()
@@ -390,13 +402,16 @@ impl Ct2Whisper {
             }
             let start_sequence = self.start_sequence(&language, opts.translate);
             let mut prompt: Vec<u32> = Vec::new();
+            let mut past_len = 0;
             if !past.is_empty() {
                 prompt.push(sp.sot_prev);
                 let keep = (PAST_TEXT_TOKENS as usize).min(MAX_LENGTH / 2 - 1);
                 prompt.extend_from_slice(&past[past.len().saturating_sub(keep)..]);
+                past_len = prompt.len();
             }
             prompt.extend_from_slice(&start_sequence);
-            let decoded = self.generate_with_fallback(&whisper, &encoded, &prompt, abort)?;
+            let decoded =
+                self.generate_with_fallback(&whisper, &encoded, &prompt, past_len, abort)?;
             let window_ms = seek as u64 * 10;
             if decoded.no_speech_p > NO_SPEECH_THRESHOLD && decoded.avg_logprob < LOGPROB_THRESHOLD
             {
@@ -467,11 +482,13 @@ impl Ct2Whisper {
             if decoded.temperature > PROMPT_RESET_TEMPERATURE {
                 past.clear();
             }
-            seek = if next_seek > seek {
-                next_seek
-            } else {
-                seek + segment_size
-            };
+            let last_word_end = out.segments.last().and_then(|s| s.words.last());
+            seek = following_seek(
+                seek,
+                segment_size,
+                next_seek,
+                last_word_end.map(|w| w.end_ms),
+            );
             report(progress, base, span, seek.min(total), total);
         }
         out.mean_token_p = (out.text_tokens > 0).then(|| (sum_p / out.text_tokens as f64) as f32);
@@ -497,20 +514,38 @@ impl Ct2Whisper {
     }
 
     /// Greedy decode, then hotter ones while the result fails whisper.cpp's checks; the
-    /// first that passes, else the one with the best mean log-probability.
+    /// first that passes, else the one with the best mean log-probability. `prompt` starts
+    /// with `past_len` tokens of earlier text (`<|startofprev|>` and its tokens; 0 for none).
+    ///
+    /// When the greedy decode with earlier text fails, the window is decoded greedily again
+    /// without it, and the hotter decodes go without it too: a prompt whose text recurs in
+    /// the window made the decoder stop after one word, and sampling then copied a sentence
+    /// of the prompt over 23 s of other speech (a 100 s talk of repeated clips; faster-whisper
+    /// keeps the prompt until a temperature over 0.5).
     fn generate_with_fallback(
         &self,
         whisper: &ct2rs::sys::Whisper,
         encoded: &StorageView,
         prompt: &[u32],
+        past_len: usize,
         abort: &AtomicBool,
     ) -> Result<Decoded, AsrError> {
-        let prompt_strs: Vec<&str> = prompt
-            .iter()
-            .map(|&t| self.vocab.get(t as usize).map_or("", String::as_str))
-            .collect();
+        let strs = |tokens: &[u32]| -> Vec<String> {
+            tokens
+                .iter()
+                .map(|&t| self.vocab.get(t as usize).cloned().unwrap_or_default())
+                .collect()
+        };
+        let with_past = strs(prompt);
+        let without_past = strs(&prompt[past_len..]);
+        // (temperature, with the earlier text): greedy with it, greedy without it (when
+        // there is any), then the hotter ones without it.
+        let attempts = std::iter::once((0.0, true))
+            .chain((past_len > 0).then_some((0.0, false)))
+            .chain(TEMPERATURES[1..].iter().map(|&t| (t, false)));
         let mut best: Option<Decoded> = None;
-        for &temperature in &TEMPERATURES {
+        for (temperature, past) in attempts {
+            let prompt_strs = if past { &with_past } else { &without_past };
             if abort.load(Ordering::Relaxed) {
                 return Err(AsrError::Aborted);
             }
@@ -523,7 +558,9 @@ impl Ct2Whisper {
                 max_length: MAX_LENGTH,
                 sampling_topk: if temperature > 0.0 { 0 } else { 1 },
                 sampling_temperature: if temperature > 0.0 { temperature } else { 1.0 },
-                num_hypotheses: 1,
+                // At a temperature CTranslate2 returns the samples best score first (as
+                // faster-whisper reads them): the first is the most probable.
+                num_hypotheses: if temperature > 0.0 { BEST_OF } else { 1 },
                 return_scores: true,
                 return_logits_vocab: false,
                 return_no_speech_prob: true,
@@ -532,7 +569,7 @@ impl Ct2Whisper {
                 suppress_tokens: self.specials.suppress.clone(),
             };
             let result = whisper
-                .generate(encoded, std::slice::from_ref(&prompt_strs), &options)
+                .generate(encoded, std::slice::from_ref(prompt_strs), &options)
                 .map_err(|e| AsrError::Transcription(format!("decoder: {e:#}")))?
                 .into_iter()
                 .next()
@@ -547,8 +584,12 @@ impl Ct2Whisper {
             // (length_penalty 1); faster-whisper's mean counts the end token too.
             let score = result.scores.first().copied().unwrap_or(f32::NEG_INFINITY);
             let avg_logprob = score * n as f32 / (n + 1) as f32;
+            // With earlier text, a segment that stretches a few words over many seconds is
+            // the prompt's text copied over other speech ("built around it." over 19.8 s).
+            let copied = past && sparse_segment(&tokens, self.specials.timestamp_begin);
             let failed = avg_logprob < LOGPROB_THRESHOLD
-                || (n > ENTROPY_TOKENS && tail_entropy(&tokens) < ENTROPY_THRESHOLD);
+                || (n > ENTROPY_TOKENS && tail_entropy(&tokens) < ENTROPY_THRESHOLD)
+                || copied;
             let decoded = Decoded {
                 tokens,
                 avg_logprob,
@@ -640,6 +681,45 @@ struct Piece {
     start_step: u32,
     end_step: u32,
     tokens: Vec<u32>,
+}
+
+/// Where the window after the one at `seek` (frames, `segment_size` of them) starts:
+/// `next_seek` from the timestamps ([`split_at_timestamps`]), or, when the window did not run
+/// to its end and its last word (`last_word_end_ms`, on the same timeline) ended inside it
+/// before that, the last word's end: the last timestamp token can fall after the first sound
+/// of the next word (OpenAI's and faster-whisper's rule with word timestamps). Always past
+/// `seek`.
+fn following_seek(
+    seek: usize,
+    segment_size: usize,
+    next_seek: usize,
+    last_word_end_ms: Option<u64>,
+) -> usize {
+    let word_end = last_word_end_ms
+        .map(|ms| (ms / 10) as usize)
+        .filter(|&f| f > seek && f < next_seek && next_seek < seek + segment_size);
+    match word_end {
+        Some(f) => f,
+        None if next_seek > seek => next_seek,
+        None => seek + segment_size,
+    }
+}
+
+/// Segments at least this long (ms) with fewer than one text token per
+/// [`SPARSE_MS_PER_TOKEN`] are implausibly sparse: speech runs at 3–4 tokens a second.
+const SPARSE_SEGMENT_MS: u64 = 8000;
+/// See [`SPARSE_SEGMENT_MS`].
+const SPARSE_MS_PER_TOKEN: u64 = 2000;
+
+/// True when a segment of the window's `tokens` lasts [`SPARSE_SEGMENT_MS`] or more with
+/// fewer than one text token per [`SPARSE_MS_PER_TOKEN`].
+fn sparse_segment(tokens: &[u32], ts_begin: u32) -> bool {
+    let (pieces, _) = split_at_timestamps(tokens, ts_begin, 0, WINDOW_FRAMES);
+    pieces.iter().any(|p| {
+        let ms = u64::from(p.end_step.saturating_sub(p.start_step)) * MS_PER_STEP;
+        let text = p.tokens.iter().filter(|&&t| t < ts_begin).count() as u64;
+        ms >= SPARSE_SEGMENT_MS && text * SPARSE_MS_PER_TOKEN < ms
+    })
 }
 
 /// Splits a window's tokens into segments at consecutive timestamp tokens and returns them
@@ -895,6 +975,34 @@ mod tests {
         let (p, next) = split_at_timestamps(&toks, ts, 0, 3000);
         assert_eq!((p[0].start_step, p[0].end_step), (0, 150));
         assert_eq!(next, 3000);
+    }
+
+    #[test]
+    fn the_next_window_starts_at_the_last_word_end() {
+        // The last timestamp at 29.36 s, the last word ended at 29.10 s: from the word.
+        assert_eq!(following_seek(0, 3000, 2936, Some(29_100)), 2910);
+        // A window that ran to its end goes on after it, whatever the words say.
+        assert_eq!(following_seek(0, 3000, 3000, Some(29_100)), 3000);
+        // No words, or a word end after the timestamp: the timestamp.
+        assert_eq!(following_seek(100, 3000, 2936, None), 2936);
+        assert_eq!(following_seek(100, 3000, 2936, Some(29_500)), 2936);
+        // Never stuck: no progress from the timestamps moves a whole window on.
+        assert_eq!(following_seek(500, 3000, 500, Some(4_000)), 3500);
+    }
+
+    #[test]
+    fn a_few_words_over_many_seconds_are_sparse() {
+        let ts = 1000;
+        // "built around it." (4 tokens) from 0.00 to 19.80 s: copied, not heard.
+        assert!(sparse_segment(&[ts, 1, 2, 3, 4, ts + 990], ts));
+        // 20 tokens over 8 s, and 2 tokens over 2 s: speech.
+        let mut speech = vec![ts];
+        speech.extend(1..=20);
+        speech.extend([ts + 400, ts + 400, 5, 6, ts + 500]);
+        assert!(!sparse_segment(&speech, ts));
+        // 4 tokens over exactly 8 s: one per 2 s is still speech.
+        assert!(!sparse_segment(&[ts, 1, 2, 3, 4, ts + 400], ts));
+        assert!(sparse_segment(&[ts, 1, 2, 3, ts + 400], ts));
     }
 
     #[test]
