@@ -530,14 +530,11 @@ impl Ct2Whisper {
         past_len: usize,
         abort: &AtomicBool,
     ) -> Result<Decoded, AsrError> {
-        let strs = |tokens: &[u32]| -> Vec<String> {
-            tokens
-                .iter()
-                .map(|&t| self.vocab.get(t as usize).cloned().unwrap_or_default())
-                .collect()
-        };
-        let with_past = strs(prompt);
-        let without_past = strs(&prompt[past_len..]);
+        let with_past: Vec<&str> = prompt
+            .iter()
+            .map(|&t| self.vocab.get(t as usize).map_or("", String::as_str))
+            .collect();
+        let without_past = with_past[past_len..].to_vec();
         // (temperature, with the earlier text): greedy with it, greedy without it (when
         // there is any), then the hotter ones without it.
         let attempts = std::iter::once((0.0, true))
