@@ -186,6 +186,26 @@ type Entry = (String, Vec<(String, String)>);
 /// What `XREAD` returns: per stream with new entries, its key and those entries.
 type XreadReply = Vec<(String, Vec<Entry>)>;
 
+/// The last entry of each stream at or before `end` (an `XREVRANGE` bound: `+`, or
+/// `(<ms>-0` for strictly before `<ms>`), as a cursor.
+async fn tails(conn: &mut redis::aio::ConnectionManager, end: &str) -> Result<Cursor, EventError> {
+    let mut tail = Cursor::default();
+    for i in 0..STREAMS {
+        let last: Vec<Entry> = redis::cmd("XREVRANGE")
+            .arg(stream_key(i))
+            .arg(end)
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(conn)
+            .await?;
+        if let Some(p) = last.first().and_then(|(id, _)| Pos::parse(id)) {
+            tail.0[i] = p;
+        }
+    }
+    Ok(tail)
+}
+
 fn fields_map(fields: &[(String, String)]) -> HashMap<&str, &str> {
     fields
         .iter()
@@ -581,20 +601,7 @@ impl EventHub {
         let client = redis::Client::open(url)?;
         let mut range_conn = redis::aio::ConnectionManager::new(client.clone()).await?;
         let now = time_ms(redis::cmd("TIME").query_async(&mut range_conn).await?);
-        let mut head = Cursor::default();
-        for i in 0..STREAMS {
-            let last: Vec<Entry> = redis::cmd("XREVRANGE")
-                .arg(stream_key(i))
-                .arg(format!("({now}-0"))
-                .arg("-")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(&mut range_conn)
-                .await?;
-            if let Some(p) = last.first().and_then(|(id, _)| Pos::parse(id)) {
-                head.0[i] = p;
-            }
-        }
+        let head = tails(&mut range_conn, &format!("({now}-0")).await?;
         let (tx, _) = broadcast::channel(1024);
         let hub = EventHub {
             inner: Arc::new(HubInner {
@@ -622,6 +629,19 @@ impl EventHub {
             }
         });
         Ok(hub)
+    }
+
+    /// Whether a `task.created` of `task` was written after `from` (up to the streams' tails,
+    /// which may be ahead of the hub's head): a retry that returned before the hub read it.
+    async fn rerun_after(&self, from: &Cursor, task: &str) -> bool {
+        let mut conn = self.inner.range_conn.clone();
+        let Ok(tail) = tails(&mut conn, "+").await else {
+            return false;
+        };
+        self.backlog(from, &tail).await.is_ok_and(|b| {
+            b.iter()
+                .any(|e| e.name == "task.created" && e.task_id.as_deref() == Some(task))
+        })
     }
 
     fn lookup(&self) -> impl Fn(&str) -> Option<Manifest> + '_ {
@@ -763,7 +783,8 @@ impl EventHub {
     /// A task's follower ends (the receiver closes) right after the task's final event
     /// (`task.completed`, `task.failed`, `task.cancelled`, `task.deleted`), unless the backlog it read
     /// already shows the task run again (a later `task.created`: a retry); one resuming right
-    /// after the final event ends at once. A task that does not exist yet is waited for.
+    /// after the final event ends at once unless the streams hold a later `task.created` (a
+    /// retry that returned before the hub read its events). A task that does not exist yet is waited for.
     pub fn follow(
         &self,
         from: Option<Cursor>,
@@ -816,7 +837,10 @@ impl EventHub {
             let rerun = backlog
                 .iter()
                 .rposition(|e| wanted(e) && e.name == "task.created");
-            if std::mem::take(&mut ended) && rerun.is_none() {
+            if std::mem::take(&mut ended)
+                && rerun.is_none()
+                && !self.rerun_after(cur, task.unwrap_or_default()).await
+            {
                 return;
             }
             for (k, e) in backlog.into_iter().enumerate() {
