@@ -8,6 +8,7 @@
 //! | `p1_short_latency_ratio_max` | 5 short tasks submitted right after 1 long one: max over shorts of latency in the batch ÷ its solo latency (goal ≤ 1.15 × the P1 floor, also printed as `p1_ratio_to_floor`). The "seed baseline" (one queue, concurrency 1 for the whole pipeline = tasks one after another in submission order) is computed from the same solo runs: short *i* finishes after the long task and shorts 1..i. Also printed: the **P1 floor** `(Σ CPU seconds of the 5 solo short runs ÷ cores) ÷ longest solo latency`, below which no scheduler can go on this machine (the shorts arrive together and share the cores even with no long task). |
 //! | `p2_makespan_ratio` | batch makespan ÷ max(batch CPU seconds ÷ cores, longest chain = the long task's solo latency) (goal ≤ 1.10). CPU = this process + its reaped children (ffmpeg, ffprobe; not Redis). |
 //! | `p3_transcribe_overhead_ratio` | the long solo task's transcribe stage wall (ffmpeg decode + whisper + files) ÷ whisper-rs called directly on its `audio.wav` with the same model and threads (goal ≤ 1.05), making the same whisper calls as the stage (with an English-only model and a multilingual one installed, also the language guard's identification of the first 15 s of speech); each side is the faster of two runs. When the stage ran as segments side by side, whisper-rs gets the threads of all the slots they ran on (a split must not look faster than the tool given the same cores) |
+//! | `p3_engine_ratio_vs_faster_whisper` | the same stage wall ÷ PyPI faster-whisper (CTranslate2, `bench/anchors`) on the same WAV, CTranslate2 weights and threads, greedy, no VAD, its faster of int8 and float32 (goal ≤ 1.0); when the stage ran the language guard, the anchor makes the guard's call too (the identifier's `detect_language` on the first 15 s) and `p3_engine_ratio_without_guard` is the ratio to its transcription alone |
 //! | `p3_hop_ms_p50`, `p3_hop_ms_p99` | job completed → next stage's job active, from BullMQ's `finishedOn`/`processedOn` (ms) of no-op flows run one at a time through the engine (goal ≤ 5 / 50 ms) |
 //! | `p4_job_peak_rss_mb` | peak process RSS during one transcription job (solo runs, model included; see `budget.rs` for the method); the worker with 2 jobs (the batch, and a solo long task whose segments ran side by side) is reported as `p4_worker_2jobs_peak_rss_mb` |
 //! | `p6_long_speedup` | one long talk (12 min, so it is cut into segments) alone: latency with 1 transcribe slot ÷ latency with 2 slots, 1 whisper thread per job in both (goal ≥ 1.7 on 2 cores: its segments run in parallel). The same talk with 1 slot × 2 threads is reported beside it (`p6_latency_s`), the measurement behind the default slots × threads, and so is `p6_machine_ceiling`, the speedup whisper-rs itself gets from two halves side by side on this machine ([`parallel_ceiling`]), with `p6_ratio_to_ceiling` |
@@ -85,7 +86,8 @@ pub struct BenchReport {
     /// P3: transcribe stage wall ÷ direct whisper-rs wall.
     pub p3_transcribe_overhead_ratio: f64,
     /// P3: transcribe stage wall ÷ PyPI faster-whisper on the same WAV, weights and threads
-    /// (its faster of int8 and float32); `None` when the anchor is not installed.
+    /// (its faster of int8 and float32), making the language guard's call too when the stage
+    /// did; `None` when the anchor is not installed.
     pub p3_engine_ratio_vs_faster_whisper: Option<f64>,
     /// P3: stage hop, median, ms.
     pub p3_hop_ms_p50: f64,
@@ -623,21 +625,39 @@ fn checkout_dir(rel: &str) -> PathBuf {
     p.canonicalize().unwrap_or(p)
 }
 
+/// One compute type's faster of two anchor runs: its wall seconds, and of them the language
+/// guard's identification (0 without one).
+#[derive(Debug, Clone, Copy)]
+struct AnchorRun {
+    compute_type: &'static str,
+    wall_s: f64,
+    guard_s: f64,
+}
+
 /// PyPI faster-whisper (CTranslate2) on `wav` with the CTranslate2 model directory that
 /// `model` was converted from and `threads` CPU threads, greedy, no VAD, English given for
 /// `.en` models (`bench/anchors/faster_whisper_run.py`): for `int8` and `float32`, the faster
-/// of two runs in seconds, model load excluded. `Err` says why it did not run (not installed,
-/// a model without a CTranslate2 directory, the script failed).
+/// of two runs, model load excluded. With `guard` (the stage's language guard identifier, e.g.
+/// `base`), each run also makes the guard's call — that model's `detect_language` on the
+/// first 15 s — so both sides do the same work, as whisper-rs does for the overhead ratio.
+/// `Err` says why it did not run (not installed, a model without a CTranslate2 directory, the
+/// script failed).
 async fn faster_whisper(
     model: &Path,
     wav: &Path,
     threads: usize,
-) -> Result<Vec<(&'static str, f64)>, String> {
+    guard: Option<&str>,
+) -> Result<Vec<AnchorRun>, String> {
     let dir = anchors_dir();
     let python = dir.join("venv/bin/python");
     let name = crate::tools::model::model_name(model);
     let model_dir = dir.join("models").join(&name);
-    if !python.is_file() || !model_dir.join("model.bin").is_file() {
+    let guard_dir = guard.map(|g| dir.join("models").join(g));
+    let missing = [Some(&model_dir), guard_dir.as_ref()]
+        .into_iter()
+        .flatten()
+        .find(|d| !d.join("model.bin").is_file());
+    if !python.is_file() || missing.is_some() {
         return Err(format!(
             "faster-whisper anchor for {name} not installed in {} (run scripts/bench-anchors-setup.sh)",
             dir.display()
@@ -656,6 +676,9 @@ async fn faster_whisper(
         if name.ends_with(".en") {
             cmd = cmd.arg("en");
         }
+        if let Some(g) = &guard_dir {
+            cmd = cmd.arg(g);
+        }
         let (o, stdout) = process::run_collect(&cmd, &CancellationToken::new())
             .await
             .map_err(|e| e.to_string())?;
@@ -664,49 +687,67 @@ async fn faster_whisper(
         }
         let v: serde_json::Value = serde_json::from_str(stdout.trim())
             .map_err(|e| format!("unexpected faster-whisper output {stdout:?}: {e}"))?;
-        let best = v["walls_s"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(serde_json::Value::as_f64)
-            .fold(f64::INFINITY, f64::min);
-        if !best.is_finite() {
+        let figures = |key: &str| -> Vec<f64> {
+            v[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(serde_json::Value::as_f64)
+                .collect()
+        };
+        let (walls, guards) = (figures("walls_s"), figures("guard_walls_s"));
+        let best = (0..walls.len()).min_by(|&a, &b| walls[a].total_cmp(&walls[b]));
+        let Some(i) = best.filter(|&i| walls[i].is_finite()) else {
             return Err(format!("unexpected faster-whisper output {stdout:?}"));
-        }
-        out.push((compute_type, best));
+        };
+        out.push(AnchorRun {
+            compute_type,
+            wall_s: walls[i],
+            guard_s: guards.get(i).copied().unwrap_or(0.0),
+        });
     }
     Ok(out)
 }
 
 /// P3 against the faster-whisper anchor ([`faster_whisper`]) on `wav`: the stage's wall
-/// `stage_s` ÷ the anchor's faster compute type (the engine a user would pick instead), and
-/// the detail keys `p3_faster_whisper_s` (per compute type), `p3_faster_whisper_best_s`,
-/// `p3_whisper_rs_ratio_vs_faster_whisper` (`direct_s` ÷ it) and `p3_faster_whisper_note`
-/// (why it did not run). `None` when it did not run.
+/// `stage_s` ÷ the anchor's faster compute type (the engine a user would pick instead), the
+/// anchor making the language guard's call too when the stage did (`guard`), and the detail
+/// keys `p3_faster_whisper_s` (per compute type), `p3_faster_whisper_best_s`,
+/// `p3_faster_whisper_guard` and `p3_faster_whisper_guard_s` (the guard's model and its share
+/// of the best run), `p3_engine_ratio_without_guard` (the stage ÷ the anchor's transcription
+/// alone), `p3_whisper_rs_ratio_vs_faster_whisper` (`direct_s` ÷ it) and
+/// `p3_faster_whisper_note` (why it did not run). `None` when it did not run.
 async fn engine_ratio(
     model: &Path,
     wav: &Path,
     threads: usize,
-    stage_s: f64,
-    direct_s: f64,
+    guard: Option<&str>,
+    (stage_s, direct_s): (f64, f64),
 ) -> (Option<f64>, serde_json::Value) {
-    let (runs, note) = match faster_whisper(model, wav, threads).await {
+    let (runs, note) = match faster_whisper(model, wav, threads, guard).await {
         Ok(r) => (r, None),
         Err(why) => (Vec::new(), Some(why)),
     };
-    let best = runs.iter().map(|(_, s)| *s).fold(f64::INFINITY, f64::min);
-    let best = best.is_finite().then_some(best);
+    let best = runs
+        .iter()
+        .copied()
+        .min_by(|a, b| a.wall_s.total_cmp(&b.wall_s));
     let per_type: serde_json::Map<String, serde_json::Value> = runs
         .iter()
-        .map(|(t, s)| (t.to_string(), serde_json::json!(s)))
+        .map(|r| (r.compute_type.to_string(), serde_json::json!(r.wall_s)))
         .collect();
     let detail = serde_json::json!({
         "p3_faster_whisper_s": per_type,
-        "p3_faster_whisper_best_s": best,
+        "p3_faster_whisper_best_s": best.map(|b| b.wall_s),
+        "p3_faster_whisper_guard": guard,
+        "p3_faster_whisper_guard_s": best.filter(|_| guard.is_some()).map(|b| b.guard_s),
+        "p3_engine_ratio_without_guard": best
+            .filter(|_| guard.is_some())
+            .map(|b| stage_s / (b.wall_s - b.guard_s)),
         "p3_faster_whisper_note": note,
-        "p3_whisper_rs_ratio_vs_faster_whisper": best.map(|b| direct_s / b),
+        "p3_whisper_rs_ratio_vs_faster_whisper": best.map(|b| direct_s / b.wall_s),
     });
-    (best.map(|b| stage_s / b), detail)
+    (best.map(|b| stage_s / b.wall_s), detail)
 }
 
 /// Runs the benchmark with `cfg` (its concurrency, memory budget and model) and `opts`.
@@ -1155,8 +1196,8 @@ async fn run_inner(
         &cfg.model,
         &wav,
         direct_threads,
-        solo_long.stage_wall_s[1],
-        direct_s,
+        direct_guard.as_deref(),
+        (solo_long.stage_wall_s[1], direct_s),
     )
     .await;
 
@@ -1349,11 +1390,19 @@ impl BenchReport {
                     "≤ 1.0".into(),
                     Some(r <= 1.0),
                     format!(
-                        "stage {} s ÷ faster-whisper {} s (int8 {} s, float32 {} s; whisper-rs ÷ it {})",
+                        "stage {} s ÷ faster-whisper {} s (int8 {} s, float32 {} s{}; whisper-rs ÷ it {})",
                         fig(&d["p3_stage_wall_s"]),
                         fig(&d["p3_faster_whisper_best_s"]),
                         fig(&d["p3_faster_whisper_s"]["int8"]),
                         fig(&d["p3_faster_whisper_s"]["float32"]),
+                        match d["p3_faster_whisper_guard"].as_str() {
+                            Some(m) => format!(
+                                "; with {m} identifying the language, {} s of it; without that call {}",
+                                fig(&d["p3_faster_whisper_guard_s"]),
+                                fig(&d["p3_engine_ratio_without_guard"])
+                            ),
+                            None => String::new(),
+                        },
                         fig(&d["p3_whisper_rs_ratio_vs_faster_whisper"])
                     ),
                 ),
@@ -1526,7 +1575,20 @@ mod tests {
             .unwrap();
         assert!(fw.contains("1.31") && fw.contains('✘'), "{table}");
         assert!(
-            fw.contains("faster-whisper 2.90 s (int8 3.10 s, float32 2.90 s"),
+            fw.contains("faster-whisper 2.90 s (int8 3.10 s, float32 2.90 s;"),
+            "{table}"
+        );
+        // The anchor made the guard's call too: its share and the ratio without it are shown.
+        with_fw.detail["p3_faster_whisper_guard"] = serde_json::json!("base");
+        with_fw.detail["p3_faster_whisper_guard_s"] = serde_json::json!(0.4);
+        with_fw.detail["p3_engine_ratio_without_guard"] = serde_json::json!(1.5);
+        let table = with_fw.table();
+        let fw = table
+            .lines()
+            .find(|l| l.starts_with("P3 engine ratio"))
+            .unwrap();
+        assert!(
+            fw.contains("float32 2.90 s; with base identifying the language, 0.40 s of it; without that call 1.50;"),
             "{table}"
         );
     }
