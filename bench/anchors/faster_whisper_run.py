@@ -7,6 +7,7 @@ English-only model: the multilingual model in GUARD_DIR identifies the language 
 printed apart (`guard_walls_s`) and included in `walls_s`.
 
 usage: faster_whisper_run.py WAV MODEL_DIR THREADS COMPUTE_TYPE RUNS [LANGUAGE [GUARD_DIR]]
+(LANGUAGE "" = detect it)
 """
 import json
 import sys
@@ -19,7 +20,7 @@ from faster_whisper import WhisperModel
 
 def main() -> None:
     wav, model_dir, threads, compute_type, runs = sys.argv[1:6]
-    language = sys.argv[6] if len(sys.argv) > 6 else None
+    language = (sys.argv[6] or None) if len(sys.argv) > 6 else None  # "" = detect
     guard_dir = sys.argv[7] if len(sys.argv) > 7 else None
     with wave.open(wav) as w:
         if w.getframerate() != 16000 or w.getnchannels() != 1:

@@ -675,6 +675,8 @@ async fn faster_whisper(
             .timeout(Duration::from_secs(1800));
         if name.ends_with(".en") {
             cmd = cmd.arg("en");
+        } else if guard_dir.is_some() {
+            cmd = cmd.arg(""); // no language given: detected
         }
         if let Some(g) = &guard_dir {
             cmd = cmd.arg(g);
