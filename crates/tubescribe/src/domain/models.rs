@@ -362,10 +362,10 @@ pub enum Engine {
     #[default]
     WhisperCpp,
     /// CTranslate2 (ct2rs, cargo feature `ct2`, on by default), on CTranslate2 model
-    /// directories (`ct2-tiny.en/`): faster (0.78× faster-whisper's wall time with base
-    /// against whisper.cpp's ≈ 3×) and as accurate on the shared samples, but not yet the
-    /// default: through the product it still fails three transcript tests whisper.cpp
-    /// passes (README, "The ASR engines").
+    /// directories (`ct2-tiny.en/`): faster (the full bench, 2026-12-06: 0.68× faster-whisper's
+    /// wall time with tiny.en, 0.97× with base; whisper.cpp tiny.en 1.80× on the quick bench)
+    /// and as accurate on the shared samples, but not yet the default: through the product it
+    /// still fails two transcript tests whisper.cpp passes (README, "The ASR engines").
     Ct2,
 }
 
