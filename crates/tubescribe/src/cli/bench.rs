@@ -901,11 +901,17 @@ impl P12 {
     }
 }
 
+/// Samples the language guard's call hears in the direct runs ([`direct_whisper`]).
+const LANGUAGE_ID_HEAD: usize = asr::LANGUAGE_ID_SPEECH_S * asr::SAMPLE_RATE as usize;
+
 /// Wall seconds of two whisper-rs runs directly on `wav` with `cfg`'s model and `threads`,
 /// through [`asr::AsrModel::transcribe`] on the whole file like the unsplit stage, and the name of
 /// the language guard's identifier when the model carries one as the stage's does
-/// ([`StageCtx::guarded`]): the same calls the stage makes, so the guard's pass (≈ 2 s on 1
-/// thread, a fifth of a 2-minute file's transcription) is not charged to overhead.
+/// ([`StageCtx::guarded`]). Then each run first makes the guard's call as well: the
+/// identifier's [`asr::AsrModel::identify_language`] on the first
+/// [`asr::LANGUAGE_ID_SPEECH_S`] s (as the faster-whisper anchor does), so the guard's pass
+/// (1–2 s on 1 thread, a fifth of a 2-minute file's transcription) is not charged to
+/// overhead.
 async fn direct_whisper(
     cfg: &Config,
     data: &DataDir,
@@ -926,16 +932,7 @@ async fn direct_whisper(
         let mut runs = Vec::new();
         for _ in 0..2 {
             let t = Instant::now();
-            m.transcribe(
-                &pcm,
-                &TranscribeOptions {
-                    threads,
-                    ..Default::default()
-                },
-                Arc::new(AtomicU8::new(0)),
-                Arc::new(AtomicBool::new(false)),
-            )
-            .map_err(|e| e.to_string())?;
+            direct_run(&m, &pcm, threads).map_err(|e| e.to_string())?;
             runs.push(t.elapsed().as_secs_f64());
         }
         Ok(runs)
@@ -944,6 +941,34 @@ async fn direct_whisper(
     .map_err(run_err("direct whisper"))?
     .map_err(BenchError::Run)?;
     Ok((runs, guard))
+}
+
+/// One direct run of [`direct_whisper`]: when `m` carries the language guard's identifier,
+/// its [`asr::AsrModel::identify_language`] on the first [`asr::LANGUAGE_ID_SPEECH_S`] s of
+/// `pcm` (16 kHz mono), then `m`'s transcription of all of `pcm`, both with `threads`.
+/// Returns the identification (`None` without an identifier).
+///
+/// # Errors
+/// The errors of both calls.
+fn direct_run(
+    m: &asr::AsrModel,
+    pcm: &[f32],
+    threads: usize,
+) -> Result<Option<asr::LanguageId>, asr::AsrError> {
+    let id = match m.language_id_model() {
+        Some(lid) => Some(lid.identify_language(&pcm[..LANGUAGE_ID_HEAD.min(pcm.len())], threads)?),
+        None => None,
+    };
+    m.transcribe(
+        pcm,
+        &TranscribeOptions {
+            threads,
+            ..Default::default()
+        },
+        Arc::new(AtomicU8::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    )?;
+    Ok(id)
 }
 
 /// P5: `flows` no-op flows through bullmq-official and through Node BullMQ, two rounds each,
@@ -1590,6 +1615,36 @@ mod tests {
             fw.contains("float32 2.90 s; with base identifying the language, 0.40 s of it; without that call 1.50;"),
             "{fw}"
         );
+    }
+
+    /// The direct whisper-rs run makes the stage's whisper calls: with the language guard's
+    /// identifier attached (tiny.en + base, as installed by `scripts/setup.sh --test`) it
+    /// identifies the language of the head first, without one it only transcribes.
+    #[test]
+    fn the_direct_run_makes_the_guards_call_too() {
+        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
+        let load = |f: &str| asr::AsrModel::load(&models.join(f)).expect("scripts/setup.sh --test");
+        let tiny = load("ggml-tiny.en.bin");
+        let guarded = tiny.with_language_id(Arc::new(load("ggml-base.bin")));
+        let samples = [
+            std::env::var_os("TUBESCRIBE_SAMPLES").map(PathBuf::from),
+            Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/samples")),
+            Some(PathBuf::from("/work/shared/samples")),
+        ];
+        let jfk = samples
+            .into_iter()
+            .flatten()
+            .map(|d| d.join("jfk.wav"))
+            .find(|p| p.is_file())
+            .expect("shared/samples/jfk.wav");
+        let pcm = asr::read_wav_16k_mono(&jfk).unwrap();
+        let id = direct_run(&guarded, &pcm, 2)
+            .unwrap()
+            .expect("base identified");
+        assert_eq!((id.model.as_str(), id.language.as_str()), ("base", "en"));
+        // jfk.wav is 11 s: the whole clip, under the 15 s head.
+        assert_eq!(id.speech_ms, 11_000);
+        assert_eq!(direct_run(&tiny, &pcm, 2).unwrap(), None);
     }
 
     #[test]
