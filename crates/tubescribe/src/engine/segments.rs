@@ -282,7 +282,7 @@ async fn split(ctx: &StageCtx, jctx: &JobCtx) -> Result<Vec<u64>, StageError> {
             dl.media
         )));
     }
-    ctx.task_model(&jctx.task).await?; // a missing model fails before any work
+    let model = ctx.task_model(&jctx.task).await?; // a missing model fails before any work
     crate::pipeline::transcribe::decode(ctx, jctx, &media, dl.duration_s).await?;
     jctx.report(DECODE_SHARE, Some("finding pauses"));
     let wav = jctx.task.file(names::AUDIO_WAV);
@@ -290,9 +290,20 @@ async fn split(ctx: &StageCtx, jctx: &JobCtx) -> Result<Vec<u64>, StageError> {
     let slots = ctx
         .plan()
         .map_or(ctx.cfg.transcribe_concurrency, |p| p.slots);
+    // The first segment's job runs the language guard when the model is English-only and no
+    // language is set: the others of its wave take over its head start.
+    let first = crate::pipeline::transcribe::range_options(ctx, &jctx.task, &model, 0)?;
+    let guarded = !model.is_multilingual()
+        && first.language.is_none()
+        && ctx.language_id_model().await.is_some();
     let rule = segmenting::CutRule {
         segment_s: ctx.cfg.schedule.segment_s,
         slots,
+        head_start_s: if guarded {
+            segmenting::GUARD_HEAD_START_S
+        } else {
+            0.0
+        },
     };
     let bounds = segmenting::plan(&wav, rule).await?;
     let b2 = bounds.clone();

@@ -125,6 +125,37 @@ pub struct CutRule {
     pub segment_s: f64,
     /// Transcribe slots that run the segments side by side (0 counts as 1).
     pub slots: usize,
+    /// Seconds of audio the first segment's extra work is worth: [`GUARD_HEAD_START_S`]
+    /// when the first segment's job runs the language guard, else 0
+    /// ([`with_head_start`]).
+    pub head_start_s: f64,
+}
+
+/// The language guard's call in the first segment's job, in seconds of audio: base
+/// identifying the language of 15 s of speech takes ≈ 1.4 s on one thread (a 20 s clip's
+/// transcription was that much faster with the call on a thread of its own), as long as
+/// tiny.en transcribing ≈ 10 s of speech on one thread (0.14–0.16 s per second of audio in
+/// the 12-minute talk's segments, `bench --quick`).
+pub const GUARD_HEAD_START_S: f64 = 10.0;
+
+/// `lengths` (seconds, from [`segment_lengths`]) with `head_start_s` of audio moved from the
+/// first segment to the others of its wave (the first `slots`), shared equally, so that the
+/// first segment's extra work (the language guard) does not leave the other slots idle at
+/// the end of the wave: the first segment becomes `head_start_s` shorter than the others.
+/// At most half the first segment moves; one slot or one segment changes nothing. The
+/// total stays the same.
+pub fn with_head_start(mut lengths: Vec<f64>, slots: usize, head_start_s: f64) -> Vec<f64> {
+    let wave = slots.max(1).min(lengths.len());
+    if wave < 2 || head_start_s <= 0.0 {
+        return lengths;
+    }
+    let h = head_start_s.min(lengths[0] / 2.0);
+    let w = wave as f64;
+    lengths[0] -= h * (w - 1.0) / w;
+    for l in &mut lengths[1..wave] {
+        *l += h / w;
+    }
+    lengths
 }
 
 /// Segment lengths in seconds for `total_s` seconds of audio under `segment_s` and `slots` ("factoring", a guided self-scheduling
@@ -170,7 +201,11 @@ pub fn find_cuts(pcm: &[f32], rule: CutRule) -> Vec<usize> {
     sorted.sort_by(|a, b| a.total_cmp(b));
     let p10 = sorted[sorted.len() / 10];
     let thr = (p10 + 12.0).min(-30.0);
-    let lengths = segment_lengths(total_s, rule.segment_s, rule.slots);
+    let lengths = with_head_start(
+        segment_lengths(total_s, rule.segment_s, rule.slots),
+        rule.slots,
+        rule.head_start_s,
+    );
     let frames_per_s = SAMPLE_RATE as f64 / FRAME as f64;
     let mut cuts = Vec::new();
     let mut last = 0usize;
@@ -375,7 +410,11 @@ mod tests {
 
     /// Tone bursts ("speech") with silent gaps at known places.
     fn rule(segment_s: f64, slots: usize) -> CutRule {
-        CutRule { segment_s, slots }
+        CutRule {
+            segment_s,
+            slots,
+            head_start_s: 0.0,
+        }
     }
 
     fn synth(spans_s: &[(f64, f64)], total_s: f64) -> Vec<f32> {
@@ -451,6 +490,36 @@ mod tests {
             assert!(l.iter().all(|&x| x <= 120.0), "{l:?}");
             assert!(l.windows(2).all(|w| w[1] <= w[0] + 1e-9), "{l:?}");
         }
+    }
+
+    /// The first segment's job also runs the language guard: its wave's other segments take
+    /// over the head start, shared equally; the whole stays the same; nothing moves with one
+    /// slot, one segment or no head start, and at most half of the first segment does.
+    #[test]
+    fn the_first_segment_gives_the_guard_a_head_start() {
+        let two = with_head_start(segment_lengths(123.0, 120.0, 2), 2, 15.0);
+        assert_eq!(two, [54.0, 69.0]);
+        let l = with_head_start(segment_lengths(746.0, 120.0, 2), 2, 15.0);
+        assert_eq!(l, [112.5, 127.5, 120.0, 120.0, 66.5, 66.5, 66.5, 66.5]);
+        let three = with_head_start(vec![90.0, 90.0, 90.0], 3, 15.0);
+        assert_eq!(three, [80.0, 95.0, 95.0]);
+        assert_eq!(with_head_start(vec![90.0, 90.0], 1, 15.0), [90.0, 90.0]);
+        assert_eq!(with_head_start(vec![90.0], 2, 15.0), [90.0]);
+        assert_eq!(with_head_start(vec![90.0, 90.0], 2, 0.0), [90.0, 90.0]);
+        assert_eq!(with_head_start(vec![20.0, 20.0], 2, 30.0), [15.0, 25.0]);
+        // The cuts follow: 25 s of one-second "words" at 10 s on 2 slots, first segment
+        // 4 s shorter.
+        let spans: Vec<(f64, f64)> = (0..25).map(|i| (i as f64, i as f64 + 0.7)).collect();
+        let pcm = synth(&spans, 25.0);
+        let b = bounds_ms(
+            &pcm,
+            CutRule {
+                head_start_s: 4.0,
+                ..rule(10.0, 2)
+            },
+        );
+        assert_eq!(b.len(), 5, "{b:?}");
+        assert!((b[2] - b[1]) > (b[1] - b[0]) + 2_000, "{b:?}");
     }
 
     #[test]

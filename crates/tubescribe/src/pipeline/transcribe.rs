@@ -339,6 +339,7 @@ async fn transcribe_ranges(
     let rule = segmenting::CutRule {
         segment_s: ctx.cfg.schedule.segment_s,
         slots: 1,
+        head_start_s: 0.0,
     };
     let bounds = segmenting::plan(&wav, rule).await?;
     let total_ms = *bounds.last().unwrap_or(&0);
