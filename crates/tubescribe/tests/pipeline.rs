@@ -236,7 +236,8 @@ async fn long_file_is_split_and_merged_in_process() {
             &pcm,
             segmenting::CutRule {
                 segment_s: SEGMENT_S,
-                slots: 1
+                slots: 1,
+                head_start_s: 0.0,
             }
         )
     );

@@ -874,7 +874,7 @@ impl AsrModel {
         if let Some(lid) = self.language_id.as_deref().filter(|_| guard) {
             let voiced: Vec<(usize, usize)> = spans.iter().copied().filter(is_speech).collect();
             out.language_id =
-                self.guard_language(lid, &mut wav, (&voiced, &spans), opts.threads, &abort)?;
+                self.guard_language(lid, &mut wav, &voiced, &spans, opts.threads, &abort)?;
         }
         // Pass 2: one whisper run per chunk.
         let (mut segments, tokens) = self.decode_chunks(
@@ -1121,7 +1121,8 @@ impl AsrModel {
         &self,
         lid: &AsrModel,
         wav: &mut WavSource,
-        (voiced, spans): (&[(usize, usize)], &[(usize, usize)]),
+        voiced: &[(usize, usize)],
+        spans: &[(usize, usize)],
         threads: usize,
         abort: &AtomicBool,
     ) -> Result<Option<LanguageId>, AsrError> {
