@@ -21,8 +21,13 @@ await run("browser-upload", 240_000, async (h) => {
   const submitAndFinish = async (expectName) => {
     assert((await page.locator("#file-name").innerText()).startsWith(`${expectName} (`), "chosen file shown");
     assert(!(await page.getByLabel("Video URL").evaluate((e) => e.required)), "URL not required with a file");
+    const before = await page.locator("#message").innerText();
     await page.getByRole("button", { name: "Transcribe" }).click();
-    await page.locator("#message.ok").waitFor({ timeout: 30_000 });
+    // A message from an earlier submission may still be shown as ok: wait for a new one.
+    await page.waitForFunction((b) => {
+      const m = document.querySelector("#message");
+      return m.classList.contains("ok") && m.innerText !== b;
+    }, before, { timeout: 30_000 });
     const msg = await page.locator("#message").innerText();
     assert(/^Submitted: task upload-[0-9a-f]{16}\.$/.test(msg), `submit message: ${msg}`);
     const taskId = msg.match(/task (\S+?)\.$/)[1];

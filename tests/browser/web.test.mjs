@@ -65,7 +65,8 @@ sys.exit(1)
   const link = `http://127.0.0.1:${mediaPort}/jfk.wav`;
   await page.getByLabel("Video URL").fill(link);
   await page.getByLabel("Video URL").press("Enter");
-  await page.locator("#message.ok").waitFor({ timeout: 10_000 });
+  // The batch's message is already shown as ok: wait for this submission's own.
+  await page.locator("#message.ok").filter({ hasText: /^Submitted: task / }).waitFor({ timeout: 10_000 });
   const submitted = await page.locator("#message").innerText();
   assert(submitted.startsWith("Submitted: task url-"), `submit message: ${submitted}`);
   const taskId = submitted.match(/task (\S+?)\.$/)[1];
