@@ -147,7 +147,7 @@ async fn a_short_task_goes_before_the_rest_of_a_long_tasks_segments() {
     // The long task's flow (its transcribe job is the segments' parent), then its segments.
     app.producer.add_task("long").await.unwrap();
     let bounds: Vec<u64> = (0..=20).map(|i| i * 30_000).collect();
-    for seg in segment_jobs("long", &bounds).unwrap() {
+    for seg in segment_jobs("long", &bounds, tubescribe::domain::manifest::now_ms(), 1.0).unwrap() {
         sched.add_flow(seg).await.unwrap();
     }
 
@@ -199,6 +199,114 @@ async fn a_short_task_goes_before_the_rest_of_a_long_tasks_segments() {
     assert!(order[0].starts_with("seg"), "{order:?}");
     assert_eq!(order[1], "tr-short", "{order:?}");
     assert!(order[2].starts_with("seg"), "{order:?}");
+    sched.close().await;
+    app.stop(Duration::from_secs(5)).await;
+}
+
+/// A task under way goes on before an equal task that waited as long: two 65 s tasks were
+/// queued together 8 s ago; task a's transcribe job has just been split into two segment
+/// jobs, task b's still waits (its priority aged to 57). On one slot, a's segments must run
+/// before b's transcribe job. Ranked from their own creation (65), as before, they came after
+/// it and every task of a batch of equal ones was split first and finished late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_task_goes_on_before_an_equal_task_that_waited() {
+    use tubescribe::engine::schedule::{priority, Scheduler};
+    use tubescribe::engine::segments::segment_jobs;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = Env::new(&tmp.path().join("data")).config(|_| {});
+    let app = TestApp::start(cfg).await;
+    let sched = Scheduler::connect(app.url(), 1.0).await.unwrap();
+    let queued = tubescribe::domain::manifest::now_ms() - 8_000;
+    let b = bullmq::FlowJob::new(
+        "transcribe",
+        "transcribe",
+        serde_json::json!({"task_id": "b", "audio_s": 65.0}),
+    )
+    .unwrap()
+    .options(
+        bullmq::JobOptions::new()
+            .job_id("tr-b")
+            .priority(priority(65.0, 8.0, 1.0)),
+    );
+    sched.add_flow(b).await.unwrap();
+    app.producer.add_task("a").await.unwrap();
+    for seg in segment_jobs("a", &[0, 30_000, 65_000], queued, 1.0).unwrap() {
+        sched.add_flow(seg).await.unwrap();
+    }
+
+    let order: Arc<Mutex<Vec<String>>> = Arc::default();
+    let o2 = order.clone();
+    let processor = move |job: Job, _t: CancellationToken| {
+        let order = o2.clone();
+        async move {
+            order.lock().unwrap().push(job.id().to_string());
+            Ok(serde_json::json!({}))
+        }
+    };
+    let tr = one_slot(app.url(), processor).await;
+    let t0 = Instant::now();
+    while order.lock().unwrap().len() < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "jobs did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = tr.close(5_000).await;
+    let order = order.lock().unwrap().clone();
+    assert_eq!(order[..3], ["seg0-a", "seg1-a", "tr-b"], "{order:?}");
+    sched.close().await;
+    app.stop(Duration::from_secs(5)).await;
+}
+
+/// A split task's merge step goes first: the parent "tr-p" (priority 50) waits for its only
+/// segment (priority 10) while another task's transcribe job (priority 20) waits. With
+/// `rank_merge_first` on the parent, the one slot runs the segment, then the released merge
+/// step, then the other task; with the parent's own priority the merge came last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_tasks_merge_step_goes_first() {
+    use tubescribe::engine::schedule::{rank_merge_first, Scheduler};
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = Env::new(&tmp.path().join("data")).config(|_| {});
+    let app = TestApp::start(cfg).await;
+    let sched = Scheduler::connect(app.url(), 0.0).await.unwrap();
+    let job = |id: &str, priority: u32| {
+        bullmq::FlowJob::new(
+            "transcribe",
+            "transcribe",
+            serde_json::json!({"task_id": id, "audio_s": priority}),
+        )
+        .unwrap()
+        .options(bullmq::JobOptions::new().job_id(id).priority(priority))
+    };
+    sched
+        .add_flow(job("tr-p", 50).add_child(job("seg0-p", 10)))
+        .await
+        .unwrap();
+    sched.add_flow(job("tr-x", 20)).await.unwrap();
+    let parent = sched
+        .transcribe_queue()
+        .get_job("tr-p")
+        .await
+        .unwrap()
+        .expect("the parent job exists");
+    rank_merge_first(&parent).await.unwrap();
+
+    let order: Arc<Mutex<Vec<String>>> = Arc::default();
+    let o2 = order.clone();
+    let processor = move |job: Job, _t: CancellationToken| {
+        let order = o2.clone();
+        async move {
+            order.lock().unwrap().push(job.id().to_string());
+            Ok(serde_json::json!({}))
+        }
+    };
+    let tr = one_slot(app.url(), processor).await;
+    let t0 = Instant::now();
+    while order.lock().unwrap().len() < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "jobs did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = tr.close(5_000).await;
+    let order = order.lock().unwrap().clone();
+    assert_eq!(order[..3], ["seg0-p", "tr-p", "tr-x"], "{order:?}");
     sched.close().await;
     app.stop(Duration::from_secs(5)).await;
 }

@@ -168,7 +168,14 @@ fn resolve_engine(given: Option<Engine>, file: Option<&str>) -> Result<Engine, C
 /// run; single runs vary by ± 10 % here). With the segments shrinking towards the end
 /// (`segmenting::segment_lengths`) and cut at the pause nearest the plan, the same talk is
 /// 1.92–1.95× faster on 2 slots at 120 (3 runs; whisper-rs itself gets 1.78–1.83× from two
-/// halves side by side on this machine).
+/// halves side by side on this machine). Measured again (full bench, 2026-12-06) once a split
+/// task's segments kept its place in the queue and its merge step went first
+/// (`schedule::job_priority`, `schedule::rank_merge_first`): at 60 the 1-minute clips finish
+/// one after another instead of all late, but P1 ÷ floor is still 1.31–1.32 against 1.23 at
+/// 120 — the floor divides by the slowest clip's solo latency, and which clip runs last is
+/// decided by audio length while the solo latencies of clips of equal length differed by 30 %
+/// (3.86–5.04 s) — and a split clip leaves no one-job run to measure P4 with. P2 1.02 / 1.09,
+/// P3 1.04 / 0.92, P6 1.87 / 1.93.
 pub const DEFAULT_SEGMENT_S: f64 = 120.0;
 
 /// Scheduling settings after resolution (`[schedule]`, `TUBESCRIBE_SEGMENT_S`,

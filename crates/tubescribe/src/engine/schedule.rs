@@ -55,6 +55,58 @@ pub const UNKNOWN_PRIORITY: u32 = 3_600;
 /// How often the ager re-ranks waiting transcribe jobs.
 pub const AGING_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Seconds of audio by which a task in progress (its audio split into segment jobs) counts
+/// shorter than its length: among tasks of the same length the one already started goes on
+/// first, so the tasks of a batch finish one after another instead of all late (each split
+/// first, then all their segments interleaved). Finishing a started task before an equal one
+/// lowers every latency but one and the makespan not at all.
+pub const IN_PROGRESS_CREDIT_S: f64 = 1.0;
+
+/// The data field of a segment job holding when its task's transcribe job was queued (ms
+/// since the epoch): the segment's age counts from then ([`job_priority`]).
+pub const QUEUED_MS: &str = "queued_ms";
+
+/// The priority of a waiting transcribe-queue job at `now_ms` from its BullMQ data and
+/// `timestamp_ms` (its creation, ms since the epoch), or `None` when the data has no
+/// `audio_s`. A transcribe job: [`priority`] of its `audio_s` aged since `timestamp_ms`. A
+/// segment job (data with [`QUEUED_MS`], non-zero): its task's `audio_s` less
+/// [`IN_PROGRESS_CREDIT_S`], aged since the task's transcribe job was queued, so its virtual
+/// deadline is its task's and not the split's (segments created later must not fall behind
+/// tasks that arrived with theirs).
+pub fn job_priority(
+    data: &serde_json::Value,
+    timestamp_ms: u64,
+    now_ms: u64,
+    aging_rate: f64,
+) -> Option<u32> {
+    let audio_s = data.get("audio_s").and_then(serde_json::Value::as_f64)?;
+    let (audio_s, since_ms) = match data.get(QUEUED_MS).and_then(serde_json::Value::as_u64) {
+        Some(q) if q > 0 => ((audio_s - IN_PROGRESS_CREDIT_S).max(0.0), q),
+        _ => (audio_s, timestamp_ms),
+    };
+    let waited_s = now_ms.saturating_sub(since_ms) as f64 / 1000.0;
+    Some(priority(audio_s, waited_s, aging_rate))
+}
+
+/// Priority of a split task's transcribe job once its segment jobs are queued
+/// ([`rank_merge_first`]): its merge step, released when the last segment completes, takes
+/// milliseconds and finishes the task, so it goes before every waiting job. With the task's
+/// own priority it waited a whole segment's time for a slot behind the next tasks' segments
+/// (`bench` full, `segment_s` 60: 3.2–3.6 s for each of five 1-minute clips).
+pub const MERGE_PRIORITY: u32 = 1;
+
+/// Gives `job` (a split task's transcribe job, active or waiting for its children)
+/// [`MERGE_PRIORITY`]. BullMQ's `changePriority` only sets the job hash's `priority` field
+/// when the job is in neither `wait` nor `prioritized`, and `moveParentToWait` reads that
+/// field when the last child completes (bullmq-official 1.4.4, `changePriority-7.lua`), so
+/// the merge step is queued with it. The ager never raises a priority, so it stays first.
+///
+/// # Errors
+/// Redis errors, and a missing job.
+pub async fn rank_merge_first(job: &bullmq::Job) -> Result<(), bullmq::Error> {
+    job.change_priority(MERGE_PRIORITY, false).await
+}
+
 /// The scheduling fields kept in a transcribe job's data next to the task id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScheduleData {
@@ -130,7 +182,7 @@ impl Scheduler {
     }
 
     /// One aging pass over the prioritized transcribe jobs: lowers each job's priority to
-    /// [`priority`] of its stored `audio_s` and age when that is lower. Returns how many jobs
+    /// [`job_priority`] of its data and age when that is lower. Returns how many jobs
     /// were re-ranked.
     pub async fn age_once(&self) -> Result<usize, QueueError> {
         if self.aging_rate <= 0.0 {
@@ -139,11 +191,9 @@ impl Scheduler {
         let now = now_ms();
         let mut changed = 0;
         for job in self.transcribe.get_prioritized(0, -1).await? {
-            let Some(audio_s) = job.data().get("audio_s").and_then(|v| v.as_f64()) else {
+            let Some(p) = job_priority(job.data(), job.timestamp(), now, self.aging_rate) else {
                 continue;
             };
-            let waited_s = now.saturating_sub(job.timestamp()) as f64 / 1000.0;
-            let p = priority(audio_s, waited_s, self.aging_rate);
             if p < job.priority() {
                 job.change_priority(p, false).await?;
                 changed += 1;
@@ -217,5 +267,30 @@ mod tests {
         assert_eq!(priority(2400.0, 1e6, 0.0), 2400);
         // Never below 1 (0 would mean "no priority" and jump the queue).
         assert_eq!(priority(10.0, 1e6, 1.0), 1);
+    }
+
+    #[test]
+    fn a_split_task_keeps_its_place_and_goes_before_an_equal_one() {
+        let t0 = 1_000_000u64;
+        // Five 65 s tasks queued at t0; the first is split 8 s later into segment jobs.
+        let waiting = serde_json::json!({"task_id": "b", "audio_s": 65.0});
+        let segment = serde_json::json!({"task_id": "a", "audio_s": 65.0, "queued_ms": t0});
+        let now = t0 + 8_000;
+        let p_waiting = job_priority(&waiting, t0, now, 1.0).unwrap();
+        let p_segment = job_priority(&segment, now, now, 1.0).unwrap();
+        assert_eq!(p_waiting, 57);
+        // Aged from its task's queueing, not from its own creation at `now`, and one second
+        // of credit for being under way: it goes first.
+        assert_eq!(p_segment, 56);
+        // A 30 s task queued now still goes before both (shortest first) …
+        let short = serde_json::json!({"task_id": "c", "audio_s": 30.0});
+        assert!(job_priority(&short, now, now, 1.0).unwrap() < p_segment);
+        // … and without a queueing time a segment ages from its own creation as before.
+        let old = serde_json::json!({"task_id": "a", "audio_s": 65.0});
+        assert_eq!(job_priority(&old, now, now, 1.0), Some(65));
+        assert_eq!(
+            job_priority(&serde_json::json!({"task_id": "x"}), t0, now, 1.0),
+            None
+        );
     }
 }

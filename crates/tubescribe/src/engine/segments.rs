@@ -94,6 +94,11 @@ pub struct SegmentData {
     /// The priority basis in seconds, read by the priority ager: the task's audio length when
     /// it was split (its remaining work then), not this segment's own length.
     pub audio_s: f64,
+    /// When the task's transcribe job was queued, ms since the epoch: the segment ages from
+    /// then ([`schedule::job_priority`]; 0 in jobs from before this field: from its own
+    /// creation).
+    #[serde(default)]
+    pub queued_ms: u64,
 }
 
 impl SegmentData {
@@ -131,8 +136,14 @@ pub struct SegmentResult {
 
 /// The segment jobs of `task_id` with boundaries `bounds_ms` (0, cuts…, total): one job per
 /// range, each a child of the task's transcribe job (a fan-out), all with the task's audio
-/// length as their priority basis.
-pub fn segment_jobs(task_id: &str, bounds_ms: &[u64]) -> Result<Vec<FlowJob>, bullmq::Error> {
+/// length as their priority basis, aged since `queued_ms` (the transcribe job's creation, ms
+/// since the epoch) at `aging_rate` ([`schedule::job_priority`] at this moment).
+pub fn segment_jobs(
+    task_id: &str,
+    bounds_ms: &[u64],
+    queued_ms: u64,
+    aging_rate: f64,
+) -> Result<Vec<FlowJob>, bullmq::Error> {
     let count = bounds_ms.len().saturating_sub(1);
     let total_ms = *bounds_ms.last().unwrap_or(&0);
     let audio_s = total_ms as f64 / 1000.0;
@@ -149,10 +160,15 @@ pub fn segment_jobs(task_id: &str, bounds_ms: &[u64]) -> Result<Vec<FlowJob>, bu
                 end_ms: bounds_ms[i + 1],
                 total_ms,
                 audio_s,
+                queued_ms,
             };
+            let data = serde_json::to_value(&data).expect("serializable");
+            let now = crate::domain::manifest::now_ms();
+            let priority = schedule::job_priority(&data, now, now, aging_rate)
+                .unwrap_or_else(|| schedule::priority(audio_s, 0.0, 0.0));
             let opts = JobOptions::new()
                 .job_id(segment_job_id(task_id, i))
-                .priority(schedule::priority(audio_s, 0.0, 0.0))
+                .priority(priority)
                 .attempts(SEGMENT_JOB_ATTEMPTS)
                 // The stage jobs' strategy: the transcribe policy's backoff, jittered.
                 .backoff(BackoffStrategy::Custom(BACKOFF_NAME.into()))
@@ -163,12 +179,7 @@ pub fn segment_jobs(task_id: &str, bounds_ms: &[u64]) -> Result<Vec<FlowJob>, bu
                     wait_children: None,
                 });
             // FlowJob::new(job name, queue name, data).
-            Ok(FlowJob::new(
-                SEGMENT_JOB,
-                Stage::Transcribe.queue_name(),
-                serde_json::to_value(&data).expect("serializable"),
-            )?
-            .options(opts))
+            Ok(FlowJob::new(SEGMENT_JOB, Stage::Transcribe.queue_name(), data)?.options(opts))
         })
         .collect()
 }
@@ -234,12 +245,18 @@ pub async fn run_long(
         return Err(StageError::cancelled());
     }
     // Fixed job ids: adding them again after a crash is a no-op for those already there.
-    for seg in segment_jobs(&jctx.task_id, &bounds).map_err(retryable("segment jobs"))? {
+    let jobs = segment_jobs(&jctx.task_id, &bounds, job.timestamp(), sched.aging_rate());
+    for seg in jobs.map_err(retryable("segment jobs"))? {
         sched
             .add_flow(seg)
             .await
             .map_err(retryable("cannot add segment jobs"))?;
     }
+    // The merge step that follows costs milliseconds: once the last segment completes it
+    // goes first instead of waiting a segment's time behind other tasks' segments.
+    schedule::rank_merge_first(job)
+        .await
+        .map_err(retryable("cannot rank the merge step"))?;
     let waiting = job
         .move_to_waiting_children(None)
         .await
@@ -562,7 +579,8 @@ mod tests {
             Some("yt-abc")
         );
         assert_eq!(crate::domain::keys::task_of_segment_job("sum-yt-abc"), None);
-        let jobs = segment_jobs("t", &[0, 600_000, 1_200_000, 1_500_000]).unwrap();
+        let now = crate::domain::manifest::now_ms();
+        let jobs = segment_jobs("t", &[0, 600_000, 1_200_000, 1_500_000], now, 1.0).unwrap();
         assert_eq!(jobs.len(), 3);
         for (i, j) in jobs.iter().enumerate() {
             let v = format!("{j:?}");
@@ -571,8 +589,12 @@ mod tests {
             assert!(v.contains("tr-t"), "{v}");
             assert!(v.contains("children: None"), "{v}");
             assert!(v.contains("queue_name: \"transcribe\""), "{v}");
-            // The task's 1 500 s, not the segment's own length, is the priority basis.
-            assert!(v.contains("priority: Some(1500)"), "{v}");
+            // The task's 1 500 s, not the segment's own length, is the priority basis (less
+            // the second of credit of a task under way; aged by at most a second here).
+            assert!(
+                v.contains("priority: Some(1499)") || v.contains("priority: Some(1498)"),
+                "{v}"
+            );
         }
         let v = format!("{jobs:?}");
         assert!(!v.contains("queue_name: \"segment\""), "{v}");
