@@ -49,6 +49,59 @@ async fn one_slot(url: &str, processor: impl bullmq::worker::IntoProcessor) -> W
     .unwrap()
 }
 
+/// A test app on its own Redis (no workers) and a scheduler on it with `aging_rate`; keep
+/// the directory alive as long as the app.
+async fn queue_app(
+    aging_rate: f64,
+) -> (
+    tempfile::TempDir,
+    TestApp,
+    tubescribe::engine::schedule::Scheduler,
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = Env::new(&tmp.path().join("data")).config(|_| {});
+    let app = TestApp::start(cfg).await;
+    let sched = tubescribe::engine::schedule::Scheduler::connect(app.url(), aging_rate)
+        .await
+        .unwrap();
+    (tmp, app, sched)
+}
+
+/// A transcribe-queue job `id` of task `task` with `audio_s` in its data and BullMQ
+/// `priority`, as the scheduler leaves it.
+fn transcribe_job(id: &str, task: &str, audio_s: f64, priority: u32) -> bullmq::FlowJob {
+    bullmq::FlowJob::new(
+        "transcribe",
+        "transcribe",
+        serde_json::json!({"task_id": task, "audio_s": audio_s}),
+    )
+    .unwrap()
+    .options(bullmq::JobOptions::new().job_id(id).priority(priority))
+}
+
+/// Starts a one-slot transcribe worker that records the ids of the jobs it runs (and does
+/// nothing else), waits until it has run `n` of them (30 s at most) and returns them in order.
+async fn run_order(url: &str, n: usize) -> Vec<String> {
+    let order: Arc<Mutex<Vec<String>>> = Arc::default();
+    let o2 = order.clone();
+    let processor = move |job: Job, _t: CancellationToken| {
+        let order = o2.clone();
+        async move {
+            order.lock().unwrap().push(job.id().to_string());
+            Ok(serde_json::json!({}))
+        }
+    };
+    let tr = one_slot(url, processor).await;
+    let t0 = Instant::now();
+    while order.lock().unwrap().len() < n {
+        assert!(t0.elapsed() < Duration::from_secs(30), "jobs did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = tr.close(5_000).await;
+    let order = order.lock().unwrap().clone();
+    order
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_slot_transcribes_shortest_first() {
     let tmp = tempfile::tempdir().unwrap();
@@ -138,12 +191,9 @@ async fn one_slot_transcribes_shortest_first() {
 /// have gone first).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_task_goes_before_the_rest_of_a_long_tasks_segments() {
-    use tubescribe::engine::schedule::{priority, Scheduler};
+    use tubescribe::engine::schedule::priority;
     use tubescribe::engine::segments::segment_jobs;
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = Env::new(&tmp.path().join("data")).config(|_| {});
-    let app = TestApp::start(cfg).await;
-    let sched = Scheduler::connect(app.url(), 1.0).await.unwrap();
+    let (_tmp, app, sched) = queue_app(1.0).await;
     // The long task's flow (its transcribe job is the segments' parent), then its segments.
     app.producer.add_task("long").await.unwrap();
     let bounds: Vec<u64> = (0..=20).map(|i| i * 30_000).collect();
@@ -176,17 +226,7 @@ async fn a_short_task_goes_before_the_rest_of_a_long_tasks_segments() {
         .await
         .expect("the first segment started");
     // The short task's transcribe job, with the priority its download would give it.
-    let short = bullmq::FlowJob::new(
-        "transcribe",
-        "transcribe",
-        serde_json::json!({"task_id": "short", "audio_s": 60.0}),
-    )
-    .unwrap()
-    .options(
-        bullmq::JobOptions::new()
-            .job_id("tr-short")
-            .priority(priority(60.0, 0.0, 1.0)),
-    );
+    let short = transcribe_job("tr-short", "short", 60.0, priority(60.0, 0.0, 1.0));
     sched.add_flow(short).await.unwrap();
     go_on.notify_one();
     let t0 = Instant::now();
@@ -210,47 +250,18 @@ async fn a_short_task_goes_before_the_rest_of_a_long_tasks_segments() {
 /// it and every task of a batch of equal ones was split first and finished late.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_task_goes_on_before_an_equal_task_that_waited() {
-    use tubescribe::engine::schedule::{priority, Scheduler};
+    use tubescribe::engine::schedule::priority;
     use tubescribe::engine::segments::segment_jobs;
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = Env::new(&tmp.path().join("data")).config(|_| {});
-    let app = TestApp::start(cfg).await;
-    let sched = Scheduler::connect(app.url(), 1.0).await.unwrap();
+    let (_tmp, app, sched) = queue_app(1.0).await;
     let queued = tubescribe::domain::manifest::now_ms() - 8_000;
-    let b = bullmq::FlowJob::new(
-        "transcribe",
-        "transcribe",
-        serde_json::json!({"task_id": "b", "audio_s": 65.0}),
-    )
-    .unwrap()
-    .options(
-        bullmq::JobOptions::new()
-            .job_id("tr-b")
-            .priority(priority(65.0, 8.0, 1.0)),
-    );
+    let b = transcribe_job("tr-b", "b", 65.0, priority(65.0, 8.0, 1.0));
     sched.add_flow(b).await.unwrap();
     app.producer.add_task("a").await.unwrap();
     for seg in segment_jobs("a", &[0, 30_000, 65_000], queued, 1.0).unwrap() {
         sched.add_flow(seg).await.unwrap();
     }
 
-    let order: Arc<Mutex<Vec<String>>> = Arc::default();
-    let o2 = order.clone();
-    let processor = move |job: Job, _t: CancellationToken| {
-        let order = o2.clone();
-        async move {
-            order.lock().unwrap().push(job.id().to_string());
-            Ok(serde_json::json!({}))
-        }
-    };
-    let tr = one_slot(app.url(), processor).await;
-    let t0 = Instant::now();
-    while order.lock().unwrap().len() < 3 {
-        assert!(t0.elapsed() < Duration::from_secs(30), "jobs did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = tr.close(5_000).await;
-    let order = order.lock().unwrap().clone();
+    let order = run_order(app.url(), 3).await;
     assert_eq!(order[..3], ["seg0-a", "seg1-a", "tr-b"], "{order:?}");
     sched.close().await;
     app.stop(Duration::from_secs(5)).await;
@@ -262,20 +273,9 @@ async fn a_split_task_goes_on_before_an_equal_task_that_waited() {
 /// step, then the other task; with the parent's own priority the merge came last.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_tasks_merge_step_goes_first() {
-    use tubescribe::engine::schedule::{rank_merge_first, Scheduler};
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = Env::new(&tmp.path().join("data")).config(|_| {});
-    let app = TestApp::start(cfg).await;
-    let sched = Scheduler::connect(app.url(), 0.0).await.unwrap();
-    let job = |id: &str, priority: u32| {
-        bullmq::FlowJob::new(
-            "transcribe",
-            "transcribe",
-            serde_json::json!({"task_id": id, "audio_s": priority}),
-        )
-        .unwrap()
-        .options(bullmq::JobOptions::new().job_id(id).priority(priority))
-    };
+    use tubescribe::engine::schedule::rank_merge_first;
+    let (_tmp, app, sched) = queue_app(0.0).await;
+    let job = |id: &str, priority: u32| transcribe_job(id, id, f64::from(priority), priority);
     sched
         .add_flow(job("tr-p", 50).add_child(job("seg0-p", 10)))
         .await
@@ -289,23 +289,7 @@ async fn a_split_tasks_merge_step_goes_first() {
         .expect("the parent job exists");
     rank_merge_first(&parent).await.unwrap();
 
-    let order: Arc<Mutex<Vec<String>>> = Arc::default();
-    let o2 = order.clone();
-    let processor = move |job: Job, _t: CancellationToken| {
-        let order = o2.clone();
-        async move {
-            order.lock().unwrap().push(job.id().to_string());
-            Ok(serde_json::json!({}))
-        }
-    };
-    let tr = one_slot(app.url(), processor).await;
-    let t0 = Instant::now();
-    while order.lock().unwrap().len() < 3 {
-        assert!(t0.elapsed() < Duration::from_secs(30), "jobs did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = tr.close(5_000).await;
-    let order = order.lock().unwrap().clone();
+    let order = run_order(app.url(), 3).await;
     assert_eq!(order[..3], ["seg0-p", "tr-p", "tr-x"], "{order:?}");
     sched.close().await;
     app.stop(Duration::from_secs(5)).await;

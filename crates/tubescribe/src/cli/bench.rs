@@ -1263,14 +1263,8 @@ async fn run_inner(
     let mut batch_files = vec![long.clone()];
     batch_files.extend(shorts.iter().cloned());
     let (batch, makespan, batch_cpu) = run_tasks(rt, &batch_files).await?;
-    let p12 = P12::of(
-        &solo,
-        &batch,
-        makespan,
-        batch_cpu,
-        cores,
-        cfg.transcribe_concurrency.max(1),
-    );
+    let slots = cfg.transcribe_concurrency.max(1);
+    let p12 = P12::of(&solo, &batch, makespan, batch_cpu, cores, slots);
     let (p1, p1_base, p1_floor, lower_bound, p2) =
         (p12.p1, p12.p1_base, p12.p1_floor, p12.lower_bound, p12.p2);
 
