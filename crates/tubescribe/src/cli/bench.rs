@@ -901,8 +901,8 @@ impl P12 {
             0.0
         };
         let lower_bound = (batch_cpu / cores as f64).max(solo.long.latency_s);
-        let solo_s: Vec<f64> = solo.shorts.iter().map(|r| r.latency_s).collect();
         let p1_whole_jobs = if solo.shorts.iter().all(|r| r.segments <= 1) {
+            let solo_s: Vec<f64> = solo.shorts.iter().map(|r| r.latency_s).collect();
             best_whole_job_p1(&solo_s, slots)
         } else {
             f64::NAN
@@ -926,38 +926,37 @@ impl P12 {
 /// job; the P1 floor assumes the shorts' work divides freely over the cores. Five equal
 /// jobs on two slots: 3 against a floor of 2.5 (1.2 ×). NaN for no jobs.
 fn best_whole_job_p1(solo_s: &[f64], slots: usize) -> f64 {
-    fn go(left: &mut Vec<f64>, free: &mut [f64], worst: f64, best: &mut f64) {
+    /// Tries every job not `used` next on the first slot to free up; `worst` is the ratio so
+    /// far, `best` the lowest complete one (branches already worse are cut).
+    fn go(solo_s: &[f64], used: &mut [bool], free: &mut [f64], worst: f64, best: &mut f64) {
         if worst >= *best {
             return;
         }
-        if left.is_empty() {
+        if used.iter().all(|&u| u) {
             *best = worst;
             return;
         }
-        for i in 0..left.len() {
-            let len = left.swap_remove(i);
-            let k = (0..free.len())
-                .min_by(|&a, &b| free[a].total_cmp(&free[b]))
-                .unwrap_or(0);
-            let before = free[k];
-            free[k] += len;
-            go(left, free, worst.max(free[k] / len), best);
-            free[k] = before;
-            left.push(len);
-            let last = left.len() - 1;
-            left.swap(i, last);
+        let k = (0..free.len())
+            .min_by(|&a, &b| free[a].total_cmp(&free[b]))
+            .unwrap_or(0);
+        for i in 0..solo_s.len() {
+            if used[i] {
+                continue;
+            }
+            let (start, len) = (free[k], solo_s[i]);
+            used[i] = true;
+            free[k] = start + len;
+            go(solo_s, used, free, worst.max((start + len) / len), best);
+            free[k] = start;
+            used[i] = false;
         }
     }
     if solo_s.is_empty() || solo_s.iter().any(|&s| s.is_nan() || s <= 0.0) {
         return f64::NAN;
     }
     let mut best = f64::INFINITY;
-    go(
-        &mut solo_s.to_vec(),
-        &mut vec![0.0; slots.max(1)],
-        0.0,
-        &mut best,
-    );
+    let (mut used, mut free) = (vec![false; solo_s.len()], vec![0.0; slots.max(1)]);
+    go(solo_s, &mut used, &mut free, 0.0, &mut best);
     best
 }
 

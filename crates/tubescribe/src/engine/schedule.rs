@@ -80,12 +80,28 @@ pub fn job_priority(
     aging_rate: f64,
 ) -> Option<u32> {
     let audio_s = data.get("audio_s").and_then(serde_json::Value::as_f64)?;
-    let (audio_s, since_ms) = match data.get(QUEUED_MS).and_then(serde_json::Value::as_u64) {
-        Some(q) if q > 0 => ((audio_s - IN_PROGRESS_CREDIT_S).max(0.0), q),
-        _ => (audio_s, timestamp_ms),
-    };
-    let waited_s = now_ms.saturating_sub(since_ms) as f64 / 1000.0;
-    Some(priority(audio_s, waited_s, aging_rate))
+    Some(
+        match data.get(QUEUED_MS).and_then(serde_json::Value::as_u64) {
+            Some(q) if q > 0 => segment_priority(audio_s, q, now_ms, aging_rate),
+            _ => priority(
+                audio_s,
+                now_ms.saturating_sub(timestamp_ms) as f64 / 1000.0,
+                aging_rate,
+            ),
+        },
+    )
+}
+
+/// The priority at `now_ms` of a segment job of a task of `task_audio_s` seconds whose
+/// transcribe job was queued at `queued_ms` (ms since the epoch): [`priority`] of the task's
+/// audio less [`IN_PROGRESS_CREDIT_S`], aged since `queued_ms`.
+pub fn segment_priority(task_audio_s: f64, queued_ms: u64, now_ms: u64, aging_rate: f64) -> u32 {
+    let waited_s = now_ms.saturating_sub(queued_ms) as f64 / 1000.0;
+    priority(
+        (task_audio_s - IN_PROGRESS_CREDIT_S).max(0.0),
+        waited_s,
+        aging_rate,
+    )
 }
 
 /// Priority of a split task's transcribe job once its segment jobs are queued

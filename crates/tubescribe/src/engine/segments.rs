@@ -137,7 +137,7 @@ pub struct SegmentResult {
 /// The segment jobs of `task_id` with boundaries `bounds_ms` (0, cuts…, total): one job per
 /// range, each a child of the task's transcribe job (a fan-out), all with the task's audio
 /// length as their priority basis, aged since `queued_ms` (the transcribe job's creation, ms
-/// since the epoch) at `aging_rate` ([`schedule::job_priority`] at this moment).
+/// since the epoch) at `aging_rate` ([`schedule::segment_priority`] at this moment).
 pub fn segment_jobs(
     task_id: &str,
     bounds_ms: &[u64],
@@ -150,6 +150,13 @@ pub fn segment_jobs(
     if count == 0 {
         return Err(bullmq::Error::InvalidConfig("no segments".into()));
     }
+    // Every segment ranks as its task does (the ager keeps it so: `schedule::job_priority`).
+    let priority = schedule::segment_priority(
+        audio_s,
+        queued_ms,
+        crate::domain::manifest::now_ms(),
+        aging_rate,
+    );
     (0..count)
         .map(|i| {
             let data = SegmentData {
@@ -163,9 +170,6 @@ pub fn segment_jobs(
                 queued_ms,
             };
             let data = serde_json::to_value(&data).expect("serializable");
-            let now = crate::domain::manifest::now_ms();
-            let priority = schedule::job_priority(&data, now, now, aging_rate)
-                .unwrap_or_else(|| schedule::priority(audio_s, 0.0, 0.0));
             let opts = JobOptions::new()
                 .job_id(segment_job_id(task_id, i))
                 .priority(priority)
