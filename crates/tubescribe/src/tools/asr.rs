@@ -24,6 +24,9 @@
 //!   hours-long audio, pitfall 5) padded to at least [`MIN_CHUNK_S`] (whisper.cpp skips input
 //!   under 1 s), timestamps are mapped back to the original timeline, and repeated-phrase
 //!   loops are cut ([`cut_repetition_loops`]). Silence or faint noise gives no segments at all.
+//!   Speech the words do not cover is decoded again on its own, and so is every utterance (gate
+//!   span) of a window the engine could decode only by sampling hot ([`AsrOutput::unsure_ms`]):
+//!   its words replace that window's text there.
 //! * English-only models cannot detect a language, so non-English speech on them is
 //!   refused with [`AsrError::UnsupportedLanguage`] instead of emitting English nonsense:
 //!   by a multilingual model's language identification of the first [`LANGUAGE_ID_SPEECH_S`]
@@ -267,7 +270,19 @@ pub struct AsrOutput {
     /// Mean probability of those tokens (0–1; `None` when there were none). Low values on an
     /// English-only model mean the speech was not English.
     pub mean_token_p: Option<f32>,
+    /// Decoding windows (`[start_ms, end_ms)` on the PCM's timeline) whose text came only
+    /// from sampling: no decode at a temperature up to [`UNSURE_TEMPERATURE`] passed the
+    /// fallback's checks. Whisper's timestamps from such decodes are often not where the
+    /// words were said (a run of repeated phrases: whole-second stamps, words collapsed onto
+    /// them). Reported by CTranslate2; whisper.cpp does not say which temperature a window
+    /// took, so it reports none.
+    pub unsure_ms: Vec<(u64, u64)>,
 }
+
+/// The temperature over which a window's decode counts as unsure ([`AsrOutput::unsure_ms`]):
+/// faster-whisper's and OpenAI's `prompt_reset_on_temperature` (0.5), past which they stop
+/// trusting a window's text as context for the next.
+pub const UNSURE_TEMPERATURE: f32 = 0.5;
 
 /// Result of [`AsrModel::transcribe_wav`]: the segments on the file's own timeline plus what
 /// the post-processing did (recorded in the manifest).
@@ -791,6 +806,7 @@ impl AsrModel {
             text_tokens,
             dropped_tags,
             mean_token_p: (text_tokens > 0).then(|| (sum_p / text_tokens as f64) as f32),
+            unsure_ms: Vec::new(),
         })
     }
 
@@ -877,7 +893,11 @@ impl AsrModel {
                 self.guard_language(lid, &mut wav, &voiced, &spans, opts.threads, &abort)?;
         }
         // Pass 2: one whisper run per chunk.
-        let (mut segments, tokens) = self.decode_chunks(
+        let Decoded {
+            segments,
+            tokens,
+            unsure,
+        } = self.decode_chunks(
             &mut wav,
             &chunks,
             &spans,
@@ -888,6 +908,21 @@ impl AsrModel {
         if !self.multilingual && opts.language.is_none() {
             self.check_english(&out, &segments, tokens)?;
         }
+        let retry_opts = TranscribeOptions {
+            initial_prompt: None,
+            language: Some(out.language.clone()),
+            ..opts.clone()
+        };
+        // Text the engine got only by sampling hot ([`AsrOutput::unsure_ms`]) is set aside:
+        // the loop cut below does not see it, and its speech is decoded again utterance by
+        // utterance ([`AsrModel::redecode_unsure`]).
+        let in_unsure = |s: &Segment| {
+            unsure
+                .iter()
+                .any(|&(a, b)| (a..b).contains(&s.start_ms.midpoint(s.end_ms)))
+        };
+        let (unsure_segments, mut segments): (Vec<Segment>, Vec<Segment>) =
+            segments.into_iter().partition(in_unsure);
         let before_cut = segments.clone();
         out.loops_cut = cut_repetition_loops(&mut segments);
         // Coverage: speech the gate found but no word covers is decoded again, once, as its
@@ -899,23 +934,38 @@ impl AsrModel {
             .iter()
             .map(|l| (ms_to_samples(l.window_ms.0), ms_to_samples(l.window_ms.1)))
             .collect();
+        let redone = self.redecode_unsure(
+            &mut wav,
+            &spans,
+            &unsure,
+            unsure_segments,
+            (&retry_opts, out.stock_confirmed),
+            &abort,
+        )?;
+        out.coverage.retried += redone.retried.len();
+        out.coverage.recovered += redone.recovered.len();
+        if !unsure.is_empty() {
+            segments = words_outside(segments, &redone.recovered);
+            segments.extend(redone.segments);
+            segments.sort_by_key(|s| (s.start_ms, s.end_ms));
+        }
         let mut holes: Vec<(usize, usize)> = uncovered(&spans, &segments)
             .into_iter()
             .filter(is_speech)
             .filter(|&(a, b)| !loop_holes.iter().any(|&(la, lb)| a < lb && la < b))
+            .filter(|&(a, _)| !redone.retried.contains(&span_of(&spans, a)))
             .collect();
         holes.sort_unstable();
-        let retry_opts = TranscribeOptions {
-            initial_prompt: None,
-            language: Some(out.language.clone()),
-            ..opts.clone()
-        };
         for l in &loops {
             // The whole run, its kept first line included, decoded again between its
             // neighbours: a loop the decoder invented gives way to what was said; a line
             // really said again and again comes back as often as it was said.
             let window = (ms_to_samples(l.window_ms.0), ms_to_samples(l.window_ms.1));
-            let found = self.decode_alone(&mut wav, window, &retry_opts, &abort)?;
+            // Spans decoded again on their own above keep those words.
+            let found = words_outside(
+                self.decode_alone(&mut wav, window, &retry_opts, &abort)?,
+                &redone.recovered,
+            );
             out.coverage.retried += 1;
             if !found.is_empty() {
                 out.coverage.recovered += 1;
@@ -961,8 +1011,8 @@ impl AsrModel {
     /// Pass 2 of [`AsrModel::transcribe_wav_range`]: one whisper run per chunk of the speech
     /// `spans` (samples on the file's timeline), progress weighted by speech length. Gathers
     /// into `out` the dropped tags and stock phrases, the language (by speech length) and the
-    /// mean token probability; returns the segments on the file's timeline and the number of
-    /// text tokens.
+    /// mean token probability; returns the segments, the number of text tokens and the
+    /// unsure windows.
     fn decode_chunks(
         &self,
         wav: &mut WavSource,
@@ -971,8 +1021,9 @@ impl AsrModel {
         opts: &TranscribeOptions,
         (progress, abort): (&Arc<AtomicU8>, &Arc<AtomicBool>),
         out: &mut WavTranscription,
-    ) -> Result<(Vec<Segment>, usize), AsrError> {
+    ) -> Result<Decoded, AsrError> {
         let speech_samples: usize = spans.iter().map(|s| s.1 - s.0).sum();
+        let mut unsure: Vec<(u64, u64)> = Vec::new();
         let mut done = 0usize;
         let mut lang_weight: Vec<(String, usize)> = Vec::new();
         let (mut tokens, mut sum_p) = (0usize, 0f64);
@@ -1004,13 +1055,84 @@ impl AsrModel {
                 Some((_, w)) => *w += len,
                 None => lang_weight.push((part.language.clone(), len)),
             }
+            unsure.extend(part.unsure_ms.iter().map(|&(a, b)| {
+                let a = to_file(a, true, &pieces, spans).0;
+                (a, to_file(b, false, &pieces, spans).0.max(a))
+            }));
             segments.extend(place_segments(part.segments, &pieces, spans));
         }
         if let Some((l, _)) = lang_weight.iter().max_by_key(|(_, w)| *w) {
             out.language = l.clone();
         }
         out.mean_token_p = (tokens > 0).then(|| (sum_p / tokens as f64) as f32);
-        Ok((segments, tokens))
+        Ok(Decoded {
+            segments,
+            tokens,
+            unsure,
+        })
+    }
+
+    /// Decodes again, each alone and without context, the gate `spans` that the `unsure`
+    /// windows (ms on the file's timeline) touch. Where a span gives words, they take the
+    /// place of the `unsure_segments` nearest to that span (by their middle); the unsure
+    /// segments of a span that gives nothing are kept, as they are when it gives only stock
+    /// phrases that were not confirmed ([`AsrModel::said_apart`]). A run of phrases that were really
+    /// said comes back phrase by phrase with the times of the utterances, where the
+    /// window's decode had stamped them at whole seconds (CTranslate2 on "Thank you for
+    /// watching." said 25 times, 1–2 s apart: 20 of 25 misplaced).
+    ///
+    /// # Errors
+    /// The errors of [`AsrModel::transcribe`].
+    fn redecode_unsure(
+        &self,
+        wav: &mut WavSource,
+        spans: &[(usize, usize)],
+        unsure: &[(u64, u64)],
+        unsure_segments: Vec<Segment>,
+        (opts, stock_confirmed): (&TranscribeOptions, bool),
+        abort: &Arc<AtomicBool>,
+    ) -> Result<Redone, AsrError> {
+        let retried: Vec<usize> = (0..spans.len())
+            .filter(|&k| {
+                let (a, b) = (samples_to_ms(spans[k].0), samples_to_ms(spans[k].1));
+                unsure.iter().any(|&(ua, ub)| a < ub && ua < b)
+            })
+            .collect();
+        // The span each unsure segment belongs to: the nearest by its middle.
+        let nearest = |s: &Segment| {
+            let mid = ms_to_samples(s.start_ms.midpoint(s.end_ms));
+            (0..spans.len())
+                .min_by_key(|&k| {
+                    spans[k]
+                        .0
+                        .saturating_sub(mid)
+                        .max(mid.saturating_sub(spans[k].1))
+                })
+                .unwrap_or(0)
+        };
+        let mut owner: Vec<(usize, Segment)> = unsure_segments
+            .into_iter()
+            .map(|s| (nearest(&s), s))
+            .collect();
+        let mut redone = Redone {
+            segments: Vec::new(),
+            recovered: Vec::new(),
+            retried: Vec::new(),
+        };
+        for &k in &retried {
+            let found = self.decode_alone(wav, spans[k], opts, abort)?;
+            if found.is_empty()
+                || (!stock_confirmed && found.iter().all(|s| is_stock_phrase(&s.text)))
+            {
+                continue;
+            }
+            redone.recovered.push(spans[k]);
+            owner.retain(|(o, _)| *o != k);
+            redone.segments.extend(found);
+        }
+        redone.segments.extend(owner.into_iter().map(|(_, s)| s));
+        redone.retried = retried;
+        Ok(redone)
     }
 
     /// Decodes the samples `[wa, wb)` of `wav` on their own, without context, and returns
@@ -1209,6 +1331,26 @@ impl AsrModel {
         }
         Ok(true)
     }
+}
+
+/// What pass 2 ([`AsrModel::decode_chunks`]) gives back.
+struct Decoded {
+    /// The segments on the file's timeline.
+    segments: Vec<Segment>,
+    /// Text tokens decoded.
+    tokens: usize,
+    /// The unsure windows ([`AsrOutput::unsure_ms`]), ms on the file's timeline.
+    unsure: Vec<(u64, u64)>,
+}
+
+/// What [`AsrModel::redecode_unsure`] gives back.
+struct Redone {
+    /// The new segments and the unsure ones kept, on the file's timeline, unordered.
+    segments: Vec<Segment>,
+    /// The spans (samples) that gave words.
+    recovered: Vec<(usize, usize)>,
+    /// Indices of the spans decoded again, ascending.
+    retried: Vec<usize>,
 }
 
 /// Separate speech ranges that must each decode, on their own, to the same stock phrase for
@@ -1601,13 +1743,43 @@ fn cut_loop_windows(before: &[Segment], after: &[Segment], end_ms: u64) -> Vec<C
 /// The parts of `segs` (on the file's timeline) whose words have their middle in the hole
 /// `[a, b)` (samples): the decode window's margins were already covered.
 fn words_inside(segs: Vec<Segment>, (a, b): (usize, usize)) -> Vec<Segment> {
-    let (a_ms, b_ms) = (samples_to_ms(a), samples_to_ms(b));
+    keep_words(segs, |mid| {
+        (samples_to_ms(a)..samples_to_ms(b)).contains(&mid)
+    })
+}
+
+/// The words of `segs` whose middle lies in none of the sample `ranges`, regrouped by
+/// segment in order (segments left without words are dropped); a segment that keeps all its
+/// words is kept whole, its text as it was.
+fn words_outside(segs: Vec<Segment>, ranges: &[(usize, usize)]) -> Vec<Segment> {
+    let outside = |mid: u64| {
+        !ranges
+            .iter()
+            .any(|&(a, b)| (samples_to_ms(a)..samples_to_ms(b)).contains(&mid))
+    };
+    segs.into_iter()
+        .flat_map(|s| {
+            if s.words
+                .iter()
+                .all(|w| outside(w.start_ms.midpoint(w.end_ms)))
+            {
+                vec![s]
+            } else {
+                keep_words(vec![s], outside)
+            }
+        })
+        .collect()
+}
+
+/// The words of `segs` whose middle (ms) passes `keep`, regrouped by segment with the text
+/// of the words kept (segments left without words are dropped).
+fn keep_words(segs: Vec<Segment>, keep: impl Fn(u64) -> bool) -> Vec<Segment> {
     segs.into_iter()
         .filter_map(|seg| {
             let words: Vec<Word> = seg
                 .words
                 .into_iter()
-                .filter(|w| (a_ms..b_ms).contains(&((w.start_ms + w.end_ms) / 2)))
+                .filter(|w| keep(w.start_ms.midpoint(w.end_ms)))
                 .collect();
             (!words.is_empty()).then(|| segment_of(words_text(&words), words))
         })
@@ -2126,6 +2298,35 @@ mod tests {
             text: text.into(),
             words: Vec::new(),
         }
+    }
+
+    #[test]
+    fn words_outside_redone_spans_are_kept() {
+        let w = |text: &str, start_ms: u64| Word {
+            start_ms,
+            end_ms: start_ms + 400,
+            text: text.into(),
+            p: 0.9,
+        };
+        let timed = |words: Vec<Word>| segment_of(words_text(&words), words);
+        let segs = vec![
+            Segment {
+                text: "Hello there.".into(),
+                ..timed(vec![w("Hello", 0), w("there.", 500)])
+            },
+            timed(vec![w("Thank", 2000), w("you", 2500), w("again.", 4000)]),
+        ];
+        // Nothing redone: everything as it was, text included.
+        assert_eq!(words_outside(segs.clone(), &[]), segs);
+        // The span 1.8–3.0 s was decoded again: its words go, the rest stays; a segment
+        // untouched keeps its own text.
+        let kept = words_outside(segs.clone(), &[(28_800, 48_000)]);
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[0], segs[0]);
+        assert_eq!(kept[1].text, "again.");
+        assert_eq!((kept[1].start_ms, kept[1].end_ms), (4000, 4400));
+        // Every word inside: the segment is gone.
+        assert!(words_outside(segs[1..].to_vec(), &[(0, 160_000)]).is_empty());
     }
 
     #[test]

@@ -24,8 +24,9 @@
 //!   under 2.4 nats (sequences of more than 32 tokens), is decoded again at the next
 //!   temperature, where the most probable of 5 samples counts (`best_of`; CTranslate2's
 //!   sampler is seeded once per process, so runs repeat); a window with no-speech probability
-//!   over 0.6 and a low log-probability is skipped. Earlier text is forgotten after a window
-//!   that needed a temperature over 0.5.
+//!   over 0.6 and a low log-probability is skipped. A window that needed a temperature over
+//!   0.5 is reported as unsure ([`super::AsrOutput::unsure_ms`]; the product decodes its
+//!   speech again utterance by utterance) and earlier text is forgotten after it.
 //! * **Segments and seeking**: split at consecutive timestamp tokens; the next window starts
 //!   at the last complete segment's end timestamp, or after the whole window when it ended on
 //!   a single timestamp or had none (OpenAI's rule).
@@ -93,9 +94,6 @@ const ENTROPY_TOKENS: usize = 32;
 /// A window with a no-speech probability over this and a failed log-probability is silence
 /// (whisper.cpp `no_speech_thold`).
 const NO_SPEECH_THRESHOLD: f32 = 0.6;
-/// Earlier text is dropped from the prompt after a window decoded hotter than this
-/// (faster-whisper's `prompt_reset_on_temperature`).
-const PROMPT_RESET_TEMPERATURE: f32 = 0.5;
 /// Latest first timestamp, in timestamp steps (1 s; whisper.cpp's `max_initial_ts`).
 const MAX_INITIAL_TIMESTAMP_INDEX: usize = 50;
 /// Median filter width of the word alignment (OpenAI's and faster-whisper's default).
@@ -374,6 +372,7 @@ impl Ct2Whisper {
             text_tokens: 0,
             dropped_tags: Vec::new(),
             mean_token_p: None,
+            unsure_ms: Vec::new(),
         };
         let mut sum_p = 0f64;
         let mut seek = 0usize;
@@ -421,6 +420,10 @@ impl Ct2Whisper {
             }
             let (pieces, next_seek) =
                 split_at_timestamps(&decoded.tokens, sp.timestamp_begin, seek, segment_size);
+            if decoded.temperature > super::UNSURE_TEMPERATURE {
+                out.unsure_ms
+                    .push((window_ms, window_ms + segment_size as u64 * 10));
+            }
             // Word times and token probabilities for the window's text tokens.
             let text_tokens: Vec<usize> = pieces
                 .iter()
@@ -479,7 +482,7 @@ impl Ct2Whisper {
                 });
             }
             past.extend(pieces.iter().flat_map(|p| p.tokens.iter().copied()));
-            if decoded.temperature > PROMPT_RESET_TEMPERATURE {
+            if decoded.temperature > super::UNSURE_TEMPERATURE {
                 past.clear();
             }
             let last_word_end = out.segments.last().and_then(|s| s.words.last());
