@@ -101,8 +101,8 @@ fi
 # --- Model ------------------------------------------------------------------------------------
 if [[ $MODE == --test ]]; then
   # tiny.en for everything; base (multilingual) for the language-detection test; each in both
-  # engines' forms (models/ggml-NAME.bin for whisper.cpp, the default, and models/ct2-NAME/
-  # for CTranslate2: tests/engines.rs compares them).
+  # engines' forms (models/ct2-NAME/ for CTranslate2, the default, and models/ggml-NAME.bin
+  # for whisper.cpp: tests/engines.rs compares them, scripts/test.sh runs tests on both).
   for m in tiny.en base; do
     for engine in ct2 whisper-cpp; do
       TUBESCRIBE_PYTHON="$ROOT/.venv/bin/python" "$BIN" model install "$m" --engine "$engine" \

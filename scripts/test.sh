@@ -10,9 +10,10 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace -- --test-threads 2
 # whisper.cpp in the binary is portable (no AVX-512; native with GGML_NATIVE=ON): objdump, ~15 s.
 scripts/check-portable.sh "${CARGO_TARGET_DIR:-target}/debug/tubescribe"
-# The suite above runs on whisper.cpp, the default engine, and compares CTranslate2 with it
-# (tests/engines.rs; the `ct2` cargo feature is on by default). A build without that feature
-# lints clean too.
+# The suite above runs on CTranslate2, the default engine (the `ct2` cargo feature, on by
+# default), and compares whisper.cpp with it (tests/engines.rs). The transcript's own tests run
+# on whisper.cpp too, and a build without the `ct2` feature lints clean.
+TUBESCRIBE_ENGINE=whisper-cpp cargo test -p tubescribe --test transcript_quality -- --test-threads 2
 cargo clippy -p tubescribe --all-targets --no-default-features --quiet -- -D warnings
 # The web page in headless Chromium (screenshot in test-output/browser.png).
 node tests/browser/web.test.mjs

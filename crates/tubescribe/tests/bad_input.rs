@@ -199,7 +199,7 @@ fn class1_urls_and_ssrf() {
         &[("TUBESCRIBE_YTDLP", p(&script))],
     );
     assert_eq!(run.code, 1, "{}", run.stderr);
-    assert_eq!(task_ids(&data), vec!["yt--bcdefghij0"]);
+    assert_eq!(task_ids(&data), vec![tid("yt--bcdefghij0", "")]);
     let calls = std::fs::read_to_string(fake.join("calls.log")).unwrap();
     let args: Vec<String> = serde_json::from_str(calls.lines().next().unwrap()).unwrap();
     assert_eq!(
@@ -302,7 +302,7 @@ fn class1_urls_and_ssrf() {
     let run = run_with(&data3, &args, &[("TUBESCRIBE_YTDLP", p(&script))]);
     assert_eq!(run.code, 1, "{}", run.stderr);
     for id in ids {
-        let m = manifest(&data3, &format!("yt-{id}"));
+        let m = manifest(&data3, &tid(&format!("yt-{id}"), ""));
         assert_failed(
             &data3,
             &m,
@@ -358,7 +358,7 @@ fn class2_titles() {
     let run = run_with(&data, &args, &[("TUBESCRIBE_YTDLP", p(&script))]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     for (id, title) in &titles {
-        let m = manifest(&data, &format!("yt-{id}"));
+        let m = manifest(&data, &tid(&format!("yt-{id}"), ""));
         assert_eq!(m["status"], "completed");
         assert_eq!(m["video"]["title"].as_str().unwrap(), title.as_str());
         let files = task_files(&data, &m);
@@ -380,7 +380,8 @@ fn class2_titles() {
         );
         let shown = tubescribe::domain::manifest::display_title(title);
         assert!(
-            run.stdout.contains(&format!("✔ yt-{id}  {shown}")),
+            run.stdout
+                .contains(&format!("✔ {}  {shown}", tid(&format!("yt-{id}"), ""))),
             "{shown:?} not in {}",
             run.stdout
         );
@@ -483,15 +484,14 @@ fn class3_video_states() {
     let run = run_with(&data, &args, &[("TUBESCRIBE_YTDLP", p(&script))]);
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
     for (id, _, reason) in &cases {
-        let m = manifest(&data, &format!("yt-{id}"));
+        let m = manifest(&data, &tid(&format!("yt-{id}"), ""));
         assert_failed(&data, &m, "download", reason, false, 1);
         assert_eq!(m["error"]["message"], *reason);
         assert_eq!(m["stages"]["transcribe"]["state"], "skipped");
         assert!(
-            run.stderr
-                .lines()
-                .any(|l| l.starts_with(&format!("✘ yt-{id}  "))
-                    && l.ends_with(&format!("  failed while downloading: {reason}"))),
+            run.stderr.lines().any(|l| l
+                .starts_with(&format!("✘ {}  ", tid(&format!("yt-{id}"), "")))
+                && l.ends_with(&format!("  failed while downloading: {reason}"))),
             "{}",
             run.stderr
         );

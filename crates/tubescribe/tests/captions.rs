@@ -104,7 +104,7 @@ fn captions_first_and_chapters() {
     );
 
     // No captions: Whisper ran.
-    let t = "yt-NoCaptions1-ccp-en";
+    let t = &tid("yt-NoCaptions1", "-ccp-en");
     let m = manifest(&data, t);
     assert_eq!(m["status"], "completed", "{m:#}");
     assert_eq!(m["options"]["captions"], "prefer");
@@ -115,7 +115,7 @@ fn captions_first_and_chapters() {
     assert!(text.contains("country"), "{text}");
 
     // Human-made captions: the transcript is theirs, Whisper did not run.
-    let t = "yt-HumanCapt01-ccp-en";
+    let t = &tid("yt-HumanCapt01", "-ccp-en");
     let m = manifest(&data, t);
     assert_eq!(m["status"], "completed", "{m:#}");
     let d = &m["stages"]["transcribe"]["detail"];
@@ -201,7 +201,7 @@ fn captions_first_and_chapters() {
         ],
     );
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
-    let m = manifest(&data, "yt-AutoCapt001-cco-en");
+    let m = manifest(&data, &tid("yt-AutoCapt001", "-cco-en"));
     assert_eq!(m["status"], "failed");
     assert_eq!(m["error"]["stage"], "download");
     assert_eq!(
@@ -228,7 +228,7 @@ fn captions_first_and_chapters() {
             "https://youtu.be/AutoCapt001",
         ],
     );
-    let t = "yt-AutoCapt001-ccoa-en";
+    let t = &tid("yt-AutoCapt001", "-ccoa-en");
     let m = manifest(&data, t);
     assert_eq!(m["stages"]["transcribe"]["detail"]["captions_kind"], "auto");
     assert_eq!(
@@ -282,7 +282,10 @@ fn playlists_expand_into_tasks_and_a_batch() {
         &script,
         &["process", "--playlist", "--captions", "prefer", url],
     );
-    let tasks: Vec<String> = ids.iter().map(|id| format!("yt-{id}-ccp-en")).collect();
+    let tasks: Vec<String> = ids
+        .iter()
+        .map(|id| tid(&format!("yt-{id}"), "-ccp-en"))
+        .collect();
     assert_eq!(task_ids(&data), tasks);
     let batches = batch_files(&data);
     assert_eq!(batches.len(), 1);
@@ -425,7 +428,7 @@ async fn api_expands_a_playlist_into_a_batch() {
     assert_eq!(s, 201, "{body}");
     let b = &body["batch"];
     assert_eq!(b["items"].as_array().unwrap().len(), 2, "{body:#}");
-    assert_eq!(body["taskId"], "yt-ApiItem0001-ccp-en");
+    assert_eq!(body["taskId"], tid("yt-ApiItem0001", "-ccp-en"));
     let bid = b["batch_id"].as_str().unwrap();
     let t0 = std::time::Instant::now();
     loop {
@@ -456,7 +459,10 @@ async fn api_expands_a_playlist_into_a_batch() {
     assert_eq!(b0["title"], "API list");
     assert_eq!(
         b0["taskIds"],
-        serde_json::json!(["yt-ApiItem0001-ccp-en", "yt-ApiItem0002-ccp-en"])
+        serde_json::json!([
+            tid("yt-ApiItem0001", "-ccp-en"),
+            tid("yt-ApiItem0002", "-ccp-en")
+        ])
     );
 
     // The client command sends the same options: `submit --playlist --max-videos 3` answers
@@ -498,11 +504,15 @@ async fn api_expands_a_playlist_into_a_batch() {
     assert!(bid3.starts_with("batch-") && bid3 != bid, "{}", r.stdout);
     assert_eq!(head, "playlist \"API list\": 3 video(s)");
     for (k, line) in lines[1..3].iter().enumerate() {
-        let want = format!("yt-ApiItem000{}-ccp-en  completed  (existing task)", k + 1);
+        let want = format!(
+            "{}  completed  (existing task)",
+            tid(&format!("yt-ApiItem000{}", k + 1), "-ccp-en")
+        );
         assert_eq!(*line, want);
     }
     assert!(
-        lines[3].starts_with("yt-ApiItem0003-ccp-en  ") && !lines[3].contains("existing"),
+        lines[3].starts_with(&format!("{}  ", tid("yt-ApiItem0003", "-ccp-en")))
+            && !lines[3].contains("existing"),
         "{}",
         r.stdout
     );
@@ -511,7 +521,10 @@ async fn api_expands_a_playlist_into_a_batch() {
     // --json: the API's answer, batch included.
     let r = submit(&[&["--json"], &playlist[..], &["1"]].concat(), url, 0).await;
     let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
-    assert_eq!(v["batch"]["items"][0]["task_id"], "yt-ApiItem0001-ccp-en");
+    assert_eq!(
+        v["batch"]["items"][0]["task_id"],
+        tid("yt-ApiItem0001", "-ccp-en")
+    );
     assert_eq!(v["batch"]["statuses"], serde_json::json!(["completed"]));
     // The captions flags reach the server: they name the task.
     let captions = [
@@ -523,7 +536,8 @@ async fn api_expands_a_playlist_into_a_batch() {
     ];
     let r = submit(&captions, video, 0).await;
     assert!(
-        r.stdout.starts_with("yt-ApiItem0002-ccoa-de  "),
+        r.stdout
+            .starts_with(&format!("{}  ", tid("yt-ApiItem0002", "-ccoa-de"))),
         "{}",
         r.stdout
     );

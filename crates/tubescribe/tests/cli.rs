@@ -271,14 +271,17 @@ fn offline_youtube_url_tells_the_cause_once() {
     assert_eq!(stderr.matches(cause).count(), 1, "{stderr}");
     assert_eq!(
         errors_only(&stderr),
-        format!("✘ yt-dQw4w9WgXcQ  watch?v=dQw4w9WgXcQ  failed while downloading: {cause}\n")
+        format!(
+            "✘ {}  watch?v=dQw4w9WgXcQ  failed while downloading: {cause}\n",
+            tid("yt-dQw4w9WgXcQ", "")
+        )
     );
     assert!(
         !stderr.contains('\x1b'),
         "escape codes in a file: {stderr:?}"
     );
     // The tool's own words are in the manifest, for every attempt.
-    let m = manifest(&data, "yt-dQw4w9WgXcQ");
+    let m = manifest(&data, &tid("yt-dQw4w9WgXcQ", ""));
     assert_eq!(m["error"]["message"], cause);
     let detail = m["error"]["detail"].as_str().unwrap();
     assert!(

@@ -1167,24 +1167,28 @@ async fn model_option_picks_the_task_and_unknown_models_are_refused() {
         "{v}"
     );
 
+    let base_id = format!(
+        "yt-jNQXAC9IVRw{}",
+        model_suffix(tubescribe::domain::ModelName::Base)
+    );
     let (s, _, v) = create(Some("base")).await;
     assert_eq!(
         (s, v["taskId"].as_str()),
-        (201, Some("yt-jNQXAC9IVRw-base")),
+        (201, Some(base_id.as_str())),
         "{v}"
     );
     let (s, _, v) = create(None).await;
     assert_eq!(
         (s, v["taskId"].as_str()),
-        (201, Some("yt-jNQXAC9IVRw")),
+        (201, Some(tid("yt-jNQXAC9IVRw", "").as_str())),
         "{v}"
     );
     // The same model by its installed file or directory name joins the task.
     let base_form = installed_model(tubescribe::domain::ModelName::Base);
     let (s, _, v) = create(Some(base_form.file_name().unwrap().to_str().unwrap())).await;
     assert_eq!((s, v["existing"].as_bool()), (200, Some(true)), "{v}");
-    assert_eq!(v["taskId"], "yt-jNQXAC9IVRw-base");
-    let (_, m) = get_json(&format!("{base}/api/tasks/yt-jNQXAC9IVRw-base")).await;
+    assert_eq!(v["taskId"], base_id);
+    let (_, m) = get_json(&format!("{base}/api/tasks/{base_id}")).await;
     assert_eq!(m["model"]["name"], "base");
     assert_eq!(
         m["model"]["sha256"],
@@ -1612,7 +1616,7 @@ async fn task_stream_waits_for_its_task_and_ends_after_the_final_event() {
         ("long.wav", "task.cancelled"),
     ] {
         let link = format!("http://{maddr}/{file}");
-        let id = parse_input(&link, &policy).unwrap().source_key();
+        let id = tid(&parse_input(&link, &policy).unwrap().source_key(), "");
         let url = format!("{base}/api/tasks/{id}/events");
         let text = read_for(&url, Duration::from_millis(2500)).await;
         assert!(

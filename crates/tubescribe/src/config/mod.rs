@@ -136,7 +136,7 @@ fn model_path(given: Option<PathBuf>, data_dir: &Path, engine: Engine) -> PathBu
 }
 
 /// The ASR engine: `--engine` / `TUBESCRIBE_ENGINE`, else `[transcribe] engine`, else
-/// whisper.cpp. An engine this build lacks is refused here, before any work starts.
+/// [`Engine::default`] (CTranslate2 in a build with it, else whisper.cpp). An engine this build lacks is refused here, before any work starts.
 fn resolve_engine(given: Option<Engine>, file: Option<&str>) -> Result<Engine, ConfigError> {
     let invalid = |message: String| ConfigError::Invalid {
         key: "transcribe.engine".into(),
@@ -1002,7 +1002,12 @@ mod tests {
 
     #[test]
     fn the_engine_comes_from_the_flag_then_the_file() {
-        assert_eq!(resolve_engine(None, None).unwrap(), Engine::WhisperCpp);
+        let default = if cfg!(feature = "ct2") {
+            Engine::Ct2
+        } else {
+            Engine::WhisperCpp
+        };
+        assert_eq!(resolve_engine(None, None).unwrap(), default);
         assert_eq!(
             resolve_engine(Some(Engine::WhisperCpp), Some("ct2")).unwrap(),
             Engine::WhisperCpp
@@ -1107,7 +1112,11 @@ mod tests {
         assert_eq!(c.transcribe_concurrency, 4);
         assert_eq!(c.summarize_concurrency, 1);
         assert_eq!(c.allow_hosts, vec!["media.example:8080".to_string()]);
-        assert_eq!(c.model, PathBuf::from("/srv/ts/models/ggml-tiny.en.bin"));
+        let default_model = match Engine::default() {
+            Engine::Ct2 => "/srv/ts/models/ct2-tiny.en",
+            Engine::WhisperCpp => "/srv/ts/models/ggml-tiny.en.bin",
+        };
+        assert_eq!(c.model, PathBuf::from(default_model));
         // A bare model name means the installed file of that name.
         let d = Path::new("/srv/ts");
         assert_eq!(
@@ -1148,7 +1157,7 @@ mod tests {
             model_path(None, d, Engine::Ct2),
             PathBuf::from("/srv/ts/models/ct2-tiny.en")
         );
-        assert_eq!(c.engine, Engine::WhisperCpp);
+        assert_eq!(c.engine, Engine::default());
         assert!(c.threads >= 1);
         let o2 = Overrides {
             config: Some(f.clone()),

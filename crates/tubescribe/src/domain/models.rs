@@ -354,19 +354,29 @@ impl ModelRef {
 
 /// Which Whisper implementation decodes (`--engine`, `TUBESCRIBE_ENGINE`, `[transcribe]
 /// engine`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Engine {
     /// whisper.cpp in-process (whisper-rs), on ggml model files (`ggml-tiny.en.bin`). The
-    /// default.
-    #[default]
+    /// default of a build without the cargo feature `ct2`.
     WhisperCpp,
     /// CTranslate2 (ct2rs, cargo feature `ct2`, on by default), on CTranslate2 model
-    /// directories (`ct2-tiny.en/`): faster (the full bench, 2026-12-06: 0.68× faster-whisper's
-    /// wall time with tiny.en, 0.97× with base; whisper.cpp tiny.en 1.80× on the quick bench)
-    /// and as accurate on the shared samples, but not yet the default: through the product it
-    /// still fails two transcript tests whisper.cpp passes (README, "The ASR engines").
+    /// directories (`ct2-tiny.en/`). The default: faster (the full bench, 2026-12-06:
+    /// 0.68× faster-whisper's wall time with tiny.en, 0.97× with base, where whisper.cpp took
+    /// 1.3–2.0× with tiny.en) at equal quality (README, "The ASR engines").
     Ct2,
+}
+
+impl Default for Engine {
+    /// [`Engine::Ct2`] when this build has it (the cargo feature `ct2`), else
+    /// [`Engine::WhisperCpp`].
+    fn default() -> Engine {
+        if cfg!(feature = "ct2") {
+            Engine::Ct2
+        } else {
+            Engine::WhisperCpp
+        }
+    }
 }
 
 impl Engine {

@@ -2204,7 +2204,7 @@ mod tests {
     use std::sync::OnceLock;
     use std::time::{Duration, Instant};
 
-    /// The engine the tests run on: `TUBESCRIBE_ENGINE`, else whisper.cpp.
+    /// The engine the tests run on: `TUBESCRIBE_ENGINE`, else the build's default.
     fn test_engine() -> Engine {
         std::env::var("TUBESCRIBE_ENGINE")
             .ok()

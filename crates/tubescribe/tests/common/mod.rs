@@ -59,6 +59,29 @@ pub fn installed_model(name: tubescribe::domain::ModelName) -> PathBuf {
     })
 }
 
+/// What the installed `name` for [`engine`] adds to a task id: `-ct2` / `-ct2-base` on
+/// CTranslate2, none / `-base` on whisper.cpp (tiny.en on whisper.cpp was the first default,
+/// so those ids kept their meaning).
+pub fn model_suffix(name: tubescribe::domain::ModelName) -> &'static str {
+    use tubescribe::domain::ModelName;
+    use tubescribe::tools::asr::Engine;
+    match (engine(), name) {
+        (Engine::Ct2, ModelName::TinyEn) => "-ct2",
+        (Engine::Ct2, ModelName::Base) => "-ct2-base",
+        (Engine::WhisperCpp, ModelName::TinyEn) => "",
+        (Engine::WhisperCpp, ModelName::Base) => "-base",
+    }
+}
+
+/// The id of the task for the source `key` (`yt-VIDEO`, `url-…`) with the default model,
+/// tiny.en, on [`engine`], then `rest` (a captions mode such as `-ccp-en`, or nothing).
+pub fn tid(key: &str, rest: &str) -> String {
+    format!(
+        "{key}{}{rest}",
+        model_suffix(tubescribe::domain::ModelName::TinyEn)
+    )
+}
+
 /// The pinned SHA-256 of `name`'s installed form for [`engine`] (a manifest's
 /// `model.sha256`): the ggml file's, or the CTranslate2 directory's `model.bin`.
 pub fn installed_sha256(name: tubescribe::domain::ModelName) -> &'static str {
