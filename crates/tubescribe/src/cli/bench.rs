@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `p1_short_latency_ratio_max` | 5 short tasks submitted right after 1 long one: max over shorts of latency in the batch ÷ its solo latency (goal ≤ 1.15 × the P1 floor, also printed as `p1_ratio_to_floor`). The "seed baseline" (one queue, concurrency 1 for the whole pipeline = tasks one after another in submission order) is computed from the same solo runs: short *i* finishes after the long task and shorts 1..i. Also printed: the **P1 floor** `(Σ CPU seconds of the 5 solo short runs ÷ cores) ÷ longest solo latency`, below which no scheduler can go on this machine (the shorts arrive together and share the cores even with no long task), and `p1_whole_jobs`, the lowest P1 of the shorts run uncut on the transcribe slots in the best order with no long task and no overhead ([`best_whole_job_p1`]; NaN when their solo runs were split): the floor assumes their work divides freely over the cores, which one job per short cannot do. |
 //! | `p2_makespan_ratio` | batch makespan ÷ max(batch CPU seconds ÷ cores, longest chain = the long task's solo latency) (goal ≤ 1.10). CPU = this process + its reaped children (ffmpeg, ffprobe; not Redis). |
-//! | `p3_transcribe_overhead_ratio` | the long solo task's transcribe stage wall (ffmpeg decode + whisper + files) ÷ whisper-rs called directly on its `audio.wav` with the same model and threads (goal ≤ 1.05), making the same whisper calls as the stage (with an English-only model and a multilingual one installed, also the language guard's identification of the first 15 s of speech); each side is the faster of two runs. When the stage ran as segments side by side, whisper-rs gets the threads of all the slots they ran on (a split must not look faster than the tool given the same cores) |
+//! | `p3_transcribe_overhead_ratio` | the long solo task's transcribe stage wall (ffmpeg decode + whisper + files) ÷ the engine (whisper-rs or CTranslate2) called directly on its `audio.wav` with the same model and threads (goal ≤ 1.05), making the same whisper calls as the stage (with an English-only model and a multilingual one installed, also the language guard's identification of the first 15 s of speech); each side is the faster of two runs. When the stage ran as segments side by side, whisper-rs gets the threads of all the slots they ran on (a split must not look faster than the tool given the same cores) |
 //! | `p3_engine_ratio_vs_faster_whisper` | the same stage wall ÷ PyPI faster-whisper (CTranslate2, `bench/anchors`) on the same WAV, CTranslate2 weights and threads, greedy, no VAD, its faster of int8 and float32 (goal ≤ 1.0); when the stage ran the language guard, the anchor makes the guard's call too (the identifier's `detect_language` on the first 15 s) and `p3_engine_ratio_without_guard` is the ratio to its transcription alone |
 //! | `p3_hop_ms_p50`, `p3_hop_ms_p99` | job completed → next stage's job active, from BullMQ's `finishedOn`/`processedOn` (ms) of no-op flows run one at a time through the engine (goal ≤ 5 / 50 ms) |
 //! | `p4_job_peak_rss_mb` | peak process RSS during one transcription job (solo runs, model included; see `budget.rs` for the method); the worker with 2 jobs (the batch, and a solo long task whose segments ran side by side) is reported as `p4_worker_2jobs_peak_rss_mb` |
@@ -83,7 +83,7 @@ pub struct BenchReport {
     pub p1_baseline_short_latency_ratio_max: f64,
     /// P2: makespan ÷ lower bound.
     pub p2_makespan_ratio: f64,
-    /// P3: transcribe stage wall ÷ direct whisper-rs wall.
+    /// P3: transcribe stage wall ÷ the engine's wall called directly (whisper-rs or CTranslate2).
     pub p3_transcribe_overhead_ratio: f64,
     /// P3: transcribe stage wall ÷ PyPI faster-whisper on the same WAV, weights and threads
     /// (its faster of int8 and float32), making the language guard's call too when the stage
@@ -1267,7 +1267,7 @@ async fn run_inner(
     let (p1, p1_base, p1_floor, lower_bound, p2) =
         (p12.p1, p12.p1_base, p12.p1_floor, p12.lower_bound, p12.p2);
 
-    progress("P3: whisper-rs directly on the same audio");
+    progress("P3: the engine directly on the same audio");
     let wav = data.task(&solo_long.task_id).file(names::AUDIO_WAV);
     // Segments side by side use as many cores as slots run them: whisper gets the same.
     let parallel = solo_long
@@ -1470,7 +1470,7 @@ impl BenchReport {
                 "≤ 1.05".into(),
                 Some(self.p3_transcribe_overhead_ratio <= 1.05),
                 format!(
-                    "stage {} s ({} segments) ÷ whisper-rs {} s ({} threads{})",
+                    "stage {} s ({} segments) ÷ the engine directly {} s ({} threads{})",
                     fig(&d["p3_stage_wall_s"]),
                     d["p3_stage_segments"],
                     fig(&d["p3_direct_whisper_s"]),
@@ -1488,7 +1488,7 @@ impl BenchReport {
                     "≤ 1.0".into(),
                     Some(r <= 1.0),
                     format!(
-                        "stage {} s ÷ faster-whisper {} s (int8 {} s, float32 {} s{}; whisper-rs ÷ it {})",
+                        "stage {} s ÷ faster-whisper {} s (int8 {} s, float32 {} s{}; the engine directly ÷ it {})",
                         fig(&d["p3_stage_wall_s"]),
                         fig(&d["p3_faster_whisper_best_s"]),
                         fig(&d["p3_faster_whisper_s"]["int8"]),
@@ -1556,7 +1556,7 @@ impl BenchReport {
                 "≥ 1.7".into(),
                 Some(self.p6_long_speedup >= 1.7),
                 format!(
-                    "{} s talk in {} segments: 1×1 {} s ÷ 2×1 {} s (slots × threads); 1×2 {} s; the machine's ceiling {} (whisper-rs, two halves side by side ÷ one after the other), P6 ÷ ceiling {}",
+                    "{} s talk in {} segments: 1×1 {} s ÷ 2×1 {} s (slots × threads); 1×2 {} s; the machine's ceiling {} (the engine, two halves side by side ÷ one after the other), P6 ÷ ceiling {}",
                     fig(&d["p6_long_audio_s"]),
                     d["p6_segments"],
                     lat("1x1"),

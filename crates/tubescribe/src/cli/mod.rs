@@ -109,7 +109,7 @@ struct WorkerTuning {
     /// Concurrent summarize jobs in this process (default 1).
     #[arg(long, env = "TUBESCRIBE_SUMMARIZE_CONCURRENCY")]
     summarize_concurrency: Option<usize>,
-    /// whisper.cpp threads per transcribe job (default: cores / transcribe concurrency).
+    /// Whisper threads per transcribe job (default: cores / transcribe concurrency).
     #[arg(long, env = "TUBESCRIBE_THREADS")]
     threads: Option<usize>,
     /// Seconds a stopping worker lets active jobs finish before putting them back in the

@@ -254,7 +254,7 @@ pub struct Config {
     pub transcribe_concurrency: usize,
     /// Concurrent summarize jobs per worker process.
     pub summarize_concurrency: usize,
-    /// whisper.cpp threads per transcribe job.
+    /// Whisper threads per transcribe job (either engine).
     pub threads: usize,
     /// True when `threads` was set by a flag, variable or the file (not the default), so the
     /// memory budget does not recompute it.
@@ -490,7 +490,7 @@ fn resolve_concurrency(o: &Overrides, f: &ConcurrencyFile) -> Result<[usize; 3],
     ])
 }
 
-/// whisper.cpp threads per transcribe job: `given`, else the cores shared by the transcribe
+/// Whisper threads per transcribe job: `given`, else the cores shared by the transcribe
 /// slots; 1 to [`MAX_THREADS`].
 fn resolve_threads(given: Option<usize>, cores: usize, slots: usize) -> Result<usize, ConfigError> {
     let default = (cores / slots).clamp(1, MAX_THREADS);

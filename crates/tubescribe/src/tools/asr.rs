@@ -228,7 +228,7 @@ impl AsrError {
 /// Options for one transcription.
 #[derive(Debug, Clone)]
 pub struct TranscribeOptions {
-    /// whisper.cpp compute threads (≥ 1; 0 is treated as 1). Keep the sum over concurrent
+    /// Compute threads of the engine (≥ 1; 0 is treated as 1). Keep the sum over concurrent
     /// jobs ≤ physical cores.
     pub threads: usize,
     /// ISO 639-1 code such as `"en"` or `"de"`. `None` = detect the language (multilingual
