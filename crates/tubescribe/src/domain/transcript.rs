@@ -55,7 +55,8 @@ pub struct Coverage {
     /// Stretches of that speech (`[start_ms, end_ms)` on the audio's timeline) that have no
     /// text, also after being decoded again on their own.
     pub uncovered_ms: Vec<(u64, u64)>,
-    /// Uncovered stretches that were decoded again on their own.
+    /// Stretches decoded again on their own: uncovered speech, cut repetition loops, and
+    /// the utterances of windows the engine could decode only by sampling hot.
     pub retried: usize,
     /// Of those, how many gave text.
     pub recovered: usize,
