@@ -916,13 +916,7 @@ impl AsrModel {
         // Text the engine got only by sampling hot ([`AsrOutput::unsure_ms`]) is set aside:
         // the loop cut below does not see it, and its speech is decoded again utterance by
         // utterance ([`AsrModel::redecode_unsure`]).
-        let in_unsure = |s: &Segment| {
-            unsure
-                .iter()
-                .any(|&(a, b)| (a..b).contains(&s.start_ms.midpoint(s.end_ms)))
-        };
-        let (unsure_segments, mut segments): (Vec<Segment>, Vec<Segment>) =
-            segments.into_iter().partition(in_unsure);
+        let (unsure_segments, mut segments) = split_unsure(segments, &unsure);
         let before_cut = segments.clone();
         out.loops_cut = cut_repetition_loops(&mut segments);
         // Coverage: speech the gate found but no word covers is decoded again, once, as its
@@ -938,17 +932,12 @@ impl AsrModel {
             &mut wav,
             &spans,
             &unsure,
-            unsure_segments,
+            (&mut segments, unsure_segments),
             (&retry_opts, out.stock_confirmed),
             &abort,
         )?;
         out.coverage.retried += redone.retried.len();
         out.coverage.recovered += redone.recovered.len();
-        if !unsure.is_empty() {
-            segments = words_outside(segments, &redone.recovered);
-            segments.extend(redone.segments);
-            segments.sort_by_key(|s| (s.start_ms, s.end_ms));
-        }
         let mut holes: Vec<(usize, usize)> = uncovered(&spans, &segments)
             .into_iter()
             .filter(is_speech)
@@ -973,23 +962,16 @@ impl AsrModel {
                 segments.extend(found);
             }
         }
-        for &(a, b) in &holes {
-            let (sa, sb) = (spans[span_of(&spans, a)].0, spans[span_of(&spans, b)].1);
-            let window = (
-                a.saturating_sub(RETRY_MARGIN).max(sa),
-                (b + RETRY_MARGIN).min(sb),
-            );
-            let decoded = self.decode_alone(&mut wav, window, &retry_opts, &abort)?;
-            out.coverage.retried += 1;
-            if !out.stock_confirmed && decoded.iter().all(|s| is_stock_phrase(&s.text)) {
-                continue;
-            }
-            let found = words_inside(decoded, (a, b));
-            if !found.is_empty() {
-                out.coverage.recovered += 1;
-                segments.extend(found);
-            }
-        }
+        let recovered = self.retry_holes(
+            &mut wav,
+            &spans,
+            &holes,
+            &mut segments,
+            (&retry_opts, out.stock_confirmed),
+            &abort,
+        )?;
+        out.coverage.retried += holes.len();
+        out.coverage.recovered += recovered;
         if !holes.is_empty() || !loops.is_empty() {
             segments.sort_by_key(|s| (s.start_ms, s.end_ms));
             // A run that came back from independent decodes of its own audio is real speech
@@ -1072,14 +1054,52 @@ impl AsrModel {
         })
     }
 
+    /// Decodes each of the `holes` (uncovered speech inside the gate `spans`, samples) again
+    /// alone and without context, with [`RETRY_MARGIN`] around it inside its spans, and adds
+    /// the words that fall inside the hole to `segments` (unordered), unless the decode was
+    /// only stock phrases that were not confirmed ([`AsrModel::said_apart`]). Returns how
+    /// many holes gave words.
+    ///
+    /// # Errors
+    /// The errors of [`AsrModel::transcribe`].
+    fn retry_holes(
+        &self,
+        wav: &mut WavSource,
+        spans: &[(usize, usize)],
+        holes: &[(usize, usize)],
+        segments: &mut Vec<Segment>,
+        (opts, stock_confirmed): (&TranscribeOptions, bool),
+        abort: &Arc<AtomicBool>,
+    ) -> Result<usize, AsrError> {
+        let mut recovered = 0;
+        for &(a, b) in holes {
+            let (sa, sb) = (spans[span_of(spans, a)].0, spans[span_of(spans, b)].1);
+            let window = (
+                a.saturating_sub(RETRY_MARGIN).max(sa),
+                (b + RETRY_MARGIN).min(sb),
+            );
+            let decoded = self.decode_alone(wav, window, opts, abort)?;
+            if !stock_confirmed && decoded.iter().all(|s| is_stock_phrase(&s.text)) {
+                continue;
+            }
+            let found = words_inside(decoded, (a, b));
+            if !found.is_empty() {
+                recovered += 1;
+                segments.extend(found);
+            }
+        }
+        Ok(recovered)
+    }
+
     /// Decodes again, each alone and without context, the gate `spans` that the `unsure`
     /// windows (ms on the file's timeline) touch. Where a span gives words, they take the
-    /// place of the `unsure_segments` nearest to that span (by their middle); the unsure
-    /// segments of a span that gives nothing are kept, as they are when it gives only stock
-    /// phrases that were not confirmed ([`AsrModel::said_apart`]). A run of phrases that were really
-    /// said comes back phrase by phrase with the times of the utterances, where the
-    /// window's decode had stamped them at whole seconds (CTranslate2 on "Thank you for
-    /// watching." said 25 times, 1–2 s apart: 20 of 25 misplaced).
+    /// place of the `unsure_segments` nearest to that span (by their middle) and of the words
+    /// of `segments` inside it; the unsure segments of a span that gives nothing are kept, as
+    /// they are when it gives only stock phrases that were not confirmed
+    /// ([`AsrModel::said_apart`]). `segments` ends up in time order with all of it. A run of
+    /// phrases that were really said comes back phrase by phrase with the times of the
+    /// utterances, where the window's decode had stamped them at whole seconds (CTranslate2
+    /// on "Thank you for watching." said 25 times, 1–2 s apart: 20 of 25 misplaced).
     ///
     /// # Errors
     /// The errors of [`AsrModel::transcribe`].
@@ -1088,7 +1108,7 @@ impl AsrModel {
         wav: &mut WavSource,
         spans: &[(usize, usize)],
         unsure: &[(u64, u64)],
-        unsure_segments: Vec<Segment>,
+        (segments, unsure_segments): (&mut Vec<Segment>, Vec<Segment>),
         (opts, stock_confirmed): (&TranscribeOptions, bool),
         abort: &Arc<AtomicBool>,
     ) -> Result<Redone, AsrError> {
@@ -1115,10 +1135,10 @@ impl AsrModel {
             .map(|s| (nearest(&s), s))
             .collect();
         let mut redone = Redone {
-            segments: Vec::new(),
             recovered: Vec::new(),
             retried: Vec::new(),
         };
+        let mut found_all: Vec<Segment> = Vec::new();
         for &k in &retried {
             let found = self.decode_alone(wav, spans[k], opts, abort)?;
             if found.is_empty()
@@ -1128,9 +1148,14 @@ impl AsrModel {
             }
             redone.recovered.push(spans[k]);
             owner.retain(|(o, _)| *o != k);
-            redone.segments.extend(found);
+            found_all.extend(found);
         }
-        redone.segments.extend(owner.into_iter().map(|(_, s)| s));
+        if !unsure.is_empty() {
+            *segments = words_outside(std::mem::take(segments), &redone.recovered);
+            segments.extend(found_all);
+            segments.extend(owner.into_iter().map(|(_, s)| s));
+            segments.sort_by_key(|s| (s.start_ms, s.end_ms));
+        }
         redone.retried = retried;
         Ok(redone)
     }
@@ -1333,6 +1358,16 @@ impl AsrModel {
     }
 }
 
+/// `segments` split into those whose middle lies in one of the `unsure` windows (ms) and
+/// the rest, each in order.
+fn split_unsure(segments: Vec<Segment>, unsure: &[(u64, u64)]) -> (Vec<Segment>, Vec<Segment>) {
+    segments.into_iter().partition(|s| {
+        unsure
+            .iter()
+            .any(|&(a, b)| (a..b).contains(&s.start_ms.midpoint(s.end_ms)))
+    })
+}
+
 /// What pass 2 ([`AsrModel::decode_chunks`]) gives back.
 struct Decoded {
     /// The segments on the file's timeline.
@@ -1345,8 +1380,6 @@ struct Decoded {
 
 /// What [`AsrModel::redecode_unsure`] gives back.
 struct Redone {
-    /// The new segments and the unsure ones kept, on the file's timeline, unordered.
-    segments: Vec<Segment>,
     /// The spans (samples) that gave words.
     recovered: Vec<(usize, usize)>,
     /// Indices of the spans decoded again, ascending.
