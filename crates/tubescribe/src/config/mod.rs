@@ -136,7 +136,8 @@ fn model_path(given: Option<PathBuf>, data_dir: &Path, engine: Engine) -> PathBu
 }
 
 /// The ASR engine: `--engine` / `TUBESCRIBE_ENGINE`, else `[transcribe] engine`, else
-/// [`Engine::default`] (CTranslate2 in a build with it, else whisper.cpp). An engine this build lacks is refused here, before any work starts.
+/// [`Engine::default`] (CTranslate2 in a build with it, else whisper.cpp). An engine this
+/// build lacks is refused here, before any work starts.
 fn resolve_engine(given: Option<Engine>, file: Option<&str>) -> Result<Engine, ConfigError> {
     let invalid = |message: String| ConfigError::Invalid {
         key: "transcribe.engine".into(),

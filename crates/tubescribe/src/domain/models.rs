@@ -362,8 +362,8 @@ pub enum Engine {
     WhisperCpp,
     /// CTranslate2 (ct2rs, cargo feature `ct2`, on by default), on CTranslate2 model
     /// directories (`ct2-tiny.en/`). The default: faster (the full bench, 2026-12-06:
-    /// 0.68× faster-whisper's wall time with tiny.en, 0.97× with base, where whisper.cpp took
-    /// 1.3–2.0× with tiny.en) at equal quality (README, "The ASR engines").
+    /// 0.75× faster-whisper's wall time with tiny.en, 0.90× with base, where whisper.cpp took
+    /// 1.3–1.4× with tiny.en) at equal quality (README, "The ASR engines").
     Ct2,
 }
 

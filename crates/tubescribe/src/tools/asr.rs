@@ -1112,6 +1112,13 @@ impl AsrModel {
         (opts, stock_confirmed): (&TranscribeOptions, bool),
         abort: &Arc<AtomicBool>,
     ) -> Result<Redone, AsrError> {
+        let mut recovered: Vec<(usize, usize)> = Vec::new();
+        if unsure.is_empty() {
+            return Ok(Redone {
+                recovered,
+                retried: Vec::new(),
+            });
+        }
         let retried: Vec<usize> = (0..spans.len())
             .filter(|&k| {
                 let (a, b) = (samples_to_ms(spans[k].0), samples_to_ms(spans[k].1));
@@ -1134,10 +1141,6 @@ impl AsrModel {
             .into_iter()
             .map(|s| (nearest(&s), s))
             .collect();
-        let mut redone = Redone {
-            recovered: Vec::new(),
-            retried: Vec::new(),
-        };
         let mut found_all: Vec<Segment> = Vec::new();
         for &k in &retried {
             let found = self.decode_alone(wav, spans[k], opts, abort)?;
@@ -1146,18 +1149,15 @@ impl AsrModel {
             {
                 continue;
             }
-            redone.recovered.push(spans[k]);
+            recovered.push(spans[k]);
             owner.retain(|(o, _)| *o != k);
             found_all.extend(found);
         }
-        if !unsure.is_empty() {
-            *segments = words_outside(std::mem::take(segments), &redone.recovered);
-            segments.extend(found_all);
-            segments.extend(owner.into_iter().map(|(_, s)| s));
-            segments.sort_by_key(|s| (s.start_ms, s.end_ms));
-        }
-        redone.retried = retried;
-        Ok(redone)
+        *segments = words_outside(std::mem::take(segments), &recovered);
+        segments.extend(found_all);
+        segments.extend(owner.into_iter().map(|(_, s)| s));
+        segments.sort_by_key(|s| (s.start_ms, s.end_ms));
+        Ok(Redone { recovered, retried })
     }
 
     /// Decodes the samples `[wa, wb)` of `wav` on their own, without context, and returns
