@@ -61,14 +61,7 @@ impl EmbeddedRedis {
             return;
         };
         drop(lease);
-        let last = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&self.lease_path)
-            .ok()
-            .filter(|f| matches!(fs4::fs_std::FileExt::try_lock_exclusive(f), Ok(true)));
-        match (last, self.server.take()) {
+        match (last_user(&self.lease_path), self.server.take()) {
             (Some(_exclusive), Some(mut d)) => d.stop(),
             (Some(_exclusive), None) => shutdown_via_socket(&self.socket),
             (None, Some(d)) => {
@@ -85,6 +78,36 @@ impl EmbeddedRedis {
 impl Drop for EmbeddedRedis {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// How long [`last_user`] keeps trying the exclusive lock before it concludes that another
+/// process still uses the server.
+const LAST_USER_WAIT: Duration = Duration::from_millis(300);
+
+/// The exclusive lock on the lease file when no other process holds a lease, else `None`.
+///
+/// A `flock` belongs to the open file description, and a child forked by any thread of this
+/// process holds a copy of every descriptor until it execs (`Cmd` forks to set the child's
+/// death signal), so for that moment our own dropped lease can still look held. The lock is
+/// therefore tried again every 10 ms for up to [`LAST_USER_WAIT`]; a real other user holds
+/// it for longer, and then the caller waits that long once before leaving the server running.
+fn last_user(lease_path: &Path) -> Option<std::fs::File> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lease_path)
+        .ok()?;
+    let t0 = std::time::Instant::now();
+    loop {
+        match fs4::fs_std::FileExt::try_lock_exclusive(&f) {
+            Ok(true) => return Some(f),
+            Ok(false) if t0.elapsed() < LAST_USER_WAIT => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            _ => return None,
+        }
     }
 }
 
@@ -259,6 +282,39 @@ mod tests {
         b.stop();
         assert!(!ping(&b.socket).await);
         assert!(dir.join("appendonlydir").exists(), "AOF must be on");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// CI once saw the last user leave the server running: a child forked by another thread
+    /// still held a copy of the lease descriptor when the lease was dropped. Here a child
+    /// holds it for 100 ms before it execs, exactly while the last user stops.
+    #[tokio::test]
+    async fn a_forked_child_does_not_keep_the_server_alive() {
+        use std::os::unix::process::CommandExt;
+        let dir = std::env::temp_dir().join(format!("ts-redis-fork-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut a = ensure(&dir, Path::new("redis-server")).await.unwrap();
+        let mut cmd = std::process::Command::new("true");
+        // SAFETY: nanosleep(2) is async-signal-safe and only reads the timespec on our stack.
+        unsafe {
+            cmd.pre_exec(|| {
+                let t = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 100_000_000,
+                };
+                libc::nanosleep(&t, std::ptr::null_mut());
+                Ok(())
+            });
+        }
+        let forked = std::thread::spawn(move || cmd.status().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+        a.stop();
+        assert!(forked.join().unwrap().success());
+        let log = std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default();
+        assert!(
+            !ping(&a.socket).await,
+            "server left running; its log:\n{log}"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 
