@@ -1125,17 +1125,17 @@ impl AsrModel {
                 unsure.iter().any(|&(ua, ub)| a < ub && ua < b)
             })
             .collect();
-        // The span each unsure segment belongs to: the nearest by its middle.
+        // The span each unsure segment belongs to: the nearest by its middle, i.e. the one
+        // containing it or, in a pause, the closer of the two around it.
         let nearest = |s: &Segment| {
             let mid = ms_to_samples(s.start_ms.midpoint(s.end_ms));
-            (0..spans.len())
-                .min_by_key(|&k| {
-                    spans[k]
-                        .0
-                        .saturating_sub(mid)
-                        .max(mid.saturating_sub(spans[k].1))
-                })
-                .unwrap_or(0)
+            let k = span_of(spans, mid);
+            match (spans.get(k), spans.get(k + 1)) {
+                (Some(&(_, end)), Some(&(next, _))) if next - mid < mid.saturating_sub(end) => {
+                    k + 1
+                }
+                _ => k,
+            }
         };
         let mut owner: Vec<(usize, Segment)> = unsure_segments
             .into_iter()
