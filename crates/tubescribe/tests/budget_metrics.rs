@@ -55,8 +55,23 @@ async fn budget_of_one_job_serializes_transcription_and_metrics_count_tasks() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    app.producer.publish_queue_counts().await.unwrap();
-    let text = tubescribe::observe::metrics::render();
+    // A task's record says completed a moment before its last job's run is counted and
+    // BullMQ moves that job to `completed`: wait (at most 10 s) until the summarize queue,
+    // the last stage, shows every job completed, then read the counters.
+    let t1 = Instant::now();
+    let text = loop {
+        app.producer.publish_queue_counts().await.unwrap();
+        let text = tubescribe::observe::metrics::render();
+        let summarized = sample(
+            &text,
+            "tubescribe_queue_jobs",
+            &[("queue", "summarize"), ("state", "completed")],
+        );
+        if summarized >= Some(ids.len() as f64) || t1.elapsed() > Duration::from_secs(10) {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     app.stop(Duration::from_secs(10)).await;
 
     for m in &manifests {
@@ -81,26 +96,10 @@ async fn budget_of_one_job_serializes_transcription_and_metrics_count_tasks() {
     }
     assert_eq!(max_overlap(&manifests, "transcribe"), 1);
 
-    let lines: Vec<std::io::Result<String>> = text.lines().map(|l| Ok(l.to_string())).collect();
-    let scrape = prometheus_parse::Scrape::parse(lines.into_iter()).expect("Prometheus text");
+    let scrape = parse(&text);
     let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
-        let want: HashMap<&str, &str> = labels.iter().copied().collect();
-        let s = scrape
-            .samples
-            .iter()
-            .find(|s| {
-                s.metric == name
-                    && want
-                        .iter()
-                        .all(|(k, v)| s.labels.get(k).map(|x| x == *v).unwrap_or(false))
-            })
-            .unwrap_or_else(|| panic!("{name} {labels:?} missing in:\n{text}"));
-        match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            ref other => panic!("{name}: unexpected {other:?}"),
-        }
+        sample(&text, name, labels)
+            .unwrap_or_else(|| panic!("{name} {labels:?} missing in:\n{text}"))
     };
     assert_eq!(
         value("tubescribe_tasks_total", &[("status", "completed")]),
@@ -131,4 +130,29 @@ async fn budget_of_one_job_serializes_transcription_and_metrics_count_tasks() {
         .iter()
         .any(|s| s.metric == "tubescribe_stage_duration_seconds_count"
             || s.metric == "tubescribe_stage_duration_seconds"));
+}
+
+/// `text` parsed as Prometheus text (panics when it is not).
+fn parse(text: &str) -> prometheus_parse::Scrape {
+    let lines: Vec<std::io::Result<String>> = text.lines().map(|l| Ok(l.to_string())).collect();
+    prometheus_parse::Scrape::parse(lines.into_iter()).expect("Prometheus text")
+}
+
+/// The value of the first sample of metric `name` carrying all of `labels` in the Prometheus
+/// `text`; `None` when there is none.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let want: HashMap<&str, &str> = labels.iter().copied().collect();
+    let scrape = parse(text);
+    let s = scrape.samples.iter().find(|s| {
+        s.metric == name
+            && want
+                .iter()
+                .all(|(k, v)| s.labels.get(k).map(|x| x == *v).unwrap_or(false))
+    })?;
+    match s.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => Some(v),
+        ref other => panic!("{name}: unexpected {other:?}"),
+    }
 }
