@@ -313,6 +313,26 @@ fn curl_form_uploads_make_tasks_and_are_limited() {
         .collect();
     write_wav16k(&big, &samples);
     let big_file = format!("file=@{}", big.display());
+
+    // A client that sends its whole body at once (no `Expect: 100-continue`, as the openai
+    // client does) reads the refusal, not a reset: the server reads what the handler left
+    // before it answers. Without that, 3 MB without a token gave curl "Send failure: Broken
+    // pipe" 6 times in 40 here (2026-12-06); so 20 tries, each must get its 401, then 413s.
+    let huge = tmp.path().join("huge.wav");
+    write_wav16k(&huge, &vec![100i16; 1_500_000]);
+    let huge_file = format!("file=@{}", huge.display());
+    let url = format!("{base}/v1/audio/transcriptions");
+    let no_expect = ["-H", "Expect:", "-F", &huge_file, "-F", "model=whisper-1"];
+    for _ in 0..20 {
+        let (code, body) = curl(&[&no_expect[..], &[url.as_str()]].concat());
+        assert_eq!(code, 401, "{body}");
+        assert_eq!(json(&body)["error"]["code"], "invalid_api_key", "{body}");
+    }
+    for _ in 0..5 {
+        let (code, body) = curl(&[&no_expect[..], &["-H", &auth, url.as_str()]].concat());
+        assert_eq!(code, 413, "{body}");
+        assert_eq!(json(&body)["error"]["code"], "file_too_large", "{body}");
+    }
     let (code, body) = curl(&["-H", &auth, "-F", &big_file, &format!("{base}/api/tasks")]);
     assert_eq!(code, 413, "{body}");
     let detail = json(&body)["detail"].as_str().unwrap().to_string();

@@ -20,8 +20,10 @@
 //!
 //! Every `POST` and `DELETE` needs `Authorization: Bearer <token>` when a token is configured.
 //! Request bodies are limited (64 KiB by default); uploads (`upload.rs`) by `--max-upload-mb`.
+//! A refused request's unread body is read first, so the client gets the answer (`drain.rs`).
 
 mod api;
+mod drain;
 mod openai;
 mod rest;
 mod sse;
@@ -227,6 +229,8 @@ fn router(state: Shared) -> Router {
         .fallback(rest::not_found)
         .method_not_allowed_fallback(rest::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
+        // Outside `auth`, so its 401 drains too (`drain.rs`).
+        .layer(axum::middleware::from_fn(drain::drain_refused))
         .layer(DefaultBodyLimit::max(limit))
         .layer(
             tower_http::set_header::SetResponseHeaderLayer::if_not_present(
